@@ -1,0 +1,3 @@
+fn main() {
+    println!("siphon {}", env!("CARGO_PKG_VERSION"));
+}

@@ -1,0 +1,3 @@
+#!/usr/bin/env bash
+set -euo pipefail
+./target/release/siphon --version || ./target/release/siphon

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs the system packages siphon's tests, demo and benchmarks use.
+# Idempotent: does nothing when everything is present. Services that Debian
+# would start on install (redis, postgres, mariadb, rtpengine) are kept from
+# starting on their default ports: the test harness starts private copies on
+# loopback and stops them when it ends.
+set -euo pipefail
+
+want=(sip-tester redis-server postgresql mariadb-server rtpengine-daemon kamailio \
+      kamailio-extra-modules clang pkg-config libssl-dev procps iproute2 valgrind)
+case "${1:-}" in
+  --minimal) want=(sip-tester procps) ;;
+esac
+
+missing=()
+for p in "${want[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "deps.sh: missing packages: ${missing[*]}; run as root or install them" >&2
+  exit 1
+fi
+
+echo "deps.sh: installing ${missing[*]}" >&2
+# Keep maintainer scripts from starting daemons on public/default ports.
+policy=/usr/sbin/policy-rc.d
+made_policy=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod +x "$policy"; made_policy=1
+fi
+trap '[ $made_policy -eq 1 ] && rm -f "$policy"' EXIT
+export DEBIAN_FRONTEND=noninteractive
+if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >/tmp/siphon-apt.log 2>&1; then
+  apt-get update -q >/tmp/siphon-apt-update.log 2>&1
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >/tmp/siphon-apt.log 2>&1 \
+    || { tail -20 /tmp/siphon-apt.log >&2; exit 1; }
+fi
