@@ -1,1 +1,5 @@
-//! (to be written)
+//! SIP messages: zero-copy parsing, typed header access and writing.
+
+pub mod method;
+
+pub use method::Method;
