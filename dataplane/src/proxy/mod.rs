@@ -1,1 +1,1137 @@
-//! (to be written)
+//! The routing logic of one worker: initial request → select a destination →
+//! relay; response → fail over or forward upstream; in-dialog request → loose
+//! route. Sans-IO: the driver in `worker` feeds datagrams and time in and
+//! sends what lands in the [`Outbox`].
+
+pub mod branch;
+pub mod config;
+mod pool;
+pub mod stats;
+mod transaction;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use smallvec::SmallVec;
+
+use crate::dialog::{DialogKey, DialogTable};
+use crate::dispatch::{DestStats, SelectKey, Selector, SharedTable};
+use crate::sip::build::{self, NewVia, ReplyOpts, RequestEdits};
+use crate::sip::{parse, HeaderName, Message, Method, NameAddr, Uri, Via};
+use crate::txn::timer::{TimerId, TimerWheel};
+use crate::txn::{TxnId, TxnKey, TxnTable};
+use crate::worker::{Core, Outbox, SocketId};
+
+use branch::Branch;
+pub use config::{Ownership, ProxyConfig, SetRule, UnknownDomain};
+use pool::BufPool;
+use stats::{bump, count_reply};
+pub use stats::{Counters, Snapshot, WorkerStats};
+use transaction::{ClientTx, ProxyTxn, ServerTx, Target};
+
+/// The worker's socket on the shared public port.
+pub const SOCK_PUBLIC: SocketId = 0;
+/// The worker's private port: its Via and Record-Route point here.
+pub const SOCK_PRIVATE: SocketId = 1;
+
+/// What a dialog remembers: whose active-call count it holds.
+struct DialogData {
+    dest: Option<Arc<DestStats>>,
+}
+
+/// One worker's proxy: its transactions, dialogs and selection state.
+pub struct Worker {
+    index: usize,
+    workers: usize,
+    cfg: Arc<ProxyConfig>,
+    table: SharedTable,
+    selector: Selector,
+    txns: TxnTable<ProxyTxn>,
+    timers: TimerWheel<TxnId>,
+    dialogs: DialogTable<DialogData>,
+    pool: BufPool,
+    scratch: Vec<u8>,
+    expired: Vec<TxnId>,
+    /// "sip:ADVERTISE:PRIVATE_PORT;lr", written into Record-Route.
+    record_route: Vec<u8>,
+    /// The To-tag of replies siphon generates itself.
+    local_tag: Vec<u8>,
+    stats: Arc<WorkerStats>,
+}
+
+impl Worker {
+    pub fn new(
+        index: usize,
+        cfg: Arc<ProxyConfig>,
+        table: SharedTable,
+        stats: Arc<WorkerStats>,
+        now: Instant,
+    ) -> Worker {
+        let private_port = cfg.private_ports.get(index).copied().unwrap_or(0);
+        let record_route = format!("sip:{}:{};lr", cfg.advertise, private_port).into_bytes();
+        Worker {
+            index,
+            workers: cfg.private_ports.len().max(1),
+            selector: Selector::new(index as u64),
+            txns: TxnTable::with_capacity(cfg.max_transactions),
+            timers: TimerWheel::new(now),
+            dialogs: DialogTable::with_capacity(cfg.max_dialogs, now),
+            pool: BufPool::new(4096, 2048),
+            scratch: Vec::with_capacity(4096),
+            expired: Vec::with_capacity(256),
+            record_route,
+            local_tag: format!("sph{index:x}").into_bytes(),
+            table,
+            cfg,
+            stats,
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<WorkerStats> {
+        &self.stats
+    }
+
+    /// Open transactions and tracked dialogs, for /status.
+    pub fn occupancy(&self) -> (usize, usize) {
+        (self.txns.len(), self.dialogs.len())
+    }
+
+    fn private_port(&self) -> u16 {
+        self.cfg.private_ports.get(self.index).copied().unwrap_or(0)
+    }
+
+    // ---------------------------------------------------------------- requests
+
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        msg: &Message<'_>,
+        out: &mut Outbox,
+    ) {
+        bump(&self.stats.requests);
+        let method = msg.method().unwrap_or(Method::Other);
+        if let Err(e) = msg.validate_request() {
+            bump(&self.stats.bad_requests);
+            // Never answer an ACK (RFC 3261 §17.2.3), not even a broken one.
+            if method != Method::Ack {
+                let warning = e.to_string();
+                self.reply(socket, src, msg, 400, None, Some(warning.as_bytes()), out);
+            }
+            return;
+        }
+        let Ok(via) = msg.top_via() else { return };
+        let key = server_key(msg, &via, method);
+
+        match method {
+            Method::Ack => {
+                if let Some(id) = self.txns.find(&key) {
+                    // Hop-by-hop ACK for a non-2xx final we sent: ends Timer G.
+                    if let Some(txn) = self.txns.get_mut(id) {
+                        txn.server.on_ack(now);
+                    }
+                    bump(&self.stats.retransmissions_absorbed);
+                    self.reschedule(id);
+                    return;
+                }
+                // ACK for a 2xx is end-to-end: relay it along the route set.
+                self.relay_stateless(now, socket, src, msg, &via, out);
+            }
+            Method::Cancel => self.handle_cancel(now, socket, src, msg, &via, out),
+            _ => {
+                if let Some(id) = self.txns.find(&key) {
+                    self.absorb_retransmission(now, id, out);
+                    return;
+                }
+                self.new_request(now, socket, src, msg, &via, key, method, out);
+            }
+        }
+    }
+
+    fn absorb_retransmission(&mut self, now: Instant, id: TxnId, out: &mut Outbox) {
+        bump(&self.stats.retransmissions_absorbed);
+        let Some(txn) = self.txns.get_mut(id) else { return };
+        if txn.server.on_request(now) && !txn.last_response.is_empty() {
+            out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
+            bump(&self.stats.tx_datagrams);
+        }
+        self.reschedule(id);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn new_request(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        msg: &Message<'_>,
+        via: &Via<'_>,
+        key: TxnKey,
+        method: Method,
+        out: &mut Outbox,
+    ) {
+        // Route set: pop our own entry (loose routing, RFC 3261 §16.4).
+        let mut pop_routes = 0;
+        let mut next_route: Option<Uri<'_>> = None;
+        for (i, entry) in msg.values(HeaderName::Route).enumerate().take(2) {
+            let Some(uri) = route_uri(entry) else {
+                bump(&self.stats.bad_requests);
+                self.reply(socket, src, msg, 400, None, Some(b"Bad Route header"), out);
+                return;
+            };
+            if i == 0 {
+                match self.cfg.owner_of(uri.host, uri.port) {
+                    Some(Ownership::Worker(w)) if w != self.index && w < self.workers => {
+                        // The dialog this request belongs to lives on worker w.
+                        bump(&self.stats.handoffs);
+                        out.handoff(w, socket, src, msg.buf());
+                        return;
+                    }
+                    Some(_) => {
+                        pop_routes = 1;
+                        continue;
+                    }
+                    None => {}
+                }
+            }
+            next_route = Some(uri);
+            break;
+        }
+
+        match msg.max_forwards() {
+            Ok(Some(0)) => {
+                if method == Method::Options && next_route.is_none() && self.ruri_is_local(msg) {
+                    self.reply_options(socket, src, msg, out);
+                } else {
+                    bump(&self.stats.loops);
+                    self.reply(socket, src, msg, 483, None, None, out);
+                }
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                bump(&self.stats.bad_requests);
+                let warning = e.to_string();
+                self.reply(socket, src, msg, 400, None, Some(warning.as_bytes()), out);
+                return;
+            }
+        }
+
+        let in_dialog = msg.to().map(|t| t.tag.is_some()).unwrap_or(false);
+        let mut candidates: SmallVec<[u16; 16]> = SmallVec::new();
+        let mut set_table = None;
+        let target: Target;
+
+        if let Some(route) = next_route {
+            let Some(addr) = uri_addr(&route) else {
+                self.reply(socket, src, msg, 503, None, Some(b"Route host is not an IP address"), out);
+                return;
+            };
+            target = Target { addr, dest: None };
+        } else if in_dialog {
+            let Ok(ruri) = msg.ruri() else {
+                self.reply(socket, src, msg, 400, None, Some(b"Bad Request-URI"), out);
+                return;
+            };
+            let Some(addr) = uri_addr(&ruri) else {
+                self.reply(socket, src, msg, 503, None, Some(b"Request-URI host is not an IP address"), out);
+                return;
+            };
+            target = Target { addr, dest: None };
+        } else {
+            let Ok(ruri) = msg.ruri() else {
+                self.reply(socket, src, msg, 400, None, Some(b"Bad Request-URI"), out);
+                return;
+            };
+            if self.cfg.owner_of(ruri.host, ruri.port).is_some() && method == Method::Options {
+                // Keepalive addressed to siphon itself.
+                self.reply_options(socket, src, msg, out);
+                return;
+            }
+            if !self.cfg.serves_domain(ruri.host) {
+                if self.cfg.unknown_domain == UnknownDomain::Reject {
+                    self.reply(socket, src, msg, 404, None, Some(b"Domain not served here"), out);
+                    return;
+                }
+                let Some(addr) = uri_addr(&ruri) else {
+                    self.reply(socket, src, msg, 404, None, Some(b"Domain not served here"), out);
+                    return;
+                };
+                target = Target { addr, dest: None };
+            } else {
+                if method == Method::Invite && self.txns.len() >= self.cfg.overload_transactions {
+                    bump(&self.stats.overload_rejects);
+                    let retry = self.cfg.retry_after_s;
+                    self.reply(socket, src, msg, 503, Some(retry), Some(b"Overloaded"), out);
+                    return;
+                }
+                let set_id = self.cfg.set_for(ruri.user.unwrap_or(b""), ruri.host);
+                let table = self.table.load_full();
+                let Some(set_index) = table.set_index(set_id) else {
+                    bump(&self.stats.no_destination);
+                    self.reply(socket, src, msg, 503, None, Some(b"No such dispatcher set"), out);
+                    return;
+                };
+                let from_uri = msg.from().map(|f| f.uri).unwrap_or(b"");
+                let to_uri = msg.to().map(|t| t.uri).unwrap_or(b"");
+                let call_id = msg.call_id().unwrap_or(b"");
+                let key = SelectKey {
+                    call_id,
+                    from_uri,
+                    to_uri,
+                    ruri: msg.request_uri().unwrap_or(b""),
+                    auth_user: None,
+                };
+                let set = &table.sets[set_index];
+                self.selector
+                    .select(set, self.cfg.algorithm, &key, now, &mut candidates);
+                let Some(&first) = candidates.first() else {
+                    bump(&self.stats.no_destination);
+                    let retry = self.cfg.retry_after_s;
+                    self.reply(socket, src, msg, 503, Some(retry), Some(b"No destination available"), out);
+                    return;
+                };
+                let dest = &set.dests[usize::from(first)];
+                target = Target {
+                    addr: dest.addr,
+                    dest: Some(dest.stats.clone()),
+                };
+                set_table = Some((table.clone(), set_index));
+            }
+        }
+
+        if method == Method::Invite && !in_dialog {
+            bump(&self.stats.initial_invites);
+        }
+        let mut request = self.pool.get();
+        request.extend_from_slice(msg.buf());
+        let received = annotate_received(via, src);
+        let record_route = self.cfg.record_route
+            && !in_dialog
+            && matches!(method, Method::Invite | Method::Subscribe);
+        let txn = ProxyTxn {
+            key,
+            method,
+            upstream: src,
+            upstream_socket: socket,
+            server: ServerTx::new(method, now, &self.cfg.timers),
+            request,
+            forwarded: self.pool.get(),
+            last_response: self.pool.get(),
+            client: None,
+            cancel: None,
+            attempt: 0,
+            target,
+            candidates,
+            next_candidate: 1,
+            set: set_table,
+            pop_routes,
+            record_route,
+            received,
+            cancelled: false,
+            final_sent: false,
+            sent_at: now,
+            timer: None,
+        };
+        let id = match self.txns.insert(key, txn) {
+            Ok(id) => id,
+            Err(full) => {
+                let txn = full.0;
+                self.recycle(txn);
+                bump(&self.stats.table_full);
+                let retry = self.cfg.retry_after_s;
+                self.reply(socket, src, msg, 503, Some(retry), Some(b"Transaction table full"), out);
+                return;
+            }
+        };
+        if method == Method::Invite {
+            // 100 Trying stops the caller's retransmissions (RFC 3261 §16.2).
+            self.scratch.clear();
+            if build::reply(msg, 100, b"Trying", &ReplyOpts::default(), &mut self.scratch).is_ok() {
+                out.send(socket, src, &self.scratch);
+                bump(&self.stats.tx_datagrams);
+                count_reply(&self.stats, 100);
+                if let Some(txn) = self.txns.get_mut(id) {
+                    txn.last_response.clear();
+                    txn.last_response.extend_from_slice(&self.scratch);
+                }
+            }
+        }
+        self.forward_attempt(now, id, out);
+    }
+
+    /// Sends the transaction's request to its current target with a fresh
+    /// branch and a fresh client transaction.
+    fn forward_attempt(&mut self, now: Instant, id: TxnId, out: &mut Outbox) {
+        let Some(txn) = self.txns.get_mut(id) else { return };
+        let mut fwd = std::mem::take(&mut txn.forwarded);
+        fwd.clear();
+        let attempt = txn.attempt;
+        let ok = self.write_forward(id, attempt, &mut fwd);
+        let Some(txn) = self.txns.get_mut(id) else { return };
+        txn.forwarded = fwd;
+        if !ok {
+            return;
+        }
+        out.send(SOCK_PRIVATE, txn.target.addr, &txn.forwarded);
+        bump(&self.stats.tx_datagrams);
+        txn.client = Some(ClientTx::new(txn.method, now, &self.cfg.timers));
+        txn.sent_at = now;
+        if let Some(d) = &txn.target.dest {
+            d.record_selected();
+        }
+        self.reschedule(id);
+    }
+
+    /// Writes the request of transaction `id` as forwarded in `attempt`.
+    /// Deterministic: the same attempt always yields the same bytes, so an
+    /// abandoned attempt's request can be rebuilt to ACK its late final.
+    fn write_forward(&self, id: TxnId, attempt: u8, out: &mut Vec<u8>) -> bool {
+        let Some(txn) = self.txns.get(id) else { return false };
+        let Ok(req) = parse(&txn.request) else { return false };
+        let branch = Branch {
+            worker: self.index as u16,
+            slot: id.slot(),
+            generation: id.generation(),
+            attempt,
+        }
+        .encode();
+        let received_ip = txn.received.map(|(ip, _)| ip_bytes(ip));
+        let edits = RequestEdits {
+            via: NewVia {
+                host: self.cfg.advertise.as_bytes(),
+                port: self.private_port(),
+                branch: &branch,
+            },
+            request_uri: None,
+            pop_routes: txn.pop_routes,
+            record_route: txn.record_route.then_some(self.record_route.as_slice()),
+            received: match (&received_ip, txn.received) {
+                (Some(ip), Some((_, port))) => Some((ip.as_slice(), port)),
+                _ => None,
+            },
+            body: None,
+        };
+        build::forward_request(&req, &edits, out).is_ok()
+    }
+
+    fn handle_cancel(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        msg: &Message<'_>,
+        via: &Via<'_>,
+        out: &mut Outbox,
+    ) {
+        let invite_key = server_key(msg, via, Method::Invite);
+        let Some(id) = self.txns.find(&invite_key) else {
+            self.reply(socket, src, msg, 481, None, None, out);
+            return;
+        };
+        // The CANCEL itself is answered at once (RFC 3261 §16.10).
+        self.reply(socket, src, msg, 200, None, None, out);
+        let Some(txn) = self.txns.get_mut(id) else { return };
+        if txn.cancelled || txn.final_sent {
+            return;
+        }
+        txn.cancelled = true;
+        bump(&self.stats.calls_cancelled);
+        let send_now = txn.client.as_mut().map(|c| c.request_cancel()).unwrap_or(false);
+        if send_now {
+            self.send_cancel(now, id, out);
+        }
+        self.reschedule(id);
+    }
+
+    /// Sends CANCEL for the current attempt and starts its client transaction.
+    fn send_cancel(&mut self, now: Instant, id: TxnId, out: &mut Outbox) {
+        let Some(txn) = self.txns.get_mut(id) else { return };
+        let Ok(fwd) = parse(&txn.forwarded) else { return };
+        self.scratch.clear();
+        if build::cancel_for(&fwd, &mut self.scratch).is_err() {
+            return;
+        }
+        out.send(SOCK_PRIVATE, txn.target.addr, &self.scratch);
+        bump(&self.stats.tx_datagrams);
+        txn.cancel = Some(ClientTx::new(Method::Cancel, now, &self.cfg.timers));
+    }
+
+    /// Relays an end-to-end ACK (or any request we keep no state for) along
+    /// its route set.
+    fn relay_stateless(
+        &mut self,
+        _now: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        msg: &Message<'_>,
+        via: &Via<'_>,
+        out: &mut Outbox,
+    ) {
+        let mut pop_routes = 0;
+        let mut next: Option<SocketAddr> = None;
+        for (i, entry) in msg.values(HeaderName::Route).enumerate().take(2) {
+            let Some(uri) = route_uri(entry) else { return };
+            if i == 0 {
+                match self.cfg.owner_of(uri.host, uri.port) {
+                    Some(Ownership::Worker(w)) if w != self.index && w < self.workers => {
+                        bump(&self.stats.handoffs);
+                        out.handoff(w, socket, src, msg.buf());
+                        return;
+                    }
+                    Some(_) => {
+                        pop_routes = 1;
+                        continue;
+                    }
+                    None => {}
+                }
+            }
+            next = uri_addr(&uri);
+            break;
+        }
+        let dst = match next {
+            Some(a) => a,
+            None => match msg.ruri() {
+                // An R-URI naming siphon itself would loop back here.
+                Ok(u) if self.cfg.owner_of(u.host, u.port).is_none() => match uri_addr(&u) {
+                    Some(a) => a,
+                    None => {
+                        bump(&self.stats.stray_responses);
+                        return;
+                    }
+                },
+                _ => {
+                    bump(&self.stats.stray_responses);
+                    return;
+                }
+            },
+        };
+        // A stateless relay derives its branch from the incoming one so a
+        // retransmitted ACK gets the same branch (RFC 3261 §16.11).
+        let branch = stateless_branch(via.branch.unwrap_or(b""), msg.call_id().unwrap_or(b""));
+        let received = annotate_received(via, src);
+        let received_ip = received.map(|(ip, _)| ip_bytes(ip));
+        let edits = RequestEdits {
+            via: NewVia {
+                host: self.cfg.advertise.as_bytes(),
+                port: self.private_port(),
+                branch: &branch,
+            },
+            request_uri: None,
+            pop_routes,
+            record_route: None,
+            received: match (&received_ip, received) {
+                (Some(ip), Some((_, port))) => Some((ip.as_slice(), port)),
+                _ => None,
+            },
+            body: None,
+        };
+        self.scratch.clear();
+        if build::forward_request(msg, &edits, &mut self.scratch).is_ok() {
+            out.send(SOCK_PRIVATE, dst, &self.scratch);
+            bump(&self.stats.tx_datagrams);
+            bump(&self.stats.stateless_forwards);
+        }
+    }
+
+    // --------------------------------------------------------------- responses
+
+    fn handle_response(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        msg: &Message<'_>,
+        out: &mut Outbox,
+    ) {
+        bump(&self.stats.responses);
+        let code = msg.status().unwrap_or(0);
+        let Ok(via) = msg.top_via() else {
+            bump(&self.stats.stray_responses);
+            return;
+        };
+        let Some(b) = via.branch.and_then(Branch::parse) else {
+            // Not a Via siphon wrote: nothing to do with it.
+            bump(&self.stats.stray_responses);
+            return;
+        };
+        let owner = usize::from(b.worker);
+        if owner != self.index {
+            if owner < self.workers {
+                bump(&self.stats.handoffs);
+                out.handoff(owner, socket, src, msg.buf());
+            } else {
+                bump(&self.stats.stray_responses);
+            }
+            return;
+        }
+        let cseq_method = msg.cseq().map(|c| c.method).unwrap_or(Method::Other);
+        let id = TxnId::from_parts(b.slot, b.generation);
+        let Some(txn) = self.txns.get_mut(id) else {
+            // The transaction is gone; a 2xx to INVITE must still reach the
+            // caller (the callee retransmits it until the ACK arrives).
+            if cseq_method == Method::Invite && (200..300).contains(&code) {
+                self.forward_stateless_response(msg, out);
+            } else {
+                bump(&self.stats.stray_responses);
+            }
+            return;
+        };
+
+        if cseq_method == Method::Cancel {
+            if let Some(c) = txn.cancel.as_mut() {
+                c.on_response(code, now);
+            }
+            self.reschedule(id);
+            return;
+        }
+
+        if b.attempt != txn.attempt {
+            // A response from a destination we already moved away from.
+            if txn.method == Method::Invite && (200..300).contains(&code) {
+                self.relay_response(now, id, msg, code, out);
+            } else if txn.method == Method::Invite && code >= 300 {
+                self.ack_old_attempt(id, b.attempt, msg, src, out);
+            }
+            return;
+        }
+
+        let Some(client) = txn.client.as_mut() else { return };
+        let action = client.on_response(code, now);
+        use transaction::ClientEvent as E;
+        match action {
+            E::Absorb => {
+                bump(&self.stats.retransmissions_absorbed);
+            }
+            E::ResendAck => {
+                bump(&self.stats.retransmissions_absorbed);
+                self.send_ack(id, msg, out);
+            }
+            E::Provisional { send_cancel } => {
+                if send_cancel {
+                    self.send_cancel(now, id, out);
+                }
+                if code > 100 {
+                    self.relay_response(now, id, msg, code, out);
+                }
+            }
+            E::Success => {
+                if let Some(txn) = self.txns.get_mut(id) {
+                    if let Some(d) = &txn.target.dest {
+                        d.record_success();
+                        d.record_latency(now.saturating_duration_since(txn.sent_at));
+                    }
+                }
+                if txn_method(&self.txns, id) == Some(Method::Invite) {
+                    bump(&self.stats.calls_answered);
+                    self.dialog_started(now, id, msg);
+                } else if txn_method(&self.txns, id) == Some(Method::Bye) {
+                    self.dialog_ended(msg);
+                }
+                self.relay_response(now, id, msg, code, out);
+            }
+            E::Failure { send_ack } => {
+                if send_ack {
+                    self.send_ack(id, msg, out);
+                }
+                if self.cfg.failover_codes.contains(&code) {
+                    if let Some(d) = self.txns.get(id).and_then(|t| t.target.dest.clone()) {
+                        d.record_failure(now, &self.cfg.health);
+                    }
+                    if self.try_failover(now, id, out) {
+                        return;
+                    }
+                    if self.dispatched(id) {
+                        // Every destination of the set refused: one 503 upstream.
+                        self.reply_final(now, id, 503, Some(b"All destinations failed"), out);
+                        return;
+                    }
+                } else if let Some(d) = self.txns.get(id).and_then(|t| t.target.dest.clone()) {
+                    // Any other final answer proves the destination alive.
+                    d.record_success();
+                }
+                if txn_method(&self.txns, id) == Some(Method::Bye) {
+                    self.dialog_ended(msg);
+                }
+                self.relay_response(now, id, msg, code, out);
+            }
+        }
+        self.reschedule(id);
+    }
+
+    fn dispatched(&self, id: TxnId) -> bool {
+        self.txns.get(id).is_some_and(|t| t.set.is_some())
+    }
+
+    /// Moves the transaction to its next candidate destination, if any is
+    /// left and failover is allowed. Returns whether it did.
+    fn try_failover(&mut self, now: Instant, id: TxnId, out: &mut Outbox) -> bool {
+        let Some(txn) = self.txns.get_mut(id) else { return false };
+        if txn.cancelled || txn.final_sent {
+            return false;
+        }
+        let Some((table, set_index)) = txn.set.clone() else { return false };
+        let Some(set) = table.sets.get(set_index) else { return false };
+        while let Some(&next) = txn.candidates.get(txn.next_candidate) {
+            txn.next_candidate += 1;
+            let Some(dest) = set.dests.get(usize::from(next)) else { continue };
+            if !dest.stats.is_usable(now) {
+                continue;
+            }
+            txn.target = Target {
+                addr: dest.addr,
+                dest: Some(dest.stats.clone()),
+            };
+            txn.attempt = txn.attempt.wrapping_add(1);
+            bump(&self.stats.failovers);
+            self.forward_attempt(now, id, out);
+            return true;
+        }
+        false
+    }
+
+    /// Sends a response from the current destination upstream, keeping it
+    /// for retransmission when it is a final one.
+    fn relay_response(
+        &mut self,
+        now: Instant,
+        id: TxnId,
+        msg: &Message<'_>,
+        code: u16,
+        out: &mut Outbox,
+    ) {
+        let Some(txn) = self.txns.get_mut(id) else { return };
+        if txn.final_sent && !(txn.method == Method::Invite && (200..300).contains(&code)) {
+            return;
+        }
+        txn.last_response.clear();
+        if build::forward_response(msg, &mut txn.last_response).is_err() {
+            return;
+        }
+        out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
+        bump(&self.stats.tx_datagrams);
+        count_reply(&self.stats, code);
+        if code >= 200 {
+            self.final_sent(now, id, code);
+        }
+    }
+
+    /// Sends a final response siphon makes itself for the transaction.
+    fn reply_final(
+        &mut self,
+        now: Instant,
+        id: TxnId,
+        code: u16,
+        warning: Option<&[u8]>,
+        out: &mut Outbox,
+    ) {
+        let retry = (code == 503).then_some(self.cfg.retry_after_s);
+        let Some(txn) = self.txns.get_mut(id) else { return };
+        if txn.final_sent {
+            return;
+        }
+        let Ok(req) = parse(&txn.request) else { return };
+        let opts = ReplyOpts {
+            to_tag: Some(&self.local_tag),
+            retry_after: retry,
+            warning,
+            server: Some(self.cfg.server_header.as_bytes()),
+            ..ReplyOpts::default()
+        };
+        txn.last_response.clear();
+        if build::reply(&req, code, build::reason_phrase(code), &opts, &mut txn.last_response).is_err() {
+            return;
+        }
+        out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
+        bump(&self.stats.tx_datagrams);
+        count_reply(&self.stats, code);
+        self.final_sent(now, id, code);
+    }
+
+    fn final_sent(&mut self, now: Instant, id: TxnId, code: u16) {
+        let Some(txn) = self.txns.get_mut(id) else { return };
+        if !txn.final_sent && txn.method == Method::Invite && code >= 300 && !txn.cancelled {
+            bump(&self.stats.calls_failed);
+        }
+        txn.final_sent = true;
+        txn.server.on_final_sent(code, now);
+        // What a finished transaction still needs is its last response; the
+        // request copies go back to the pool now rather than at Timer J/L.
+        if code >= 200 {
+            let request = std::mem::take(&mut txn.request);
+            self.pool.put(request);
+            if !(txn.method == Method::Invite && code >= 300) {
+                // The forwarded INVITE is kept for ACKs of late finals only
+                // while the client transaction is alive.
+                let fwd = std::mem::take(&mut txn.forwarded);
+                self.pool.put(fwd);
+            }
+        }
+    }
+
+    /// The hop-by-hop ACK for a non-2xx final from the current attempt.
+    fn send_ack(&mut self, id: TxnId, resp: &Message<'_>, out: &mut Outbox) {
+        let Some(txn) = self.txns.get(id) else { return };
+        let Ok(fwd) = parse(&txn.forwarded) else { return };
+        self.scratch.clear();
+        if build::ack_for(&fwd, resp, &mut self.scratch).is_ok() {
+            out.send(SOCK_PRIVATE, txn.target.addr, &self.scratch);
+            bump(&self.stats.tx_datagrams);
+        }
+    }
+
+    /// ACKs a non-2xx final from an attempt we already abandoned, so that
+    /// destination stops retransmitting it. Its request is rebuilt (it is
+    /// deterministic per attempt) and the ACK goes where the response came from.
+    fn ack_old_attempt(&mut self, id: TxnId, attempt: u8, resp: &Message<'_>, src: SocketAddr, out: &mut Outbox) {
+        let mut old = self.pool.get();
+        if self.write_forward(id, attempt, &mut old) {
+            if let Ok(fwd) = parse(&old) {
+                self.scratch.clear();
+                if build::ack_for(&fwd, resp, &mut self.scratch).is_ok() {
+                    out.send(SOCK_PRIVATE, src, &self.scratch);
+                    bump(&self.stats.tx_datagrams);
+                }
+            }
+        }
+        self.pool.put(old);
+    }
+
+    fn forward_stateless_response(&mut self, msg: &Message<'_>, out: &mut Outbox) {
+        // The next Via tells where the caller is (received/rport if present).
+        let Some(second) = msg.values(HeaderName::Via).nth(1) else {
+            bump(&self.stats.stray_responses);
+            return;
+        };
+        let Ok(v) = Via::parse(second) else {
+            bump(&self.stats.stray_responses);
+            return;
+        };
+        let host = v.received.unwrap_or(v.host);
+        let port = match v.rport {
+            Some(Some(p)) => p,
+            _ => v.port.unwrap_or(5060),
+        };
+        let Some(ip) = parse_ip(host) else {
+            bump(&self.stats.stray_responses);
+            return;
+        };
+        self.scratch.clear();
+        if build::forward_response(msg, &mut self.scratch).is_ok() {
+            out.send(SOCK_PUBLIC, SocketAddr::new(ip, port), &self.scratch);
+            bump(&self.stats.tx_datagrams);
+            bump(&self.stats.stateless_forwards);
+        }
+    }
+
+    // ----------------------------------------------------------------- dialogs
+
+    fn dialog_started(&mut self, now: Instant, id: TxnId, resp: &Message<'_>) {
+        let (Ok(call_id), Ok(from), Ok(to)) = (resp.call_id(), resp.from(), resp.to()) else {
+            return;
+        };
+        let key = DialogKey::new(call_id, from.tag.unwrap_or(b""), to.tag.unwrap_or(b""));
+        if self.dialogs.get(&key).is_some() {
+            return; // a retransmitted 2xx
+        }
+        let dest = self.txns.get(id).and_then(|t| t.target.dest.clone());
+        if let Some(d) = &dest {
+            d.call_started();
+        }
+        let deadline = now + self.cfg.dialog_timeout;
+        match self.dialogs.insert(key, DialogData { dest: dest.clone() }, now, deadline) {
+            Ok(_) => bump(&self.stats.dialogs_created),
+            Err(_) => {
+                if let Some(d) = &dest {
+                    d.call_ended();
+                }
+                bump(&self.stats.dialogs_full);
+            }
+        }
+    }
+
+    fn dialog_ended(&mut self, msg: &Message<'_>) {
+        let (Ok(call_id), Ok(from), Ok(to)) = (msg.call_id(), msg.from(), msg.to()) else {
+            return;
+        };
+        let key = DialogKey::new(call_id, from.tag.unwrap_or(b""), to.tag.unwrap_or(b""));
+        if let Some(d) = self.dialogs.remove(&key) {
+            if let Some(dest) = d.dest {
+                dest.call_ended();
+            }
+            bump(&self.stats.dialogs_ended);
+        }
+    }
+
+    // ------------------------------------------------------------------ timers
+
+    /// Keeps exactly one wheel entry per transaction, at its next deadline;
+    /// removes the transaction once both sides are done.
+    fn reschedule(&mut self, id: TxnId) {
+        let Some(txn) = self.txns.get_mut(id) else { return };
+        if txn.is_finished() {
+            if let Some(t) = txn.timer.take() {
+                self.timers.cancel(t);
+            }
+            if let Some(txn) = self.txns.remove(id) {
+                self.recycle(txn);
+            }
+            return;
+        }
+        let next = txn.next_deadline();
+        if let Some(t) = txn.timer.take() {
+            self.timers.cancel(t);
+        }
+        if let Some(at) = next {
+            txn.timer = Some(self.timers.insert(at, id));
+        }
+    }
+
+    fn txn_timer(&mut self, now: Instant, id: TxnId, out: &mut Outbox) {
+        let Some(txn) = self.txns.get_mut(id) else { return };
+        txn.timer = None;
+        use transaction::{ClientTimer, ServerTimer};
+        match txn.server.on_timer(now) {
+            ServerTimer::RetransmitFinal => {
+                if !txn.last_response.is_empty() {
+                    out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
+                    bump(&self.stats.tx_datagrams);
+                }
+            }
+            ServerTimer::None => {}
+        }
+        if let Some(c) = txn.cancel.as_mut() {
+            if c.on_timer(now) == ClientTimer::Retransmit {
+                if let Ok(fwd) = parse(&txn.forwarded) {
+                    self.scratch.clear();
+                    if build::cancel_for(&fwd, &mut self.scratch).is_ok() {
+                        out.send(SOCK_PRIVATE, txn.target.addr, &self.scratch);
+                        bump(&self.stats.tx_datagrams);
+                    }
+                }
+            }
+        }
+        let client_event = txn.client.as_mut().map(|c| c.on_timer(now));
+        match client_event {
+            Some(ClientTimer::Retransmit) => {
+                out.send(SOCK_PRIVATE, txn.target.addr, &txn.forwarded);
+                bump(&self.stats.tx_datagrams);
+            }
+            Some(ClientTimer::Timeout { proceeding }) => {
+                bump(&self.stats.timeouts);
+                if proceeding && txn.method == Method::Invite && txn.cancel.is_none() {
+                    // fr_inv_timer: stop the ringing destination.
+                    self.send_cancel(now, id, out);
+                }
+                let Some(txn) = self.txns.get(id) else { return };
+                if txn.cancelled {
+                    self.reply_final(now, id, 487, None, out);
+                } else {
+                    if let Some(d) = txn.target.dest.clone() {
+                        d.record_failure(now, &self.cfg.health);
+                    }
+                    if !proceeding && self.try_failover(now, id, out) {
+                        // try_failover rescheduled
+                        return;
+                    }
+                    let code = if self.dispatched(id) && !proceeding { 503 } else { 408 };
+                    self.reply_final(now, id, code, Some(b"Destination did not answer"), out);
+                }
+            }
+            Some(ClientTimer::None) | None => {}
+        }
+        self.reschedule(id);
+    }
+
+    fn recycle(&mut self, txn: ProxyTxn) {
+        self.pool.put(txn.request);
+        self.pool.put(txn.forwarded);
+        self.pool.put(txn.last_response);
+    }
+
+    // ----------------------------------------------------------------- replies
+
+    /// A stateless local reply to `req`, sent back where it came from.
+    #[allow(clippy::too_many_arguments)]
+    fn reply(
+        &mut self,
+        socket: SocketId,
+        src: SocketAddr,
+        req: &Message<'_>,
+        code: u16,
+        retry_after: Option<u32>,
+        warning: Option<&[u8]>,
+        out: &mut Outbox,
+    ) {
+        let opts = ReplyOpts {
+            to_tag: Some(&self.local_tag),
+            retry_after,
+            warning,
+            server: Some(self.cfg.server_header.as_bytes()),
+            ..ReplyOpts::default()
+        };
+        self.scratch.clear();
+        if build::reply(req, code, build::reason_phrase(code), &opts, &mut self.scratch).is_ok() {
+            out.send(socket, src, &self.scratch);
+            bump(&self.stats.tx_datagrams);
+            count_reply(&self.stats, code);
+        }
+    }
+
+    fn reply_options(&mut self, socket: SocketId, src: SocketAddr, req: &Message<'_>, out: &mut Outbox) {
+        let extra: [(&[u8], &[u8]); 2] = [
+            (b"Allow", b"INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK, MESSAGE"),
+            (b"Accept", b"application/sdp"),
+        ];
+        let opts = ReplyOpts {
+            to_tag: Some(&self.local_tag),
+            server: Some(self.cfg.server_header.as_bytes()),
+            extra_headers: &extra,
+            ..ReplyOpts::default()
+        };
+        self.scratch.clear();
+        if build::reply(req, 200, b"OK", &opts, &mut self.scratch).is_ok() {
+            out.send(socket, src, &self.scratch);
+            bump(&self.stats.tx_datagrams);
+            count_reply(&self.stats, 200);
+        }
+    }
+
+    fn ruri_is_local(&self, msg: &Message<'_>) -> bool {
+        msg.ruri()
+            .map(|u| self.cfg.owner_of(u.host, u.port).is_some())
+            .unwrap_or(false)
+    }
+}
+
+impl Core for Worker {
+    fn on_datagram(&mut self, now: Instant, socket: SocketId, src: SocketAddr, data: &[u8], out: &mut Outbox) {
+        bump(&self.stats.rx_datagrams);
+        // Keepalive pings (CRLF / CRLFCRLF, RFC 5626 §3.5.1) are not SIP messages.
+        if data.iter().all(|b| b.is_ascii_whitespace()) {
+            return;
+        }
+        let msg = match parse(data) {
+            Ok(m) => m,
+            Err(_) => {
+                bump(&self.stats.parse_errors);
+                return;
+            }
+        };
+        if msg.is_request() {
+            self.handle_request(now, socket, src, &msg, out);
+        } else {
+            self.handle_response(now, socket, src, &msg, out);
+        }
+    }
+
+    fn on_timer(&mut self, now: Instant, out: &mut Outbox) {
+        let mut expired = std::mem::take(&mut self.expired);
+        expired.clear();
+        self.timers.expire(now, &mut expired);
+        for &id in &expired {
+            self.txn_timer(now, id, out);
+        }
+        self.expired = expired;
+        while let Some((_, d)) = self.dialogs.expire_one(now) {
+            if let Some(dest) = d.dest {
+                dest.call_ended();
+            }
+            bump(&self.stats.dialogs_expired);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        match (self.timers.next_deadline(), self.dialogs.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+fn txn_method(txns: &TxnTable<ProxyTxn>, id: TxnId) -> Option<Method> {
+    txns.get(id).map(|t| t.method)
+}
+
+/// The server transaction key of a request (RFC 3261 §17.2.3).
+fn server_key(msg: &Message<'_>, via: &Via<'_>, method: Method) -> TxnKey {
+    let class = match method {
+        Method::Ack => Method::Invite,
+        m => m,
+    };
+    match via.branch {
+        Some(b) if b.starts_with(b"z9hG4bK") => TxnKey::new(b, via.host, via.port.unwrap_or(5060), class),
+        _ => TxnKey::rfc2543(
+            msg.call_id().unwrap_or(b""),
+            msg.from().ok().and_then(|f: NameAddr<'_>| f.tag).unwrap_or(b""),
+            msg.cseq().map(|c| c.seq).unwrap_or(0),
+            via.host,
+            via.port.unwrap_or(5060),
+            msg.request_uri().unwrap_or(b""),
+            class,
+        ),
+    }
+}
+
+/// The URI inside one Route / Record-Route entry ("<sip:h;lr>" or bare).
+fn route_uri(entry: &[u8]) -> Option<Uri<'_>> {
+    let e = entry.trim_ascii();
+    let inner = match memchr::memchr(b'<', e) {
+        Some(open) => {
+            let rest = &e[open + 1..];
+            let close = memchr::memchr(b'>', rest)?;
+            &rest[..close]
+        }
+        None => e,
+    };
+    Uri::parse(inner).ok()
+}
+
+/// The address of an IP-literal URI; siphon resolves no names on a worker.
+fn uri_addr(uri: &Uri<'_>) -> Option<SocketAddr> {
+    let ip = parse_ip(uri.host)?;
+    let default = if uri.scheme.eq_ignore_ascii_case(b"sips") { 5061 } else { 5060 };
+    Some(SocketAddr::new(ip, uri.port.unwrap_or(default)))
+}
+
+fn parse_ip(host: &[u8]) -> Option<IpAddr> {
+    let h = match host {
+        [b'[', inner @ .., b']'] => inner,
+        _ => host,
+    };
+    std::str::from_utf8(h).ok()?.parse().ok()
+}
+
+/// RFC 3581 / RFC 3261 §18.2.1: remember where the request really came from
+/// when the Via does not say so already.
+fn annotate_received(via: &Via<'_>, src: SocketAddr) -> Option<(IpAddr, u16)> {
+    let same_host = parse_ip(via.host) == Some(src.ip());
+    if via.rport.is_some() || !same_host {
+        Some((src.ip(), src.port()))
+    } else {
+        None
+    }
+}
+
+/// An IP address as text, on the stack.
+fn ip_bytes(ip: IpAddr) -> SmallVec<[u8; 48]> {
+    use std::io::Write;
+    let mut v = SmallVec::new();
+    // Writing to a SmallVec cannot fail.
+    let _ = write!(v, "{ip}");
+    v
+}
+
+/// "z9hG4bKsa" + a hash of the incoming branch and Call-ID.
+fn stateless_branch(branch: &[u8], call_id: &[u8]) -> SmallVec<[u8; 48]> {
+    use std::hash::{BuildHasher, Hasher};
+    use std::io::Write;
+    let mut h = ahash::RandomState::with_seeds(1, 2, 3, 4).build_hasher();
+    h.write(branch);
+    h.write(call_id);
+    let mut v = SmallVec::new();
+    let _ = write!(v, "z9hG4bKsa{:016x}", h.finish());
+    v
+}

@@ -1,0 +1,229 @@
+//! `siphon run`: turns a validated configuration into running workers and
+//! keeps the control thread until a signal asks it to stop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use arc_swap::ArcSwap;
+use dataplane::dispatch::{Algorithm, HealthPolicy, Table};
+use dataplane::proxy::{self, ProxyConfig, SetRule, UnknownDomain, Worker, WorkerStats};
+use dataplane::txn::TimerConfig;
+use dataplane::worker::{self, Driver, SocketSpec, WorkerSpec};
+use tracing::{info, warn};
+
+use crate::config::{Config, RuleConfig};
+use crate::source;
+
+/// Everything `run` derived from the configuration, kept for the control
+/// thread (management API, reloads).
+pub struct Running {
+    pub pool: worker::Pool,
+    pub table: Arc<ArcSwap<Table>>,
+    pub stats: Vec<Arc<WorkerStats>>,
+    pub proxy: Arc<ProxyConfig>,
+    pub listen: SocketAddr,
+    pub dispatcher_list: Option<PathBuf>,
+    pub epoch: Instant,
+}
+
+/// The dispatcher list file named by `[dispatcher] source = "file:…"` or `list`.
+pub fn dispatcher_file(cfg: &Config) -> Result<Option<PathBuf>> {
+    let src = cfg.dispatcher.source.trim();
+    if let Some(path) = src.strip_prefix("file:") {
+        return Ok(Some(PathBuf::from(path)));
+    }
+    if src.is_empty() {
+        return Ok(cfg.dispatcher.list.as_ref().map(PathBuf::from));
+    }
+    bail!("dispatcher source {src:?} is not supported yet (only file:PATH)")
+}
+
+pub fn worker_count(cfg: &Config) -> usize {
+    cfg.proxy
+        .workers
+        .count()
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Builds the proxy core's settings from the file's.
+pub fn proxy_config(cfg: &Config, listen: SocketAddr, workers: usize) -> Result<ProxyConfig> {
+    let base = match cfg.proxy.private_port_base {
+        0 => listen.port().checked_add(1),
+        b => Some(b),
+    }
+    .ok_or_else(|| anyhow!("listen port {} leaves no room for private ports", listen.port()))?;
+    let private_ports = (0..workers)
+        .map(|i| {
+            u16::try_from(i)
+                .ok()
+                .and_then(|i| base.checked_add(i))
+                .ok_or_else(|| anyhow!("private port {base}+{i} is out of range"))
+        })
+        .collect::<Result<Vec<u16>>>()?;
+    let advertise = match &cfg.proxy.advertise {
+        Some(a) if !a.is_empty() => a.clone(),
+        _ if listen.ip().is_unspecified() => "127.0.0.1".to_string(),
+        _ => listen.ip().to_string(),
+    };
+    let mut local_hosts = vec![listen.ip().to_string(), advertise.clone()];
+    if listen.ip().is_unspecified() {
+        local_hosts.push("127.0.0.1".into());
+    }
+    let algorithm: Algorithm = cfg
+        .dispatcher
+        .algorithm
+        .to_string()
+        .parse()
+        .map_err(|e| anyhow!("dispatcher algorithm: {e}"))?;
+    let max_transactions = cfg.proxy.max_transactions;
+    Ok(ProxyConfig {
+        advertise,
+        local_hosts,
+        public_port: listen.port(),
+        private_ports,
+        algorithm,
+        default_set: cfg.dispatcher.default_set,
+        rules: cfg
+            .dispatcher
+            .rules
+            .iter()
+            .map(|r: &RuleConfig| match (&r.prefix, &r.domain) {
+                (Some(p), _) => SetRule::Prefix { prefix: p.clone(), set: r.set },
+                (None, Some(d)) => SetRule::Domain { domain: d.clone(), set: r.set },
+                (None, None) => SetRule::Prefix { prefix: String::new(), set: r.set },
+            })
+            .collect(),
+        failover_codes: cfg.dispatcher.failover_codes.clone(),
+        timers: TimerConfig {
+            fr_timer: Duration::from_millis(cfg.dispatcher.fr_timer_ms),
+            fr_inv_timer: Duration::from_millis(cfg.dispatcher.fr_inv_timer_ms),
+            ..TimerConfig::default()
+        },
+        health: HealthPolicy {
+            failure_threshold: cfg.dispatcher.failure_threshold,
+            hold_down: Duration::from_secs(cfg.dispatcher.hold_down_s),
+        },
+        max_transactions,
+        overload_transactions: ((max_transactions as f64) * cfg.proxy.overload_watermark) as usize,
+        max_dialogs: cfg.proxy.max_dialogs,
+        retry_after_s: cfg.proxy.retry_after_s,
+        record_route: cfg.proxy.record_route,
+        domains: cfg.proxy.domains.clone(),
+        unknown_domain: if cfg.proxy.unknown_domain == "reject" {
+            UnknownDomain::Reject
+        } else {
+            UnknownDomain::Relay
+        },
+        server_header: cfg.proxy.server_header.clone(),
+        ..ProxyConfig::default()
+    })
+}
+
+/// Binds the sockets, loads the destinations and starts the workers.
+pub fn start(cfg: &Config) -> Result<Running> {
+    let listen: SocketAddr = cfg
+        .proxy
+        .listen
+        .parse()
+        .with_context(|| format!("listen address {:?}", cfg.proxy.listen))?;
+    let workers = worker_count(cfg);
+    let proxy_cfg = Arc::new(proxy_config(cfg, listen, workers)?);
+    let epoch = Instant::now();
+
+    let dispatcher_list = dispatcher_file(cfg)?;
+    let table = match &dispatcher_list {
+        Some(path) => source::file::load(path, epoch, None).map_err(|errs| anyhow!(errs.join("\n")))?,
+        None => {
+            warn!("no dispatcher source configured: every initial request will get 503");
+            Table::default()
+        }
+    };
+    let table = Arc::new(ArcSwap::from_pointee(table));
+    let driver: Driver = cfg
+        .proxy
+        .io
+        .parse()
+        .map_err(|e| anyhow!("proxy.io: {e}"))?;
+
+    let stats: Vec<Arc<WorkerStats>> = (0..workers).map(|_| Arc::new(WorkerStats::default())).collect();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let specs = (0..workers)
+        .map(|i| WorkerSpec {
+            sockets: vec![
+                SocketSpec {
+                    addr: listen,
+                    reuse_port: true,
+                    recv_buffer: Some(4 << 20),
+                    send_buffer: Some(4 << 20),
+                },
+                SocketSpec {
+                    addr: SocketAddr::new(listen.ip(), proxy_cfg.private_ports[i]),
+                    reuse_port: false,
+                    recv_buffer: Some(4 << 20),
+                    send_buffer: Some(4 << 20),
+                },
+            ],
+            cpu: Some(i % cpus),
+        })
+        .collect();
+
+    let core_cfg = proxy_cfg.clone();
+    let core_table = table.clone();
+    let core_stats = stats.clone();
+    let pool = worker::start(driver, specs, move |ctx: worker::WorkerContext| {
+        Worker::new(
+            ctx.index,
+            core_cfg.clone(),
+            core_table.clone(),
+            core_stats[ctx.index].clone(),
+            Instant::now(),
+        )
+    })
+    .with_context(|| format!("starting workers on {listen}"))?;
+    info!(
+        %listen,
+        workers,
+        driver = %pool.driver(),
+        private_ports = ?proxy_cfg.private_ports,
+        advertise = %proxy_cfg.advertise,
+        "siphon is running"
+    );
+    Ok(Running {
+        pool,
+        table,
+        stats,
+        proxy: proxy_cfg,
+        listen,
+        dispatcher_list,
+        epoch,
+    })
+}
+
+/// Runs until SIGINT or SIGTERM, then stops the workers.
+pub fn run(cfg: &Config) -> Result<()> {
+    let running = start(cfg)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the control thread's runtime")?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+        Ok::<(), std::io::Error>(())
+    })
+    .context("waiting for a signal")?;
+    info!("stopping");
+    let mut total = proxy::Snapshot::default();
+    for s in &running.stats {
+        total.add(&s.snapshot());
+    }
+    running.pool.stop().context("stopping workers")?;
+    info!(?total, "stopped");
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! Runtime settings of the proxy core, already validated by the control plane.
+
+use std::time::Duration;
+
+use crate::dispatch::{Algorithm, HealthPolicy};
+use crate::txn::TimerConfig;
+
+/// What to do with a request whose Request-URI names a domain siphon does not serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownDomain {
+    /// Forward it to the host in its Request-URI, like any plain proxy.
+    Relay,
+    /// Answer 404 and forward nothing.
+    Reject,
+}
+
+/// Chooses a dispatcher set other than the default for matching initial requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetRule {
+    /// The Request-URI user part starts with this prefix.
+    Prefix { prefix: String, set: u32 },
+    /// The Request-URI host equals this domain (case-insensitive).
+    Domain { domain: String, set: u32 },
+}
+
+/// Everything a worker needs to route, shared read-only by all workers.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Host or IP written into the Via and Record-Route siphon adds.
+    pub advertise: String,
+    /// IP addresses that also mean "this proxy" in a Route or Request-URI.
+    pub local_hosts: Vec<String>,
+    /// The shared public SIP port.
+    pub public_port: u16,
+    /// Each worker's private port, indexed by worker.
+    pub private_ports: Vec<u16>,
+    pub algorithm: Algorithm,
+    pub default_set: u32,
+    pub rules: Vec<SetRule>,
+    /// Final responses from a destination that make siphon try the next one.
+    pub failover_codes: Vec<u16>,
+    pub timers: TimerConfig,
+    pub health: HealthPolicy,
+    /// Transactions per worker; new requests beyond it get 503.
+    pub max_transactions: usize,
+    /// New INVITEs get 503 + Retry-After once this many transactions are open.
+    pub overload_transactions: usize,
+    pub max_dialogs: usize,
+    pub retry_after_s: u32,
+    pub record_route: bool,
+    /// Domains served; empty means every domain.
+    pub domains: Vec<String>,
+    pub unknown_domain: UnknownDomain,
+    pub server_header: String,
+    /// A dialog with no BYE and no traffic is forgotten after this long.
+    pub dialog_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            advertise: "127.0.0.1".into(),
+            local_hosts: vec!["127.0.0.1".into()],
+            public_port: 5060,
+            private_ports: vec![5061],
+            algorithm: Algorithm::RoundRobin,
+            default_set: 1,
+            rules: Vec::new(),
+            failover_codes: vec![408, 500, 503],
+            timers: TimerConfig::default(),
+            health: HealthPolicy::default(),
+            max_transactions: 65536,
+            overload_transactions: 58982,
+            max_dialogs: 262144,
+            retry_after_s: 5,
+            record_route: true,
+            domains: Vec::new(),
+            unknown_domain: UnknownDomain::Relay,
+            server_header: "siphon".into(),
+            dialog_timeout: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// Which worker, if any, owns this host:port ("public" owns nobody).
+    pub fn owner_of(&self, host: &[u8], port: Option<u16>) -> Option<Ownership> {
+        if !self.is_local_host(host) {
+            return None;
+        }
+        let port = port.unwrap_or(5060);
+        if port == self.public_port {
+            return Some(Ownership::Public);
+        }
+        self.private_ports
+            .iter()
+            .position(|&p| p == port)
+            .map(Ownership::Worker)
+    }
+
+    pub fn is_local_host(&self, host: &[u8]) -> bool {
+        let host = strip_brackets(host);
+        host.eq_ignore_ascii_case(strip_brackets(self.advertise.as_bytes()))
+            || self
+                .local_hosts
+                .iter()
+                .any(|h| host.eq_ignore_ascii_case(strip_brackets(h.as_bytes())))
+    }
+
+    pub fn serves_domain(&self, host: &[u8]) -> bool {
+        self.domains.is_empty()
+            || self.is_local_host(host)
+            || self
+                .domains
+                .iter()
+                .any(|d| host.eq_ignore_ascii_case(d.as_bytes()))
+    }
+
+    /// The dispatcher set for an initial request to `user@host`.
+    pub fn set_for(&self, user: &[u8], host: &[u8]) -> u32 {
+        for rule in &self.rules {
+            match rule {
+                SetRule::Prefix { prefix, set } if user.starts_with(prefix.as_bytes()) => {
+                    return *set
+                }
+                SetRule::Domain { domain, set } if host.eq_ignore_ascii_case(domain.as_bytes()) => {
+                    return *set
+                }
+                _ => {}
+            }
+        }
+        self.default_set
+    }
+}
+
+/// Who a local address belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// The shared SO_REUSEPORT port: any worker may handle it.
+    Public,
+    /// A worker's private port.
+    Worker(usize),
+}
+
+fn strip_brackets(h: &[u8]) -> &[u8] {
+    match h {
+        [b'[', inner @ .., b']'] => inner,
+        _ => h,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ownership_by_port_and_host() {
+        let cfg = ProxyConfig {
+            private_ports: vec![5061, 5062],
+            ..ProxyConfig::default()
+        };
+        assert_eq!(cfg.owner_of(b"127.0.0.1", Some(5062)), Some(Ownership::Worker(1)));
+        assert_eq!(cfg.owner_of(b"127.0.0.1", None), Some(Ownership::Public));
+        assert_eq!(cfg.owner_of(b"10.0.0.1", Some(5061)), None);
+        assert_eq!(cfg.owner_of(b"127.0.0.1", Some(7000)), None);
+    }
+
+    #[test]
+    fn rules_pick_sets() {
+        let cfg = ProxyConfig {
+            rules: vec![
+                SetRule::Prefix { prefix: "+44".into(), set: 2 },
+                SetRule::Domain { domain: "pbx.example.com".into(), set: 3 },
+            ],
+            ..ProxyConfig::default()
+        };
+        assert_eq!(cfg.set_for(b"+4420", b"x"), 2);
+        assert_eq!(cfg.set_for(b"100", b"PBX.example.com"), 3);
+        assert_eq!(cfg.set_for(b"100", b"other"), 1);
+    }
+}

@@ -1,0 +1,260 @@
+//! One proxied request: its server transaction towards the caller, the client
+//! transaction of the current attempt towards a destination, and what
+//! failover needs to try the next one.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use smallvec::SmallVec;
+
+use crate::dispatch::{DestStats, Table};
+use crate::sip::Method;
+use crate::txn::timer::TimerId;
+use crate::txn::{
+    ClientAction, ClientInvite, ClientNonInvite, ServerAction, ServerInvite, ServerNonInvite,
+    TimerConfig, TxnKey,
+};
+use crate::worker::SocketId;
+
+/// Where the current attempt goes.
+pub(crate) struct Target {
+    pub addr: SocketAddr,
+    /// The dispatcher destination, when the target was selected from a set
+    /// (loose-routed in-dialog requests have none).
+    pub dest: Option<Arc<DestStats>>,
+}
+
+pub(crate) struct ProxyTxn {
+    pub key: TxnKey,
+    pub method: Method,
+    pub upstream: SocketAddr,
+    pub upstream_socket: SocketId,
+    pub server: ServerTx,
+    /// The request as received; failover re-forwards it from here.
+    pub request: Vec<u8>,
+    /// The request as last forwarded: retransmissions, CANCEL and ACK are
+    /// built from it.
+    pub forwarded: Vec<u8>,
+    /// The last response sent upstream, resent on retransmitted requests.
+    pub last_response: Vec<u8>,
+    pub client: Option<ClientTx>,
+    /// The CANCEL siphon sent for the current attempt.
+    pub cancel: Option<ClientTx>,
+    pub attempt: u8,
+    pub target: Target,
+    /// Destinations of the set in failover order (indexes into the set).
+    pub candidates: SmallVec<[u16; 16]>,
+    pub next_candidate: usize,
+    /// The table snapshot and set the candidates index into.
+    pub set: Option<(Arc<Table>, usize)>,
+    pub pop_routes: usize,
+    pub record_route: bool,
+    pub received: Option<(IpAddr, u16)>,
+    pub cancelled: bool,
+    pub final_sent: bool,
+    pub sent_at: Instant,
+    pub timer: Option<TimerId>,
+}
+
+impl ProxyTxn {
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [
+            self.server.next_deadline(),
+            self.client.as_ref().and_then(ClientTx::next_deadline),
+            self.cancel.as_ref().and_then(ClientTx::next_deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Nothing left to absorb or retransmit on either side.
+    pub fn is_finished(&self) -> bool {
+        self.server.is_terminated()
+            && self.client.as_ref().is_none_or(ClientTx::is_terminated)
+            && self.cancel.as_ref().is_none_or(ClientTx::is_terminated)
+    }
+}
+
+/// The caller-facing side.
+pub(crate) enum ServerTx {
+    Invite(ServerInvite),
+    NonInvite(ServerNonInvite),
+}
+
+/// What a server-side timer asks the proxy to do.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ServerTimer {
+    None,
+    RetransmitFinal,
+}
+
+impl ServerTx {
+    pub fn new(method: Method, now: Instant, cfg: &TimerConfig) -> ServerTx {
+        if method == Method::Invite {
+            ServerTx::Invite(ServerInvite::new(now, cfg))
+        } else {
+            ServerTx::NonInvite(ServerNonInvite::new(now, cfg))
+        }
+    }
+
+    /// A retransmitted request arrived; true when the last response should
+    /// be sent again.
+    pub fn on_request(&mut self, now: Instant) -> bool {
+        let a = match self {
+            ServerTx::Invite(s) => s.on_request(now),
+            ServerTx::NonInvite(s) => s.on_request(now),
+        };
+        matches!(a, ServerAction::ResendLast)
+    }
+
+    pub fn on_ack(&mut self, now: Instant) {
+        if let ServerTx::Invite(s) = self {
+            let _ = s.on_ack(now);
+        }
+    }
+
+    pub fn on_final_sent(&mut self, code: u16, now: Instant) {
+        match self {
+            ServerTx::Invite(s) => {
+                let _ = s.on_final_sent(code, now);
+            }
+            ServerTx::NonInvite(s) => {
+                let _ = s.on_final_sent(code, now);
+            }
+        }
+    }
+
+    pub fn on_timer(&mut self, now: Instant) -> ServerTimer {
+        let a = match self {
+            ServerTx::Invite(s) => s.on_timer(now),
+            ServerTx::NonInvite(s) => s.on_timer(now),
+        };
+        match a {
+            ServerAction::RetransmitFinal => ServerTimer::RetransmitFinal,
+            _ => ServerTimer::None,
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self {
+            ServerTx::Invite(s) => s.next_deadline(),
+            ServerTx::NonInvite(s) => s.next_deadline(),
+        }
+    }
+
+    pub fn is_terminated(&self) -> bool {
+        match self {
+            ServerTx::Invite(s) => s.is_terminated(),
+            ServerTx::NonInvite(s) => s.is_terminated(),
+        }
+    }
+}
+
+/// The destination-facing side of one attempt (or of a CANCEL).
+pub(crate) enum ClientTx {
+    Invite(ClientInvite),
+    NonInvite(ClientNonInvite),
+}
+
+/// What a response means to the proxy.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ClientEvent {
+    /// A retransmission, or a response the caller must not see.
+    Absorb,
+    /// A retransmitted non-2xx final: ACK it again, nothing else.
+    ResendAck,
+    /// 1xx; `send_cancel` when a CANCEL was waiting for it (RFC 3261 §9.1).
+    Provisional { send_cancel: bool },
+    /// 2xx (first or retransmitted): pass it up.
+    Success,
+    /// First 3xx–6xx: ACK it (INVITE) and fail over or pass it up.
+    Failure { send_ack: bool },
+}
+
+/// What a client-side timer asks the proxy to do.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ClientTimer {
+    None,
+    Retransmit,
+    /// fr_timer (no reply at all) or fr_inv_timer (`proceeding`: rang, never
+    /// answered) expired.
+    Timeout { proceeding: bool },
+}
+
+impl ClientTx {
+    pub fn new(method: Method, now: Instant, cfg: &TimerConfig) -> ClientTx {
+        if method == Method::Invite {
+            ClientTx::Invite(ClientInvite::new(now, cfg))
+        } else {
+            ClientTx::NonInvite(ClientNonInvite::new(now, cfg))
+        }
+    }
+
+    pub fn on_response(&mut self, code: u16, now: Instant) -> ClientEvent {
+        let invite = matches!(self, ClientTx::Invite(_));
+        let a = match self {
+            ClientTx::Invite(c) => c.on_response(code, now),
+            ClientTx::NonInvite(c) => c.on_response(code, now),
+        };
+        match a {
+            ClientAction::PassUp if code < 200 => Self::provisional(false),
+            ClientAction::SendCancel => Self::provisional(true),
+            ClientAction::PassUp if code < 300 => ClientEvent::Success,
+            ClientAction::PassUp => ClientEvent::Failure { send_ack: false },
+            ClientAction::SendAckAndPassUp => ClientEvent::Failure { send_ack: invite },
+            ClientAction::ResendAck => ClientEvent::ResendAck,
+            // A 2xx retransmission still goes up: the caller needs it until
+            // its ACK gets through.
+            _ if invite && (200..300).contains(&code) => ClientEvent::Success,
+            _ => ClientEvent::Absorb,
+        }
+    }
+
+    fn provisional(send_cancel: bool) -> ClientEvent {
+        ClientEvent::Provisional { send_cancel }
+    }
+
+    /// Asks to cancel the attempt; true when the CANCEL may go out now.
+    pub fn request_cancel(&mut self) -> bool {
+        match self {
+            ClientTx::Invite(c) => c.request_cancel(),
+            ClientTx::NonInvite(_) => false,
+        }
+    }
+
+    pub fn on_timer(&mut self, now: Instant) -> ClientTimer {
+        let proceeding = self.is_proceeding();
+        let a = match self {
+            ClientTx::Invite(c) => c.on_timer(now),
+            ClientTx::NonInvite(c) => c.on_timer(now),
+        };
+        match a {
+            ClientAction::Retransmit => ClientTimer::Retransmit,
+            ClientAction::Timeout => ClientTimer::Timeout { proceeding },
+            _ => ClientTimer::None,
+        }
+    }
+
+    fn is_proceeding(&self) -> bool {
+        match self {
+            ClientTx::Invite(c) => c.is_proceeding(),
+            ClientTx::NonInvite(c) => c.is_proceeding(),
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self {
+            ClientTx::Invite(c) => c.next_deadline(),
+            ClientTx::NonInvite(c) => c.next_deadline(),
+        }
+    }
+
+    pub fn is_terminated(&self) -> bool {
+        match self {
+            ClientTx::Invite(c) => c.is_terminated(),
+            ClientTx::NonInvite(c) => c.is_terminated(),
+        }
+    }
+}
