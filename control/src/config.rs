@@ -28,10 +28,84 @@ use toml_edit::{ArrayOfTables, ImDocument, Item, Table, Value};
 // Small value types
 // ---------------------------------------------------------------------------------------
 
+/// A scalar as the deserialiser saw it, for error messages and parsing.
+enum Scalar<'a> {
+    Str(&'a str),
+    Int(i64),
+    /// Anything else, already described (`true`, `1.5`, `a list`).
+    Other(String),
+}
+
+impl fmt::Display for Scalar<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scalar::Str(s) => write!(f, "{s:?}"),
+            Scalar::Int(n) => write!(f, "{n}"),
+            Scalar::Other(s) => f.write_str(s),
+        }
+    }
+}
+
 /// `must be WHAT (got VALUE)`: the wording every value error uses, so the error printer
 /// can put the key name in front of it.
-fn must<E: serde::de::Error>(what: &str, got: &toml::Value) -> E {
-    E::custom(format!("must be {what} (got {got})"))
+fn must(what: &str, got: &Scalar<'_>) -> String {
+    format!("must be {what} (got {got})")
+}
+
+/// Deserialises one value through `parse`. Errors are raised inside the deserialiser's
+/// own call, which is what makes toml attach the span of this very value (an element of
+/// an array, not the whole array) to them.
+struct ScalarVisitor<F> {
+    expecting: &'static str,
+    parse: F,
+}
+
+fn scalar<'de, D, T, F>(d: D, expecting: &'static str, parse: F) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    F: FnOnce(Scalar<'_>) -> Result<T, String>,
+{
+    d.deserialize_any(ScalarVisitor { expecting, parse })
+}
+
+impl<'de, T, F> serde::de::Visitor<'de> for ScalarVisitor<F>
+where
+    F: FnOnce(Scalar<'_>) -> Result<T, String>,
+{
+    type Value = T;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.expecting)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+        (self.parse)(Scalar::Str(v)).map_err(E::custom)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<T, E> {
+        (self.parse)(Scalar::Int(v)).map_err(E::custom)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<T, E> {
+        let s = i64::try_from(v).map_or_else(|_| Scalar::Other(v.to_string()), Scalar::Int);
+        (self.parse)(s).map_err(E::custom)
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<T, E> {
+        (self.parse)(Scalar::Other(v.to_string())).map_err(E::custom)
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<T, E> {
+        (self.parse)(Scalar::Other(v.to_string())).map_err(E::custom)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<T, A::Error> {
+        (self.parse)(Scalar::Other("a list".into())).map_err(A::Error::custom)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<T, A::Error> {
+        (self.parse)(Scalar::Other("a table".into())).map_err(A::Error::custom)
+    }
 }
 
 fn quoted_list(names: &[&str]) -> String {
@@ -99,11 +173,10 @@ macro_rules! string_enum {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let v = toml::Value::deserialize(d)?;
-                match &v {
-                    toml::Value::String(s) => s.parse().map_err(D::Error::custom),
-                    _ => Err(must(&format!("one of {}", quoted_list(Self::NAMES)), &v)),
-                }
+                scalar(d, "a string", |v| match v {
+                    Scalar::Str(s) => s.parse(),
+                    other => Err(must(&format!("one of {}", quoted_list(Self::NAMES)), &other)),
+                })
             }
         }
     };
@@ -217,14 +290,13 @@ impl Serialize for Workers {
 
 impl<'de> Deserialize<'de> for Workers {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = toml::Value::deserialize(d)?;
-        match &v {
-            toml::Value::String(s) if s == "auto" => Ok(Workers::Auto),
-            toml::Value::Integer(n) if *n >= 1 => usize::try_from(*n)
+        scalar(d, WORKERS_MUST, |v| match v {
+            Scalar::Str("auto") => Ok(Workers::Auto),
+            Scalar::Int(n) if n >= 1 => usize::try_from(n)
                 .map(Workers::Count)
                 .map_err(|_| must(WORKERS_MUST, &v)),
-            _ => Err(must(WORKERS_MUST, &v)),
-        }
+            other => Err(must(WORKERS_MUST, &other)),
+        })
     }
 }
 
@@ -357,14 +429,13 @@ impl Serialize for AlgorithmSpec {
 impl<'de> Deserialize<'de> for AlgorithmSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         const WHAT: &str = "an algorithm name or Kamailio number";
-        let v = toml::Value::deserialize(d)?;
-        match &v {
-            toml::Value::Integer(n) => u32::try_from(*n)
+        scalar(d, WHAT, |v| match v {
+            Scalar::Int(n) => u32::try_from(n)
                 .map(AlgorithmSpec::Number)
                 .map_err(|_| must(WHAT, &v)),
-            toml::Value::String(s) => s.parse().map_err(|_| must(WHAT, &v)),
-            _ => Err(must(WHAT, &v)),
-        }
+            Scalar::Str(s) => s.parse().map_err(|_| must(WHAT, &v)),
+            other => Err(must(WHAT, &other)),
+        })
     }
 }
 
@@ -412,11 +483,10 @@ impl Serialize for EngineSpec {
 
 impl<'de> Deserialize<'de> for EngineSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let v = toml::Value::deserialize(d)?;
-        match &v {
-            toml::Value::String(s) => s.parse().map_err(D::Error::custom),
-            _ => Err(must(ENGINE_MUST, &v)),
-        }
+        scalar(d, ENGINE_MUST, |v| match v {
+            Scalar::Str(s) => s.parse(),
+            other => Err(must(ENGINE_MUST, &other)),
+        })
     }
 }
 
@@ -431,11 +501,10 @@ mod sockaddr {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
-        let v = toml::Value::deserialize(d)?;
-        match &v {
-            toml::Value::String(s) => s.parse().map_err(|_| must(WHAT, &v)),
-            _ => Err(must(WHAT, &v)),
-        }
+        scalar(d, WHAT, |v| match v {
+            Scalar::Str(s) => s.parse().map_err(|_| must(WHAT, &v)),
+            other => Err(must(WHAT, &other)),
+        })
     }
 }
 
