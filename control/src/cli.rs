@@ -9,7 +9,12 @@ use crate::config::{AlgorithmSpec, Config, IoMode, Workers};
 
 /// siphon: a SIP load balancer and stateful proxy.
 #[derive(Debug, Parser)]
-#[command(name = "siphon", version, about, propagate_version = true)]
+#[command(
+    name = "siphon",
+    version,
+    about = "siphon: SIP load balancer and stateful proxy",
+    propagate_version = true
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

@@ -457,7 +457,10 @@ impl FromStr for EngineSpec {
         let bad = || format!("must be {ENGINE_MUST} (got \"{s}\")");
         let rest = s.strip_prefix("udp:").ok_or_else(bad)?;
         let (addr, weight) = match rest.split_once('=') {
-            Some((a, w)) => (a, w.parse::<u32>().ok().filter(|w| *w >= 1).ok_or_else(bad)?),
+            Some((a, w)) => (
+                a,
+                w.parse::<u32>().ok().filter(|w| *w >= 1).ok_or_else(bad)?,
+            ),
             None => (rest, 1),
         };
         let addr = addr.parse::<SocketAddr>().map_err(|_| bad())?;
@@ -529,7 +532,10 @@ impl DispatcherSource {
             Ok(None)
         } else if let Some(path) = s.strip_prefix("file:") {
             if path.is_empty() {
-                Err("source \"file:\" needs a path, e.g. \"file:/etc/siphon/dispatcher.list\"".into())
+                Err(
+                    "source \"file:\" needs a path, e.g. \"file:/etc/siphon/dispatcher.list\""
+                        .into(),
+                )
             } else {
                 Ok(Some(DispatcherSource::File(PathBuf::from(path))))
             }
@@ -1096,8 +1102,7 @@ impl Config {
         match p.private_base() {
             None => v.err(
                 at("listen"),
-                "listen port 65535 leaves no room for private ports; set private_port_base"
-                    .into(),
+                "listen port 65535 leaves no room for private ports; set private_port_base".into(),
             ),
             Some(base) => {
                 let n = match p.workers {
@@ -1143,7 +1148,10 @@ impl Config {
             }
         }
         if p.max_transactions == 0 {
-            v.err(at("max_transactions"), "max_transactions must be ≥ 1".into());
+            v.err(
+                at("max_transactions"),
+                "max_transactions must be ≥ 1".into(),
+            );
         }
         if p.max_dialogs == 0 {
             v.err(at("max_dialogs"), "max_dialogs must be ≥ 1".into());
@@ -1152,7 +1160,9 @@ impl Config {
         if !(w > 0.0 && w <= 1.0) {
             v.err(
                 at("overload_watermark"),
-                format!("overload_watermark must be a fraction greater than 0 and at most 1 (got {w})"),
+                format!(
+                    "overload_watermark must be a fraction greater than 0 and at most 1 (got {w})"
+                ),
             );
         }
         if !is_header_text(&p.server_header) {
@@ -1175,8 +1185,7 @@ impl Config {
             }
             Some(_) if !d.source.is_empty() => v.err(
                 at("list"),
-                "set either source or list (shorthand for source = \"file:PATH\"), not both"
-                    .into(),
+                "set either source or list (shorthand for source = \"file:PATH\"), not both".into(),
             ),
             _ => {}
         }
@@ -1196,7 +1205,11 @@ impl Config {
         for (i, &c) in d.ping_reply_codes.iter().enumerate() {
             if !(100..=699).contains(&c) {
                 v.err(
-                    vec![key("dispatcher"), key("ping_reply_codes"), PathSeg::Index(i)],
+                    vec![
+                        key("dispatcher"),
+                        key("ping_reply_codes"),
+                        PathSeg::Index(i),
+                    ],
                     format!("ping_reply_codes entries must be SIP codes 100..699 (got {c})"),
                 );
             }
@@ -1235,7 +1248,10 @@ impl Config {
         if d.ping_method.is_empty() || !d.ping_method.bytes().all(is_token_byte) {
             v.err(
                 at("ping_method"),
-                format!("ping_method must be a SIP method name (got \"{}\")", d.ping_method),
+                format!(
+                    "ping_method must be a SIP method name (got \"{}\")",
+                    d.ping_method
+                ),
             );
         }
         let mut seen: Vec<(&str, &str)> = Vec::new();
@@ -1260,7 +1276,9 @@ impl Config {
             if value.is_empty() || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 v.err(
                     rule_path(Some(kind)),
-                    format!("rule {kind} must be a non-empty word without spaces (got \"{value}\")"),
+                    format!(
+                        "rule {kind} must be a non-empty word without spaces (got \"{value}\")"
+                    ),
                 );
             } else if kind == "domain" && !is_host(value) {
                 v.err(
@@ -1742,7 +1760,9 @@ fn describe_de_error(msg: &str, path: &[PathSeg], is_table: bool) -> String {
             if is_table {
                 format!("unknown section [{name}]; expected one of {SECTIONS}")
             } else {
-                format!("unknown key \"{name}\" outside any section; expected a section: {SECTIONS}")
+                format!(
+                    "unknown key \"{name}\" outside any section; expected a section: {SECTIONS}"
+                )
             }
         } else if expected.is_empty() {
             format!("unknown key \"{name}\" in {}", table_name(parent))
@@ -1793,7 +1813,7 @@ mod tests {
     fn blanking_keeps_lines_and_offsets() {
         let mut s = "a = 1\nb = [1,\n 2]\nc = 3\n".to_owned();
         assert!(blank_lines(&mut s, 10..14));
-        assert_eq!(s, "a = 1\n      \n   \nc = 3\n");
+        assert_eq!(s, "a = 1\n       \n   \nc = 3\n");
         assert!(!blank_lines(&mut s, 7..8));
     }
 
@@ -1824,7 +1844,10 @@ mod tests {
             AlgorithmSpec::parse_known("rr").map(|a| a.kamailio_number()),
             Ok(Some(4))
         );
-        assert_eq!(AlgorithmSpec::parse_known("13"), Ok(AlgorithmSpec::Number(13)));
+        assert_eq!(
+            AlgorithmSpec::parse_known("13"),
+            Ok(AlgorithmSpec::Number(13))
+        );
         assert!(AlgorithmSpec::parse_known("7").is_err());
         assert_eq!(
             AlgorithmSpec::Name("rendezvous".into()).kamailio_number(),
