@@ -11,3 +11,4 @@
 //! received datagrams in and take datagrams to send out.
 
 pub mod bencode;
+pub mod ng;
