@@ -149,7 +149,7 @@ pub fn decode_with(input: &[u8], limits: Limits) -> Result<Value<'_>, DecodeErro
     // Validation proved the shape, so the split cannot fail; the error arm
     // only keeps this path panic-free should the two ever disagree.
     match split_value(input) {
-        Some((v, rest)) if rest.is_empty() => Ok(v),
+        Some((v, [])) => Ok(v),
         _ => Err(DecodeError::Eof(input.len())),
     }
 }

@@ -11,4 +11,5 @@
 //! received datagrams in and take datagrams to send out.
 
 pub mod bencode;
+pub mod client;
 pub mod ng;

@@ -180,7 +180,7 @@ impl CookieGen {
     }
 
     /// Allocates the next sequence number and its cookie.
-    pub fn next(&mut self) -> (u64, Cookie) {
+    pub fn next_cookie(&mut self) -> (u64, Cookie) {
         let seq = self.next;
         self.next = self.next.wrapping_add(1);
         (seq, self.cookie(seq))
@@ -1151,8 +1151,8 @@ mod tests {
     #[test]
     fn cookies_are_unique_and_recognised() {
         let mut g = CookieGen::new(0xdead_beef, 3);
-        let (s0, c0) = g.next();
-        let (s1, c1) = g.next();
+        let (s0, c0) = g.next_cookie();
+        let (s1, c1) = g.next_cookie();
         assert_eq!((s0, s1), (0, 1));
         assert_eq!(c0.as_bytes(), b"deadbeef_3_0");
         assert_eq!(c1.to_string(), "deadbeef_3_1");
