@@ -919,12 +919,12 @@ mod tests {
     #[test]
     fn hostile_depth_is_refused_without_recursion() {
         let mut deep = vec![b'l'; 1_000_000];
-        deep.extend(std::iter::repeat_n(b'e', 1_000_000));
+        deep.extend(vec![b'e'; 1_000_000]);
         assert_eq!(decode(&deep), Err(DecodeError::TooDeep(32)));
         // Exactly at the limit is fine, one more is not.
         let at = |n: usize| {
             let mut v = vec![b'l'; n];
-            v.extend(std::iter::repeat_n(b'e', n));
+            v.extend(vec![b'e'; n]);
             v
         };
         assert!(decode(&at(32)).is_ok());

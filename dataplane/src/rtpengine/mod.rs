@@ -13,3 +13,12 @@
 pub mod bencode;
 pub mod client;
 pub mod ng;
+
+pub use client::{
+    hash_call_id, Client, ClientConfig, Completion, EngineSet, HealthChange, NgOutcome, Output,
+    Sent,
+};
+pub use ng::{
+    write_request, CallStats, Command, Cookie, CookieGen, FlagsError, NgError, NgFlags, NgResult,
+    Reply, Request,
+};
