@@ -19,6 +19,6 @@ pub use client::{
     Sent,
 };
 pub use ng::{
-    write_request, CallStats, Command, Cookie, CookieGen, FlagsError, NgError, NgFlags, NgResult,
-    Reply, Request,
+    write_request, CallStats, Command, Cookie, CookieGen, FlagValue, FlagsError, NgError, NgFlags,
+    NgResult, PacketCounters, Reply, Request,
 };
