@@ -65,9 +65,13 @@ fn run(args: &RunArgs) -> ExitCode {
              told to reach this proxy at the loopback address; set proxy.advertise"
         );
     }
-    // Replaced by the real start-up once the proxy exists.
-    eprintln!("proxy not built yet");
-    ExitCode::from(2)
+    match control::run::run(&cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("siphon: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Sets up tracing: `--log-level` wins, then RUST_LOG, then `[log] level`.
@@ -109,7 +113,7 @@ fn check_config(path: &Path) -> ExitCode {
     let problems = check_dispatcher_source(&cfg);
     if !problems.is_empty() {
         for p in problems {
-            eprintln!("{file}: {p}");
+            eprintln!("{p}");
         }
         return ExitCode::FAILURE;
     }
@@ -117,20 +121,17 @@ fn check_config(path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-// INTEGRATION POINT (dispatcher sources): replace the body with a real check of the
-// source the configuration names — parse the dispatcher.list (reporting its own
-// LIST:LINE problems) or connect to the database and read the table.
-/// Checks the dispatcher source named by `cfg`. For now: a file source must exist and
-/// be readable. Each entry is one problem; `check-config` prints it after `FILE: `.
+/// Checks the dispatcher source named by `cfg`: a dispatcher.list is parsed
+/// and every destination resolved. Each entry is one problem; list problems
+/// already carry `LIST:LINE:`, others get `FILE: ` from check-config.
 fn check_dispatcher_source(cfg: &Config) -> Vec<String> {
     match cfg.dispatcher.resolved_source() {
-        Ok(Some(DispatcherSource::File(path))) => match std::fs::File::open(&path) {
-            Ok(_) => Vec::new(),
-            Err(e) => vec![format!(
-                "cannot read dispatcher list {}: {e}",
-                path.display()
-            )],
-        },
+        Ok(Some(DispatcherSource::File(path))) => {
+            match control::source::file::load(&path, std::time::Instant::now(), None) {
+                Ok(_) => Vec::new(),
+                Err(problems) => problems,
+            }
+        }
         // Validation already reported a malformed source.
         Ok(_) | Err(_) => Vec::new(),
     }

@@ -14,7 +14,7 @@ use dataplane::txn::TimerConfig;
 use dataplane::worker::{self, Driver, SocketSpec, WorkerSpec};
 use tracing::{info, warn};
 
-use crate::config::{Config, RuleConfig};
+use crate::config::{Config, DispatchRule, DispatcherSource};
 use crate::source;
 
 /// Everything `run` derived from the configuration, kept for the control
@@ -31,43 +31,24 @@ pub struct Running {
 
 /// The dispatcher list file named by `[dispatcher] source = "file:…"` or `list`.
 pub fn dispatcher_file(cfg: &Config) -> Result<Option<PathBuf>> {
-    let src = cfg.dispatcher.source.trim();
-    if let Some(path) = src.strip_prefix("file:") {
-        return Ok(Some(PathBuf::from(path)));
+    match cfg.dispatcher.resolved_source().map_err(|e| anyhow!(e))? {
+        Some(DispatcherSource::File(path)) => Ok(Some(path)),
+        Some(other) => bail!("dispatcher source {other:?} is not supported yet (only file:PATH)"),
+        None => Ok(None),
     }
-    if src.is_empty() {
-        return Ok(cfg.dispatcher.list.as_ref().map(PathBuf::from));
-    }
-    bail!("dispatcher source {src:?} is not supported yet (only file:PATH)")
-}
-
-pub fn worker_count(cfg: &Config) -> usize {
-    cfg.proxy
-        .workers
-        .count()
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Builds the proxy core's settings from the file's.
-pub fn proxy_config(cfg: &Config, listen: SocketAddr, workers: usize) -> Result<ProxyConfig> {
-    let base = match cfg.proxy.private_port_base {
-        0 => listen.port().checked_add(1),
-        b => Some(b),
-    }
-    .ok_or_else(|| anyhow!("listen port {} leaves no room for private ports", listen.port()))?;
+pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
+    let listen = cfg.proxy.listen;
     let private_ports = (0..workers)
         .map(|i| {
-            u16::try_from(i)
-                .ok()
-                .and_then(|i| base.checked_add(i))
-                .ok_or_else(|| anyhow!("private port {base}+{i} is out of range"))
+            cfg.proxy
+                .private_port(i)
+                .ok_or_else(|| anyhow!("{workers} workers need private ports beyond 65535; lower proxy.private_port_base"))
         })
         .collect::<Result<Vec<u16>>>()?;
-    let advertise = match &cfg.proxy.advertise {
-        Some(a) if !a.is_empty() => a.clone(),
-        _ if listen.ip().is_unspecified() => "127.0.0.1".to_string(),
-        _ => listen.ip().to_string(),
-    };
+    let advertise = cfg.proxy.advertise_host();
     let mut local_hosts = vec![listen.ip().to_string(), advertise.clone()];
     if listen.ip().is_unspecified() {
         local_hosts.push("127.0.0.1".into());
@@ -78,7 +59,7 @@ pub fn proxy_config(cfg: &Config, listen: SocketAddr, workers: usize) -> Result<
         .to_string()
         .parse()
         .map_err(|e| anyhow!("dispatcher algorithm: {e}"))?;
-    let max_transactions = cfg.proxy.max_transactions;
+    let max_transactions = cfg.proxy.max_transactions as usize;
     Ok(ProxyConfig {
         advertise,
         local_hosts,
@@ -90,32 +71,32 @@ pub fn proxy_config(cfg: &Config, listen: SocketAddr, workers: usize) -> Result<
             .dispatcher
             .rules
             .iter()
-            .map(|r: &RuleConfig| match (&r.prefix, &r.domain) {
+            .map(|r: &DispatchRule| match (&r.prefix, &r.domain) {
                 (Some(p), _) => SetRule::Prefix { prefix: p.clone(), set: r.set },
                 (None, Some(d)) => SetRule::Domain { domain: d.clone(), set: r.set },
+                // Validation guarantees exactly one of the two.
                 (None, None) => SetRule::Prefix { prefix: String::new(), set: r.set },
             })
             .collect(),
         failover_codes: cfg.dispatcher.failover_codes.clone(),
         timers: TimerConfig {
-            fr_timer: Duration::from_millis(cfg.dispatcher.fr_timer_ms),
-            fr_inv_timer: Duration::from_millis(cfg.dispatcher.fr_inv_timer_ms),
+            fr_timer: cfg.dispatcher.fr_timer(),
+            fr_inv_timer: cfg.dispatcher.fr_inv_timer(),
             ..TimerConfig::default()
         },
         health: HealthPolicy {
             failure_threshold: cfg.dispatcher.failure_threshold,
-            hold_down: Duration::from_secs(cfg.dispatcher.hold_down_s),
+            hold_down: cfg.dispatcher.hold_down(),
         },
         max_transactions,
         overload_transactions: ((max_transactions as f64) * cfg.proxy.overload_watermark) as usize,
-        max_dialogs: cfg.proxy.max_dialogs,
+        max_dialogs: cfg.proxy.max_dialogs as usize,
         retry_after_s: cfg.proxy.retry_after_s,
         record_route: cfg.proxy.record_route,
         domains: cfg.proxy.domains.clone(),
-        unknown_domain: if cfg.proxy.unknown_domain == "reject" {
-            UnknownDomain::Reject
-        } else {
-            UnknownDomain::Relay
+        unknown_domain: match cfg.proxy.unknown_domain {
+            crate::config::UnknownDomain::Reject => UnknownDomain::Reject,
+            crate::config::UnknownDomain::Relay => UnknownDomain::Relay,
         },
         server_header: cfg.proxy.server_header.clone(),
         ..ProxyConfig::default()
@@ -124,13 +105,9 @@ pub fn proxy_config(cfg: &Config, listen: SocketAddr, workers: usize) -> Result<
 
 /// Binds the sockets, loads the destinations and starts the workers.
 pub fn start(cfg: &Config) -> Result<Running> {
-    let listen: SocketAddr = cfg
-        .proxy
-        .listen
-        .parse()
-        .with_context(|| format!("listen address {:?}", cfg.proxy.listen))?;
-    let workers = worker_count(cfg);
-    let proxy_cfg = Arc::new(proxy_config(cfg, listen, workers)?);
+    let listen = cfg.proxy.listen;
+    let workers = cfg.proxy.workers.resolve();
+    let proxy_cfg = Arc::new(proxy_config(cfg, workers)?);
     let epoch = Instant::now();
 
     let dispatcher_list = dispatcher_file(cfg)?;
@@ -145,8 +122,9 @@ pub fn start(cfg: &Config) -> Result<Running> {
     let driver: Driver = cfg
         .proxy
         .io
+        .as_str()
         .parse()
-        .map_err(|e| anyhow!("proxy.io: {e}"))?;
+        .map_err(|e| anyhow!("proxy.io: {e:?}"))?;
 
     let stats: Vec<Arc<WorkerStats>> = (0..workers).map(|_| Arc::new(WorkerStats::default())).collect();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
