@@ -425,23 +425,33 @@ impl Selector {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         let all = limit >= set.dests.len();
-        for (i, d) in set.dests.iter().enumerate() {
-            if !d.is_available(now) {
-                continue;
-            }
-            let h = mix64(key ^ d.id_hash);
-            let score = match set.hrw_weights.as_deref().and_then(|w| w.get(i)) {
+        let weights = set.hrw_weights.as_deref();
+        for (i, (&id, d)) in set.id_hashes.iter().zip(set.dests.iter()).enumerate() {
+            // 53 bits, so the unweighted fast path orders exactly like the
+            // weighted formula with equal weights: a set whose weights become
+            // equal after a removal must not reshuffle its keys.
+            let h = mix64(key ^ id) >> 11;
+            let score = match weights.and_then(|w| w.get(i)) {
                 None => h,
                 Some(&w) => {
                     // Weighted rendezvous: -w / ln(u), u uniform in (0, 1).
                     // The +0.5 keeps u away from 0 and 1, so the score is a
                     // finite positive float whose bits order like its value.
-                    let u = ((h >> 11) as f64 + 0.5) * (1.0 / (1u64 << 53) as f64);
+                    let u = (h as f64 + 0.5) * (1.0 / (1u64 << 53) as f64);
                     (-w / u.ln()).to_bits()
                 }
             };
             // Ranked ascending: invert so the highest score comes first.
-            push_ranked(&mut scratch, all, limit, (!score, i as u16));
+            let item = (!score, i as u16);
+            // Availability is checked only for scores that would make the
+            // top-k, so a big set costs one hash per destination, not a
+            // walk over every destination's stats.
+            if !all && !beats_worst(&scratch, limit, item) {
+                continue;
+            }
+            if d.is_available(now) {
+                push_ranked(&mut scratch, all, limit, item);
+            }
         }
         if all {
             scratch.sort_unstable();
@@ -449,6 +459,12 @@ impl Selector {
         out.extend(scratch.iter().take(limit).map(|&(_, i)| i));
         self.scratch = scratch;
     }
+}
+
+/// Whether `item` would enter a top-`limit` list `v` (sorted ascending).
+#[inline]
+fn beats_worst(v: &[(u64, u16)], limit: usize, item: (u64, u16)) -> bool {
+    v.len() < limit || v.last().is_some_and(|last| item < *last)
 }
 
 /// Adds `item` to `v`: unsorted when every candidate is kept (`all`, sorted
@@ -460,13 +476,11 @@ fn push_ranked(v: &mut Vec<(u64, u16)>, all: bool, limit: usize, item: (u64, u16
         v.push(item);
         return;
     }
+    if !beats_worst(v, limit, item) {
+        return;
+    }
     if v.len() >= limit {
-        match v.last() {
-            Some(last) if item < *last => {
-                v.pop();
-            }
-            _ => return,
-        }
+        v.pop();
     }
     let pos = v.partition_point(|x| *x < item);
     v.insert(pos, item);

@@ -439,6 +439,9 @@ pub struct Set {
     pub(crate) rweights: Box<[u32]>,
     /// Rendezvous weights; `None` when all are equal (integer fast path).
     pub(crate) hrw_weights: Option<Box<[f64]>>,
+    /// `Destination::id_hash` of every destination, contiguous so that
+    /// rendezvous over thousands of destinations scans one array.
+    pub(crate) id_hashes: Box<[u64]>,
 }
 
 impl Set {
@@ -627,6 +630,7 @@ impl Table {
                     weight_slots: Box::new([]),
                     rweights: Box::new([]),
                     hrw_weights: None,
+                    id_hashes: Box::new([]),
                 }),
             }
         }
@@ -728,6 +732,7 @@ impl Set {
             slots.swap(j, k);
         }
         self.weight_slots = slots.into_boxed_slice();
+        self.id_hashes = self.dests.iter().map(|d| d.id_hash).collect();
 
         let all_zero = self.dests.iter().all(|d| d.attrs.rweight == 0);
         self.rweights = self
