@@ -57,6 +57,47 @@ pub struct DestDef {
     pub line: usize,
 }
 
+impl DestDef {
+    /// Validates one row of Kamailio's `dispatcher(id, setid, destination,
+    /// flags, priority, attrs, description)` table; `id` stands in for the
+    /// line number in errors.
+    pub fn from_row(
+        id: usize,
+        set: i64,
+        uri: &str,
+        flags: i64,
+        priority: i64,
+        attrs: &str,
+        description: &str,
+    ) -> Result<DestDef, ListError> {
+        let err = |m: String| ListError::new(id, m);
+        let set = u32::try_from(set).map_err(|_| {
+            err(format!(
+                "invalid set id '{set}': expected a non-negative integer"
+            ))
+        })?;
+        let uri = uri.trim();
+        validate_uri(uri).map_err(err)?;
+        let flags = u32::try_from(flags)
+            .map_err(|_| format!("invalid flags '{flags}': expected a non-negative integer"))
+            .and_then(|f| parse_flags(&f.to_string()))
+            .map_err(err)?;
+        let priority = i32::try_from(priority)
+            .map_err(|_| err(format!("invalid priority '{priority}': out of range")))?;
+        let attrs_raw = attrs.trim();
+        Ok(DestDef {
+            set,
+            uri: uri.to_string(),
+            flags,
+            priority,
+            attrs: parse_attrs(attrs_raw).map_err(err)?,
+            attrs_raw: attrs_raw.to_string(),
+            description: description.trim().to_string(),
+            line: id,
+        })
+    }
+}
+
 /// Parsed `key=value;key=value` attributes of a destination.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Attrs {
@@ -410,6 +451,34 @@ mod tests {
         assert!(err_of("1 sip:a 32").contains("unknown bits 0x20"));
         assert!(err_of("1 sip:a 0 high").contains("invalid priority 'high'"));
         assert!(err_of("1 sip:a 0 0 weight=abc").contains("invalid weight"));
+    }
+
+    #[test]
+    fn database_rows() {
+        let d = DestDef::from_row(
+            7,
+            1,
+            " sip:10.0.0.1:5060 ",
+            8,
+            -3,
+            "weight=50;duid=a",
+            " gw ",
+        )
+        .unwrap();
+        assert_eq!((d.set, d.flags, d.priority, d.line), (1, 8, -3, 7));
+        assert_eq!(d.uri, "sip:10.0.0.1:5060");
+        assert_eq!(d.attrs.weight, 50);
+        assert_eq!(d.description, "gw");
+        let e = |r: Result<DestDef, ListError>| r.unwrap_err().to_string();
+        assert_eq!(
+            e(DestDef::from_row(3, -1, "sip:a", 0, 0, "", "")),
+            "line 3: invalid set id '-1': expected a non-negative integer"
+        );
+        assert!(e(DestDef::from_row(3, 1, "x", 0, 0, "", "")).contains("sip: or sips:"));
+        assert!(e(DestDef::from_row(3, 1, "sip:a", -2, 0, "", "")).contains("invalid flags '-2'"));
+        assert!(e(DestDef::from_row(3, 1, "sip:a", 64, 0, "", "")).contains("unknown bits"));
+        assert!(e(DestDef::from_row(3, 1, "sip:a", 0, 1 << 40, "", "")).contains("priority"));
+        assert!(e(DestDef::from_row(3, 1, "sip:a", 0, 0, "weight=x", "")).contains("weight"));
     }
 
     #[test]
