@@ -1,1 +1,26 @@
-//! (to be written)
+//! Kamailio-`dispatcher`-compatible destination sets.
+//!
+//! - [`list`]: `dispatcher.list` lines and the `attrs` column ([`parse_list`],
+//!   [`parse_attrs`]).
+//! - [`table`]: the immutable [`Table`] snapshot (sets, destinations, live
+//!   [`DestStats`] atomics) that the control thread publishes through a
+//!   [`SharedTable`] and workers read without locks; hot reload keeps the
+//!   stats of destinations that persist.
+//! - [`algorithm`]: every Kamailio algorithm number plus rendezvous hashing;
+//!   a per-worker [`Selector`] writes the chosen destination and the failover
+//!   order into a caller-owned `SmallVec` without allocating.
+//!
+//! Nothing here parses SIP or reads the clock: callers pass the byte slices
+//! to hash and the current `Instant`.
+
+pub mod algorithm;
+pub mod hash;
+pub mod list;
+pub mod table;
+
+pub use algorithm::{Algorithm, AlgorithmParseError, SelectKey, Selector, DEFAULT_LIMIT};
+pub use list::{parse_attrs, parse_list, Attrs, DestDef, ListError};
+pub use table::{
+    shared, DestId, DestState, DestStats, Destination, HealthPolicy, Set, SharedTable,
+    StateParseError, StatsSnapshot, Table,
+};
