@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use arc_swap::ArcSwap;
-use dataplane::dispatch::{Algorithm, HealthPolicy, Table};
+use dataplane::dispatch::{Algorithm, HealthPolicy, SharedTable, Table};
 use dataplane::proxy::{self, ProxyConfig, SetRule, UnknownDomain, Worker, WorkerStats};
 use dataplane::txn::TimerConfig;
 use dataplane::worker::{self, Driver, SocketSpec, WorkerSpec};
@@ -21,7 +20,7 @@ use crate::source;
 /// thread (management API, reloads).
 pub struct Running {
     pub pool: worker::Pool,
-    pub table: Arc<ArcSwap<Table>>,
+    pub table: SharedTable,
     pub stats: Vec<Arc<WorkerStats>>,
     pub proxy: Arc<ProxyConfig>,
     pub listen: SocketAddr,
@@ -115,10 +114,10 @@ pub fn start(cfg: &Config) -> Result<Running> {
         Some(path) => source::file::load(path, epoch, None).map_err(|errs| anyhow!(errs.join("\n")))?,
         None => {
             warn!("no dispatcher source configured: every initial request will get 503");
-            Table::default()
+            Table::empty(epoch)
         }
     };
-    let table = Arc::new(ArcSwap::from_pointee(table));
+    let table = dataplane::dispatch::shared(table);
     let driver: Driver = cfg
         .proxy
         .io

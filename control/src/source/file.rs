@@ -15,7 +15,7 @@ pub fn load(path: &Path, epoch: Instant, previous: Option<&Table>) -> Result<Tab
         .map_err(|errs| errs.iter().map(|e| format!("{shown}:{}: {}", e.line, e.message)).collect::<Vec<_>>())?;
     let mut resolve = |uri: &str| super::resolve_uri(uri);
     let built = match previous {
-        Some(old) => Table::rebuild(old, &defs, epoch, &mut resolve),
+        Some(old) => Table::rebuild(old, &defs, &mut resolve),
         None => Table::build(&defs, epoch, &mut resolve),
     };
     built.map_err(|errs| errs.iter().map(|e| format!("{shown}:{}: {}", e.line, e.message)).collect())

@@ -73,7 +73,7 @@ impl Worker {
         Worker {
             index,
             workers: cfg.private_ports.len().max(1),
-            selector: Selector::new(index as u64),
+            selector: Selector::new(index),
             txns: TxnTable::with_capacity(cfg.max_transactions),
             timers: TimerWheel::new(now),
             dialogs: DialogTable::with_capacity(cfg.max_dialogs, now),
@@ -269,7 +269,7 @@ impl Worker {
                 }
                 let set_id = self.cfg.set_for(ruri.user.unwrap_or(b""), ruri.host);
                 let table = self.table.load_full();
-                let Some(set_index) = table.set_index(set_id) else {
+                let Some(set) = table.set(set_id) else {
                     bump(&self.stats.no_destination);
                     self.reply(socket, src, msg, 503, None, Some(b"No such dispatcher set"), out);
                     return;
@@ -284,7 +284,7 @@ impl Worker {
                     ruri: msg.request_uri().unwrap_or(b""),
                     auth_user: None,
                 };
-                let set = &table.sets[set_index];
+                let set_index = set.index();
                 self.selector
                     .select(set, self.cfg.algorithm, &key, now, &mut candidates);
                 let Some(&first) = candidates.first() else {
@@ -293,7 +293,7 @@ impl Worker {
                     self.reply(socket, src, msg, 503, Some(retry), Some(b"No destination available"), out);
                     return;
                 };
-                let dest = &set.dests[usize::from(first)];
+                let Some(dest) = set.get(first) else { return };
                 target = Target {
                     addr: dest.addr,
                     dest: Some(dest.stats.clone()),
@@ -379,9 +379,6 @@ impl Worker {
         bump(&self.stats.tx_datagrams);
         txn.client = Some(ClientTx::new(txn.method, now, &self.cfg.timers));
         txn.sent_at = now;
-        if let Some(d) = &txn.target.dest {
-            d.record_selected();
-        }
         self.reschedule(id);
     }
 
@@ -673,13 +670,14 @@ impl Worker {
             return false;
         }
         let Some((table, set_index)) = txn.set.clone() else { return false };
-        let Some(set) = table.sets.get(set_index) else { return false };
+        let Some(set) = table.sets().get(set_index) else { return false };
         while let Some(&next) = txn.candidates.get(txn.next_candidate) {
             txn.next_candidate += 1;
-            let Some(dest) = set.dests.get(usize::from(next)) else { continue };
-            if !dest.stats.is_usable(now) {
+            let Some(dest) = set.get(next) else { continue };
+            if !dest.is_available(now) {
                 continue;
             }
+            dest.stats.record_selected();
             txn.target = Target {
                 addr: dest.addr,
                 dest: Some(dest.stats.clone()),
