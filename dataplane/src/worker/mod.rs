@@ -297,18 +297,43 @@ fn bind_all(workers: &[WorkerSpec]) -> io::Result<Vec<Vec<UdpSocket>>> {
     Ok(bound)
 }
 
+/// Whether the io_uring driver works here, checked once per process.
+///
+/// The probe runs on a throwaway thread: when a ring is torn down, the kernel
+/// queues signal-style task work on every thread that used it, which makes that
+/// thread's next interruptible syscall with a timeout (e.g. a `recv` with
+/// `SO_RCVTIMEO`) fail with `EINTR`. That must not hit the caller of `start`.
+fn uring_available() -> io::Result<()> {
+    static VERDICT: std::sync::OnceLock<Result<(), (io::ErrorKind, String)>> =
+        std::sync::OnceLock::new();
+    let verdict = VERDICT.get_or_init(|| {
+        let probed = std::thread::Builder::new()
+            .name("siphon-probe".into())
+            .spawn(uring::probe)
+            .map_err(|e| (e.kind(), e.to_string()))?
+            .join();
+        match probed {
+            Ok(r) => r.map_err(|e| (e.kind(), e.to_string())),
+            Err(_) => Err((io::ErrorKind::Other, "io_uring probe panicked".into())),
+        }
+    });
+    verdict
+        .clone()
+        .map_err(|(kind, msg)| io::Error::new(kind, msg))
+}
+
 /// Picks the driver actually used.
 fn resolve(driver: Driver) -> io::Result<Driver> {
     match driver {
         Driver::Epoll => Ok(Driver::Epoll),
-        Driver::Uring => match uring::probe() {
+        Driver::Uring => match uring_available() {
             Ok(()) => Ok(Driver::Uring),
             Err(e) => Err(io::Error::new(
                 e.kind(),
                 format!("io_uring driver unavailable: {e}"),
             )),
         },
-        Driver::Auto => match uring::probe() {
+        Driver::Auto => match uring_available() {
             Ok(()) => {
                 tracing::info!("I/O driver: io_uring");
                 Ok(Driver::Uring)
@@ -347,7 +372,9 @@ where
     let index = ctx.index;
     if let Some(id) = cpu {
         // Pin first so the driver's buffers are allocated on the local NUMA node.
-        if !core_affinity::set_for_current(core_affinity::CoreId { id }) {
+        // core_affinity's CPU_SET panics (without unwinding) past CPU_SETSIZE.
+        let in_range = id < libc::CPU_SETSIZE as usize;
+        if !in_range || !core_affinity::set_for_current(core_affinity::CoreId { id }) {
             tracing::warn!(worker = index, cpu = id, "could not pin worker to CPU");
         }
     }
