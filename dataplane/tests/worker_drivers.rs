@@ -356,6 +356,86 @@ fn handoff(driver: Driver) {
     pool.stop().unwrap();
 }
 
+/// Echoes, but stalls the worker for 150 ms on the first datagram so a burst piles up
+/// in the socket buffer.
+struct Stall {
+    stalled: bool,
+}
+
+impl Core for Stall {
+    fn on_datagram(
+        &mut self,
+        _: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        data: &[u8],
+        out: &mut Outbox,
+    ) {
+        if !self.stalled {
+            self.stalled = true;
+            thread::sleep(Duration::from_millis(150));
+        }
+        out.send(socket, src, data);
+    }
+    fn on_timer(&mut self, _: Instant, _: &mut Outbox) {}
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+}
+
+/// A burst larger than one turn's receive batch (epoll) and than the provided
+/// buffer ring (io_uring) is still fully served.
+fn burst(driver: Driver) {
+    if skip(driver) {
+        return;
+    }
+    const N: usize = 600;
+    let specs = vec![WorkerSpec {
+        sockets: vec![SocketSpec {
+            recv_buffer: Some(2 << 20),
+            ..SocketSpec::new(any())
+        }],
+        cpu: None,
+    }];
+    let pool = start(driver, specs, |_| Stall { stalled: false }).unwrap();
+    let to = pool.local_addrs(0)[0];
+    let client = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
+    client.set_recv_buffer_size(2 << 20).unwrap();
+    client.bind(&any().into()).unwrap();
+    let client: UdpSocket = client.into();
+    client
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    for i in 0..N as u32 {
+        client.send_to(&i.to_be_bytes(), to).unwrap();
+    }
+    let mut seen = vec![false; N];
+    let mut count = 0;
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 16];
+    while count < N && Instant::now() < end {
+        match client.recv_from(&mut buf) {
+            Ok((4, _)) => {
+                let i = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+                if !std::mem::replace(&mut seen[i], true) {
+                    count += 1;
+                }
+            }
+            Ok((len, _)) => panic!("unexpected {len}-byte reply"),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let stats = pool.stats();
+    assert_eq!(count, N, "{stats:?}");
+    assert_eq!(stats[0].recv_errors, 0, "{stats:?}");
+    pool.stop().unwrap();
+}
+
 struct Idle;
 
 impl Core for Idle {
@@ -432,6 +512,10 @@ macro_rules! for_driver {
             #[test]
             fn handoff_between_workers() {
                 handoff(D);
+            }
+            #[test]
+            fn burst_larger_than_buffers() {
+                burst(D);
             }
             #[test]
             fn idle_heartbeat_and_stop() {

@@ -167,8 +167,12 @@ pub struct WorkerStats {
     pub send_errors: u64,
     /// Sends dropped because the socket buffer was full (`EAGAIN`).
     pub send_would_block: u64,
-    /// Receive errors (including io_uring running out of provided buffers).
+    /// Receive errors.
     pub recv_errors: u64,
+    /// io_uring only: times the provided receive buffers ran out (`ENOBUFS`). Nothing
+    /// is lost (datagrams wait in the socket buffer and the receive is re-armed), but
+    /// a steadily growing count means the ring needs more buffers.
+    pub recv_buffers_exhausted: u64,
     /// Datagrams dropped because they did not fit the receive buffer.
     pub truncated: u64,
     /// Datagrams this worker handed to another worker.

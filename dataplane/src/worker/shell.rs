@@ -95,6 +95,7 @@ pub(crate) struct StatCells {
     pub send_errors: AtomicU64,
     pub send_would_block: AtomicU64,
     pub recv_errors: AtomicU64,
+    pub recv_buffers_exhausted: AtomicU64,
     pub truncated: AtomicU64,
     pub handoffs_out: AtomicU64,
     pub handoffs_in: AtomicU64,
@@ -152,6 +153,7 @@ impl Shared {
             send_errors: get(&s.send_errors),
             send_would_block: get(&s.send_would_block),
             recv_errors: get(&s.recv_errors),
+            recv_buffers_exhausted: get(&s.recv_buffers_exhausted),
             truncated: get(&s.truncated),
             handoffs_out: get(&s.handoffs_out),
             handoffs_in: get(&s.handoffs_in),
@@ -169,6 +171,7 @@ pub(crate) struct Counters {
     pub send_errors: u64,
     pub send_would_block: u64,
     pub recv_errors: u64,
+    pub recv_buffers_exhausted: u64,
     pub truncated: u64,
     pub handoffs_out: u64,
     pub handoffs_in: u64,
@@ -321,6 +324,7 @@ impl<C: Core> Shell<C> {
         set(&s.send_errors, c.send_errors);
         set(&s.send_would_block, c.send_would_block);
         set(&s.recv_errors, c.recv_errors);
+        set(&s.recv_buffers_exhausted, c.recv_buffers_exhausted);
         set(&s.truncated, c.truncated);
         set(&s.handoffs_out, c.handoffs_out);
         set(&s.handoffs_in, c.handoffs_in);

@@ -268,8 +268,13 @@ pub(crate) struct Uring {
 
 impl Uring {
     pub fn new(sockets: Vec<UdpSocket>) -> io::Result<Self> {
+        Self::with_buffers(sockets, BUF_COUNT, BUF_SIZE)
+    }
+
+    /// `buf_count` must be a power of two.
+    fn with_buffers(sockets: Vec<UdpSocket>, buf_count: u16, buf_size: usize) -> io::Result<Self> {
         let ring = build_ring()?;
-        let bufs = BufRing::new(BUF_COUNT, BUF_SIZE)?;
+        let bufs = BufRing::new(buf_count, buf_size)?;
         bufs.register(&ring, BGID)?;
         let n = sockets.len();
         Ok(Uring {
@@ -536,7 +541,7 @@ impl State {
         if res < 0 {
             match -res {
                 libc::ECANCELED => {}
-                libc::ENOBUFS => shell.counters.recv_errors += 1,
+                libc::ENOBUFS => shell.counters.recv_buffers_exhausted += 1,
                 code => {
                     shell.counters.recv_errors += 1;
                     self.recv_errors[i] += 1;
@@ -709,4 +714,124 @@ pub(crate) fn probe() -> io::Result<()> {
         mem::forget(hdr);
     }
     verdict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::shell::{EventFd, Shared, Wake};
+    use super::*;
+    use std::sync::atomic::Ordering as AtomicOrdering;
+    use std::sync::Arc;
+
+    struct Echo;
+
+    impl Core for Echo {
+        fn on_datagram(
+            &mut self,
+            _: Instant,
+            socket: SocketId,
+            src: SocketAddr,
+            data: &[u8],
+            out: &mut Outbox,
+        ) {
+            out.send(socket, src, data);
+        }
+        fn on_timer(&mut self, _: Instant, _: &mut Outbox) {}
+        fn next_deadline(&self) -> Option<Instant> {
+            None
+        }
+    }
+
+    /// With only 4 provided buffers and 40 datagrams already queued, the kernel must
+    /// end the multishot receive with ENOBUFS; the driver re-arms it and every
+    /// datagram is still echoed.
+    #[test]
+    fn rearms_multishot_after_buffer_exhaustion() {
+        if std::env::var_os("SIPHON_SKIP_URING").is_some() {
+            return;
+        }
+        const N: usize = 40;
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        server.set_nonblocking(true).unwrap();
+        let to = server.local_addr().unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        for i in 0..N {
+            client.send_to(&(i as u32).to_be_bytes(), to).unwrap();
+        }
+
+        let shared = Arc::new(Shared::new(vec![Wake::EventFd(EventFd::new().unwrap())]));
+        let mut shell = Shell::new(Echo, 0, Arc::clone(&shared));
+        let mut io = Uring::with_buffers(vec![server], 4, 256).unwrap();
+
+        let stopper = Arc::clone(&shared);
+        let receiver = std::thread::spawn(move || {
+            let mut seen = [false; N];
+            let end = Instant::now() + Duration::from_secs(5);
+            let mut buf = [0u8; 16];
+            while seen.iter().any(|s| !s) && Instant::now() < end {
+                if let Ok((4, _)) = client.recv_from(&mut buf) {
+                    let i = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                    if let Some(s) = seen.get_mut(i) {
+                        *s = true;
+                    }
+                }
+            }
+            stopper.stop.store(true, AtomicOrdering::Release);
+            if let Wake::EventFd(e) = &stopper.workers[0].wake {
+                e.wake();
+            }
+            seen.iter().filter(|s| **s).count()
+        });
+        io.run(&mut shell).unwrap();
+        assert_eq!(receiver.join().unwrap(), N);
+        let c = shell.counters;
+        assert_eq!(c.datagrams_in, N as u64, "{c:?}");
+        assert_eq!(c.datagrams_out, N as u64, "{c:?}");
+        assert!(c.recv_buffers_exhausted >= 1, "{c:?}");
+        assert_eq!(c.recv_errors, 0, "{c:?}");
+    }
+
+    #[test]
+    fn oversized_datagram_is_counted_as_truncated() {
+        if std::env::var_os("SIPHON_SKIP_URING").is_some() {
+            return;
+        }
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        server.set_nonblocking(true).unwrap();
+        let to = server.local_addr().unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        // 256-byte buffers hold 256 - 16 - 28 = 212 payload bytes.
+        client.send_to(&[7u8; 300], to).unwrap();
+        client.send_to(&[8u8; 212], to).unwrap();
+
+        let shared = Arc::new(Shared::new(vec![Wake::EventFd(EventFd::new().unwrap())]));
+        let mut shell = Shell::new(Echo, 0, Arc::clone(&shared));
+        let mut io = Uring::with_buffers(vec![server], 4, 256).unwrap();
+        let stopper = Arc::clone(&shared);
+        let receiver = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            let end = Instant::now() + Duration::from_secs(5);
+            let mut got = None;
+            while got.is_none() && Instant::now() < end {
+                if let Ok((len, _)) = client.recv_from(&mut buf) {
+                    got = Some((len, buf[0]));
+                }
+            }
+            stopper.stop.store(true, AtomicOrdering::Release);
+            if let Wake::EventFd(e) = &stopper.workers[0].wake {
+                e.wake();
+            }
+            got
+        });
+        io.run(&mut shell).unwrap();
+        assert_eq!(receiver.join().unwrap(), Some((212, 8)));
+        assert_eq!(shell.counters.truncated, 1);
+        assert_eq!(shell.counters.datagrams_in, 1);
+    }
 }
