@@ -436,6 +436,46 @@ fn burst(driver: Driver) {
     pool.stop().unwrap();
 }
 
+/// Sends one copy from a socket id the worker does not have, then a real echo.
+struct WrongSocket;
+
+impl Core for WrongSocket {
+    fn on_datagram(
+        &mut self,
+        _: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        data: &[u8],
+        out: &mut Outbox,
+    ) {
+        out.send(9, src, data);
+        out.send(socket, src, data);
+    }
+    fn on_timer(&mut self, _: Instant, _: &mut Outbox) {}
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+}
+
+fn unknown_socket_id_is_a_counted_send_error(driver: Driver) {
+    if skip(driver) {
+        return;
+    }
+    let pool = start(driver, specs(1), |_| WrongSocket).unwrap();
+    let client = UdpSocket::bind(LOCALHOST).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    client.send_to(b"hello", pool.local_addrs(0)[1]).unwrap();
+    let mut buf = [0u8; 16];
+    let (len, _) = client.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..len], b"hello");
+    let stats = wait_stats(&pool, Duration::from_secs(1), |s| s[0].send_errors == 1);
+    assert_eq!(stats[0].send_errors, 1, "{stats:?}");
+    assert_eq!(stats[0].datagrams_out, 1, "{stats:?}");
+    pool.stop().unwrap();
+}
+
 struct Idle;
 
 impl Core for Idle {
@@ -516,6 +556,10 @@ macro_rules! for_driver {
             #[test]
             fn burst_larger_than_buffers() {
                 burst(D);
+            }
+            #[test]
+            fn unknown_socket_id() {
+                unknown_socket_id_is_a_counted_send_error(D);
             }
             #[test]
             fn idle_heartbeat_and_stop() {

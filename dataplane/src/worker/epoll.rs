@@ -139,10 +139,8 @@ fn flush<C: Core>(sockets: &[UdpSocket], shell: &mut Shell<C>, out: &mut Outbox)
     for (socket, dst, data) in out.iter() {
         let result = match sockets.get(usize::from(socket)) {
             Some(s) => s.send_to(data, dst).map(drop),
-            None => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "send on unknown socket id",
-            )),
+            // An id the core made up; `ErrorKind` alone avoids an allocation.
+            None => Err(io::ErrorKind::InvalidInput.into()),
         };
         shell.counters.sent(result);
     }

@@ -308,10 +308,8 @@ impl Uring {
                 Err(err) => return Err(err),
             }
         }
-        Err(io::Error::new(
-            io::ErrorKind::WouldBlock,
-            "io_uring submission queue full",
-        ))
+        // Counted like a full socket buffer; `ErrorKind` alone avoids an allocation.
+        Err(io::ErrorKind::WouldBlock.into())
     }
 
     /// (Re-)arms the multishot receives and the wakeup read that are not active.
@@ -391,10 +389,10 @@ impl Uring {
         slot.hdrs.clear();
         for (socket, dst, data) in slot.out.iter() {
             let Some(sock) = sockets.get(usize::from(socket)) else {
-                shell.counters.sent(Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "send on unknown socket id",
-                )));
+                shell.counters.sent(
+                    // An id the core made up; `ErrorKind` alone avoids an allocation.
+                    Err(io::ErrorKind::InvalidInput.into()),
+                );
                 continue;
             };
             slot.fds.push(sock.as_raw_fd());
