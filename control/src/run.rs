@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use dataplane::dispatch::{Algorithm, HealthPolicy, SharedTable, Table};
-use dataplane::proxy::{self, ProxyConfig, SetRule, UnknownDomain, Worker, WorkerStats};
+use dataplane::proxy::{self, ProxyConfig, SetRule, UnknownDomain, Worker, ProxyStats};
 use dataplane::txn::TimerConfig;
 use dataplane::worker::{self, Driver, SocketSpec, WorkerSpec};
 use tracing::{info, warn};
@@ -21,7 +21,7 @@ use crate::source;
 pub struct Running {
     pub pool: worker::Pool,
     pub table: SharedTable,
-    pub stats: Vec<Arc<WorkerStats>>,
+    pub stats: Vec<Arc<ProxyStats>>,
     pub proxy: Arc<ProxyConfig>,
     pub listen: SocketAddr,
     pub dispatcher_list: Option<PathBuf>,
@@ -125,7 +125,7 @@ pub fn start(cfg: &Config) -> Result<Running> {
         .parse()
         .map_err(|e| anyhow!("proxy.io: {e:?}"))?;
 
-    let stats: Vec<Arc<WorkerStats>> = (0..workers).map(|_| Arc::new(WorkerStats::default())).collect();
+    let stats: Vec<Arc<ProxyStats>> = (0..workers).map(|_| Arc::new(ProxyStats::default())).collect();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let specs = (0..workers)
         .map(|i| WorkerSpec {

@@ -27,7 +27,7 @@ use branch::Branch;
 pub use config::{Ownership, ProxyConfig, SetRule, UnknownDomain};
 use pool::BufPool;
 use stats::{bump, count_reply};
-pub use stats::{Counters, Snapshot, WorkerStats};
+pub use stats::{Counters, Snapshot, ProxyStats};
 use transaction::{ClientTx, ProxyTxn, ServerTx, Target};
 
 /// The worker's socket on the shared public port.
@@ -57,7 +57,7 @@ pub struct Worker {
     record_route: Vec<u8>,
     /// The To-tag of replies siphon generates itself.
     local_tag: Vec<u8>,
-    stats: Arc<WorkerStats>,
+    stats: Arc<ProxyStats>,
 }
 
 impl Worker {
@@ -65,7 +65,7 @@ impl Worker {
         index: usize,
         cfg: Arc<ProxyConfig>,
         table: SharedTable,
-        stats: Arc<WorkerStats>,
+        stats: Arc<ProxyStats>,
         now: Instant,
     ) -> Worker {
         let private_port = cfg.private_ports.get(index).copied().unwrap_or(0);
@@ -88,7 +88,7 @@ impl Worker {
         }
     }
 
-    pub fn stats(&self) -> &Arc<WorkerStats> {
+    pub fn stats(&self) -> &Arc<ProxyStats> {
         &self.stats
     }
 

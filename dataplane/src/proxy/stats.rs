@@ -10,7 +10,7 @@ use crossbeam_utils::CachePadded;
 
 macro_rules! counters {
     ($($name:ident: $doc:literal,)*) => {
-        /// Counters of one worker. Read with [`WorkerStats::snapshot`].
+        /// Counters of one worker. Read with [`Counters::snapshot`].
         #[derive(Default, Debug)]
         pub struct Counters {
             $(#[doc = $doc] pub $name: AtomicU64,)*
@@ -77,7 +77,7 @@ counters! {
 }
 
 /// One worker's counters on a cache line of their own.
-pub type WorkerStats = CachePadded<Counters>;
+pub type ProxyStats = CachePadded<Counters>;
 
 /// Adds one to a counter owned by the calling worker.
 #[inline]
