@@ -21,7 +21,7 @@
 //! | hash index (≤ 50% load: 2–4 buckets × 25 B) | 50–100 |
 //! | **total** | **≈ 210–260** |
 //!
-//! `tests/txn_dialog_memory.rs` measures it with a counting allocator for
+//! `tests/txn_alloc.rs` measures it with a counting allocator for
 //! 100 000 dialogs (≈ 221 B) and asserts ≤ 512 B.
 
 use std::fmt;

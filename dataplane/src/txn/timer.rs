@@ -545,7 +545,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
         #[test]
         fn matches_btreemap_model(ops in proptest::collection::vec(op(), 1..200)) {
             let base = Instant::now();
