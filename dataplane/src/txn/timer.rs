@@ -292,6 +292,10 @@ impl<T> TimerWheel<T> {
 
     fn link(&mut self, idx: u32, tick: u64) {
         let list = self.list_for(tick);
+        self.link_to(idx, list);
+    }
+
+    fn link_to(&mut self, idx: u32, list: u16) {
         let head = self.heads[list as usize];
         {
             let e = &mut self.entries[idx as usize];
@@ -340,7 +344,12 @@ impl<T> TimerWheel<T> {
                 let e = &self.entries[cur as usize];
                 (e.next, e.tick)
             };
-            self.link(cur, tick);
+            // Cascading always moves an item strictly down (or onto PENDING).
+            // Should that invariant ever break, release the item rather than
+            // re-queue it in the same slot and spin forever.
+            let to = self.list_for(tick);
+            debug_assert_ne!(to as usize, list, "timer wheel: cascade made no progress");
+            self.link_to(cur, if to as usize == list { PENDING } else { to });
             cur = next;
         }
     }
@@ -517,11 +526,29 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Insert { delay_us: u64 },
-        Cancel { pick: usize },
-        CancelStale { pick: usize },
-        Reschedule { pick: usize, delay_us: u64 },
-        Advance { us: u64 },
+        Insert {
+            delay_us: u64,
+        },
+        /// A deadline exactly on a slot boundary of some level.
+        InsertAligned {
+            level: u32,
+            k: u64,
+        },
+        Cancel {
+            pick: usize,
+        },
+        CancelStale {
+            pick: usize,
+        },
+        Reschedule {
+            pick: usize,
+            delay_us: u64,
+        },
+        Advance {
+            us: u64,
+        },
+        /// Jump exactly to the earliest model deadline.
+        AdvanceToNext,
     }
 
     fn delay() -> impl Strategy<Value = u64> {
@@ -536,11 +563,13 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             4 => delay().prop_map(|delay_us| Op::Insert { delay_us }),
+            2 => (0u32..5, 0u64..4).prop_map(|(level, k)| Op::InsertAligned { level, k }),
             1 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
             1 => any::<usize>().prop_map(|pick| Op::CancelStale { pick }),
             1 => (any::<usize>(), delay()).prop_map(|(pick, delay_us)| Op::Reschedule { pick, delay_us }),
             3 => prop_oneof![0u64..3_000, 0u64..600_000, 0u64..20_000_000_000]
                 .prop_map(|us| Op::Advance { us }),
+            2 => Just(Op::AdvanceToNext),
         ]
     }
 
@@ -597,8 +626,24 @@ mod tests {
                         model.insert((tick, s), s);
                         ids.insert(s, (id, tick));
                     }
-                    Op::Advance { us } => {
-                        now += Duration::from_micros(us);
+                    Op::InsertAligned { level, k } => {
+                        let now_tick = (now - base).as_millis() as u64;
+                        let shift = 6 * level;
+                        let tick = ((now_tick >> shift) + k) << shift;
+                        let id = w.insert(base + ms(tick), serial);
+                        model.insert((tick, serial), serial);
+                        ids.insert(serial, (id, tick));
+                        serial += 1;
+                    }
+                    Op::Advance { .. } | Op::AdvanceToNext => {
+                        match op {
+                            Op::Advance { us } => now += Duration::from_micros(us),
+                            _ => {
+                                if let Some(&(tick, _)) = model.keys().next() {
+                                    now = now.max(base + ms(tick));
+                                }
+                            }
+                        }
                         let now_tick = (now - base).as_millis() as u64;
                         // next_deadline is never later than the first release
                         // (an item already overdue is due at the last expire).
