@@ -264,3 +264,22 @@ fn format_hex(i: u32) -> [u8; 8] {
     }
     b
 }
+
+#[test]
+fn machines_are_small() {
+    use dataplane::txn::{ClientNonInvite, ServerNonInvite};
+    use std::mem::size_of;
+    eprintln!(
+        "ClientInvite {} ClientNonInvite {} ServerInvite {} ServerNonInvite {} TxnKey {}",
+        size_of::<ClientInvite>(),
+        size_of::<ClientNonInvite>(),
+        size_of::<ServerInvite>(),
+        size_of::<ServerNonInvite>(),
+        size_of::<TxnKey>()
+    );
+    assert!(size_of::<ClientInvite>() <= 96);
+    assert!(size_of::<ClientNonInvite>() <= 96);
+    assert!(size_of::<ServerInvite>() <= 104);
+    assert!(size_of::<ServerNonInvite>() <= 48);
+    assert_eq!(size_of::<TxnKey>(), 16);
+}
