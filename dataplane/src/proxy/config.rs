@@ -54,6 +54,9 @@ pub struct ProxyConfig {
     pub server_header: String,
     /// A dialog with no BYE and no traffic is forgotten after this long.
     pub dialog_timeout: Duration,
+    /// Seeds the transaction and dialog key hash. The control plane fills it
+    /// from OS randomness; the default is fixed, for tests.
+    pub key_seed: [u64; 4],
 }
 
 impl Default for ProxyConfig {
@@ -78,6 +81,7 @@ impl Default for ProxyConfig {
             unknown_domain: UnknownDomain::Relay,
             server_header: "siphon".into(),
             dialog_timeout: Duration::from_secs(12 * 3600),
+            key_seed: [0x5195_0a11, 0x7e57, 0xd1a1, 0x0c0de],
         }
     }
 }

@@ -15,12 +15,12 @@ use std::time::Instant;
 
 use smallvec::SmallVec;
 
-use crate::dialog::{DialogKey, DialogTable};
+use crate::dialog::{DialogKey, DialogState, DialogTable};
 use crate::dispatch::{DestStats, SelectKey, Selector, SharedTable};
 use crate::sip::build::{self, NewVia, ReplyOpts, RequestEdits};
-use crate::sip::{parse, HeaderName, Message, Method, NameAddr, Uri, Via};
-use crate::txn::timer::{TimerId, TimerWheel};
-use crate::txn::{TxnId, TxnKey, TxnTable};
+use crate::sip::{parse, HeaderName, Message, Method, Uri, Via};
+use crate::txn::timer::TimerWheel;
+use crate::txn::{KeyHasher, LegacyKeyParts, TxnId, TxnKey, TxnTable};
 use crate::worker::{Core, Outbox, SocketId};
 
 use branch::Branch;
@@ -50,6 +50,9 @@ pub struct Worker {
     txns: TxnTable<ProxyTxn>,
     timers: TimerWheel<TxnId>,
     dialogs: DialogTable<DialogData>,
+    /// Keys transactions and dialogs; seeded per process so peers cannot aim
+    /// hash collisions at the tables.
+    hasher: KeyHasher,
     pool: BufPool,
     scratch: Vec<u8>,
     expired: Vec<TxnId>,
@@ -76,7 +79,8 @@ impl Worker {
             selector: Selector::new(index),
             txns: TxnTable::with_capacity(cfg.max_transactions),
             timers: TimerWheel::new(now),
-            dialogs: DialogTable::with_capacity(cfg.max_dialogs, now),
+            dialogs: DialogTable::with_lifetime(now, cfg.max_dialogs, cfg.dialog_timeout),
+            hasher: KeyHasher::new(cfg.key_seed),
             pool: BufPool::new(4096, 2048),
             scratch: Vec::with_capacity(4096),
             expired: Vec::with_capacity(256),
@@ -123,18 +127,22 @@ impl Worker {
             return;
         }
         let Ok(via) = msg.top_via() else { return };
-        let key = server_key(msg, &via, method);
+        let key = server_key(&self.hasher, msg, &via, method, method_raw(msg));
 
         match method {
             Method::Ack => {
                 if let Some(id) = self.txns.find(&key) {
-                    // Hop-by-hop ACK for a non-2xx final we sent: ends Timer G.
-                    if let Some(txn) = self.txns.get_mut(id) {
-                        txn.server.on_ack(now);
-                    }
-                    bump(&self.stats.retransmissions_absorbed);
+                    // Hop-by-hop ACK for a non-2xx final we sent ends Timer G;
+                    // a 2xx ACK reusing the INVITE's branch goes on.
+                    let route_on = self
+                        .txns
+                        .get_mut(id)
+                        .is_some_and(|txn| txn.server.on_ack(now));
                     self.reschedule(id);
-                    return;
+                    if !route_on {
+                        bump(&self.stats.retransmissions_absorbed);
+                        return;
+                    }
                 }
                 // ACK for a 2xx is end-to-end: relay it along the route set.
                 self.relay_stateless(now, socket, src, msg, &via, out);
@@ -337,9 +345,7 @@ impl Worker {
         };
         let id = match self.txns.insert(key, txn) {
             Ok(id) => id,
-            Err(full) => {
-                let txn = full.0;
-                self.recycle(txn);
+            Err(_) => {
                 bump(&self.stats.table_full);
                 let retry = self.cfg.retry_after_s;
                 self.reply(socket, src, msg, 503, Some(retry), Some(b"Transaction table full"), out);
@@ -356,6 +362,7 @@ impl Worker {
                 if let Some(txn) = self.txns.get_mut(id) {
                     txn.last_response.clear();
                     txn.last_response.extend_from_slice(&self.scratch);
+                    txn.server.on_provisional_sent();
                 }
             }
         }
@@ -423,7 +430,7 @@ impl Worker {
         via: &Via<'_>,
         out: &mut Outbox,
     ) {
-        let invite_key = server_key(msg, via, Method::Invite);
+        let invite_key = server_key(&self.hasher, msg, via, Method::Invite, b"INVITE");
         let Some(id) = self.txns.find(&invite_key) else {
             self.reply(socket, src, msg, 481, None, None, out);
             return;
@@ -436,7 +443,10 @@ impl Worker {
         }
         txn.cancelled = true;
         bump(&self.stats.calls_cancelled);
-        let send_now = txn.client.as_mut().map(|c| c.request_cancel()).unwrap_or(false);
+        let send_now = txn
+            .client
+            .as_mut()
+            .is_some_and(|c| c.request_cancel(now));
         if send_now {
             self.send_cancel(now, id, out);
         }
@@ -713,6 +723,8 @@ impl Worker {
         count_reply(&self.stats, code);
         if code >= 200 {
             self.final_sent(now, id, code);
+        } else {
+            txn.server.on_provisional_sent();
         }
     }
 
@@ -830,16 +842,21 @@ impl Worker {
         let (Ok(call_id), Ok(from), Ok(to)) = (resp.call_id(), resp.from(), resp.to()) else {
             return;
         };
-        let key = DialogKey::new(call_id, from.tag.unwrap_or(b""), to.tag.unwrap_or(b""));
-        if self.dialogs.get(&key).is_some() {
+        let key = DialogKey::new(
+            &self.hasher,
+            call_id,
+            from.tag.unwrap_or(b""),
+            to.tag.unwrap_or(b""),
+        );
+        if self.dialogs.find(&key).is_some() {
             return; // a retransmitted 2xx
         }
         let dest = self.txns.get(id).and_then(|t| t.target.dest.clone());
         if let Some(d) = &dest {
             d.call_started();
         }
-        let deadline = now + self.cfg.dialog_timeout;
-        match self.dialogs.insert(key, DialogData { dest: dest.clone() }, now, deadline) {
+        let data = DialogData { dest: dest.clone() };
+        match self.dialogs.insert(key, DialogState::Confirmed, data, now) {
             Ok(_) => bump(&self.stats.dialogs_created),
             Err(_) => {
                 if let Some(d) = &dest {
@@ -854,9 +871,15 @@ impl Worker {
         let (Ok(call_id), Ok(from), Ok(to)) = (msg.call_id(), msg.from(), msg.to()) else {
             return;
         };
-        let key = DialogKey::new(call_id, from.tag.unwrap_or(b""), to.tag.unwrap_or(b""));
-        if let Some(d) = self.dialogs.remove(&key) {
-            if let Some(dest) = d.dest {
+        let key = DialogKey::new(
+            &self.hasher,
+            call_id,
+            from.tag.unwrap_or(b""),
+            to.tag.unwrap_or(b""),
+        );
+        let Some(id) = self.dialogs.find(&key) else { return };
+        if let Some(d) = self.dialogs.remove(id) {
+            if let Some(dest) = d.data.dest {
                 dest.call_ended();
             }
             bump(&self.stats.dialogs_ended);
@@ -1033,8 +1056,8 @@ impl Core for Worker {
             self.txn_timer(now, id, out);
         }
         self.expired = expired;
-        while let Some((_, d)) = self.dialogs.expire_one(now) {
-            if let Some(dest) = d.dest {
+        while let Some((_, d)) = self.dialogs.poll_expired(now) {
+            if let Some(dest) = d.data.dest {
                 dest.call_ended();
             }
             bump(&self.stats.dialogs_expired);
@@ -1053,23 +1076,33 @@ fn txn_method(txns: &TxnTable<ProxyTxn>, id: TxnId) -> Option<Method> {
     txns.get(id).map(|t| t.method)
 }
 
-/// The server transaction key of a request (RFC 3261 §17.2.3).
-fn server_key(msg: &Message<'_>, via: &Via<'_>, method: Method) -> TxnKey {
-    let class = match method {
-        Method::Ack => Method::Invite,
-        m => m,
-    };
-    match via.branch {
-        Some(b) if b.starts_with(b"z9hG4bK") => TxnKey::new(b, via.host, via.port.unwrap_or(5060), class),
-        _ => TxnKey::rfc2543(
-            msg.call_id().unwrap_or(b""),
-            msg.from().ok().and_then(|f: NameAddr<'_>| f.tag).unwrap_or(b""),
-            msg.cseq().map(|c| c.seq).unwrap_or(0),
-            via.host,
-            via.port.unwrap_or(5060),
-            msg.request_uri().unwrap_or(b""),
-            class,
-        ),
+/// The server transaction key of a request (RFC 3261 §17.2.3), with the
+/// RFC 2543 fallback for peers whose branch lacks the magic cookie.
+fn server_key(h: &KeyHasher, msg: &Message<'_>, via: &Via<'_>, method: Method, method_raw: &[u8]) -> TxnKey {
+    if let Some(key) = via
+        .branch
+        .and_then(|b| TxnKey::server(h, b, via.host, via.port, method, method_raw))
+    {
+        return key;
+    }
+    TxnKey::legacy(
+        h,
+        &LegacyKeyParts {
+            call_id: msg.call_id().unwrap_or(b""),
+            from_tag: msg.from().ok().and_then(|f| f.tag),
+            cseq: msg.cseq().map(|c| c.seq).unwrap_or(0),
+            top_via: msg.values(HeaderName::Via).next().unwrap_or(b""),
+            request_uri: msg.request_uri().unwrap_or(b""),
+            method,
+            method_raw,
+        },
+    )
+}
+
+fn method_raw<'a>(msg: &Message<'a>) -> &'a [u8] {
+    match msg.start_line() {
+        crate::sip::StartLine::Request { method_raw, .. } => method_raw,
+        crate::sip::StartLine::Response { .. } => b"",
     }
 }
 

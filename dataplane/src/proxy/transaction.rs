@@ -12,8 +12,8 @@ use crate::dispatch::{DestStats, Table};
 use crate::sip::Method;
 use crate::txn::timer::TimerId;
 use crate::txn::{
-    ClientAction, ClientInvite, ClientNonInvite, ServerAction, ServerInvite, ServerNonInvite,
-    TimerConfig, TxnKey,
+    ClientAction, ClientInvite, ClientNonInvite, Reliability, ServerAction, ServerInvite,
+    ServerNonInvite, TimerConfig, TxnKey,
 };
 use crate::worker::SocketId;
 
@@ -93,9 +93,9 @@ pub(crate) enum ServerTimer {
 impl ServerTx {
     pub fn new(method: Method, now: Instant, cfg: &TimerConfig) -> ServerTx {
         if method == Method::Invite {
-            ServerTx::Invite(ServerInvite::new(now, cfg))
+            ServerTx::Invite(ServerInvite::new(now, cfg, Reliability::Unreliable))
         } else {
-            ServerTx::NonInvite(ServerNonInvite::new(now, cfg))
+            ServerTx::NonInvite(ServerNonInvite::new(now, cfg, Reliability::Unreliable))
         }
     }
 
@@ -109,19 +109,33 @@ impl ServerTx {
         matches!(a, ServerAction::ResendLast)
     }
 
-    pub fn on_ack(&mut self, now: Instant) {
-        if let ServerTx::Invite(s) = self {
-            let _ = s.on_ack(now);
+    /// An ACK matched this transaction; true when it acknowledges a 2xx and
+    /// must be routed on (RFC 6026), false when it was ours (non-2xx).
+    pub fn on_ack(&mut self, now: Instant) -> bool {
+        match self {
+            ServerTx::Invite(s) => matches!(s.on_ack(now), ServerAction::PassUp),
+            ServerTx::NonInvite(_) => false,
+        }
+    }
+
+    pub fn on_provisional_sent(&mut self) {
+        match self {
+            ServerTx::Invite(s) => {
+                s.send_provisional();
+            }
+            ServerTx::NonInvite(s) => {
+                s.send_provisional();
+            }
         }
     }
 
     pub fn on_final_sent(&mut self, code: u16, now: Instant) {
         match self {
             ServerTx::Invite(s) => {
-                let _ = s.on_final_sent(code, now);
+                s.send_final(now, code);
             }
             ServerTx::NonInvite(s) => {
-                let _ = s.on_final_sent(code, now);
+                s.send_final(now, code);
             }
         }
     }
@@ -163,7 +177,8 @@ pub(crate) enum ClientTx {
 pub(crate) enum ClientEvent {
     /// A retransmission, or a response the caller must not see.
     Absorb,
-    /// A retransmitted non-2xx final: ACK it again, nothing else.
+    /// A retransmitted non-2xx final (or the 487 after a timeout): ACK it,
+    /// nothing else.
     ResendAck,
     /// 1xx; `send_cancel` when a CANCEL was waiting for it (RFC 3261 §9.1).
     Provisional { send_cancel: bool },
@@ -179,32 +194,32 @@ pub(crate) enum ClientTimer {
     None,
     Retransmit,
     /// fr_timer (no reply at all) or fr_inv_timer (`proceeding`: rang, never
-    /// answered) expired.
+    /// answered; the proxy must CANCEL) expired.
     Timeout { proceeding: bool },
 }
 
 impl ClientTx {
     pub fn new(method: Method, now: Instant, cfg: &TimerConfig) -> ClientTx {
         if method == Method::Invite {
-            ClientTx::Invite(ClientInvite::new(now, cfg))
+            ClientTx::Invite(ClientInvite::new(now, cfg, Reliability::Unreliable))
         } else {
-            ClientTx::NonInvite(ClientNonInvite::new(now, cfg))
+            ClientTx::NonInvite(ClientNonInvite::new(now, cfg, Reliability::Unreliable))
         }
     }
 
     pub fn on_response(&mut self, code: u16, now: Instant) -> ClientEvent {
         let invite = matches!(self, ClientTx::Invite(_));
         let a = match self {
-            ClientTx::Invite(c) => c.on_response(code, now),
-            ClientTx::NonInvite(c) => c.on_response(code, now),
+            ClientTx::Invite(c) => c.on_response(now, code),
+            ClientTx::NonInvite(c) => c.on_response(now, code),
         };
         match a {
-            ClientAction::PassUp if code < 200 => Self::provisional(false),
-            ClientAction::SendCancel => Self::provisional(true),
+            ClientAction::PassUp if code < 200 => ClientEvent::Provisional { send_cancel: false },
+            ClientAction::SendCancelAndPassUp => ClientEvent::Provisional { send_cancel: true },
             ClientAction::PassUp if code < 300 => ClientEvent::Success,
             ClientAction::PassUp => ClientEvent::Failure { send_ack: false },
             ClientAction::SendAckAndPassUp => ClientEvent::Failure { send_ack: invite },
-            ClientAction::ResendAck => ClientEvent::ResendAck,
+            ClientAction::SendAck => ClientEvent::ResendAck,
             // A 2xx retransmission still goes up: the caller needs it until
             // its ACK gets through.
             _ if invite && (200..300).contains(&code) => ClientEvent::Success,
@@ -212,35 +227,24 @@ impl ClientTx {
         }
     }
 
-    fn provisional(send_cancel: bool) -> ClientEvent {
-        ClientEvent::Provisional { send_cancel }
-    }
-
     /// Asks to cancel the attempt; true when the CANCEL may go out now.
-    pub fn request_cancel(&mut self) -> bool {
+    pub fn request_cancel(&mut self, now: Instant) -> bool {
         match self {
-            ClientTx::Invite(c) => c.request_cancel(),
+            ClientTx::Invite(c) => c.request_cancel(now),
             ClientTx::NonInvite(_) => false,
         }
     }
 
     pub fn on_timer(&mut self, now: Instant) -> ClientTimer {
-        let proceeding = self.is_proceeding();
         let a = match self {
             ClientTx::Invite(c) => c.on_timer(now),
             ClientTx::NonInvite(c) => c.on_timer(now),
         };
         match a {
             ClientAction::Retransmit => ClientTimer::Retransmit,
-            ClientAction::Timeout => ClientTimer::Timeout { proceeding },
+            ClientAction::Timeout => ClientTimer::Timeout { proceeding: false },
+            ClientAction::TimeoutSendCancel => ClientTimer::Timeout { proceeding: true },
             _ => ClientTimer::None,
-        }
-    }
-
-    fn is_proceeding(&self) -> bool {
-        match self {
-            ClientTx::Invite(c) => c.is_proceeding(),
-            ClientTx::NonInvite(c) => c.is_proceeding(),
         }
     }
 

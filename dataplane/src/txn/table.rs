@@ -14,6 +14,26 @@ use super::slab::{IndexedSlab, SlabInsertError, SlotId};
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TxnId(pub(crate) SlotId);
 
+impl TxnId {
+    /// The slot index, for encoding the id into a Via branch.
+    pub fn slot(self) -> u32 {
+        self.0.idx
+    }
+
+    /// The slot's generation: a late message for a finished transaction
+    /// carries an old generation and misses the slot's next tenant.
+    pub fn generation(self) -> u32 {
+        self.0.gen.get()
+    }
+
+    /// Rebuilds an id from [`slot`](Self::slot) and
+    /// [`generation`](Self::generation); `None` for generation 0, which no
+    /// live id has. The table still checks the generation on every lookup.
+    pub fn from_parts(slot: u32, generation: u32) -> Option<TxnId> {
+        std::num::NonZeroU32::new(generation).map(|gen| TxnId(SlotId { idx: slot, gen }))
+    }
+}
+
 impl fmt::Debug for TxnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "TxnId({}v{})", self.0.idx, self.0.gen)
