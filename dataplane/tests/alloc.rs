@@ -6,7 +6,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use dataplane::sip::build::{forward_request, forward_response, reply, NewVia, ReplyOpts, RequestEdits};
+use dataplane::sip::build::{
+    forward_request, forward_response, reply, NewVia, ReplyOpts, RequestEdits,
+};
 use dataplane::sip::{parse, HeaderName, NameAddr, Uri, Via};
 
 struct Counting;
@@ -93,7 +95,10 @@ fn parse_accessors_and_writers_allocate_nothing() {
             + m.max_forwards().unwrap().unwrap() as usize
             + m.content_type().unwrap().len()
             + m.body().len();
-        for r in m.values(HeaderName::Route).chain(m.values(HeaderName::RecordRoute)) {
+        for r in m
+            .values(HeaderName::Route)
+            .chain(m.values(HeaderName::RecordRoute))
+        {
             let na = NameAddr::parse(r).unwrap();
             sum += usize::from(Uri::parse(na.uri).unwrap().has_lr());
         }
@@ -126,8 +131,17 @@ fn parse_accessors_and_writers_allocate_nothing() {
         out.clear();
         forward_response(&resp, &mut out).unwrap();
         out.clear();
-        reply(&m, 503, b"Service Unavailable", &ReplyOpts { retry_after: Some(5), ..ReplyOpts::default() }, &mut out)
-            .unwrap();
+        reply(
+            &m,
+            503,
+            b"Service Unavailable",
+            &ReplyOpts {
+                retry_after: Some(5),
+                ..ReplyOpts::default()
+            },
+            &mut out,
+        )
+        .unwrap();
     });
     assert_eq!(n, 0, "writers allocated {n} times");
     assert_eq!(out.capacity(), 4096);

@@ -8,7 +8,9 @@
 //! clean error. Nothing may panic, and whatever is accepted must survive
 //! being forwarded and answered.
 
-use dataplane::sip::build::{forward_request, forward_response, reply, NewVia, ReplyOpts, RequestEdits};
+use dataplane::sip::build::{
+    forward_request, forward_response, reply, NewVia, ReplyOpts, RequestEdits,
+};
 use dataplane::sip::{parse, HeaderName, Message, Method, NameAddr, ParseError, Uri, Via};
 
 macro_rules! case {
@@ -103,7 +105,12 @@ fn validate(m: &Message) -> Result<(), ParseError> {
 fn touch_everything(m: &Message) {
     let _ = (m.top_via(), m.call_id(), m.cseq(), m.from(), m.to());
     let _ = (m.max_forwards(), m.content_type(), m.body(), m.ruri());
-    for name in [HeaderName::Via, HeaderName::Route, HeaderName::RecordRoute, HeaderName::Contact] {
+    for name in [
+        HeaderName::Via,
+        HeaderName::Route,
+        HeaderName::RecordRoute,
+        HeaderName::Contact,
+    ] {
         for v in m.values(name) {
             let _ = NameAddr::parse(v);
             let _ = Via::parse(v);
@@ -155,14 +162,21 @@ fn accepted_requests_forward_and_answer_cleanly() {
         let mut out = Vec::with_capacity(8192);
         if m.is_request() {
             // A 400/416/505 is always writable, whatever is wrong.
-            reply(&m, 400, b"Bad Request", &ReplyOpts::default(), &mut out).unwrap_or_else(|e| panic!("{name}: {e}"));
+            reply(&m, 400, b"Bad Request", &ReplyOpts::default(), &mut out)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(parse(&out).map(|r| r.status()), Ok(Some(400)), "{name}");
             if matches!(expect, Valid | Tolerated) {
                 out.clear();
                 forward_request(&m, &edits(), &mut out).unwrap_or_else(|e| panic!("{name}: {e}"));
-                let f = parse(&out).unwrap_or_else(|e| panic!("{name}: forwarded unparseable: {e}"));
-                f.validate_request().unwrap_or_else(|e| panic!("{name}: forwarded invalid: {e}"));
-                assert_eq!(f.values(HeaderName::Via).count(), m.values(HeaderName::Via).count() + 1, "{name}");
+                let f =
+                    parse(&out).unwrap_or_else(|e| panic!("{name}: forwarded unparseable: {e}"));
+                f.validate_request()
+                    .unwrap_or_else(|e| panic!("{name}: forwarded invalid: {e}"));
+                assert_eq!(
+                    f.values(HeaderName::Via).count(),
+                    m.values(HeaderName::Via).count() + 1,
+                    "{name}"
+                );
                 assert_eq!(f.body(), m.body(), "{name}");
                 let second = Via::parse(f.values(HeaderName::Via).nth(1).unwrap()).unwrap();
                 assert_eq!(second.received, Some(&b"198.51.100.1"[..]), "{name}");
@@ -170,7 +184,10 @@ fn accepted_requests_forward_and_answer_cleanly() {
         } else if expect == Valid {
             forward_response(&m, &mut out).unwrap_or_else(|e| panic!("{name}: {e}"));
             let f = parse(&out).unwrap();
-            assert_eq!(f.values(HeaderName::Via).count() + 1, m.values(HeaderName::Via).count());
+            assert_eq!(
+                f.values(HeaderName::Via).count() + 1,
+                m.values(HeaderName::Via).count()
+            );
         }
     }
 }
@@ -184,7 +201,10 @@ fn msg(name: &str) -> Message<'static> {
 fn wsinv_fields() {
     let m = msg("wsinv");
     let u = m.ruri().unwrap();
-    assert_eq!((u.user, u.host), (Some(&b"vivekg"[..]), &b"chair-dnrc.example.com"[..]));
+    assert_eq!(
+        (u.user, u.host),
+        (Some(&b"vivekg"[..]), &b"chair-dnrc.example.com"[..])
+    );
     assert_eq!(u.param(b"unknownparam"), Some(None));
     let to = m.to().unwrap();
     assert_eq!(to.uri, b"sip:vivekg@chair-dnrc.example.com");
@@ -197,25 +217,49 @@ fn wsinv_fields() {
     assert_eq!(m.call_id(), Ok(&b"wsinv.ndaksdj@192.0.2.1"[..]));
     let c = m.cseq().unwrap();
     assert_eq!((c.seq, c.method), (9, Method::Invite));
-    let vias: Vec<Via> = m.values(HeaderName::Via).map(|v| Via::parse(v).unwrap()).collect();
+    let vias: Vec<Via> = m
+        .values(HeaderName::Via)
+        .map(|v| Via::parse(v).unwrap())
+        .collect();
     assert_eq!(vias.len(), 3);
-    assert_eq!((vias[0].transport, vias[0].host), (&b"UDP"[..], &b"192.0.2.2"[..]));
+    assert_eq!(
+        (vias[0].transport, vias[0].host),
+        (&b"UDP"[..], &b"192.0.2.2"[..])
+    );
     assert_eq!(vias[0].branch, Some(&b"390skdjuw"[..]));
-    assert_eq!((vias[1].transport, vias[1].host), (&b"TCP"[..], &b"spindle.example.com"[..]));
+    assert_eq!(
+        (vias[1].transport, vias[1].host),
+        (&b"TCP"[..], &b"spindle.example.com"[..])
+    );
     assert_eq!(vias[1].branch, Some(&b"z9hG4bK9ikj8"[..]));
     assert_eq!(vias[2].host, b"192.168.255.111");
     assert_eq!(vias[2].branch, Some(&b"z9hG4bK30239"[..]));
     assert_eq!(m.header(HeaderName::Subject), Some(&b""[..]));
-    assert_eq!(m.header_by_name(b"NewFangledHeader"), Some(&b"newfangled value\r\n continued newfangled value"[..]));
-    assert_eq!(m.header_by_name(b"UnknownHeaderWithUnusualValue"), Some(&b";;,,;;,;"[..]));
+    assert_eq!(
+        m.header_by_name(b"NewFangledHeader"),
+        Some(&b"newfangled value\r\n continued newfangled value"[..])
+    );
+    assert_eq!(
+        m.header_by_name(b"UnknownHeaderWithUnusualValue"),
+        Some(&b";;,,;;,;"[..])
+    );
     let routes: Vec<&[u8]> = m.values(HeaderName::Route).collect();
-    assert_eq!(routes, vec![&b"<sip:services.example.com;lr;unknownwith=value;unknown-no-value>"[..]]);
+    assert_eq!(
+        routes,
+        vec![&b"<sip:services.example.com;lr;unknownwith=value;unknown-no-value>"[..]]
+    );
     let r = NameAddr::parse(routes[0]).unwrap();
     assert!(Uri::parse(r.uri).unwrap().has_lr());
     let contact = NameAddr::parse(m.header(HeaderName::Contact).unwrap()).unwrap();
     assert_eq!(contact.display, Some(&br#"Quoted string \"\""#[..]));
-    assert_eq!(dataplane::sip::param(contact.params, b"q"), Some(Some(&b"0.33"[..])));
-    assert_eq!(dataplane::sip::param(contact.params, b"newparam"), Some(Some(&b"newvalue"[..])));
+    assert_eq!(
+        dataplane::sip::param(contact.params, b"q"),
+        Some(Some(&b"0.33"[..]))
+    );
+    assert_eq!(
+        dataplane::sip::param(contact.params, b"newparam"),
+        Some(Some(&b"newvalue"[..]))
+    );
     assert_eq!(m.content_length(), Some(150));
     assert!(m.body().starts_with(b"v=0\r\n") && m.body().ends_with(b"a=rtpmap:31 LPC\r\n"));
 }
@@ -224,17 +268,35 @@ fn wsinv_fields() {
 fn intmeth_fields() {
     let m = msg("intmeth");
     assert_eq!(m.method(), Some(Method::Other));
-    assert_eq!(m.method_raw(), Some(&b"!interesting-Method0123456789_*+`.%indeed'~"[..]));
+    assert_eq!(
+        m.method_raw(),
+        Some(&b"!interesting-Method0123456789_*+`.%indeed'~"[..])
+    );
     let u = m.ruri().unwrap();
-    assert_eq!(u.user, Some(&b"1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"[..]));
-    assert_eq!(u.password, Some(&b"&it+has=1,weird!*pas$wo~d_too.(doesn't-it)"[..]));
+    assert_eq!(
+        u.user,
+        Some(&b"1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"[..])
+    );
+    assert_eq!(
+        u.password,
+        Some(&b"&it+has=1,weird!*pas$wo~d_too.(doesn't-it)"[..])
+    );
     assert_eq!(u.host, b"example.com");
-    assert_eq!(m.top_via().unwrap().branch, Some(&b"z9hG4bK-.!%66*_+`'~"[..]));
-    assert_eq!(m.to().unwrap().display, Some(&b"BEL:\\\x07 NUL:\\\x00 DEL:\\\x7F"[..]));
+    assert_eq!(
+        m.top_via().unwrap().branch,
+        Some(&b"z9hG4bK-.!%66*_+`'~"[..])
+    );
+    assert_eq!(
+        m.to().unwrap().display,
+        Some(&b"BEL:\\\x07 NUL:\\\x00 DEL:\\\x7F"[..])
+    );
     let from = m.from().unwrap();
     assert_eq!(from.display, Some(&b"token1~` token2'+_ token3*%!.-"[..]));
     assert_eq!(from.tag, Some(&b"_token~1'+`*%!-."[..]));
-    assert_eq!(m.call_id(), Ok(&b"intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{"[..]));
+    assert_eq!(
+        m.call_id(),
+        Ok(&b"intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{"[..])
+    );
     assert_eq!(m.cseq().unwrap().seq, 139122385);
     assert_eq!(m.max_forwards(), Ok(Some(255)));
     assert_eq!(
@@ -246,7 +308,10 @@ fn intmeth_fields() {
 #[test]
 fn escaping_cases_keep_escapes() {
     let m = msg("esc01");
-    assert_eq!(m.ruri().unwrap().user, Some(&b"sips%3Auser%40example.com"[..]));
+    assert_eq!(
+        m.ruri().unwrap().user,
+        Some(&b"sips%3Auser%40example.com"[..])
+    );
     assert_eq!(m.ruri().unwrap().host, b"example.net");
     assert_eq!(m.call_id(), Ok(&b"esc01.239409asdfakjkn23onasd0-3234"[..]));
     let c = NameAddr::parse(m.header(HeaderName::Contact).unwrap()).unwrap();
@@ -255,7 +320,10 @@ fn escaping_cases_keep_escapes() {
     assert_eq!(cu.param(b"n%61me"), Some(Some(&b"v%61lue%25%34%31"[..])));
 
     let m = msg("escnull");
-    assert_eq!(Uri::parse(m.to().unwrap().uri).unwrap().user, Some(&b"null-%00-null"[..]));
+    assert_eq!(
+        Uri::parse(m.to().unwrap().uri).unwrap().user,
+        Some(&b"null-%00-null"[..])
+    );
     assert_eq!(m.values(HeaderName::Contact).count(), 2);
 
     // % is not an escape in a method or a header name.
@@ -263,12 +331,18 @@ fn escaping_cases_keep_escapes() {
     assert_eq!(m.method(), Some(Method::Other));
     assert_eq!(m.cseq().unwrap().method_raw, b"RE%47IST%45R");
     assert_eq!(m.values(HeaderName::Contact).count(), 2);
-    assert_eq!(m.header_by_name(b"C%6Fntact"), Some(&b"<sip:alias2@host2.example.com>"[..]));
+    assert_eq!(
+        m.header_by_name(b"C%6Fntact"),
+        Some(&b"<sip:alias2@host2.example.com>"[..])
+    );
     assert_eq!(m.to().unwrap().display, Some(&b"%Z%45"[..]));
 
     let m = msg("semiuri");
     let u = m.ruri().unwrap();
-    assert_eq!((u.user, u.host), (Some(&b"user;par=u%40example.net"[..]), &b"example.com"[..]));
+    assert_eq!(
+        (u.user, u.host),
+        (Some(&b"user;par=u%40example.net"[..]), &b"example.com"[..])
+    );
 }
 
 #[test]
@@ -311,14 +385,20 @@ fn mpart01_body_is_framed_by_content_length() {
     assert!(m.body().contains(&0));
     assert!(m.body().ends_with(b"--7a9cbec02ceef655--\r\n"));
     let v = m.top_via().unwrap();
-    assert_eq!((v.host, v.port, v.rport), (&b"127.0.0.1"[..], Some(5070), Some(None)));
+    assert_eq!(
+        (v.host, v.port, v.rport),
+        (&b"127.0.0.1"[..], Some(5070), Some(None))
+    );
 }
 
 #[test]
 fn unusual_status_lines() {
     let m = msg("unreason");
     assert_eq!(m.status(), Some(200));
-    assert!(m.reason().unwrap().starts_with(b"= 2**3 * 5**2 \xD0\xBD\xD0\xBE"));
+    assert!(m
+        .reason()
+        .unwrap()
+        .starts_with(b"= 2**3 * 5**2 \xD0\xBD\xD0\xBE"));
     let m = msg("noreason");
     assert_eq!((m.status(), m.reason()), (Some(100), Some(&b""[..])));
 }
@@ -326,11 +406,20 @@ fn unusual_status_lines() {
 #[test]
 fn tolerated_cases_fail_in_the_accessor_that_reads_them() {
     let m = msg("regbadct");
-    assert_eq!(NameAddr::parse(m.header(HeaderName::Contact).unwrap()), Err(ParseError::BadNameAddr));
+    assert_eq!(
+        NameAddr::parse(m.header(HeaderName::Contact).unwrap()),
+        Err(ParseError::BadNameAddr)
+    );
     let m = msg("badinv01");
-    assert_eq!(NameAddr::parse(m.header(HeaderName::Contact).unwrap()), Err(ParseError::BadNameAddr));
+    assert_eq!(
+        NameAddr::parse(m.header(HeaderName::Contact).unwrap()),
+        Err(ParseError::BadNameAddr)
+    );
     let m = msg("scalar02");
     assert_eq!(m.max_forwards(), Err(ParseError::BadMaxForwards));
     let m = msg("baddate");
-    assert_eq!(m.header_by_name(b"Date"), Some(&b"Fri, 01 Jan 2010 16:00:00 EST"[..]));
+    assert_eq!(
+        m.header_by_name(b"Date"),
+        Some(&b"Fri, 01 Jan 2010 16:00:00 EST"[..])
+    );
 }
