@@ -1,0 +1,152 @@
+//! The parser and the request writer must not touch the heap: a counting
+//! global allocator proves that parsing a ~700-byte INVITE, calling every
+//! accessor a proxy uses and forwarding it into a pre-reserved buffer
+//! allocate nothing.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use dataplane::sip::build::{
+    forward_request, forward_response, reply, NewVia, ReplyOpts, RequestEdits,
+};
+use dataplane::sip::{parse, HeaderName, NameAddr, Uri, Via};
+
+struct Counting;
+
+thread_local! {
+    // Const-initialised, so reading it inside the allocator never allocates.
+    static ALLOCS: Cell<usize> = const { Cell::new(0) };
+}
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        System.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made by `f` on this thread (tests run on several threads;
+/// the counter is per thread so they cannot disturb each other).
+fn allocations<R>(f: impl FnOnce() -> R) -> (usize, R) {
+    let before = ALLOCS.with(Cell::get);
+    let r = f();
+    (ALLOCS.with(Cell::get) - before, r)
+}
+
+const INVITE: &[u8] = b"INVITE sip:+15551234567@gw.example.net;user=phone SIP/2.0\r\n\
+Via: SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bK-524287-1---8f1c2d3e4a5b6c7d;rport\r\n\
+Max-Forwards: 69\r\n\
+Record-Route: <sip:203.0.113.10;lr;ftag=as1f2e3d4c>\r\n\
+Route: <sip:198.51.100.5;lr>\r\n\
+Contact: <sip:alice@203.0.113.10:5060;transport=udp>\r\n\
+To: <sip:+15551234567@gw.example.net;user=phone>\r\n\
+From: \"Alice\" <sip:alice@example.com>;tag=as1f2e3d4c\r\n\
+Call-ID: 3c2a1b7f5e9d4c8a@203.0.113.10\r\n\
+CSeq: 102 INVITE\r\n\
+Allow: INVITE, ACK, CANCEL, OPTIONS, BYE\r\n\
+Supported: replaces, timer\r\n\
+Content-Type: application/sdp\r\n\
+Content-Length: 176\r\n\
+\r\n\
+v=0\r\n\
+o=- 1234567890 1234567890 IN IP4 203.0.113.10\r\n\
+s=Example\r\n\
+c=IN IP4 203.0.113.10\r\n\
+t=0 0\r\n\
+m=audio 10000 RTP/AVP 0 8\r\n\
+a=rtpmap:0 PCMU/8000\r\n\
+a=rtpmap:8 PCMA/8000\r\n\
+a=sendrecv\r\n";
+
+#[test]
+fn parse_accessors_and_writers_allocate_nothing() {
+    assert!((650..800).contains(&INVITE.len()), "{}", INVITE.len());
+    // Warm up anything lazily initialised by the standard library.
+    let _ = parse(INVITE).unwrap();
+
+    let (n, checksum) = allocations(|| {
+        let m = parse(INVITE).unwrap();
+        m.validate_request().unwrap();
+        let via = m.top_via().unwrap();
+        let cseq = m.cseq().unwrap();
+        let from = m.from().unwrap();
+        let to = m.to().unwrap();
+        let ruri = m.ruri().unwrap();
+        let mut sum = via.branch.unwrap().len()
+            + via.rport.map_or(0, |p| p.map_or(1, usize::from))
+            + cseq.seq as usize
+            + from.tag.unwrap().len()
+            + to.tag.map_or(0, <[u8]>::len)
+            + ruri.host.len()
+            + ruri.param(b"user").map_or(0, |v| v.map_or(0, <[u8]>::len))
+            + m.call_id().unwrap().len()
+            + m.max_forwards().unwrap().unwrap() as usize
+            + m.content_type().unwrap().len()
+            + m.body().len();
+        for r in m
+            .values(HeaderName::Route)
+            .chain(m.values(HeaderName::RecordRoute))
+        {
+            let na = NameAddr::parse(r).unwrap();
+            sum += usize::from(Uri::parse(na.uri).unwrap().has_lr());
+        }
+        for v in m.values(HeaderName::Via) {
+            sum += Via::parse(v).unwrap().host.len();
+        }
+        sum += m.values(HeaderName::Allow).count();
+        sum
+    });
+    assert_eq!(n, 0, "parse + accessors allocated {n} times");
+    assert!(checksum > 0);
+
+    let m = parse(INVITE).unwrap();
+    let resp = parse(b"SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bKx;rport, SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bK-1\r\nTo: <sip:b@c>;tag=1\r\nFrom: <sip:a@b>;tag=2\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n").unwrap();
+    let mut out = Vec::with_capacity(4096);
+    let edits = RequestEdits {
+        via: NewVia {
+            host: b"192.0.2.1",
+            port: 5062,
+            branch: b"z9hG4bK-siphon-0-12345",
+        },
+        request_uri: Some(b"sip:+15551234567@10.0.0.20:5060"),
+        pop_routes: 1,
+        record_route: Some(b"sip:192.0.2.1:5062;lr;w=0"),
+        received: Some((b"203.0.113.99", 40000)),
+        body: None,
+    };
+    let (n, ()) = allocations(|| {
+        forward_request(&m, &edits, &mut out).unwrap();
+        out.clear();
+        forward_response(&resp, &mut out).unwrap();
+        out.clear();
+        reply(
+            &m,
+            503,
+            b"Service Unavailable",
+            &ReplyOpts {
+                retry_after: Some(5),
+                ..ReplyOpts::default()
+            },
+            &mut out,
+        )
+        .unwrap();
+    });
+    assert_eq!(n, 0, "writers allocated {n} times");
+    assert_eq!(out.capacity(), 4096);
+
+    // The counter works: a Vec that grows is seen.
+    let (n, v) = allocations(|| vec![0u8; 16]);
+    assert_eq!((n, v.len()), (1, 16));
+}
