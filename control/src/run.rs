@@ -4,11 +4,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use dataplane::dispatch::{Algorithm, HealthPolicy, SharedTable, Table};
-use dataplane::proxy::{self, ProxyConfig, SetRule, UnknownDomain, Worker, ProxyStats};
+use dataplane::proxy::{self, ProxyConfig, ProxyStats, SetRule, UnknownDomain, Worker};
 use dataplane::txn::TimerConfig;
 use dataplane::worker::{self, Driver, SocketSpec, WorkerSpec};
 use tracing::{info, warn};
@@ -71,10 +71,19 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
             .rules
             .iter()
             .map(|r: &DispatchRule| match (&r.prefix, &r.domain) {
-                (Some(p), _) => SetRule::Prefix { prefix: p.clone(), set: r.set },
-                (None, Some(d)) => SetRule::Domain { domain: d.clone(), set: r.set },
+                (Some(p), _) => SetRule::Prefix {
+                    prefix: p.clone(),
+                    set: r.set,
+                },
+                (None, Some(d)) => SetRule::Domain {
+                    domain: d.clone(),
+                    set: r.set,
+                },
                 // Validation guarantees exactly one of the two.
-                (None, None) => SetRule::Prefix { prefix: String::new(), set: r.set },
+                (None, None) => SetRule::Prefix {
+                    prefix: String::new(),
+                    set: r.set,
+                },
             })
             .collect(),
         failover_codes: cfg.dispatcher.failover_codes.clone(),
@@ -98,6 +107,7 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
             crate::config::UnknownDomain::Relay => UnknownDomain::Relay,
         },
         server_header: cfg.proxy.server_header.clone(),
+        key_seed: random_seed(),
         ..ProxyConfig::default()
     })
 }
@@ -111,7 +121,9 @@ pub fn start(cfg: &Config) -> Result<Running> {
 
     let dispatcher_list = dispatcher_file(cfg)?;
     let table = match &dispatcher_list {
-        Some(path) => source::file::load(path, epoch, None).map_err(|errs| anyhow!(errs.join("\n")))?,
+        Some(path) => {
+            source::file::load(path, epoch, None).map_err(|errs| anyhow!(errs.join("\n")))?
+        }
         None => {
             warn!("no dispatcher source configured: every initial request will get 503");
             Table::empty(epoch)
@@ -125,7 +137,9 @@ pub fn start(cfg: &Config) -> Result<Running> {
         .parse()
         .map_err(|e| anyhow!("proxy.io: {e:?}"))?;
 
-    let stats: Vec<Arc<ProxyStats>> = (0..workers).map(|_| Arc::new(ProxyStats::default())).collect();
+    let stats: Vec<Arc<ProxyStats>> = (0..workers)
+        .map(|_| Arc::new(ProxyStats::default()))
+        .collect();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let specs = (0..workers)
         .map(|i| WorkerSpec {
@@ -203,4 +217,12 @@ pub fn run(cfg: &Config) -> Result<()> {
     running.pool.stop().context("stopping workers")?;
     info!(?total, "stopped");
     Ok(())
+}
+
+/// Per-process random seed for the transaction/dialog key hash, from the OS
+/// randomness std's hash maps are seeded with.
+fn random_seed() -> [u64; 4] {
+    use std::hash::BuildHasher;
+    let state = std::collections::hash_map::RandomState::new();
+    [0u64, 1, 2, 3].map(|i| state.hash_one(i))
 }

@@ -11,12 +11,19 @@ pub fn load(path: &Path, epoch: Instant, previous: Option<&Table>) -> Result<Tab
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| vec![format!("{shown}: cannot read dispatcher list: {e}")])?;
-    let defs = list::parse_list(&text)
-        .map_err(|errs| errs.iter().map(|e| format!("{shown}:{}: {}", e.line, e.message)).collect::<Vec<_>>())?;
+    let defs = list::parse_list(&text).map_err(|errs| {
+        errs.iter()
+            .map(|e| format!("{shown}:{}: {}", e.line, e.message))
+            .collect::<Vec<_>>()
+    })?;
     let mut resolve = |uri: &str| super::resolve_uri(uri);
     let built = match previous {
         Some(old) => Table::rebuild(old, &defs, &mut resolve),
         None => Table::build(&defs, epoch, &mut resolve),
     };
-    built.map_err(|errs| errs.iter().map(|e| format!("{shown}:{}: {}", e.line, e.message)).collect())
+    built.map_err(|errs| {
+        errs.iter()
+            .map(|e| format!("{shown}:{}: {}", e.line, e.message))
+            .collect()
+    })
 }

@@ -19,7 +19,11 @@ pub fn resolve_uri(uri: &str) -> Result<SocketAddr, String> {
     }
     let host = std::str::from_utf8(parsed.host).map_err(|_| format!("{uri}: host is not UTF-8"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let default_port = if parsed.scheme.eq_ignore_ascii_case(b"sips") { 5061 } else { 5060 };
+    let default_port = if parsed.scheme.eq_ignore_ascii_case(b"sips") {
+        5061
+    } else {
+        5060
+    };
     let port = parsed.port.unwrap_or(default_port);
     (host, port)
         .to_socket_addrs()
@@ -34,10 +38,21 @@ mod tests {
 
     #[test]
     fn resolves_ip_literals_and_rejects_tcp() {
-        assert_eq!(resolve_uri("sip:127.0.0.1:5070").unwrap(), "127.0.0.1:5070".parse().unwrap());
-        assert_eq!(resolve_uri("sip:127.0.0.1").unwrap(), "127.0.0.1:5060".parse().unwrap());
-        assert_eq!(resolve_uri("sip:[::1]:5080").unwrap(), "[::1]:5080".parse().unwrap());
-        assert!(resolve_uri("sip:127.0.0.1;transport=tcp").unwrap_err().contains("UDP only"));
+        assert_eq!(
+            resolve_uri("sip:127.0.0.1:5070").unwrap(),
+            "127.0.0.1:5070".parse().unwrap()
+        );
+        assert_eq!(
+            resolve_uri("sip:127.0.0.1").unwrap(),
+            "127.0.0.1:5060".parse().unwrap()
+        );
+        assert_eq!(
+            resolve_uri("sip:[::1]:5080").unwrap(),
+            "[::1]:5080".parse().unwrap()
+        );
+        assert!(resolve_uri("sip:127.0.0.1;transport=tcp")
+            .unwrap_err()
+            .contains("UDP only"));
         assert!(resolve_uri("nonsense").is_err());
     }
 }

@@ -163,7 +163,10 @@ mod tests {
             private_ports: vec![5061, 5062],
             ..ProxyConfig::default()
         };
-        assert_eq!(cfg.owner_of(b"127.0.0.1", Some(5062)), Some(Ownership::Worker(1)));
+        assert_eq!(
+            cfg.owner_of(b"127.0.0.1", Some(5062)),
+            Some(Ownership::Worker(1))
+        );
         assert_eq!(cfg.owner_of(b"127.0.0.1", None), Some(Ownership::Public));
         assert_eq!(cfg.owner_of(b"10.0.0.1", Some(5061)), None);
         assert_eq!(cfg.owner_of(b"127.0.0.1", Some(7000)), None);
@@ -173,8 +176,14 @@ mod tests {
     fn rules_pick_sets() {
         let cfg = ProxyConfig {
             rules: vec![
-                SetRule::Prefix { prefix: "+44".into(), set: 2 },
-                SetRule::Domain { domain: "pbx.example.com".into(), set: 3 },
+                SetRule::Prefix {
+                    prefix: "+44".into(),
+                    set: 2,
+                },
+                SetRule::Domain {
+                    domain: "pbx.example.com".into(),
+                    set: 3,
+                },
             ],
             ..ProxyConfig::default()
         };

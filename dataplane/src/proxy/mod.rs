@@ -27,7 +27,7 @@ use branch::Branch;
 pub use config::{Ownership, ProxyConfig, SetRule, UnknownDomain};
 use pool::BufPool;
 use stats::{bump, count_reply};
-pub use stats::{Counters, Snapshot, ProxyStats};
+pub use stats::{Counters, ProxyStats, Snapshot};
 use transaction::{ClientTx, ProxyTxn, ServerTx, Target};
 
 /// The worker's socket on the shared public port.
@@ -160,7 +160,9 @@ impl Worker {
 
     fn absorb_retransmission(&mut self, now: Instant, id: TxnId, out: &mut Outbox) {
         bump(&self.stats.retransmissions_absorbed);
-        let Some(txn) = self.txns.get_mut(id) else { return };
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
         if txn.server.on_request(now) && !txn.last_response.is_empty() {
             out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
             bump(&self.stats.tx_datagrams);
@@ -234,7 +236,15 @@ impl Worker {
 
         if let Some(route) = next_route {
             let Some(addr) = uri_addr(&route) else {
-                self.reply(socket, src, msg, 503, None, Some(b"Route host is not an IP address"), out);
+                self.reply(
+                    socket,
+                    src,
+                    msg,
+                    503,
+                    None,
+                    Some(b"Route host is not an IP address"),
+                    out,
+                );
                 return;
             };
             target = Target { addr, dest: None };
@@ -244,7 +254,15 @@ impl Worker {
                 return;
             };
             let Some(addr) = uri_addr(&ruri) else {
-                self.reply(socket, src, msg, 503, None, Some(b"Request-URI host is not an IP address"), out);
+                self.reply(
+                    socket,
+                    src,
+                    msg,
+                    503,
+                    None,
+                    Some(b"Request-URI host is not an IP address"),
+                    out,
+                );
                 return;
             };
             target = Target { addr, dest: None };
@@ -260,11 +278,27 @@ impl Worker {
             }
             if !self.cfg.serves_domain(ruri.host) {
                 if self.cfg.unknown_domain == UnknownDomain::Reject {
-                    self.reply(socket, src, msg, 404, None, Some(b"Domain not served here"), out);
+                    self.reply(
+                        socket,
+                        src,
+                        msg,
+                        404,
+                        None,
+                        Some(b"Domain not served here"),
+                        out,
+                    );
                     return;
                 }
                 let Some(addr) = uri_addr(&ruri) else {
-                    self.reply(socket, src, msg, 404, None, Some(b"Domain not served here"), out);
+                    self.reply(
+                        socket,
+                        src,
+                        msg,
+                        404,
+                        None,
+                        Some(b"Domain not served here"),
+                        out,
+                    );
                     return;
                 };
                 target = Target { addr, dest: None };
@@ -279,7 +313,15 @@ impl Worker {
                 let table = self.table.load_full();
                 let Some(set) = table.set(set_id) else {
                     bump(&self.stats.no_destination);
-                    self.reply(socket, src, msg, 503, None, Some(b"No such dispatcher set"), out);
+                    self.reply(
+                        socket,
+                        src,
+                        msg,
+                        503,
+                        None,
+                        Some(b"No such dispatcher set"),
+                        out,
+                    );
                     return;
                 };
                 let from_uri = msg.from().map(|f| f.uri).unwrap_or(b"");
@@ -298,7 +340,15 @@ impl Worker {
                 let Some(&first) = candidates.first() else {
                     bump(&self.stats.no_destination);
                     let retry = self.cfg.retry_after_s;
-                    self.reply(socket, src, msg, 503, Some(retry), Some(b"No destination available"), out);
+                    self.reply(
+                        socket,
+                        src,
+                        msg,
+                        503,
+                        Some(retry),
+                        Some(b"No destination available"),
+                        out,
+                    );
                     return;
                 };
                 let Some(dest) = set.get(first) else { return };
@@ -320,7 +370,6 @@ impl Worker {
             && !in_dialog
             && matches!(method, Method::Invite | Method::Subscribe);
         let txn = ProxyTxn {
-            key,
             method,
             upstream: src,
             upstream_socket: socket,
@@ -348,14 +397,30 @@ impl Worker {
             Err(_) => {
                 bump(&self.stats.table_full);
                 let retry = self.cfg.retry_after_s;
-                self.reply(socket, src, msg, 503, Some(retry), Some(b"Transaction table full"), out);
+                self.reply(
+                    socket,
+                    src,
+                    msg,
+                    503,
+                    Some(retry),
+                    Some(b"Transaction table full"),
+                    out,
+                );
                 return;
             }
         };
         if method == Method::Invite {
             // 100 Trying stops the caller's retransmissions (RFC 3261 §16.2).
             self.scratch.clear();
-            if build::reply(msg, 100, b"Trying", &ReplyOpts::default(), &mut self.scratch).is_ok() {
+            if build::reply(
+                msg,
+                100,
+                b"Trying",
+                &ReplyOpts::default(),
+                &mut self.scratch,
+            )
+            .is_ok()
+            {
                 out.send(socket, src, &self.scratch);
                 bump(&self.stats.tx_datagrams);
                 count_reply(&self.stats, 100);
@@ -372,12 +437,16 @@ impl Worker {
     /// Sends the transaction's request to its current target with a fresh
     /// branch and a fresh client transaction.
     fn forward_attempt(&mut self, now: Instant, id: TxnId, out: &mut Outbox) {
-        let Some(txn) = self.txns.get_mut(id) else { return };
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
         let mut fwd = std::mem::take(&mut txn.forwarded);
         fwd.clear();
         let attempt = txn.attempt;
         let ok = self.write_forward(id, attempt, &mut fwd);
-        let Some(txn) = self.txns.get_mut(id) else { return };
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
         txn.forwarded = fwd;
         if !ok {
             return;
@@ -393,8 +462,12 @@ impl Worker {
     /// Deterministic: the same attempt always yields the same bytes, so an
     /// abandoned attempt's request can be rebuilt to ACK its late final.
     fn write_forward(&self, id: TxnId, attempt: u8, out: &mut Vec<u8>) -> bool {
-        let Some(txn) = self.txns.get(id) else { return false };
-        let Ok(req) = parse(&txn.request) else { return false };
+        let Some(txn) = self.txns.get(id) else {
+            return false;
+        };
+        let Ok(req) = parse(&txn.request) else {
+            return false;
+        };
         let branch = Branch {
             worker: self.index as u16,
             slot: id.slot(),
@@ -437,16 +510,15 @@ impl Worker {
         };
         // The CANCEL itself is answered at once (RFC 3261 §16.10).
         self.reply(socket, src, msg, 200, None, None, out);
-        let Some(txn) = self.txns.get_mut(id) else { return };
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
         if txn.cancelled || txn.final_sent {
             return;
         }
         txn.cancelled = true;
         bump(&self.stats.calls_cancelled);
-        let send_now = txn
-            .client
-            .as_mut()
-            .is_some_and(|c| c.request_cancel(now));
+        let send_now = txn.client.as_mut().is_some_and(|c| c.request_cancel(now));
         if send_now {
             self.send_cancel(now, id, out);
         }
@@ -455,8 +527,12 @@ impl Worker {
 
     /// Sends CANCEL for the current attempt and starts its client transaction.
     fn send_cancel(&mut self, now: Instant, id: TxnId, out: &mut Outbox) {
-        let Some(txn) = self.txns.get_mut(id) else { return };
-        let Ok(fwd) = parse(&txn.forwarded) else { return };
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
+        let Ok(fwd) = parse(&txn.forwarded) else {
+            return;
+        };
         self.scratch.clear();
         if build::cancel_for(&fwd, &mut self.scratch).is_err() {
             return;
@@ -576,7 +652,7 @@ impl Worker {
         }
         let cseq_method = msg.cseq().map(|c| c.method).unwrap_or(Method::Other);
         let id = TxnId::from_parts(b.slot, b.generation);
-        let Some(txn) = self.txns.get_mut(id) else {
+        let Some((id, txn)) = id.and_then(|id| Some((id, self.txns.get_mut(id)?))) else {
             // The transaction is gone; a 2xx to INVITE must still reach the
             // caller (the callee retransmits it until the ACK arrives).
             if cseq_method == Method::Invite && (200..300).contains(&code) {
@@ -605,7 +681,9 @@ impl Worker {
             return;
         }
 
-        let Some(client) = txn.client.as_mut() else { return };
+        let Some(client) = txn.client.as_mut() else {
+            return;
+        };
         let action = client.on_response(code, now);
         use transaction::ClientEvent as E;
         match action {
@@ -675,12 +753,18 @@ impl Worker {
     /// Moves the transaction to its next candidate destination, if any is
     /// left and failover is allowed. Returns whether it did.
     fn try_failover(&mut self, now: Instant, id: TxnId, out: &mut Outbox) -> bool {
-        let Some(txn) = self.txns.get_mut(id) else { return false };
+        let Some(txn) = self.txns.get_mut(id) else {
+            return false;
+        };
         if txn.cancelled || txn.final_sent {
             return false;
         }
-        let Some((table, set_index)) = txn.set.clone() else { return false };
-        let Some(set) = table.sets().get(set_index) else { return false };
+        let Some((table, set_index)) = txn.set.clone() else {
+            return false;
+        };
+        let Some(set) = table.sets().get(set_index) else {
+            return false;
+        };
         while let Some(&next) = txn.candidates.get(txn.next_candidate) {
             txn.next_candidate += 1;
             let Some(dest) = set.get(next) else { continue };
@@ -710,7 +794,9 @@ impl Worker {
         code: u16,
         out: &mut Outbox,
     ) {
-        let Some(txn) = self.txns.get_mut(id) else { return };
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
         if txn.final_sent && !(txn.method == Method::Invite && (200..300).contains(&code)) {
             return;
         }
@@ -738,11 +824,12 @@ impl Worker {
         out: &mut Outbox,
     ) {
         let retry = (code == 503).then_some(self.cfg.retry_after_s);
-        let Some(txn) = self.txns.get_mut(id) else { return };
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
         if txn.final_sent {
             return;
         }
-        let Ok(req) = parse(&txn.request) else { return };
         let opts = ReplyOpts {
             to_tag: Some(&self.local_tag),
             retry_after: retry,
@@ -751,7 +838,18 @@ impl Worker {
             ..ReplyOpts::default()
         };
         txn.last_response.clear();
-        if build::reply(&req, code, build::reason_phrase(code), &opts, &mut txn.last_response).is_err() {
+        let built = match parse(&txn.request) {
+            Ok(req) => build::reply(
+                &req,
+                code,
+                build::reason_phrase(code),
+                &opts,
+                &mut txn.last_response,
+            )
+            .is_ok(),
+            Err(_) => false,
+        };
+        if !built {
             return;
         }
         out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
@@ -761,7 +859,9 @@ impl Worker {
     }
 
     fn final_sent(&mut self, now: Instant, id: TxnId, code: u16) {
-        let Some(txn) = self.txns.get_mut(id) else { return };
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
         if !txn.final_sent && txn.method == Method::Invite && code >= 300 && !txn.cancelled {
             bump(&self.stats.calls_failed);
         }
@@ -784,7 +884,9 @@ impl Worker {
     /// The hop-by-hop ACK for a non-2xx final from the current attempt.
     fn send_ack(&mut self, id: TxnId, resp: &Message<'_>, out: &mut Outbox) {
         let Some(txn) = self.txns.get(id) else { return };
-        let Ok(fwd) = parse(&txn.forwarded) else { return };
+        let Ok(fwd) = parse(&txn.forwarded) else {
+            return;
+        };
         self.scratch.clear();
         if build::ack_for(&fwd, resp, &mut self.scratch).is_ok() {
             out.send(SOCK_PRIVATE, txn.target.addr, &self.scratch);
@@ -795,7 +897,14 @@ impl Worker {
     /// ACKs a non-2xx final from an attempt we already abandoned, so that
     /// destination stops retransmitting it. Its request is rebuilt (it is
     /// deterministic per attempt) and the ACK goes where the response came from.
-    fn ack_old_attempt(&mut self, id: TxnId, attempt: u8, resp: &Message<'_>, src: SocketAddr, out: &mut Outbox) {
+    fn ack_old_attempt(
+        &mut self,
+        id: TxnId,
+        attempt: u8,
+        resp: &Message<'_>,
+        src: SocketAddr,
+        out: &mut Outbox,
+    ) {
         let mut old = self.pool.get();
         if self.write_forward(id, attempt, &mut old) {
             if let Ok(fwd) = parse(&old) {
@@ -877,7 +986,9 @@ impl Worker {
             from.tag.unwrap_or(b""),
             to.tag.unwrap_or(b""),
         );
-        let Some(id) = self.dialogs.find(&key) else { return };
+        let Some(id) = self.dialogs.find(&key) else {
+            return;
+        };
         if let Some(d) = self.dialogs.remove(id) {
             if let Some(dest) = d.data.dest {
                 dest.call_ended();
@@ -891,7 +1002,9 @@ impl Worker {
     /// Keeps exactly one wheel entry per transaction, at its next deadline;
     /// removes the transaction once both sides are done.
     fn reschedule(&mut self, id: TxnId) {
-        let Some(txn) = self.txns.get_mut(id) else { return };
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
         if txn.is_finished() {
             if let Some(t) = txn.timer.take() {
                 self.timers.cancel(t);
@@ -911,7 +1024,9 @@ impl Worker {
     }
 
     fn txn_timer(&mut self, now: Instant, id: TxnId, out: &mut Outbox) {
-        let Some(txn) = self.txns.get_mut(id) else { return };
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
         txn.timer = None;
         use transaction::{ClientTimer, ServerTimer};
         match txn.server.on_timer(now) {
@@ -957,7 +1072,11 @@ impl Worker {
                         // try_failover rescheduled
                         return;
                     }
-                    let code = if self.dispatched(id) && !proceeding { 503 } else { 408 };
+                    let code = if self.dispatched(id) && !proceeding {
+                        503
+                    } else {
+                        408
+                    };
                     self.reply_final(now, id, code, Some(b"Destination did not answer"), out);
                 }
             }
@@ -994,14 +1113,28 @@ impl Worker {
             ..ReplyOpts::default()
         };
         self.scratch.clear();
-        if build::reply(req, code, build::reason_phrase(code), &opts, &mut self.scratch).is_ok() {
+        if build::reply(
+            req,
+            code,
+            build::reason_phrase(code),
+            &opts,
+            &mut self.scratch,
+        )
+        .is_ok()
+        {
             out.send(socket, src, &self.scratch);
             bump(&self.stats.tx_datagrams);
             count_reply(&self.stats, code);
         }
     }
 
-    fn reply_options(&mut self, socket: SocketId, src: SocketAddr, req: &Message<'_>, out: &mut Outbox) {
+    fn reply_options(
+        &mut self,
+        socket: SocketId,
+        src: SocketAddr,
+        req: &Message<'_>,
+        out: &mut Outbox,
+    ) {
         let extra: [(&[u8], &[u8]); 2] = [
             (b"Allow", b"INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK, MESSAGE"),
             (b"Accept", b"application/sdp"),
@@ -1028,7 +1161,14 @@ impl Worker {
 }
 
 impl Core for Worker {
-    fn on_datagram(&mut self, now: Instant, socket: SocketId, src: SocketAddr, data: &[u8], out: &mut Outbox) {
+    fn on_datagram(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        data: &[u8],
+        out: &mut Outbox,
+    ) {
         bump(&self.stats.rx_datagrams);
         // Keepalive pings (CRLF / CRLFCRLF, RFC 5626 §3.5.1) are not SIP messages.
         if data.iter().all(|b| b.is_ascii_whitespace()) {
@@ -1078,7 +1218,13 @@ fn txn_method(txns: &TxnTable<ProxyTxn>, id: TxnId) -> Option<Method> {
 
 /// The server transaction key of a request (RFC 3261 §17.2.3), with the
 /// RFC 2543 fallback for peers whose branch lacks the magic cookie.
-fn server_key(h: &KeyHasher, msg: &Message<'_>, via: &Via<'_>, method: Method, method_raw: &[u8]) -> TxnKey {
+fn server_key(
+    h: &KeyHasher,
+    msg: &Message<'_>,
+    via: &Via<'_>,
+    method: Method,
+    method_raw: &[u8],
+) -> TxnKey {
     if let Some(key) = via
         .branch
         .and_then(|b| TxnKey::server(h, b, via.host, via.port, method, method_raw))
@@ -1123,7 +1269,11 @@ fn route_uri(entry: &[u8]) -> Option<Uri<'_>> {
 /// The address of an IP-literal URI; siphon resolves no names on a worker.
 fn uri_addr(uri: &Uri<'_>) -> Option<SocketAddr> {
     let ip = parse_ip(uri.host)?;
-    let default = if uri.scheme.eq_ignore_ascii_case(b"sips") { 5061 } else { 5060 };
+    let default = if uri.scheme.eq_ignore_ascii_case(b"sips") {
+        5061
+    } else {
+        5060
+    };
     Some(SocketAddr::new(ip, uri.port.unwrap_or(default)))
 }
 

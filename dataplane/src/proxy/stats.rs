@@ -114,6 +114,9 @@ mod tests {
         total.add(&c.snapshot());
         assert_eq!(total.failovers, 4);
         assert_eq!(total.replies_5xx, 2);
-        assert!(total.fields().iter().any(|&(n, v)| n == "failovers" && v == 4));
+        assert!(total
+            .fields()
+            .iter()
+            .any(|&(n, v)| n == "failovers" && v == 4));
     }
 }

@@ -13,7 +13,7 @@ use crate::sip::Method;
 use crate::txn::timer::TimerId;
 use crate::txn::{
     ClientAction, ClientInvite, ClientNonInvite, Reliability, ServerAction, ServerInvite,
-    ServerNonInvite, TimerConfig, TxnKey,
+    ServerNonInvite, TimerConfig,
 };
 use crate::worker::SocketId;
 
@@ -26,7 +26,6 @@ pub(crate) struct Target {
 }
 
 pub(crate) struct ProxyTxn {
-    pub key: TxnKey,
     pub method: Method,
     pub upstream: SocketAddr,
     pub upstream_socket: SocketId,
@@ -195,7 +194,9 @@ pub(crate) enum ClientTimer {
     Retransmit,
     /// fr_timer (no reply at all) or fr_inv_timer (`proceeding`: rang, never
     /// answered; the proxy must CANCEL) expired.
-    Timeout { proceeding: bool },
+    Timeout {
+        proceeding: bool,
+    },
 }
 
 impl ClientTx {
