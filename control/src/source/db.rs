@@ -711,8 +711,8 @@ pub trait Fetch {
     fn describe(&self) -> String;
 }
 
-/// [`fetch`] with fixed arguments.
-#[derive(Clone, Debug)]
+/// [`fetch`] with fixed arguments. Its `Debug` output hides the password.
+#[derive(Clone)]
 pub struct DbFetch {
     /// Database URL.
     pub url: String,
@@ -720,6 +720,16 @@ pub struct DbFetch {
     pub table: String,
     /// Connect timeout and, separately, query timeout.
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for DbFetch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbFetch")
+            .field("url", &redact_url(&self.url))
+            .field("table", &self.table)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl Fetch for DbFetch {
@@ -946,6 +956,19 @@ mod tests {
         assert_eq!(msg, "auth failed for *** and ***");
         assert_eq!(percent_decode("a%2"), "a%2");
         assert_eq!(percent_decode("%41%zz%"), "A%zz%");
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let f = DbFetch {
+            url: "mysql://u:hunter22@db/k".into(),
+            table: "dispatcher".into(),
+            timeout: Duration::from_secs(1),
+        };
+        let r = Resync::new(f, vec![], Origin::Database, Duration::ZERO);
+        let dbg = format!("{r:?}");
+        assert!(dbg.contains("mysql://u:***@db/k"), "{dbg}");
+        assert!(!dbg.contains("hunter22"), "{dbg}");
     }
 
     #[test]
