@@ -207,6 +207,7 @@ impl Server {
 }
 
 fn scratch(tag: &str) -> PathBuf {
+    db_support::remove_stale(&format!("source-db-{tag}"));
     let dir = std::env::temp_dir().join(format!("siphon-source-db-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");

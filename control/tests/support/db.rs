@@ -33,9 +33,11 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// A fresh, empty directory under the system temp dir.
+/// A fresh, empty directory under the system temp dir. Directories a killed
+/// test run left behind (their pid is gone) are removed first.
 fn scratch_dir(tag: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
+    remove_stale(tag);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
@@ -46,6 +48,28 @@ fn scratch_dir(tag: &str) -> PathBuf {
     ));
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     dir
+}
+
+/// Removes `siphon-{tag}-{pid}-…` directories whose process no longer exists.
+pub fn remove_stale(tag: &str) {
+    let prefix = format!("siphon-{tag}-");
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
