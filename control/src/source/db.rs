@@ -350,7 +350,7 @@ pub async fn fetch(url: &str, table: &str, timeout: Duration) -> Result<Vec<DbRo
                 .map_err(|_| query_err(timed_out("the query")))?
                 .map_err(|e| query_err(e.to_string()))?;
             close(conn.close(), timeout).await;
-            rows.iter().map(decode_pg).collect()
+            rows.iter().map(decode_row).collect()
         }
         Backend::Mysql => {
             let url = match url.split_once("://") {
@@ -377,7 +377,7 @@ pub async fn fetch(url: &str, table: &str, timeout: Duration) -> Result<Vec<DbRo
                 .map_err(|_| query_err(timed_out("the query")))?
                 .map_err(|e| query_err(e.to_string()))?;
             close(conn.close(), timeout).await;
-            rows.iter().map(decode_mysql).collect()
+            rows.iter().map(decode_row).collect()
         }
     }
 }
@@ -396,9 +396,8 @@ fn fmt_duration(d: Duration) -> String {
     }
 }
 
-/// Columns of a fetched row, read without knowing the driver.
+/// The columns after `id` of a fetched row, NULLs still visible.
 struct RawRow {
-    id: Option<i64>,
     setid: Option<i64>,
     destination: Option<String>,
     flags: Option<i64>,
@@ -407,7 +406,14 @@ struct RawRow {
     description: Option<String>,
 }
 
-fn decode_pg(row: &sqlx::postgres::PgRow) -> Result<DbRow, SourceError> {
+/// Reads a row of the query above from either driver (the SQL casts every
+/// column to BIGINT or text, so one set of Rust types fits both).
+fn decode_row<R: Row>(row: &R) -> Result<DbRow, SourceError>
+where
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     let int = |i: usize| row.try_get::<Option<i64>, _>(i).map_err(|e| e.to_string());
     let text = |i: usize| {
         row.try_get::<Option<String>, _>(i)
@@ -415,7 +421,6 @@ fn decode_pg(row: &sqlx::postgres::PgRow) -> Result<DbRow, SourceError> {
     };
     finish_row(int(0), || {
         Ok(RawRow {
-            id: None,
             setid: int(1)?,
             destination: text(2)?,
             flags: int(3)?,
@@ -426,26 +431,8 @@ fn decode_pg(row: &sqlx::postgres::PgRow) -> Result<DbRow, SourceError> {
     })
 }
 
-fn decode_mysql(row: &sqlx::mysql::MySqlRow) -> Result<DbRow, SourceError> {
-    let int = |i: usize| row.try_get::<Option<i64>, _>(i).map_err(|e| e.to_string());
-    let text = |i: usize| {
-        row.try_get::<Option<String>, _>(i)
-            .map_err(|e| e.to_string())
-    };
-    finish_row(int(0), || {
-        Ok(RawRow {
-            id: None,
-            setid: int(1)?,
-            destination: text(2)?,
-            flags: int(3)?,
-            priority: int(4)?,
-            attrs: text(5)?,
-            description: text(6)?,
-        })
-    })
-}
-
-/// Applies the NULL rules to a decoded row; `rest` decodes the columns after `id`.
+/// Applies the NULL rules; `rest` decodes the columns after `id` (only once the
+/// id is known, so its errors can name the row).
 fn finish_row(
     id: Result<Option<i64>, String>,
     rest: impl FnOnce() -> Result<RawRow, String>,
@@ -457,10 +444,6 @@ fn finish_row(
         Err(e) => return Err(bad(0, format!("unreadable id: {e}"))),
     };
     let raw = rest().map_err(|e| bad(id, format!("unreadable column: {e}")))?;
-    let raw = RawRow {
-        id: Some(id),
-        ..raw
-    };
     let Some(setid) = raw.setid else {
         return Err(bad(id, "setid is NULL".into()));
     };
@@ -468,7 +451,7 @@ fn finish_row(
         return Err(bad(id, "destination is NULL".into()));
     };
     Ok(DbRow {
-        id: raw.id.unwrap_or(id),
+        id,
         setid,
         destination,
         flags: raw.flags.unwrap_or(0),
@@ -1072,7 +1055,6 @@ mod tests {
     fn null_rules() {
         let ok = finish_row(Ok(Some(4)), || {
             Ok(RawRow {
-                id: None,
                 setid: Some(1),
                 destination: Some("sip:a".into()),
                 flags: None,
@@ -1085,7 +1067,6 @@ mod tests {
         assert_eq!(ok, row(4, 1, "sip:a"));
         let e = finish_row(Ok(Some(5)), || {
             Ok(RawRow {
-                id: None,
                 setid: Some(1),
                 destination: None,
                 flags: None,
