@@ -9,7 +9,8 @@
 #   scripts/services.sh stop NAME [DIR]    stop it and remove DIR
 #   scripts/services.sh env NAME [DIR]     print the KEY=VALUE settings again
 #   scripts/services.sh status [NAME [DIR]]
-#   scripts/services.sh stop-all           stop everything under the base dir
+#   scripts/services.sh stop-all           stop everything under the base dir and
+#                                          the test harness's target/tmp/services
 #
 # NAME: redis | postgres | mariadb | rtpengine   (mysql = mariadb)
 # DIR:  default $SIPHON_SERVICES_DIR/NAME, base default <repo>/.tmp/services
@@ -280,7 +281,8 @@ cmd_status() {
 
 cmd_stop_all() {
   local d
-  for d in "$base"/*/; do
+  # Also the per-test instances of the Rust harness (control/tests/support).
+  for d in "$base"/*/ "$repo"/target/tmp/services/*/; do
     [ -f "$d/name" ] || continue
     cmd_stop "$(cat "$d/name")" "${d%/}" &
   done

@@ -2,6 +2,10 @@
 //! peers, loopback ports, readiness checks, and processes that never outlive
 //! a test. Use it with `mod support;` at the top of a test file.
 //!
+//! Services (Redis, PostgreSQL, MariaDB, RTPEngine) come from
+//! `scripts/services.sh` through [`Service::start`], one private instance per
+//! call.
+//!
 //! Everything binds to loopback (127.0.0.1 / ::1) on explicitly chosen ports,
 //! every run is bounded in calls and time, and every child process is killed
 //! when its handle is dropped (also on panic).
@@ -20,6 +24,7 @@
 
 pub mod net;
 pub mod process;
+pub mod services;
 pub mod sipp;
 
 #[allow(unused_imports)]
@@ -29,6 +34,8 @@ pub use net::{
 };
 #[allow(unused_imports)]
 pub use process::{repo_root, require_binary, which, ChildGuard, WorkDir};
+#[allow(unused_imports)]
+pub use services::{Service, ServiceKind};
 #[allow(unused_imports)]
 pub use sipp::{
     require_sipp, scenarios_dir, RunningUac, Scenario, SippRun, SippStats, Uac, Uas, UasBuilder,
