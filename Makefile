@@ -1,32 +1,48 @@
-# siphon — the commands people look for. Every target installs what it needs.
+# siphon — the commands people look for. Every target installs what it needs
+# (scripts/deps.sh, apt-get, idempotent) and works on a fresh Debian 12 as root.
 SHELL := /bin/bash
 CARGO ?= cargo
+FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build test demo bench fuzz lint clean
+.PHONY: all deps build test demo bench fuzz lint clean services-stop
 
 all: build
 
+## deps: install the system packages (SIPp, Redis, PostgreSQL, MariaDB, RTPEngine, ...)
 deps:
 	@bash scripts/deps.sh
 
+## build: release build of the whole workspace
 build:
 	$(CARGO) build --release --workspace
 
+## test: the whole test suite; services the tests start are stopped even on failure
 test: deps
-	$(CARGO) test --workspace --release
+	@rc=0; $(CARGO) test --workspace --release || rc=$$?; \
+	  bash scripts/services.sh stop-all; exit $$rc
 
+## demo: build and run the demo
 demo: deps build
 	@bash scripts/demo.sh
 
+## bench: micro-benchmarks (criterion)
 bench: deps
 	$(CARGO) bench -p dataplane
 
+## fuzz: run the fuzzers for FUZZ_SECONDS each (scripts/fuzz.sh)
 fuzz:
 	@bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
+## lint: formatting and clippy, warnings are errors
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-clean:
+## services-stop: stop every private service left running (scripts/services.sh)
+services-stop:
+	@bash scripts/services.sh stop-all
+
+## clean: stop private services, remove build output and scratch files
+clean: services-stop
 	$(CARGO) clean
+	rm -rf .tmp

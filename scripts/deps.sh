@@ -6,11 +6,16 @@
 # loopback and stops them when it ends.
 set -euo pipefail
 
-want=(sip-tester redis-server postgresql mariadb-server rtpengine-daemon kamailio \
-      kamailio-extra-modules clang pkg-config libssl-dev procps iproute2 valgrind)
+want=(sip-tester redis-server redis-tools postgresql postgresql-client mariadb-server \
+      mariadb-client rtpengine-daemon kamailio kamailio-extra-modules clang pkg-config \
+      libssl-dev procps iproute2 valgrind)
 case "${1:-}" in
   --minimal) want=(sip-tester procps) ;;
 esac
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "deps.sh: warning: cargo not found; install a Rust toolchain (rustup), Debian's is too old" >&2
+fi
 
 missing=()
 for p in "${want[@]}"; do
@@ -32,8 +37,12 @@ if [ ! -e "$policy" ]; then
 fi
 trap '[ $made_policy -eq 1 ] && rm -f "$policy"' EXIT
 export DEBIAN_FRONTEND=noninteractive
-if ! apt-get install -y -q --no-install-recommends "${missing[@]}" >/tmp/siphon-apt.log 2>&1; then
-  apt-get update -q >/tmp/siphon-apt-update.log 2>&1
-  apt-get install -y -q --no-install-recommends "${missing[@]}" >/tmp/siphon-apt.log 2>&1 \
+# Wait for a dpkg lock held by another apt run instead of failing at once.
+apt=(apt-get -y -q -o DPkg::Lock::Timeout=300)
+# A fresh machine may have no (or stale) package lists: update only if needed.
+if ! "${apt[@]}" install --no-install-recommends "${missing[@]}" >/tmp/siphon-apt.log 2>&1; then
+  "${apt[@]}" update >/tmp/siphon-apt-update.log 2>&1 || { tail -20 /tmp/siphon-apt-update.log >&2; exit 1; }
+  "${apt[@]}" install --no-install-recommends "${missing[@]}" >/tmp/siphon-apt.log 2>&1 \
     || { tail -20 /tmp/siphon-apt.log >&2; exit 1; }
 fi
+echo "deps.sh: installed ${missing[*]}" >&2

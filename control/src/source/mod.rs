@@ -1,6 +1,9 @@
-//! Where destinations come from. Today: a Kamailio `dispatcher.list` file.
+//! Where destinations come from: a Kamailio `dispatcher.list` file, or the
+//! Kamailio `dispatcher` table on PostgreSQL / MariaDB.
 
+pub mod db;
 pub mod file;
+pub mod snapshot;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 

@@ -1,0 +1,162 @@
+//! Private Redis / PostgreSQL / MariaDB / RTPEngine instances for one test,
+//! started through `scripts/services.sh` on loopback with free ports and a
+//! directory of their own, and stopped when the handle is dropped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::net::{free_tcp_port, free_udp_port};
+use super::process::repo_root;
+
+/// The services `scripts/services.sh` knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceKind {
+    /// redis-server; `url()` is `redis://127.0.0.1:PORT`.
+    Redis,
+    /// PostgreSQL; `url()` is `postgres://siphon:siphon@127.0.0.1:PORT/siphon`.
+    Postgres,
+    /// MariaDB; `url()` is `mysql://siphon:siphon@127.0.0.1:PORT/siphon`.
+    Mariadb,
+    /// RTPEngine (userspace); `url()` is `udp:127.0.0.1:PORT` (the ng socket).
+    Rtpengine,
+}
+
+impl ServiceKind {
+    fn name(self) -> &'static str {
+        match self {
+            ServiceKind::Redis => "redis",
+            ServiceKind::Postgres => "postgres",
+            ServiceKind::Mariadb => "mariadb",
+            ServiceKind::Rtpengine => "rtpengine",
+        }
+    }
+
+    fn url_key(self) -> &'static str {
+        match self {
+            ServiceKind::Redis => "SIPHON_TEST_REDIS_URL",
+            ServiceKind::Postgres => "SIPHON_TEST_PG_URL",
+            ServiceKind::Mariadb => "SIPHON_TEST_MYSQL_URL",
+            ServiceKind::Rtpengine => "SIPHON_TEST_RTPENGINE",
+        }
+    }
+}
+
+/// A running private service instance; stopped (and its directory removed)
+/// on drop.
+#[derive(Debug)]
+pub struct Service {
+    kind: ServiceKind,
+    dir: PathBuf,
+    port: u16,
+    env: BTreeMap<String, String>,
+}
+
+fn script() -> PathBuf {
+    repo_root().join("scripts").join("services.sh")
+}
+
+impl Service {
+    /// Starts `kind` on a free loopback port and waits until it answers.
+    /// Panics (with the service's log) when it cannot start, e.g. because
+    /// the package is missing: run `make deps`.
+    pub fn start(kind: ServiceKind) -> Service {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("services")
+            .join(format!("{}-{}-{n}", kind.name(), std::process::id()));
+        let mut cmd = Command::new("bash");
+        cmd.arg(script()).arg("start").arg(kind.name()).arg(&dir);
+        let port = match kind {
+            ServiceKind::Redis => {
+                let p = free_tcp_port();
+                cmd.env("SIPHON_TEST_REDIS_PORT", p.to_string());
+                p
+            }
+            ServiceKind::Postgres => {
+                let p = free_tcp_port();
+                cmd.env("SIPHON_TEST_PG_PORT", p.to_string());
+                p
+            }
+            ServiceKind::Mariadb => {
+                let p = free_tcp_port();
+                cmd.env("SIPHON_TEST_MYSQL_PORT", p.to_string());
+                p
+            }
+            ServiceKind::Rtpengine => {
+                let p = free_udp_port();
+                // A media port window of its own (rtpengine skips ports in use anyway).
+                let min = 30000 + (std::process::id() + n * 7) % 20 * 100;
+                cmd.env("SIPHON_TEST_RTPENGINE_PORT", p.to_string())
+                    .env("SIPHON_TEST_RTP_PORT_MIN", min.to_string())
+                    .env("SIPHON_TEST_RTP_PORT_MAX", (min + 99).to_string());
+                p
+            }
+        };
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script().display()));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let env: BTreeMap<String, String> = stdout
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let svc = Service {
+            kind,
+            dir,
+            port,
+            env,
+        };
+        assert!(
+            out.status.success() && svc.env.contains_key(kind.url_key()),
+            "{} did not start ({}):\n{}{}",
+            kind.name(),
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        svc
+    }
+
+    /// Which service this is.
+    pub fn kind(&self) -> ServiceKind {
+        self.kind
+    }
+
+    /// Connection URL (see [`ServiceKind`]).
+    pub fn url(&self) -> &str {
+        self.env
+            .get(self.kind.url_key())
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+
+    /// Its port on 127.0.0.1 (TCP; UDP for RTPEngine's ng socket).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The KEY=VALUE settings `services.sh start` printed.
+    pub fn env(&self) -> &BTreeMap<String, String> {
+        &self.env
+    }
+
+    /// Its directory (data, logs, pid).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .arg("stop")
+            .arg(self.kind.name())
+            .arg(&self.dir)
+            .status();
+    }
+}
