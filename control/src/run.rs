@@ -215,7 +215,14 @@ pub fn run(cfg: &Config) -> Result<()> {
         total.add(&s.snapshot());
     }
     running.pool.stop().context("stopping workers")?;
-    info!(?total, "stopped");
+    // One greppable line with every counter, for operators and tests.
+    let line: Vec<String> = total
+        .fields()
+        .iter()
+        .map(|(n, v)| format!("{n}={v}"))
+        .collect();
+    eprintln!("siphon: counters {}", line.join(" "));
+    info!("stopped");
     Ok(())
 }
 

@@ -25,6 +25,7 @@
 pub mod net;
 pub mod process;
 pub mod services;
+pub mod siphon;
 pub mod sipp;
 
 #[allow(unused_imports)]
@@ -36,6 +37,8 @@ pub use net::{
 pub use process::{repo_root, require_binary, which, ChildGuard, WorkDir};
 #[allow(unused_imports)]
 pub use services::{Service, ServiceKind};
+#[allow(unused_imports)]
+pub use siphon::{Counters, Siphon, SiphonBuilder};
 #[allow(unused_imports)]
 pub use sipp::{
     require_sipp, scenarios_dir, RunningUac, Scenario, SippRun, SippStats, Uac, Uas, UasBuilder,

@@ -1,0 +1,177 @@
+//! Runs the real `siphon` binary for a test: a generated config and
+//! dispatcher list in a scratch dir, loopback ports only, stopped (SIGTERM)
+//! when the handle is dropped.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::net::{free_udp_port, localhost, sip_options_ping};
+use super::process::{ChildGuard, WorkDir};
+
+/// How to start siphon.
+pub struct SiphonBuilder {
+    name: String,
+    io: String,
+    workers: usize,
+    algorithm: String,
+    destinations: Vec<String>,
+    extra_toml: String,
+}
+
+impl SiphonBuilder {
+    /// "uring" or "epoll".
+    pub fn io(mut self, io: &str) -> Self {
+        self.io = io.to_string();
+        self
+    }
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = n;
+        self
+    }
+    pub fn algorithm(mut self, a: &str) -> Self {
+        self.algorithm = a.to_string();
+        self
+    }
+    /// One dispatcher.list line, e.g. `1 sip:127.0.0.1:5070 0 0 weight=50`.
+    pub fn destination(mut self, line: impl Into<String>) -> Self {
+        self.destinations.push(line.into());
+        self
+    }
+    /// Extra TOML appended to the config; `[dispatcher]` keys go after the
+    /// generated ones, so start with a section header.
+    pub fn toml(mut self, extra: &str) -> Self {
+        self.extra_toml.push_str(extra);
+        self.extra_toml.push('\n');
+        self
+    }
+
+    pub fn start(self) -> Siphon {
+        let bin = env!("CARGO_BIN_EXE_siphon");
+        let dir = WorkDir::new("siphon", &self.name);
+        let list = dir.file("dispatcher.list");
+        std::fs::write(&list, self.destinations.join("\n") + "\n").expect("write dispatcher.list");
+        let (port, private_base) = free_ports(self.workers);
+        let cfg = format!(
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = {}\nio = \"{}\"\nprivate_port_base = {private_base}\n\
+             [dispatcher]\nlist = \"{}\"\nalgorithm = \"{}\"\n{}",
+            self.workers,
+            self.io,
+            list.display(),
+            self.algorithm,
+            self.extra_toml
+        );
+        let cfg_path = dir.file("siphon.toml");
+        std::fs::write(&cfg_path, &cfg).expect("write siphon.toml");
+        let log_path = dir.file("siphon.log");
+        let log = std::fs::File::create(&log_path).expect("create siphon.log");
+        let log2 = log.try_clone().expect("clone log handle");
+        let child = ChildGuard::spawn(
+            Command::new(bin)
+                .arg("run")
+                .arg("-c")
+                .arg(&cfg_path)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log2),
+        )
+        .expect("spawn siphon");
+        let addr = localhost(port);
+        let mut s = Siphon { child, dir, addr };
+        if sip_options_ping(addr, Duration::from_secs(15)) != Some(200) {
+            panic!(
+                "siphon did not answer OPTIONS on {addr}\nconfig:\n{cfg}\nlog:\n{}",
+                s.log()
+            );
+        }
+        s
+    }
+}
+
+/// A running siphon.
+pub struct Siphon {
+    child: ChildGuard,
+    dir: WorkDir,
+    addr: SocketAddr,
+}
+
+impl Siphon {
+    pub fn builder(name: &str) -> SiphonBuilder {
+        SiphonBuilder {
+            name: name.to_string(),
+            io: "auto".into(),
+            workers: 2,
+            algorithm: "round-robin".into(),
+            destinations: Vec::new(),
+            extra_toml: String::new(),
+        }
+    }
+
+    /// The public SIP address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn log(&self) -> String {
+        self.dir.read("siphon.log")
+    }
+
+    /// Stops siphon with SIGTERM and returns its final counters.
+    pub fn stop(&mut self) -> Counters {
+        let status = self.child.stop(libc::SIGTERM, Duration::from_secs(10));
+        let log = self.log();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "siphon did not exit cleanly ({status:?}); log:\n{log}"
+        );
+        Counters::from_log(&log).unwrap_or_else(|| panic!("no counters line in log:\n{log}"))
+    }
+}
+
+/// The `siphon: counters name=value ...` line siphon prints when it stops.
+#[derive(Debug)]
+pub struct Counters(pub BTreeMap<String, u64>);
+
+impl Counters {
+    fn from_log(log: &str) -> Option<Counters> {
+        let line = log
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("siphon: counters "))?;
+        Some(Counters(
+            line.split_whitespace()
+                .filter_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    Some((k.to_string(), v.parse().ok()?))
+                })
+                .collect(),
+        ))
+    }
+
+    pub fn get(&self, name: &str) -> u64 {
+        *self
+            .0
+            .get(name)
+            .unwrap_or_else(|| panic!("no counter {name:?} in {:?}", self.0))
+    }
+}
+
+/// A free public port and a free run of `workers` private ports.
+fn free_ports(workers: usize) -> (u16, u16) {
+    let public = free_udp_port();
+    for _ in 0..100 {
+        let base = free_udp_port();
+        let free = (0..workers).all(|i| {
+            u16::try_from(i)
+                .ok()
+                .and_then(|i| base.checked_add(i))
+                .is_some_and(|p| p != public && UdpSocket::bind(("127.0.0.1", p)).is_ok())
+        });
+        if free {
+            return (public, base);
+        }
+    }
+    panic!("no run of {workers} free UDP ports found");
+}
