@@ -311,6 +311,25 @@ fn bad_requests_get_clear_answers(io: &str) {
         Some(200)
     );
 
+    // An in-dialog BYE with no route set, addressed to siphon itself (what
+    // SIPp sends to clean up a failed call) is answered, not looped.
+    let bye = invite(me, siphon.addr(), "z9hG4bK-selfbye", 70)
+        .replacen("INVITE sip:100@", "BYE sip:100@", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 2 BYE")
+        .replace(">\r\nCall-ID", ">;tag=callee1\r\nCall-ID");
+    caller.send_to(bye.as_bytes(), siphon.addr()).expect("send");
+    let got = drain(&caller, Duration::from_millis(300));
+    assert_eq!(
+        got.iter()
+            .filter_map(|m| status_code(m))
+            .collect::<Vec<_>>(),
+        vec![404],
+        "{:?}",
+        got.iter()
+            .map(|m| String::from_utf8_lossy(m).into_owned())
+            .collect::<Vec<_>>()
+    );
+
     // Nothing reached the destination.
     assert!(drain(&dest, Duration::from_millis(50)).is_empty());
     let c = siphon.stop();

@@ -79,7 +79,7 @@ impl SiphonBuilder {
         )
         .expect("spawn siphon");
         let addr = localhost(port);
-        let mut s = Siphon { child, dir, addr };
+        let s = Siphon { child, dir, addr };
         if sip_options_ping(addr, Duration::from_secs(15)) != Some(200) {
             panic!(
                 "siphon did not answer OPTIONS on {addr}\nconfig:\n{cfg}\nlog:\n{}",

@@ -235,6 +235,19 @@ impl Worker {
         let target: Target;
 
         if let Some(route) = next_route {
+            if self.cfg.owner_of(route.host, route.port).is_some() {
+                // Two of our own entries in a row: forwarding would loop.
+                self.reply(
+                    socket,
+                    src,
+                    msg,
+                    482,
+                    None,
+                    Some(b"Route points back at siphon"),
+                    out,
+                );
+                return;
+            }
             let Some(addr) = uri_addr(&route) else {
                 self.reply(
                     socket,
@@ -253,6 +266,12 @@ impl Worker {
                 self.reply(socket, src, msg, 400, None, Some(b"Bad Request-URI"), out);
                 return;
             };
+            if self.cfg.owner_of(ruri.host, ruri.port).is_some() {
+                // In-dialog, no route set and addressed to siphon itself (e.g.
+                // a UA's clean-up BYE): there is nowhere to take it.
+                self.reply(socket, src, msg, 404, None, Some(b"Not here"), out);
+                return;
+            }
             let Some(addr) = uri_addr(&ruri) else {
                 self.reply(
                     socket,
@@ -362,6 +381,11 @@ impl Worker {
 
         if method == Method::Invite && !in_dialog {
             bump(&self.stats.initial_invites);
+        }
+        if method == Method::Bye && in_dialog {
+            // Like Kamailio's dialog module, the BYE ends the dialog whatever
+            // its reply: a BYE to a dead destination still frees its call slot.
+            self.dialog_ended(msg);
         }
         let mut request = self.pool.get();
         request.extend_from_slice(msg.buf());
@@ -712,8 +736,6 @@ impl Worker {
                 if txn_method(&self.txns, id) == Some(Method::Invite) {
                     bump(&self.stats.calls_answered);
                     self.dialog_started(now, id, msg);
-                } else if txn_method(&self.txns, id) == Some(Method::Bye) {
-                    self.dialog_ended(msg);
                 }
                 self.relay_response(now, id, msg, code, out);
             }
@@ -736,9 +758,6 @@ impl Worker {
                 } else if let Some(d) = self.txns.get(id).and_then(|t| t.target.dest.clone()) {
                     // Any other final answer proves the destination alive.
                     d.record_success();
-                }
-                if txn_method(&self.txns, id) == Some(Method::Bye) {
-                    self.dialog_ended(msg);
                 }
                 self.relay_response(now, id, msg, code, out);
             }
