@@ -16,7 +16,7 @@ mod queue;
 
 pub use exporter::{Exporter, ExporterConfig, ExporterError, ExporterStats, StatsSnapshot};
 pub use model::{
-    duration_secs, text, CallAnswered, CallEnd, CallFailed, CallStart, DstChange, EndReason,
-    Event, WallClock,
+    duration_secs, text, CallAnswered, CallEnd, CallFailed, CallStart, DstChange, EndReason, Event,
+    WallClock,
 };
 pub use queue::{EventQueue, DEFAULT_QUEUE_CAPACITY};

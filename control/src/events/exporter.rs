@@ -259,12 +259,11 @@ impl Exporter {
                 return Err(ExporterError::Zero(name));
             }
         }
-        let client = redis::Client::open(cfg.redis_url.as_str()).map_err(|source| {
-            ExporterError::Url {
+        let client =
+            redis::Client::open(cfg.redis_url.as_str()).map_err(|source| ExporterError::Url {
                 url: cfg.redis_url.clone(),
                 source,
-            }
-        })?;
+            })?;
         Ok(Exporter {
             list: cfg.list.as_str().into(),
             client,
@@ -546,7 +545,10 @@ mod tests {
         assert_eq!(c.backoff_min, Duration::from_millis(100));
         assert_eq!(c.backoff_max, Duration::from_secs(5));
         let d = ExporterConfig::from(&EventsConfig::default());
-        assert_eq!((d.list.as_str(), d.batch, d.buffer), ("siphon:events", 256, 100_000));
+        assert_eq!(
+            (d.list.as_str(), d.batch, d.buffer),
+            ("siphon:events", 256, 100_000)
+        );
     }
 
     #[test]
@@ -590,7 +592,9 @@ mod tests {
     }
 
     fn ts_of(s: &str) -> u64 {
-        serde_json::from_str::<crate::events::Event>(s).unwrap().ts()
+        serde_json::from_str::<crate::events::Event>(s)
+            .unwrap()
+            .ts()
     }
 
     #[test]

@@ -243,7 +243,11 @@ mod tests {
     #[test]
     fn event_stays_small() {
         // Every queue slot is size_of::<Event>(); growing it costs memory per slot.
-        assert!(std::mem::size_of::<Event>() <= 64, "{}", std::mem::size_of::<Event>());
+        assert!(
+            std::mem::size_of::<Event>() <= 64,
+            "{}",
+            std::mem::size_of::<Event>()
+        );
     }
 
     #[test]
@@ -354,7 +358,10 @@ mod tests {
         if let Some(earlier) = base.checked_sub(Duration::from_millis(300)) {
             assert_eq!(wc.unix_ms(earlier), 999_700);
         }
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
         let live = WallClock::new().unix_ms(Instant::now());
         assert!(live.abs_diff(now_ms) < 5_000);
     }

@@ -138,7 +138,9 @@ mod tests {
         let mut last = [None::<u64>; 4];
         while let Some(e) = q.pop() {
             let t = (e.ts() / 1000) as usize;
-            assert!(last[t].map_or(true, |p| p < e.ts()));
+            if let Some(p) = last[t] {
+                assert!(p < e.ts());
+            }
             last[t] = Some(e.ts());
         }
     }
