@@ -570,7 +570,12 @@ mod tests {
             Exporter::new(zero, q.clone()),
             Err(ExporterError::Zero("batch"))
         ));
-        assert!(Exporter::new(ExporterConfig::default(), q).is_ok());
+        assert!(Exporter::new(ExporterConfig::default(), q.clone()).is_ok());
+        let unix = ExporterConfig {
+            redis_url: "redis+unix:///run/redis/redis.sock".into(),
+            ..ExporterConfig::default()
+        };
+        assert!(Exporter::new(unix, q).is_ok());
     }
 
     fn exporter(buffer: usize) -> (Exporter, EventQueue) {
@@ -642,6 +647,15 @@ mod tests {
         assert!(x.buf.is_empty());
         assert_eq!(x.stats.dropped_buffer_full(), 1);
         assert_eq!(x.stats.buffered(), 2);
+    }
+
+    #[test]
+    fn run_future_is_send() {
+        // The integrator may `tokio::spawn` it; that needs Send.
+        fn assert_send<T: Send>(_: &T) {}
+        let (x, _q) = exporter(8);
+        let fut = x.run(async {});
+        assert_send(&fut);
     }
 
     #[test]
