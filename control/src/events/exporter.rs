@@ -29,7 +29,7 @@ pub struct ExporterConfig {
     pub buffer: usize,
     /// RPUSH commands sent per round trip when a backlog builds up (at least 1).
     pub pipeline_depth: usize,
-    /// How often the queue is drained when idle: the added latency of an event.
+    /// How often the queue is drained when idle (non-zero): the added latency of an event.
     pub flush_interval: Duration,
     /// Bound on connecting and on each round trip; past it the connection counts as failed.
     pub io_timeout: Duration,
@@ -83,7 +83,7 @@ pub enum ExporterError {
         #[source]
         source: redis::RedisError,
     },
-    /// A count that must be positive is 0.
+    /// A count or interval that must be positive is 0.
     #[error("[events] {0} must be at least 1")]
     Zero(&'static str),
 }
@@ -259,6 +259,9 @@ impl Exporter {
                 return Err(ExporterError::Zero(name));
             }
         }
+        if cfg.flush_interval.is_zero() {
+            return Err(ExporterError::Zero("flush_interval"));
+        }
         let client =
             redis::Client::open(cfg.redis_url.as_str()).map_err(|source| ExporterError::Url {
                 url: cfg.redis_url.clone(),
@@ -360,7 +363,7 @@ impl Exporter {
                         OpDone::Connected(Err(e)) => {
                             self.note_failure(&e, "connect", &mut failing);
                             retry_at = Instant::now() + backoff;
-                            backoff = (backoff * 2).min(self.cfg.backoff_max);
+                            backoff = backoff.saturating_mul(2).min(self.cfg.backoff_max);
                         }
                         OpDone::Wrote {
                             items,
@@ -384,7 +387,7 @@ impl Exporter {
                             conn = None;
                             self.stats.connected.store(false, Ordering::Relaxed);
                             retry_at = Instant::now() + backoff;
-                            backoff = (backoff * 2).min(self.cfg.backoff_max);
+                            backoff = backoff.saturating_mul(2).min(self.cfg.backoff_max);
                         }
                     }
                 }
@@ -436,7 +439,9 @@ impl Exporter {
     /// Moves everything the workers queued into the buffer, dropping the oldest buffered
     /// events when it is full.
     fn drain_queue(&mut self) {
-        while let Some(ev) = self.queue.pop() {
+        // Bounded so that producers outpacing serialisation cannot starve the writes.
+        for _ in 0..self.queue.capacity() {
+            let Some(ev) = self.queue.pop() else { break };
             let json = match serde_json::to_string(&ev) {
                 Ok(s) => s,
                 Err(e) => {
