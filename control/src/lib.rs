@@ -1,7 +1,8 @@
-//! siphon control plane: configuration, command line, and (later) dispatcher sources,
-//! probing, management API and event export. The `siphon` binary is `main.rs`.
+//! siphon control plane: configuration, command line, start-up, dispatcher
+//! sources and the call-event exporter. The `siphon` binary is `main.rs`.
 
 pub mod cli;
 pub mod config;
+pub mod events;
 pub mod run;
 pub mod source;
