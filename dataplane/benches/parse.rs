@@ -3,7 +3,7 @@
 //!
 //! Run: `cargo bench -p dataplane --bench parse -- --warm-up-time 1 --measurement-time 3`
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{black_box, criterion_group, Criterion, Throughput};
 use dataplane::sip::build::{forward_request, forward_response, NewVia, RequestEdits};
 use dataplane::sip::{parse, HeaderName, NameAddr, Uri};
 
@@ -134,5 +134,33 @@ fn build(c: &mut Criterion) {
     });
 }
 
+/// Criterion reports means, which on a shared, noisy VM include other
+/// tenants' interference. The fastest of many short batches approximates the
+/// uncontended cost; it is printed first so both figures land in the log.
+fn best_of_batches() {
+    const BATCHES: usize = 300;
+    const PER_BATCH: u32 = 5000;
+    for (name, msg) in [("invite", INVITE), ("200ok", OK200), ("bye", BYE)] {
+        let mut best = f64::MAX;
+        for _ in 0..BATCHES {
+            let t = std::time::Instant::now();
+            for _ in 0..PER_BATCH {
+                let m = parse(black_box(msg)).unwrap();
+                black_box(m.headers().len());
+            }
+            best = best.min(t.elapsed().as_nanos() as f64 / f64::from(PER_BATCH));
+        }
+        println!("parse/{name}: best of {BATCHES} batches of {PER_BATCH}: {best:.1} ns");
+    }
+}
+
 criterion_group!(benches, parse_only, parse_and_accessors, build);
-criterion_main!(benches);
+
+fn main() {
+    // `cargo test --benches` runs this binary without `--bench`; skip then.
+    if std::env::args().any(|a| a == "--bench") {
+        best_of_batches();
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -20,6 +20,26 @@ const fn build_token_table() -> [bool; 256] {
 
 static TOKEN: [bool; 256] = build_token_table();
 
+const fn build_param_value_table() -> [bool; 256] {
+    let mut t = [true; 256];
+    let stops = [b' ', b'\t', b'\r', b'\n', b';', b',', b'"'];
+    let mut i = 0;
+    while i < stops.len() {
+        t[stops[i] as usize] = false;
+        i += 1;
+    }
+    t
+}
+
+static PARAM_VALUE: [bool; 256] = build_param_value_table();
+
+/// A byte of an unquoted parameter value: anything but LWS, `;`, `,` and
+/// `"` (lenient: token, host and IPv6 characters all pass).
+#[inline]
+pub(crate) fn is_param_value(b: u8) -> bool {
+    PARAM_VALUE[b as usize]
+}
+
 /// `token` character (RFC 3261 §25.1).
 #[inline]
 pub(crate) fn is_token(b: u8) -> bool {

@@ -8,8 +8,8 @@ use core::fmt;
 use std::net::IpAddr;
 
 use super::chars::{
-    host_len, is_lws, is_token, parse_decimal, parse_port, skip_lws, skip_quoted, skip_while,
-    trim_lws, trim_lws_end,
+    host_len, is_lws, is_param_value, is_token, parse_decimal, parse_port, skip_lws, skip_quoted,
+    skip_while, trim_lws, trim_lws_end,
 };
 use super::error::ParseError;
 use super::method::Method;
@@ -349,7 +349,7 @@ impl<'a> Iterator for Params<'a> {
                     }
                 }
             } else {
-                skip_while(s, j, |b| !is_lws(b) && !matches!(b, b';' | b',' | b'"'))
+                skip_while(s, j, is_param_value)
             };
             if vend == j {
                 self.done = true;

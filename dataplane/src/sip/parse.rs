@@ -159,7 +159,10 @@ fn fill<'a>(msg: &mut Message<'a>) -> Result<(), ParseError> {
         // field-name *(SP / HTAB) ":" on the first physical line.
         let colon = scan.colon_in_line(line_start)?;
         // Find the end of this header, following continuation lines.
-        let mut nl = scan.newline(colon + 1).ok_or(ParseError::Truncated)?;
+        // From the line start, not the colon: both searches then depend on
+        // `line_start` only and can overlap (colon_in_line checked no line
+        // end precedes the colon).
+        let mut nl = scan.newline(line_start).ok_or(ParseError::Truncated)?;
         while matches!(buf.get(nl + 1), Some(b' ' | b'\t')) {
             nl = scan.newline(nl + 1).ok_or(ParseError::Truncated)?;
         }
