@@ -249,16 +249,25 @@ impl<'a> LineScanner<'a> {
 
     fn load(&mut self, at: usize) {
         self.base = at;
-        let rest = self.buf.get(at..).unwrap_or_default();
-        (self.nl, self.colon) = match rest.first_chunk::<64>() {
-            Some(chunk) => masks64(chunk),
-            None => {
-                // Zero padding matches neither needle.
+        let buf = self.buf;
+        (self.nl, self.colon) =
+            if let Some(chunk) = buf.get(at..).and_then(<[u8]>::first_chunk::<64>) {
+                masks64(chunk)
+            } else if at >= buf.len() {
+                (0, 0)
+            } else if let Some(last) = buf.last_chunk::<64>() {
+                // Near the end: classify the last 64 bytes and drop the ones
+                // before `at` (0 < shift < 64 here), instead of copying.
+                let shift = at - (buf.len() - 64);
+                let (n, c) = masks64(last);
+                (n >> shift, c >> shift)
+            } else {
+                // Buffers shorter than 64 bytes: zero padding matches nothing.
+                let rest = &buf[at..];
                 let mut tmp = [0u8; 64];
                 tmp[..rest.len()].copy_from_slice(rest);
                 masks64(&tmp)
-            }
-        };
+            };
     }
 
     /// Position of the first `\n` at or after `p`.
