@@ -36,6 +36,11 @@ fuzz_target!(|data: &[u8]| {
     let _ = (m.request_uri(), m.content_type(), m.body_offset(), m.start_line_range());
     let _ = (m.top_via(), m.call_id(), m.cseq(), m.from(), m.to(), m.max_forwards());
     let _ = (m.validate_request(), m.validate_response());
+    if let Ok(info) = m.validated_request() {
+        assert_eq!(info.common.via, m.top_via().expect("validated Via"));
+        assert_eq!(info.common.cseq, m.cseq().expect("validated CSeq"));
+    }
+    let _ = m.validated_response();
     if let Ok(u) = m.ruri() {
         let _ = (u.param(b"lr"), u.has_lr(), u.is_sips(), parse_ip(u.host));
     }

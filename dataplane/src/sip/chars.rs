@@ -79,20 +79,18 @@ pub(crate) fn trim_lws(s: &[u8]) -> &[u8] {
 
 /// Index of the first byte at or after `i` that is not LWS.
 #[inline]
-pub(crate) fn skip_lws(s: &[u8], mut i: usize) -> usize {
-    while i < s.len() && is_lws(s[i]) {
-        i += 1;
-    }
-    i
+pub(crate) fn skip_lws(s: &[u8], i: usize) -> usize {
+    skip_while(s, i, is_lws)
 }
 
 /// Index just past the run of bytes at `i` for which `f` holds.
 #[inline]
-pub(crate) fn skip_while(s: &[u8], mut i: usize, f: impl Fn(u8) -> bool) -> usize {
-    while i < s.len() && f(s[i]) {
-        i += 1;
+pub(crate) fn skip_while(s: &[u8], i: usize, f: impl Fn(u8) -> bool) -> usize {
+    match s.get(i..) {
+        // Iterating the sub-slice avoids a bounds check per byte.
+        Some(rest) => i + rest.iter().position(|&b| !f(b)).unwrap_or(rest.len()),
+        None => i,
     }
-    i
 }
 
 /// A decimal number of at most `max`; leading zeros are allowed (RFC 4475
@@ -149,11 +147,24 @@ pub(crate) fn offset_in(outer: &[u8], inner: &[u8]) -> Option<usize> {
     }
 }
 
+const fn build_host_table() -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        t[i] = c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_';
+        i += 1;
+    }
+    t
+}
+
+static HOST: [bool; 256] = build_host_table();
+
 /// Host characters outside an IPv6 reference (hostname / IPv4address).
 /// `_` is not in the grammar but appears in real deployments.
 #[inline]
 pub(crate) fn is_host_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')
+    HOST[b as usize]
 }
 
 /// Characters of an IPv6 reference between the brackets (hex, `:` and the

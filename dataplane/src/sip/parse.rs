@@ -547,26 +547,41 @@ impl<'a> Message<'a> {
     /// Via, From, To, Call-ID and CSeq present once each, the CSeq method
     /// equal to the request method, and a valid Max-Forwards if present.
     pub fn validate_request(&self) -> Result<(), ParseError> {
+        self.validated_request().map(|_| ())
+    }
+
+    /// [`Message::validate_request`] that also hands back what it parsed,
+    /// so a proxy does not parse the same headers twice.
+    pub fn validated_request(&self) -> Result<RequestInfo<'a>, ParseError> {
         let StartLine::Request { method_raw, .. } = self.start else {
             return Err(ParseError::NotARequest);
         };
         if !self.version.eq_ignore_ascii_case(b"SIP/2.0") {
             return Err(ParseError::UnsupportedVersion);
         }
-        if self.ruri()?.headers.is_some() {
+        let ruri = self.ruri()?;
+        if ruri.headers.is_some() {
             return Err(ParseError::HeadersInRequestUri);
         }
-        self.validate_common()?;
-        if self.cseq()?.method_raw != method_raw {
+        let common = self.validate_common()?;
+        if common.cseq.method_raw != method_raw {
             return Err(ParseError::CSeqMethodMismatch);
         }
-        self.max_forwards()?;
-        Ok(())
+        Ok(RequestInfo {
+            ruri,
+            max_forwards: self.max_forwards()?,
+            common,
+        })
     }
 
     /// Response counterpart of [`Message::validate_request`]: SIP/2.0, a
     /// parseable top Via, From, To, Call-ID and CSeq present once each.
     pub fn validate_response(&self) -> Result<(), ParseError> {
+        self.validated_response().map(|_| ())
+    }
+
+    /// [`Message::validate_response`] that also hands back what it parsed.
+    pub fn validated_response(&self) -> Result<DialogInfo<'a>, ParseError> {
         if self.is_request() {
             return Err(ParseError::NotAResponse);
         }
@@ -576,7 +591,7 @@ impl<'a> Message<'a> {
         self.validate_common()
     }
 
-    fn validate_common(&self) -> Result<(), ParseError> {
+    fn validate_common(&self) -> Result<DialogInfo<'a>, ParseError> {
         for name in [
             HeaderName::Via,
             HeaderName::From,
@@ -591,13 +606,34 @@ impl<'a> Message<'a> {
                 return Err(ParseError::Duplicate(name));
             }
         }
-        self.top_via()?;
-        self.from()?;
-        self.to()?;
-        self.call_id()?;
-        self.cseq()?;
-        Ok(())
+        Ok(DialogInfo {
+            via: self.top_via()?,
+            from: self.from()?,
+            to: self.to()?,
+            call_id: self.call_id()?,
+            cseq: self.cseq()?,
+        })
     }
+}
+
+/// The headers every message must carry, parsed (see
+/// [`Message::validated_response`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DialogInfo<'a> {
+    /// The top Via entry.
+    pub via: Via<'a>,
+    pub from: NameAddr<'a>,
+    pub to: NameAddr<'a>,
+    pub call_id: &'a [u8],
+    pub cseq: CSeq<'a>,
+}
+
+/// What [`Message::validated_request`] parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestInfo<'a> {
+    pub ruri: Uri<'a>,
+    pub max_forwards: Option<u32>,
+    pub common: DialogInfo<'a>,
 }
 
 #[cfg(test)]
@@ -643,6 +679,14 @@ v=0\n";
         assert_eq!(m.body(), b"v=0\n");
         assert_eq!(m.ruri().unwrap().host, b"biloxi.example.com");
         m.validate_request().unwrap();
+        let info = m.validated_request().unwrap();
+        assert_eq!(info.ruri, m.ruri().unwrap());
+        assert_eq!(info.max_forwards, Some(70));
+        assert_eq!(info.common.via, m.top_via().unwrap());
+        assert_eq!(info.common.from, m.from().unwrap());
+        assert_eq!(info.common.to, m.to().unwrap());
+        assert_eq!(info.common.call_id, m.call_id().unwrap());
+        assert_eq!(info.common.cseq, m.cseq().unwrap());
         let h = m.headers()[0];
         assert_eq!(
             &INVITE[h.line_start as usize..h.line_end as usize],
