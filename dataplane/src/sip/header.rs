@@ -402,8 +402,11 @@ pub struct Via<'a> {
     pub transport: &'a [u8],
     /// Host of sent-by; IPv6 references keep their brackets.
     pub host: &'a [u8],
+    /// Port of sent-by, when written.
     pub port: Option<u16>,
+    /// The `branch` parameter (transaction id).
     pub branch: Option<&'a [u8]>,
+    /// The `received` parameter (RFC 3261 §18.2.1).
     pub received: Option<&'a [u8]>,
     /// `None`: absent; `Some(None)`: bare `;rport`; `Some(Some(p))`: `;rport=p`.
     pub rport: Option<Option<u16>>,
@@ -502,8 +505,11 @@ impl<'a> Via<'a> {
 /// CSeq (RFC 3261 §20.16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CSeq<'a> {
+    /// Sequence number, below 2**31.
     pub seq: u32,
+    /// The method; `Other` for extensions (see `method_raw`).
     pub method: Method,
+    /// The method as written.
     pub method_raw: &'a [u8],
 }
 

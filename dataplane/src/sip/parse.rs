@@ -34,15 +34,14 @@ const NONE: u16 = u16::MAX;
 /// First line of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartLine<'a> {
+    /// `Method SP Request-URI SP SIP-Version`.
     Request {
         method: Method,
         method_raw: &'a [u8],
         uri: &'a [u8],
     },
-    Response {
-        code: u16,
-        reason: &'a [u8],
-    },
+    /// `SIP-Version SP Status-Code SP Reason-Phrase`.
+    Response { code: u16, reason: &'a [u8] },
 }
 
 /// One header line.
@@ -361,6 +360,7 @@ impl<'a> Message<'a> {
         self.buf
     }
 
+    /// The request or status line.
     pub fn start_line(&self) -> &StartLine<'a> {
         &self.start
     }
@@ -375,6 +375,7 @@ impl<'a> Message<'a> {
         self.version
     }
 
+    /// Request (true) or response (false).
     pub fn is_request(&self) -> bool {
         matches!(self.start, StartLine::Request { .. })
     }
@@ -487,6 +488,7 @@ impl<'a> Message<'a> {
         Ok(v)
     }
 
+    /// CSeq: number below 2**31 and method.
     pub fn cseq(&self) -> Result<CSeq<'a>, ParseError> {
         CSeq::parse(
             self.header(HeaderName::CSeq)
@@ -494,6 +496,7 @@ impl<'a> Message<'a> {
         )
     }
 
+    /// From, with its tag; `BadFrom` if malformed.
     pub fn from(&self) -> Result<NameAddr<'a>, ParseError> {
         let v = self
             .header(HeaderName::From)
@@ -501,6 +504,7 @@ impl<'a> Message<'a> {
         NameAddr::parse(v).map_err(|_| ParseError::BadFrom)
     }
 
+    /// To, with its tag if any; `BadTo` if malformed.
     pub fn to(&self) -> Result<NameAddr<'a>, ParseError> {
         let v = self
             .header(HeaderName::To)
@@ -523,6 +527,7 @@ impl<'a> Message<'a> {
         self.content_length
     }
 
+    /// Content-Type value as written.
     pub fn content_type(&self) -> Option<&'a [u8]> {
         self.header(HeaderName::ContentType)
     }
