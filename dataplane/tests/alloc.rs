@@ -79,6 +79,7 @@ fn parse_accessors_and_writers_allocate_nothing() {
     let (n, checksum) = allocations(|| {
         let m = parse(INVITE).unwrap();
         m.validate_request().unwrap();
+        let info = m.validated_request().unwrap();
         let via = m.top_via().unwrap();
         let cseq = m.cseq().unwrap();
         let from = m.from().unwrap();
@@ -94,7 +95,8 @@ fn parse_accessors_and_writers_allocate_nothing() {
             + m.call_id().unwrap().len()
             + m.max_forwards().unwrap().unwrap() as usize
             + m.content_type().unwrap().len()
-            + m.body().len();
+            + m.body().len()
+            + info.common.call_id.len();
         for r in m
             .values(HeaderName::Route)
             .chain(m.values(HeaderName::RecordRoute))

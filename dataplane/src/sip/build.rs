@@ -543,7 +543,19 @@ pub fn cancel_for(forwarded_invite: &Message, out: &mut Vec<u8>) -> Result<(), B
 /// Standard reason phrase of a status code (RFC 3261 §21 and extensions);
 /// a generic phrase of the class for unknown codes.
 pub fn reason_phrase(code: u16) -> &'static [u8] {
-    match code {
+    known_reason(code).unwrap_or(match code {
+        100..=199 => b"Provisional",
+        200..=299 => b"Success",
+        300..=399 => b"Redirection",
+        400..=499 => b"Client Error",
+        500..=599 => b"Server Error",
+        600..=699 => b"Global Failure",
+        _ => b"Unknown",
+    })
+}
+
+fn known_reason(code: u16) -> Option<&'static [u8]> {
+    Some(match code {
         100 => b"Trying",
         180 => b"Ringing",
         181 => b"Call Is Being Forwarded",
@@ -617,14 +629,8 @@ pub fn reason_phrase(code: u16) -> &'static [u8] {
         606 => b"Not Acceptable",
         607 => b"Unwanted",
         608 => b"Rejected",
-        100..=199 => b"Provisional",
-        200..=299 => b"Success",
-        300..=399 => b"Redirection",
-        400..=499 => b"Client Error",
-        500..=599 => b"Server Error",
-        600..=699 => b"Global Failure",
-        _ => b"Unknown",
-    }
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

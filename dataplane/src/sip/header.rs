@@ -8,8 +8,8 @@ use core::fmt;
 use std::net::IpAddr;
 
 use super::chars::{
-    host_len, is_lws, is_token, parse_decimal, parse_port, skip_lws, skip_quoted, skip_while,
-    trim_lws, trim_lws_end,
+    host_len, is_lws, is_param_value, is_token, parse_decimal, parse_port, skip_lws, skip_quoted,
+    skip_while, trim_lws, trim_lws_end,
 };
 use super::error::ParseError;
 use super::method::Method;
@@ -57,71 +57,65 @@ impl HeaderName {
     /// Classifies a raw header name, case-insensitively, including the
     /// compact forms of RFC 3261 §7.3.3 and the extension RFCs
     /// (v i f t m l c k s o r; e u x b y ... are `Other`).
+    ///
+    /// At most one literal comparison: the length and first letter pick it.
+    #[inline]
     pub fn from_bytes(name: &[u8]) -> HeaderName {
         use HeaderName::*;
-        let eq = |lit: &[u8]| name.eq_ignore_ascii_case(lit);
-        match name.len() {
-            1 => match name[0] | 0x20 {
-                b'v' => Via,
-                b'i' => CallId,
-                b'f' => From,
-                b't' => To,
-                b'm' => Contact,
-                b'l' => ContentLength,
-                b'c' => ContentType,
-                b'k' => Supported,
-                b's' => Subject,
-                b'o' => Event,
-                b'r' => ReferTo,
-                _ => Other,
-            },
-            2 if eq(b"to") => To,
-            3 if eq(b"via") => Via,
-            4 if eq(b"from") => From,
-            4 if eq(b"cseq") => CSeq,
-            5 if eq(b"route") => Route,
-            5 if eq(b"allow") => Allow,
-            5 if eq(b"event") => Event,
-            6 if eq(b"server") => Server,
-            7 => {
-                if eq(b"call-id") {
-                    CallId
-                } else if eq(b"contact") {
-                    Contact
-                } else if eq(b"expires") {
-                    Expires
-                } else if eq(b"subject") {
-                    Subject
-                } else if eq(b"require") {
-                    Require
-                } else if eq(b"warning") {
-                    Warning
-                } else {
-                    Other
+        let Some(&first) = name.first() else {
+            return Other;
+        };
+        let first = first | 0x20;
+        let (cand, lit): (HeaderName, &[u8]) = match (name.len(), first) {
+            (1, _) => {
+                return match first {
+                    b'v' => Via,
+                    b'i' => CallId,
+                    b'f' => From,
+                    b't' => To,
+                    b'm' => Contact,
+                    b'l' => ContentLength,
+                    b'c' => ContentType,
+                    b'k' => Supported,
+                    b's' => Subject,
+                    b'o' => Event,
+                    b'r' => ReferTo,
+                    _ => Other,
                 }
             }
-            8 if eq(b"refer-to") => ReferTo,
-            9 if eq(b"supported") => Supported,
-            10 if eq(b"user-agent") => UserAgent,
-            11 if eq(b"retry-after") => RetryAfter,
-            12 => {
-                if eq(b"max-forwards") {
-                    MaxForwards
-                } else if eq(b"record-route") {
-                    RecordRoute
-                } else if eq(b"content-type") {
-                    ContentType
-                } else {
-                    Other
-                }
-            }
-            13 if eq(b"authorization") => Authorization,
-            13 if eq(b"proxy-require") => ProxyRequire,
-            14 if eq(b"content-length") => ContentLength,
-            16 if eq(b"www-authenticate") => WwwAuthenticate,
-            18 if eq(b"proxy-authenticate") => ProxyAuthenticate,
-            19 if eq(b"proxy-authorization") => ProxyAuthorization,
-            _ => Other,
+            (2, b't') => (To, b"to"),
+            (3, b'v') => (Via, b"via"),
+            (4, b'f') => (From, b"from"),
+            (4, b'c') => (CSeq, b"cseq"),
+            (5, b'r') => (Route, b"route"),
+            (5, b'a') => (Allow, b"allow"),
+            (5, b'e') => (Event, b"event"),
+            (6, b's') => (Server, b"server"),
+            (7, b'c') if name[1] | 0x20 == b'a' => (CallId, b"call-id"),
+            (7, b'c') => (Contact, b"contact"),
+            (7, b'e') => (Expires, b"expires"),
+            (7, b's') => (Subject, b"subject"),
+            (7, b'r') => (Require, b"require"),
+            (7, b'w') => (Warning, b"warning"),
+            (8, b'r') => (ReferTo, b"refer-to"),
+            (9, b's') => (Supported, b"supported"),
+            (10, b'u') => (UserAgent, b"user-agent"),
+            (11, b'r') => (RetryAfter, b"retry-after"),
+            (12, b'm') => (MaxForwards, b"max-forwards"),
+            (12, b'r') => (RecordRoute, b"record-route"),
+            (12, b'c') => (ContentType, b"content-type"),
+            (13, b'a') => (Authorization, b"authorization"),
+            (13, b'p') => (ProxyRequire, b"proxy-require"),
+            (14, b'c') => (ContentLength, b"content-length"),
+            (16, b'w') => (WwwAuthenticate, b"www-authenticate"),
+            (18, b'p') => (ProxyAuthenticate, b"proxy-authenticate"),
+            (19, b'p') => (ProxyAuthorization, b"proxy-authorization"),
+            _ => return Other,
+        };
+        if eq_fold_token(name, lit) {
+            cand
+        } else {
+            Other
         }
     }
 
@@ -176,6 +170,52 @@ impl HeaderName {
                 | ProxyRequire
                 | Warning
         )
+    }
+}
+
+/// Case-insensitive equality of `name` with a lower-case literal made of
+/// letters and `-`, a word at a time. Bit 5 is forced on only where the
+/// literal has a letter (letters have bit 6 set, `-` has not), so `-` must
+/// match exactly and no other byte can pass for a letter: exact for any input.
+#[inline]
+fn eq_fold_token(name: &[u8], lower: &[u8]) -> bool {
+    #[inline(always)]
+    fn w8(s: &[u8], at: usize) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&s[at..at + 8]);
+        u64::from_le_bytes(b)
+    }
+    #[inline(always)]
+    fn w4(s: &[u8], at: usize) -> u32 {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&s[at..at + 4]);
+        u32::from_le_bytes(b)
+    }
+    #[inline(always)]
+    fn eq8(a: u64, l: u64) -> bool {
+        a | ((l & 0x4040_4040_4040_4040) >> 1) == l
+    }
+    #[inline(always)]
+    fn eq4(a: u32, l: u32) -> bool {
+        a | ((l & 0x4040_4040) >> 1) == l
+    }
+    let n = name.len();
+    if n != lower.len() {
+        return false;
+    }
+    match n {
+        0..=3 => name
+            .iter()
+            .zip(lower)
+            .all(|(&a, &l)| a | ((l & 0x40) >> 1) == l),
+        // Overlapping loads of the first and last words cover any length.
+        4..=7 => eq4(w4(name, 0), w4(lower, 0)) && eq4(w4(name, n - 4), w4(lower, n - 4)),
+        8..=16 => eq8(w8(name, 0), w8(lower, 0)) && eq8(w8(name, n - 8), w8(lower, n - 8)),
+        _ => {
+            eq8(w8(name, 0), w8(lower, 0))
+                && eq8(w8(name, 8), w8(lower, 8))
+                && eq8(w8(name, n - 8), w8(lower, n - 8))
+        }
     }
 }
 
@@ -309,7 +349,7 @@ impl<'a> Iterator for Params<'a> {
                     }
                 }
             } else {
-                skip_while(s, j, |b| !is_lws(b) && !matches!(b, b';' | b',' | b'"'))
+                skip_while(s, j, is_param_value)
             };
             if vend == j {
                 self.done = true;
@@ -362,8 +402,11 @@ pub struct Via<'a> {
     pub transport: &'a [u8],
     /// Host of sent-by; IPv6 references keep their brackets.
     pub host: &'a [u8],
+    /// Port of sent-by, when written.
     pub port: Option<u16>,
+    /// The `branch` parameter (transaction id).
     pub branch: Option<&'a [u8]>,
+    /// The `received` parameter (RFC 3261 §18.2.1).
     pub received: Option<&'a [u8]>,
     /// `None`: absent; `Some(None)`: bare `;rport`; `Some(Some(p))`: `;rport=p`.
     pub rport: Option<Option<u16>>,
@@ -462,8 +505,11 @@ impl<'a> Via<'a> {
 /// CSeq (RFC 3261 §20.16).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CSeq<'a> {
+    /// Sequence number, below 2**31.
     pub seq: u32,
+    /// The method; `Other` for extensions (see `method_raw`).
     pub method: Method,
+    /// The method as written.
     pub method_raw: &'a [u8],
 }
 

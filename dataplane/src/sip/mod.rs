@@ -17,5 +17,5 @@ pub mod uri;
 pub use error::{BuildError, ParseError};
 pub use header::{param, parse_ip, split_comma, CSeq, HeaderName, NameAddr, SplitComma, Via};
 pub use method::Method;
-pub use parse::{parse, Header, Message, StartLine, Values};
+pub use parse::{parse, DialogInfo, Header, Message, RequestInfo, StartLine, Values};
 pub use uri::Uri;

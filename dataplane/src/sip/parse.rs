@@ -12,7 +12,7 @@
 
 use smallvec::SmallVec;
 
-use super::chars::{is_token_str, is_wsp, parse_decimal, trim_lws, trim_lws_end};
+use super::chars::{is_token_str, parse_decimal, LineScanner};
 use super::error::ParseError;
 use super::header::{split_comma, CSeq, HeaderName, NameAddr, SplitComma, Via};
 use super::method::Method;
@@ -34,15 +34,14 @@ const NONE: u16 = u16::MAX;
 /// First line of a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StartLine<'a> {
+    /// `Method SP Request-URI SP SIP-Version`.
     Request {
         method: Method,
         method_raw: &'a [u8],
         uri: &'a [u8],
     },
-    Response {
-        code: u16,
-        reason: &'a [u8],
-    },
+    /// `SIP-Version SP Status-Code SP Reason-Phrase`.
+    Response { code: u16, reason: &'a [u8] },
 }
 
 /// One header line.
@@ -89,11 +88,35 @@ pub struct Message<'a> {
 /// (RFC 3261 §18.3). A stream transport must require Content-Length itself.
 /// A message may end right after its last header line without the empty
 /// line; the body is then empty.
+#[inline]
 pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
-    if buf.len() > MAX_MESSAGE_LEN {
+    // Built in place and filled through a reference: the message is large
+    // (inline header storage), so it should be written once, not moved.
+    let mut msg = Message {
+        buf,
+        start: StartLine::Response {
+            code: 0,
+            reason: &[],
+        },
+        version: &[],
+        start_line: (0, 0),
+        headers: SmallVec::new(),
+        first: [NONE; HeaderName::COUNT],
+        repeated: 0,
+        content_length: None,
+        body_start: 0,
+        body: &[],
+    };
+    fill(&mut msg)?;
+    Ok(msg)
+}
+
+fn fill<'a>(msg: &mut Message<'a>) -> Result<(), ParseError> {
+    let buf = msg.buf;
+    let len = buf.len();
+    if len > MAX_MESSAGE_LEN {
         return Err(ParseError::TooLarge);
     }
-    let len = buf.len();
     let mut pos = buf
         .iter()
         .take_while(|&&b| b == b'\r' || b == b'\n')
@@ -103,82 +126,101 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
     }
 
     let sl_start = pos;
-    let nl = pos + memchr::memchr(b'\n', &buf[pos..]).ok_or(ParseError::Truncated)?;
+    let mut scan = LineScanner::new(buf, pos);
+    let nl = scan.newline(pos).ok_or(ParseError::Truncated)?;
     let sl_end = if buf[nl - 1] == b'\r' { nl - 1 } else { nl };
     if sl_end - sl_start > MAX_START_LINE_LEN {
         return Err(ParseError::BadRequestLine);
     }
     let (start, version) = parse_start_line(&buf[sl_start..sl_end])?;
     pos = nl + 1;
+    msg.start = start;
+    msg.version = version;
+    msg.start_line = (sl_start as u32, pos as u32);
 
-    let mut msg = Message {
-        buf,
-        start,
-        version,
-        start_line: (sl_start as u32, pos as u32),
-        headers: SmallVec::new(),
-        first: [NONE; HeaderName::COUNT],
-        repeated: 0,
-        content_length: None,
-        body_start: len as u32,
-        body: &[],
-    };
+    // Kept in locals so they can live in registers during the loop.
+    let mut first = [NONE; HeaderName::COUNT];
+    let mut repeated = 0u32;
+    let mut content_length: Option<u32> = None;
+    let headers = &mut msg.headers;
 
     let body_start = loop {
-        if pos >= len {
+        let Some(&b) = buf.get(pos) else {
             break len;
-        }
-        match buf[pos] {
+        };
+        match b {
             b'\n' => break pos + 1,
             b'\r' if buf.get(pos + 1) == Some(&b'\n') => break pos + 2,
             b' ' | b'\t' | b'\r' => return Err(ParseError::BadHeaderLine),
             _ => {}
         }
         let line_start = pos;
+        // field-name *(SP / HTAB) ":" on the first physical line.
+        let colon = scan.colon_in_line(line_start)?;
         // Find the end of this header, following continuation lines.
-        let mut search = pos;
-        let (content_end, next) = loop {
-            let nl = search + memchr::memchr(b'\n', &buf[search..]).ok_or(ParseError::Truncated)?;
-            let next = nl + 1;
-            if next - line_start > MAX_HEADER_LEN {
-                return Err(ParseError::HeaderTooLong);
+        // From the line start, not the colon: both searches then depend on
+        // `line_start` only and can overlap (colon_in_line checked no line
+        // end precedes the colon).
+        let mut nl = scan.newline(line_start).ok_or(ParseError::Truncated)?;
+        while matches!(buf.get(nl + 1), Some(b' ' | b'\t')) {
+            nl = scan.newline(nl + 1).ok_or(ParseError::Truncated)?;
+        }
+        let next = nl + 1;
+        if next - line_start > MAX_HEADER_LEN {
+            return Err(ParseError::HeaderTooLong);
+        }
+        let content_end = nl - usize::from(buf[nl - 1] == b'\r');
+        let mut name_end = colon;
+        // Common case "Name:", else trim "Name  :".
+        if name_end > line_start && buf[name_end - 1] <= b' ' {
+            while name_end > line_start && matches!(buf[name_end - 1], b' ' | b'\t') {
+                name_end -= 1;
             }
-            if next < len && is_wsp(buf[next]) {
-                search = next;
-                continue;
-            }
-            let ce = if buf[nl - 1] == b'\r' { nl - 1 } else { nl };
-            break (ce, next);
-        };
-        let line = &buf[line_start..content_end];
-        let colon = memchr::memchr(b':', line).ok_or(ParseError::BadHeaderLine)?;
-        let raw_name = trim_lws_end(&line[..colon]);
+        }
+        let raw_name = &buf[line_start..name_end];
         let name = HeaderName::from_bytes(raw_name);
-        // Known names matched a literal already; only extension names need
-        // the token check.
+        // A known name matched its literal exactly, so only extension names
+        // need the token check.
         if name == HeaderName::Other && !is_token_str(raw_name) {
             return Err(ParseError::BadHeaderLine);
         }
-        let value = trim_lws(&line[colon + 1..]);
-        if msg.headers.len() == MAX_HEADERS {
+        // Common case ": value" costs two comparisons; anything else
+        // (tabs, folds right after the colon, trailing blanks) the loops.
+        let mut vs = colon + 1;
+        if vs < content_end && buf[vs] == b' ' {
+            vs += 1;
+        }
+        if vs < content_end && buf[vs] <= b' ' {
+            while vs < content_end && matches!(buf[vs], b' ' | b'\t' | b'\r' | b'\n') {
+                vs += 1;
+            }
+        }
+        let mut ve = content_end.max(vs);
+        if ve > vs && buf[ve - 1] <= b' ' {
+            while ve > vs && matches!(buf[ve - 1], b' ' | b'\t' | b'\r' | b'\n') {
+                ve -= 1;
+            }
+        }
+        let value = &buf[vs..ve];
+        let idx = headers.len();
+        if idx == MAX_HEADERS {
             return Err(ParseError::TooManyHeaders);
         }
-        let idx = msg.headers.len();
-        let slot = &mut msg.first[name as usize];
+        let slot = &mut first[name as usize];
         if *slot == NONE {
             *slot = idx as u16;
         } else {
-            msg.repeated |= 1 << name as u32;
+            repeated |= 1 << name as u32;
         }
         if name == HeaderName::ContentLength {
             let cl = parse_decimal(value, u64::from(u32::MAX))
                 .ok_or(ParseError::BadContentLength)? as u32;
-            match msg.content_length {
+            match content_length {
                 Some(prev) if prev != cl => return Err(ParseError::ConflictingContentLength),
-                _ => msg.content_length = Some(cl),
+                _ => content_length = Some(cl),
             }
         }
-        msg.headers.push(Header {
+        headers.push(Header {
             name,
             raw_name,
             value,
@@ -189,18 +231,24 @@ pub fn parse(buf: &[u8]) -> Result<Message<'_>, ParseError> {
     };
 
     let available = len - body_start;
-    let body_len = match msg.content_length {
+    let body_len = match content_length {
         Some(cl) if cl as usize > available => return Err(ParseError::BodyTruncated),
         Some(cl) => cl as usize,
         None => available,
     };
+    msg.first = first;
+    msg.repeated = repeated;
+    msg.content_length = content_length;
     msg.body_start = body_start as u32;
     msg.body = &buf[body_start..body_start + body_len];
-    Ok(msg)
+    Ok(())
 }
 
 /// `SIP-Version = "SIP" "/" 1*DIGIT "." 1*DIGIT`, "SIP" case-insensitive.
 fn is_version(v: &[u8]) -> bool {
+    if v.len() == 7 && v[..4].eq_ignore_ascii_case(b"SIP/") && &v[4..] == b"2.0" {
+        return true;
+    }
     if v.len() < 7 || !v[..4].eq_ignore_ascii_case(b"SIP/") {
         return false;
     }
@@ -247,18 +295,22 @@ fn parse_start_line(line: &[u8]) -> Result<(StartLine<'_>, &[u8]), ParseError> {
         // between elements and none at the end (RFC 4475 lwsstart, trws,
         // lwsruri are rejected here).
         let bad = ParseError::BadRequestLine;
-        let sp1 = memchr::memchr(b' ', line).ok_or(bad)?;
-        let sp2 = memchr::memrchr(b' ', line).ok_or(bad)?;
+        // Methods are short: a plain loop beats a search call.
+        let sp1 = line.iter().position(|&b| b == b' ').ok_or(bad)?;
+        let n = line.len();
+        let sp2 = if n >= 8 && line[n - 8] == b' ' {
+            n - 8
+        } else {
+            memchr::memrchr(b' ', line).ok_or(bad)?
+        };
         if sp2 <= sp1 + 1 {
             return Err(bad);
         }
         let method_raw = &line[..sp1];
         let uri = &line[sp1 + 1..sp2];
         let version = &line[sp2 + 1..];
-        if !is_token_str(method_raw)
-            || !is_version(version)
-            || uri.iter().any(|&b| b <= b' ' || b == 0x7f)
-        {
+        // Controls other than SP in the URI are left to `Uri::parse`.
+        if !is_token_str(method_raw) || !is_version(version) || uri.contains(&b' ') {
             return Err(bad);
         }
         Ok((
@@ -308,6 +360,7 @@ impl<'a> Message<'a> {
         self.buf
     }
 
+    /// The request or status line.
     pub fn start_line(&self) -> &StartLine<'a> {
         &self.start
     }
@@ -322,6 +375,7 @@ impl<'a> Message<'a> {
         self.version
     }
 
+    /// Request (true) or response (false).
     pub fn is_request(&self) -> bool {
         matches!(self.start, StartLine::Request { .. })
     }
@@ -434,6 +488,7 @@ impl<'a> Message<'a> {
         Ok(v)
     }
 
+    /// CSeq: number below 2**31 and method.
     pub fn cseq(&self) -> Result<CSeq<'a>, ParseError> {
         CSeq::parse(
             self.header(HeaderName::CSeq)
@@ -441,6 +496,7 @@ impl<'a> Message<'a> {
         )
     }
 
+    /// From, with its tag; `BadFrom` if malformed.
     pub fn from(&self) -> Result<NameAddr<'a>, ParseError> {
         let v = self
             .header(HeaderName::From)
@@ -448,6 +504,7 @@ impl<'a> Message<'a> {
         NameAddr::parse(v).map_err(|_| ParseError::BadFrom)
     }
 
+    /// To, with its tag if any; `BadTo` if malformed.
     pub fn to(&self) -> Result<NameAddr<'a>, ParseError> {
         let v = self
             .header(HeaderName::To)
@@ -470,6 +527,7 @@ impl<'a> Message<'a> {
         self.content_length
     }
 
+    /// Content-Type value as written.
     pub fn content_type(&self) -> Option<&'a [u8]> {
         self.header(HeaderName::ContentType)
     }
@@ -494,26 +552,41 @@ impl<'a> Message<'a> {
     /// Via, From, To, Call-ID and CSeq present once each, the CSeq method
     /// equal to the request method, and a valid Max-Forwards if present.
     pub fn validate_request(&self) -> Result<(), ParseError> {
+        self.validated_request().map(|_| ())
+    }
+
+    /// [`Message::validate_request`] that also hands back what it parsed,
+    /// so a proxy does not parse the same headers twice.
+    pub fn validated_request(&self) -> Result<RequestInfo<'a>, ParseError> {
         let StartLine::Request { method_raw, .. } = self.start else {
             return Err(ParseError::NotARequest);
         };
         if !self.version.eq_ignore_ascii_case(b"SIP/2.0") {
             return Err(ParseError::UnsupportedVersion);
         }
-        if self.ruri()?.headers.is_some() {
+        let ruri = self.ruri()?;
+        if ruri.headers.is_some() {
             return Err(ParseError::HeadersInRequestUri);
         }
-        self.validate_common()?;
-        if self.cseq()?.method_raw != method_raw {
+        let common = self.validate_common()?;
+        if common.cseq.method_raw != method_raw {
             return Err(ParseError::CSeqMethodMismatch);
         }
-        self.max_forwards()?;
-        Ok(())
+        Ok(RequestInfo {
+            ruri,
+            max_forwards: self.max_forwards()?,
+            common,
+        })
     }
 
     /// Response counterpart of [`Message::validate_request`]: SIP/2.0, a
     /// parseable top Via, From, To, Call-ID and CSeq present once each.
     pub fn validate_response(&self) -> Result<(), ParseError> {
+        self.validated_response().map(|_| ())
+    }
+
+    /// [`Message::validate_response`] that also hands back what it parsed.
+    pub fn validated_response(&self) -> Result<DialogInfo<'a>, ParseError> {
         if self.is_request() {
             return Err(ParseError::NotAResponse);
         }
@@ -523,7 +596,7 @@ impl<'a> Message<'a> {
         self.validate_common()
     }
 
-    fn validate_common(&self) -> Result<(), ParseError> {
+    fn validate_common(&self) -> Result<DialogInfo<'a>, ParseError> {
         for name in [
             HeaderName::Via,
             HeaderName::From,
@@ -538,13 +611,34 @@ impl<'a> Message<'a> {
                 return Err(ParseError::Duplicate(name));
             }
         }
-        self.top_via()?;
-        self.from()?;
-        self.to()?;
-        self.call_id()?;
-        self.cseq()?;
-        Ok(())
+        Ok(DialogInfo {
+            via: self.top_via()?,
+            from: self.from()?,
+            to: self.to()?,
+            call_id: self.call_id()?,
+            cseq: self.cseq()?,
+        })
     }
+}
+
+/// The headers every message must carry, parsed (see
+/// [`Message::validated_response`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DialogInfo<'a> {
+    /// The top Via entry.
+    pub via: Via<'a>,
+    pub from: NameAddr<'a>,
+    pub to: NameAddr<'a>,
+    pub call_id: &'a [u8],
+    pub cseq: CSeq<'a>,
+}
+
+/// What [`Message::validated_request`] parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestInfo<'a> {
+    pub ruri: Uri<'a>,
+    pub max_forwards: Option<u32>,
+    pub common: DialogInfo<'a>,
 }
 
 #[cfg(test)]
@@ -590,6 +684,14 @@ v=0\n";
         assert_eq!(m.body(), b"v=0\n");
         assert_eq!(m.ruri().unwrap().host, b"biloxi.example.com");
         m.validate_request().unwrap();
+        let info = m.validated_request().unwrap();
+        assert_eq!(info.ruri, m.ruri().unwrap());
+        assert_eq!(info.max_forwards, Some(70));
+        assert_eq!(info.common.via, m.top_via().unwrap());
+        assert_eq!(info.common.from, m.from().unwrap());
+        assert_eq!(info.common.to, m.to().unwrap());
+        assert_eq!(info.common.call_id, m.call_id().unwrap());
+        assert_eq!(info.common.cseq, m.cseq().unwrap());
         let h = m.headers()[0];
         assert_eq!(
             &INVITE[h.line_start as usize..h.line_end as usize],
@@ -730,7 +832,7 @@ v=0\n";
         assert_eq!(parse(&m2).err(), Some(ParseError::TooManyHeaders));
 
         let mut m = b"OPTIONS sip:a@b SIP/2.0\r\nX: ".to_vec();
-        m.extend(std::iter::repeat(b'a').take(MAX_HEADER_LEN));
+        m.extend_from_slice(&vec![b'a'; MAX_HEADER_LEN]);
         m.extend_from_slice(b"\r\n\r\n");
         assert_eq!(parse(&m).err(), Some(ParseError::HeaderTooLong));
     }

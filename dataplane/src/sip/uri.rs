@@ -12,9 +12,11 @@ pub struct Uri<'a> {
     pub scheme: &'a [u8],
     /// User part; for `tel` URIs the subscriber number.
     pub user: Option<&'a [u8]>,
+    /// The part after `user:` in the userinfo (deprecated but parsed).
     pub password: Option<&'a [u8]>,
     /// Host; IPv6 references keep their brackets. Empty for `tel` URIs.
     pub host: &'a [u8],
+    /// Port, when written.
     pub port: Option<u16>,
     /// URI parameters from the first `;` (inclusive) to `?` or the end.
     pub params: &'a [u8],
