@@ -15,17 +15,22 @@ use tracing::{info, warn};
 
 use crate::config::{Config, DispatchRule, DispatcherSource};
 use crate::source;
+use crate::source::reload::{ReloadHandle, ReloadSource, Reloader};
 
-/// Everything `run` derived from the configuration, kept for the control
-/// thread (management API, reloads).
+/// What the control thread's tasks (management API, probing, reloads) share
+/// about the running proxy. The worker pool itself stays with `run`, which
+/// alone may stop it.
 pub struct Running {
-    pub pool: worker::Pool,
     pub table: SharedTable,
     pub stats: Vec<Arc<ProxyStats>>,
     pub proxy: Arc<ProxyConfig>,
     pub listen: SocketAddr,
     pub dispatcher_list: Option<PathBuf>,
     pub epoch: Instant,
+    /// The IO driver the workers actually use.
+    pub driver: Driver,
+    /// Asks the control thread to re-read the dispatcher source.
+    pub reload: ReloadHandle,
 }
 
 /// The dispatcher list file named by `[dispatcher] source = "file:…"` or `list`.
@@ -112,8 +117,10 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
     })
 }
 
-/// Binds the sockets, loads the destinations and starts the workers.
-pub fn start(cfg: &Config) -> Result<Running> {
+/// Binds the sockets, loads the destinations and starts the workers. The
+/// returned [`Reloader`] must be run on the control thread for
+/// `Running::reload` to be answered.
+pub fn start(cfg: &Config) -> Result<(worker::Pool, Running, Reloader)> {
     let listen = cfg.proxy.listen;
     let workers = cfg.proxy.workers.resolve();
     let proxy_cfg = Arc::new(proxy_config(cfg, workers)?);
@@ -182,29 +189,50 @@ pub fn start(cfg: &Config) -> Result<Running> {
         advertise = %proxy_cfg.advertise,
         "siphon is running"
     );
-    Ok(Running {
-        pool,
+    let source = match &dispatcher_list {
+        Some(path) => ReloadSource::File(path.clone()),
+        None => ReloadSource::None,
+    };
+    let (reloader, reload) = Reloader::new(source, table.clone());
+    let driver = pool.driver();
+    let running = Running {
         table,
         stats,
         proxy: proxy_cfg,
         listen,
         dispatcher_list,
         epoch,
-    })
+        driver,
+        reload,
+    };
+    Ok((pool, running, reloader))
 }
 
 /// Runs until SIGINT or SIGTERM, then stops the workers.
 pub fn run(cfg: &Config) -> Result<()> {
-    let running = start(cfg)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the control thread's runtime")?;
+    let (pool, running, reloader) = start(cfg)?;
+    let running = Arc::new(running);
     rt.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r?,
-            _ = term.recv() => {}
+        // Control-thread tasks; they end with the runtime.
+        tokio::spawn(reloader.run());
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => { r?; break; }
+                _ = term.recv() => break,
+                // SIGHUP re-reads the dispatcher source, as daemons do; the
+                // outcome is logged by the reloader.
+                _ = hup.recv() => {
+                    let reload = running.reload.clone();
+                    tokio::spawn(async move { let _ = reload.reload().await; });
+                }
+            }
         }
         Ok::<(), std::io::Error>(())
     })
@@ -214,7 +242,7 @@ pub fn run(cfg: &Config) -> Result<()> {
     for s in &running.stats {
         total.add(&s.snapshot());
     }
-    running.pool.stop().context("stopping workers")?;
+    pool.stop().context("stopping workers")?;
     // One greppable line with every counter, for operators and tests.
     let line: Vec<String> = total
         .fields()

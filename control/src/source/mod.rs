@@ -3,6 +3,7 @@
 
 pub mod db;
 pub mod file;
+pub mod reload;
 pub mod snapshot;
 
 use std::net::{SocketAddr, ToSocketAddrs};
