@@ -1,6 +1,7 @@
 //! siphon control plane: configuration, command line, start-up, dispatcher
 //! sources and the call-event exporter. The `siphon` binary is `main.rs`.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod events;

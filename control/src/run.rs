@@ -13,6 +13,7 @@ use dataplane::txn::TimerConfig;
 use dataplane::worker::{self, Driver, SocketSpec, WorkerSpec};
 use tracing::{info, warn};
 
+use crate::api;
 use crate::config::{Config, DispatchRule, DispatcherSource};
 use crate::source;
 use crate::source::reload::{ReloadHandle, ReloadSource, Reloader};
@@ -31,6 +32,8 @@ pub struct Running {
     pub driver: Driver,
     /// Asks the control thread to re-read the dispatcher source.
     pub reload: ReloadHandle,
+    /// Worker heartbeats, I/O counters and queue depths.
+    pub workers: worker::Monitor,
 }
 
 /// The dispatcher list file named by `[dispatcher] source = "file:…"` or `list`.
@@ -204,6 +207,7 @@ pub fn start(cfg: &Config) -> Result<(worker::Pool, Running, Reloader)> {
         epoch,
         driver,
         reload,
+        workers: pool.monitor(),
     };
     Ok((pool, running, reloader))
 }
@@ -215,10 +219,21 @@ pub fn run(cfg: &Config) -> Result<()> {
         .build()
         .context("starting the control thread's runtime")?;
     let (pool, running, reloader) = start(cfg)?;
+    let mgmt = match api::bind(cfg.mgmt.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = pool.stop();
+            return Err(e);
+        }
+    };
     let running = Arc::new(running);
     rt.block_on(async {
         // Control-thread tasks; they end with the runtime.
         tokio::spawn(reloader.run());
+        tokio::spawn(api::serve(
+            mgmt,
+            api::ApiState::new(Arc::clone(&running), &cfg.mgmt.token),
+        ));
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut hup = signal(SignalKind::hangup())?;

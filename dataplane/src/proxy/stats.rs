@@ -34,6 +34,12 @@ macro_rules! counters {
                 [$((stringify!($name), self.$name),)*]
             }
 
+            /// The doc line of each counter, in [`Snapshot::fields`] order
+            /// (help text for metrics).
+            pub fn docs() -> [&'static str; counters!(@count $($name)*)] {
+                [$($doc,)*]
+            }
+
             pub fn add(&mut self, other: &Snapshot) {
                 $(self.$name += other.$name;)*
             }
