@@ -7,7 +7,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::net::{free_udp_port, localhost, sip_options_ping};
+use super::net::{
+    free_tcp_port, free_udp_port, localhost, sip_options_ping, wait_for_tcp_listener,
+};
 use super::process::{ChildGuard, WorkDir};
 
 /// How to start siphon.
@@ -18,6 +20,7 @@ pub struct SiphonBuilder {
     algorithm: String,
     destinations: Vec<String>,
     extra_toml: String,
+    mgmt_token: String,
 }
 
 impl SiphonBuilder {
@@ -46,6 +49,11 @@ impl SiphonBuilder {
         self.extra_toml.push('\n');
         self
     }
+    /// `[mgmt] token`: the management API then requires this bearer token.
+    pub fn mgmt_token(mut self, token: &str) -> Self {
+        self.mgmt_token = token.to_string();
+        self
+    }
 
     pub fn start(self) -> Siphon {
         let bin = env!("CARGO_BIN_EXE_siphon");
@@ -53,11 +61,16 @@ impl SiphonBuilder {
         let list = dir.file("dispatcher.list");
         std::fs::write(&list, self.destinations.join("\n") + "\n").expect("write dispatcher.list");
         let (port, private_base) = free_ports(self.workers);
+        // Every instance gets its own management port: the default
+        // (127.0.0.1:9060) would collide between tests running in parallel.
+        let mgmt = localhost(free_tcp_port());
         let cfg = format!(
             "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = {}\nio = \"{}\"\nprivate_port_base = {private_base}\n\
+             [mgmt]\nlisten = \"{mgmt}\"\ntoken = \"{}\"\n\
              [dispatcher]\nlist = \"{}\"\nalgorithm = \"{}\"\n{}",
             self.workers,
             self.io,
+            self.mgmt_token,
             list.display(),
             self.algorithm,
             self.extra_toml
@@ -79,10 +92,21 @@ impl SiphonBuilder {
         )
         .expect("spawn siphon");
         let addr = localhost(port);
-        let s = Siphon { child, dir, addr };
+        let s = Siphon {
+            child,
+            dir,
+            addr,
+            mgmt,
+        };
         if sip_options_ping(addr, Duration::from_secs(15)) != Some(200) {
             panic!(
                 "siphon did not answer OPTIONS on {addr}\nconfig:\n{cfg}\nlog:\n{}",
+                s.log()
+            );
+        }
+        if !wait_for_tcp_listener(mgmt, Duration::from_secs(5)) {
+            panic!(
+                "siphon's management API is not listening on {mgmt}\nlog:\n{}",
                 s.log()
             );
         }
@@ -95,6 +119,7 @@ pub struct Siphon {
     child: ChildGuard,
     dir: WorkDir,
     addr: SocketAddr,
+    mgmt: SocketAddr,
 }
 
 impl Siphon {
@@ -106,12 +131,23 @@ impl Siphon {
             algorithm: "round-robin".into(),
             destinations: Vec::new(),
             extra_toml: String::new(),
+            mgmt_token: String::new(),
         }
     }
 
     /// The public SIP address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The management API's address (`http://{mgmt_addr}/status`).
+    pub fn mgmt_addr(&self) -> SocketAddr {
+        self.mgmt
+    }
+
+    /// The dispatcher.list siphon was started with (rewrite it, then reload).
+    pub fn list_path(&self) -> std::path::PathBuf {
+        self.dir.file("dispatcher.list")
     }
 
     pub fn log(&self) -> String {
