@@ -124,5 +124,11 @@ mod tests {
             .fields()
             .iter()
             .any(|&(n, v)| n == "failovers" && v == 4));
+        let docs = Snapshot::docs();
+        let i = total.fields().iter().position(|&(n, _)| n == "failovers");
+        assert_eq!(
+            i.map(|i| docs[i]),
+            Some("Times a request was moved to the next destination.")
+        );
     }
 }
