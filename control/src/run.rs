@@ -6,14 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
-use dataplane::dispatch::{Algorithm, HealthPolicy, SharedTable, Table};
+use anyhow::{anyhow, Context, Result};
+use dataplane::dispatch::{Algorithm, HealthPolicy, SharedTable};
 use dataplane::proxy::{self, ProxyConfig, ProxyStats, SetRule, UnknownDomain, Worker};
 use dataplane::txn::TimerConfig;
 use dataplane::worker::{self, Driver, SocketSpec, WorkerSpec};
 use tracing::{info, warn};
 
-use crate::config::{Config, DispatchRule, DispatcherSource};
+use crate::config::{Config, DispatchRule};
 use crate::source;
 use crate::source::reload::{ReloadHandle, ReloadSource, Reloader};
 
@@ -31,15 +31,6 @@ pub struct Running {
     pub driver: Driver,
     /// Asks the control thread to re-read the dispatcher source.
     pub reload: ReloadHandle,
-}
-
-/// The dispatcher list file named by `[dispatcher] source = "file:…"` or `list`.
-pub fn dispatcher_file(cfg: &Config) -> Result<Option<PathBuf>> {
-    match cfg.dispatcher.resolved_source().map_err(|e| anyhow!(e))? {
-        Some(DispatcherSource::File(path)) => Ok(Some(path)),
-        Some(other) => bail!("dispatcher source {other:?} is not supported yet (only file:PATH)"),
-        None => Ok(None),
-    }
 }
 
 /// Builds the proxy core's settings from the file's.
@@ -120,21 +111,24 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
 /// Binds the sockets, loads the destinations and starts the workers. The
 /// returned [`Reloader`] must be run on the control thread for
 /// `Running::reload` to be answered.
-pub fn start(cfg: &Config) -> Result<(worker::Pool, Running, Reloader)> {
+pub fn start(
+    cfg: &Config,
+    rt: &tokio::runtime::Runtime,
+) -> Result<(worker::Pool, Running, Reloader)> {
     let listen = cfg.proxy.listen;
     let workers = cfg.proxy.workers.resolve();
     let proxy_cfg = Arc::new(proxy_config(cfg, workers)?);
     let epoch = Instant::now();
 
-    let dispatcher_list = dispatcher_file(cfg)?;
-    let table = match &dispatcher_list {
-        Some(path) => {
-            source::file::load(path, epoch, None).map_err(|errs| anyhow!(errs.join("\n")))?
-        }
-        None => {
-            warn!("no dispatcher source configured: every initial request will get 503");
-            Table::empty(epoch)
-        }
+    let (table, source) = rt
+        .block_on(source::reload::initial_load(&cfg.dispatcher, epoch))
+        .map_err(|e| anyhow!(e))?;
+    if table.sets().is_empty() {
+        warn!("no dispatcher destinations: every initial request will get 503");
+    }
+    let dispatcher_list = match &source {
+        ReloadSource::File { path, .. } => Some(path.clone()),
+        _ => None,
     };
     let table = dataplane::dispatch::shared(table);
     let driver: Driver = cfg
@@ -189,10 +183,6 @@ pub fn start(cfg: &Config) -> Result<(worker::Pool, Running, Reloader)> {
         advertise = %proxy_cfg.advertise,
         "siphon is running"
     );
-    let source = match &dispatcher_list {
-        Some(path) => ReloadSource::File(path.clone()),
-        None => ReloadSource::None,
-    };
     let (reloader, reload) = Reloader::new(source, table.clone());
     let driver = pool.driver();
     let running = Running {
@@ -214,7 +204,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the control thread's runtime")?;
-    let (pool, running, reloader) = start(cfg)?;
+    let (pool, running, reloader) = start(cfg, &rt)?;
     let running = Arc::new(running);
     rt.block_on(async {
         // Control-thread tasks; they end with the runtime.
