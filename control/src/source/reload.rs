@@ -18,8 +18,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::db::{DbFetch, Resync, ResyncOutcome, RowDef};
-use crate::config::{DispatcherConfig, DispatcherSource};
 use super::file;
+use crate::config::{DispatcherConfig, DispatcherSource};
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -144,8 +144,8 @@ impl Reloader {
 
     fn publish(&mut self, defs: &[DestDef]) -> Result<ReloadReport, String> {
         let old = self.table.load_full();
-        let new = Table::rebuild(&old, defs, &mut |uri: &str| super::resolve_uri(uri))
-            .map_err(|errs| {
+        let new = Table::rebuild(&old, defs, &mut |uri: &str| super::resolve_uri(uri)).map_err(
+            |errs| {
                 errs.iter()
                     .map(|e| match &self.source {
                         ReloadSource::Database(_) => format!(
@@ -158,7 +158,8 @@ impl Reloader {
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
-            })?;
+            },
+        )?;
         let report = diff(&old, &new, self.describe());
         self.table.store(Arc::new(new));
         Ok(report)
@@ -196,14 +197,13 @@ pub async fn initial_load(
         super::db::initial_load(&url, &cfg.db_table, snapshot.as_deref(), timeout).await?;
     let defs = row_defs_to_dest_defs(&rows)?;
     let describe = super::db::describe_source(&url, &cfg.db_table);
-    let table = Table::build(&defs, epoch, &mut |uri: &str| super::resolve_uri(uri)).map_err(
-        |errs| {
+    let table =
+        Table::build(&defs, epoch, &mut |uri: &str| super::resolve_uri(uri)).map_err(|errs| {
             errs.iter()
                 .map(|e| format!("{describe}: dispatcher row id={}: {}", e.line, e.message))
                 .collect::<Vec<_>>()
                 .join("\n")
-        },
-    )?;
+        })?;
     let fetch = DbFetch {
         url,
         table: cfg.db_table.clone(),
