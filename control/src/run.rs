@@ -14,8 +14,15 @@ use dataplane::worker::{self, Driver, SocketSpec, WorkerSpec};
 use tracing::{info, warn};
 
 use crate::config::{Config, DispatchRule};
+use crate::events::{EventQueue, Exporter, ExporterConfig, WallClock};
 use crate::source;
 use crate::source::reload::{ReloadHandle, ReloadSource, Reloader};
+use dataplane::proxy::events::EventSink;
+
+/// Call events one worker may have waiting before it drops (and counts) them.
+const WORKER_EVENT_QUEUE: usize = 16_384;
+/// How often the control thread collects the workers' call events.
+const EVENT_DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What the control thread's tasks (management API, probing, reloads) share
 /// about the running proxy. The worker pool itself stays with `run`, which
@@ -31,6 +38,11 @@ pub struct Running {
     pub driver: Driver,
     /// Asks the control thread to re-read the dispatcher source.
     pub reload: ReloadHandle,
+    /// The export queue when `[events] redis_url` is set; control tasks push
+    /// their own events (dst_up / dst_down) here.
+    pub events: Option<EventQueue>,
+    /// Each worker's call-event queue (empty when events are off).
+    pub event_sinks: Vec<Arc<EventSink>>,
 }
 
 /// Builds the proxy core's settings from the file's.
@@ -162,17 +174,31 @@ pub fn start(
         })
         .collect();
 
+    let events = (!cfg.events.redis_url.is_empty())
+        .then(|| EventQueue::new(cfg.events.buffer.max(1) as usize));
+    let event_sinks: Vec<Arc<EventSink>> = match events {
+        Some(_) => (0..workers)
+            .map(|_| Arc::new(EventSink::new(WORKER_EVENT_QUEUE)))
+            .collect(),
+        None => Vec::new(),
+    };
+
     let core_cfg = proxy_cfg.clone();
     let core_table = table.clone();
     let core_stats = stats.clone();
+    let core_sinks = event_sinks.clone();
     let pool = worker::start(driver, specs, move |ctx: worker::WorkerContext| {
-        Worker::new(
+        let worker = Worker::new(
             ctx.index,
             core_cfg.clone(),
             core_table.clone(),
             core_stats[ctx.index].clone(),
             Instant::now(),
-        )
+        );
+        match core_sinks.get(ctx.index) {
+            Some(sink) => worker.with_events(sink.clone()),
+            None => worker,
+        }
     })
     .with_context(|| format!("starting workers on {listen}"))?;
     info!(
@@ -194,6 +220,8 @@ pub fn start(
         epoch,
         driver,
         reload,
+        events,
+        event_sinks,
     };
     Ok((pool, running, reloader))
 }
@@ -206,6 +234,23 @@ pub fn run(cfg: &Config) -> Result<()> {
         .context("starting the control thread's runtime")?;
     let (pool, running, reloader) = start(cfg, &rt)?;
     let running = Arc::new(running);
+    let (exporter_stop, exporter) = match &running.events {
+        Some(queue) => {
+            let exporter = Exporter::new(ExporterConfig::from(&cfg.events), queue.clone())
+                .context("[events]")?;
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let task = rt.spawn(exporter.run(async move {
+                let _ = stop_rx.await;
+            }));
+            rt.spawn(crate::events::bridge::run(
+                running.event_sinks.clone(),
+                queue.clone(),
+                EVENT_DRAIN_INTERVAL,
+            ));
+            (Some(stop_tx), Some(task))
+        }
+        None => (None, None),
+    };
     rt.block_on(async {
         // Control-thread tasks; they end with the runtime.
         tokio::spawn(reloader.run());
@@ -233,6 +278,13 @@ pub fn run(cfg: &Config) -> Result<()> {
         total.add(&s.snapshot());
     }
     pool.stop().context("stopping workers")?;
+    if let (Some(queue), Some(stop), Some(task)) = (&running.events, exporter_stop, exporter) {
+        // The workers are gone: hand over what they left, then let the
+        // exporter flush within its grace period.
+        crate::events::bridge::drain(&running.event_sinks, queue, &WallClock::new());
+        let _ = stop.send(());
+        let _ = rt.block_on(task);
+    }
     // One greppable line with every counter, for operators and tests.
     let line: Vec<String> = total
         .fields()
