@@ -98,6 +98,7 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
         timers: TimerConfig {
             fr_timer: cfg.dispatcher.fr_timer(),
             fr_inv_timer: cfg.dispatcher.fr_inv_timer(),
+            wait: std::time::Duration::from_millis(cfg.dispatcher.wait_timer_ms),
             ..TimerConfig::default()
         },
         health: HealthPolicy {
