@@ -116,6 +116,7 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
             crate::config::UnknownDomain::Relay => UnknownDomain::Relay,
         },
         server_header: cfg.proxy.server_header.clone(),
+        balance_by_call_id: cfg.proxy.balance == crate::config::Balance::Callid,
         key_seed: random_seed(),
         ..ProxyConfig::default()
     })
