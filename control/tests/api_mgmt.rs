@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use control::api::model::{Dialogs, Dispatcher, ErrorStats, Health, Status};
 use serde_json::Value;
-use support::{free_tcp_port, free_udp_addr, localhost, Scenario, Siphon, Uac, Uas};
+use support::{free_tcp_port, free_udp_addr, free_udp_port, localhost, Scenario, Siphon, Uac, Uas};
 
 const RUN_LIMIT: Duration = Duration::from_secs(40);
 const SETTLE: Duration = Duration::from_secs(10);
@@ -593,14 +593,27 @@ fn ctl_without_siphon_exits_1_with_one_line() {
 fn taken_mgmt_port_stops_siphon() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken = holder.local_addr().expect("addr");
-    let list = std::env::temp_dir().join(format!("siphon-api-taken-{}.list", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("siphon-api-taken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    let list = dir.join("dispatcher.list");
     std::fs::write(&list, "1 sip:127.0.0.1:5999\n").expect("write list");
-    let listen = free_udp_addr();
+    // Explicit free ports for the public and the private socket, so only
+    // the management port can be the one in use.
+    let cfg = dir.join("siphon.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[proxy]\nlisten = \"127.0.0.1:{}\"\nworkers = 1\nprivate_port_base = {}\n\
+             [dispatcher]\nlist = \"{}\"\n",
+            free_udp_port(),
+            free_udp_port(),
+            list.display()
+        ),
+    )
+    .expect("write config");
     let mut child = Command::new(env!("CARGO_BIN_EXE_siphon"))
-        .args(["run", "--workers", "1", "--log-level", "error", "--listen"])
-        .arg(listen.to_string())
-        .arg("--dispatcher-list")
-        .arg(&list)
+        .args(["run", "--log-level", "error", "-c"])
+        .arg(&cfg)
         .arg("--mgmt")
         .arg(taken.to_string())
         .env_remove("RUST_LOG")
@@ -617,7 +630,7 @@ fn taken_mgmt_port_stops_siphon() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let o = child.wait_with_output().expect("output");
-    std::fs::remove_file(&list).ok();
+    std::fs::remove_dir_all(&dir).ok();
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&o.stderr),
