@@ -4,6 +4,9 @@
 
 mod support;
 
+#[path = "support/redis.rs"]
+mod redis_support;
+
 use std::net::SocketAddr;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -226,6 +229,10 @@ fn api_follows_real_calls_and_steers_them() {
     );
     assert!(metrics.contains("siphon_worker_handoff_queue_depth{worker=\"0\"}"));
     assert!(metrics.ends_with("# EOF\n"));
+    assert!(
+        !metrics.contains("siphon_event_queue_depth"),
+        "no event queues without [events]"
+    );
 
     // Operator takes b out: new calls go to a only.
     let (code, v) = set_state(
@@ -637,4 +644,55 @@ fn taken_mgmt_port_stops_siphon() {
         format!("siphon: cannot listen for the management API on {taken}: Address already in use (os error 98); set [mgmt] listen or --mgmt\n")
     );
     drop(holder);
+}
+
+/// With `[events]` on, the event queues show in /metrics and /errors/stats.
+#[test]
+fn event_queues_are_reported() {
+    let redis = redis_support::RedisServer::start();
+    let mut uas = Uas::start(Scenario::Uas, free_udp_addr());
+    let mut siphon = Siphon::builder("api-events")
+        .destination(format!("1 sip:{}", uas.addr()))
+        .toml(&format!(
+            "[events]\nredis_url = \"{}\"\nlist = \"siphon:api:events\"\n",
+            redis.url()
+        ))
+        .start();
+    let mgmt = siphon.mgmt_addr();
+    Uac::new(Scenario::Uac, siphon.addr())
+        .calls(10)
+        .rate(50)
+        .timeout(RUN_LIMIT)
+        .run()
+        .assert_all_succeeded(10);
+    let mut conn = redis.connection();
+    let exported = eventually(SETTLE, || {
+        redis::cmd("LLEN")
+            .arg("siphon:api:events")
+            .query::<u64>(&mut conn)
+            .is_ok_and(|n| n >= 30)
+    });
+    assert!(
+        exported,
+        "start, answered and end of 10 calls never reached Redis"
+    );
+
+    let (code, m) = http("GET", mgmt, "/metrics", None, None);
+    assert_eq!(code, 200);
+    assert_eq!(sample(&m, "siphon_event_queue_depth"), Some(0.0), "{m}");
+    assert_eq!(
+        sample(&m, "siphon_event_queue_dropped_total"),
+        Some(0.0),
+        "{m}"
+    );
+    for w in ["0", "1"] {
+        let depth = format!("siphon_worker_event_queue_depth{{worker=\"{w}\"}}");
+        let drops = format!("siphon_worker_event_drops_total{{worker=\"{w}\"}}");
+        assert_eq!(sample(&m, &depth), Some(0.0), "{m}");
+        assert_eq!(sample(&m, &drops), Some(0.0), "{m}");
+    }
+    let e: ErrorStats = get(mgmt, "/errors/stats");
+    assert_eq!(e.drops.events, 0);
+    uas.stop();
+    siphon.stop();
 }

@@ -123,6 +123,7 @@ impl Collector for Scrape {
         )?;
 
         self.encode_workers(&mut e)?;
+        self.encode_events(&mut e)?;
         self.encode_destinations(&mut e)
     }
 }
@@ -186,6 +187,48 @@ impl Scrape {
             for (i, w) in workers.iter().enumerate() {
                 labelled_counter(&mut m, &label(i), get(w))?;
             }
+        }
+        Ok(())
+    }
+
+    /// Call-event queues, when `[events]` is on: each worker's sink and the
+    /// exporter's queue behind them.
+    fn encode_events(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let Some(queue) = &self.running.events else {
+            return Ok(());
+        };
+        gauge(
+            e,
+            "event_queue_depth",
+            "Call events waiting for the Redis exporter.",
+            queue.len() as u64,
+        )?;
+        counter(
+            e,
+            "event_queue_dropped",
+            "Call events dropped because the exporter's queue was full.",
+            queue.dropped(),
+        )?;
+        let sinks = &self.running.event_sinks;
+        let label = |i: usize| [("worker", i.to_string())];
+        let mut m = e.encode_descriptor(
+            "worker_event_queue_depth",
+            "Call events waiting in the worker's queue for the control thread.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (i, s) in sinks.iter().enumerate() {
+            m.encode_family(&label(i))?
+                .encode_gauge(&(s.len() as u64))?;
+        }
+        let mut m = e.encode_descriptor(
+            "worker_event_drops",
+            "Call events the worker dropped because its queue was full.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, s) in sinks.iter().enumerate() {
+            labelled_counter(&mut m, &label(i), s.dropped())?;
         }
         Ok(())
     }

@@ -177,6 +177,9 @@ pub struct Drops {
     pub recv_errors: u64,
     /// Datagrams larger than the receive buffer.
     pub truncated: u64,
+    /// Call events dropped on the way to Redis (full queues); 0 when
+    /// `[events]` is off.
+    pub events: u64,
 }
 
 /// Every error reply of the API.

@@ -205,6 +205,12 @@ pub(super) async fn errors(State(st): State<Arc<ApiState>>) -> Json<ErrorStats> 
         send_would_block: 0,
         recv_errors: 0,
         truncated: 0,
+        events: st.running.events.as_ref().map_or(0, |q| q.dropped())
+            + st.running
+                .event_sinks
+                .iter()
+                .map(|s| s.dropped())
+                .sum::<u64>(),
     };
     for w in st.running.workers.stats() {
         drops.handoff_queue_full += w.handoff_drops;

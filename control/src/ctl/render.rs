@@ -111,7 +111,7 @@ fn summary(s: &Status, out: &mut String) {
 
 fn failures(e: &ErrorStats, out: &mut String) {
     let d = &e.drops;
-    let drops = d.handoff_queue_full + d.send_errors + d.recv_errors + d.truncated;
+    let drops = d.handoff_queue_full + d.send_errors + d.recv_errors + d.truncated + d.events;
     let _ = writeln!(
         out,
         "failovers {}  timeouts {}  no destination {}  overload {}  4xx {}  5xx {}  6xx {}  parse errors {}  drops {}",
