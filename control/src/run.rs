@@ -14,6 +14,8 @@ use dataplane::worker::{self, Driver, SocketSpec, WorkerSpec};
 use tracing::{info, warn};
 
 use crate::config::{Config, DispatchRule, DispatcherSource};
+use crate::events::{EventQueue, Exporter, ExporterConfig};
+use crate::probe;
 use crate::source;
 use crate::source::reload::{ReloadHandle, ReloadSource, Reloader};
 
@@ -31,6 +33,9 @@ pub struct Running {
     pub driver: Driver,
     /// Asks the control thread to re-read the dispatcher source.
     pub reload: ReloadHandle,
+    /// Producer side of the call/destination event queue, drained to Redis by
+    /// the exporter; `None` when `[events] redis_url` is not set.
+    pub events: Option<EventQueue>,
 }
 
 /// The dispatcher list file named by `[dispatcher] source = "file:…"` or `list`.
@@ -195,6 +200,7 @@ pub fn start(cfg: &Config) -> Result<(worker::Pool, Running, Reloader)> {
     };
     let (reloader, reload) = Reloader::new(source, table.clone());
     let driver = pool.driver();
+    let events = (!cfg.events.redis_url.is_empty()).then(EventQueue::default);
     let running = Running {
         table,
         stats,
@@ -204,6 +210,7 @@ pub fn start(cfg: &Config) -> Result<(worker::Pool, Running, Reloader)> {
         epoch,
         driver,
         reload,
+        events,
     };
     Ok((pool, running, reloader))
 }
@@ -216,9 +223,36 @@ pub fn run(cfg: &Config) -> Result<()> {
         .context("starting the control thread's runtime")?;
     let (pool, running, reloader) = start(cfg)?;
     let running = Arc::new(running);
-    rt.block_on(async {
+    let exporter = match &running.events {
+        Some(queue) => Some(
+            Exporter::new(ExporterConfig::from(&cfg.events), queue.clone())
+                .context("starting the event exporter")?,
+        ),
+        None => None,
+    };
+    let (stop_exporter, exporter_stopped) = tokio::sync::oneshot::channel::<()>();
+    let exporter = rt.block_on(async {
         // Control-thread tasks; they end with the runtime.
         tokio::spawn(reloader.run());
+        match probe::ProbeConfig::from_config(cfg) {
+            Some(p) => {
+                tokio::spawn(probe::run(
+                    p,
+                    running.table.clone(),
+                    running.listen,
+                    running.proxy.advertise.clone(),
+                    running.events.clone(),
+                ));
+            }
+            None => info!("OPTIONS probing is off (dispatcher.ping_interval_s = 0)"),
+        }
+        exporter.map(|e| {
+            tokio::spawn(e.run(async move {
+                let _ = exporter_stopped.await;
+            }))
+        })
+    });
+    rt.block_on(async {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut hup = signal(SignalKind::hangup())?;
@@ -243,6 +277,12 @@ pub fn run(cfg: &Config) -> Result<()> {
         total.add(&s.snapshot());
     }
     pool.stop().context("stopping workers")?;
+    if let Some(task) = exporter {
+        // Workers are stopped: whatever they queued is delivered (within the
+        // exporter's grace period) before we exit.
+        let _ = stop_exporter.send(());
+        let _ = rt.block_on(task);
+    }
     // One greppable line with every counter, for operators and tests.
     let line: Vec<String> = total
         .fields()
