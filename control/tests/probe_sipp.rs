@@ -105,7 +105,10 @@ fn wait_for_event(redis: &RedisServer, kind: &str, uri: &str) -> (Instant, Value
         if let Some(e) = events(redis, kind, uri).pop() {
             return (Instant::now(), e);
         }
-        assert!(Instant::now() < deadline, "no {kind} event for {uri} in {WAIT:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no {kind} event for {uri} in {WAIT:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -153,10 +156,7 @@ fn dead_destination_is_probed_out_and_back_in() {
         .spawn();
     let s = a.wait_until(WAIT, |s| s.invites_received() >= 20);
     assert!(s.invites_received() >= 20, "a got no calls: {s:?}");
-    assert!(
-        s.count("OPTIONS", "Recv") >= 1,
-        "a was never probed: {s:?}"
-    );
+    assert!(s.count("OPTIONS", "Recv") >= 1, "a was never probed: {s:?}");
 
     // a dies; a socket that never answers takes its address, to see what
     // siphon still sends there.
@@ -192,7 +192,10 @@ fn dead_destination_is_probed_out_and_back_in() {
         .iter()
         .filter(|d| d.first_line.starts_with("OPTIONS ") && d.at > down_at)
         .count();
-    assert!(probes_after >= 1, "a down destination must still be probed: {seen:?}");
+    assert!(
+        probes_after >= 1,
+        "a down destination must still be probed: {seen:?}"
+    );
     let invites_before = before.len();
     let log = plain(&siphon.log());
     assert!(
@@ -208,8 +211,15 @@ fn dead_destination_is_probed_out_and_back_in() {
     assert_eq!(up["set"], 1, "{up}");
     assert_eq!(up["reason"], "probe answered 200", "{up}");
     let s = a.wait_until(WAIT, |s| s.invites_received() >= 5);
-    assert!(s.invites_received() >= 5, "a got no calls after coming back: {s:?}");
-    assert!(log_has_up(&plain(&siphon.log()), &a_uri), "{}", siphon.log());
+    assert!(
+        s.invites_received() >= 5,
+        "a got no calls after coming back: {s:?}"
+    );
+    assert!(
+        log_has_up(&plain(&siphon.log()), &a_uri),
+        "{}",
+        siphon.log()
+    );
 
     let run = uac.wait();
     let counters = siphon.stop();
@@ -264,8 +274,11 @@ fn plain(log: &str) -> String {
 }
 
 fn log_has_up(log: &str, uri: &str) -> bool {
-    log.lines()
-        .any(|l| l.contains("destination up") && l.contains(&format!("uri={uri}")) && l.contains("new=active"))
+    log.lines().any(|l| {
+        l.contains("destination up")
+            && l.contains(&format!("uri={uri}"))
+            && l.contains("new=active")
+    })
 }
 
 #[test]

@@ -215,7 +215,8 @@ impl Prober {
                     ProbingMode::Inactive => false,
                 },
             };
-            if !probe || self.pending.values().any(|p| p.target == k) {
+            // (Nothing is pending here: the round began by expiring every probe.)
+            if !probe {
                 continue;
             }
             let Some(sent_by) = self.sent_by[usize::from(d.addr.is_ipv6())].as_deref() else {
@@ -283,7 +284,13 @@ impl Prober {
         } else {
             Cow::Owned(format!("probe reply {code}"))
         };
-        self.outcome(p.target, ok, now.saturating_duration_since(p.sent), reason, changes);
+        self.outcome(
+            p.target,
+            ok,
+            now.saturating_duration_since(p.sent),
+            reason,
+            changes,
+        );
     }
 
     /// Retransmits due probes and fails those past their deadline.
@@ -507,7 +514,10 @@ mod tests {
             } else {
                 assert_eq!(ch.len(), 1);
                 assert_eq!(ch[0].uri, "sip:a");
-                assert_eq!((ch[0].old, ch[0].new), (DestState::Active, DestState::Probing));
+                assert_eq!(
+                    (ch[0].old, ch[0].new),
+                    (DestState::Active, DestState::Probing)
+                );
                 assert_eq!(ch[0].reason, "probe timeout");
                 assert!(!ch[0].is_up());
             }
@@ -590,7 +600,8 @@ mod tests {
             out[0].bytes.clone(),
             other_instance.into_bytes(),
             other_method.into_bytes(),
-            text.replace("z9hG4bK-spabc.0", "z9hG4bK-spabc.zz").into_bytes(),
+            text.replace("z9hG4bK-spabc.0", "z9hG4bK-spabc.zz")
+                .into_bytes(),
         ] {
             p.handle(t0, &junk, &mut ch);
             assert_eq!(p.pending(), 1);
