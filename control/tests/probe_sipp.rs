@@ -295,3 +295,61 @@ fn probing_off_sends_nothing() {
     assert!(rec.finish().is_empty());
     assert!(plain(&siphon.log()).contains("OPTIONS probing is off"));
 }
+
+/// A destination that rejects calls (503) but answers probes: the data plane
+/// takes it out after one failed call, the prober takes it over at its next
+/// round and brings it back after two answered probes — long before the
+/// 300 s hold-down would have.
+#[test]
+fn probes_not_the_hold_down_bring_back_a_destination_taken_out_by_calls() {
+    let redis = RedisServer::start();
+    let mut bad = Uas::start(Scenario::Uas503, free_udp_addr());
+    let mut good = Uas::start(Scenario::Uas, free_udp_addr());
+    let bad_uri = format!("sip:{}", bad.addr());
+    let mut siphon = Siphon::builder("probe-holddown")
+        .algorithm("round-robin")
+        .destination(format!("1 {bad_uri}"))
+        .destination(format!("1 sip:{}", good.addr()))
+        .toml(
+            "ping_interval_s = 1\nprobing_threshold = 2\ninactive_threshold = 2\n\
+             failure_threshold = 1\nhold_down_s = 300",
+        )
+        .toml(&format!("[events]\nredis_url = \"{}\"", redis.url()))
+        .start();
+    let run = Uac::new(Scenario::Uac, siphon.addr())
+        .calls(10)
+        .rate(10)
+        .timeout(Duration::from_secs(30))
+        .run();
+    run.assert_all_succeeded(10);
+    assert_eq!(bad.stats().invites_received(), 1, "{:?}", bad.stats());
+
+    let (down_at, down) = wait_for_event(&redis, "dst_down", &bad_uri);
+    assert_eq!(down["reason"], "call failures", "{down}");
+    let (up_at, up) = wait_for_event(&redis, "dst_up", &bad_uri);
+    assert_eq!(up["reason"], "probe answered 200", "{up}");
+    assert!(
+        up_at.duration_since(down_at) < Duration::from_secs(60),
+        "back after {:?}: that is not the prober",
+        up_at.duration_since(down_at)
+    );
+    let log = plain(&siphon.log());
+    assert!(
+        log.lines().any(|l| l.contains("destination down")
+            && l.contains(&format!("uri={bad_uri}"))
+            && l.contains("reason=call failures")),
+        "{log}"
+    );
+    // Back in rotation: the next calls reach it again (and fail over).
+    let run = Uac::new(Scenario::Uac, siphon.addr())
+        .calls(4)
+        .rate(10)
+        .timeout(Duration::from_secs(30))
+        .run();
+    run.assert_all_succeeded(4);
+    let s = bad.stop();
+    assert_eq!(s.invites_received(), 2, "{s:?}");
+    good.stop();
+    let c = siphon.stop();
+    assert_eq!(c.get("failovers"), 2, "{c:?}");
+}
