@@ -536,7 +536,7 @@ pub enum DispatcherSource {
     /// A PostgreSQL URL (`postgres://` or `postgresql://`) holding Kamailio's
     /// `dispatcher` table.
     Postgres(String),
-    /// A MySQL / MariaDB URL (`mysql://`) holding Kamailio's `dispatcher` table.
+    /// A MySQL / MariaDB URL (`mysql://` or `mariadb://`) holding Kamailio's `dispatcher` table.
     Mysql(String),
 }
 
@@ -556,7 +556,7 @@ impl DispatcherSource {
             }
         } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
             Ok(Some(DispatcherSource::Postgres(s.to_owned())))
-        } else if s.starts_with("mysql://") {
+        } else if s.starts_with("mysql://") || s.starts_with("mariadb://") {
             Ok(Some(DispatcherSource::Mysql(s.to_owned())))
         } else {
             Err(format!(
@@ -740,6 +740,10 @@ pub struct DispatcherConfig {
     /// File where the last good destination table is saved and read back at start-up
     /// if the source is unavailable; empty (default): none.
     pub snapshot_path: String,
+    /// Table read from a database source. Default `dispatcher` (Kamailio's).
+    pub db_table: String,
+    /// Connect and query timeout (ms) for a database source. Default 5000.
+    pub db_timeout_ms: u64,
     /// Prefix / domain routing rules, first match wins. Default: none.
     pub rules: Vec<DispatchRule>,
 }
@@ -765,6 +769,8 @@ impl Default for DispatcherConfig {
             probing_mode: ProbingMode::All,
             reload_interval_s: 0,
             snapshot_path: String::new(),
+            db_table: "dispatcher".to_owned(),
+            db_timeout_ms: 5000,
             rules: Vec::new(),
         }
     }
@@ -1209,6 +1215,18 @@ impl Config {
         }
         if !d.algorithm.is_known() {
             v.err(at("algorithm"), unknown_algorithm(&d.algorithm));
+        }
+        if crate::source::db::validate_table_name(&d.db_table).is_err() {
+            v.err(
+                at("db_table"),
+                format!(
+                    "db_table must be a plain SQL name, optionally schema.table (got \"{}\")",
+                    d.db_table
+                ),
+            );
+        }
+        if d.db_timeout_ms == 0 {
+            v.err(at("db_timeout_ms"), "db_timeout_ms must be ≥ 1".into());
         }
         for (i, &c) in d.failover_codes.iter().enumerate() {
             if !(300..=699).contains(&c) {
