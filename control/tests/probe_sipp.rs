@@ -353,3 +353,62 @@ fn probes_not_the_hold_down_bring_back_a_destination_taken_out_by_calls() {
     let c = siphon.stop();
     assert_eq!(c.get("failovers"), 2, "{c:?}");
 }
+
+/// The prober re-reads the table every round: a destination added by a reload
+/// is probed from the next round on, one removed is no longer probed.
+#[test]
+fn reloaded_destinations_are_probed_and_removed_ones_forgotten() {
+    let mut a = Uas::start(Scenario::Uas, free_udp_addr());
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let added = sock.local_addr().expect("addr");
+    let rec = Recorder::start(sock, Duration::from_secs(60));
+    let mut siphon = Siphon::builder("probe-reload")
+        .destination(format!("1 sip:{}", a.addr()))
+        .toml("ping_interval_s = 1")
+        .start();
+
+    std::fs::write(
+        siphon.list_path(),
+        format!("1 sip:{}\n2 sip:{added}\n", a.addr()),
+    )
+    .expect("rewrite list");
+    siphon.signal(libc::SIGHUP);
+    let deadline = Instant::now() + WAIT;
+    while rec.snapshot().len() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let seen = rec.snapshot();
+    assert!(
+        seen.len() >= 2,
+        "the added destination was not probed: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|d| d.first_line == format!("OPTIONS sip:{added} SIP/2.0")),
+        "{seen:?}"
+    );
+
+    std::fs::write(siphon.list_path(), format!("1 sip:{}\n", a.addr())).expect("rewrite list");
+    siphon.signal(libc::SIGHUP);
+    assert!(
+        siphon.wait_for_log("dispatcher reloaded", 2, WAIT),
+        "{}",
+        siphon.log()
+    );
+    // A probe already out may still be retransmitted (500 ms, 1 s); after
+    // that, three rounds of silence.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = rec.snapshot().len();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = rec.finish();
+    assert_eq!(
+        after.len(),
+        before,
+        "a removed destination is still probed: {:?}",
+        &after[before..]
+    );
+    // a was probed all along.
+    let s = a.stop();
+    assert!(s.count("OPTIONS", "Recv") >= 4, "{s:?}");
+    siphon.stop();
+}
