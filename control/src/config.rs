@@ -717,6 +717,9 @@ pub struct DispatcherConfig {
     /// Timeout (ms) for the final response to an INVITE after a provisional one.
     /// Default 120000.
     pub fr_inv_timer_ms: u64,
+    /// How long (ms) a finished transaction lingers to absorb retransmissions
+    /// (Kamailio `wt_timer`; RFC 3261 Timers J and L). Default 5000.
+    pub wait_timer_ms: u64,
     /// Consecutive failed attempts that take a destination out of rotation. Default 3.
     pub failure_threshold: u32,
     /// Seconds such a destination stays out before being probed again. Default 30.
@@ -758,6 +761,7 @@ impl Default for DispatcherConfig {
             failover_codes: vec![408, 500, 503],
             fr_timer_ms: 2000,
             fr_inv_timer_ms: 120_000,
+            wait_timer_ms: 5000,
             failure_threshold: 3,
             hold_down_s: 30,
             ping_interval_s: 5,
@@ -1259,6 +1263,7 @@ impl Config {
         for (k, val) in [
             ("fr_timer_ms", d.fr_timer_ms),
             ("fr_inv_timer_ms", d.fr_inv_timer_ms),
+            ("wait_timer_ms", d.wait_timer_ms),
             ("failure_threshold", u64::from(d.failure_threshold)),
             ("probing_threshold", u64::from(d.probing_threshold)),
             ("inactive_threshold", u64::from(d.inactive_threshold)),

@@ -99,6 +99,7 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
         timers: TimerConfig {
             fr_timer: cfg.dispatcher.fr_timer(),
             fr_inv_timer: cfg.dispatcher.fr_inv_timer(),
+            wait: std::time::Duration::from_millis(cfg.dispatcher.wait_timer_ms),
             ..TimerConfig::default()
         },
         health: HealthPolicy {
@@ -116,6 +117,7 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
             crate::config::UnknownDomain::Relay => UnknownDomain::Relay,
         },
         server_header: cfg.proxy.server_header.clone(),
+        balance_by_call_id: cfg.proxy.balance == crate::config::Balance::Callid,
         key_seed: random_seed(),
         ..ProxyConfig::default()
     })

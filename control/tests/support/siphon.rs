@@ -18,6 +18,7 @@ pub struct SiphonBuilder {
     algorithm: String,
     destinations: Vec<String>,
     source: Option<String>,
+    proxy_toml: String,
     extra_toml: String,
 }
 
@@ -46,6 +47,12 @@ impl SiphonBuilder {
         self.source = Some(source.into());
         self
     }
+    /// Extra `[proxy]` keys, e.g. `balance = "callid"`.
+    pub fn proxy_toml(mut self, extra: &str) -> Self {
+        self.proxy_toml.push_str(extra);
+        self.proxy_toml.push('\n');
+        self
+    }
     /// Extra TOML appended to the config; `[dispatcher]` keys go after the
     /// generated ones, so start with a section header.
     pub fn toml(mut self, extra: &str) -> Self {
@@ -65,10 +72,11 @@ impl SiphonBuilder {
             None => format!("list = \"{}\"", list.display()),
         };
         let cfg = format!(
-            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = {}\nio = \"{}\"\nprivate_port_base = {private_base}\n\
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = {}\nio = \"{}\"\nprivate_port_base = {private_base}\n{}\
              [dispatcher]\n{source}\nalgorithm = \"{}\"\n{}",
             self.workers,
             self.io,
+            self.proxy_toml,
             self.algorithm,
             self.extra_toml
         );
@@ -116,6 +124,7 @@ impl Siphon {
             algorithm: "round-robin".into(),
             destinations: Vec::new(),
             source: None,
+            proxy_toml: String::new(),
             extra_toml: String::new(),
         }
     }

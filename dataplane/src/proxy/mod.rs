@@ -17,6 +17,7 @@ use std::time::Instant;
 use smallvec::SmallVec;
 
 use crate::dialog::{DialogKey, DialogState, DialogTable};
+use crate::dispatch::hash::hash_bytes;
 use crate::dispatch::{DestStats, SelectKey, Selector, SharedTable};
 use crate::sip::build::{self, NewVia, ReplyOpts, RequestEdits};
 use crate::sip::{parse, HeaderName, Message, Method, Uri, Via};
@@ -129,6 +130,20 @@ impl Worker {
         msg: &Message<'_>,
         out: &mut Outbox,
     ) {
+        if self.cfg.balance_by_call_id && socket == SOCK_PUBLIC && self.workers > 1 {
+            // Spread calls by Call-ID rather than by the kernel's per-source
+            // hash, so one trunk's calls use every worker. Every request of a
+            // call (retransmissions, CANCEL, ACK) has the same Call-ID and so
+            // the same owner.
+            if let Ok(call_id) = msg.call_id() {
+                let owner = (hash_bytes(call_id) % self.workers as u64) as usize;
+                if owner != self.index {
+                    bump(&self.stats.handoffs);
+                    out.handoff(owner, socket, src, msg.buf());
+                    return;
+                }
+            }
+        }
         bump(&self.stats.requests);
         let method = msg.method().unwrap_or(Method::Other);
         if let Err(e) = msg.validate_request() {
