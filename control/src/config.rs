@@ -216,6 +216,21 @@ string_enum! {
 }
 
 string_enum! {
+    /// Which destinations the OPTIONS prober pings (Kamailio's `ds_probing_mode`).
+    /// Destinations that are down (inactive or probing) are pinged in every mode, so
+    /// that the prober can bring them back; disabled ones never are.
+    pub enum ProbingMode (default All) {
+        /// Every destination that is not disabled (Kamailio mode 1).
+        All => "all",
+        /// Destinations whose list flags include 8 (probing), plus those that are down
+        /// (Kamailio mode 0).
+        Flagged => "flagged",
+        /// Only destinations that are down (Kamailio mode 2).
+        Inactive => "inactive",
+    }
+}
+
+string_enum! {
     /// What to do with a call when no RTPEngine answers.
     pub enum RtpFailure (default Reject) {
         /// Fail the call (the INVITE is answered with 503).
@@ -721,6 +736,8 @@ pub struct DispatcherConfig {
     pub ping_from: String,
     /// Probe method. Default `OPTIONS`.
     pub ping_method: String,
+    /// Which destinations are probed. Default `all`.
+    pub probing_mode: ProbingMode,
     /// Seconds between re-reads of the source; 0 (default): only on demand.
     pub reload_interval_s: u64,
     /// File where the last good destination table is saved and read back at start-up
@@ -753,6 +770,7 @@ impl Default for DispatcherConfig {
             ping_reply_codes: vec![200],
             ping_from: "sip:siphon@localhost".to_owned(),
             ping_method: "OPTIONS".to_owned(),
+            probing_mode: ProbingMode::All,
             reload_interval_s: 0,
             snapshot_path: String::new(),
             db_table: "dispatcher".to_owned(),

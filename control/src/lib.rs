@@ -6,5 +6,6 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod events;
+pub mod probe;
 pub mod run;
 pub mod source;

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::api;
 use crate::config::{Config, DispatchRule};
 use crate::events::{EventQueue, Exporter, ExporterConfig, WallClock};
+use crate::probe;
 use crate::source;
 use crate::source::reload::{ReloadHandle, ReloadSource, Reloader};
 use dataplane::proxy::events::EventSink;
@@ -271,6 +272,18 @@ pub fn run(cfg: &Config) -> Result<()> {
             mgmt,
             api::ApiState::new(Arc::clone(&running), &cfg.mgmt.token),
         ));
+        match probe::ProbeConfig::from_config(cfg) {
+            Some(p) => {
+                tokio::spawn(probe::run(
+                    p,
+                    running.table.clone(),
+                    running.listen,
+                    running.proxy.advertise.clone(),
+                    running.events.clone(),
+                ));
+            }
+            None => info!("OPTIONS probing is off (dispatcher.ping_interval_s = 0)"),
+        }
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut hup = signal(SignalKind::hangup())?;

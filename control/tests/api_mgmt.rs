@@ -115,10 +115,13 @@ fn api_follows_real_calls_and_steers_them() {
         format!("sip:{}", b.addr()),
         format!("sip:{}", c.addr()),
     );
+    // Probing off: an operator-inactive destination that answers OPTIONS
+    // would otherwise be brought back by the prober.
     let mut siphon = Siphon::builder("api")
         .algorithm("round-robin")
         .destination(format!("1 {ua} 0 0 weight=50;duid=a"))
         .destination(format!("1 {ub}"))
+        .toml("ping_interval_s = 0")
         .start();
     let mgmt = siphon.mgmt_addr();
 
@@ -389,6 +392,7 @@ fn ctl_verbs_against_real_siphon() {
     let mut siphon = Siphon::builder("ctl")
         .destination(format!("1 {ua}"))
         .destination(format!("1 {ub}"))
+        .toml("ping_interval_s = 0")
         .start();
     let mgmt = siphon.mgmt_addr();
     Uac::new(Scenario::Uac, siphon.addr())

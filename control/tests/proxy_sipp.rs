@@ -237,9 +237,11 @@ fn drain(sock: &UdpSocket, window: Duration) -> Vec<Vec<u8>> {
 fn retransmitted_invite_is_absorbed(io: &str) {
     let dest = UdpSocket::bind("127.0.0.1:0").expect("bind destination");
     let dest_addr = dest.local_addr().expect("addr");
+    // The raw socket must see only what the test sends: no OPTIONS probes.
     let mut siphon = Siphon::builder("retrans")
         .io(io)
         .destination(format!("1 sip:{dest_addr}"))
+        .toml("ping_interval_s = 0")
         .start();
     let caller = UdpSocket::bind("127.0.0.1:0").expect("bind caller");
     let me = caller.local_addr().expect("addr");
@@ -274,9 +276,11 @@ fn retransmitted_invite_is_absorbed(io: &str) {
 fn bad_requests_get_clear_answers(io: &str) {
     let dest = UdpSocket::bind("127.0.0.1:0").expect("bind destination");
     let dest_addr = dest.local_addr().expect("addr");
+    // The raw socket must see only what the test sends: no OPTIONS probes.
     let mut siphon = Siphon::builder("bad")
         .io(io)
         .destination(format!("1 sip:{dest_addr}"))
+        .toml("ping_interval_s = 0")
         .start();
     let caller = UdpSocket::bind("127.0.0.1:0").expect("bind caller");
     let me = caller.local_addr().expect("addr");
