@@ -778,9 +778,12 @@ impl Worker {
                         d.record_latency(now.saturating_duration_since(txn.sent_at));
                     }
                 }
-                if txn_method(&self.txns, id) == Some(Method::Invite) {
+                // A retransmitted 2xx finds its dialog already there: the
+                // call is counted and reported once.
+                if txn_method(&self.txns, id) == Some(Method::Invite)
+                    && self.dialog_started(now, id, msg)
+                {
                     bump(&self.stats.calls_answered);
-                    self.dialog_started(now, id, msg);
                     if let (Some(sink), Some(txn)) = (&self.events, self.txns.get(id)) {
                         sink.push(CallEvent::Answered {
                             at: now,
@@ -1030,9 +1033,13 @@ impl Worker {
 
     // ----------------------------------------------------------------- dialogs
 
-    fn dialog_started(&mut self, now: Instant, id: TxnId, resp: &Message<'_>) {
+    /// Records the dialog a 2xx creates. True when the 2xx answers the call
+    /// (also when the dialog table is full); false for a retransmitted 2xx,
+    /// whose dialog exists.
+    fn dialog_started(&mut self, now: Instant, id: TxnId, resp: &Message<'_>) -> bool {
+        // Validation guarantees Call-ID, From and To in what reaches here.
         let (Ok(call_id), Ok(from), Ok(to)) = (resp.call_id(), resp.from(), resp.to()) else {
-            return;
+            return true;
         };
         let key = DialogKey::new(
             &self.hasher,
@@ -1041,9 +1048,11 @@ impl Worker {
             to.tag.unwrap_or(b""),
         );
         if self.dialogs.find(&key).is_some() {
-            return; // a retransmitted 2xx
+            return false; // a retransmitted 2xx
         }
-        let Some(txn) = self.txns.get(id) else { return };
+        let Some(txn) = self.txns.get(id) else {
+            return false;
+        };
         let (dest, addr) = (txn.target.dest.clone(), txn.target.addr);
         if let Some(d) = &dest {
             d.call_started();
@@ -1062,6 +1071,7 @@ impl Worker {
                 bump(&self.stats.dialogs_full);
             }
         }
+        true
     }
 
     fn dialog_ended(&mut self, now: Instant, msg: &Message<'_>) {
@@ -1522,6 +1532,14 @@ mod tests {
         assert!(!s[0].1.contains("z9hG4bKsp"), "siphon's Via must be popped");
         assert_eq!(w.occupancy().1, 1, "one dialog");
         assert_eq!(w.stats().snapshot().calls_answered, 1);
+
+        // The callee retransmits its 2xx until the ACK: relayed again,
+        // counted once.
+        out.clear();
+        w.on_datagram(t0, SOCK_PRIVATE, DEST.parse().unwrap(), &ok, &mut out);
+        assert_eq!(sent(&out).len(), 1, "a 2xx retransmission is relayed");
+        assert_eq!(w.stats().snapshot().calls_answered, 1);
+        assert_eq!(w.occupancy().1, 1);
     }
 
     #[test]
