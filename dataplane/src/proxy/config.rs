@@ -1,6 +1,9 @@
 //! Runtime settings of the proxy core, already validated by the control plane.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use super::media::MediaShared;
 
 use crate::dispatch::{Algorithm, HealthPolicy};
 use crate::txn::TimerConfig;
@@ -57,6 +60,8 @@ pub struct ProxyConfig {
     /// Seeds the transaction and dialog key hash. The control plane fills it
     /// from OS randomness; the default is fixed, for tests.
     pub key_seed: [u64; 4],
+    /// RTPEngine media anchoring; `None`: off.
+    pub media: Option<Arc<MediaShared>>,
 }
 
 impl Default for ProxyConfig {
@@ -82,6 +87,7 @@ impl Default for ProxyConfig {
             server_header: "siphon".into(),
             dialog_timeout: Duration::from_secs(12 * 3600),
             key_seed: [0x5195_0a11, 0x7e57, 0xd1a1, 0x0c0de],
+            media: None,
         }
     }
 }
