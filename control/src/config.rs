@@ -1320,6 +1320,29 @@ impl Config {
             };
             if !is_header_text(flags) {
                 v.err(at(k), format!("{k} must not contain control characters"));
+            } else if let Err(e) = dataplane::rtpengine::NgFlags::parse(flags) {
+                v.err(at(k), format!("{k}: {e}"));
+            }
+        }
+        if r.engines.len() > dataplane::rtpengine::client::MAX_ENGINES {
+            v.err(
+                at("engines"),
+                format!(
+                    "at most {} engines (got {})",
+                    dataplane::rtpengine::client::MAX_ENGINES,
+                    r.engines.len()
+                ),
+            );
+        }
+        if let Some(first) = r.engines.first() {
+            if r.engines
+                .iter()
+                .any(|e| e.addr.is_ipv4() != first.addr.is_ipv4())
+            {
+                v.err(
+                    at("engines"),
+                    "engines must all be IPv4 or all IPv6 (each worker has one ng socket)".into(),
+                );
             }
         }
         if r.timeout_ms == 0 {

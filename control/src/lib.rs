@@ -4,5 +4,6 @@
 pub mod cli;
 pub mod config;
 pub mod events;
+pub mod media_health;
 pub mod run;
 pub mod source;

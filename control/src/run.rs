@@ -8,12 +8,13 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
 use dataplane::dispatch::{Algorithm, HealthPolicy, SharedTable, Table};
+use dataplane::proxy::media::{MediaConfig, MediaPolicy, MediaShared};
 use dataplane::proxy::{self, ProxyConfig, ProxyStats, SetRule, UnknownDomain, Worker};
 use dataplane::txn::TimerConfig;
 use dataplane::worker::{self, Driver, SocketSpec, WorkerSpec};
 use tracing::{info, warn};
 
-use crate::config::{Config, DispatchRule, DispatcherSource};
+use crate::config::{Config, DispatchRule, DispatcherSource, RtpFailure};
 use crate::source;
 use crate::source::reload::{ReloadHandle, ReloadSource, Reloader};
 
@@ -31,6 +32,9 @@ pub struct Running {
     pub driver: Driver,
     /// Asks the control thread to re-read the dispatcher source.
     pub reload: ReloadHandle,
+    /// RTPEngine anchoring: engines, health, per-worker per-engine counters;
+    /// `None` when `[rtpengine] engines` is empty.
+    pub media: Option<Arc<MediaShared>>,
 }
 
 /// The dispatcher list file named by `[dispatcher] source = "file:…"` or `list`.
@@ -113,8 +117,39 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
         },
         server_header: cfg.proxy.server_header.clone(),
         key_seed: random_seed(),
+        media: media_config(cfg, workers)?.map(Arc::new),
         ..ProxyConfig::default()
     })
+}
+
+/// The workers' RTPEngine settings; `None` when no engine is configured.
+fn media_config(cfg: &Config, workers: usize) -> Result<Option<MediaShared>> {
+    let r = &cfg.rtpengine;
+    if r.engines.is_empty() {
+        return Ok(None);
+    }
+    let flags = |k: &str, v: &str| {
+        dataplane::rtpengine::NgFlags::parse(v).map_err(|e| anyhow!("rtpengine.{k}: {e}"))
+    };
+    let media = MediaConfig {
+        engines: r.engines.iter().map(|e| (e.addr, e.weight)).collect(),
+        offer_flags: flags("offer_flags", &r.offer_flags)?,
+        answer_flags: flags("answer_flags", &r.answer_flags)?,
+        sets: r.sets.clone(),
+        timeout: r.timeout(),
+        retries: r.retries,
+        on_failure: match r.on_failure {
+            RtpFailure::Reject => MediaPolicy::Reject,
+            RtpFailure::Passthrough => MediaPolicy::Passthrough,
+        },
+        recheck_interval: Some(
+            r.ping_interval()
+                .unwrap_or(std::time::Duration::from_secs(5)),
+        ),
+    };
+    // Cookies must differ per process start (RTPEngine caches replies by cookie).
+    let instance = random_seed()[0] as u32;
+    Ok(Some(MediaShared::new(media, workers, instance)))
 }
 
 /// Binds the sockets, loads the destinations and starts the workers. The
@@ -163,7 +198,10 @@ pub fn start(cfg: &Config) -> Result<(worker::Pool, Running, Reloader)> {
                     recv_buffer: Some(4 << 20),
                     send_buffer: Some(4 << 20),
                 },
-            ],
+            ]
+            .into_iter()
+            .chain(media_socket(&proxy_cfg))
+            .collect(),
             cpu: Some(i % cpus),
         })
         .collect();
@@ -195,7 +233,9 @@ pub fn start(cfg: &Config) -> Result<(worker::Pool, Running, Reloader)> {
     };
     let (reloader, reload) = Reloader::new(source, table.clone());
     let driver = pool.driver();
+    let media = proxy_cfg.media.clone();
     let running = Running {
+        media,
         table,
         stats,
         proxy: proxy_cfg,
@@ -206,6 +246,23 @@ pub fn start(cfg: &Config) -> Result<(worker::Pool, Running, Reloader)> {
         reload,
     };
     Ok((pool, running, reloader))
+}
+
+/// The worker's own ng socket (`proxy::media::SOCK_MEDIA`), on an ephemeral
+/// port of the engines' address family.
+fn media_socket(p: &ProxyConfig) -> Option<SocketSpec> {
+    let first = p.media.as_ref()?.config.engines.first()?.0;
+    let any: std::net::IpAddr = if first.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    Some(SocketSpec {
+        addr: SocketAddr::new(any, 0),
+        reuse_port: false,
+        recv_buffer: Some(1 << 20),
+        send_buffer: Some(1 << 20),
+    })
 }
 
 /// Runs until SIGINT or SIGTERM, then stops the workers.
@@ -219,6 +276,12 @@ pub fn run(cfg: &Config) -> Result<()> {
     rt.block_on(async {
         // Control-thread tasks; they end with the runtime.
         tokio::spawn(reloader.run());
+        if let (Some(m), Some(every)) = (running.media.clone(), cfg.rtpengine.ping_interval()) {
+            for i in 0..m.config.engines.len() {
+                let (t, r) = (cfg.rtpengine.timeout(), cfg.rtpengine.retries);
+                tokio::spawn(crate::media_health::watch(m.clone(), i, every, t, r));
+            }
+        }
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut hup = signal(SignalKind::hangup())?;
@@ -244,11 +307,21 @@ pub fn run(cfg: &Config) -> Result<()> {
     }
     pool.stop().context("stopping workers")?;
     // One greppable line with every counter, for operators and tests.
-    let line: Vec<String> = total
+    let mut line: Vec<String> = total
         .fields()
         .iter()
         .map(|(n, v)| format!("{n}={v}"))
         .collect();
+    if let Some(m) = &running.media {
+        let (rejected, passthrough) = m.policy_totals();
+        line.push(format!("rtpengine_rejected={rejected}"));
+        line.push(format!("rtpengine_passthrough={passthrough}"));
+        for i in 0..m.config.engines.len() {
+            for (n, v) in m.engine_totals(i).fields() {
+                line.push(format!("rtpengine{i}_{n}={v}"));
+            }
+        }
+    }
     eprintln!("siphon: counters {}", line.join(" "));
     info!("stopped");
     Ok(())

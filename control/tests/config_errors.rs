@@ -237,3 +237,19 @@ fn unreadable_file() {
         .to_string()
         .starts_with("/nonexistent/siphon.toml: cannot read configuration file: "));
 }
+
+#[test]
+fn bad_rtpengine_flags_and_engine_families() {
+    assert_eq!(
+        one_error("[rtpengine]\nengines = [\"udp:127.0.0.1:22222\"]\noffer_flags = \"ICE=remove call-id=x\"\n"),
+        "siphon.toml:3: offer_flags: rtpengine flag \"call-id\" is taken from the SIP message and cannot be configured"
+    );
+    assert_eq!(
+        one_error("[rtpengine]\nanswer_flags = \"TOS=lots\"\n"),
+        "siphon.toml:2: answer_flags: rtpengine flag \"TOS\": invalid value \"lots\""
+    );
+    assert_eq!(
+        one_error("[rtpengine]\nengines = [\"udp:127.0.0.1:22222\", \"udp:[::1]:22222\"]\n"),
+        "siphon.toml:2: engines must all be IPv4 or all IPv6 (each worker has one ng socket)"
+    );
+}
