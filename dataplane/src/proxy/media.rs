@@ -355,12 +355,16 @@ impl Media {
         }
     }
 
-    /// Sends the `offer` of a new call; the engine is chosen by hash(Call-ID)
-    /// over the engines that are up. Returns the engine tried first.
+    /// Sends an `offer`: for a new call (`pinned: None`) the engine is chosen
+    /// by hash(Call-ID) over the engines that are up, with failover; a
+    /// re-INVITE's goes to the engine holding the call. Returns the engine
+    /// tried first.
+    #[allow(clippy::too_many_arguments)]
     pub fn offer(
         &mut self,
         now: Instant,
         txn: TxnId,
+        pinned: Option<usize>,
         call_id: &[u8],
         from_tag: &[u8],
         sdp: &[u8],
@@ -368,15 +372,15 @@ impl Media {
     ) -> Result<usize, NgError> {
         self.sync_health(now);
         self.buf.clear();
-        let sent = self.client.send_offer(
-            now,
+        let req = crate::rtpengine::Request::offer(
             call_id,
             from_tag,
             sdp,
             &self.shared.config.offer_flags,
-            token_of(txn),
-            &mut self.buf,
-        )?;
+        );
+        let sent = self
+            .client
+            .send(now, pinned, &req, token_of(txn), &mut self.buf)?;
         out.send(SOCK_MEDIA, sent.addr, &self.buf);
         Ok(sent.engine)
     }

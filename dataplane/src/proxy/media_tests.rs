@@ -450,3 +450,143 @@ fn invite_without_sdp_is_not_anchored() {
         .iter()
         .any(|(_, d, t)| *d == addr(DEST) && t.starts_with("INVITE ")));
 }
+
+/// Sets up an anchored, answered call; returns the forwarded INVITE.
+fn established(w: &mut Worker, t0: Instant, branch: &str) -> String {
+    let mut out = Outbox::new();
+    w.on_datagram(
+        t0,
+        SOCK_PUBLIC,
+        addr(CALLER),
+        &invite_with_sdp(branch),
+        &mut out,
+    );
+    let offer = ng_to_engine(&out)[0].1.clone();
+    out.clear();
+    w.on_datagram(
+        t0,
+        SOCK_MEDIA,
+        addr(ENGINE),
+        &ng_reply(&offer, Some(ENGINE_OFFER_SDP)),
+        &mut out,
+    );
+    let fwd = sent(&out)[0].2.clone();
+    out.clear();
+    w.on_datagram(
+        t0,
+        SOCK_PRIVATE,
+        addr(DEST),
+        &response(&fwd, 200, ANSWER_SDP),
+        &mut out,
+    );
+    let answer = ng_to_engine(&out)[0].1.clone();
+    out.clear();
+    w.on_datagram(
+        t0,
+        SOCK_MEDIA,
+        addr(ENGINE),
+        &ng_reply(&answer, Some(ENGINE_ANSWER_SDP)),
+        &mut out,
+    );
+    assert_eq!(w.occupancy().1, 1);
+    fwd
+}
+
+#[test]
+fn reinvite_with_sdp_is_offered_to_the_calls_engine_and_a_failure_keeps_the_session() {
+    let t0 = Instant::now();
+    let mut w = worker(MediaPolicy::Reject, &[ENGINE, ENGINE2], t0);
+    established(&mut w, t0, "z9hG4bK-m8");
+    let engine = w
+        .dialogs
+        .iter()
+        .next()
+        .and_then(|(_, _, d)| d.data.media.as_ref().map(|m| m.engine))
+        .unwrap();
+    let engine_addr = if engine == 0 {
+        addr(ENGINE)
+    } else {
+        addr(ENGINE2)
+    };
+
+    let reinvite = String::from_utf8(invite_with_sdp("z9hG4bK-m8"))
+        .unwrap()
+        .replace("branch=z9hG4bK-m8", "branch=z9hG4bK-m8re")
+        .replace("To: <sip:100@127.0.0.1>", "To: <sip:100@127.0.0.1>;tag=t1")
+        .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+        .replace(
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 70\r\nRoute: <sip:127.0.0.1:5061;lr>\r\n",
+        )
+        .replace(
+            "INVITE sip:100@127.0.0.1:5060",
+            &format!("INVITE sip:100@{DEST}"),
+        );
+    let mut out = Outbox::new();
+    w.on_datagram(t0, SOCK_PUBLIC, addr(CALLER), reinvite.as_bytes(), &mut out);
+    let ng = ng_to_engine(&out);
+    assert_eq!(ng.len(), 1, "{:?}", sent(&out));
+    assert_eq!(ng[0].0, engine_addr, "pinned to the call's engine");
+    assert!(ng[0].1.contains("7:command5:offer"));
+    out.clear();
+    w.on_datagram(
+        t0,
+        SOCK_MEDIA,
+        engine_addr,
+        &ng_reply(&ng[0].1, Some(ENGINE_OFFER_SDP)),
+        &mut out,
+    );
+    let fwd = sent(&out);
+    assert_eq!(fwd.len(), 1, "{fwd:?}");
+    assert!(fwd[0].2.starts_with("INVITE "));
+    assert_eq!(body_of(&fwd[0].2), ENGINE_OFFER_SDP);
+
+    // 488 to the re-INVITE: relayed, and the call's session is not deleted.
+    let msg = parse(fwd[0].2.as_bytes()).unwrap();
+    let mut rej = Vec::new();
+    let opts = ReplyOpts {
+        to_tag: Some(b"t1"),
+        ..ReplyOpts::default()
+    };
+    build::reply(&msg, 488, b"Not Acceptable Here", &opts, &mut rej).unwrap();
+    out.clear();
+    w.on_datagram(t0, SOCK_PRIVATE, addr(DEST), &rej, &mut out);
+    assert!(sent(&out)
+        .iter()
+        .any(|(_, d, t)| *d == addr(CALLER) && t.starts_with("SIP/2.0 488")));
+    assert!(ng_to_engine(&out).is_empty(), "{:?}", sent(&out));
+    assert_eq!(w.occupancy().1, 1, "the dialog lives on");
+}
+
+#[test]
+fn dialog_timeout_deletes_the_session() {
+    let t0 = Instant::now();
+    let defs = parse_list(&format!("1 sip:{DEST}\n")).expect("list");
+    let table = Table::build(&defs, t0, &mut |_: &str| Ok(addr(DEST))).expect("table");
+    let media = MediaConfig {
+        engines: vec![(addr(ENGINE), 1)],
+        ..MediaConfig::default()
+    };
+    let cfg = ProxyConfig {
+        media: Some(Arc::new(MediaShared::new(media, 1, 7))),
+        dialog_timeout: Duration::from_secs(60),
+        ..ProxyConfig::default()
+    };
+    let mut w = Worker::new(
+        0,
+        Arc::new(cfg),
+        shared(table),
+        Arc::new(ProxyStats::default()),
+        t0,
+    );
+    established(&mut w, t0, "z9hG4bK-m9");
+    let later = run_until(&mut w, t0, t0 + Duration::from_secs(61));
+    let deletes: Vec<_> = later
+        .iter()
+        .filter(|(s, _, t)| *s == SOCK_MEDIA && t.contains("7:command6:delete"))
+        .collect();
+    // One delete, retransmitted unchanged (same cookie) while unanswered.
+    assert!(!deletes.is_empty(), "{later:?}");
+    assert!(deletes.iter().all(|d| d.2 == deletes[0].2), "{deletes:?}");
+    assert_eq!(w.occupancy().1, 0);
+}

@@ -438,6 +438,13 @@ impl Worker {
         if method == Method::Invite && !in_dialog {
             bump(&self.stats.initial_invites);
         }
+        // A re-INVITE with SDP of an anchored dialog goes to the engine
+        // holding its session (the new offer may move either side's media).
+        let pinned = if method == Method::Invite && in_dialog && has_sdp(msg) {
+            self.dialog_media_engine(msg)
+        } else {
+            None
+        };
         if method == Method::Bye && in_dialog {
             // Like Kamailio's dialog module, the BYE ends the dialog whatever
             // its reply: a BYE to a dead destination still frees its call slot.
@@ -515,7 +522,7 @@ impl Worker {
                 }
             }
         }
-        if anchor && self.start_offer(now, id, msg, out) {
+        if (anchor || pinned.is_some()) && self.start_offer(now, id, msg, pinned, out) {
             // The INVITE waits in its transaction for the engine's SDP.
             return;
         }
@@ -531,6 +538,7 @@ impl Worker {
         now: Instant,
         id: TxnId,
         msg: &Message<'_>,
+        pinned: Option<usize>,
         out: &mut Outbox,
     ) -> bool {
         let Some(media) = self.media.as_mut() else {
@@ -538,7 +546,7 @@ impl Worker {
         };
         let call_id = msg.call_id().unwrap_or(b"");
         let from_tag = msg.from().ok().and_then(|f| f.tag).unwrap_or(b"");
-        match media.offer(now, id, call_id, from_tag, msg.body(), out) {
+        match media.offer(now, id, pinned, call_id, from_tag, msg.body(), out) {
             Ok(engine) => {
                 if let Some(txn) = self.txns.get_mut(id) {
                     txn.media = MediaLeg::Offering {
@@ -702,10 +710,30 @@ impl Worker {
         txn.media = MediaLeg::Off;
         media.cancel(id);
         if let Ok(req) = parse(&txn.request) {
+            if req.to().is_ok_and(|t| t.tag.is_some()) {
+                // A failed re-INVITE leaves the call and its session alone.
+                return;
+            }
             let call_id = req.call_id().unwrap_or(b"");
             let from_tag = req.from().ok().and_then(|f| f.tag).unwrap_or(b"");
             media.delete(now, engine, call_id, from_tag, out);
         }
+    }
+
+    /// The engine holding the session of the dialog `msg` belongs to.
+    fn dialog_media_engine(&self, msg: &Message<'_>) -> Option<usize> {
+        self.media.as_ref()?;
+        let (Ok(call_id), Ok(from), Ok(to)) = (msg.call_id(), msg.from(), msg.to()) else {
+            return None;
+        };
+        let key = DialogKey::new(
+            &self.hasher,
+            call_id,
+            from.tag.unwrap_or(b""),
+            to.tag.unwrap_or(b""),
+        );
+        let d = self.dialogs.get(self.dialogs.find(&key)?)?;
+        d.data.media.as_ref().map(|m| usize::from(m.engine))
     }
 
     fn delete_dialog_media(&mut self, now: Instant, m: &DialogMedia, out: &mut Outbox) {
