@@ -69,7 +69,7 @@ impl DialogMedia {
         self.ids.get(..usize::from(self.call_id_len)).unwrap_or(&[])
     }
 
-    fn from_tag(&self) -> &[u8] {
+    fn offerer_tag(&self) -> &[u8] {
         self.ids.get(usize::from(self.call_id_len)..).unwrap_or(&[])
     }
 }
@@ -738,7 +738,13 @@ impl Worker {
 
     fn delete_dialog_media(&mut self, now: Instant, m: &DialogMedia, out: &mut Outbox) {
         if let Some(media) = self.media.as_mut() {
-            media.delete(now, usize::from(m.engine), m.call_id(), m.from_tag(), out);
+            media.delete(
+                now,
+                usize::from(m.engine),
+                m.call_id(),
+                m.offerer_tag(),
+                out,
+            );
         }
     }
 
