@@ -318,6 +318,9 @@ fn calls_go_to_the_live_engine() {
             "anchored on the live engine: {inv}"
         );
     }
+    // The control thread's pings found the dead engine.
+    let log = siphon.log();
+    assert!(log.contains("rtpengine does not answer ping"), "{log}");
     let c = siphon.stop();
     assert_eq!(c.get("rtpengine0_offers"), 0);
     assert_eq!(c.get("rtpengine1_offers"), 20);
