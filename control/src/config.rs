@@ -680,6 +680,10 @@ pub struct DispatchRule {
     pub domain: Option<String>,
     /// Destination set id.
     pub set: u32,
+    /// Anchor the media of calls this rule matches (`true`) or not (`false`),
+    /// whatever `rtpengine.sets` says; unset: as the set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtpengine: Option<bool>,
 }
 
 /// `[dispatcher]`
@@ -1292,6 +1296,12 @@ impl Config {
                 );
             }
             seen.push((kind, value));
+            if r.rtpengine == Some(true) && self.rtpengine.engines.is_empty() {
+                v.err(
+                    rule_path(Some("rtpengine")),
+                    "rule rtpengine = true needs [rtpengine] engines".into(),
+                );
+            }
         }
     }
 

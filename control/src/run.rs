@@ -83,15 +83,18 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
                 (Some(p), _) => SetRule::Prefix {
                     prefix: p.clone(),
                     set: r.set,
+                    media: r.rtpengine,
                 },
                 (None, Some(d)) => SetRule::Domain {
                     domain: d.clone(),
                     set: r.set,
+                    media: r.rtpengine,
                 },
                 // Validation guarantees exactly one of the two.
                 (None, None) => SetRule::Prefix {
                     prefix: String::new(),
                     set: r.set,
+                    media: r.rtpengine,
                 },
             })
             .collect(),

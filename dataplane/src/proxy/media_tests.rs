@@ -590,3 +590,52 @@ fn dialog_timeout_deletes_the_session() {
     assert!(deletes.iter().all(|d| d.2 == deletes[0].2), "{deletes:?}");
     assert_eq!(w.occupancy().1, 0);
 }
+
+#[test]
+fn a_rule_overrides_the_sets_anchoring() {
+    let t0 = Instant::now();
+    let defs = parse_list(&format!("1 sip:{DEST}\n")).expect("list");
+    let table = Table::build(&defs, t0, &mut |_: &str| Ok(addr(DEST))).expect("table");
+    let media = MediaConfig {
+        engines: vec![(addr(ENGINE), 1)],
+        // Set 1 is not anchored...
+        sets: vec![9],
+        ..MediaConfig::default()
+    };
+    let cfg = ProxyConfig {
+        media: Some(Arc::new(MediaShared::new(media, 1, 7))),
+        // ...but calls to user 100 are, by rule.
+        rules: vec![SetRule::Prefix {
+            prefix: "100".into(),
+            set: 1,
+            media: Some(true),
+        }],
+        ..ProxyConfig::default()
+    };
+    let mut w = Worker::new(
+        0,
+        Arc::new(cfg),
+        shared(table),
+        Arc::new(ProxyStats::default()),
+        t0,
+    );
+    let mut out = Outbox::new();
+    w.on_datagram(
+        t0,
+        SOCK_PUBLIC,
+        addr(CALLER),
+        &invite_with_sdp("z9hG4bK-r1"),
+        &mut out,
+    );
+    assert_eq!(ng_to_engine(&out).len(), 1, "anchored by the rule");
+
+    let other = String::from_utf8(invite_with_sdp("z9hG4bK-r2"))
+        .unwrap()
+        .replace("INVITE sip:100@", "INVITE sip:200@");
+    out.clear();
+    w.on_datagram(t0, SOCK_PUBLIC, addr(CALLER), other.as_bytes(), &mut out);
+    assert!(ng_to_engine(&out).is_empty(), "set 1 is not anchored");
+    assert!(sent(&out)
+        .iter()
+        .any(|(_, d, t)| *d == addr(DEST) && t.starts_with("INVITE ")));
+}

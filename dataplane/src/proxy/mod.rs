@@ -378,12 +378,11 @@ impl Worker {
                     self.reply(socket, src, msg, 503, Some(retry), Some(b"Overloaded"), out);
                     return;
                 }
-                let set_id = self.cfg.set_for(ruri.user.unwrap_or(b""), ruri.host);
+                let (set_id, rule_media) = self.cfg.route_for(ruri.user.unwrap_or(b""), ruri.host);
                 anchor = method == Method::Invite
-                    && self
-                        .media
-                        .as_ref()
-                        .is_some_and(|m| m.shared().anchors_set(set_id))
+                    && self.media.as_ref().is_some_and(|m| {
+                        rule_media.unwrap_or_else(|| m.shared().anchors_set(set_id))
+                    })
                     && has_sdp(msg);
                 let table = self.table.load_full();
                 let Some(set) = table.set(set_id) else {
