@@ -5,5 +5,6 @@ pub mod cli;
 pub mod config;
 pub mod events;
 pub mod media_health;
+pub mod probe;
 pub mod run;
 pub mod source;

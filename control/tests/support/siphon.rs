@@ -17,6 +17,8 @@ pub struct SiphonBuilder {
     workers: usize,
     algorithm: String,
     destinations: Vec<String>,
+    source: Option<String>,
+    proxy_toml: String,
     extra_toml: String,
 }
 
@@ -39,6 +41,18 @@ impl SiphonBuilder {
         self.destinations.push(line.into());
         self
     }
+    /// `[dispatcher] source` (e.g. a database URL) instead of the generated
+    /// dispatcher.list.
+    pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+    /// Extra `[proxy]` keys, e.g. `balance = "callid"`.
+    pub fn proxy_toml(mut self, extra: &str) -> Self {
+        self.proxy_toml.push_str(extra);
+        self.proxy_toml.push('\n');
+        self
+    }
     /// Extra TOML appended to the config; `[dispatcher]` keys go after the
     /// generated ones, so start with a section header.
     pub fn toml(mut self, extra: &str) -> Self {
@@ -53,12 +67,16 @@ impl SiphonBuilder {
         let list = dir.file("dispatcher.list");
         std::fs::write(&list, self.destinations.join("\n") + "\n").expect("write dispatcher.list");
         let (port, private_base) = free_ports(self.workers);
+        let source = match &self.source {
+            Some(s) => format!("source = \"{s}\""),
+            None => format!("list = \"{}\"", list.display()),
+        };
         let cfg = format!(
-            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = {}\nio = \"{}\"\nprivate_port_base = {private_base}\n\
-             [dispatcher]\nlist = \"{}\"\nalgorithm = \"{}\"\n{}",
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = {}\nio = \"{}\"\nprivate_port_base = {private_base}\n{}\
+             [dispatcher]\n{source}\nalgorithm = \"{}\"\n{}",
             self.workers,
             self.io,
-            list.display(),
+            self.proxy_toml,
             self.algorithm,
             self.extra_toml
         );
@@ -105,6 +123,8 @@ impl Siphon {
             workers: 2,
             algorithm: "round-robin".into(),
             destinations: Vec::new(),
+            source: None,
+            proxy_toml: String::new(),
             extra_toml: String::new(),
         }
     }
@@ -116,6 +136,33 @@ impl Siphon {
 
     pub fn log(&self) -> String {
         self.dir.read("siphon.log")
+    }
+
+    /// The generated dispatcher.list (rewrite it, then reload).
+    pub fn list_path(&self) -> std::path::PathBuf {
+        self.dir.file("dispatcher.list")
+    }
+
+    /// This instance's scratch directory.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Sends a signal (e.g. `libc::SIGHUP` to reload).
+    pub fn signal(&mut self, sig: i32) {
+        self.child.signal(sig);
+    }
+
+    /// Waits until the log contains `needle` at least `n` times.
+    pub fn wait_for_log(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self.log().matches(needle).count() >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// Stops siphon with SIGTERM and returns its final counters.
