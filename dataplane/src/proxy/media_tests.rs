@@ -639,3 +639,12 @@ fn a_rule_overrides_the_sets_anchoring() {
         .iter()
         .any(|(_, d, t)| *d == addr(DEST) && t.starts_with("INVITE ")));
 }
+
+#[test]
+fn dialog_payload_stays_small() {
+    // DESIGN: ≤ 512 B of state per active dialog; the dialog table adds
+    // ≈190 B of index and timer to this payload.
+    let size = std::mem::size_of::<DialogData>();
+    eprintln!("DialogData {size} B");
+    assert!(size <= 200, "DialogData is {size} B");
+}
