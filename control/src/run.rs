@@ -14,6 +14,7 @@ use dataplane::txn::TimerConfig;
 use dataplane::worker::{self, Driver, SocketSpec, WorkerSpec};
 use tracing::{info, warn};
 
+use crate::api;
 use crate::config::{Config, DispatchRule, RtpFailure};
 use crate::events::{EventQueue, Exporter, ExporterConfig, WallClock};
 use crate::probe;
@@ -48,6 +49,8 @@ pub struct Running {
     pub events: Option<EventQueue>,
     /// Each worker's call-event queue (empty when events are off).
     pub event_sinks: Vec<Arc<EventSink>>,
+    /// Worker heartbeats, I/O counters and queue depths.
+    pub workers: worker::Monitor,
 }
 
 /// Builds the proxy core's settings from the file's.
@@ -268,6 +271,7 @@ pub fn start(
         reload,
         events,
         event_sinks,
+        workers: pool.monitor(),
     };
     Ok((pool, running, reloader))
 }
@@ -296,6 +300,13 @@ pub fn run(cfg: &Config) -> Result<()> {
         .build()
         .context("starting the control thread's runtime")?;
     let (pool, running, reloader) = start(cfg, &rt)?;
+    let mgmt = match api::bind(cfg.mgmt.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = pool.stop();
+            return Err(e);
+        }
+    };
     let running = Arc::new(running);
     let (exporter_stop, exporter) = match &running.events {
         Some(queue) => {
@@ -323,6 +334,10 @@ pub fn run(cfg: &Config) -> Result<()> {
                 tokio::spawn(crate::media_health::watch(m.clone(), i, every, t, r));
             }
         }
+        tokio::spawn(api::serve(
+            mgmt,
+            api::ApiState::new(Arc::clone(&running), &cfg.mgmt.token),
+        ));
         match probe::ProbeConfig::from_config(cfg) {
             Some(p) => {
                 tokio::spawn(probe::run(

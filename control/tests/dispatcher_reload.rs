@@ -335,8 +335,8 @@ fn run_expecting_exit(url: &str) -> std::process::Output {
     std::fs::write(
         &cfg,
         format!(
-            "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[dispatcher]\nsource = \"{url}\"\n\
-             db_timeout_ms = 2000\n"
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\n[mgmt]\nlisten = \"127.0.0.1:0\"\n\
+             [dispatcher]\nsource = \"{url}\"\ndb_timeout_ms = 2000\n"
         ),
     )
     .expect("write config");

@@ -7,7 +7,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::net::{free_udp_port, localhost, sip_options_ping};
+use super::net::{
+    free_tcp_port, free_udp_port, localhost, sip_options_ping, wait_for_tcp_listener,
+};
 use super::process::{ChildGuard, WorkDir};
 
 /// How to start siphon.
@@ -20,6 +22,7 @@ pub struct SiphonBuilder {
     source: Option<String>,
     proxy_toml: String,
     extra_toml: String,
+    mgmt_token: String,
 }
 
 impl SiphonBuilder {
@@ -61,6 +64,12 @@ impl SiphonBuilder {
         self
     }
 
+    /// `[mgmt] token`: the management API then requires this bearer token.
+    pub fn mgmt_token(mut self, token: &str) -> Self {
+        self.mgmt_token = token.to_string();
+        self
+    }
+
     pub fn start(self) -> Siphon {
         let bin = env!("CARGO_BIN_EXE_siphon");
         let dir = WorkDir::new("siphon", &self.name);
@@ -71,12 +80,17 @@ impl SiphonBuilder {
             Some(s) => format!("source = \"{s}\""),
             None => format!("list = \"{}\"", list.display()),
         };
+        // Every instance gets its own management port: the default
+        // (127.0.0.1:9060) would collide between tests running in parallel.
+        let mgmt = localhost(free_tcp_port());
         let cfg = format!(
             "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = {}\nio = \"{}\"\nprivate_port_base = {private_base}\n{}\
+             [mgmt]\nlisten = \"{mgmt}\"\ntoken = \"{}\"\n\
              [dispatcher]\n{source}\nalgorithm = \"{}\"\n{}",
             self.workers,
             self.io,
             self.proxy_toml,
+            self.mgmt_token,
             self.algorithm,
             self.extra_toml
         );
@@ -97,10 +111,21 @@ impl SiphonBuilder {
         )
         .expect("spawn siphon");
         let addr = localhost(port);
-        let s = Siphon { child, dir, addr };
+        let s = Siphon {
+            child,
+            dir,
+            addr,
+            mgmt,
+        };
         if sip_options_ping(addr, Duration::from_secs(15)) != Some(200) {
             panic!(
                 "siphon did not answer OPTIONS on {addr}\nconfig:\n{cfg}\nlog:\n{}",
+                s.log()
+            );
+        }
+        if !wait_for_tcp_listener(mgmt, Duration::from_secs(5)) {
+            panic!(
+                "siphon's management API is not listening on {mgmt}\nlog:\n{}",
                 s.log()
             );
         }
@@ -113,6 +138,7 @@ pub struct Siphon {
     child: ChildGuard,
     dir: WorkDir,
     addr: SocketAddr,
+    mgmt: SocketAddr,
 }
 
 impl Siphon {
@@ -126,12 +152,18 @@ impl Siphon {
             source: None,
             proxy_toml: String::new(),
             extra_toml: String::new(),
+            mgmt_token: String::new(),
         }
     }
 
     /// The public SIP address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The management API's address (`http://{mgmt_addr}/status`).
+    pub fn mgmt_addr(&self) -> SocketAddr {
+        self.mgmt
     }
 
     pub fn log(&self) -> String {
