@@ -118,10 +118,13 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// A live engine answers in well under a millisecond, but the suite runs
+/// many tests at once on a small machine: 1 s (and one retransmission)
+/// keeps a live engine from being mistaken for a dead one.
 fn rtp_toml(engines: &[String], extra: &str) -> String {
     let list: Vec<String> = engines.iter().map(|e| format!("\"{e}\"")).collect();
     format!(
-        "[rtpengine]\nengines = [{}]\ntimeout_ms = 200\nretries = 1\n{extra}\n",
+        "[rtpengine]\nengines = [{}]\ntimeout_ms = 1000\nretries = 1\n{extra}\n",
         list.join(", ")
     )
 }
@@ -321,8 +324,42 @@ fn calls_go_to_the_live_engine() {
     // The control thread's pings found the dead engine.
     let log = siphon.log();
     assert!(log.contains("rtpengine does not answer ping"), "{log}");
+    // ... and the management API shows both engines with their state.
+    let status = mgmt_get(siphon.mgmt_addr(), "/status");
+    let engines: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
+    let engines = engines["rtpengine"]
+        .as_array()
+        .expect("rtpengine list")
+        .clone();
+    assert_eq!(engines.len(), 2, "{status}");
+    assert_eq!(engines[0]["up"], false, "{status}");
+    assert_eq!(engines[1]["up"], true, "{status}");
+    assert_eq!(engines[1]["offers"], 20, "{status}");
+    let metrics = mgmt_get(siphon.mgmt_addr(), "/metrics");
+    assert!(
+        metrics.contains(&format!(
+            "siphon_rtpengine_up{{engine=\"{}\"}} 1",
+            live.url().trim_start_matches("udp:")
+        )),
+        "{metrics}"
+    );
     let c = siphon.stop();
     assert_eq!(c.get("rtpengine0_offers"), 0);
     assert_eq!(c.get("rtpengine1_offers"), 20);
     assert_eq!(c.get("rtpengine1_deletes"), 20);
+}
+
+/// GET on the management API; the body.
+fn mgmt_get(mgmt: std::net::SocketAddr, path: &str) -> String {
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .new_agent();
+    agent
+        .get(&format!("http://{mgmt}{path}"))
+        .call()
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        .body_mut()
+        .read_to_string()
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
 }
