@@ -239,6 +239,31 @@ pub(super) async fn errors(State(st): State<Arc<ApiState>>) -> Json<ErrorStats> 
     })
 }
 
+/// Every configured RTPEngine with its health and counters.
+pub(super) fn engines(r: &Running) -> Vec<super::model::EngineStatus> {
+    let Some(m) = &r.media else {
+        return Vec::new();
+    };
+    m.config
+        .engines
+        .iter()
+        .enumerate()
+        .map(|(i, &(addr, weight))| {
+            let t = m.engine_totals(i);
+            super::model::EngineStatus {
+                address: addr.to_string(),
+                weight,
+                up: m.health.is_up(i),
+                offers: t.offers,
+                answers: t.answers,
+                deletes: t.deletes,
+                timeouts: t.timeouts,
+                errors: t.errors,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,29 +313,4 @@ mod tests {
         s.sample(t0 + Duration::from_secs(1), &c);
         assert_eq!(s.rates().calls_per_s, 0.0);
     }
-}
-
-/// Every configured RTPEngine with its health and counters.
-pub(super) fn engines(r: &Running) -> Vec<super::model::EngineStatus> {
-    let Some(m) = &r.media else {
-        return Vec::new();
-    };
-    m.config
-        .engines
-        .iter()
-        .enumerate()
-        .map(|(i, &(addr, weight))| {
-            let t = m.engine_totals(i);
-            super::model::EngineStatus {
-                address: addr.to_string(),
-                weight,
-                up: m.health.is_up(i),
-                offers: t.offers,
-                answers: t.answers,
-                deletes: t.deletes,
-                timeouts: t.timeouts,
-                errors: t.errors,
-            }
-        })
-        .collect()
 }
