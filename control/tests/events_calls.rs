@@ -117,6 +117,27 @@ fn calls_are_reported_and_a_redis_restart_loses_nothing() {
     assert_eq!(by_type(&after)["call_end"], 10);
     uas.stop();
     siphon.stop();
+
+    // The shipped consumer (control/examples/cdr_consumer.rs) turns the
+    // list into one CDR line per call: the 10 made while Redis was down (the
+    // restarted in-memory Redis lost the first 20 calls' events it held).
+    let consumer = std::path::Path::new(env!("CARGO_BIN_EXE_siphon"))
+        .with_file_name("examples")
+        .join("cdr_consumer");
+    assert!(
+        consumer.is_file(),
+        "{} missing: cargo test builds the examples",
+        consumer.display()
+    );
+    let out = std::process::Command::new(&consumer)
+        .args([&redis.url(), LIST, "--exit-when-empty"])
+        .output()
+        .expect("run cdr_consumer");
+    assert!(out.status.success(), "{out:?}");
+    let csv = String::from_utf8_lossy(&out.stdout);
+    let cdrs: Vec<&str> = csv.lines().filter(|l| l.ends_with(",bye")).collect();
+    assert_eq!(cdrs.len(), 10, "{csv}");
+    assert!(cdrs.iter().all(|l| l.contains(&dest)), "{csv}");
 }
 
 #[test]
