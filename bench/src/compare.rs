@@ -46,9 +46,15 @@ pub struct CompareArgs {
     /// siphon I/O driver (auto, uring, epoll).
     #[arg(long, default_value = "auto")]
     pub io: String,
+    /// Extra siphon TOML lines for the [proxy] section, e.g. "max_transactions = 1048576".
+    #[arg(long)]
+    pub siphon_toml: Vec<String>,
     /// Kamailio UDP receiver processes (-n).
     #[arg(long, default_value_t = 1)]
     pub children: usize,
+    /// Kamailio shared memory in MiB (-m); transactions live there.
+    #[arg(long, default_value_t = 1024)]
+    pub kamailio_shm_mb: u64,
     /// Generator threads (native generator).
     #[arg(long, default_value_t = 1)]
     pub gen_threads: usize,
@@ -124,6 +130,8 @@ pub struct Row {
     pub cpu_us_per_call: Option<f64>,
     pub p50_us: u64,
     pub p99_us: u64,
+    /// Resolution of the latency figures: 1 µs (native), 1000 µs (SIPp).
+    pub latency_resolution_us: u64,
     pub mem_kib: u64,
 }
 
@@ -336,9 +344,10 @@ fn start_proxy(p: Proxy, a: &CompareArgs, work: &Path, list: &Path) -> Result<Ru
             let port = free_port_run(workers as u16)?;
             let cfg = format!(
                 "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = {workers}\nio = \"{}\"\n\
-                 private_port_base = {}\n[dispatcher]\nlist = \"{}\"\nalgorithm = \"round-robin\"\n",
+                 private_port_base = {}\n{}\n[dispatcher]\nlist = \"{}\"\nalgorithm = \"round-robin\"\n",
                 a.io,
                 port + 1,
+                a.siphon_toml.join("\n"),
                 list.display()
             );
             let cfg_path = dir.join("siphon.toml");
@@ -369,7 +378,8 @@ fn start_proxy(p: Proxy, a: &CompareArgs, work: &Path, list: &Path) -> Result<Ru
                 Command::new(&a.kamailio)
                     .arg("-f")
                     .arg(&cfg_path)
-                    .args(["-DD", "-E", "-x", "tlsf", "-m", "512", "-M", "32"])
+                    .args(["-DD", "-E", "-x", "tlsf", "-M", "32", "-m"])
+                    .arg(a.kamailio_shm_mb.to_string())
                     .arg("-n")
                     .arg(a.children.max(1).to_string())
                     .arg("-l")
@@ -500,6 +510,10 @@ pub fn run(a: &CompareArgs) -> Result<()> {
                 cpu_us_per_call: (rep.ok > 0).then(|| cpu * 1e6 / rep.ok as f64),
                 p50_us: rep.percentile_us(0.5),
                 p99_us: rep.percentile_us(0.99),
+                latency_resolution_us: match a.generator {
+                    Generator::Native => 1,
+                    Generator::Sipp => 1000,
+                },
                 mem_kib: procstat::memory_kib(r.proc.pid()),
             };
             if !a.quiet {
@@ -564,8 +578,8 @@ fn row_line(r: &Row) -> String {
         failed,
         r.cpu_us_per_call
             .map_or("-".to_string(), |c| format!("{c:.1}")),
-        r.p50_us,
-        r.p99_us,
+        latency(r.p50_us, r.latency_resolution_us),
+        latency(r.p99_us, r.latency_resolution_us),
         r.mem_kib as f64 / 1024.0
     )
 }
@@ -599,8 +613,8 @@ pub fn table(res: &Results) -> String {
             failed,
             r.cpu_us_per_call
                 .map_or("-".to_string(), |c| format!("{c:.1}")),
-            r.p50_us,
-            r.p99_us,
+            latency(r.p50_us, r.latency_resolution_us),
+            latency(r.p99_us, r.latency_resolution_us),
             r.mem_kib as f64 / 1024.0
         );
     }
@@ -615,6 +629,16 @@ pub fn table(res: &Results) -> String {
         let _ = writeln!(s, "siphon counters at exit: {c}");
     }
     s
+}
+
+/// A latency figure; below the generator's resolution (SIPp measures whole
+/// milliseconds) it is shown as `<resolution`.
+fn latency(us: u64, resolution: u64) -> String {
+    if us < resolution {
+        format!("<{resolution}")
+    } else {
+        us.to_string()
+    }
 }
 
 /// siphon CPU per call ÷ Kamailio's, per offered rate both completed calls at.

@@ -38,6 +38,13 @@ enum Cmd {
     Uas(UasArgs),
     /// Run siphon and Kamailio under the same ladder of offered loads.
     Compare(compare::CompareArgs),
+    /// Send OPTIONS until answered; print the status code (exit 0 on 200).
+    Ping {
+        /// host:port
+        target: String,
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Args)]
@@ -114,6 +121,19 @@ fn main() {
             max_run: Duration::from_secs(a.max_seconds),
         }),
         Cmd::Compare(a) => compare::run(&a),
+        Cmd::Ping { target, timeout_ms } => resolve(&target).and_then(|t| {
+            match compare::options_ping(t, Duration::from_millis(timeout_ms)) {
+                Some(code) => {
+                    println!("{code}");
+                    if code == 200 {
+                        Ok(())
+                    } else {
+                        bail!("{target} answered {code}")
+                    }
+                }
+                None => bail!("no answer from {target}"),
+            }
+        }),
     };
     if let Err(e) = r {
         eprintln!("siphon-bench: {e:#}");

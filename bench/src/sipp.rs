@@ -109,6 +109,7 @@ pub fn run(
                     .nth(1)
                     .and_then(|v| v.trim().parse::<f64>().ok())
                 {
+                    // Whole milliseconds: 0 means "under 1 ms" (see latency_resolution_us).
                     let _ = setup_us.record(((ms * 1000.0) as u64).max(1));
                 }
             }
