@@ -37,7 +37,7 @@ enum Cmd {
     /// Answer calls as a backend (OPTIONS too, for health probes).
     Uas(UasArgs),
     /// Run siphon and Kamailio under the same ladder of offered loads.
-    Compare(compare::CompareArgs),
+    Compare(Box<compare::CompareArgs>),
     /// Send OPTIONS until answered; print the status code (exit 0 on 200).
     Ping {
         /// host:port
