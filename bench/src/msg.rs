@@ -18,10 +18,13 @@ pub fn hostport(a: SocketAddr) -> String {
     }
 }
 
-/// A call's identity: `sb<thread>.<slot>.<generation>` in Call-ID, From-tag
-/// and branches, so a response names its call without a lookup table.
+/// A call's identity: `sb<run>.<thread>.<slot>.<generation>` in Call-ID,
+/// From-tag and branches, so a response names its call without a lookup
+/// table. `run` differs between runs: a proxy still holding a transaction of
+/// the previous run must not take a new INVITE for its retransmission.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallRef {
+    pub run: u32,
     pub thread: u32,
     pub slot: u32,
     pub generation: u32,
@@ -34,6 +37,7 @@ impl CallRef {
         let mut it = rest.split(|&b| b == b'.');
         let mut num = || -> Option<u32> { std::str::from_utf8(it.next()?).ok()?.parse().ok() };
         let r = CallRef {
+            run: num()?,
             thread: num()?,
             slot: num()?,
             generation: num()?,
@@ -44,7 +48,11 @@ impl CallRef {
 
 impl std::fmt::Display for CallRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "sb{}.{}.{}", self.thread, self.slot, self.generation)
+        write!(
+            f,
+            "sb{}.{}.{}.{}",
+            self.run, self.thread, self.slot, self.generation
+        )
     }
 }
 
@@ -245,18 +253,20 @@ mod tests {
     #[test]
     fn call_ref_round_trips() {
         let c = CallRef {
+            run: 77,
             thread: 3,
             slot: 70000,
             generation: 12,
         };
         assert_eq!(CallRef::parse(c.to_string().as_bytes()), Some(c));
-        assert_eq!(CallRef::parse(b"sb1.2"), None);
+        assert_eq!(CallRef::parse(b"sb1.2.3"), None);
         assert_eq!(CallRef::parse(b"abc"), None);
     }
 
     #[test]
     fn invite_answer_ack_bye_parse_and_follow_record_route() {
         let c = CallRef {
+            run: 1,
             thread: 0,
             slot: 1,
             generation: 2,

@@ -142,8 +142,14 @@ pub fn run(cfg: &UacConfig, progress: &Arc<Progress>) -> Result<UacReport> {
     let threads = cfg.threads.max(1);
     let mut handles = Vec::with_capacity(threads);
     let start = Instant::now();
+    // Unique per run (clock and pid), so Call-IDs and branches never repeat
+    // between runs against the same proxy.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() ^ (d.as_secs() as u32));
+    let run_id = nanos ^ std::process::id().rotate_left(16);
     for t in 0..threads {
-        let mut w = ThreadRun::new(cfg, t, threads)?;
+        let mut w = ThreadRun::new(cfg, run_id, t, threads)?;
         let progress = Arc::clone(progress);
         handles.push(
             std::thread::Builder::new()
@@ -204,6 +210,7 @@ struct Call {
 }
 
 struct ThreadRun {
+    run: u32,
     id: u32,
     cfg: UacConfig,
     calls: u64,
@@ -219,7 +226,7 @@ struct ThreadRun {
 }
 
 impl ThreadRun {
-    fn new(cfg: &UacConfig, id: usize, threads: usize) -> Result<ThreadRun> {
+    fn new(cfg: &UacConfig, run: u32, id: usize, threads: usize) -> Result<ThreadRun> {
         let share =
             |total: u64| total / threads as u64 + u64::from((id as u64) < total % threads as u64);
         let conc = (cfg.concurrency / threads + usize::from(id < cfg.concurrency % threads)).max(1);
@@ -256,6 +263,7 @@ impl ThreadRun {
             })
             .collect();
         Ok(ThreadRun {
+            run,
             id: id as u32,
             calls: share(cfg.calls),
             rate: cfg.rate / threads as f64,
@@ -417,6 +425,7 @@ impl ThreadRun {
 
     fn call_ref(&self, slot: usize) -> CallRef {
         CallRef {
+            run: self.run,
             thread: self.id,
             slot: slot as u32,
             generation: self.slots[slot].generation,
@@ -528,7 +537,8 @@ impl ThreadRun {
             return;
         };
         let slot = cref.slot as usize;
-        let known = cref.thread == self.id
+        let known = cref.run == self.run
+            && cref.thread == self.id
             && slot < self.slots.len()
             && self.slots[slot].generation == cref.generation
             && self.slots[slot].phase != Phase::Free;
