@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{procstat, sipp, uac};
 
@@ -93,7 +93,7 @@ pub struct CompareArgs {
     pub quiet: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proxy {
     Siphon,
@@ -116,7 +116,7 @@ pub enum Generator {
 }
 
 /// One measured step.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     pub proxy: Proxy,
     pub offered_cps: f64,
@@ -125,7 +125,10 @@ pub struct Row {
     pub completed: u64,
     pub failed: u64,
     pub failed_by_reason: std::collections::BTreeMap<String, u64>,
+    /// Proxy CPU during the step (user + system), and the two parts.
     pub cpu_s: f64,
+    pub cpu_user_s: f64,
+    pub cpu_sys_s: f64,
     /// Proxy CPU per completed call.
     pub cpu_us_per_call: Option<f64>,
     pub p50_us: u64,
@@ -135,7 +138,7 @@ pub struct Row {
     pub mem_kib: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Results {
     pub date_utc: String,
     pub command: String,
@@ -494,10 +497,12 @@ pub fn run(a: &CompareArgs) -> Result<()> {
             if !r.proc.alive() {
                 bail!("{p} exited during the run; see {}", r.log.display());
             }
-            let cpu0 = procstat::cpu_seconds(r.proc.pid());
+            let (u0, s0) = procstat::cpu_seconds(r.proc.pid());
             let rep = load(a, r.addr, rate, a.step_ms, &work)?;
             std::thread::sleep(Duration::from_millis(a.settle_ms));
-            let cpu = procstat::cpu_seconds(r.proc.pid()) - cpu0;
+            let (u1, s1) = procstat::cpu_seconds(r.proc.pid());
+            let (user, sys) = (u1 - u0, s1 - s0);
+            let cpu = user + sys;
             let row = Row {
                 proxy: p,
                 offered_cps: rate,
@@ -507,6 +512,8 @@ pub fn run(a: &CompareArgs) -> Result<()> {
                 failed: rep.failed_total(),
                 failed_by_reason: rep.failed.clone(),
                 cpu_s: cpu,
+                cpu_user_s: user,
+                cpu_sys_s: sys,
                 cpu_us_per_call: (rep.ok > 0).then(|| cpu * 1e6 / rep.ok as f64),
                 p50_us: rep.percentile_us(0.5),
                 p99_us: rep.percentile_us(0.99),
@@ -589,9 +596,9 @@ pub fn table(res: &Results) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| proxy    | offered cps | achieved cps | completed | failed | CPU µs/call | p50 setup µs | p99 setup µs | memory MiB |"
+        "| proxy    | offered cps | achieved cps | completed | failed | CPU µs/call | of which sys | p50 setup µs | p99 setup µs | memory MiB |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &res.rows {
         let failed = if r.failed_by_reason.is_empty() {
             "0".to_string()
@@ -603,9 +610,14 @@ pub fn table(res: &Results) -> String {
                 .collect();
             format!("{} ({})", r.failed, parts.join(", "))
         };
+        let sys_share = if r.cpu_s > 0.0 {
+            format!("{:.0} %", 100.0 * r.cpu_sys_s / r.cpu_s)
+        } else {
+            "-".to_string()
+        };
         let _ = writeln!(
             s,
-            "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {:.1} |",
+            "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {:.1} |",
             r.proxy,
             r.offered_cps,
             r.achieved_cps,
@@ -613,6 +625,7 @@ pub fn table(res: &Results) -> String {
             failed,
             r.cpu_us_per_call
                 .map_or("-".to_string(), |c| format!("{c:.1}")),
+            sys_share,
             latency(r.p50_us, r.latency_resolution_us),
             latency(r.p99_us, r.latency_resolution_us),
             r.mem_kib as f64 / 1024.0
@@ -634,7 +647,9 @@ pub fn table(res: &Results) -> String {
 /// A latency figure; below the generator's resolution (SIPp measures whole
 /// milliseconds) it is shown as `<resolution`.
 fn latency(us: u64, resolution: u64) -> String {
-    if us < resolution {
+    if us == 0 {
+        "-".to_string()
+    } else if us < resolution {
         format!("<{resolution}")
     } else {
         us.to_string()
@@ -704,4 +719,16 @@ fn machine() -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
     format!("{} CPUs ({cpu}){mem}, Linux {kernel}", crate::online_cpus())
+}
+
+/// `siphon-bench plot`: the table and SVG again from a saved `--json` file.
+pub fn replot(json: &Path, svg: Option<&Path>) -> Result<()> {
+    let text = std::fs::read_to_string(json).with_context(|| format!("read {}", json.display()))?;
+    let res: Results = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a compare result", json.display()))?;
+    print!("{}", table(&res));
+    if let Some(svg) = svg {
+        crate::plot::write_svg(&res, svg)?;
+    }
+    Ok(())
 }

@@ -38,6 +38,12 @@ enum Cmd {
     Uas(UasArgs),
     /// Run siphon and Kamailio under the same ladder of offered loads.
     Compare(Box<compare::CompareArgs>),
+    /// Print the table (and write the SVG) of a saved `compare --json` result.
+    Plot {
+        json: PathBuf,
+        #[arg(long)]
+        svg: Option<PathBuf>,
+    },
     /// Send OPTIONS until answered; print the status code (exit 0 on 200).
     Ping {
         /// host:port
@@ -121,6 +127,7 @@ fn main() {
             max_run: Duration::from_secs(a.max_seconds),
         }),
         Cmd::Compare(a) => compare::run(&a),
+        Cmd::Plot { json, svg } => compare::replot(&json, svg.as_deref()),
         Cmd::Ping { target, timeout_ms } => resolve(&target).and_then(|t| {
             match compare::options_ping(t, Duration::from_millis(timeout_ms)) {
                 Some(code) => {

@@ -22,52 +22,72 @@ fn series(rows: &[Row], p: Proxy, y: impl Fn(&Row) -> Option<f64>) -> Vec<(f64, 
         .collect()
 }
 
+/// One chart: a line per proxy of `y` against offered load. `log_y`: a
+/// logarithmic y axis (latency spans microseconds to seconds across an
+/// overload).
 fn panel(
     area: &DrawingArea<SVGBackend, plotters::coord::Shift>,
     res: &Results,
     title: &str,
     y_desc: &str,
+    log_y: bool,
     y: impl Fn(&Row) -> Option<f64> + Copy,
 ) -> Result<()> {
     let x_max = res.rows.iter().map(|r| r.offered_cps).fold(1.0, f64::max) * 1.05;
-    let y_max = res.rows.iter().filter_map(y).fold(1.0, f64::max) * 1.15;
-    let mut chart = ChartBuilder::on(area)
+    let y_max = res.rows.iter().filter_map(y).fold(1.0, f64::max);
+    let mut builder = ChartBuilder::on(area);
+    builder
         .caption(title, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
-        .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
-    chart
-        .configure_mesh()
-        .x_desc("offered load (calls/s)")
-        .y_desc(y_desc)
-        .draw()
-        .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
-    for p in [Proxy::Siphon, Proxy::Kamailio] {
-        let pts = series(&res.rows, p, y);
-        if pts.is_empty() {
-            continue;
-        }
-        let c = color(p);
-        chart
-            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
-            .map_err(|e| anyhow::anyhow!("plot: {e}"))?
-            .label(p.to_string())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
-        chart
-            .draw_series(
-                pts.into_iter()
-                    .map(|(x, y)| Circle::new((x, y), 3, c.filled())),
-            )
-            .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+        .y_label_area_size(70);
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("plot: {e}");
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc("offered load (calls/s)")
+                .y_desc(y_desc)
+                .draw()
+                .map_err(|e| err(&e))?;
+            for p in [Proxy::Siphon, Proxy::Kamailio] {
+                let pts = series(&res.rows, p, y);
+                if pts.is_empty() {
+                    continue;
+                }
+                let c = color(p);
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
+                    .map_err(|e| err(&e))?
+                    .label(p.to_string())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2))
+                    });
+                chart
+                    .draw_series(
+                        pts.into_iter()
+                            .map(|(x, y)| Circle::new((x, y), 3, c.filled())),
+                    )
+                    .map_err(|e| err(&e))?;
+            }
+            chart
+                .configure_series_labels()
+                .border_style(BLACK)
+                .background_style(WHITE.mix(0.8))
+                .draw()
+                .map_err(|e| err(&e))?;
+        }};
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()
-        .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
+    if log_y {
+        draw!(builder
+            .build_cartesian_2d(0.0..x_max, (1.0..y_max * 2.0).log_scale())
+            .map_err(|e| err(&e))?);
+    } else {
+        draw!(builder
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max * 1.15)
+            .map_err(|e| err(&e))?);
+    }
     Ok(())
 }
 
@@ -82,14 +102,16 @@ pub fn write_svg(res: &Results, path: &Path) -> Result<()> {
             res,
             "Proxy CPU per completed call",
             "CPU µs per call",
-            |r| r.cpu_us_per_call,
+            false,
+            |r: &Row| r.cpu_us_per_call,
         )?;
         panel(
             &bottom,
             res,
-            "Call setup latency, p99 (INVITE → 200)",
+            "Call setup latency, p99 (INVITE → 200), log scale",
             "p99 setup µs",
-            |r| (r.completed > 0).then_some(r.p99_us as f64),
+            true,
+            |r: &Row| (r.completed > 0).then_some(r.p99_us as f64),
         )?;
         root.present()
             .with_context(|| format!("write {}", path.display()))?;

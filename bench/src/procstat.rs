@@ -49,17 +49,16 @@ fn clock_ticks() -> f64 {
     }
 }
 
-/// CPU seconds (user + system) used so far by the tree rooted at `pid`.
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let ticks: u64 = tree(pid)
-        .into_iter()
-        .filter_map(stat_fields)
-        .map(|f| {
-            let n = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-            n(11) + n(12)
-        })
-        .sum();
-    ticks as f64 / clock_ticks()
+/// CPU seconds (user, system) used so far by the tree rooted at `pid`.
+pub fn cpu_seconds(pid: u32) -> (f64, f64) {
+    let (mut user, mut sys) = (0u64, 0u64);
+    for f in tree(pid).into_iter().filter_map(stat_fields) {
+        let n = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        user += n(11);
+        sys += n(12);
+    }
+    let t = clock_ticks();
+    (user as f64 / t, sys as f64 / t)
 }
 
 /// Memory of the tree in KiB: the sum of proportional set sizes (shared
@@ -97,7 +96,8 @@ mod tests {
             x = x.wrapping_add(std::hint::black_box(1));
         }
         assert!(x > 0);
-        assert!(cpu_seconds(me) > 0.0);
+        let (user, sys) = cpu_seconds(me);
+        assert!(user + sys > 0.0);
         assert!(memory_kib(me) > 0);
         assert_eq!(tree(me)[0], me);
     }

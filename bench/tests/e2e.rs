@@ -331,5 +331,20 @@ fn compare_runs_siphon_and_kamailio_on_a_tiny_ladder() {
         plot.starts_with("<svg") && plot.contains("kamailio"),
         "svg:\n{plot}"
     );
+    // The saved JSON gives the same table back.
+    let again = Command::new(BENCH)
+        .arg("plot")
+        .arg(&json)
+        .output()
+        .expect("run siphon-bench plot");
+    assert!(again.status.success(), "{again:?}");
+    let table = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| l.starts_with("| siphon") || l.starts_with("| kamailio"))
+            .map(str::to_string)
+            .collect()
+    };
+    let replayed = String::from_utf8_lossy(&again.stdout).to_string();
+    assert_eq!(table(&replayed), table(&stdout), "replayed:\n{replayed}");
     let _ = std::fs::remove_dir_all(&dir);
 }
