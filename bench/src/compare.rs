@@ -524,7 +524,7 @@ pub fn run(a: &CompareArgs) -> Result<()> {
                 mem_kib: procstat::memory_kib(r.proc.pid()),
             };
             if !a.quiet {
-                eprintln!("{}", row_line(&row));
+                eprintln!("{}", table_row(&row));
             }
             rows.push(row);
         }
@@ -564,27 +564,33 @@ pub fn run(a: &CompareArgs) -> Result<()> {
     Ok(())
 }
 
-fn row_line(r: &Row) -> String {
+/// One Markdown row of the table.
+fn table_row(r: &Row) -> String {
     let failed = if r.failed_by_reason.is_empty() {
-        String::new()
+        "0".to_string()
     } else {
         let parts: Vec<String> = r
             .failed_by_reason
             .iter()
-            .map(|(k, v)| format!("{k}:{v}"))
+            .map(|(k, v)| format!("{k}: {v}"))
             .collect();
-        format!(" ({})", parts.join(" "))
+        format!("{} ({})", r.failed, parts.join(", "))
+    };
+    let sys_share = if r.cpu_s > 0.0 {
+        format!("{:.0} %", 100.0 * r.cpu_sys_s / r.cpu_s)
+    } else {
+        "-".to_string()
     };
     format!(
-        "| {:<8} | {:>8.0} | {:>8.0} | {:>8} | {:>8}{} | {:>8} | {:>8} | {:>8} | {:>7.1} |",
-        r.proxy.to_string(),
+        "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {:.1} |",
+        r.proxy,
         r.offered_cps,
         r.achieved_cps,
         r.completed,
-        r.failed,
         failed,
         r.cpu_us_per_call
             .map_or("-".to_string(), |c| format!("{c:.1}")),
+        sys_share,
         latency(r.p50_us, r.latency_resolution_us),
         latency(r.p99_us, r.latency_resolution_us),
         r.mem_kib as f64 / 1024.0
@@ -600,36 +606,7 @@ pub fn table(res: &Results) -> String {
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &res.rows {
-        let failed = if r.failed_by_reason.is_empty() {
-            "0".to_string()
-        } else {
-            let parts: Vec<String> = r
-                .failed_by_reason
-                .iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect();
-            format!("{} ({})", r.failed, parts.join(", "))
-        };
-        let sys_share = if r.cpu_s > 0.0 {
-            format!("{:.0} %", 100.0 * r.cpu_sys_s / r.cpu_s)
-        } else {
-            "-".to_string()
-        };
-        let _ = writeln!(
-            s,
-            "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {:.1} |",
-            r.proxy,
-            r.offered_cps,
-            r.achieved_cps,
-            r.completed,
-            failed,
-            r.cpu_us_per_call
-                .map_or("-".to_string(), |c| format!("{c:.1}")),
-            sys_share,
-            latency(r.p50_us, r.latency_resolution_us),
-            latency(r.p99_us, r.latency_resolution_us),
-            r.mem_kib as f64 / 1024.0
-        );
+        let _ = writeln!(s, "{}", table_row(r));
     }
     let ratios: Vec<String> = ratios(res)
         .into_iter()

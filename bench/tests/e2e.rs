@@ -348,3 +348,40 @@ fn compare_runs_siphon_and_kamailio_on_a_tiny_ladder() {
     assert_eq!(table(&replayed), table(&stdout), "replayed:\n{replayed}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn compare_drives_siphon_with_sipp_as_generator() {
+    let dir = scratch("compare-sipp");
+    let json = dir.join("result.json");
+    let scenarios = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sipp-scenarios");
+    let out = Command::new(BENCH)
+        .args(["compare", "--generator", "sipp", "--proxies", "siphon"])
+        .args(["--rates", "50", "--step-ms", "1000", "--quiet"])
+        .arg("--siphon")
+        .arg(siphon_binary())
+        .arg("--sipp-scenarios")
+        .arg(&scenarios)
+        .arg("--json")
+        .arg(&json)
+        .arg("--work-dir")
+        .arg(dir.join("work"))
+        .output()
+        .expect("run siphon-bench compare --generator sipp");
+    assert!(
+        out.status.success(),
+        "compare failed: {:?}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+            .expect("valid JSON");
+    assert_eq!(v["generator"], "sipp", "{v}");
+    let row = &v["rows"][0];
+    // SIPp's own statistics file: 50 calls offered, all completed.
+    assert_eq!(row["completed"], 50, "{row}");
+    assert_eq!(row["failed"], 0, "{row}");
+    assert_eq!(row["latency_resolution_us"], 1000, "{row}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
