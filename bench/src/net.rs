@@ -25,3 +25,17 @@ pub fn udp_socket(addr: SocketAddr, reuse_port: bool) -> Result<std::net::UdpSoc
         .with_context(|| format!("bind {addr}"))?;
     Ok(s.into())
 }
+
+/// The local address the kernel routes to `target` from (no packet is sent:
+/// connecting a UDP socket only picks the route).
+pub fn source_ip_for(target: SocketAddr) -> Result<std::net::IpAddr> {
+    let any: SocketAddr = if target.is_ipv6() {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(any).context("bind a probe socket")?;
+    s.connect(target)
+        .with_context(|| format!("no route to {target}"))?;
+    Ok(s.local_addr()?.ip())
+}

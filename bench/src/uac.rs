@@ -230,22 +230,14 @@ impl ThreadRun {
         let share =
             |total: u64| total / threads as u64 + u64::from((id as u64) < total % threads as u64);
         let conc = (cfg.concurrency / threads + usize::from(id < cfg.concurrency % threads)).max(1);
-        let local_ip: std::net::IpAddr = if cfg.target.is_ipv6() {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        } else if cfg.target.ip().is_loopback() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv4Addr::UNSPECIFIED.into()
-        };
+        // The address the kernel would send from, so Via and Contact name
+        // a reachable address (127.0.0.1 / ::1 for a loopback target).
+        let local_ip = crate::net::source_ip_for(cfg.target)?;
         let mut sockets = Vec::new();
         let mut locals = Vec::new();
         for _ in 0..cfg.sockets_per_thread.max(1) {
             let s = crate::net::udp_socket(SocketAddr::new(local_ip, 0), false)?;
-            let mut a = s.local_addr()?;
-            if a.ip().is_unspecified() {
-                a.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-            }
-            locals.push(msg::hostport(a));
+            locals.push(msg::hostport(s.local_addr()?));
             sockets.push(UdpSocket::from_std(s));
         }
         let now = Instant::now();
