@@ -49,6 +49,8 @@ fn panel(
                 .configure_mesh()
                 .x_desc("offered load (calls/s)")
                 .y_desc(y_desc)
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .y_label_formatter(&|y| format!("{y:.0}"))
                 .draw()
                 .map_err(|e| err(&e))?;
             for p in [Proxy::Siphon, Proxy::Kamailio] {
