@@ -25,13 +25,13 @@ build() {
   (cd "$repo" && cargo build -q --profile "$PROFILE" -p control -p bench)
 }
 
-# A UDP port on 127.0.0.1 nobody listens on (and, with $2 = n, the n after it).
+# A port nobody listens on (UDP or TCP), and with $1 = n the n ports after it.
 free_port() {
   local n="${1:-0}" p i ok
   for _ in $(seq 200); do
     p=$((20000 + RANDOM % 40000)); ok=1
     for i in $(seq 0 "$n"); do
-      if ss -Hlun "sport = :$((p + i))" | grep -q .; then ok=0; break; fi
+      if ss -Hlntu "sport = :$((p + i))" | grep -q .; then ok=0; break; fi
     done
     [ $ok -eq 1 ] && { echo "$p"; return; }
   done
@@ -56,6 +56,8 @@ io = "$IO"
 private_port_base = $((port + 1))
 [dispatcher]
 list = "$work/dispatcher.list"
+[mgmt]
+listen = "127.0.0.1:$(free_port)"
 TOML
   "$@" "$bindir/siphon" run -c "$work/siphon.toml" >"$work/siphon.log" 2>&1 & SIPHON_PID=$!
   pids+=("$SIPHON_PID")

@@ -227,6 +227,14 @@ fn free_udp_port() -> Result<u16> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// A free TCP port on loopback: siphon's management API must not take the
+/// default 9060, which another siphon (a parallel test) may hold.
+fn free_tcp_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// A free port whose successors up to `+ n` are free too.
 fn free_port_run(n: u16) -> Result<u16> {
     for _ in 0..100 {
@@ -347,11 +355,13 @@ fn start_proxy(p: Proxy, a: &CompareArgs, work: &Path, list: &Path) -> Result<Ru
             let port = free_port_run(workers as u16)?;
             let cfg = format!(
                 "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = {workers}\nio = \"{}\"\n\
-                 private_port_base = {}\n{}\n[dispatcher]\nlist = \"{}\"\nalgorithm = \"round-robin\"\n",
+                 private_port_base = {}\n{}\n[dispatcher]\nlist = \"{}\"\nalgorithm = \"round-robin\"\n\
+                 [mgmt]\nlisten = \"127.0.0.1:{}\"\n",
                 a.io,
                 port + 1,
                 a.siphon_toml.join("\n"),
-                list.display()
+                list.display(),
+                free_tcp_port()?
             );
             let cfg_path = dir.join("siphon.toml");
             std::fs::write(&cfg_path, cfg)?;

@@ -212,9 +212,14 @@ fn uac_through_siphon_follows_record_route() {
         &cfg,
         format!(
             "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = 1\nio = \"epoll\"\n\
-             private_port_base = {}\n[dispatcher]\nlist = \"{}\"\n",
+             private_port_base = {}\n[dispatcher]\nlist = \"{}\"\n\
+             [mgmt]\nlisten = \"127.0.0.1:{}\"\n",
             port + 1,
-            list.display()
+            list.display(),
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free TCP port")
         ),
     )
     .expect("write config");
@@ -357,6 +362,7 @@ fn compare_drives_siphon_with_sipp_as_generator() {
     let out = Command::new(BENCH)
         .args(["compare", "--generator", "sipp", "--proxies", "siphon"])
         .args(["--rates", "50", "--step-ms", "1000", "--quiet"])
+        .args(["--timeout-ms", "10000"])
         .arg("--siphon")
         .arg(siphon_binary())
         .arg("--sipp-scenarios")
