@@ -12,7 +12,7 @@ CALLS="${DEMO_CALLS:-3000}"     # in all, split over two callers
 RATE="${DEMO_RATE:-300}"        # calls per second, in all
 HOLD_MS="${DEMO_HOLD_MS:-200}"  # how long each call stays up
 KILL_AFTER_S="${DEMO_KILL_AFTER_S:-4}"
-BASE="${DEMO_PORT:-25060}"      # siphon; +1,+2 private; +11,+12 backends
+BASE="${DEMO_PORT:-25060}"      # siphon; +1,+2 private; +11,+12 backends; +20 management API
 
 command -v sipp >/dev/null || { echo "demo: sipp not found: run 'make deps'" >&2; exit 1; }
 [ -x "$siphon" ] || { echo "demo: $siphon missing: run 'make build'" >&2; exit 1; }
@@ -32,6 +32,10 @@ cat > siphon.toml <<EOF
 [proxy]
 listen = "127.0.0.1:$BASE"
 workers = 2
+
+[mgmt]
+# Next to the demo's ports rather than the default 9060 another siphon may hold.
+listen = "127.0.0.1:$((BASE + 20))"
 
 [dispatcher]
 list = "$work/dispatcher.list"

@@ -29,6 +29,8 @@ pub enum Command {
     /// Check a configuration file: prints each problem as FILE:LINE: problem and
     /// exits 1, or prints "FILE: ok" and exits 0.
     CheckConfig(CheckConfigArgs),
+    /// Talk to a running siphon through its management API.
+    Ctl(CtlArgs),
 }
 
 /// `siphon run`
@@ -111,4 +113,74 @@ pub struct CheckConfigArgs {
     /// Configuration file to check.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
+}
+
+/// `siphon ctl`
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// Management API address of the siphon to talk to ([mgmt] listen).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9060",
+        global = true
+    )]
+    pub mgmt: SocketAddr,
+    /// Bearer token ([mgmt] token).
+    #[arg(long, value_name = "TOKEN", env = "SIPHON_MGMT_TOKEN", global = true)]
+    pub token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// `siphon ctl` verbs.
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Destination sets and their live state.
+    #[command(subcommand)]
+    Dispatcher(DispatcherCommand),
+    /// Version, uptime, calls, dialogs and error counters.
+    Stats,
+    /// Active dialogs.
+    Dialogs,
+    /// Health check: exits 0 when every worker is alive, 1 otherwise.
+    Ping,
+    /// Live view refreshed every second (calls/s, active calls per destination, failures).
+    Top(TopArgs),
+}
+
+/// `siphon ctl dispatcher …`
+#[derive(Debug, Subcommand)]
+pub enum DispatcherCommand {
+    /// Every destination with state, active calls and counters.
+    List,
+    /// Re-read the dispatcher source now.
+    Reload,
+    /// Set a destination's state (as kamcmd dispatcher.set_state).
+    SetState {
+        /// active, inactive, disabled or probing (or a, i, d, p).
+        #[arg(value_name = "STATE")]
+        state: String,
+        /// Destination URI as listed, e.g. sip:10.0.0.5:5060.
+        #[arg(value_name = "URI")]
+        uri: String,
+        /// Only in this set (default: every set listing URI).
+        #[arg(long = "set", value_name = "ID")]
+        set: Option<u32>,
+    },
+}
+
+/// `siphon ctl top`
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Stop after N refreshes (default: until interrupted).
+    #[arg(long, value_name = "N")]
+    pub iterations: Option<u64>,
+    /// Milliseconds between refreshes.
+    #[arg(long = "interval-ms", value_name = "MS", default_value_t = 1000)]
+    pub interval_ms: u64,
 }

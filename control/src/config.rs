@@ -216,6 +216,21 @@ string_enum! {
 }
 
 string_enum! {
+    /// Which destinations the OPTIONS prober pings (Kamailio's `ds_probing_mode`).
+    /// Destinations that are down (inactive or probing) are pinged in every mode, so
+    /// that the prober can bring them back; disabled ones never are.
+    pub enum ProbingMode (default All) {
+        /// Every destination that is not disabled (Kamailio mode 1).
+        All => "all",
+        /// Destinations whose list flags include 8 (probing), plus those that are down
+        /// (Kamailio mode 0).
+        Flagged => "flagged",
+        /// Only destinations that are down (Kamailio mode 2).
+        Inactive => "inactive",
+    }
+}
+
+string_enum! {
     /// What to do with a call when no RTPEngine answers.
     pub enum RtpFailure (default Reject) {
         /// Fail the call (the INVITE is answered with 503).
@@ -521,7 +536,7 @@ pub enum DispatcherSource {
     /// A PostgreSQL URL (`postgres://` or `postgresql://`) holding Kamailio's
     /// `dispatcher` table.
     Postgres(String),
-    /// A MySQL / MariaDB URL (`mysql://`) holding Kamailio's `dispatcher` table.
+    /// A MySQL / MariaDB URL (`mysql://` or `mariadb://`) holding Kamailio's `dispatcher` table.
     Mysql(String),
 }
 
@@ -541,7 +556,7 @@ impl DispatcherSource {
             }
         } else if s.starts_with("postgres://") || s.starts_with("postgresql://") {
             Ok(Some(DispatcherSource::Postgres(s.to_owned())))
-        } else if s.starts_with("mysql://") {
+        } else if s.starts_with("mysql://") || s.starts_with("mariadb://") {
             Ok(Some(DispatcherSource::Mysql(s.to_owned())))
         } else {
             Err(format!(
@@ -702,6 +717,9 @@ pub struct DispatcherConfig {
     /// Timeout (ms) for the final response to an INVITE after a provisional one.
     /// Default 120000.
     pub fr_inv_timer_ms: u64,
+    /// How long (ms) a finished transaction lingers to absorb retransmissions
+    /// (Kamailio `wt_timer`; RFC 3261 Timers J and L). Default 5000.
+    pub wait_timer_ms: u64,
     /// Consecutive failed attempts that take a destination out of rotation. Default 3.
     pub failure_threshold: u32,
     /// Seconds such a destination stays out before being probed again. Default 30.
@@ -718,11 +736,17 @@ pub struct DispatcherConfig {
     pub ping_from: String,
     /// Probe method. Default `OPTIONS`.
     pub ping_method: String,
+    /// Which destinations are probed. Default `all`.
+    pub probing_mode: ProbingMode,
     /// Seconds between re-reads of the source; 0 (default): only on demand.
     pub reload_interval_s: u64,
     /// File where the last good destination table is saved and read back at start-up
     /// if the source is unavailable; empty (default): none.
     pub snapshot_path: String,
+    /// Table read from a database source. Default `dispatcher` (Kamailio's).
+    pub db_table: String,
+    /// Connect and query timeout (ms) for a database source. Default 5000.
+    pub db_timeout_ms: u64,
     /// Prefix / domain routing rules, first match wins. Default: none.
     pub rules: Vec<DispatchRule>,
 }
@@ -737,6 +761,7 @@ impl Default for DispatcherConfig {
             failover_codes: vec![408, 500, 503],
             fr_timer_ms: 2000,
             fr_inv_timer_ms: 120_000,
+            wait_timer_ms: 5000,
             failure_threshold: 3,
             hold_down_s: 30,
             ping_interval_s: 5,
@@ -745,8 +770,11 @@ impl Default for DispatcherConfig {
             ping_reply_codes: vec![200],
             ping_from: "sip:siphon@localhost".to_owned(),
             ping_method: "OPTIONS".to_owned(),
+            probing_mode: ProbingMode::All,
             reload_interval_s: 0,
             snapshot_path: String::new(),
+            db_table: "dispatcher".to_owned(),
+            db_timeout_ms: 5000,
             rules: Vec::new(),
         }
     }
@@ -1192,6 +1220,18 @@ impl Config {
         if !d.algorithm.is_known() {
             v.err(at("algorithm"), unknown_algorithm(&d.algorithm));
         }
+        if crate::source::db::validate_table_name(&d.db_table).is_err() {
+            v.err(
+                at("db_table"),
+                format!(
+                    "db_table must be a plain SQL name, optionally schema.table (got \"{}\")",
+                    d.db_table
+                ),
+            );
+        }
+        if d.db_timeout_ms == 0 {
+            v.err(at("db_timeout_ms"), "db_timeout_ms must be ≥ 1".into());
+        }
         for (i, &c) in d.failover_codes.iter().enumerate() {
             if !(300..=699).contains(&c) {
                 v.err(
@@ -1223,6 +1263,7 @@ impl Config {
         for (k, val) in [
             ("fr_timer_ms", d.fr_timer_ms),
             ("fr_inv_timer_ms", d.fr_inv_timer_ms),
+            ("wait_timer_ms", d.wait_timer_ms),
             ("failure_threshold", u64::from(d.failure_threshold)),
             ("probing_threshold", u64::from(d.probing_threshold)),
             ("inactive_threshold", u64::from(d.inactive_threshold)),

@@ -10,6 +10,7 @@
 //! `model` and `queue` depend only on `serde`, `crossbeam` and `std`, so they can move
 //! into the data-plane crate as they are if workers need to name the types directly.
 
+pub mod bridge;
 mod exporter;
 mod model;
 mod queue;

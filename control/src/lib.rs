@@ -1,8 +1,11 @@
 //! siphon control plane: configuration, command line, start-up, dispatcher
 //! sources and the call-event exporter. The `siphon` binary is `main.rs`.
 
+pub mod api;
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod events;
+pub mod probe;
 pub mod run;
 pub mod source;

@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(&args),
         Command::CheckConfig(args) => check_config(&args.file),
+        Command::Ctl(args) => control::ctl::main(&args),
     }
 }
 

@@ -6,16 +6,25 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
-use dataplane::dispatch::{Algorithm, HealthPolicy, SharedTable, Table};
+use anyhow::{anyhow, Context, Result};
+use dataplane::dispatch::{Algorithm, HealthPolicy, SharedTable};
 use dataplane::proxy::{self, ProxyConfig, ProxyStats, SetRule, UnknownDomain, Worker};
 use dataplane::txn::TimerConfig;
 use dataplane::worker::{self, Driver, SocketSpec, WorkerSpec};
 use tracing::{info, warn};
 
-use crate::config::{Config, DispatchRule, DispatcherSource};
+use crate::api;
+use crate::config::{Config, DispatchRule};
+use crate::events::{EventQueue, Exporter, ExporterConfig, WallClock};
+use crate::probe;
 use crate::source;
 use crate::source::reload::{ReloadHandle, ReloadSource, Reloader};
+use dataplane::proxy::events::EventSink;
+
+/// Call events one worker may have waiting before it drops (and counts) them.
+const WORKER_EVENT_QUEUE: usize = 16_384;
+/// How often the control thread collects the workers' call events.
+const EVENT_DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// What the control thread's tasks (management API, probing, reloads) share
 /// about the running proxy. The worker pool itself stays with `run`, which
@@ -31,15 +40,13 @@ pub struct Running {
     pub driver: Driver,
     /// Asks the control thread to re-read the dispatcher source.
     pub reload: ReloadHandle,
-}
-
-/// The dispatcher list file named by `[dispatcher] source = "file:…"` or `list`.
-pub fn dispatcher_file(cfg: &Config) -> Result<Option<PathBuf>> {
-    match cfg.dispatcher.resolved_source().map_err(|e| anyhow!(e))? {
-        Some(DispatcherSource::File(path)) => Ok(Some(path)),
-        Some(other) => bail!("dispatcher source {other:?} is not supported yet (only file:PATH)"),
-        None => Ok(None),
-    }
+    /// The export queue when `[events] redis_url` is set; control tasks push
+    /// their own events (dst_up / dst_down) here.
+    pub events: Option<EventQueue>,
+    /// Each worker's call-event queue (empty when events are off).
+    pub event_sinks: Vec<Arc<EventSink>>,
+    /// Worker heartbeats, I/O counters and queue depths.
+    pub workers: worker::Monitor,
 }
 
 /// Builds the proxy core's settings from the file's.
@@ -95,6 +102,7 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
         timers: TimerConfig {
             fr_timer: cfg.dispatcher.fr_timer(),
             fr_inv_timer: cfg.dispatcher.fr_inv_timer(),
+            wait: std::time::Duration::from_millis(cfg.dispatcher.wait_timer_ms),
             ..TimerConfig::default()
         },
         health: HealthPolicy {
@@ -112,6 +120,7 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
             crate::config::UnknownDomain::Relay => UnknownDomain::Relay,
         },
         server_header: cfg.proxy.server_header.clone(),
+        balance_by_call_id: cfg.proxy.balance == crate::config::Balance::Callid,
         key_seed: random_seed(),
         ..ProxyConfig::default()
     })
@@ -120,21 +129,24 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
 /// Binds the sockets, loads the destinations and starts the workers. The
 /// returned [`Reloader`] must be run on the control thread for
 /// `Running::reload` to be answered.
-pub fn start(cfg: &Config) -> Result<(worker::Pool, Running, Reloader)> {
+pub fn start(
+    cfg: &Config,
+    rt: &tokio::runtime::Runtime,
+) -> Result<(worker::Pool, Running, Reloader)> {
     let listen = cfg.proxy.listen;
     let workers = cfg.proxy.workers.resolve();
     let proxy_cfg = Arc::new(proxy_config(cfg, workers)?);
     let epoch = Instant::now();
 
-    let dispatcher_list = dispatcher_file(cfg)?;
-    let table = match &dispatcher_list {
-        Some(path) => {
-            source::file::load(path, epoch, None).map_err(|errs| anyhow!(errs.join("\n")))?
-        }
-        None => {
-            warn!("no dispatcher source configured: every initial request will get 503");
-            Table::empty(epoch)
-        }
+    let (table, source) = rt
+        .block_on(source::reload::initial_load(&cfg.dispatcher, epoch))
+        .map_err(|e| anyhow!(e))?;
+    if table.sets().is_empty() {
+        warn!("no dispatcher destinations: every initial request will get 503");
+    }
+    let dispatcher_list = match &source {
+        ReloadSource::File { path, .. } => Some(path.clone()),
+        _ => None,
     };
     let table = dataplane::dispatch::shared(table);
     let driver: Driver = cfg
@@ -168,17 +180,31 @@ pub fn start(cfg: &Config) -> Result<(worker::Pool, Running, Reloader)> {
         })
         .collect();
 
+    let events = (!cfg.events.redis_url.is_empty())
+        .then(|| EventQueue::new(cfg.events.buffer.max(1) as usize));
+    let event_sinks: Vec<Arc<EventSink>> = match events {
+        Some(_) => (0..workers)
+            .map(|_| Arc::new(EventSink::new(WORKER_EVENT_QUEUE)))
+            .collect(),
+        None => Vec::new(),
+    };
+
     let core_cfg = proxy_cfg.clone();
     let core_table = table.clone();
     let core_stats = stats.clone();
+    let core_sinks = event_sinks.clone();
     let pool = worker::start(driver, specs, move |ctx: worker::WorkerContext| {
-        Worker::new(
+        let worker = Worker::new(
             ctx.index,
             core_cfg.clone(),
             core_table.clone(),
             core_stats[ctx.index].clone(),
             Instant::now(),
-        )
+        );
+        match core_sinks.get(ctx.index) {
+            Some(sink) => worker.with_events(sink.clone()),
+            None => worker,
+        }
     })
     .with_context(|| format!("starting workers on {listen}"))?;
     info!(
@@ -189,10 +215,6 @@ pub fn start(cfg: &Config) -> Result<(worker::Pool, Running, Reloader)> {
         advertise = %proxy_cfg.advertise,
         "siphon is running"
     );
-    let source = match &dispatcher_list {
-        Some(path) => ReloadSource::File(path.clone()),
-        None => ReloadSource::None,
-    };
     let (reloader, reload) = Reloader::new(source, table.clone());
     let driver = pool.driver();
     let running = Running {
@@ -204,6 +226,9 @@ pub fn start(cfg: &Config) -> Result<(worker::Pool, Running, Reloader)> {
         epoch,
         driver,
         reload,
+        events,
+        event_sinks,
+        workers: pool.monitor(),
     };
     Ok((pool, running, reloader))
 }
@@ -214,11 +239,51 @@ pub fn run(cfg: &Config) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the control thread's runtime")?;
-    let (pool, running, reloader) = start(cfg)?;
+    let (pool, running, reloader) = start(cfg, &rt)?;
+    let mgmt = match api::bind(cfg.mgmt.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = pool.stop();
+            return Err(e);
+        }
+    };
     let running = Arc::new(running);
+    let (exporter_stop, exporter) = match &running.events {
+        Some(queue) => {
+            let exporter = Exporter::new(ExporterConfig::from(&cfg.events), queue.clone())
+                .context("[events]")?;
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let task = rt.spawn(exporter.run(async move {
+                let _ = stop_rx.await;
+            }));
+            rt.spawn(crate::events::bridge::run(
+                running.event_sinks.clone(),
+                queue.clone(),
+                EVENT_DRAIN_INTERVAL,
+            ));
+            (Some(stop_tx), Some(task))
+        }
+        None => (None, None),
+    };
     rt.block_on(async {
         // Control-thread tasks; they end with the runtime.
         tokio::spawn(reloader.run());
+        tokio::spawn(api::serve(
+            mgmt,
+            api::ApiState::new(Arc::clone(&running), &cfg.mgmt.token),
+        ));
+        match probe::ProbeConfig::from_config(cfg) {
+            Some(p) => {
+                tokio::spawn(probe::run(
+                    p,
+                    running.table.clone(),
+                    running.listen,
+                    running.proxy.advertise.clone(),
+                    running.events.clone(),
+                ));
+            }
+            None => info!("OPTIONS probing is off (dispatcher.ping_interval_s = 0)"),
+        }
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut hup = signal(SignalKind::hangup())?;
@@ -243,6 +308,13 @@ pub fn run(cfg: &Config) -> Result<()> {
         total.add(&s.snapshot());
     }
     pool.stop().context("stopping workers")?;
+    if let (Some(queue), Some(stop), Some(task)) = (&running.events, exporter_stop, exporter) {
+        // The workers are gone: hand over what they left, then let the
+        // exporter flush within its grace period.
+        crate::events::bridge::drain(&running.event_sinks, queue, &WallClock::new());
+        let _ = stop.send(());
+        let _ = rt.block_on(task);
+    }
     // One greppable line with every counter, for operators and tests.
     let line: Vec<String> = total
         .fields()

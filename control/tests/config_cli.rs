@@ -205,6 +205,9 @@ fn run_with_an_unreadable_dispatcher_list_exits_1() {
             "/nonexistent/run.list",
             "--log-level",
             "error",
+            // Never the default management port, which a parallel test may hold.
+            "--mgmt",
+            "127.0.0.1:0",
         ])
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::piped())

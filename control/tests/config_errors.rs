@@ -90,6 +90,10 @@ fn wrong_types() {
         "siphon.toml:2: io must be one of \"auto\", \"uring\", \"epoll\" (got \"kqueue\")"
     );
     assert_eq!(
+        one_error("[dispatcher]\nprobing_mode = 1\n"),
+        "siphon.toml:2: probing_mode must be one of \"all\", \"flagged\", \"inactive\" (got 1)"
+    );
+    assert_eq!(
         one_error("[events]\nbatch = \"lots\"\n"),
         "siphon.toml:2: batch must be an integer from 0 to 4294967295 (got \"lots\")"
     );

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use control::config::{
     AlgorithmSpec, Balance, Config, DispatchRule, DispatcherSource, EngineSpec, IoMode, LogFormat,
-    RtpFailure, UnknownDomain, Workers,
+    ProbingMode, RtpFailure, UnknownDomain, Workers,
 };
 
 fn load(text: &str) -> Config {
@@ -60,6 +60,7 @@ fn defaults_match_the_documented_contract() {
     assert_eq!(d.ping_reply_codes, vec![200]);
     assert_eq!(d.ping_from, "sip:siphon@localhost");
     assert_eq!(d.ping_method, "OPTIONS");
+    assert_eq!(d.probing_mode, ProbingMode::All);
     assert_eq!(d.reload_interval_s, 0);
     assert_eq!(d.reload_interval(), None);
     assert_eq!(d.snapshot_path, "");
@@ -135,6 +136,7 @@ server_header = ""
 [dispatcher]
 source = "postgres://kamailio:pw@db/kamailio"
 algorithm = 10
+probing_mode = "flagged"
 rules = [ { prefix = "+1", set = 4 }, { domain = "b.example.com", set = 5 } ]
 
 [rtpengine]
@@ -165,6 +167,7 @@ format = "json"
         )))
     );
     assert_eq!(c.dispatcher.algorithm, AlgorithmSpec::Number(10));
+    assert_eq!(c.dispatcher.probing_mode, ProbingMode::Flagged);
     assert_eq!(
         c.dispatcher.rules,
         vec![

@@ -32,6 +32,7 @@ on_both_drivers!(
     cancel_before_answer,
     retransmitted_invite_is_absorbed,
     bad_requests_get_clear_answers,
+    balance_by_call_id_spreads_one_source_over_workers,
 );
 
 fn calls_complete_and_follow_record_route(io: &str) {
@@ -236,9 +237,11 @@ fn drain(sock: &UdpSocket, window: Duration) -> Vec<Vec<u8>> {
 fn retransmitted_invite_is_absorbed(io: &str) {
     let dest = UdpSocket::bind("127.0.0.1:0").expect("bind destination");
     let dest_addr = dest.local_addr().expect("addr");
+    // The raw socket must see only what the test sends: no OPTIONS probes.
     let mut siphon = Siphon::builder("retrans")
         .io(io)
         .destination(format!("1 sip:{dest_addr}"))
+        .toml("ping_interval_s = 0")
         .start();
     let caller = UdpSocket::bind("127.0.0.1:0").expect("bind caller");
     let me = caller.local_addr().expect("addr");
@@ -273,9 +276,11 @@ fn retransmitted_invite_is_absorbed(io: &str) {
 fn bad_requests_get_clear_answers(io: &str) {
     let dest = UdpSocket::bind("127.0.0.1:0").expect("bind destination");
     let dest_addr = dest.local_addr().expect("addr");
+    // The raw socket must see only what the test sends: no OPTIONS probes.
     let mut siphon = Siphon::builder("bad")
         .io(io)
         .destination(format!("1 sip:{dest_addr}"))
+        .toml("ping_interval_s = 0")
         .start();
     let caller = UdpSocket::bind("127.0.0.1:0").expect("bind caller");
     let me = caller.local_addr().expect("addr");
@@ -336,4 +341,33 @@ fn bad_requests_get_clear_answers(io: &str) {
     assert_eq!(c.get("loops"), 1);
     assert_eq!(c.get("bad_requests"), 1);
     assert_eq!(c.get("parse_errors"), 1);
+}
+
+/// SIPp sends every call from one address, so the kernel's SO_REUSEPORT hash
+/// puts all of them on one worker (zero handoffs without balancing);
+/// `balance = "callid"` hands about half of the calls to the other worker —
+/// their INVITE, ACK and BYE, which SIPp all sends to the public port — and
+/// every call still completes.
+fn balance_by_call_id_spreads_one_source_over_workers(io: &str) {
+    let mut a = Uas::start(Scenario::Uas, free_udp_addr());
+    let mut siphon = Siphon::builder("balance")
+        .io(io)
+        .workers(2)
+        .destination(format!("1 sip:{}", a.addr()))
+        .proxy_toml("balance = \"callid\"")
+        .start();
+    Uac::new(Scenario::Uac, siphon.addr())
+        .calls(200)
+        .rate(100)
+        .timeout(RUN_LIMIT)
+        .run()
+        .assert_all_succeeded(200);
+    a.stop();
+    let c = siphon.stop();
+    let handoffs = c.get("handoffs");
+    assert!(
+        (150..=450).contains(&handoffs),
+        "about half of 200 calls (3 requests each) should change worker: {handoffs} handoffs"
+    );
+    assert_eq!(c.get("calls_answered"), 200);
 }

@@ -78,8 +78,9 @@ fn cfg() -> impl Strategy<Value = (TimerConfig, Reliability)> {
         0u64..200_000,
         any::<bool>(),
         any::<bool>(),
+        0u64..40_000,
     )
-        .prop_map(|(t1, t2, t4, fr, fr_inv, restart, rel)| {
+        .prop_map(|(t1, t2, t4, fr, fr_inv, restart, rel, wait)| {
             let ms = Duration::from_millis;
             (
                 TimerConfig {
@@ -89,6 +90,7 @@ fn cfg() -> impl Strategy<Value = (TimerConfig, Reliability)> {
                     fr_timer: ms(fr),
                     fr_inv_timer: ms(fr_inv),
                     restart_fr_inv_on_each_reply: restart,
+                    wait: ms(wait),
                 },
                 if rel {
                     Reliability::Reliable

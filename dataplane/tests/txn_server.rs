@@ -109,8 +109,8 @@ fn accepted_absorbs_invite_retransmissions_rfc6026() {
     assert_eq!(t.state(), SI::Accepted);
     assert_eq!(
         t.next_deadline(),
-        Some(base + s(33)),
-        "Timer L = 64·T1, no Timer G for 2xx"
+        Some(base + s(6)),
+        "Timer L = wt_timer (5 s), no Timer G for 2xx"
     );
     assert_eq!(
         t.on_request(base + s(2)),
@@ -129,7 +129,7 @@ fn accepted_absorbs_invite_retransmissions_rfc6026() {
     assert!(!t.send_final(base + s(3), 486), "no non-2xx after a 2xx");
     assert!(!t.send_provisional());
     assert_eq!(t.state(), SI::Accepted);
-    assert_eq!(run(&mut t, base, s(100)), vec![(33_000, A::Terminated)]);
+    assert_eq!(run(&mut t, base, s(100)), vec![(6_000, A::Terminated)]);
 }
 
 #[test]
@@ -195,14 +195,18 @@ fn non_invite_trying_proceeding_completed_terminated() {
     assert_eq!(t.next_deadline(), None);
     assert!(t.send_final(base + s(1), 200));
     assert_eq!(t.state(), SN::Completed);
-    assert_eq!(t.next_deadline(), Some(base + s(33)), "Timer J = 64·T1");
+    assert_eq!(
+        t.next_deadline(),
+        Some(base + s(6)),
+        "Timer J = wt_timer (5 s)"
+    );
     assert_eq!(t.on_request(base + s(2)), A::ResendLast, "resend final");
     assert!(!t.send_final(base + s(2), 500));
     assert!(!t.send_provisional());
-    assert_eq!(t.on_timer(base + s(32)), A::None);
-    assert_eq!(t.on_timer(base + s(33)), A::Terminated);
+    assert_eq!(t.on_timer(base + s(5)), A::None);
+    assert_eq!(t.on_timer(base + s(6)), A::Terminated);
     assert!(t.is_terminated());
-    assert_eq!(t.on_request(base + s(34)), A::Absorb);
+    assert_eq!(t.on_request(base + s(7)), A::Absorb);
     assert_eq!(t.on_timer(base + s(34)), A::None);
 }
 

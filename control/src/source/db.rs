@@ -283,7 +283,7 @@ fn scrub(msg: String, url: &str) -> String {
 
 /// Checks `table` is `name` or `schema.name` made of ASCII letters, digits, `_`
 /// and `$`, not starting with a digit.
-fn check_table(table: &str) -> Result<(), SourceError> {
+pub fn validate_table_name(table: &str) -> Result<(), SourceError> {
     let ident = |s: &str| {
         let mut bytes = s.bytes();
         matches!(bytes.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
@@ -316,7 +316,7 @@ pub async fn fetch(url: &str, table: &str, timeout: Duration) -> Result<Vec<DbRo
             url_redacted: url_redacted(),
         });
     };
-    check_table(table)?;
+    validate_table_name(table)?;
     let connect_err = |reason: String| SourceError::Connect {
         url_redacted: url_redacted(),
         reason: scrub(reason, url),
@@ -781,6 +781,11 @@ impl<F: Fetch> Resync<F> {
         self
     }
 
+    /// How the source is named in logs (no password).
+    pub fn describe(&self) -> String {
+        self.fetcher.describe()
+    }
+
     /// The table in use.
     pub fn current(&self) -> &[RowDef] {
         &self.current
@@ -957,7 +962,7 @@ mod tests {
     #[test]
     fn table_names() {
         for ok in ["dispatcher", "kamailio.dispatcher", "_d1", "ds$x"] {
-            assert!(check_table(ok).is_ok(), "{ok}");
+            assert!(validate_table_name(ok).is_ok(), "{ok}");
         }
         for bad in [
             "",
@@ -968,7 +973,7 @@ mod tests {
             "\"d\"",
             "a.",
         ] {
-            assert!(check_table(bad).is_err(), "{bad}");
+            assert!(validate_table_name(bad).is_err(), "{bad}");
         }
     }
 

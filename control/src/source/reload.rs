@@ -9,12 +9,17 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use dataplane::dispatch::list::DestDef;
 use dataplane::dispatch::{SharedTable, Table};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+use super::db::{DbFetch, Resync, ResyncOutcome, RowDef};
 use super::file;
+use crate::config::{DispatcherConfig, DispatcherSource};
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -51,11 +56,18 @@ impl ReloadHandle {
 }
 
 /// Where a reload reads from.
-#[derive(Debug, Clone)]
 pub enum ReloadSource {
     /// No source configured: a reload is an error.
     None,
-    File(PathBuf),
+    /// A `dispatcher.list` file; re-read on demand, and every `interval` when
+    /// one is set (published only when the text changed).
+    File {
+        path: PathBuf,
+        interval: Option<Duration>,
+    },
+    /// Kamailio's `dispatcher` table; re-read on demand and by the resync
+    /// schedule (`reload_interval`, backoff during an outage).
+    Database(Box<Resync<DbFetch>>),
 }
 
 /// Owns the right to publish a new table.
@@ -63,45 +75,219 @@ pub struct Reloader {
     source: ReloadSource,
     table: SharedTable,
     rx: mpsc::Receiver<oneshot::Sender<Result<ReloadReport, String>>>,
+    /// The file text last looked at by the periodic check.
+    last_text: Option<String>,
+}
+
+enum Wake {
+    Request(Option<oneshot::Sender<Result<ReloadReport, String>>>),
+    Changed(Result<Vec<DestDef>, String>),
 }
 
 impl Reloader {
     pub fn new(source: ReloadSource, table: SharedTable) -> (Reloader, ReloadHandle) {
         let (tx, rx) = mpsc::channel(16);
-        (Reloader { source, table, rx }, ReloadHandle { tx })
+        let reloader = Reloader {
+            source,
+            table,
+            rx,
+            last_text: None,
+        };
+        (reloader, ReloadHandle { tx })
     }
 
-    /// Serves reload requests until every handle is dropped.
+    /// Serves reload requests and the periodic schedule until every handle is
+    /// dropped.
     pub async fn run(mut self) {
-        while let Some(reply) = self.rx.recv().await {
-            let outcome = self.reload_now();
-            match &outcome {
-                Ok(r) => tracing::info!(
-                    source = %r.source, sets = r.sets, destinations = r.destinations,
-                    added = r.added, removed = r.removed, "dispatcher reloaded"
-                ),
-                Err(e) => {
-                    tracing::warn!(error = %e, "dispatcher reload failed; keeping the current table")
+        loop {
+            let wake = tokio::select! {
+                r = self.rx.recv() => Wake::Request(r),
+                c = periodic_change(&mut self.source, &mut self.last_text) => Wake::Changed(c),
+            };
+            match wake {
+                Wake::Request(None) => break,
+                Wake::Request(Some(reply)) => {
+                    let outcome = self.reload_now().await;
+                    log_outcome(&outcome);
+                    let _ = reply.send(outcome);
+                }
+                Wake::Changed(Ok(defs)) => {
+                    let outcome = self.publish(&defs);
+                    log_outcome(&outcome);
+                }
+                Wake::Changed(Err(e)) => {
+                    log_outcome(&Err(e));
                 }
             }
-            let _ = reply.send(outcome);
         }
     }
 
     /// Re-reads the source and publishes the result, keeping per-destination
     /// state (active calls, health) for destinations that persist.
-    pub fn reload_now(&mut self) -> Result<ReloadReport, String> {
-        let old = self.table.load_full();
-        let (new, source) = match &self.source {
+    pub async fn reload_now(&mut self) -> Result<ReloadReport, String> {
+        let defs = match &mut self.source {
             ReloadSource::None => return Err("no dispatcher source is configured".into()),
-            ReloadSource::File(path) => (
-                file::load(path, old.epoch(), Some(&old)).map_err(|e| e.join("\n"))?,
-                path.display().to_string(),
-            ),
+            ReloadSource::File { path, .. } => {
+                let text = file::read(path)?;
+                self.last_text = Some(text.clone());
+                file::parse(path, &text)?
+            }
+            ReloadSource::Database(resync) => match resync.poll().await {
+                ResyncOutcome::Changed(_) | ResyncOutcome::Unchanged => {
+                    row_defs_to_dest_defs(resync.current())?
+                }
+                ResyncOutcome::Failed { error, .. } => return Err(error),
+            },
         };
-        let report = diff(&old, &new, source);
-        self.table.store(std::sync::Arc::new(new));
+        self.publish(&defs)
+    }
+
+    fn publish(&mut self, defs: &[DestDef]) -> Result<ReloadReport, String> {
+        let old = self.table.load_full();
+        let new = Table::rebuild(&old, defs, &mut |uri: &str| super::resolve_uri(uri)).map_err(
+            |errs| {
+                errs.iter()
+                    .map(|e| match &self.source {
+                        ReloadSource::Database(_) => format!(
+                            "{}: dispatcher row id={}: {}",
+                            self.describe(),
+                            e.line,
+                            e.message
+                        ),
+                        _ => format!("{}:{}: {}", self.describe(), e.line, e.message),
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            },
+        )?;
+        let report = diff(&old, &new, self.describe());
+        self.table.store(Arc::new(new));
         Ok(report)
+    }
+
+    fn describe(&self) -> String {
+        match &self.source {
+            ReloadSource::None => "none".into(),
+            ReloadSource::File { path, .. } => path.display().to_string(),
+            ReloadSource::Database(r) => r.describe(),
+        }
+    }
+}
+
+/// Loads the destinations at start-up and returns the table with the source
+/// that reloads it. A database that is down falls back to the snapshot (see
+/// [`super::db::initial_load`]); every error is one message for the operator.
+pub async fn initial_load(
+    cfg: &DispatcherConfig,
+    epoch: Instant,
+) -> Result<(Table, ReloadSource), String> {
+    let source = cfg.resolved_source()?;
+    let url = match source {
+        None => return Ok((Table::empty(epoch), ReloadSource::None)),
+        Some(DispatcherSource::File(path)) => {
+            let table = file::load(&path, epoch, None).map_err(|e| e.join("\n"))?;
+            let interval = cfg.reload_interval();
+            return Ok((table, ReloadSource::File { path, interval }));
+        }
+        Some(DispatcherSource::Postgres(url) | DispatcherSource::Mysql(url)) => url,
+    };
+    let timeout = Duration::from_millis(cfg.db_timeout_ms);
+    let snapshot = (!cfg.snapshot_path.is_empty()).then(|| PathBuf::from(&cfg.snapshot_path));
+    let (rows, origin) =
+        super::db::initial_load(&url, &cfg.db_table, snapshot.as_deref(), timeout).await?;
+    let defs = row_defs_to_dest_defs(&rows)?;
+    let describe = super::db::describe_source(&url, &cfg.db_table);
+    let table =
+        Table::build(&defs, epoch, &mut |uri: &str| super::resolve_uri(uri)).map_err(|errs| {
+            errs.iter()
+                .map(|e| format!("{describe}: dispatcher row id={}: {}", e.line, e.message))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })?;
+    let fetch = DbFetch {
+        url,
+        table: cfg.db_table.clone(),
+        timeout,
+    };
+    let mut resync = Resync::new(
+        fetch,
+        rows,
+        origin,
+        cfg.reload_interval().unwrap_or(Duration::ZERO),
+    );
+    if let Some(path) = snapshot {
+        resync = resync.with_snapshot(path);
+    }
+    tracing::info!(source = %describe, ?origin, destinations = defs.len(), "dispatcher loaded");
+    Ok((table, ReloadSource::Database(Box::new(resync))))
+}
+
+fn log_outcome(outcome: &Result<ReloadReport, String>) {
+    match outcome {
+        Ok(r) => tracing::info!(
+            source = %r.source, sets = r.sets, destinations = r.destinations,
+            added = r.added, removed = r.removed, "dispatcher reloaded"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "dispatcher reload failed; keeping the current table")
+        }
+    }
+}
+
+/// Waits for the next scheduled change of the source. Pending forever when
+/// nothing is scheduled.
+async fn periodic_change(
+    source: &mut ReloadSource,
+    last_text: &mut Option<String>,
+) -> Result<Vec<DestDef>, String> {
+    match source {
+        ReloadSource::File {
+            path,
+            interval: Some(every),
+        } => loop {
+            tokio::time::sleep(*every).await;
+            let text = file::read(path)?;
+            if last_text.as_deref() == Some(text.as_str()) {
+                continue;
+            }
+            // Remembered even when it does not parse, so a broken file is
+            // reported once rather than every interval.
+            *last_text = Some(text.clone());
+            return file::parse(path, &text);
+        },
+        ReloadSource::Database(resync) => {
+            let rows = resync.next_change().await;
+            row_defs_to_dest_defs(&rows)
+        }
+        ReloadSource::None | ReloadSource::File { interval: None, .. } => {
+            std::future::pending().await
+        }
+    }
+}
+
+/// Database rows (already validated by the source) as dispatcher definitions.
+pub fn row_defs_to_dest_defs(rows: &[RowDef]) -> Result<Vec<DestDef>, String> {
+    let mut errors = Vec::new();
+    let defs: Vec<DestDef> = rows
+        .iter()
+        .filter_map(|r| {
+            DestDef::from_row(
+                usize::try_from(r.row_id).unwrap_or(0),
+                i64::from(r.set),
+                &r.uri,
+                i64::from(r.flags),
+                i64::from(r.priority),
+                &r.attrs_raw,
+                &r.description,
+            )
+            .map_err(|e| errors.push(format!("dispatcher row id={}: {}", r.row_id, e.message)))
+            .ok()
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(defs)
+    } else {
+        Err(errors.join("\n"))
     }
 }
 
@@ -144,7 +330,13 @@ mod tests {
             .stats
             .clone();
         kept.call_started();
-        let (reloader, handle) = Reloader::new(ReloadSource::File(path.clone()), table.clone());
+        let (reloader, handle) = Reloader::new(
+            ReloadSource::File {
+                path: path.clone(),
+                interval: None,
+            },
+            table.clone(),
+        );
         let task = tokio::spawn(reloader.run());
 
         list(&dir, "1 sip:127.0.0.1:5080\n2 sip:127.0.0.1:5082\n");

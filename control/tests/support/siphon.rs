@@ -7,7 +7,9 @@ use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::net::{free_udp_port, localhost, sip_options_ping};
+use super::net::{
+    free_tcp_port, free_udp_port, localhost, sip_options_ping, wait_for_tcp_listener,
+};
 use super::process::{ChildGuard, WorkDir};
 
 /// How to start siphon.
@@ -17,7 +19,10 @@ pub struct SiphonBuilder {
     workers: usize,
     algorithm: String,
     destinations: Vec<String>,
+    source: Option<String>,
+    proxy_toml: String,
     extra_toml: String,
+    mgmt_token: String,
 }
 
 impl SiphonBuilder {
@@ -39,11 +44,29 @@ impl SiphonBuilder {
         self.destinations.push(line.into());
         self
     }
+    /// `[dispatcher] source` (e.g. a database URL) instead of the generated
+    /// dispatcher.list.
+    pub fn source(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+    /// Extra `[proxy]` keys, e.g. `balance = "callid"`.
+    pub fn proxy_toml(mut self, extra: &str) -> Self {
+        self.proxy_toml.push_str(extra);
+        self.proxy_toml.push('\n');
+        self
+    }
     /// Extra TOML appended to the config; `[dispatcher]` keys go after the
     /// generated ones, so start with a section header.
     pub fn toml(mut self, extra: &str) -> Self {
         self.extra_toml.push_str(extra);
         self.extra_toml.push('\n');
+        self
+    }
+
+    /// `[mgmt] token`: the management API then requires this bearer token.
+    pub fn mgmt_token(mut self, token: &str) -> Self {
+        self.mgmt_token = token.to_string();
         self
     }
 
@@ -53,12 +76,21 @@ impl SiphonBuilder {
         let list = dir.file("dispatcher.list");
         std::fs::write(&list, self.destinations.join("\n") + "\n").expect("write dispatcher.list");
         let (port, private_base) = free_ports(self.workers);
+        let source = match &self.source {
+            Some(s) => format!("source = \"{s}\""),
+            None => format!("list = \"{}\"", list.display()),
+        };
+        // Every instance gets its own management port: the default
+        // (127.0.0.1:9060) would collide between tests running in parallel.
+        let mgmt = localhost(free_tcp_port());
         let cfg = format!(
-            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = {}\nio = \"{}\"\nprivate_port_base = {private_base}\n\
-             [dispatcher]\nlist = \"{}\"\nalgorithm = \"{}\"\n{}",
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = {}\nio = \"{}\"\nprivate_port_base = {private_base}\n{}\
+             [mgmt]\nlisten = \"{mgmt}\"\ntoken = \"{}\"\n\
+             [dispatcher]\n{source}\nalgorithm = \"{}\"\n{}",
             self.workers,
             self.io,
-            list.display(),
+            self.proxy_toml,
+            self.mgmt_token,
             self.algorithm,
             self.extra_toml
         );
@@ -79,10 +111,21 @@ impl SiphonBuilder {
         )
         .expect("spawn siphon");
         let addr = localhost(port);
-        let s = Siphon { child, dir, addr };
+        let s = Siphon {
+            child,
+            dir,
+            addr,
+            mgmt,
+        };
         if sip_options_ping(addr, Duration::from_secs(15)) != Some(200) {
             panic!(
                 "siphon did not answer OPTIONS on {addr}\nconfig:\n{cfg}\nlog:\n{}",
+                s.log()
+            );
+        }
+        if !wait_for_tcp_listener(mgmt, Duration::from_secs(5)) {
+            panic!(
+                "siphon's management API is not listening on {mgmt}\nlog:\n{}",
                 s.log()
             );
         }
@@ -95,6 +138,7 @@ pub struct Siphon {
     child: ChildGuard,
     dir: WorkDir,
     addr: SocketAddr,
+    mgmt: SocketAddr,
 }
 
 impl Siphon {
@@ -105,7 +149,10 @@ impl Siphon {
             workers: 2,
             algorithm: "round-robin".into(),
             destinations: Vec::new(),
+            source: None,
+            proxy_toml: String::new(),
             extra_toml: String::new(),
+            mgmt_token: String::new(),
         }
     }
 
@@ -114,8 +161,40 @@ impl Siphon {
         self.addr
     }
 
+    /// The management API's address (`http://{mgmt_addr}/status`).
+    pub fn mgmt_addr(&self) -> SocketAddr {
+        self.mgmt
+    }
+
     pub fn log(&self) -> String {
         self.dir.read("siphon.log")
+    }
+
+    /// The generated dispatcher.list (rewrite it, then reload).
+    pub fn list_path(&self) -> std::path::PathBuf {
+        self.dir.file("dispatcher.list")
+    }
+
+    /// This instance's scratch directory.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Sends a signal (e.g. `libc::SIGHUP` to reload).
+    pub fn signal(&mut self, sig: i32) {
+        self.child.signal(sig);
+    }
+
+    /// Waits until the log contains `needle` at least `n` times.
+    pub fn wait_for_log(&self, needle: &str, n: usize, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if self.log().matches(needle).count() >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     /// Stops siphon with SIGTERM and returns its final counters.

@@ -54,6 +54,11 @@ pub struct ProxyConfig {
     pub server_header: String,
     /// A dialog with no BYE and no traffic is forgotten after this long.
     pub dialog_timeout: Duration,
+    /// Requests reaching the public port are handled by the worker that
+    /// hash(Call-ID) names (handed over if needed) instead of whichever
+    /// worker the kernel's per-source hash picked: even load when traffic
+    /// comes from a few trunks.
+    pub balance_by_call_id: bool,
     /// Seeds the transaction and dialog key hash. The control plane fills it
     /// from OS randomness; the default is fixed, for tests.
     pub key_seed: [u64; 4],
@@ -81,6 +86,7 @@ impl Default for ProxyConfig {
             unknown_domain: UnknownDomain::Relay,
             server_header: "siphon".into(),
             dialog_timeout: Duration::from_secs(12 * 3600),
+            balance_by_call_id: false,
             key_seed: [0x5195_0a11, 0x7e57, 0xd1a1, 0x0c0de],
         }
     }

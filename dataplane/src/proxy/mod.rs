@@ -5,6 +5,7 @@
 
 pub mod branch;
 pub mod config;
+pub mod events;
 mod pool;
 pub mod stats;
 mod transaction;
@@ -16,6 +17,7 @@ use std::time::Instant;
 use smallvec::SmallVec;
 
 use crate::dialog::{DialogKey, DialogState, DialogTable};
+use crate::dispatch::hash::hash_bytes;
 use crate::dispatch::{DestStats, SelectKey, Selector, SharedTable};
 use crate::sip::build::{self, NewVia, ReplyOpts, RequestEdits};
 use crate::sip::{parse, HeaderName, Message, Method, Uri, Via};
@@ -25,6 +27,7 @@ use crate::worker::{Core, Outbox, SocketId};
 
 use branch::Branch;
 pub use config::{Ownership, ProxyConfig, SetRule, UnknownDomain};
+use events::{CallEvent, EventSink};
 use pool::BufPool;
 use stats::{bump, count_reply};
 pub use stats::{Counters, ProxyStats, Snapshot};
@@ -35,9 +38,12 @@ pub const SOCK_PUBLIC: SocketId = 0;
 /// The worker's private port: its Via and Record-Route point here.
 pub const SOCK_PRIVATE: SocketId = 1;
 
-/// What a dialog remembers: whose active-call count it holds.
+/// What a dialog remembers: whose active-call count it holds, and for call
+/// events where it went and its Call-ID (kept only while events are on).
 struct DialogData {
     dest: Option<Arc<DestStats>>,
+    addr: SocketAddr,
+    call_id: Option<Box<str>>,
 }
 
 /// One worker's proxy: its transactions, dialogs and selection state.
@@ -61,6 +67,8 @@ pub struct Worker {
     /// The To-tag of replies siphon generates itself.
     local_tag: Vec<u8>,
     stats: Arc<ProxyStats>,
+    /// Where call events go; `None` (the default) builds none.
+    events: Option<Arc<EventSink>>,
 }
 
 impl Worker {
@@ -89,7 +97,14 @@ impl Worker {
             table,
             cfg,
             stats,
+            events: None,
         }
+    }
+
+    /// Reports call events to `sink` from now on.
+    pub fn with_events(mut self, sink: Arc<EventSink>) -> Worker {
+        self.events = Some(sink);
+        self
     }
 
     pub fn stats(&self) -> &Arc<ProxyStats> {
@@ -115,6 +130,20 @@ impl Worker {
         msg: &Message<'_>,
         out: &mut Outbox,
     ) {
+        if self.cfg.balance_by_call_id && socket == SOCK_PUBLIC && self.workers > 1 {
+            // Spread calls by Call-ID rather than by the kernel's per-source
+            // hash, so one trunk's calls use every worker. Every request of a
+            // call (retransmissions, CANCEL, ACK) has the same Call-ID and so
+            // the same owner.
+            if let Ok(call_id) = msg.call_id() {
+                let owner = (hash_bytes(call_id) % self.workers as u64) as usize;
+                if owner != self.index {
+                    bump(&self.stats.handoffs);
+                    out.handoff(owner, socket, src, msg.buf());
+                    return;
+                }
+            }
+        }
         bump(&self.stats.requests);
         let method = msg.method().unwrap_or(Method::Other);
         if let Err(e) = msg.validate_request() {
@@ -358,6 +387,9 @@ impl Worker {
                     .select(set, self.cfg.algorithm, &key, now, &mut candidates);
                 let Some(&first) = candidates.first() else {
                     bump(&self.stats.no_destination);
+                    if method == Method::Invite {
+                        self.emit_failed(now, msg.call_id().unwrap_or(b""), 503, None);
+                    }
                     let retry = self.cfg.retry_after_s;
                     self.reply(
                         socket,
@@ -381,11 +413,24 @@ impl Worker {
 
         if method == Method::Invite && !in_dialog {
             bump(&self.stats.initial_invites);
+            if let (Some(sink), Some((table, set_index))) = (&self.events, &set_table) {
+                let set = table.sets().get(*set_index).map_or(0, |s| s.id);
+                sink.push(CallEvent::Start {
+                    at: now,
+                    call_id: events::text(msg.call_id().unwrap_or(b"")),
+                    from: events::text(msg.from().map(|f| f.uri).unwrap_or(b"")),
+                    to: events::text(msg.to().map(|t| t.uri).unwrap_or(b"")),
+                    ruri: events::text(msg.request_uri().unwrap_or(b"")),
+                    set,
+                    dest: target.addr,
+                    worker: u16::try_from(self.index).unwrap_or(u16::MAX),
+                });
+            }
         }
         if method == Method::Bye && in_dialog {
             // Like Kamailio's dialog module, the BYE ends the dialog whatever
             // its reply: a BYE to a dead destination still frees its call slot.
-            self.dialog_ended(msg);
+            self.dialog_ended(now, msg);
         }
         let mut request = self.pool.get();
         request.extend_from_slice(msg.buf());
@@ -736,6 +781,14 @@ impl Worker {
                 if txn_method(&self.txns, id) == Some(Method::Invite) {
                     bump(&self.stats.calls_answered);
                     self.dialog_started(now, id, msg);
+                    if let (Some(sink), Some(txn)) = (&self.events, self.txns.get(id)) {
+                        sink.push(CallEvent::Answered {
+                            at: now,
+                            call_id: events::text(msg.call_id().unwrap_or(b"")),
+                            dest: txn.target.addr,
+                            setup: now.saturating_duration_since(txn.sent_at),
+                        });
+                    }
                 }
                 self.relay_response(now, id, msg, code, out);
             }
@@ -883,6 +936,17 @@ impl Worker {
         };
         if !txn.final_sent && txn.method == Method::Invite && code >= 300 && !txn.cancelled {
             bump(&self.stats.calls_failed);
+            if let Some(sink) = &self.events {
+                sink.push(CallEvent::Failed {
+                    at: now,
+                    call_id: parse(&txn.request)
+                        .ok()
+                        .and_then(|m| m.call_id().ok().map(events::text))
+                        .unwrap_or_default(),
+                    code,
+                    dest: txn.target.dest.is_some().then_some(txn.target.addr),
+                });
+            }
         }
         txn.final_sent = true;
         txn.server.on_final_sent(code, now);
@@ -979,11 +1043,16 @@ impl Worker {
         if self.dialogs.find(&key).is_some() {
             return; // a retransmitted 2xx
         }
-        let dest = self.txns.get(id).and_then(|t| t.target.dest.clone());
+        let Some(txn) = self.txns.get(id) else { return };
+        let (dest, addr) = (txn.target.dest.clone(), txn.target.addr);
         if let Some(d) = &dest {
             d.call_started();
         }
-        let data = DialogData { dest: dest.clone() };
+        let data = DialogData {
+            dest: dest.clone(),
+            addr,
+            call_id: self.events.as_ref().map(|_| events::text(call_id)),
+        };
         match self.dialogs.insert(key, DialogState::Confirmed, data, now) {
             Ok(_) => bump(&self.stats.dialogs_created),
             Err(_) => {
@@ -995,7 +1064,7 @@ impl Worker {
         }
     }
 
-    fn dialog_ended(&mut self, msg: &Message<'_>) {
+    fn dialog_ended(&mut self, now: Instant, msg: &Message<'_>) {
         let (Ok(call_id), Ok(from), Ok(to)) = (msg.call_id(), msg.from(), msg.to()) else {
             return;
         };
@@ -1009,10 +1078,35 @@ impl Worker {
             return;
         };
         if let Some(d) = self.dialogs.remove(id) {
+            self.emit_end(now, &d, false);
             if let Some(dest) = d.data.dest {
                 dest.call_ended();
             }
             bump(&self.stats.dialogs_ended);
+        }
+    }
+
+    fn emit_end(&self, now: Instant, d: &crate::dialog::Dialog<DialogData>, timeout: bool) {
+        let (Some(sink), Some(call_id)) = (&self.events, &d.data.call_id) else {
+            return;
+        };
+        sink.push(CallEvent::End {
+            at: now,
+            call_id: call_id.clone(),
+            dest: d.data.dest.is_some().then_some(d.data.addr),
+            duration: now.saturating_duration_since(d.created()),
+            timeout,
+        });
+    }
+
+    fn emit_failed(&self, now: Instant, call_id: &[u8], code: u16, dest: Option<SocketAddr>) {
+        if let Some(sink) = &self.events {
+            sink.push(CallEvent::Failed {
+                at: now,
+                call_id: events::text(call_id),
+                code,
+                dest,
+            });
         }
     }
 
@@ -1216,6 +1310,7 @@ impl Core for Worker {
         }
         self.expired = expired;
         while let Some((_, d)) = self.dialogs.poll_expired(now) {
+            self.emit_end(now, &d, true);
             if let Some(dest) = d.data.dest {
                 dest.call_ended();
             }
@@ -1427,6 +1522,71 @@ mod tests {
         assert!(!s[0].1.contains("z9hG4bKsp"), "siphon's Via must be popped");
         assert_eq!(w.occupancy().1, 1, "one dialog");
         assert_eq!(w.stats().snapshot().calls_answered, 1);
+    }
+
+    #[test]
+    fn call_events_start_answered_end_and_failed() {
+        let t0 = Instant::now();
+        let sink = Arc::new(EventSink::new(16));
+        let list = format!("1 sip:{DEST}\n");
+        let mut w = worker(ProxyConfig::default(), &list, t0).with_events(sink.clone());
+        let caller: SocketAddr = CALLER.parse().unwrap();
+        let dest: SocketAddr = DEST.parse().unwrap();
+        let mut out = Outbox::new();
+        w.on_datagram(t0, SOCK_PUBLIC, caller, &invite("z9hG4bK-ev"), &mut out);
+        let fwd = sent(&out)[1].1.clone();
+        let t1 = t0 + Duration::from_millis(250);
+        out.clear();
+        w.on_datagram(t1, SOCK_PRIVATE, dest, &answer(&fwd, 200, "t9"), &mut out);
+        let bye = format!(
+            "BYE sip:100@{DEST} SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {CALLER};branch=z9hG4bK-bye\r\n\
+             Route: <sip:127.0.0.1:5061;lr>\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:a@127.0.0.1>;tag=f1\r\n\
+             To: <sip:100@127.0.0.1>;tag=t9\r\n\
+             Call-ID: z9hG4bK-ev@t\r\n\
+             CSeq: 2 BYE\r\n\
+             Content-Length: 0\r\n\r\n"
+        );
+        let t2 = t0 + Duration::from_secs(3);
+        out.clear();
+        w.on_datagram(t2, SOCK_PRIVATE, caller, bye.as_bytes(), &mut out);
+
+        let got: Vec<CallEvent> = std::iter::from_fn(|| sink.pop()).collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert!(
+            matches!(&got[0], CallEvent::Start { call_id, set: 1, dest: d, ruri, .. }
+                if &**call_id == "z9hG4bK-ev@t" && *d == dest && &**ruri == "sip:100@127.0.0.1:5060"),
+            "{:?}",
+            got[0]
+        );
+        assert!(
+            matches!(&got[1], CallEvent::Answered { setup, dest: d, .. }
+                if *setup == Duration::from_millis(250) && *d == dest),
+            "{:?}",
+            got[1]
+        );
+        assert!(
+            matches!(&got[2], CallEvent::End { duration, timeout: false, dest: Some(d), .. }
+                if *duration == Duration::from_millis(2750) && *d == dest),
+            "{:?}",
+            got[2]
+        );
+
+        // A destination answering 486 (not a failover code): the call fails.
+        out.clear();
+        w.on_datagram(t2, SOCK_PUBLIC, caller, &invite("z9hG4bK-busy"), &mut out);
+        let fwd = sent(&out)[1].1.clone();
+        out.clear();
+        w.on_datagram(t2, SOCK_PRIVATE, dest, &answer(&fwd, 486, "t2"), &mut out);
+        let got: Vec<CallEvent> = std::iter::from_fn(|| sink.pop()).collect();
+        assert!(
+            matches!(&got[..], [CallEvent::Start { .. }, CallEvent::Failed { code: 486, dest: Some(d), call_id, .. }]
+                if *d == dest && &**call_id == "z9hG4bK-busy@t"),
+            "{got:?}"
+        );
+        assert_eq!(sink.dropped(), 0);
     }
 
     #[test]

@@ -34,6 +34,12 @@ macro_rules! counters {
                 [$((stringify!($name), self.$name),)*]
             }
 
+            /// The doc line of each counter, in [`Snapshot::fields`] order
+            /// (help text for metrics).
+            pub fn docs() -> [&'static str; counters!(@count $($name)*)] {
+                [$($doc,)*]
+            }
+
             pub fn add(&mut self, other: &Snapshot) {
                 $(self.$name += other.$name;)*
             }
@@ -118,5 +124,11 @@ mod tests {
             .fields()
             .iter()
             .any(|&(n, v)| n == "failovers" && v == 4));
+        let docs = Snapshot::docs();
+        let i = total.fields().iter().position(|&(n, _)| n == "failovers");
+        assert_eq!(
+            i.map(|i| docs[i]),
+            Some("Times a request was moved to the next destination.")
+        );
     }
 }

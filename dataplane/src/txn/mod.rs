@@ -61,6 +61,13 @@ pub struct TimerConfig {
     /// Kamailio `restart_fr_on_each_reply`: restart `fr_inv_timer` on every
     /// provisional reply (default true, as in Kamailio), not only the first.
     pub restart_fr_inv_on_each_reply: bool,
+    /// Kamailio `wt_timer`: how long a server transaction lingers after its
+    /// final reply to absorb retransmissions — Timer J (non-INVITE) and
+    /// Timer L (INVITE answered 2xx) — instead of RFC 3261's 64·T1 (32 s).
+    /// A 2xx retransmitted after it is still relayed, statelessly. Default
+    /// 5 s, as in Kamailio; bounds how many finished transactions a busy
+    /// proxy keeps.
+    pub wait: Duration,
 }
 
 impl Default for TimerConfig {
@@ -72,6 +79,7 @@ impl Default for TimerConfig {
             fr_timer: Duration::from_secs(2),
             fr_inv_timer: Duration::from_secs(120),
             restart_fr_inv_on_each_reply: true,
+            wait: Duration::from_secs(5),
         }
     }
 }
@@ -212,6 +220,7 @@ mod tests {
         assert_eq!(c.fr_timer, Duration::from_secs(2));
         assert_eq!(c.fr_inv_timer, Duration::from_secs(120));
         assert_eq!(c.t1x64(), Duration::from_secs(32));
+        assert_eq!(c.wait, Duration::from_secs(5));
     }
 
     #[test]

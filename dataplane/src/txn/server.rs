@@ -67,6 +67,8 @@ pub struct ServerInvite {
     t1: Duration,
     t2: Duration,
     t4: Duration,
+    /// Timer L (wt_timer).
+    wait: Duration,
 }
 
 impl ServerInvite {
@@ -82,6 +84,7 @@ impl ServerInvite {
             t1: cfg.t1,
             t2: cfg.t2,
             t4: cfg.t4,
+            wait: cfg.wait,
         }
     }
 
@@ -121,7 +124,7 @@ impl ServerInvite {
         match (classify(status), self.state) {
             (Class::Success, ServerInviteState::Proceeding) => {
                 self.state = ServerInviteState::Accepted;
-                self.deadline = Some(now + self.t1.saturating_mul(64));
+                self.deadline = Some(now + self.wait);
                 true
             }
             (Class::Success, _) => true,
@@ -219,7 +222,8 @@ pub struct ServerNonInvite {
     reliable: bool,
     /// Timer J.
     deadline: Option<Instant>,
-    t1: Duration,
+    /// Timer J's length (wt_timer).
+    wait: Duration,
 }
 
 impl ServerNonInvite {
@@ -230,7 +234,7 @@ impl ServerNonInvite {
             state: ServerNonInviteState::Trying,
             reliable: reliability.is_reliable(),
             deadline: None,
-            t1: cfg.t1,
+            wait: cfg.wait,
         }
     }
 
@@ -270,7 +274,7 @@ impl ServerNonInvite {
                     self.state = ServerNonInviteState::Terminated;
                 } else {
                     self.state = ServerNonInviteState::Completed;
-                    self.deadline = Some(now + self.t1.saturating_mul(64));
+                    self.deadline = Some(now + self.wait);
                 }
                 true
             }

@@ -476,6 +476,14 @@ impl Pool {
         (0..self.workers()).map(|i| self.shared.stats(i)).collect()
     }
 
+    /// A read-only view of the workers for the control thread (health,
+    /// status, metrics), which does not own the pool.
+    pub fn monitor(&self) -> Monitor {
+        Monitor {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// Signals every worker, wakes it and joins it. Returns the first worker error
     /// (or panic) if any.
     pub fn stop(mut self) -> io::Result<()> {
@@ -498,6 +506,43 @@ impl Pool {
             }
         }
         result
+    }
+}
+
+/// Reads the workers' heartbeats, counters and queue depths; cheap to clone.
+/// Reading never writes anything a worker reads.
+#[derive(Clone)]
+pub struct Monitor {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Monitor")
+            .field("workers", &self.workers())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Monitor {
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.shared.workers.len()
+    }
+
+    /// Counters and liveness of each worker.
+    pub fn stats(&self) -> Vec<WorkerStats> {
+        (0..self.workers()).map(|i| self.shared.stats(i)).collect()
+    }
+
+    /// Datagrams waiting in each worker's handoff queue.
+    pub fn queue_depths(&self) -> Vec<usize> {
+        self.shared.workers.iter().map(|w| w.queue.len()).collect()
+    }
+
+    /// Capacity of each handoff queue.
+    pub fn queue_capacity(&self) -> usize {
+        shell::HANDOFF_QUEUE
     }
 }
 

@@ -1,0 +1,314 @@
+//! `GET /metrics`: Prometheus text exposition. Everything is read at scrape
+//! time: per-worker counters summed, destination atomics, worker heartbeats
+//! and queue depths. Nothing is kept between scrapes but the rate sampler.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use dataplane::dispatch::DestState;
+use dataplane::proxy::Snapshot;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::status::{self, Rates};
+use super::ApiState;
+use crate::run::Running;
+
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+pub(super) async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
+    let mut registry = Registry::with_prefix("siphon");
+    registry.register_collector(Box::new(Scrape {
+        running: Arc::clone(&st.running),
+        rates: st.rates(),
+    }));
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &registry) {
+        Ok(()) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+        Err(_) => super::error(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode metrics"),
+    }
+}
+
+/// One scrape's view of the proxy.
+struct Scrape {
+    running: Arc<Running>,
+    rates: Rates,
+}
+
+impl fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scrape").finish_non_exhaustive()
+    }
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
+    e.encode_descriptor(name, help, None, MetricType::Counter)?
+        .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&v, None)
+}
+
+fn gauge<V: prometheus_client::encoding::EncodeGaugeValue>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    v: V,
+) -> fmt::Result {
+    e.encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&v)
+}
+
+fn labelled_counter(m: &mut MetricEncoder, labels: &impl EncodeLabelSet, v: u64) -> fmt::Result {
+    m.encode_family(labels)?
+        .encode_counter::<prometheus_client::encoding::NoLabelSet, _, u64>(&v, None)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        let r = &self.running;
+        let total = status::totals(r);
+
+        gauge(
+            &mut e,
+            "uptime_seconds",
+            "Seconds since siphon started.",
+            r.epoch.elapsed().as_secs_f64(),
+        )?;
+        e.encode_descriptor("build", "siphon version.", None, MetricType::Info)?
+            .encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
+        gauge(
+            &mut e,
+            "calls_per_second",
+            "New INVITEs per second over the last second.",
+            self.rates.calls_per_s,
+        )?;
+        gauge(
+            &mut e,
+            "answered_calls_per_second",
+            "INVITEs answered 2xx per second over the last second.",
+            self.rates.answered_per_s,
+        )?;
+
+        // Every proxy counter under its own name, replies as one family.
+        let names = total.fields();
+        let docs = Snapshot::docs();
+        for ((name, v), help) in names.iter().zip(docs) {
+            if !name.starts_with("replies_") {
+                counter(&mut e, name, help, *v)?;
+            }
+        }
+        let mut m = e.encode_descriptor(
+            "replies",
+            "Replies sent upstream, local and relayed, by class.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, v) in names.iter() {
+            if let Some(class) = name.strip_prefix("replies_") {
+                labelled_counter(&mut m, &[("class", class)], *v)?;
+            }
+        }
+        gauge(
+            &mut e,
+            "dialogs_active",
+            "Dialogs tracked now (2xx seen, no BYE yet).",
+            total
+                .dialogs_created
+                .saturating_sub(total.dialogs_ended)
+                .saturating_sub(total.dialogs_expired),
+        )?;
+
+        self.encode_workers(&mut e)?;
+        self.encode_events(&mut e)?;
+        self.encode_destinations(&mut e)
+    }
+}
+
+impl Scrape {
+    fn encode_workers(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let workers = self.running.workers.stats();
+        let queues = self.running.workers.queue_depths();
+        let label = |i: usize| [("worker", i.to_string())];
+        let mut m = e.encode_descriptor(
+            "worker_up",
+            "1 while the worker's loop turns.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (i, w) in workers.iter().enumerate() {
+            m.encode_family(&label(i))?
+                .encode_gauge(&i64::from(status::alive(w)))?;
+        }
+        let mut m = e.encode_descriptor(
+            "worker_handoff_queue_depth",
+            "Datagrams waiting in the worker's handoff queue.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (i, q) in queues.iter().enumerate() {
+            m.encode_family(&label(i))?.encode_gauge(&(*q as u64))?;
+        }
+        type Field = fn(&dataplane::worker::WorkerStats) -> u64;
+        let per_worker: [(&str, &str, Field); 7] = [
+            ("worker_datagrams_received", "Datagrams received.", |w| {
+                w.datagrams_in
+            }),
+            ("worker_datagrams_sent", "Datagrams sent.", |w| {
+                w.datagrams_out
+            }),
+            (
+                "worker_send_errors",
+                "Failed sends (including full socket buffers).",
+                |w| w.send_errors,
+            ),
+            (
+                "worker_send_would_block",
+                "Sends dropped because the socket buffer was full.",
+                |w| w.send_would_block,
+            ),
+            ("worker_recv_errors", "Receive errors.", |w| w.recv_errors),
+            (
+                "worker_truncated",
+                "Datagrams dropped for not fitting the receive buffer.",
+                |w| w.truncated,
+            ),
+            (
+                "worker_handoff_drops",
+                "Handoffs dropped because the target queue was full.",
+                |w| w.handoff_drops,
+            ),
+        ];
+        for (name, help, get) in per_worker {
+            let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (i, w) in workers.iter().enumerate() {
+                labelled_counter(&mut m, &label(i), get(w))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Call-event queues, when `[events]` is on: each worker's sink and the
+    /// exporter's queue behind them.
+    fn encode_events(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let Some(queue) = &self.running.events else {
+            return Ok(());
+        };
+        gauge(
+            e,
+            "event_queue_depth",
+            "Call events waiting for the Redis exporter.",
+            queue.len() as u64,
+        )?;
+        counter(
+            e,
+            "event_queue_dropped",
+            "Call events dropped because the exporter's queue was full.",
+            queue.dropped(),
+        )?;
+        let sinks = &self.running.event_sinks;
+        let label = |i: usize| [("worker", i.to_string())];
+        let mut m = e.encode_descriptor(
+            "worker_event_queue_depth",
+            "Call events waiting in the worker's queue for the control thread.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (i, s) in sinks.iter().enumerate() {
+            m.encode_family(&label(i))?
+                .encode_gauge(&(s.len() as u64))?;
+        }
+        let mut m = e.encode_descriptor(
+            "worker_event_drops",
+            "Call events the worker dropped because its queue was full.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, s) in sinks.iter().enumerate() {
+            labelled_counter(&mut m, &label(i), s.dropped())?;
+        }
+        Ok(())
+    }
+
+    fn encode_destinations(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let table = self.running.table.load();
+        let now = Instant::now();
+        let dests: Vec<_> = table
+            .iter()
+            .map(|(_, d)| {
+                let labels = vec![("set", d.set.to_string()), ("uri", d.uri.clone())];
+                (labels, d.stats.snapshot(now))
+            })
+            .collect();
+        let mut m = e.encode_descriptor(
+            "destination_active_calls",
+            "Calls being set up or established through the destination.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (l, s) in &dests {
+            m.encode_family(l)?.encode_gauge(&s.active_calls)?;
+        }
+        let mut m = e.encode_descriptor(
+            "destination_state",
+            "1 for the destination's current state.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (l, s) in &dests {
+            for st in [
+                DestState::Active,
+                DestState::Inactive,
+                DestState::Disabled,
+                DestState::Probing,
+            ] {
+                let mut l = l.clone();
+                l.push(("state", st.as_str().to_owned()));
+                m.encode_family(&l)?
+                    .encode_gauge(&i64::from(s.state == st))?;
+            }
+        }
+        let mut m = e.encode_descriptor(
+            "destination_usable",
+            "1 if the destination may be selected now.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (l, s) in &dests {
+            m.encode_family(l)?.encode_gauge(&i64::from(s.usable))?;
+        }
+        let mut m = e.encode_descriptor(
+            "destination_selected",
+            "Times the destination was the first candidate.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (l, s) in &dests {
+            labelled_counter(&mut m, l, s.selected)?;
+        }
+        let mut m = e.encode_descriptor(
+            "destination_failures",
+            "Failed attempts (408, 500, 503, timeout).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (l, s) in &dests {
+            labelled_counter(&mut m, l, s.failed)?;
+        }
+        let mut m = e.encode_descriptor(
+            "destination_latency_seconds",
+            "Latency EWMA, for destinations measured so far.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (l, s) in &dests {
+            if let Some(us) = s.latency_us {
+                m.encode_family(l)?.encode_gauge(&(f64::from(us) / 1e6))?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! OPTIONS probing of destinations (Kamailio's dispatcher pinging), on the
+//! control thread.
+//!
+//! [`core`] is the sans-IO state machine; [`run`] is its thin tokio shell: one
+//! UDP socket per address family on the listen address (ephemeral port), a
+//! round every `ping_interval_s`, replies read as they come. Every state change
+//! is logged and, when events are on, pushed as `dst_up` / `dst_down`.
+
+pub mod core;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use dataplane::dispatch::SharedTable;
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+use crate::config::Config;
+use crate::events::{DstChange, Event, EventQueue, WallClock};
+
+pub use self::core::{Change, ProbeConfig, Prober, Transmit};
+
+impl ProbeConfig {
+    /// The prober's settings from `[dispatcher]`; `None` when probing is off
+    /// (`ping_interval_s = 0`).
+    pub fn from_config(cfg: &Config) -> Option<ProbeConfig> {
+        let d = &cfg.dispatcher;
+        let interval = d.ping_interval()?;
+        Some(ProbeConfig {
+            interval,
+            // As Kamailio's probes, which run as transactions with tm's fr_timer.
+            timeout: d.fr_timer().min(interval),
+            probing_threshold: d.probing_threshold,
+            inactive_threshold: d.inactive_threshold,
+            reply_codes: d.ping_reply_codes.clone(),
+            from: d.ping_from.clone(),
+            method: d.ping_method.clone(),
+            mode: d.probing_mode,
+        })
+    }
+}
+
+/// Probes the destinations of `table` until the task is dropped. `listen` is the
+/// proxy's SIP address: probes leave from its IP (on an ephemeral port);
+/// `advertise` names the host in their Via when that IP is unspecified.
+pub async fn run(
+    cfg: ProbeConfig,
+    table: SharedTable,
+    listen: SocketAddr,
+    advertise: String,
+    events: Option<EventQueue>,
+) {
+    let mut prober = Prober::new(cfg, instance_id());
+    let v4 = bind(listen, false, &advertise, &mut prober).await;
+    let v6 = bind(listen, true, &advertise, &mut prober).await;
+    if v4.is_none() && v6.is_none() {
+        tracing::error!("probing is off: no UDP socket could be bound for probes");
+        return;
+    }
+    let clock = WallClock::new();
+    let interval = prober.config().interval;
+    let mut next_round = Instant::now();
+    let (mut buf4, mut buf6) = (vec![0u8; 65_535], vec![0u8; 65_535]);
+    let (mut out, mut changes) = (Vec::new(), Vec::new());
+    loop {
+        let wake = prober
+            .next_deadline()
+            .map_or(next_round, |d| Instant::from_std(d).min(next_round));
+        tokio::select! {
+            _ = tokio::time::sleep_until(wake) => {}
+            n = recv(v4.as_ref(), &mut buf4) => if let Some(n) = n {
+                prober.handle(Instant::now().into_std(), buf4.get(..n).unwrap_or_default(), &mut changes);
+            },
+            n = recv(v6.as_ref(), &mut buf6) => if let Some(n) = n {
+                prober.handle(Instant::now().into_std(), buf6.get(..n).unwrap_or_default(), &mut changes);
+            },
+        }
+        let now = Instant::now();
+        if now >= next_round {
+            prober.start_round(now.into_std(), &table.load(), &mut out, &mut changes);
+            next_round += interval;
+            if next_round <= now {
+                // We fell behind (a suspended process): no burst of rounds.
+                next_round = now + interval;
+            }
+        }
+        prober.poll(now.into_std(), &mut out, &mut changes);
+        for t in out.drain(..) {
+            let sock = if t.to.is_ipv6() { &v6 } else { &v4 };
+            if let Some(s) = sock {
+                if let Err(e) = s.send_to(&t.bytes, t.to).await {
+                    // The timeout turns this into a failed probe.
+                    tracing::debug!(to = %t.to, error = %e, "probe not sent");
+                }
+            }
+        }
+        for c in changes.drain(..) {
+            report(&c, events.as_ref(), clock.unix_ms(now.into_std()));
+        }
+    }
+}
+
+fn report(c: &Change, events: Option<&EventQueue>, ts: u64) {
+    tracing::info!(
+        set = c.set, uri = %c.uri, old = %c.old, new = %c.new, reason = %c.reason,
+        "destination {}", if c.is_up() { "up" } else { "down" }
+    );
+    if let Some(q) = events {
+        let change = DstChange {
+            set: c.set,
+            uri: c.uri.as_str().into(),
+            reason: c.reason.clone(),
+            ts,
+        };
+        q.push(if c.is_up() {
+            Event::DstUp(change)
+        } else {
+            Event::DstDown(change)
+        });
+    }
+}
+
+/// Binds the probe socket of one family and tells the prober its sent-by.
+async fn bind(
+    listen: SocketAddr,
+    v6: bool,
+    advertise: &str,
+    prober: &mut Prober,
+) -> Option<UdpSocket> {
+    let ip = match (listen.ip(), v6) {
+        (IpAddr::V4(ip), false) => IpAddr::V4(ip),
+        (IpAddr::V6(ip), true) => IpAddr::V6(ip),
+        (_, false) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        (_, true) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let sock = match UdpSocket::bind(SocketAddr::new(ip, 0)).await {
+        Ok(s) => s,
+        Err(e) => {
+            // Normal for IPv6 on hosts without it; only matters if a
+            // destination of that family exists, and then it is never probed.
+            tracing::debug!(%ip, error = %e, "no probe socket for this address family");
+            return None;
+        }
+    };
+    let local = sock.local_addr().ok()?;
+    let host = if !local.ip().is_unspecified() {
+        local.ip().to_string()
+    } else if local.ip().is_ipv4() == listen.ip().is_ipv4() {
+        advertise.to_owned()
+    } else if v6 {
+        Ipv6Addr::LOCALHOST.to_string()
+    } else {
+        Ipv4Addr::LOCALHOST.to_string()
+    };
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    prober.set_sent_by(v6, Some(format!("{host}:{}", local.port())));
+    Some(sock)
+}
+
+/// The next datagram on `sock`; never completes without a socket. Errors
+/// (e.g. ICMP port unreachable reported on the socket) count as nothing read.
+async fn recv(sock: Option<&UdpSocket>, buf: &mut [u8]) -> Option<usize> {
+    match sock {
+        Some(s) => match s.recv_from(buf).await {
+            Ok((n, _)) => Some(n),
+            Err(_) => {
+                // Avoid spinning on a socket that keeps failing.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                None
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// A per-run id for branches and Call-IDs, from the OS-seeded hasher keys.
+fn instance_id() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::process::id()) >> 16
+}
