@@ -18,7 +18,7 @@ build:
 
 ## test: the whole test suite; services the tests start are stopped even on failure
 test: deps
-	@rc=0; $(CARGO) test --workspace --profile ci || rc=$$?; \
+	@rc=0; $(CARGO) test --workspace --profile ci --no-fail-fast || rc=$$?; \
 	  bash scripts/services.sh stop-all; exit $$rc
 
 ## demo: build and run the demo

@@ -213,7 +213,7 @@ start_rtpengine() {
   setsid rtpengine --config-file=none --table=-1 --interface=127.0.0.1 \
     --listen-ng="127.0.0.1:$port" --port-min="$pmin" --port-max="$pmax" \
     --foreground --log-stderr --log-level=5 --pidfile="$dir/rtpengine.pid" \
-    --num-threads=2 </dev/null >"$dir/rtpengine.log" 2>&1 &
+    --num-threads=2 --delete-delay=0 </dev/null >"$dir/rtpengine.log" 2>&1 &
   echo $! > "$dir/pid"
   if ! wait_for rtpengine ng_ping "$port"; then
     tail -20 "$dir/rtpengine.log" >&2

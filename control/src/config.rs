@@ -695,6 +695,10 @@ pub struct DispatchRule {
     pub domain: Option<String>,
     /// Destination set id.
     pub set: u32,
+    /// Anchor the media of calls this rule matches (`true`) or not (`false`),
+    /// whatever `rtpengine.sets` says; unset: as the set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtpengine: Option<bool>,
 }
 
 /// `[dispatcher]`
@@ -1333,6 +1337,12 @@ impl Config {
                 );
             }
             seen.push((kind, value));
+            if r.rtpengine == Some(true) && self.rtpengine.engines.is_empty() {
+                v.err(
+                    rule_path(Some("rtpengine")),
+                    "rule rtpengine = true needs [rtpengine] engines".into(),
+                );
+            }
         }
     }
 
@@ -1361,6 +1371,29 @@ impl Config {
             };
             if !is_header_text(flags) {
                 v.err(at(k), format!("{k} must not contain control characters"));
+            } else if let Err(e) = dataplane::rtpengine::NgFlags::parse(flags) {
+                v.err(at(k), format!("{k}: {e}"));
+            }
+        }
+        if r.engines.len() > dataplane::rtpengine::client::MAX_ENGINES {
+            v.err(
+                at("engines"),
+                format!(
+                    "at most {} engines (got {})",
+                    dataplane::rtpengine::client::MAX_ENGINES,
+                    r.engines.len()
+                ),
+            );
+        }
+        if let Some(first) = r.engines.first() {
+            if r.engines
+                .iter()
+                .any(|e| e.addr.is_ipv4() != first.addr.is_ipv4())
+            {
+                v.err(
+                    at("engines"),
+                    "engines must all be IPv4 or all IPv6 (each worker has one ng socket)".into(),
+                );
             }
         }
         if r.timeout_ms == 0 {

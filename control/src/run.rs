@@ -8,13 +8,14 @@ use std::time::Instant;
 
 use anyhow::{anyhow, Context, Result};
 use dataplane::dispatch::{Algorithm, HealthPolicy, SharedTable};
+use dataplane::proxy::media::{MediaConfig, MediaPolicy, MediaShared};
 use dataplane::proxy::{self, ProxyConfig, ProxyStats, SetRule, UnknownDomain, Worker};
 use dataplane::txn::TimerConfig;
 use dataplane::worker::{self, Driver, SocketSpec, WorkerSpec};
 use tracing::{info, warn};
 
 use crate::api;
-use crate::config::{Config, DispatchRule};
+use crate::config::{Config, DispatchRule, RtpFailure};
 use crate::events::{EventQueue, Exporter, ExporterConfig, WallClock};
 use crate::probe;
 use crate::source;
@@ -40,6 +41,9 @@ pub struct Running {
     pub driver: Driver,
     /// Asks the control thread to re-read the dispatcher source.
     pub reload: ReloadHandle,
+    /// RTPEngine anchoring: engines, health, per-worker per-engine counters;
+    /// `None` when `[rtpengine] engines` is empty.
+    pub media: Option<Arc<MediaShared>>,
     /// The export queue when `[events] redis_url` is set; control tasks push
     /// their own events (dst_up / dst_down) here.
     pub events: Option<EventQueue>,
@@ -86,15 +90,18 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
                 (Some(p), _) => SetRule::Prefix {
                     prefix: p.clone(),
                     set: r.set,
+                    media: r.rtpengine,
                 },
                 (None, Some(d)) => SetRule::Domain {
                     domain: d.clone(),
                     set: r.set,
+                    media: r.rtpengine,
                 },
                 // Validation guarantees exactly one of the two.
                 (None, None) => SetRule::Prefix {
                     prefix: String::new(),
                     set: r.set,
+                    media: r.rtpengine,
                 },
             })
             .collect(),
@@ -122,8 +129,39 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
         server_header: cfg.proxy.server_header.clone(),
         balance_by_call_id: cfg.proxy.balance == crate::config::Balance::Callid,
         key_seed: random_seed(),
+        media: media_config(cfg, workers)?.map(Arc::new),
         ..ProxyConfig::default()
     })
+}
+
+/// The workers' RTPEngine settings; `None` when no engine is configured.
+fn media_config(cfg: &Config, workers: usize) -> Result<Option<MediaShared>> {
+    let r = &cfg.rtpengine;
+    if r.engines.is_empty() {
+        return Ok(None);
+    }
+    let flags = |k: &str, v: &str| {
+        dataplane::rtpengine::NgFlags::parse(v).map_err(|e| anyhow!("rtpengine.{k}: {e}"))
+    };
+    let media = MediaConfig {
+        engines: r.engines.iter().map(|e| (e.addr, e.weight)).collect(),
+        offer_flags: flags("offer_flags", &r.offer_flags)?,
+        answer_flags: flags("answer_flags", &r.answer_flags)?,
+        sets: r.sets.clone(),
+        timeout: r.timeout(),
+        retries: r.retries,
+        on_failure: match r.on_failure {
+            RtpFailure::Reject => MediaPolicy::Reject,
+            RtpFailure::Passthrough => MediaPolicy::Passthrough,
+        },
+        recheck_interval: Some(
+            r.ping_interval()
+                .unwrap_or(std::time::Duration::from_secs(5)),
+        ),
+    };
+    // Cookies must differ per process start (RTPEngine caches replies by cookie).
+    let instance = random_seed()[0] as u32;
+    Ok(Some(MediaShared::new(media, workers, instance)))
 }
 
 /// Binds the sockets, loads the destinations and starts the workers. The
@@ -175,7 +213,10 @@ pub fn start(
                     recv_buffer: Some(4 << 20),
                     send_buffer: Some(4 << 20),
                 },
-            ],
+            ]
+            .into_iter()
+            .chain(media_socket(&proxy_cfg))
+            .collect(),
             cpu: Some(i % cpus),
         })
         .collect();
@@ -217,7 +258,9 @@ pub fn start(
     );
     let (reloader, reload) = Reloader::new(source, table.clone());
     let driver = pool.driver();
+    let media = proxy_cfg.media.clone();
     let running = Running {
+        media,
         table,
         stats,
         proxy: proxy_cfg,
@@ -231,6 +274,23 @@ pub fn start(
         workers: pool.monitor(),
     };
     Ok((pool, running, reloader))
+}
+
+/// The worker's own ng socket (`proxy::media::SOCK_MEDIA`), on an ephemeral
+/// port of the engines' address family.
+fn media_socket(p: &ProxyConfig) -> Option<SocketSpec> {
+    let first = p.media.as_ref()?.config.engines.first()?.0;
+    let any: std::net::IpAddr = if first.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    Some(SocketSpec {
+        addr: SocketAddr::new(any, 0),
+        reuse_port: false,
+        recv_buffer: Some(1 << 20),
+        send_buffer: Some(1 << 20),
+    })
 }
 
 /// Runs until SIGINT or SIGTERM, then stops the workers.
@@ -268,6 +328,12 @@ pub fn run(cfg: &Config) -> Result<()> {
     rt.block_on(async {
         // Control-thread tasks; they end with the runtime.
         tokio::spawn(reloader.run());
+        if let (Some(m), Some(every)) = (running.media.clone(), cfg.rtpengine.ping_interval()) {
+            for i in 0..m.config.engines.len() {
+                let (t, r) = (cfg.rtpengine.timeout(), cfg.rtpengine.retries);
+                tokio::spawn(crate::media_health::watch(m.clone(), i, every, t, r));
+            }
+        }
         tokio::spawn(api::serve(
             mgmt,
             api::ApiState::new(Arc::clone(&running), &cfg.mgmt.token),
@@ -316,11 +382,21 @@ pub fn run(cfg: &Config) -> Result<()> {
         let _ = rt.block_on(task);
     }
     // One greppable line with every counter, for operators and tests.
-    let line: Vec<String> = total
+    let mut line: Vec<String> = total
         .fields()
         .iter()
         .map(|(n, v)| format!("{n}={v}"))
         .collect();
+    if let Some(m) = &running.media {
+        let (rejected, passthrough) = m.policy_totals();
+        line.push(format!("rtpengine_rejected={rejected}"));
+        line.push(format!("rtpengine_passthrough={passthrough}"));
+        for i in 0..m.config.engines.len() {
+            for (n, v) in m.engine_totals(i).fields() {
+                line.push(format!("rtpengine{i}_{n}={v}"));
+            }
+        }
+    }
     eprintln!("siphon: counters {}", line.join(" "));
     info!("stopped");
     Ok(())

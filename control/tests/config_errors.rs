@@ -57,13 +57,13 @@ fn unknown_key_in_a_rule() {
         vec![
             "siphon.toml:1: [[dispatcher.rules]] is missing required key \"set\"",
             "siphon.toml:3: unknown key \"sett\" in [[dispatcher.rules]]; expected one of \
-             prefix, domain, set",
+             prefix, domain, set, rtpengine",
         ]
     );
     assert_eq!(
         one_error("[[dispatcher.rules]]\nprefix = \"+44\"\nset = 2\nweight = 1\n"),
         "siphon.toml:4: unknown key \"weight\" in [[dispatcher.rules]]; expected one of \
-         prefix, domain, set"
+         prefix, domain, set, rtpengine"
     );
 }
 
@@ -240,4 +240,28 @@ fn unreadable_file() {
     assert!(e
         .to_string()
         .starts_with("/nonexistent/siphon.toml: cannot read configuration file: "));
+}
+
+#[test]
+fn bad_rtpengine_flags_and_engine_families() {
+    assert_eq!(
+        one_error("[rtpengine]\nengines = [\"udp:127.0.0.1:22222\"]\noffer_flags = \"ICE=remove call-id=x\"\n"),
+        "siphon.toml:3: offer_flags: rtpengine flag \"call-id\" is taken from the SIP message and cannot be configured"
+    );
+    assert_eq!(
+        one_error("[rtpengine]\nanswer_flags = \"TOS=lots\"\n"),
+        "siphon.toml:2: answer_flags: rtpengine flag \"TOS\": invalid value \"lots\""
+    );
+    assert_eq!(
+        one_error("[rtpengine]\nengines = [\"udp:127.0.0.1:22222\", \"udp:[::1]:22222\"]\n"),
+        "siphon.toml:2: engines must all be IPv4 or all IPv6 (each worker has one ng socket)"
+    );
+}
+
+#[test]
+fn rule_anchoring_needs_engines() {
+    assert_eq!(
+        one_error("[[dispatcher.rules]]\nprefix = \"+44\"\nset = 2\nrtpengine = true\n"),
+        "siphon.toml:4: rule rtpengine = true needs [rtpengine] engines"
+    );
 }

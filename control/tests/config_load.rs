@@ -174,12 +174,14 @@ format = "json"
             DispatchRule {
                 prefix: Some("+1".into()),
                 domain: None,
-                set: 4
+                set: 4,
+                rtpengine: None,
             },
             DispatchRule {
                 prefix: None,
                 domain: Some("b.example.com".into()),
-                set: 5
+                set: 5,
+                rtpengine: None,
             },
         ]
     );
@@ -257,11 +259,13 @@ fn example_file_is_the_defaults_plus_its_marked_changes() {
             prefix: Some("+44".into()),
             domain: None,
             set: 2,
+            rtpengine: None,
         },
         DispatchRule {
             prefix: None,
             domain: Some("pbx.example.com".into()),
             set: 3,
+            rtpengine: None,
         },
     ];
     want.rtpengine.engines = vec![EngineSpec {
@@ -319,6 +323,7 @@ fn to_toml_round_trips() {
         prefix: Some("+49".into()),
         domain: None,
         set: 7,
+        rtpengine: None,
     });
     c.rtpengine.engines.push(EngineSpec {
         addr: addr("127.0.0.1:22222"),

@@ -279,7 +279,8 @@ fn machines_are_small() {
     );
     assert!(size_of::<ClientInvite>() <= 96);
     assert!(size_of::<ClientNonInvite>() <= 96);
-    assert!(size_of::<ServerInvite>() <= 104);
+    // 120: T1, T2, T4 and the wait timer are kept per machine (16 B each).
+    assert!(size_of::<ServerInvite>() <= 120);
     assert!(size_of::<ServerNonInvite>() <= 48);
     assert_eq!(size_of::<TxnKey>(), 16);
 }

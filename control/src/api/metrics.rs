@@ -124,6 +124,7 @@ impl Collector for Scrape {
 
         self.encode_workers(&mut e)?;
         self.encode_events(&mut e)?;
+        self.encode_media(&mut e)?;
         self.encode_destinations(&mut e)
     }
 }
@@ -231,6 +232,63 @@ impl Scrape {
             labelled_counter(&mut m, &label(i), s.dropped())?;
         }
         Ok(())
+    }
+
+    /// RTPEngine health and ng commands per engine, when anchoring is on.
+    fn encode_media(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let Some(media) = &self.running.media else {
+            return Ok(());
+        };
+        let engines = status::engines(&self.running);
+        let label = |x: &super::model::EngineStatus| [("engine", x.address.clone())];
+        let mut m = e.encode_descriptor(
+            "rtpengine_up",
+            "1 while the engine answers pings (and the workers' requests).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for x in &engines {
+            m.encode_family(&label(x))?.encode_gauge(&i64::from(x.up))?;
+        }
+        type Pick = fn(&super::model::EngineStatus) -> u64;
+        let families: [(&str, &str, Pick); 5] = [
+            ("rtpengine_offers", "ng offer commands sent.", |x| x.offers),
+            ("rtpengine_answers", "ng answer commands sent.", |x| {
+                x.answers
+            }),
+            ("rtpengine_deletes", "ng delete commands sent.", |x| {
+                x.deletes
+            }),
+            (
+                "rtpengine_timeouts",
+                "ng commands given up after every retransmission.",
+                |x| x.timeouts,
+            ),
+            (
+                "rtpengine_errors",
+                "ng commands answered with result=error.",
+                |x| x.errors,
+            ),
+        ];
+        for (name, help, pick) in families {
+            let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for x in &engines {
+                labelled_counter(&mut m, &label(x), pick(x))?;
+            }
+        }
+        let (rejected, passthrough) = media.policy_totals();
+        counter(
+            e,
+            "rtpengine_rejected_calls",
+            "Calls answered 503 because no engine answered (on_failure = reject).",
+            rejected,
+        )?;
+        counter(
+            e,
+            "rtpengine_passthrough_calls",
+            "Calls forwarded without anchoring because no engine answered (on_failure = passthrough).",
+            passthrough,
+        )
     }
 
     fn encode_destinations(&self, e: &mut DescriptorEncoder) -> fmt::Result {

@@ -43,6 +43,24 @@ pub struct Status {
     pub destinations: usize,
     /// Per-worker load, to see how the kernel spreads traffic.
     pub worker_detail: Vec<WorkerStatus>,
+    /// RTPEngine instances (empty when media anchoring is off).
+    #[serde(default)]
+    pub rtpengine: Vec<EngineStatus>,
+}
+
+/// One RTPEngine in [`Status`]: health from the control thread's pings and
+/// the workers' own timeouts, and ng commands summed over workers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineStatus {
+    /// ng address.
+    pub address: String,
+    pub weight: u32,
+    pub up: bool,
+    pub offers: u64,
+    pub answers: u64,
+    pub deletes: u64,
+    pub timeouts: u64,
+    pub errors: u64,
 }
 
 /// One worker in [`Status`].

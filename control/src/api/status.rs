@@ -166,6 +166,7 @@ pub(super) async fn status(State(st): State<Arc<ApiState>>) -> Json<Status> {
         sets: table.sets().len(),
         destinations: table.dest_count(),
         worker_detail,
+        rtpengine: engines(r),
     })
 }
 
@@ -236,6 +237,31 @@ pub(super) async fn errors(State(st): State<Arc<ApiState>>) -> Json<ErrorStats> 
         dialogs_full: t.dialogs_full,
         drops,
     })
+}
+
+/// Every configured RTPEngine with its health and counters.
+pub(super) fn engines(r: &Running) -> Vec<super::model::EngineStatus> {
+    let Some(m) = &r.media else {
+        return Vec::new();
+    };
+    m.config
+        .engines
+        .iter()
+        .enumerate()
+        .map(|(i, &(addr, weight))| {
+            let t = m.engine_totals(i);
+            super::model::EngineStatus {
+                address: addr.to_string(),
+                weight,
+                up: m.health.is_up(i),
+                offers: t.offers,
+                answers: t.answers,
+                deletes: t.deletes,
+                timeouts: t.timeouts,
+                errors: t.errors,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -51,6 +51,8 @@ pub struct Service {
     dir: PathBuf,
     port: u16,
     env: BTreeMap<String, String>,
+    /// RTPEngine's media port range.
+    media_ports: Option<(u16, u16)>,
 }
 
 fn script() -> PathBuf {
@@ -69,6 +71,7 @@ impl Service {
             .join(format!("{}-{}-{n}", kind.name(), std::process::id()));
         let mut cmd = Command::new("bash");
         cmd.arg(script()).arg("start").arg(kind.name()).arg(&dir);
+        let mut media_ports = None;
         let port = match kind {
             ServiceKind::Redis => {
                 let p = free_tcp_port();
@@ -89,6 +92,7 @@ impl Service {
                 let p = free_udp_port();
                 // A media port window of its own (rtpengine skips ports in use anyway).
                 let min = 30000 + (std::process::id() + n * 7) % 20 * 100;
+                media_ports = u16::try_from(min).ok().map(|m| (m, m + 99));
                 cmd.env("SIPHON_TEST_RTPENGINE_PORT", p.to_string())
                     .env("SIPHON_TEST_RTP_PORT_MIN", min.to_string())
                     .env("SIPHON_TEST_RTP_PORT_MAX", (min + 99).to_string());
@@ -109,6 +113,7 @@ impl Service {
             dir,
             port,
             env,
+            media_ports,
         };
         assert!(
             out.status.success() && svc.env.contains_key(kind.url_key()),
@@ -137,6 +142,11 @@ impl Service {
     /// Its port on 127.0.0.1 (TCP; UDP for RTPEngine's ng socket).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// RTPEngine's media port range (inclusive); `None` for other services.
+    pub fn media_ports(&self) -> Option<(u16, u16)> {
+        self.media_ports
     }
 
     /// The KEY=VALUE settings `services.sh start` printed.

@@ -1,6 +1,9 @@
 //! Runtime settings of the proxy core, already validated by the control plane.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use super::media::MediaShared;
 
 use crate::dispatch::{Algorithm, HealthPolicy};
 use crate::txn::TimerConfig;
@@ -16,11 +19,21 @@ pub enum UnknownDomain {
 
 /// Chooses a dispatcher set other than the default for matching initial requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// `media`: anchor matching calls (`Some(true)`) or not (`Some(false)`)
+/// whatever the set says; `None`: as the set.
 pub enum SetRule {
     /// The Request-URI user part starts with this prefix.
-    Prefix { prefix: String, set: u32 },
+    Prefix {
+        prefix: String,
+        set: u32,
+        media: Option<bool>,
+    },
     /// The Request-URI host equals this domain (case-insensitive).
-    Domain { domain: String, set: u32 },
+    Domain {
+        domain: String,
+        set: u32,
+        media: Option<bool>,
+    },
 }
 
 /// Everything a worker needs to route, shared read-only by all workers.
@@ -62,6 +75,8 @@ pub struct ProxyConfig {
     /// Seeds the transaction and dialog key hash. The control plane fills it
     /// from OS randomness; the default is fixed, for tests.
     pub key_seed: [u64; 4],
+    /// RTPEngine media anchoring; `None`: off.
+    pub media: Option<Arc<MediaShared>>,
 }
 
 impl Default for ProxyConfig {
@@ -88,6 +103,7 @@ impl Default for ProxyConfig {
             dialog_timeout: Duration::from_secs(12 * 3600),
             balance_by_call_id: false,
             key_seed: [0x5195_0a11, 0x7e57, 0xd1a1, 0x0c0de],
+            media: None,
         }
     }
 }
@@ -128,18 +144,26 @@ impl ProxyConfig {
 
     /// The dispatcher set for an initial request to `user@host`.
     pub fn set_for(&self, user: &[u8], host: &[u8]) -> u32 {
+        self.route_for(user, host).0
+    }
+
+    /// The dispatcher set for an initial request to `user@host`, and the
+    /// matching rule's media anchoring override.
+    pub fn route_for(&self, user: &[u8], host: &[u8]) -> (u32, Option<bool>) {
         for rule in &self.rules {
             match rule {
-                SetRule::Prefix { prefix, set } if user.starts_with(prefix.as_bytes()) => {
-                    return *set
+                SetRule::Prefix { prefix, set, media } if user.starts_with(prefix.as_bytes()) => {
+                    return (*set, *media)
                 }
-                SetRule::Domain { domain, set } if host.eq_ignore_ascii_case(domain.as_bytes()) => {
-                    return *set
+                SetRule::Domain { domain, set, media }
+                    if host.eq_ignore_ascii_case(domain.as_bytes()) =>
+                {
+                    return (*set, *media)
                 }
                 _ => {}
             }
         }
-        self.default_set
+        (self.default_set, None)
     }
 }
 
@@ -185,10 +209,12 @@ mod tests {
                 SetRule::Prefix {
                     prefix: "+44".into(),
                     set: 2,
+                    media: Some(false),
                 },
                 SetRule::Domain {
                     domain: "pbx.example.com".into(),
                     set: 3,
+                    media: None,
                 },
             ],
             ..ProxyConfig::default()
@@ -196,5 +222,7 @@ mod tests {
         assert_eq!(cfg.set_for(b"+4420", b"x"), 2);
         assert_eq!(cfg.set_for(b"100", b"PBX.example.com"), 3);
         assert_eq!(cfg.set_for(b"100", b"other"), 1);
+        assert_eq!(cfg.route_for(b"+4420", b"x"), (2, Some(false)));
+        assert_eq!(cfg.route_for(b"100", b"other"), (1, None));
     }
 }

@@ -6,6 +6,7 @@
 pub mod branch;
 pub mod config;
 pub mod events;
+pub mod media;
 mod pool;
 pub mod stats;
 mod transaction;
@@ -28,22 +29,55 @@ use crate::worker::{Core, Outbox, SocketId};
 use branch::Branch;
 pub use config::{Ownership, ProxyConfig, SetRule, UnknownDomain};
 use events::{CallEvent, EventSink};
+use media::{Done, Media, MediaPolicy, Outcome, SOCK_MEDIA};
 use pool::BufPool;
 use stats::{bump, count_reply};
 pub use stats::{Counters, ProxyStats, Snapshot};
-use transaction::{ClientTx, ProxyTxn, ServerTx, Target};
+use transaction::{ClientTx, MediaLeg, ProxyTxn, ServerTx, Target};
 
 /// The worker's socket on the shared public port.
 pub const SOCK_PUBLIC: SocketId = 0;
 /// The worker's private port: its Via and Record-Route point here.
 pub const SOCK_PRIVATE: SocketId = 1;
 
-/// What a dialog remembers: whose active-call count it holds, and for call
-/// events where it went and its Call-ID (kept only while events are on).
+/// What a dialog remembers: whose active-call count it holds, for call
+/// events where it went and its Call-ID (kept only while events are on),
+/// and the RTPEngine session to delete when it ends.
 struct DialogData {
     dest: Option<Arc<DestStats>>,
     addr: SocketAddr,
     call_id: Option<Box<str>>,
+    media: Option<DialogMedia>,
+}
+
+/// An anchored dialog's engine and the ids `delete` needs, inline: most
+/// Call-IDs and tags fit, longer ones spill to the heap.
+struct DialogMedia {
+    engine: u8,
+    /// Call-ID followed by the offerer's From-tag.
+    ids: SmallVec<[u8; 80]>,
+    call_id_len: u16,
+}
+
+impl DialogMedia {
+    fn new(engine: usize, call_id: &[u8], from_tag: &[u8]) -> Option<DialogMedia> {
+        let mut ids = SmallVec::new();
+        ids.extend_from_slice(call_id);
+        ids.extend_from_slice(from_tag);
+        Some(DialogMedia {
+            engine: u8::try_from(engine).ok()?,
+            ids,
+            call_id_len: u16::try_from(call_id.len()).ok()?,
+        })
+    }
+
+    fn call_id(&self) -> &[u8] {
+        self.ids.get(..usize::from(self.call_id_len)).unwrap_or(&[])
+    }
+
+    fn offerer_tag(&self) -> &[u8] {
+        self.ids.get(usize::from(self.call_id_len)..).unwrap_or(&[])
+    }
 }
 
 /// One worker's proxy: its transactions, dialogs and selection state.
@@ -69,6 +103,9 @@ pub struct Worker {
     stats: Arc<ProxyStats>,
     /// Where call events go; `None` (the default) builds none.
     events: Option<Arc<EventSink>>,
+    /// RTPEngine client; `None` when anchoring is off.
+    media: Option<Media>,
+    media_failed: Vec<Done<'static>>,
 }
 
 impl Worker {
@@ -81,7 +118,19 @@ impl Worker {
     ) -> Worker {
         let private_port = cfg.private_ports.get(index).copied().unwrap_or(0);
         let record_route = format!("sip:{}:{};lr", cfg.advertise, private_port).into_bytes();
+        let media = cfg
+            .media
+            .as_ref()
+            .and_then(|m| match Media::new(m.clone(), index) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::error!(worker = index, error = %e, "media anchoring off");
+                    None
+                }
+            });
         Worker {
+            media,
+            media_failed: Vec::with_capacity(64),
             index,
             workers: cfg.private_ports.len().max(1),
             selector: Selector::new(index),
@@ -261,6 +310,7 @@ impl Worker {
         let in_dialog = msg.to().map(|t| t.tag.is_some()).unwrap_or(false);
         let mut candidates: SmallVec<[u16; 16]> = SmallVec::new();
         let mut set_table = None;
+        let mut anchor = false;
         let target: Target;
 
         if let Some(route) = next_route {
@@ -357,7 +407,12 @@ impl Worker {
                     self.reply(socket, src, msg, 503, Some(retry), Some(b"Overloaded"), out);
                     return;
                 }
-                let set_id = self.cfg.set_for(ruri.user.unwrap_or(b""), ruri.host);
+                let (set_id, rule_media) = self.cfg.route_for(ruri.user.unwrap_or(b""), ruri.host);
+                anchor = method == Method::Invite
+                    && self.media.as_ref().is_some_and(|m| {
+                        rule_media.unwrap_or_else(|| m.shared().anchors_set(set_id))
+                    })
+                    && has_sdp(msg);
                 let table = self.table.load_full();
                 let Some(set) = table.set(set_id) else {
                     bump(&self.stats.no_destination);
@@ -427,10 +482,17 @@ impl Worker {
                 });
             }
         }
+        // A re-INVITE with SDP of an anchored dialog goes to the engine
+        // holding its session (the new offer may move either side's media).
+        let pinned = if method == Method::Invite && in_dialog && has_sdp(msg) {
+            self.dialog_media_engine(msg)
+        } else {
+            None
+        };
         if method == Method::Bye && in_dialog {
             // Like Kamailio's dialog module, the BYE ends the dialog whatever
             // its reply: a BYE to a dead destination still frees its call slot.
-            self.dialog_ended(now, msg);
+            self.dialog_ended(now, msg, out);
         }
         let mut request = self.pool.get();
         request.extend_from_slice(msg.buf());
@@ -460,6 +522,10 @@ impl Worker {
             final_sent: false,
             sent_at: now,
             timer: None,
+            media: MediaLeg::Off,
+            media_sdp: Vec::new(),
+            held: Vec::new(),
+            queued: Vec::new(),
         };
         let id = match self.txns.insert(key, txn) {
             Ok(id) => id,
@@ -500,7 +566,230 @@ impl Worker {
                 }
             }
         }
+        if (anchor || pinned.is_some()) && self.start_offer(now, id, msg, pinned, out) {
+            // The INVITE waits in its transaction for the engine's SDP.
+            return;
+        }
         self.forward_attempt(now, id, out);
+    }
+
+    // ------------------------------------------------------------------- media
+
+    /// Sends the `offer` for a new INVITE. Returns true when the INVITE is
+    /// now held (offer in flight) or was answered by the failure policy.
+    fn start_offer(
+        &mut self,
+        now: Instant,
+        id: TxnId,
+        msg: &Message<'_>,
+        pinned: Option<usize>,
+        out: &mut Outbox,
+    ) -> bool {
+        let Some(media) = self.media.as_mut() else {
+            return false;
+        };
+        let call_id = msg.call_id().unwrap_or(b"");
+        let from_tag = msg.from().ok().and_then(|f| f.tag).unwrap_or(b"");
+        match media.offer(now, id, pinned, call_id, from_tag, msg.body(), out) {
+            Ok(engine) => {
+                if let Some(txn) = self.txns.get_mut(id) {
+                    txn.media = MediaLeg::Offering {
+                        engine: engine as u8,
+                    };
+                }
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "rtpengine offer not sent");
+                self.media_unavailable(now, id, out)
+            }
+        }
+    }
+
+    /// No engine took the offer: the configured policy decides. Returns true
+    /// when the call was rejected, false when it should be forwarded as is.
+    fn media_unavailable(&mut self, now: Instant, id: TxnId, out: &mut Outbox) -> bool {
+        let Some(media) = self.media.as_ref() else {
+            return false;
+        };
+        media.count_policy();
+        let policy = media.policy();
+        if let Some(txn) = self.txns.get_mut(id) {
+            txn.media = MediaLeg::Off;
+        }
+        match policy {
+            MediaPolicy::Reject => {
+                self.reply_final(now, id, 503, Some(b"Media relay unavailable"), out);
+                self.reschedule(id);
+                true
+            }
+            MediaPolicy::Passthrough => false,
+        }
+    }
+
+    /// An ng request of transaction `done.txn` finished.
+    fn media_done(&mut self, now: Instant, done: Done<'_>, out: &mut Outbox) {
+        let id = done.txn;
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
+        match (done.command, txn.media) {
+            (crate::rtpengine::Command::Offer, MediaLeg::Offering { engine }) => {
+                match done.outcome {
+                    Outcome::Sdp(sdp) => {
+                        // The engine that answered may be a failover target.
+                        let engine = u8::try_from(done.engine).unwrap_or(engine);
+                        txn.media = MediaLeg::Anchored {
+                            engine,
+                            answering: false,
+                        };
+                        let mut buf = self.pool.get();
+                        buf.extend_from_slice(sdp);
+                        let old = std::mem::replace(&mut txn.media_sdp, buf);
+                        self.pool.put(old);
+                        self.forward_attempt(now, id, out);
+                    }
+                    Outcome::Failed => {
+                        if !self.media_unavailable(now, id, out) {
+                            self.forward_attempt(now, id, out);
+                        }
+                    }
+                }
+            }
+            (
+                crate::rtpengine::Command::Answer,
+                MediaLeg::Anchored {
+                    engine,
+                    answering: true,
+                },
+            ) => {
+                txn.media = MediaLeg::Anchored {
+                    engine,
+                    answering: false,
+                };
+                let held = std::mem::take(&mut txn.held);
+                let body = match done.outcome {
+                    Outcome::Sdp(sdp) => Some(sdp),
+                    // The callee's SDP goes through untouched rather than
+                    // losing an answered call.
+                    Outcome::Failed => None,
+                };
+                if let Ok(msg) = parse(&held) {
+                    let code = msg.status().unwrap_or(0);
+                    self.relay_response_body(now, id, &msg, code, body, out);
+                }
+                self.pool.put(held);
+                // A response that arrived meanwhile gets its own answer.
+                let Some(txn) = self.txns.get_mut(id) else {
+                    return;
+                };
+                let queued = std::mem::take(&mut txn.queued);
+                if !queued.is_empty() {
+                    if let Ok(msg) = parse(&queued) {
+                        let code = msg.status().unwrap_or(0);
+                        self.relay_response(now, id, &msg, code, out);
+                    }
+                }
+                self.pool.put(queued);
+            }
+            _ => {}
+        }
+        self.reschedule(id);
+    }
+
+    /// Sends `answer` for a response's SDP and holds the response; false
+    /// when it must be relayed as it is.
+    fn start_answer(
+        &mut self,
+        now: Instant,
+        id: TxnId,
+        engine: usize,
+        msg: &Message<'_>,
+        out: &mut Outbox,
+    ) -> bool {
+        let Some(media) = self.media.as_mut() else {
+            return false;
+        };
+        let (Ok(call_id), Ok(from), Ok(to)) = (msg.call_id(), msg.from(), msg.to()) else {
+            return false;
+        };
+        let (Some(from_tag), Some(to_tag)) = (from.tag, to.tag) else {
+            return false;
+        };
+        if media
+            .answer(now, id, engine, call_id, from_tag, to_tag, msg.body(), out)
+            .is_err()
+        {
+            return false;
+        }
+        let mut held = self.pool.get();
+        held.extend_from_slice(msg.buf());
+        let Some(txn) = self.txns.get_mut(id) else {
+            self.pool.put(held);
+            return false;
+        };
+        let old = std::mem::replace(&mut txn.held, held);
+        self.pool.put(old);
+        if let MediaLeg::Anchored { engine, .. } = txn.media {
+            txn.media = MediaLeg::Anchored {
+                engine,
+                answering: true,
+            };
+        }
+        true
+    }
+
+    /// The call of transaction `id` failed or was cancelled: release its
+    /// engine session, if it may have one.
+    fn end_txn_media(&mut self, now: Instant, id: TxnId, out: &mut Outbox) {
+        let Some(media) = self.media.as_mut() else {
+            return;
+        };
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
+        let Some(engine) = txn.media.engine() else {
+            return;
+        };
+        txn.media = MediaLeg::Off;
+        media.cancel(id);
+        if let Ok(req) = parse(&txn.request) {
+            if req.to().is_ok_and(|t| t.tag.is_some()) {
+                // A failed re-INVITE leaves the call and its session alone.
+                return;
+            }
+            let call_id = req.call_id().unwrap_or(b"");
+            let from_tag = req.from().ok().and_then(|f| f.tag).unwrap_or(b"");
+            media.delete(now, engine, call_id, from_tag, out);
+        }
+    }
+
+    /// The engine holding the session of the dialog `msg` belongs to.
+    fn dialog_media_engine(&self, msg: &Message<'_>) -> Option<usize> {
+        self.media.as_ref()?;
+        let (Ok(call_id), Ok(from), Ok(to)) = (msg.call_id(), msg.from(), msg.to()) else {
+            return None;
+        };
+        let key = DialogKey::new(
+            &self.hasher,
+            call_id,
+            from.tag.unwrap_or(b""),
+            to.tag.unwrap_or(b""),
+        );
+        let d = self.dialogs.get(self.dialogs.find(&key)?)?;
+        d.data.media.as_ref().map(|m| usize::from(m.engine))
+    }
+
+    fn delete_dialog_media(&mut self, now: Instant, m: &DialogMedia, out: &mut Outbox) {
+        if let Some(media) = self.media.as_mut() {
+            media.delete(
+                now,
+                usize::from(m.engine),
+                m.call_id(),
+                m.offerer_tag(),
+                out,
+            );
+        }
     }
 
     /// Sends the transaction's request to its current target with a fresh
@@ -558,7 +847,12 @@ impl Worker {
                 (Some(ip), Some((_, port))) => Some((ip.as_slice(), port)),
                 _ => None,
             },
-            body: None,
+            body: match txn.media {
+                MediaLeg::Anchored { .. } if !txn.media_sdp.is_empty() => {
+                    Some(txn.media_sdp.as_slice())
+                }
+                _ => None,
+            },
         };
         build::forward_request(&req, &edits, out).is_ok()
     }
@@ -587,6 +881,12 @@ impl Worker {
         }
         txn.cancelled = true;
         bump(&self.stats.calls_cancelled);
+        if txn.client.is_none() && matches!(txn.media, MediaLeg::Offering { .. }) {
+            // Nothing was forwarded yet: the INVITE ends here.
+            self.reply_final(now, id, 487, None, out);
+            self.reschedule(id);
+            return;
+        }
         let send_now = txn.client.as_mut().is_some_and(|c| c.request_cancel(now));
         if send_now {
             self.send_cancel(now, id, out);
@@ -778,9 +1078,12 @@ impl Worker {
                         d.record_latency(now.saturating_duration_since(txn.sent_at));
                     }
                 }
-                if txn_method(&self.txns, id) == Some(Method::Invite) {
+                // A retransmitted 2xx finds its dialog already there: the
+                // call is counted and reported once.
+                if txn_method(&self.txns, id) == Some(Method::Invite)
+                    && self.dialog_started(now, id, msg)
+                {
                     bump(&self.stats.calls_answered);
-                    self.dialog_started(now, id, msg);
                     if let (Some(sink), Some(txn)) = (&self.events, self.txns.get(id)) {
                         sink.push(CallEvent::Answered {
                             at: now,
@@ -869,18 +1172,74 @@ impl Worker {
         let Some(txn) = self.txns.get_mut(id) else {
             return;
         };
+        if let MediaLeg::Anchored { engine, answering } = txn.media {
+            let sdp = (101..300).contains(&code) && !msg.body().is_empty();
+            if sdp && txn.final_sent {
+                // A retransmitted 2xx: resend what the engine made of the first.
+                if !txn.last_response.is_empty() {
+                    out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
+                    bump(&self.stats.tx_datagrams);
+                }
+                return;
+            }
+            if sdp && answering {
+                // One answer at a time; keep the latest, a final over a provisional.
+                let keep = code >= 200
+                    || parse(&txn.queued)
+                        .ok()
+                        .and_then(|q| q.status())
+                        .is_none_or(|c| c < 200);
+                if keep {
+                    txn.queued.clear();
+                    txn.queued.extend_from_slice(msg.buf());
+                }
+                return;
+            }
+            if sdp && self.start_answer(now, id, usize::from(engine), msg, out) {
+                return;
+            }
+            if code >= 300 && answering {
+                // A failure overtakes the held provisional.
+                if let Some(m) = self.media.as_mut() {
+                    m.cancel(id);
+                }
+                if let Some(txn) = self.txns.get_mut(id) {
+                    txn.media = MediaLeg::Anchored {
+                        engine,
+                        answering: false,
+                    };
+                    txn.queued.clear();
+                }
+            }
+        }
+        self.relay_response_body(now, id, msg, code, None, out);
+    }
+
+    /// Relays a response upstream, with its body replaced when `body` is given.
+    fn relay_response_body(
+        &mut self,
+        now: Instant,
+        id: TxnId,
+        msg: &Message<'_>,
+        code: u16,
+        body: Option<&[u8]>,
+        out: &mut Outbox,
+    ) {
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
         if txn.final_sent && !(txn.method == Method::Invite && (200..300).contains(&code)) {
             return;
         }
         txn.last_response.clear();
-        if build::forward_response(msg, &mut txn.last_response).is_err() {
+        if build::forward_response_with_body(msg, body, &mut txn.last_response).is_err() {
             return;
         }
         out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
         bump(&self.stats.tx_datagrams);
         count_reply(&self.stats, code);
         if code >= 200 {
-            self.final_sent(now, id, code);
+            self.final_sent(now, id, code, out);
         } else {
             txn.server.on_provisional_sent();
         }
@@ -927,10 +1286,13 @@ impl Worker {
         out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
         bump(&self.stats.tx_datagrams);
         count_reply(&self.stats, code);
-        self.final_sent(now, id, code);
+        self.final_sent(now, id, code, out);
     }
 
-    fn final_sent(&mut self, now: Instant, id: TxnId, code: u16) {
+    fn final_sent(&mut self, now: Instant, id: TxnId, code: u16, out: &mut Outbox) {
+        if code >= 300 {
+            self.end_txn_media(now, id, out);
+        }
         let Some(txn) = self.txns.get_mut(id) else {
             return;
         };
@@ -1030,9 +1392,13 @@ impl Worker {
 
     // ----------------------------------------------------------------- dialogs
 
-    fn dialog_started(&mut self, now: Instant, id: TxnId, resp: &Message<'_>) {
+    /// Records the dialog a 2xx creates. True when the 2xx answers the call
+    /// (also when the dialog table is full); false for a retransmitted 2xx,
+    /// whose dialog exists.
+    fn dialog_started(&mut self, now: Instant, id: TxnId, resp: &Message<'_>) -> bool {
+        // Validation guarantees Call-ID, From and To in what reaches here.
         let (Ok(call_id), Ok(from), Ok(to)) = (resp.call_id(), resp.from(), resp.to()) else {
-            return;
+            return true;
         };
         let key = DialogKey::new(
             &self.hasher,
@@ -1041,17 +1407,25 @@ impl Worker {
             to.tag.unwrap_or(b""),
         );
         if self.dialogs.find(&key).is_some() {
-            return; // a retransmitted 2xx
+            return false; // a retransmitted 2xx
         }
-        let Some(txn) = self.txns.get(id) else { return };
+        let Some(txn) = self.txns.get(id) else {
+            return false;
+        };
         let (dest, addr) = (txn.target.dest.clone(), txn.target.addr);
         if let Some(d) = &dest {
             d.call_started();
         }
+        let media = self
+            .txns
+            .get(id)
+            .and_then(|t| t.media.engine())
+            .and_then(|e| DialogMedia::new(e, call_id, from.tag.unwrap_or(b"")));
         let data = DialogData {
             dest: dest.clone(),
             addr,
             call_id: self.events.as_ref().map(|_| events::text(call_id)),
+            media,
         };
         match self.dialogs.insert(key, DialogState::Confirmed, data, now) {
             Ok(_) => bump(&self.stats.dialogs_created),
@@ -1062,9 +1436,10 @@ impl Worker {
                 bump(&self.stats.dialogs_full);
             }
         }
+        true
     }
 
-    fn dialog_ended(&mut self, now: Instant, msg: &Message<'_>) {
+    fn dialog_ended(&mut self, now: Instant, msg: &Message<'_>, out: &mut Outbox) {
         let (Ok(call_id), Ok(from), Ok(to)) = (msg.call_id(), msg.from(), msg.to()) else {
             return;
         };
@@ -1081,6 +1456,9 @@ impl Worker {
             self.emit_end(now, &d, false);
             if let Some(dest) = d.data.dest {
                 dest.call_ended();
+            }
+            if let Some(m) = &d.data.media {
+                self.delete_dialog_media(now, m, out);
             }
             bump(&self.stats.dialogs_ended);
         }
@@ -1202,6 +1580,11 @@ impl Worker {
         self.pool.put(txn.request);
         self.pool.put(txn.forwarded);
         self.pool.put(txn.last_response);
+        for b in [txn.media_sdp, txn.held, txn.queued] {
+            if b.capacity() > 0 {
+                self.pool.put(b);
+            }
+        }
     }
 
     // ----------------------------------------------------------------- replies
@@ -1283,6 +1666,14 @@ impl Core for Worker {
         out: &mut Outbox,
     ) {
         bump(&self.stats.rx_datagrams);
+        if socket == SOCK_MEDIA {
+            if let Some(media) = self.media.as_mut() {
+                if let Some(done) = media.on_datagram(now, src, data, out) {
+                    self.media_done(now, done, out);
+                }
+            }
+            return;
+        }
         // Keepalive pings (CRLF / CRLFCRLF, RFC 5626 §3.5.1) are not SIP messages.
         if data.iter().all(|b| b.is_ascii_whitespace()) {
             return;
@@ -1314,15 +1705,49 @@ impl Core for Worker {
             if let Some(dest) = d.data.dest {
                 dest.call_ended();
             }
+            if let Some(m) = &d.data.media {
+                self.delete_dialog_media(now, m, out);
+            }
             bump(&self.stats.dialogs_expired);
+        }
+        if let Some(media) = self.media.as_mut() {
+            if media.next_deadline().is_some_and(|d| d <= now) {
+                let mut failed = std::mem::take(&mut self.media_failed);
+                failed.clear();
+                media.on_timer(now, out, &mut failed);
+                for done in failed.drain(..) {
+                    self.media_done(now, done, out);
+                }
+                self.media_failed = failed;
+            }
         }
     }
 
     fn next_deadline(&self) -> Option<Instant> {
-        match (self.timers.next_deadline(), self.dialogs.next_deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        [
+            self.timers.next_deadline(),
+            self.dialogs.next_deadline(),
+            self.media.as_ref().and_then(Media::next_deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+}
+
+/// Whether a request carries an SDP body worth anchoring.
+fn has_sdp(msg: &Message<'_>) -> bool {
+    if msg.body().is_empty() {
+        return false;
+    }
+    match msg.content_type() {
+        Some(ct) => {
+            let ct = ct.trim_ascii();
+            ct.len() >= 15 && ct[..15].eq_ignore_ascii_case(b"application/sdp")
         }
+        // No Content-Type: RFC 3261 requires one with a body; anchor what
+        // looks like SDP.
+        None => msg.body().starts_with(b"v=0"),
     }
 }
 
@@ -1432,6 +1857,9 @@ fn stateless_branch(branch: &[u8], call_id: &[u8]) -> SmallVec<[u8; 48]> {
 }
 
 #[cfg(test)]
+mod media_tests;
+
+#[cfg(test)]
 mod tests {
     //! The core driven directly: no sockets, synthetic time.
     use super::*;
@@ -1522,6 +1950,14 @@ mod tests {
         assert!(!s[0].1.contains("z9hG4bKsp"), "siphon's Via must be popped");
         assert_eq!(w.occupancy().1, 1, "one dialog");
         assert_eq!(w.stats().snapshot().calls_answered, 1);
+
+        // The callee retransmits its 2xx until the ACK: relayed again,
+        // counted once.
+        out.clear();
+        w.on_datagram(t0, SOCK_PRIVATE, DEST.parse().unwrap(), &ok, &mut out);
+        assert_eq!(sent(&out).len(), 1, "a 2xx retransmission is relayed");
+        assert_eq!(w.stats().snapshot().calls_answered, 1);
+        assert_eq!(w.occupancy().1, 1);
     }
 
     #[test]

@@ -24,8 +24,11 @@ impl BufPool {
     }
 
     pub fn put(&mut self, mut buf: Vec<u8>) {
-        // A buffer that grew huge for one odd message is not worth keeping.
-        if self.free.len() < self.keep && buf.capacity() <= 16 * self.capacity {
+        // A buffer that grew huge for one odd message is not worth keeping;
+        // nor is the empty placeholder `mem::take` leaves (it would make the
+        // next `get` allocate).
+        let cap = buf.capacity();
+        if self.free.len() < self.keep && cap > 0 && cap <= 16 * self.capacity {
             buf.clear();
             self.free.push(buf);
         }
@@ -46,5 +49,12 @@ mod tests {
         let b = p.get();
         assert!(b.is_empty());
         assert_eq!(b.as_ptr(), ptr);
+    }
+
+    #[test]
+    fn empty_placeholders_are_not_kept() {
+        let mut p = BufPool::new(2, 64);
+        p.put(Vec::new());
+        assert!(p.get().capacity() >= 64);
     }
 }

@@ -54,6 +54,37 @@ pub(crate) struct ProxyTxn {
     pub final_sent: bool,
     pub sent_at: Instant,
     pub timer: Option<TimerId>,
+    /// Media anchoring of this INVITE.
+    pub media: MediaLeg,
+    /// The SDP the engine returned for the offer: the forwarded body.
+    pub media_sdp: Vec<u8>,
+    /// A response held while its `answer` is in flight.
+    pub held: Vec<u8>,
+    /// The latest response with SDP that arrived while `held` was answered.
+    pub queued: Vec<u8>,
+}
+
+/// Where an INVITE stands with RTPEngine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MediaLeg {
+    /// Not anchored (no SDP, set not anchored, or passed through).
+    Off,
+    /// `offer` in flight to the engine; the INVITE waits.
+    Offering { engine: u8 },
+    /// The engine holds a session; `answering` while an `answer` is in flight.
+    Anchored { engine: u8, answering: bool },
+}
+
+impl MediaLeg {
+    /// The engine that holds (or may hold) a session for the call.
+    pub fn engine(self) -> Option<usize> {
+        match self {
+            MediaLeg::Off => None,
+            MediaLeg::Offering { engine } | MediaLeg::Anchored { engine, .. } => {
+                Some(usize::from(engine))
+            }
+        }
+    }
 }
 
 impl ProxyTxn {

@@ -274,6 +274,16 @@ fn put_annotated_via(
 /// (RFC 3261 §16.7 step 3), everything else is copied, Content-Length is
 /// rewritten to the body's length.
 pub fn forward_response(msg: &Message, out: &mut Vec<u8>) -> Result<(), BuildError> {
+    forward_response_with_body(msg, None, out)
+}
+
+/// [`forward_response`] with the body replaced by `body` when given
+/// (media anchoring rewrites the SDP); Content-Length follows.
+pub fn forward_response_with_body(
+    msg: &Message,
+    body: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) -> Result<(), BuildError> {
     if msg.is_request() {
         return Err(BuildError::NotAResponse);
     }
@@ -303,8 +313,9 @@ pub fn forward_response(msg: &Message, out: &mut Vec<u8>) -> Result<(), BuildErr
                 _ => put_line(out, buf, h),
             }
         }
-        put_content_length(out, msg.body().len());
-        out.extend_from_slice(msg.body());
+        let body = body.unwrap_or(msg.body());
+        put_content_length(out, body.len());
+        out.extend_from_slice(body);
         Ok(())
     })
 }
