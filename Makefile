@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build test demo bench fuzz lint clean services-stop
+.PHONY: all deps build test demo bench bench-micro fuzz lint clean services-stop
 
 all: build
 
@@ -25,8 +25,18 @@ test: deps
 demo: deps build
 	@bash scripts/demo.sh
 
-## bench: micro-benchmarks (criterion)
+## bench: siphon vs Kamailio under a short bounded ladder of offered loads
+##        (siphon-bench compare; table on stdout, JSON and SVG in target/bench/)
+BENCH_RATES ?= 500,1000,2000
+BENCH_STEP_MS ?= 3000
 bench: deps
+	$(CARGO) build --release -p control -p bench
+	@mkdir -p target/bench
+	target/release/siphon-bench compare --rates $(BENCH_RATES) --step-ms $(BENCH_STEP_MS) \
+	  --json target/bench/compare.json --svg target/bench/compare.svg
+
+## bench-micro: parser micro-benchmarks (criterion)
+bench-micro: deps
 	$(CARGO) bench -p dataplane
 
 ## fuzz: run the fuzzers for FUZZ_SECONDS each (scripts/fuzz.sh)

@@ -1,0 +1,721 @@
+//! `siphon-bench compare`: the same backends, dispatcher list and ladder of
+//! offered loads through siphon and through Kamailio, with each proxy's CPU
+//! per call from /proc.
+//!
+//! Each proxy is started fresh on loopback, warmed up with a short run at
+//! the lowest rate, then taken up the ladder in ascending order (state a
+//! step leaves behind, such as transactions waiting for their timers, is
+//! part of what the next step meets). CPU is sampled before and after each
+//! step, after the generator has seen every call end, so it covers all the
+//! work the calls caused and whatever the proxy does on its own meanwhile
+//! (timers, probing).
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use crate::{procstat, sipp, uac};
+
+#[derive(Args, Clone)]
+pub struct CompareArgs {
+    /// Offered loads (calls per second), comma-separated.
+    #[arg(long, value_delimiter = ',', default_values_t = [500.0, 1000.0, 2000.0, 4000.0])]
+    pub rates: Vec<f64>,
+    /// How long calls are offered at each step.
+    #[arg(long, default_value_t = 4000)]
+    pub step_ms: u64,
+    /// Pause after each step before CPU is sampled.
+    #[arg(long, default_value_t = 300)]
+    pub settle_ms: u64,
+    /// Proxies to run, comma-separated (siphon, kamailio).
+    #[arg(long, value_delimiter = ',', default_values_t = [Proxy::Siphon, Proxy::Kamailio])]
+    pub proxies: Vec<Proxy>,
+    /// Load generator.
+    #[arg(long, value_enum, default_value_t = Generator::Native)]
+    pub generator: Generator,
+    /// siphon worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// siphon I/O driver (auto, uring, epoll).
+    #[arg(long, default_value = "auto")]
+    pub io: String,
+    /// Extra siphon TOML lines for the [proxy] section, e.g. "max_transactions = 1048576".
+    #[arg(long)]
+    pub siphon_toml: Vec<String>,
+    /// Kamailio UDP receiver processes (-n).
+    #[arg(long, default_value_t = 1)]
+    pub children: usize,
+    /// Kamailio shared memory in MiB (-m); transactions live there.
+    #[arg(long, default_value_t = 1024)]
+    pub kamailio_shm_mb: u64,
+    /// Generator threads (native generator).
+    #[arg(long, default_value_t = 1)]
+    pub gen_threads: usize,
+    /// Responder threads per backend.
+    #[arg(long, default_value_t = 1)]
+    pub uas_threads: usize,
+    /// Calls in progress at most.
+    #[arg(long, default_value_t = 20_000)]
+    pub concurrency: usize,
+    /// A transaction without a final answer after this fails as a timeout.
+    #[arg(long, default_value_t = 4000)]
+    pub timeout_ms: u64,
+    /// siphon binary (default: next to siphon-bench, then $PATH).
+    #[arg(long)]
+    pub siphon: Option<PathBuf>,
+    /// kamailio binary.
+    #[arg(long, default_value = "kamailio")]
+    pub kamailio: PathBuf,
+    /// Kamailio config (default: the one built into siphon-bench, bench/kamailio/kamailio.cfg).
+    #[arg(long)]
+    pub kamailio_cfg: Option<PathBuf>,
+    /// SIPp scenario directory (--generator sipp).
+    #[arg(long, default_value = "sipp-scenarios")]
+    pub sipp_scenarios: PathBuf,
+    /// Write the results as JSON to this file ("-" = stdout).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write an SVG plot (CPU per call and p99 latency against offered load).
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// Scratch directory for configs and logs (default: a fresh one in /tmp).
+    #[arg(long)]
+    pub work_dir: Option<PathBuf>,
+    /// No progress lines.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proxy {
+    Siphon,
+    Kamailio,
+}
+
+impl std::fmt::Display for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Proxy::Siphon => "siphon",
+            Proxy::Kamailio => "kamailio",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Generator {
+    Native,
+    Sipp,
+}
+
+/// One measured step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    pub proxy: Proxy,
+    pub offered_cps: f64,
+    pub achieved_cps: f64,
+    pub started: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub failed_by_reason: std::collections::BTreeMap<String, u64>,
+    /// Proxy CPU during the step (user + system), and the two parts.
+    pub cpu_s: f64,
+    pub cpu_user_s: f64,
+    pub cpu_sys_s: f64,
+    /// Proxy CPU per completed call.
+    pub cpu_us_per_call: Option<f64>,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    /// Resolution of the latency figures: 1 µs (native), 1000 µs (SIPp).
+    pub latency_resolution_us: u64,
+    pub mem_kib: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Results {
+    pub date_utc: String,
+    pub command: String,
+    pub machine: String,
+    pub generator: String,
+    pub rows: Vec<Row>,
+    /// siphon counters printed at its exit (overload sheds, drops, ...).
+    pub siphon_counters: Option<String>,
+}
+
+const DEFAULT_KAMAILIO_CFG: &str = include_str!("../kamailio/kamailio.cfg");
+
+/// A child process killed (SIGTERM, then SIGKILL) when dropped.
+struct Proc {
+    child: Child,
+    name: String,
+}
+
+impl Proc {
+    fn spawn(name: &str, cmd: &mut Command, log: &Path) -> Result<Proc> {
+        let f = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        let f2 = f.try_clone()?;
+        // SAFETY: prctl is async-signal-safe and touches no parent memory.
+        // The child dies with us even if we are killed, so no proxy or
+        // backend outlives a benchmark.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f)
+            .stderr(f2)
+            .spawn()
+            .with_context(|| format!("start {name} ({:?})", cmd.get_program()))?;
+        Ok(Proc {
+            child,
+            name: name.to_string(),
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, wait up to `grace`, then SIGKILL.
+    fn stop(&mut self, grace: Duration) {
+        if !self.alive() {
+            return;
+        }
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let end = Instant::now() + grace;
+        while Instant::now() < end {
+            if !self.alive() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!(
+            "siphon-bench: {} did not stop on SIGTERM; killing it",
+            self.name
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+fn free_udp_port() -> Result<u16> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A free TCP port on loopback: siphon's management API must not take the
+/// default 9060, which another siphon (a parallel test) may hold.
+fn free_tcp_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A free port whose successors up to `+ n` are free too.
+fn free_port_run(n: u16) -> Result<u16> {
+    for _ in 0..100 {
+        let base = free_udp_port()?;
+        if (1..=n).all(|i| {
+            base.checked_add(i)
+                .is_some_and(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok())
+        }) {
+            return Ok(base);
+        }
+    }
+    bail!("no run of {n} free UDP ports on 127.0.0.1")
+}
+
+/// Sends OPTIONS until a final answer or `timeout`; the code answered.
+pub fn options_ping(target: SocketAddr, timeout: Duration) -> Option<u16> {
+    let sock = UdpSocket::bind("127.0.0.1:0").ok()?;
+    let local = sock.local_addr().ok()?;
+    let msg = format!(
+        "OPTIONS sip:{t} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKping{p};rport\r\n\
+Max-Forwards: 70\r\nFrom: <sip:bench@{local}>;tag=p{p}\r\nTo: <sip:{t}>\r\n\
+Call-ID: ping{p}@bench\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        t = crate::msg::hostport(target),
+        p = local.port()
+    );
+    let end = Instant::now() + timeout;
+    let mut buf = [0u8; 4096];
+    let _ = sock.set_read_timeout(Some(Duration::from_millis(100)));
+    while Instant::now() < end {
+        let _ = sock.send_to(msg.as_bytes(), target);
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if let Some(code) = dataplane::sip::parse(&buf[..n])
+                .ok()
+                .and_then(|m| m.status())
+            {
+                if code >= 200 {
+                    return Some(code);
+                }
+            }
+        }
+    }
+    None
+}
+
+fn find_siphon(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    if let Some(p) = crate::exe_dir()
+        .map(|d| d.join("siphon"))
+        .filter(|p| p.is_file())
+    {
+        return Ok(p);
+    }
+    which("siphon").context("no siphon binary next to siphon-bench or in $PATH; build it (cargo build --release -p control) or pass --siphon")
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+struct Backends {
+    _procs: Vec<Proc>,
+    addrs: Vec<SocketAddr>,
+}
+
+fn start_backends(a: &CompareArgs, work: &Path) -> Result<Backends> {
+    let exe = std::env::current_exe().context("locate siphon-bench")?;
+    let mut procs = Vec::new();
+    let mut addrs = Vec::new();
+    for i in 0..2 {
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_udp_port()?));
+        let log = work.join(format!("uas{i}.log"));
+        procs.push(Proc::spawn(
+            &format!("uas{i}"),
+            Command::new(&exe)
+                .arg("uas")
+                .arg("--listen")
+                .arg(addr.to_string())
+                .arg("--threads")
+                .arg(a.uas_threads.to_string())
+                .arg("--max-seconds")
+                .arg("7200"),
+            &log,
+        )?);
+        if options_ping(addr, Duration::from_secs(5)) != Some(200) {
+            bail!(
+                "backend {addr} does not answer OPTIONS (log {})",
+                log.display()
+            );
+        }
+        addrs.push(addr);
+    }
+    Ok(Backends {
+        _procs: procs,
+        addrs,
+    })
+}
+
+struct Running {
+    proc: Proc,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+fn start_proxy(p: Proxy, a: &CompareArgs, work: &Path, list: &Path) -> Result<Running> {
+    let dir = work.join(p.to_string());
+    std::fs::create_dir_all(&dir)?;
+    let log = dir.join(format!("{p}.log"));
+    let (proc, addr) = match p {
+        Proxy::Siphon => {
+            let bin = find_siphon(a.siphon.as_deref())?;
+            let workers = a.workers.max(1);
+            let port = free_port_run(workers as u16)?;
+            let cfg = format!(
+                "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = {workers}\nio = \"{}\"\n\
+                 private_port_base = {}\n{}\n[dispatcher]\nlist = \"{}\"\nalgorithm = \"round-robin\"\n\
+                 [mgmt]\nlisten = \"127.0.0.1:{}\"\n",
+                a.io,
+                port + 1,
+                a.siphon_toml.join("\n"),
+                list.display(),
+                free_tcp_port()?
+            );
+            let cfg_path = dir.join("siphon.toml");
+            std::fs::write(&cfg_path, cfg)?;
+            let proc = Proc::spawn(
+                "siphon",
+                Command::new(bin)
+                    .arg("run")
+                    .arg("-c")
+                    .arg(&cfg_path)
+                    .env("RUST_LOG", "warn"),
+                &log,
+            )?;
+            (proc, SocketAddr::from(([127, 0, 0, 1], port)))
+        }
+        Proxy::Kamailio => {
+            let port = free_udp_port()?;
+            let cfg_path = match &a.kamailio_cfg {
+                Some(p) => p.clone(),
+                None => {
+                    let p = dir.join("kamailio.cfg");
+                    std::fs::write(&p, DEFAULT_KAMAILIO_CFG)?;
+                    p
+                }
+            };
+            let proc = Proc::spawn(
+                "kamailio",
+                Command::new(&a.kamailio)
+                    .arg("-f")
+                    .arg(&cfg_path)
+                    .args(["-DD", "-E", "-x", "tlsf", "-M", "32", "-m"])
+                    .arg(a.kamailio_shm_mb.to_string())
+                    .arg("-n")
+                    .arg(a.children.max(1).to_string())
+                    .arg("-l")
+                    .arg(format!("udp:127.0.0.1:{port}"))
+                    .arg("-Y")
+                    .arg(&dir)
+                    .arg("-P")
+                    .arg(dir.join("kamailio.pid"))
+                    .arg("-w")
+                    .arg(&dir)
+                    .arg("-A")
+                    .arg(format!("DS_LIST=\"{}\"", list.display())),
+                &log,
+            )?;
+            (proc, SocketAddr::from(([127, 0, 0, 1], port)))
+        }
+    };
+    let mut r = Running {
+        proc,
+        addr,
+        log: log.clone(),
+    };
+    if options_ping(addr, Duration::from_secs(15)) != Some(200) {
+        r.proc.stop(Duration::from_secs(5));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(20).collect();
+        bail!(
+            "{p} did not answer OPTIONS on {addr}; last log lines:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(r)
+}
+
+/// Runs one load step against `target`.
+fn load(
+    a: &CompareArgs,
+    target: SocketAddr,
+    rate: f64,
+    ms: u64,
+    work: &Path,
+) -> Result<uac::UacReport> {
+    let calls = (rate * ms as f64 / 1000.0).ceil().max(1.0) as u64;
+    match a.generator {
+        Generator::Native => {
+            let cfg = uac::UacConfig {
+                target,
+                rate,
+                calls,
+                concurrency: a.concurrency,
+                duration: Duration::from_millis(ms),
+                threads: a.gen_threads.max(1),
+                sockets_per_thread: 8,
+                user: "bench".into(),
+                hold: Duration::ZERO,
+                timeout: Duration::from_millis(a.timeout_ms),
+            };
+            crate::run_with_progress(&cfg, !a.quiet)
+        }
+        Generator::Sipp => sipp::run(
+            &a.sipp_scenarios,
+            target,
+            rate,
+            calls,
+            a.concurrency,
+            Duration::from_millis(ms),
+            Duration::from_millis(a.timeout_ms),
+            work,
+        ),
+    }
+}
+
+pub fn run(a: &CompareArgs) -> Result<()> {
+    if a.rates.is_empty() || a.rates.iter().any(|r| r.is_nan() || *r <= 0.0) {
+        bail!("--rates must be positive numbers");
+    }
+    if a.rates.len() > 32 || a.step_ms > 600_000 {
+        bail!("at most 32 steps of at most 600 s each");
+    }
+    let work = match &a.work_dir {
+        Some(d) => d.clone(),
+        None => std::env::temp_dir().join(format!("siphon-bench-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
+    let mut rates = a.rates.clone();
+    rates.sort_by(f64::total_cmp);
+
+    let backends = start_backends(a, &work)?;
+    let list = work.join("dispatcher.list");
+    let mut text = String::from("# set destination flags priority attrs\n");
+    for b in &backends.addrs {
+        let _ = writeln!(text, "1 sip:{b} 0 0");
+    }
+    std::fs::write(&list, text)?;
+
+    let mut rows = Vec::new();
+    let mut siphon_counters = None;
+    for &p in &a.proxies {
+        let mut r = start_proxy(p, a, &work, &list)?;
+        eprintln!(
+            "siphon-bench: {p} up on {} (pid {}, logs in {})",
+            r.addr,
+            r.proc.pid(),
+            work.display()
+        );
+        // Warm-up: caches, allocator pools, the destinations' first probes.
+        let warm = load(a, r.addr, rates[0].min(1000.0), 1000, &work)?;
+        if warm.ok == 0 {
+            bail!("{p}: no call completed in the warm-up:\n{}", warm.summary());
+        }
+        for &rate in &rates {
+            if !r.proc.alive() {
+                bail!("{p} exited during the run; see {}", r.log.display());
+            }
+            let (u0, s0) = procstat::cpu_seconds(r.proc.pid());
+            let rep = load(a, r.addr, rate, a.step_ms, &work)?;
+            std::thread::sleep(Duration::from_millis(a.settle_ms));
+            let (u1, s1) = procstat::cpu_seconds(r.proc.pid());
+            let (user, sys) = (u1 - u0, s1 - s0);
+            let cpu = user + sys;
+            let row = Row {
+                proxy: p,
+                offered_cps: rate,
+                achieved_cps: rep.achieved_cps(),
+                started: rep.started,
+                completed: rep.ok,
+                failed: rep.failed_total(),
+                failed_by_reason: rep.failed.clone(),
+                cpu_s: cpu,
+                cpu_user_s: user,
+                cpu_sys_s: sys,
+                cpu_us_per_call: (rep.ok > 0).then(|| cpu * 1e6 / rep.ok as f64),
+                p50_us: rep.percentile_us(0.5),
+                p99_us: rep.percentile_us(0.99),
+                latency_resolution_us: match a.generator {
+                    Generator::Native => 1,
+                    Generator::Sipp => 1000,
+                },
+                mem_kib: procstat::memory_kib(r.proc.pid()),
+            };
+            if !a.quiet {
+                eprintln!("{}", table_row(&row));
+            }
+            rows.push(row);
+        }
+        r.proc.stop(Duration::from_secs(10));
+        if p == Proxy::Siphon {
+            siphon_counters = std::fs::read_to_string(&r.log).ok().and_then(|l| {
+                l.lines()
+                    .rev()
+                    .find_map(|l| l.strip_prefix("siphon: counters "))
+                    .map(str::to_string)
+            });
+        }
+    }
+    let results = Results {
+        date_utc: utc_now(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        machine: machine(),
+        generator: match a.generator {
+            Generator::Native => "siphon-bench uac".into(),
+            Generator::Sipp => "sipp".into(),
+        },
+        rows,
+        siphon_counters,
+    };
+    print!("{}", table(&results));
+    if let Some(path) = &a.json {
+        let s = serde_json::to_string_pretty(&results)?;
+        if path.as_os_str() == "-" {
+            println!("{s}");
+        } else {
+            std::fs::write(path, s + "\n").with_context(|| format!("write {}", path.display()))?;
+        }
+    }
+    if let Some(path) = &a.svg {
+        crate::plot::write_svg(&results, path)?;
+    }
+    Ok(())
+}
+
+/// One Markdown row of the table.
+fn table_row(r: &Row) -> String {
+    let failed = if r.failed_by_reason.is_empty() {
+        "0".to_string()
+    } else {
+        let parts: Vec<String> = r
+            .failed_by_reason
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        format!("{} ({})", r.failed, parts.join(", "))
+    };
+    let sys_share = if r.cpu_s > 0.0 {
+        format!("{:.0} %", 100.0 * r.cpu_sys_s / r.cpu_s)
+    } else {
+        "-".to_string()
+    };
+    format!(
+        "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {:.1} |",
+        r.proxy,
+        r.offered_cps,
+        r.achieved_cps,
+        r.completed,
+        failed,
+        r.cpu_us_per_call
+            .map_or("-".to_string(), |c| format!("{c:.1}")),
+        sys_share,
+        latency(r.p50_us, r.latency_resolution_us),
+        latency(r.p99_us, r.latency_resolution_us),
+        r.mem_kib as f64 / 1024.0
+    )
+}
+
+/// The Markdown table printed at the end (and pasted into docs/benchmarks.md).
+pub fn table(res: &Results) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| proxy    | offered cps | achieved cps | completed | failed | CPU µs/call | of which sys | p50 setup µs | p99 setup µs | memory MiB |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &res.rows {
+        let _ = writeln!(s, "{}", table_row(r));
+    }
+    let ratios: Vec<String> = ratios(res)
+        .into_iter()
+        .map(|(rate, q)| format!("{rate:.0} cps: {q:.3}"))
+        .collect();
+    if !ratios.is_empty() {
+        let _ = writeln!(s, "\nsiphon/Kamailio CPU per call: {}", ratios.join("; "));
+    }
+    if let Some(c) = &res.siphon_counters {
+        let _ = writeln!(s, "siphon counters at exit: {c}");
+    }
+    s
+}
+
+/// A latency figure; below the generator's resolution (SIPp measures whole
+/// milliseconds) it is shown as `<resolution`.
+fn latency(us: u64, resolution: u64) -> String {
+    if us == 0 {
+        "-".to_string()
+    } else if us < resolution {
+        format!("<{resolution}")
+    } else {
+        us.to_string()
+    }
+}
+
+/// siphon CPU per call ÷ Kamailio's, per offered rate both completed calls at.
+pub fn ratios(res: &Results) -> Vec<(f64, f64)> {
+    let mut out = Vec::new();
+    for s in res.rows.iter().filter(|r| r.proxy == Proxy::Siphon) {
+        let k = res
+            .rows
+            .iter()
+            .find(|r| r.proxy == Proxy::Kamailio && r.offered_cps == s.offered_cps);
+        if let (Some(sc), Some(kc)) = (s.cpu_us_per_call, k.and_then(|k| k.cpu_us_per_call)) {
+            if kc > 0.0 {
+                out.push((s.offered_cps, sc / kc));
+            }
+        }
+    }
+    out
+}
+
+fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let days = (secs / 86_400) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let t = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        t / 3600,
+        (t % 3600) / 60
+    )
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map_or(String::new(), |k| format!(", {} GiB", k / (1024 * 1024)));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    format!("{} CPUs ({cpu}){mem}, Linux {kernel}", crate::online_cpus())
+}
+
+/// `siphon-bench plot`: the table and SVG again from a saved `--json` file.
+pub fn replot(json: &Path, svg: Option<&Path>) -> Result<()> {
+    let text = std::fs::read_to_string(json).with_context(|| format!("read {}", json.display()))?;
+    let res: Results = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a compare result", json.display()))?;
+    print!("{}", table(&res));
+    if let Some(svg) = svg {
+        crate::plot::write_svg(&res, svg)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+# Shared by perf/record.sh and perf/stat.sh: build, then run two
+# siphon-bench responders and one siphon on loopback ports, all stopped when
+# the calling script exits. Not meant to be run by itself.
+#
+# Environment: PROFILE (cargo profile, default "release": symbols for
+# flamegraphs), WORKERS (siphon workers, default 1), IO (uring | epoll,
+# default auto).
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PROFILE="${PROFILE:-release}"
+WORKERS="${WORKERS:-1}"
+IO="${IO:-auto}"
+case "$PROFILE" in dev) bindir="$repo/target/debug" ;; *) bindir="$repo/target/$PROFILE" ;; esac
+bench="$bindir/siphon-bench"
+work="$(mktemp -d /tmp/siphon-perf.XXXXXX)"
+pids=()
+
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+build() {
+  (cd "$repo" && cargo build -q --profile "$PROFILE" -p control -p bench)
+}
+
+# A port nobody listens on (UDP or TCP), and with $1 = n the n ports after it.
+free_port() {
+  local n="${1:-0}" p i ok
+  for _ in $(seq 200); do
+    p=$((20000 + RANDOM % 40000)); ok=1
+    for i in $(seq 0 "$n"); do
+      if ss -Hlntu "sport = :$((p + i))" | grep -q .; then ok=0; break; fi
+    done
+    [ $ok -eq 1 ] && { echo "$p"; return; }
+  done
+  echo "perf: no free port" >&2; exit 1
+}
+
+# start_lab [wrapper...]: backends + siphon (run under the wrapper command,
+# e.g. valgrind). Sets TARGET (host:port) and SIPHON_PID.
+start_lab() {
+  local a b port
+  a="127.0.0.1:$(free_port)"; b="127.0.0.1:$(free_port)"
+  "$bench" uas --listen "$a" --max-seconds 3600 >"$work/uas-a.log" 2>&1 & pids+=($!)
+  "$bench" uas --listen "$b" --max-seconds 3600 >"$work/uas-b.log" 2>&1 & pids+=($!)
+  "$bench" ping "$a" >/dev/null && "$bench" ping "$b" >/dev/null
+  printf '1 sip:%s\n1 sip:%s\n' "$a" "$b" >"$work/dispatcher.list"
+  port="$(free_port "$WORKERS")"
+  cat >"$work/siphon.toml" <<TOML
+[proxy]
+listen = "127.0.0.1:$port"
+workers = $WORKERS
+io = "$IO"
+private_port_base = $((port + 1))
+[dispatcher]
+list = "$work/dispatcher.list"
+[mgmt]
+listen = "127.0.0.1:$(free_port)"
+TOML
+  "$@" "$bindir/siphon" run -c "$work/siphon.toml" >"$work/siphon.log" 2>&1 & SIPHON_PID=$!
+  pids+=("$SIPHON_PID")
+  TARGET="127.0.0.1:$port"
+  if ! "$bench" ping "$TARGET" --timeout-ms 60000 >/dev/null; then
+    echo "perf: siphon did not come up; log:" >&2; tail -20 "$work/siphon.log" >&2; exit 1
+  fi
+}
+
+# Completed calls from a `siphon-bench uac --json` output file.
+ok_calls() { sed -n 's/^ *"ok": \([0-9]*\),*$/\1/p' "$1" | head -1; }
