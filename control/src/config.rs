@@ -612,7 +612,7 @@ pub struct ProxyConfig {
     pub domains: Vec<String>,
     /// What to do with other domains when `domains` is not empty. Default `relay`.
     pub unknown_domain: UnknownDomain,
-    /// Maximum concurrent transactions per worker. Default 65536.
+    /// Maximum concurrent transactions per worker. Default 262144.
     pub max_transactions: u32,
     /// Maximum dialogs per worker. Default 262144.
     pub max_dialogs: u32,
@@ -639,7 +639,7 @@ impl Default for ProxyConfig {
             io: IoMode::Auto,
             domains: Vec::new(),
             unknown_domain: UnknownDomain::Relay,
-            max_transactions: 65536,
+            max_transactions: 262_144,
             max_dialogs: 262_144,
             overload_watermark: 0.9,
             retry_after_s: 5,

@@ -32,7 +32,7 @@ fn defaults_match_the_documented_contract() {
     assert_eq!(p.io, IoMode::Auto);
     assert!(p.domains.is_empty());
     assert_eq!(p.unknown_domain, UnknownDomain::Relay);
-    assert_eq!(p.max_transactions, 65536);
+    assert_eq!(p.max_transactions, 262_144);
     assert_eq!(p.max_dialogs, 262_144);
     assert_eq!(p.overload_watermark, 0.9);
     assert_eq!(p.retry_after_s, 5);
