@@ -622,25 +622,16 @@ fn taken_mgmt_port_stops_siphon() {
         ),
     )
     .expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_siphon"))
-        .args(["run", "--log-level", "error", "-c"])
-        .arg(&cfg)
-        .arg("--mgmt")
-        .arg(taken.to_string())
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run siphon");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("siphon kept running without its management port");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let o = child.wait_with_output().expect("output");
+    let o = support::output_within(
+        Command::new(env!("CARGO_BIN_EXE_siphon"))
+            .args(["run", "--log-level", "error", "-c"])
+            .arg(&cfg)
+            .arg("--mgmt")
+            .arg(taken.to_string())
+            .env_remove("RUST_LOG"),
+        Duration::from_secs(30),
+        "siphon without its management port",
+    );
     std::fs::remove_dir_all(&dir).ok();
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(

@@ -1,5 +1,7 @@
 //! The `siphon` binary: check-config, run --print-config, flag overrides, --version.
 
+mod support;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -196,33 +198,23 @@ fn bad_flags_are_rejected() {
 /// regression that makes it run cannot hang the suite.
 #[test]
 fn run_with_an_unreadable_dispatcher_list_exits_1() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_siphon"))
-        .args([
-            "run",
-            "--listen",
-            "127.0.0.1:45999",
-            "--dispatcher-list",
-            "/nonexistent/run.list",
-            "--log-level",
-            "error",
-            // Never the default management port, which a parallel test may hold.
-            "--mgmt",
-            "127.0.0.1:0",
-        ])
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run siphon");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while child.try_wait().expect("wait").is_none() {
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("siphon run kept running with an unreadable dispatcher list");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let o = child.wait_with_output().expect("output");
+    let o = support::output_within(
+        Command::new(env!("CARGO_BIN_EXE_siphon"))
+            .args([
+                "run",
+                "--listen",
+                "127.0.0.1:45999",
+                "--mgmt",
+                "127.0.0.1:0",
+                "--dispatcher-list",
+                "/nonexistent/run.list",
+                "--log-level",
+                "error",
+            ])
+            .env_remove("RUST_LOG"),
+        std::time::Duration::from_secs(30),
+        "siphon run with an unreadable dispatcher list",
+    );
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         stderr(&o),

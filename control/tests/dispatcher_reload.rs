@@ -340,21 +340,12 @@ fn run_expecting_exit(url: &str) -> std::process::Output {
         ),
     )
     .expect("write config");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_siphon"))
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .args(["--log-level", "error"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn siphon");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().expect("wait").is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("siphon kept running without a database and without a snapshot");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().expect("output")
+    support::output_within(
+        Command::new(env!("CARGO_BIN_EXE_siphon"))
+            .args(["run", "-c"])
+            .arg(&cfg)
+            .args(["--log-level", "error"]),
+        Duration::from_secs(30),
+        "siphon without a database and without a snapshot",
+    )
 }

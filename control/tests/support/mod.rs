@@ -34,7 +34,7 @@ pub use net::{
     sip_options_ping, status_code, udp_bound, wait_for_tcp_listener, wait_for_udp_listener,
 };
 #[allow(unused_imports)]
-pub use process::{repo_root, require_binary, which, ChildGuard, WorkDir};
+pub use process::{output_within, repo_root, require_binary, which, ChildGuard, WorkDir};
 #[allow(unused_imports)]
 pub use services::{Service, ServiceKind};
 #[allow(unused_imports)]

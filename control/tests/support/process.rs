@@ -15,6 +15,29 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
+/// Runs `cmd` to its exit and returns its output, for a program expected to
+/// stop by itself (a refusal to start, say). It is killed, failing the test
+/// with `what`, if it is still running after `limit`, so a regression that
+/// keeps it running cannot hang the suite. Meant for short outputs (a full
+/// pipe would stall the child until the limit).
+pub fn output_within(cmd: &mut Command, limit: Duration, what: &str) -> std::process::Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("wait for child").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("child output")
+}
+
 /// Looks `name` up in `PATH` (or takes it as is when it contains a `/`).
 pub fn which(name: &str) -> Option<PathBuf> {
     if name.contains('/') {
