@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use super::media::{MediaConfig, MediaPolicy, MediaShared, SOCK_MEDIA};
 use super::*;
-use crate::dispatch::{parse_list, shared, Table};
 use crate::rtpengine::ng::split_cookie;
 use crate::rtpengine::NgFlags;
 
@@ -26,8 +25,6 @@ fn addr(s: &str) -> SocketAddr {
 }
 
 fn worker(policy: MediaPolicy, engines: &[&str], now: Instant) -> Worker {
-    let defs = parse_list(&format!("1 sip:{DEST}\n")).expect("list");
-    let table = Table::build(&defs, now, &mut |_: &str| Ok(addr(DEST))).expect("table");
     let media = MediaConfig {
         engines: engines.iter().map(|e| (addr(e), 1)).collect(),
         offer_flags: NgFlags::parse("replace-origin").unwrap(),
@@ -41,13 +38,7 @@ fn worker(policy: MediaPolicy, engines: &[&str], now: Instant) -> Worker {
         media: Some(Arc::new(MediaShared::new(media, 1, 7))),
         ..ProxyConfig::default()
     };
-    Worker::new(
-        0,
-        Arc::new(cfg),
-        shared(table),
-        Arc::new(ProxyStats::default()),
-        now,
-    )
+    super::tests::worker(cfg, &format!("1 sip:{DEST}\n"), now)
 }
 
 fn invite_with_sdp(branch: &str) -> Vec<u8> {
@@ -561,8 +552,6 @@ fn reinvite_with_sdp_is_offered_to_the_calls_engine_and_a_failure_keeps_the_sess
 #[test]
 fn dialog_timeout_deletes_the_session() {
     let t0 = Instant::now();
-    let defs = parse_list(&format!("1 sip:{DEST}\n")).expect("list");
-    let table = Table::build(&defs, t0, &mut |_: &str| Ok(addr(DEST))).expect("table");
     let media = MediaConfig {
         engines: vec![(addr(ENGINE), 1)],
         ..MediaConfig::default()
@@ -572,13 +561,7 @@ fn dialog_timeout_deletes_the_session() {
         dialog_timeout: Duration::from_secs(60),
         ..ProxyConfig::default()
     };
-    let mut w = Worker::new(
-        0,
-        Arc::new(cfg),
-        shared(table),
-        Arc::new(ProxyStats::default()),
-        t0,
-    );
+    let mut w = super::tests::worker(cfg, &format!("1 sip:{DEST}\n"), t0);
     established(&mut w, t0, "z9hG4bK-m9");
     let later = run_until(&mut w, t0, t0 + Duration::from_secs(61));
     let deletes: Vec<_> = later
@@ -594,8 +577,6 @@ fn dialog_timeout_deletes_the_session() {
 #[test]
 fn a_rule_overrides_the_sets_anchoring() {
     let t0 = Instant::now();
-    let defs = parse_list(&format!("1 sip:{DEST}\n")).expect("list");
-    let table = Table::build(&defs, t0, &mut |_: &str| Ok(addr(DEST))).expect("table");
     let media = MediaConfig {
         engines: vec![(addr(ENGINE), 1)],
         // Set 1 is not anchored...
@@ -612,13 +593,7 @@ fn a_rule_overrides_the_sets_anchoring() {
         }],
         ..ProxyConfig::default()
     };
-    let mut w = Worker::new(
-        0,
-        Arc::new(cfg),
-        shared(table),
-        Arc::new(ProxyStats::default()),
-        t0,
-    );
+    let mut w = super::tests::worker(cfg, &format!("1 sip:{DEST}\n"), t0);
     let mut out = Outbox::new();
     w.on_datagram(
         t0,

@@ -1869,7 +1869,9 @@ mod tests {
     const CALLER: &str = "127.0.0.1:40000";
     const DEST: &str = "127.0.0.1:5070";
 
-    fn worker(cfg: ProxyConfig, list: &str, now: Instant) -> Worker {
+    /// A worker over `list` (IP-literal destinations), for these tests and
+    /// the media ones.
+    pub(super) fn worker(cfg: ProxyConfig, list: &str, now: Instant) -> Worker {
         let defs = parse_list(list).expect("list");
         let table = Table::build(&defs, now, &mut |uri: &str| {
             let u = Uri::parse(uri.as_bytes()).map_err(|e| e.to_string())?;
