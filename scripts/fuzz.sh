@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Fuzzes the SIP parser (target `parse_message`) for a bounded time.
+# Fuzzes the SIP parser (target `parse_message`) and the RTPEngine ng reply
+# decoder (target `ng_reply`), each for a bounded time.
 #
-#   scripts/fuzz.sh [SECONDS]        default 60
+#   scripts/fuzz.sh [SECONDS]        default 60 per target
 #
 # Installs cargo-fuzz if it is missing. Exits non-zero when libFuzzer finds a
 # crash, a panic or a per-input timeout (an unbounded loop); the input that
-# triggered it is left in fuzz/artifacts/parse_message/. See docs/fuzzing.md.
+# triggered it is left in fuzz/artifacts/<target>/. See docs/fuzzing.md.
 set -euo pipefail
 
 secs="${1:-60}"
@@ -21,8 +22,17 @@ fi
 # lets the stable toolchain accept them.
 export RUSTC_BOOTSTRAP=1
 
-corpus=fuzz/corpus/parse_message
-mkdir -p "$corpus"
-# The RFC 4475 torture messages seed the run; new inputs go to $corpus only.
-exec cargo fuzz run -O --sanitizer "$sanitizer" parse_message "$corpus" dataplane/tests/torture -- \
-  -max_total_time="$secs" -max_len=8192 -timeout=10 -print_final_stats=1
+run_target() { # TARGET SEEDS...
+  local target=$1; shift
+  local corpus=fuzz/corpus/$target
+  mkdir -p "$corpus"
+  echo "fuzz.sh: $target for ${secs}s" >&2
+  cargo fuzz run -O --sanitizer "$sanitizer" "$target" "$corpus" "$@" -- \
+    -max_total_time="$secs" -max_len=8192 -timeout=10 -print_final_stats=1
+}
+
+# The RFC 4475 torture messages seed the SIP parser; new inputs go to the corpus only.
+run_target parse_message dataplane/tests/torture
+# RTPEngine ng replies (cookie + bencode dict) come from the network too.
+seeds=fuzz/seeds/ng_reply
+run_target ng_reply "$seeds"
