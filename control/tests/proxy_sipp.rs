@@ -33,6 +33,7 @@ on_both_drivers!(
     retransmitted_invite_is_absorbed,
     bad_requests_get_clear_answers,
     balance_by_call_id_spreads_one_source_over_workers,
+    rules_pick_sets_and_unknown_domains_are_refused,
 );
 
 fn calls_complete_and_follow_record_route(io: &str) {
@@ -370,4 +371,50 @@ fn balance_by_call_id_spreads_one_source_over_workers(io: &str) {
         "about half of 200 calls (3 requests each) should change worker: {handoffs} handoffs"
     );
     assert_eq!(c.get("calls_answered"), 200);
+}
+
+/// `[[dispatcher.rules]]` send Request-URI users starting with 9 to set 2,
+/// everything else to the default set 1; with `domains` set and
+/// `unknown_domain = "reject"`, a Request-URI for another domain gets 404.
+fn rules_pick_sets_and_unknown_domains_are_refused(io: &str) {
+    let mut a = Uas::start(Scenario::Uas, free_udp_addr());
+    let mut b = Uas::start(Scenario::Uas, free_udp_addr());
+    let mut siphon = Siphon::builder("rules")
+        .io(io)
+        .destination(format!("1 sip:{}", a.addr()))
+        .destination(format!("2 sip:{}", b.addr()))
+        .proxy_toml("domains = [\"siphon.test\"]\nunknown_domain = \"reject\"")
+        .toml("[[dispatcher.rules]]\nprefix = \"9\"\nset = 2")
+        .start();
+    for (user, calls) in [("100", 10), ("900", 15)] {
+        Uac::new(Scenario::Uac, siphon.addr())
+            .service(user)
+            .calls(calls)
+            .rate(50)
+            .timeout(RUN_LIMIT)
+            .run()
+            .assert_all_succeeded(u64::from(calls));
+    }
+    let caller = UdpSocket::bind("127.0.0.1:0").expect("bind caller");
+    let me = caller.local_addr().expect("addr");
+    // An IP host (on loopback, in case it were relayed) that is not one of
+    // siphon's: relaying would answer 100 Trying and forward it.
+    let elsewhere = invite(me, siphon.addr(), "z9hG4bK-elsewhere", 70).replacen(
+        &format!("INVITE sip:100@{}", siphon.addr()),
+        "INVITE sip:100@127.0.0.2:5999",
+        1,
+    );
+    caller
+        .send_to(elsewhere.as_bytes(), siphon.addr())
+        .expect("send");
+    let got = drain(&caller, Duration::from_millis(300));
+    assert_eq!(got.len(), 1, "{got:?}");
+    let text = String::from_utf8_lossy(&got[0]);
+    assert!(text.starts_with("SIP/2.0 404 "), "{text}");
+    assert!(text.contains("Domain not served here"), "{text}");
+
+    let (fa, fb) = (a.stop(), b.stop());
+    assert_eq!(fa.invites_received(), 10, "{fa:?}");
+    assert_eq!(fb.invites_received(), 15, "{fb:?}");
+    siphon.stop();
 }
