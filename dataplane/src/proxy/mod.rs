@@ -1323,6 +1323,18 @@ impl Worker {
                 let fwd = std::mem::take(&mut txn.forwarded);
                 self.pool.put(fwd);
             }
+            // An INVITE answered 2xx never resends its response itself (the
+            // callee retransmits the 2xx, relayed afresh; RFC 6026), so its
+            // copy goes back too — halving what a busy worker holds for the
+            // wait timer. An anchored call keeps it: a retransmitted 2xx gets
+            // the engine's rewrite of the first one.
+            if txn.method == Method::Invite
+                && (200..300).contains(&code)
+                && !matches!(txn.media, MediaLeg::Anchored { .. })
+            {
+                let resp = std::mem::take(&mut txn.last_response);
+                self.pool.put(resp);
+            }
         }
     }
 
