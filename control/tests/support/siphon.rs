@@ -70,59 +70,95 @@ impl SiphonBuilder {
         self
     }
 
+    /// Starts siphon and waits until it answers OPTIONS. Ports are picked
+    /// free just before, so another process may grab one in between; siphon
+    /// then exits with "Address already in use" and is started again on
+    /// fresh ports (up to 3 times).
     pub fn start(self) -> Siphon {
         let bin = env!("CARGO_BIN_EXE_siphon");
-        let dir = WorkDir::new("siphon", &self.name);
+        let mut dir = WorkDir::new("siphon", &self.name);
         let list = dir.file("dispatcher.list");
         std::fs::write(&list, self.destinations.join("\n") + "\n").expect("write dispatcher.list");
-        let (port, private_base) = free_ports(self.workers);
-        let source = match &self.source {
-            Some(s) => format!("source = \"{s}\""),
-            None => format!("list = \"{}\"", list.display()),
-        };
-        // Every instance gets its own management port: the default
-        // (127.0.0.1:9060) would collide between tests running in parallel.
-        let mgmt = localhost(free_tcp_port());
-        let cfg = format!(
-            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = {}\nio = \"{}\"\nprivate_port_base = {private_base}\n{}\
-             [mgmt]\nlisten = \"{mgmt}\"\ntoken = \"{}\"\n\
-             [dispatcher]\n{source}\nalgorithm = \"{}\"\n{}",
-            self.workers,
-            self.io,
-            self.proxy_toml,
-            self.mgmt_token,
-            self.algorithm,
-            self.extra_toml
-        );
-        let cfg_path = dir.file("siphon.toml");
-        std::fs::write(&cfg_path, &cfg).expect("write siphon.toml");
-        let log_path = dir.file("siphon.log");
-        let log = std::fs::File::create(&log_path).expect("create siphon.log");
-        let log2 = log.try_clone().expect("clone log handle");
-        let child = ChildGuard::spawn(
-            Command::new(bin)
-                .arg("run")
-                .arg("-c")
-                .arg(&cfg_path)
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log2),
-        )
-        .expect("spawn siphon");
-        let addr = localhost(port);
-        let s = Siphon {
-            child,
-            dir,
-            addr,
-            mgmt,
-        };
-        if sip_options_ping(addr, Duration::from_secs(15)) != Some(200) {
-            panic!(
-                "siphon did not answer OPTIONS on {addr}\nconfig:\n{cfg}\nlog:\n{}",
-                s.log()
+        for attempt in 1..=3 {
+            let (port, private_base) = free_ports(self.workers);
+            let source = match &self.source {
+                Some(s) => format!("source = \"{s}\""),
+                None => format!("list = \"{}\"", list.display()),
+            };
+            // Every instance gets its own management port: the default
+            // (127.0.0.1:9060) would collide between tests running in parallel.
+            let mgmt = localhost(free_tcp_port());
+            let cfg = format!(
+                "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = {}\nio = \"{}\"\nprivate_port_base = {private_base}\n{}\
+                 [mgmt]\nlisten = \"{mgmt}\"\ntoken = \"{}\"\n\
+                 [dispatcher]\n{source}\nalgorithm = \"{}\"\n{}",
+                self.workers,
+                self.io,
+                self.proxy_toml,
+                self.mgmt_token,
+                self.algorithm,
+                self.extra_toml
             );
+            let cfg_path = dir.file("siphon.toml");
+            std::fs::write(&cfg_path, &cfg).expect("write siphon.toml");
+            let log_path = dir.file("siphon.log");
+            let log = std::fs::File::create(&log_path).expect("create siphon.log");
+            let log2 = log.try_clone().expect("clone log handle");
+            let child = ChildGuard::spawn(
+                Command::new(bin)
+                    .arg("run")
+                    .arg("-c")
+                    .arg(&cfg_path)
+                    .env("RUST_LOG", "info")
+                    .stdin(Stdio::null())
+                    .stdout(log)
+                    .stderr(log2),
+            )
+            .expect("spawn siphon");
+            let addr = localhost(port);
+            let mut s = Siphon {
+                child,
+                dir,
+                addr,
+                mgmt,
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            let mut answered = false;
+            while std::time::Instant::now() < deadline {
+                if !s.child.is_running() {
+                    break;
+                }
+                if sip_options_ping(addr, Duration::from_millis(500)) == Some(200) {
+                    answered = true;
+                    break;
+                }
+            }
+            if !answered {
+                let log = s.log();
+                if attempt < 3 && !s.child.is_running() && log.contains("Address already in use") {
+                    // Lost a port race: try again on fresh ports.
+                    dir = s.into_dir();
+                    continue;
+                }
+                panic!("siphon did not answer OPTIONS on {addr}\nconfig:\n{cfg}\nlog:\n{log}");
+            }
+            return s.ready();
         }
+        unreachable!("the last attempt returns or panics")
+    }
+}
+
+impl Siphon {
+    /// The scratch directory back from a siphon that exited at start.
+    fn into_dir(self) -> WorkDir {
+        let Siphon { dir, .. } = self;
+        dir
+    }
+
+    /// Waits for the management API too, once SIP answers.
+    fn ready(self) -> Siphon {
+        let mgmt = self.mgmt;
+        let s = self;
         if !wait_for_tcp_listener(mgmt, Duration::from_secs(5)) {
             panic!(
                 "siphon's management API is not listening on {mgmt}\nlog:\n{}",
