@@ -191,3 +191,18 @@ fn dropping_a_uas_kills_sipp() {
     );
     assert!(!support::udp_bound(addr), "port {addr} still bound");
 }
+
+/// A port taken between picking it and SIPp binding it (another test, the
+/// kernel) moves a first start to a fresh port instead of failing the test.
+#[test]
+fn a_taken_port_moves_the_uas_elsewhere() {
+    let holder = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let taken = holder.local_addr().expect("addr");
+    let mut uas = Uas::start(Scenario::Uas, taken);
+    assert_ne!(uas.addr(), taken);
+    assert_eq!(
+        sip_options_ping(uas.addr(), Duration::from_secs(5)),
+        Some(200)
+    );
+    uas.stop();
+}

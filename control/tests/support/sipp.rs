@@ -542,7 +542,23 @@ impl UasBuilder {
             child: None,
             dir: None,
         };
-        uas.launch();
+        // The port was free when picked; another process may take it before
+        // SIPp binds. A first start that fails that way moves to a fresh port
+        // (the test reads the address from `Uas::addr` afterwards).
+        for attempt in 1..=3 {
+            match uas.try_launch() {
+                Ok(()) => return uas,
+                Err(e) if attempt < 3 => {
+                    eprintln!(
+                        "sipp did not start on {} ({e}); trying another port",
+                        uas.addr
+                    );
+                    uas.addr = localhost(free_udp_port());
+                    uas.cfg.addr = Some(uas.addr);
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
         uas
     }
 }
@@ -585,6 +601,12 @@ impl Uas {
     }
 
     fn launch(&mut self) {
+        if let Err(e) = self.try_launch() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_launch(&mut self) -> Result<(), String> {
         let dir = WorkDir::new("sipp", self.cfg.scenario.stem());
         let mut cmd = base_command(self.cfg.scenario, self.addr, &dir, "200ms");
         let secs = self.cfg.lifetime.as_secs().max(1);
@@ -599,23 +621,33 @@ impl Uas {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             if !child.is_running() {
-                panic!(
+                return Err(format!(
                     "sipp {:?} on {} exited at start: {}{}",
                     self.cfg.scenario,
                     self.addr,
                     dir.read("stderr.log"),
                     dir.read("err.log")
-                );
+                ));
             }
             if wait_for_udp_listener(self.addr, Duration::from_millis(50)) {
-                break;
+                // "Bound" only says someone holds the port: make sure SIPp did
+                // not just fail to bind it and exit.
+                std::thread::sleep(Duration::from_millis(50));
+                if child.is_running() {
+                    break;
+                }
+                continue;
             }
             if Instant::now() >= deadline {
-                panic!("sipp {:?} did not bind {}", self.cfg.scenario, self.addr);
+                return Err(format!(
+                    "sipp {:?} did not bind {}",
+                    self.cfg.scenario, self.addr
+                ));
             }
         }
         self.child = Some(child);
         self.dir = Some(dir);
+        Ok(())
     }
 
     /// True while SIPp runs.
