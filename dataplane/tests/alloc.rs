@@ -3,47 +3,14 @@
 //! accessor a proxy uses and forwarding it into a pre-reserved buffer
 //! allocate nothing.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod common;
 
 use dataplane::sip::build::{
     forward_request, forward_response, reply, NewVia, ReplyOpts, RequestEdits,
 };
 use dataplane::sip::{parse, HeaderName, NameAddr, Uri, Via};
 
-struct Counting;
-
-thread_local! {
-    // Const-initialised, so reading it inside the allocator never allocates.
-    static ALLOCS: Cell<usize> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        System.alloc(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Allocations made by `f` on this thread (tests run on several threads;
-/// the counter is per thread so they cannot disturb each other).
-fn allocations<R>(f: impl FnOnce() -> R) -> (usize, R) {
-    let before = ALLOCS.with(Cell::get);
-    let r = f();
-    (ALLOCS.with(Cell::get) - before, r)
-}
+use common::allocations;
 
 const INVITE: &[u8] = b"INVITE sip:+15551234567@gw.example.net;user=phone SIP/2.0\r\n\
 Via: SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bK-524287-1---8f1c2d3e4a5b6c7d;rport\r\n\

@@ -3,8 +3,8 @@
 //! not. A counting global allocator tallies only what happens inside the
 //! core's calls.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,38 +16,6 @@ use dataplane::rtpengine::ng::split_cookie;
 use dataplane::sip::build::{self, ReplyOpts};
 use dataplane::sip::parse;
 use dataplane::worker::{Core, Outbox, SocketId};
-
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn bump() {
-    let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-}
-
-// SAFETY: forwards to the system allocator, only counting.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        bump();
-        System.alloc(l)
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        bump();
-        System.alloc_zeroed(l)
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        bump();
-        System.realloc(p, l, n)
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        System.dealloc(p, l)
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 const CALLER: &str = "127.0.0.1:40000";
 const DEST: &str = "127.0.0.1:5070";
@@ -75,10 +43,10 @@ impl Harness {
         data: &[u8],
     ) -> Vec<(SocketId, SocketAddr, Vec<u8>)> {
         self.out.clear();
-        let before = ALLOCS.with(Cell::get);
+        let before = common::allocs();
         self.w
             .on_datagram(self.now, socket, addr(src), data, &mut self.out);
-        self.allocs += ALLOCS.with(Cell::get) - before;
+        self.allocs += common::allocs() - before;
         self.out
             .iter()
             .map(|(s, d, b)| (s, d, b.to_vec()))
@@ -89,9 +57,9 @@ impl Harness {
         self.now += by;
         if self.w.next_deadline().is_some_and(|d| d <= self.now) {
             self.out.clear();
-            let before = ALLOCS.with(Cell::get);
+            let before = common::allocs();
             self.w.on_timer(self.now, &mut self.out);
-            self.allocs += ALLOCS.with(Cell::get) - before;
+            self.allocs += common::allocs() - before;
         }
     }
 }

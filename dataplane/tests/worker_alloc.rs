@@ -3,46 +3,13 @@
 //! A counting global allocator keeps a per-thread tally; the echo core, running on
 //! the worker thread, reports its own thread's tally on request.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+mod common;
+
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 use dataplane::worker::{start, Core, Driver, Outbox, SocketId, SocketSpec, WorkerSpec};
-
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn bump() {
-    // `try_with`: the slot may be gone while a thread is being torn down.
-    let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-}
-
-// SAFETY: forwards to the system allocator, only counting.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        bump();
-        System.alloc(l)
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        bump();
-        System.alloc_zeroed(l)
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        bump();
-        System.realloc(p, l, n)
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        System.dealloc(p, l)
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
 
 /// Echoes, except that "allocs?" is answered with this thread's allocation count.
 struct Echo;
@@ -57,7 +24,7 @@ impl Core for Echo {
         out: &mut Outbox,
     ) {
         if data == b"allocs?" {
-            let n = ALLOCS.with(Cell::get);
+            let n = common::allocs();
             out.send(socket, src, &n.to_be_bytes());
         } else {
             out.send(socket, src, data);
