@@ -950,12 +950,12 @@ impl Worker {
                 Ok(u) if self.cfg.owner_of(u.host, u.port).is_none() => match uri_addr(&u) {
                     Some(a) => a,
                     None => {
-                        bump(&self.stats.stray_responses);
+                        bump(&self.stats.unmatched_acks);
                         return;
                     }
                 },
                 _ => {
-                    bump(&self.stats.stray_responses);
+                    bump(&self.stats.unmatched_acks);
                     return;
                 }
             },
@@ -2155,6 +2155,28 @@ mod tests {
         assert_eq!(s.len(), 1, "{s:?}");
         assert!(s[0].1.starts_with("SIP/2.0 503 "));
         assert_eq!(w.stats().snapshot().no_destination, 1);
+
+        // The caller's ACK for that 503 has no transaction to end and
+        // nowhere to go: dropped, and counted as such (not as a response).
+        let ack = String::from_utf8(invite("z9hG4bK-d"))
+            .unwrap()
+            .replacen("INVITE sip:", "ACK sip:", 1)
+            .replace("CSeq: 1 INVITE", "CSeq: 1 ACK")
+            .replace(
+                "To: <sip:100@127.0.0.1>",
+                "To: <sip:100@127.0.0.1>;tag=sph0",
+            );
+        out.clear();
+        w.on_datagram(
+            t0,
+            SOCK_PUBLIC,
+            CALLER.parse().unwrap(),
+            ack.as_bytes(),
+            &mut out,
+        );
+        assert!(sent(&out).is_empty());
+        let st = w.stats().snapshot();
+        assert_eq!((st.unmatched_acks, st.stray_responses), (1, 0));
     }
 
     #[test]
