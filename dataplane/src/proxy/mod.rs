@@ -767,15 +767,7 @@ impl Worker {
     /// The engine holding the session of the dialog `msg` belongs to.
     fn dialog_media_engine(&self, msg: &Message<'_>) -> Option<usize> {
         self.media.as_ref()?;
-        let (Ok(call_id), Ok(from), Ok(to)) = (msg.call_id(), msg.from(), msg.to()) else {
-            return None;
-        };
-        let key = DialogKey::new(
-            &self.hasher,
-            call_id,
-            from.tag.unwrap_or(b""),
-            to.tag.unwrap_or(b""),
-        );
+        let (key, ..) = self.dialog_key(msg)?;
         let d = self.dialogs.get(self.dialogs.find(&key)?)?;
         d.data.media.as_ref().map(|m| usize::from(m.engine))
     }
@@ -1404,13 +1396,11 @@ impl Worker {
 
     // ----------------------------------------------------------------- dialogs
 
-    /// Records the dialog a 2xx creates. True when the 2xx answers the call
-    /// (also when the dialog table is full); false for a retransmitted 2xx,
-    /// whose dialog exists.
-    fn dialog_started(&mut self, now: Instant, id: TxnId, resp: &Message<'_>) -> bool {
-        // Validation guarantees Call-ID, From and To in what reaches here.
-        let (Ok(call_id), Ok(from), Ok(to)) = (resp.call_id(), resp.from(), resp.to()) else {
-            return true;
+    /// The dialog a request or response belongs to (Call-ID and both tags),
+    /// with its Call-ID and From tag; `None` when a header is missing.
+    fn dialog_key<'m>(&self, msg: &Message<'m>) -> Option<(DialogKey, &'m [u8], &'m [u8])> {
+        let (Ok(call_id), Ok(from), Ok(to)) = (msg.call_id(), msg.from(), msg.to()) else {
+            return None;
         };
         let key = DialogKey::new(
             &self.hasher,
@@ -1418,6 +1408,17 @@ impl Worker {
             from.tag.unwrap_or(b""),
             to.tag.unwrap_or(b""),
         );
+        Some((key, call_id, from.tag.unwrap_or(b"")))
+    }
+
+    /// Records the dialog a 2xx creates. True when the 2xx answers the call
+    /// (also when the dialog table is full); false for a retransmitted 2xx,
+    /// whose dialog exists.
+    fn dialog_started(&mut self, now: Instant, id: TxnId, resp: &Message<'_>) -> bool {
+        // Validation guarantees Call-ID, From and To in what reaches here.
+        let Some((key, call_id, from_tag)) = self.dialog_key(resp) else {
+            return true;
+        };
         if self.dialogs.find(&key).is_some() {
             return false; // a retransmitted 2xx
         }
@@ -1432,7 +1433,7 @@ impl Worker {
             .txns
             .get(id)
             .and_then(|t| t.media.engine())
-            .and_then(|e| DialogMedia::new(e, call_id, from.tag.unwrap_or(b"")));
+            .and_then(|e| DialogMedia::new(e, call_id, from_tag));
         let data = DialogData {
             dest: dest.clone(),
             addr,
@@ -1452,15 +1453,9 @@ impl Worker {
     }
 
     fn dialog_ended(&mut self, now: Instant, msg: &Message<'_>, out: &mut Outbox) {
-        let (Ok(call_id), Ok(from), Ok(to)) = (msg.call_id(), msg.from(), msg.to()) else {
+        let Some((key, ..)) = self.dialog_key(msg) else {
             return;
         };
-        let key = DialogKey::new(
-            &self.hasher,
-            call_id,
-            from.tag.unwrap_or(b""),
-            to.tag.unwrap_or(b""),
-        );
         let Some(id) = self.dialogs.find(&key) else {
             return;
         };
