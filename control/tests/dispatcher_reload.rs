@@ -10,17 +10,10 @@ mod db_support;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use db_support::{MariaDb, Postgres};
+use db_support::{runtime, MariaDb, Postgres, MYSQL_DDL, PG_DDL};
 use support::{free_udp_addr, Scenario, Siphon, Uac, Uas};
 
 const RUN_LIMIT: Duration = Duration::from_secs(60);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 /// SIGHUP reloads a rewritten dispatcher.list again and again while SIPp
 /// keeps calling: every call completes (calls in progress finish on the
@@ -112,24 +105,6 @@ fn a_broken_list_keeps_the_table_in_service() {
 const USER: &str = "siphon";
 const PASSWORD: &str = "Reload-Pw1";
 
-const PG_DDL: &str = "CREATE TABLE dispatcher (
-    id SERIAL PRIMARY KEY NOT NULL,
-    setid INTEGER DEFAULT 0 NOT NULL,
-    destination VARCHAR(192) DEFAULT '' NOT NULL,
-    flags INTEGER DEFAULT 0 NOT NULL,
-    priority INTEGER DEFAULT 0 NOT NULL,
-    attrs VARCHAR(128) DEFAULT '' NOT NULL,
-    description VARCHAR(64) DEFAULT '' NOT NULL)";
-
-const MYSQL_DDL: &str = "CREATE TABLE `dispatcher` (
-    `id` INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
-    `setid` INT DEFAULT 0 NOT NULL,
-    `destination` VARCHAR(192) DEFAULT '' NOT NULL,
-    `flags` INT DEFAULT 0 NOT NULL,
-    `priority` INT DEFAULT 0 NOT NULL,
-    `attrs` VARCHAR(128) DEFAULT '' NOT NULL,
-    `description` VARCHAR(64) DEFAULT '' NOT NULL)";
-
 fn calls_to(siphon: &Siphon, n: u32) {
     Uac::new(Scenario::Uac, siphon.addr())
         .calls(n)
@@ -170,7 +145,7 @@ fn postgres_source_resyncs_and_survives_an_outage() {
         pg.exec(
             "kamailio",
             &[
-                PG_DDL,
+                PG_DDL[1],
                 &format!("GRANT SELECT ON dispatcher TO {USER}"),
                 &format!(
                     "INSERT INTO dispatcher (setid, destination, description) \
@@ -276,7 +251,7 @@ fn mariadb_source_reloads_on_demand() {
         my.exec(
             "kamailio",
             &[
-                MYSQL_DDL,
+                MYSQL_DDL[1],
                 &format!(
                     "INSERT INTO dispatcher (setid, destination, flags, priority) \
                      VALUES (1, 'sip:{}', 0, 10)",

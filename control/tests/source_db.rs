@@ -14,7 +14,7 @@ use control::source::db::{
     SourceError,
 };
 use control::source::snapshot::load_snapshot;
-use db_support::{MariaDb, Postgres};
+use db_support::{runtime, MariaDb, Postgres, MYSQL_DDL, PG_DDL};
 
 /// The account siphon reads with: SELECT only. Its password needs
 /// percent-encoding in a URL (`!` → `%21`).
@@ -22,44 +22,6 @@ const USER: &str = "siphon";
 const PASSWORD: &str = "S3cr3t-Pw!";
 const PASSWORD_IN_URL: &str = "S3cr3t-Pw%21";
 const TIMEOUT: Duration = Duration::from_secs(10);
-
-// Kamailio's utils/kamctl/postgres/{standard,dispatcher}-create.sql.
-const PG_DDL: &[&str] = &[
-    "CREATE TABLE version (
-        table_name VARCHAR(32) NOT NULL,
-        table_version INTEGER DEFAULT 0 NOT NULL,
-        CONSTRAINT version_table_name_idx UNIQUE (table_name)
-    )",
-    "CREATE TABLE dispatcher (
-        id SERIAL PRIMARY KEY NOT NULL,
-        setid INTEGER DEFAULT 0 NOT NULL,
-        destination VARCHAR(192) DEFAULT '' NOT NULL,
-        flags INTEGER DEFAULT 0 NOT NULL,
-        priority INTEGER DEFAULT 0 NOT NULL,
-        attrs VARCHAR(128) DEFAULT '' NOT NULL,
-        description VARCHAR(64) DEFAULT '' NOT NULL
-    )",
-    "INSERT INTO version (table_name, table_version) values ('dispatcher','4')",
-];
-
-// Kamailio's utils/kamctl/mysql/{standard,dispatcher}-create.sql.
-const MYSQL_DDL: &[&str] = &[
-    "CREATE TABLE `version` (
-        `table_name` VARCHAR(32) NOT NULL,
-        `table_version` INT UNSIGNED DEFAULT 0 NOT NULL,
-        CONSTRAINT table_name_idx UNIQUE (`table_name`)
-    )",
-    "CREATE TABLE `dispatcher` (
-        `id` INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
-        `setid` INT DEFAULT 0 NOT NULL,
-        `destination` VARCHAR(192) DEFAULT '' NOT NULL,
-        `flags` INT DEFAULT 0 NOT NULL,
-        `priority` INT DEFAULT 0 NOT NULL,
-        `attrs` VARCHAR(128) DEFAULT '' NOT NULL,
-        `description` VARCHAR(64) DEFAULT '' NOT NULL
-    )",
-    "INSERT INTO version (table_name, table_version) values ('dispatcher','4')",
-];
 
 /// Rows as an operator would have them; id 10 is inserted before id 4 so the
 /// result order proves `ORDER BY id`.
@@ -218,13 +180,6 @@ fn assert_no_password(msg: &str) {
     for secret in [PASSWORD, PASSWORD_IN_URL, "S3cr3t", "wr0ng-Secret"] {
         assert!(!msg.contains(secret), "message leaks the password: {msg}");
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
 }
 
 #[test]

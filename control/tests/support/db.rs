@@ -492,3 +492,49 @@ pub async fn exec_mysql(url: &str, statements: &[&str]) {
     }
     let _ = c.close().await;
 }
+
+// Kamailio's utils/kamctl/postgres/{standard,dispatcher}-create.sql.
+pub const PG_DDL: &[&str] = &[
+    "CREATE TABLE version (
+        table_name VARCHAR(32) NOT NULL,
+        table_version INTEGER DEFAULT 0 NOT NULL,
+        CONSTRAINT version_table_name_idx UNIQUE (table_name)
+    )",
+    "CREATE TABLE dispatcher (
+        id SERIAL PRIMARY KEY NOT NULL,
+        setid INTEGER DEFAULT 0 NOT NULL,
+        destination VARCHAR(192) DEFAULT '' NOT NULL,
+        flags INTEGER DEFAULT 0 NOT NULL,
+        priority INTEGER DEFAULT 0 NOT NULL,
+        attrs VARCHAR(128) DEFAULT '' NOT NULL,
+        description VARCHAR(64) DEFAULT '' NOT NULL
+    )",
+    "INSERT INTO version (table_name, table_version) values ('dispatcher','4')",
+];
+
+// Kamailio's utils/kamctl/mysql/{standard,dispatcher}-create.sql.
+pub const MYSQL_DDL: &[&str] = &[
+    "CREATE TABLE `version` (
+        `table_name` VARCHAR(32) NOT NULL,
+        `table_version` INT UNSIGNED DEFAULT 0 NOT NULL,
+        CONSTRAINT table_name_idx UNIQUE (`table_name`)
+    )",
+    "CREATE TABLE `dispatcher` (
+        `id` INT(10) UNSIGNED AUTO_INCREMENT PRIMARY KEY NOT NULL,
+        `setid` INT DEFAULT 0 NOT NULL,
+        `destination` VARCHAR(192) DEFAULT '' NOT NULL,
+        `flags` INT DEFAULT 0 NOT NULL,
+        `priority` INT DEFAULT 0 NOT NULL,
+        `attrs` VARCHAR(128) DEFAULT '' NOT NULL,
+        `description` VARCHAR(64) DEFAULT '' NOT NULL
+    )",
+    "INSERT INTO version (table_name, table_version) values ('dispatcher','4')",
+];
+
+/// The current-thread runtime the database helpers run on.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
