@@ -3,6 +3,7 @@
 //! each side received is read back from SIPp's message logs; the engine is
 //! asked over ng (`list`, `query`) what sessions it holds.
 
+#[macro_use]
 mod support;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -127,17 +128,6 @@ fn rtp_toml(engines: &[String], extra: &str) -> String {
         "[rtpengine]\nengines = [{}]\ntimeout_ms = 1000\nretries = 1\n{extra}\n",
         list.join(", ")
     )
-}
-
-macro_rules! on_both_drivers {
-    ($($name:ident),* $(,)?) => {
-        mod io_uring {
-            $( #[test] fn $name() { super::$name("uring") } )*
-        }
-        mod epoll {
-            $( #[test] fn $name() { super::$name("epoll") } )*
-        }
-    };
 }
 
 on_both_drivers!(call_media_is_anchored_and_released);

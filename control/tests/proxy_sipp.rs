@@ -1,6 +1,7 @@
 //! The proxy end to end: real SIPp callers and callees on loopback, the real
 //! `siphon` binary in between, on both I/O drivers (io_uring and epoll).
 
+#[macro_use]
 mod support;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -10,18 +11,6 @@ use support::{free_udp_addr, status_code, Scenario, Siphon, Uac, Uas};
 
 const SETTLE: Duration = Duration::from_secs(5);
 const RUN_LIMIT: Duration = Duration::from_secs(40);
-
-/// Runs every listed scenario once per driver.
-macro_rules! on_both_drivers {
-    ($($name:ident),* $(,)?) => {
-        mod io_uring {
-            $( #[test] fn $name() { super::$name("uring") } )*
-        }
-        mod epoll {
-            $( #[test] fn $name() { super::$name("epoll") } )*
-        }
-    };
-}
 
 on_both_drivers!(
     calls_complete_and_follow_record_route,

@@ -22,6 +22,20 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+/// Runs every listed scenario (a `fn(io: &str)`) once per I/O driver, as
+/// tests in modules `io_uring` and `epoll`. Needs `#[macro_use] mod support;`.
+#[allow(unused_macros)]
+macro_rules! on_both_drivers {
+    ($($name:ident),* $(,)?) => {
+        mod io_uring {
+            $( #[test] fn $name() { super::$name("uring") } )*
+        }
+        mod epoll {
+            $( #[test] fn $name() { super::$name("epoll") } )*
+        }
+    };
+}
+
 pub mod net;
 pub mod process;
 pub mod services;
