@@ -1,4 +1,4 @@
-# siphon — the commands people look for. Every target installs what it needs
+# sipvane — the commands people look for. Every target installs what it needs
 # (scripts/deps.sh, apt-get, idempotent) and works on a fresh Debian 12 as root.
 SHELL := /bin/bash
 CARGO ?= cargo
@@ -25,14 +25,14 @@ test: deps
 demo: deps build
 	@bash scripts/demo.sh
 
-## bench: siphon vs Kamailio under a short bounded ladder of offered loads
-##        (siphon-bench compare; table on stdout, JSON and SVG in target/bench/)
+## bench: sipvane vs Kamailio under a short bounded ladder of offered loads
+##        (sipvane-bench compare; table on stdout, JSON and SVG in target/bench/)
 BENCH_RATES ?= 500,1000,2000
 BENCH_STEP_MS ?= 3000
 bench: deps
 	$(CARGO) build --release -p control -p bench
 	@mkdir -p target/bench
-	target/release/siphon-bench compare --rates $(BENCH_RATES) --step-ms $(BENCH_STEP_MS) \
+	target/release/sipvane-bench compare --rates $(BENCH_RATES) --step-ms $(BENCH_STEP_MS) \
 	  --json target/bench/compare.json --svg target/bench/compare.svg
 
 ## bench-micro: parser micro-benchmarks (criterion)

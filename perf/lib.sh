@@ -1,9 +1,9 @@
 # Shared by perf/record.sh and perf/stat.sh: build, then run two
-# siphon-bench responders and one siphon on loopback ports, all stopped when
+# sipvane-bench responders and one sipvane on loopback ports, all stopped when
 # the calling script exits. Not meant to be run by itself.
 #
 # Environment: PROFILE (cargo profile, default "release": symbols for
-# flamegraphs), WORKERS (siphon workers, default 1), IO (uring | epoll,
+# flamegraphs), WORKERS (sipvane workers, default 1), IO (uring | epoll,
 # default auto).
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,8 +11,8 @@ PROFILE="${PROFILE:-release}"
 WORKERS="${WORKERS:-1}"
 IO="${IO:-auto}"
 case "$PROFILE" in dev) bindir="$repo/target/debug" ;; *) bindir="$repo/target/$PROFILE" ;; esac
-bench="$bindir/siphon-bench"
-work="$(mktemp -d /tmp/siphon-perf.XXXXXX)"
+bench="$bindir/sipvane-bench"
+work="$(mktemp -d /tmp/sipvane-perf.XXXXXX)"
 pids=()
 
 cleanup() {
@@ -38,8 +38,8 @@ free_port() {
   echo "perf: no free port" >&2; exit 1
 }
 
-# start_lab [wrapper...]: backends + siphon (run under the wrapper command,
-# e.g. valgrind). Sets TARGET (host:port) and SIPHON_PID.
+# start_lab [wrapper...]: backends + sipvane (run under the wrapper command,
+# e.g. valgrind). Sets TARGET (host:port) and SIPVANE_PID.
 start_lab() {
   local a b port
   a="127.0.0.1:$(free_port)"; b="127.0.0.1:$(free_port)"
@@ -48,7 +48,7 @@ start_lab() {
   "$bench" ping "$a" >/dev/null && "$bench" ping "$b" >/dev/null
   printf '1 sip:%s\n1 sip:%s\n' "$a" "$b" >"$work/dispatcher.list"
   port="$(free_port "$WORKERS")"
-  cat >"$work/siphon.toml" <<TOML
+  cat >"$work/sipvane.toml" <<TOML
 [proxy]
 listen = "127.0.0.1:$port"
 workers = $WORKERS
@@ -59,13 +59,13 @@ list = "$work/dispatcher.list"
 [mgmt]
 listen = "127.0.0.1:$(free_port)"
 TOML
-  "$@" "$bindir/siphon" run -c "$work/siphon.toml" >"$work/siphon.log" 2>&1 & SIPHON_PID=$!
-  pids+=("$SIPHON_PID")
+  "$@" "$bindir/sipvane" run -c "$work/sipvane.toml" >"$work/sipvane.log" 2>&1 & SIPVANE_PID=$!
+  pids+=("$SIPVANE_PID")
   TARGET="127.0.0.1:$port"
   if ! "$bench" ping "$TARGET" --timeout-ms 60000 >/dev/null; then
-    echo "perf: siphon did not come up; log:" >&2; tail -20 "$work/siphon.log" >&2; exit 1
+    echo "perf: sipvane did not come up; log:" >&2; tail -20 "$work/sipvane.log" >&2; exit 1
   fi
 }
 
-# Completed calls from a `siphon-bench uac --json` output file.
+# Completed calls from a `sipvane-bench uac --json` output file.
 ok_calls() { sed -n 's/^ *"ok": \([0-9]*\),*$/\1/p' "$1" | head -1; }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# CPU flamegraph of siphon under load: perf record (software cpu-clock
+# CPU flamegraph of sipvane under load: perf record (software cpu-clock
 # event, DWARF call graphs, so it works in VMs without hardware counters
-# and on binaries without frame pointers) while siphon-bench offers calls,
+# and on binaries without frame pointers) while sipvane-bench offers calls,
 # then perf script | inferno-collapse-perf | inferno-flamegraph.
 #
 # Usage: perf/record.sh [RATE_CPS [SECONDS [OUT.svg]]]
@@ -28,10 +28,10 @@ start_lab
 "$bench" uac "$TARGET" --rate "$rate" --duration-ms 1000 --quiet >/dev/null
 "$bench" uac "$TARGET" --rate "$rate" --duration-ms "$((secs * 1000))" --quiet >"$work/uac.txt" &
 uac=$!
-perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$SIPHON_PID" \
+perf record -q -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$SIPVANE_PID" \
   -o "$work/perf.data" -- sleep "$secs" 2>"$work/perf.log" || { cat "$work/perf.log" >&2; exit 1; }
 wait "$uac"
 cat "$work/uac.txt"
 perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf >"$work/folded"
-inferno-flamegraph --title "siphon, $rate cps offered" <"$work/folded" >"$out"
+inferno-flamegraph --title "sipvane, $rate cps offered" <"$work/folded" >"$out"
 echo "flamegraph: $out (samples in $work/perf.data)"

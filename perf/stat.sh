@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Instructions (and cycles) siphon spends per completed call.
+# Instructions (and cycles) sipvane spends per completed call.
 #
 # With hardware counters (`perf stat -e instructions true` counts), perf stat
-# attaches to siphon while siphon-bench places the calls. Without them (most
-# VMs, this project's CI machine) siphon runs under callgrind instead, with
+# attaches to sipvane while sipvane-bench places the calls. Without them (most
+# VMs, this project's CI machine) sipvane runs under callgrind instead, with
 # instrumentation switched on only for the measured calls: slow (~50x) but
 # the count is exact and stable on a noisy shared machine.
 #
@@ -29,7 +29,7 @@ case "$mode" in
     secs=$(( (calls + rate - 1) / rate + 2 ))
     "$bench" uac "$TARGET" --rate "$rate" --calls "$calls" --duration-ms $((secs * 1000)) --quiet --json >"$work/uac.json" &
     uac=$!
-    perf stat -x, -e instructions,cycles -p "$SIPHON_PID" -o "$work/stat.csv" -- sleep "$secs"
+    perf stat -x, -e instructions,cycles -p "$SIPVANE_PID" -o "$work/stat.csv" -- sleep "$secs"
     wait "$uac"
     ok="$(ok_calls "$work/uac.json")"
     ins="$(awk -F, '$3 ~ /^instructions/ {print $1}' "$work/stat.csv")"
@@ -45,10 +45,10 @@ case "$mode" in
     start_lab valgrind --tool=callgrind --instr-atstart=no \
       --callgrind-out-file="$work/callgrind.out.%p"
     "$bench" uac "$TARGET" --rate "$rate" --calls 200 --duration-ms 2000 --quiet >/dev/null
-    callgrind_control -i on "$SIPHON_PID" >/dev/null 2>&1
+    callgrind_control -i on "$SIPVANE_PID" >/dev/null 2>&1
     secs=$(( (calls + rate - 1) / rate + 2 ))
     "$bench" uac "$TARGET" --rate "$rate" --calls "$calls" --duration-ms $((secs * 1000)) --timeout-ms 20000 --quiet --json >"$work/uac.json"
-    callgrind_control -d measured "$SIPHON_PID" >/dev/null 2>&1
+    callgrind_control -d measured "$SIPVANE_PID" >/dev/null 2>&1
     sleep 1
     ok="$(ok_calls "$work/uac.json")"
     dump="$(ls -t "$work"/callgrind.out.* | head -1)"

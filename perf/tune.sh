@@ -21,7 +21,7 @@ fi
 
 # knob  recommended  why (one line; details in docs/tuning.md)
 knobs=(
-  "net.core.rmem_max|16777216|largest receive buffer a socket may ask for (siphon and siphon-bench ask 8 MiB)"
+  "net.core.rmem_max|16777216|largest receive buffer a socket may ask for (sipvane and sipvane-bench ask 8 MiB)"
   "net.core.wmem_max|16777216|largest send buffer a socket may ask for"
   "net.core.rmem_default|4194304|receive buffer of sockets that do not ask (Kamailio, SIPp)"
   "net.core.wmem_default|4194304|send buffer of sockets that do not ask"
@@ -53,7 +53,7 @@ done
 echo
 echo "IRQ / CPU affinity:"
 cpus="$(nproc)"
-echo "  online CPUs: $cpus; siphon pins worker i to CPU i (workers = \"auto\": one per CPU)."
+echo "  online CPUs: $cpus; sipvane pins worker i to CPU i (workers = \"auto\": one per CPU)."
 if pgrep -x irqbalance >/dev/null 2>&1; then
   echo "  irqbalance is running: it moves NIC interrupts around; for stable latency stop it"
   echo "  and pin the queues yourself (below), or ban the worker CPUs (IRQBALANCE_BANNED_CPULIST)."
@@ -78,5 +78,5 @@ for dev in /sys/class/net/*; do
 done
 echo "  Keep the load generator off the proxy's cores when both run on one machine"
 echo "  (taskset -c), and expect shared VMs (steal time) to blur every figure."
-[ $apply -eq 1 ] && echo "applied (not persistent: copy to /etc/sysctl.d/90-siphon.conf to keep)."
+[ $apply -eq 1 ] && echo "applied (not persistent: copy to /etc/sysctl.d/90-sipvane.conf to keep)."
 exit 0

@@ -1,27 +1,27 @@
 #!/usr/bin/env bash
-# Media anchoring benchmark: SIPp UAC (INVITE with SDP) -> siphon -> SIPp UAS,
+# Media anchoring benchmark: SIPp UAC (INVITE with SDP) -> sipvane -> SIPp UAS,
 # at a fixed, bounded call rate, once with RTPEngine anchoring every call and
 # once without, on loopback. Reports calls/s achieved and CPU per call of
-# siphon and (separately) of RTPEngine, from /proc/PID/stat (utime + stime)
+# sipvane and (separately) of RTPEngine, from /proc/PID/stat (utime + stime)
 # read before and after the run.
 #
 # Usage: scripts/bench_media.sh [CALLS] [RATE]     (default 3000 calls at 300/s)
-# Needs: sipp, rtpengine (make deps) and a built siphon
-#        (cargo build --profile ci -p control; SIPHON=path overrides).
+# Needs: sipp, rtpengine (make deps) and a built sipvane
+#        (cargo build --profile ci -p control; SIPVANE=path overrides).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 calls="${1:-3000}"
 rate="${2:-300}"
-siphon="${SIPHON:-$repo/target/ci/siphon}"
-[ -x "$siphon" ] || { echo "build siphon first: cargo build --profile ci -p control" >&2; exit 1; }
+sipvane="${SIPVANE:-$repo/target/ci/sipvane}"
+[ -x "$sipvane" ] || { echo "build sipvane first: cargo build --profile ci -p control" >&2; exit 1; }
 command -v sipp >/dev/null || { echo "sipp missing: make deps" >&2; exit 1; }
 
-work="$(mktemp -d /tmp/siphon-bench-media.XXXXXX)"
+work="$(mktemp -d /tmp/sipvane-bench-media.XXXXXX)"
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  SIPHON_SERVICES_DIR="$work" bash "$repo/scripts/services.sh" stop rtpengine "$work/rtpengine" >/dev/null 2>&1 || true
+  SIPVANE_SERVICES_DIR="$work" bash "$repo/scripts/services.sh" stop rtpengine "$work/rtpengine" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -35,7 +35,7 @@ ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }   # utime + stime, clock ti
 hz="$(getconf CLK_TCK)"
 
 ng_port="$(free_port)"
-SIPHON_TEST_RTPENGINE_PORT="$ng_port" SIPHON_TEST_RTP_PORT_MIN=40000 SIPHON_TEST_RTP_PORT_MAX=49999 \
+SIPVANE_TEST_RTPENGINE_PORT="$ng_port" SIPVANE_TEST_RTP_PORT_MIN=40000 SIPVANE_TEST_RTP_PORT_MAX=49999 \
   bash "$repo/scripts/services.sh" start rtpengine "$work/rtpengine" >/dev/null
 rtpe_pid="$(cat "$work/rtpengine/pid")"
 
@@ -69,7 +69,7 @@ engines = [$engines]
 ping_interval_s = 5
 EOF
   log="$work/$label.log"
-  "$siphon" run -c "$cfg" >"$log" 2>&1 &
+  "$sipvane" run -c "$cfg" >"$log" 2>&1 &
   local sp=$!
   pids+=("$sp")
   sleep 1
@@ -86,11 +86,11 @@ EOF
   awk -v l="$label" -v ok="$ok" -v f="$failed" -v s="$((s1 - s0))" -v r="$((r1 - r0))" \
       -v hz="$hz" -v t0="$t0" -v t1="$t1" 'BEGIN {
     el = t1 - t0; n = (ok > 0 ? ok : 1)
-    printf "%-12s calls ok %5d failed %3d  %6.1f calls/s  siphon %7.1f us CPU/call  rtpengine %7.1f us CPU/call\n",
+    printf "%-12s calls ok %5d failed %3d  %6.1f calls/s  sipvane %7.1f us CPU/call  rtpengine %7.1f us CPU/call\n",
       l, ok, f, ok / el, s / hz * 1e6 / n, r / hz * 1e6 / n }'
   grep -o 'rtpengine0_[a-z]*=[0-9]*' "$log" | tr '\n' ' '; echo
 }
 
-echo "calls=$calls rate=$rate/s workers=1 (siphon), rtpengine userspace --num-threads=2"
+echo "calls=$calls rate=$rate/s workers=1 (sipvane), rtpengine userspace --num-threads=2"
 run_once anchored "\"udp:127.0.0.1:$ng_port\""
 run_once plain ""

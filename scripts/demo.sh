@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# make demo: siphon in front of two SIPp backends, real calls from two SIPp
+# make demo: sipvane in front of two SIPp backends, real calls from two SIPp
 # callers, one backend killed halfway through, and a summary table.
 # Everything runs on 127.0.0.1 and stops by itself (bounded calls and time).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-siphon="$root/target/release/siphon"
+sipvane="$root/target/release/sipvane"
 scen="$root/sipp-scenarios"
 work="$root/.tmp/demo"
 CALLS="${DEMO_CALLS:-3000}"     # in all, split over two callers
 RATE="${DEMO_RATE:-300}"        # calls per second, in all
 HOLD_MS="${DEMO_HOLD_MS:-200}"  # how long each call stays up
 KILL_AFTER_S="${DEMO_KILL_AFTER_S:-4}"
-BASE="${DEMO_PORT:-25060}"      # siphon; +1,+2 private; +11,+12 backends; +20 management API
+BASE="${DEMO_PORT:-25060}"      # sipvane; +1,+2 private; +11,+12 backends; +20 management API
 
 command -v sipp >/dev/null || { echo "demo: sipp not found: run 'make deps'" >&2; exit 1; }
-[ -x "$siphon" ] || { echo "demo: $siphon missing: run 'make build'" >&2; exit 1; }
+[ -x "$sipvane" ] || { echo "demo: $sipvane missing: run 'make build'" >&2; exit 1; }
 
 rm -rf "$work"; mkdir -p "$work"; cd "$work"
 pids=()
@@ -28,13 +28,13 @@ cat > dispatcher.list <<EOF
 1 sip:127.0.0.1:$a_port
 1 sip:127.0.0.1:$b_port
 EOF
-cat > siphon.toml <<EOF
+cat > sipvane.toml <<EOF
 [proxy]
 listen = "127.0.0.1:$BASE"
 workers = 2
 
 [mgmt]
-# Next to the demo's ports rather than the default 9060 another siphon may hold.
+# Next to the demo's ports rather than the default 9060 another sipvane may hold.
 listen = "127.0.0.1:$((BASE + 20))"
 
 [dispatcher]
@@ -55,13 +55,13 @@ start_uas() { # name port
 pids+=("$(start_uas backend-a "$a_port")")
 pids+=("$(start_uas backend-b "$b_port")")
 
-"$siphon" run -c siphon.toml > siphon.log 2>&1 &
+"$sipvane" run -c sipvane.toml > sipvane.log 2>&1 &
 pids+=($!)
-siphon_pid=$!
-for _ in $(seq 50); do grep -q "siphon is running" siphon.log 2>/dev/null && break; sleep 0.1; done
-grep -q "siphon is running" siphon.log || { cat siphon.log; echo "demo: siphon did not start" >&2; exit 1; }
+sipvane_pid=$!
+for _ in $(seq 50); do grep -q "sipvane is running" sipvane.log 2>/dev/null && break; sleep 0.1; done
+grep -q "sipvane is running" sipvane.log || { cat sipvane.log; echo "demo: sipvane did not start" >&2; exit 1; }
 
-echo "siphon on 127.0.0.1:$BASE -> backends :$a_port and :$b_port"
+echo "sipvane on 127.0.0.1:$BASE -> backends :$a_port and :$b_port"
 echo "placing $CALLS calls at $RATE calls/s (two callers); backend B is killed after ${KILL_AFTER_S}s ..."
 half=$((CALLS / 2)); rate_half=$((RATE / 2))
 for i in 1 2; do
@@ -75,7 +75,7 @@ pkill -9 -f "sipp -sf $scen/uas.xml -i 127.0.0.1 -p $b_port " || true
 echo "backend B killed"
 wait "$uac1" || true; wait "$uac2" || true
 sleep 1
-kill -TERM "$siphon_pid"; wait "$siphon_pid" || true
+kill -TERM "$sipvane_pid"; wait "$sipvane_pid" || true
 pkill -INT -f "sipp -sf $scen/uas.xml -i 127.0.0.1 -p $a_port " || true
 sleep 0.5
 
@@ -83,26 +83,26 @@ sleep 0.5
 col() { # file column
   awk -F';' -v want="$2" 'NR==1{for(i=1;i<=NF;i++) if($i==want) c=i; next} {v=$c} END{print v+0}' "$1"
 }
-counter() { grep '^siphon: counters' siphon.log | tr ' ' '\n' | awk -F= -v k="$1" '$1==k{print $2}'; }
+counter() { grep '^sipvane: counters' sipvane.log | tr ' ' '\n' | awk -F= -v k="$1" '$1==k{print $2}'; }
 
 ok=$(( $(col caller-1.csv 'SuccessfulCall(C)') + $(col caller-2.csv 'SuccessfulCall(C)') ))
 failed=$(( $(col caller-1.csv 'FailedCall(C)') + $(col caller-2.csv 'FailedCall(C)') ))
 a_calls=$(col backend-a.csv 'TotalCallCreated')
 # B was killed, so its own counters are stale; every answered call is a
-# dialog siphon created, and A's count is exact (it exits cleanly).
+# dialog sipvane created, and A's count is exact (it exits cleanly).
 b_calls=$(( $(counter dialogs_created) - a_calls ))
 
-printf '\n%-44s %10s\n' "siphon demo" "value"
+printf '\n%-44s %10s\n' "sipvane demo" "value"
 printf '%-44s %10s\n' "--------------------------------------------" "----------"
 printf '%-44s %10d\n' "calls placed" "$CALLS"
 printf '%-44s %10d\n' "calls succeeded" "$ok"
 printf '%-44s %10d\n' "calls failed" "$failed"
 printf '%-44s %10d\n' "calls answered by backend A" "$a_calls"
 printf '%-44s %10d\n' "calls answered by backend B (killed)" "$b_calls"
-printf '%-44s %10d\n' "failovers (siphon)" "$(counter failovers)"
-printf '%-44s %10d\n' "destination timeouts (siphon)" "$(counter timeouts)"
-printf '%-44s %10d\n' "dialogs created (siphon)" "$(counter dialogs_created)"
-printf '%-44s %10d\n' "dialogs ended by BYE (siphon)" "$(counter dialogs_ended)"
+printf '%-44s %10d\n' "failovers (sipvane)" "$(counter failovers)"
+printf '%-44s %10d\n' "destination timeouts (sipvane)" "$(counter timeouts)"
+printf '%-44s %10d\n' "dialogs created (sipvane)" "$(counter dialogs_created)"
+printf '%-44s %10d\n' "dialogs ended by BYE (sipvane)" "$(counter dialogs_ended)"
 echo
 echo "Calls that were up on backend B when it died cannot finish their BYE and"
 echo "count as failed; new calls fail over to A. Logs: $work"

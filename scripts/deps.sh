@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs the system packages siphon's tests, demo and benchmarks use.
+# Installs the system packages sipvane's tests, demo and benchmarks use.
 # Idempotent: does nothing when everything is present. Services that Debian
 # would start on install (redis, postgres, mariadb, rtpengine) are kept from
 # starting on their default ports: the test harness starts private copies on
@@ -40,9 +40,9 @@ export DEBIAN_FRONTEND=noninteractive
 # Wait for a dpkg lock held by another apt run instead of failing at once.
 apt=(apt-get -y -q -o DPkg::Lock::Timeout=300)
 # A fresh machine may have no (or stale) package lists: update only if needed.
-if ! "${apt[@]}" install --no-install-recommends "${missing[@]}" >/tmp/siphon-apt.log 2>&1; then
-  "${apt[@]}" update >/tmp/siphon-apt-update.log 2>&1 || { tail -20 /tmp/siphon-apt-update.log >&2; exit 1; }
-  "${apt[@]}" install --no-install-recommends "${missing[@]}" >/tmp/siphon-apt.log 2>&1 \
-    || { tail -20 /tmp/siphon-apt.log >&2; exit 1; }
+if ! "${apt[@]}" install --no-install-recommends "${missing[@]}" >/tmp/sipvane-apt.log 2>&1; then
+  "${apt[@]}" update >/tmp/sipvane-apt-update.log 2>&1 || { tail -20 /tmp/sipvane-apt-update.log >&2; exit 1; }
+  "${apt[@]}" install --no-install-recommends "${missing[@]}" >/tmp/sipvane-apt.log 2>&1 \
+    || { tail -20 /tmp/sipvane-apt.log >&2; exit 1; }
 fi
 echo "deps.sh: installed ${missing[*]}" >&2

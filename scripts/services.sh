@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Private, throw-away instances of the services siphon talks to, for tests and
+# Private, throw-away instances of the services sipvane talks to, for tests and
 # the demo. Everything listens on 127.0.0.1 only, on private ports, with its
 # data, sockets, logs and pid under one directory that `stop` removes.
 #
@@ -13,24 +13,24 @@
 #                                          the test harness's target/tmp/services
 #
 # NAME: redis | postgres | mariadb | rtpengine   (mysql = mariadb)
-# DIR:  default $SIPHON_SERVICES_DIR/NAME, base default <repo>/.tmp/services
+# DIR:  default $SIPVANE_SERVICES_DIR/NAME, base default <repo>/.tmp/services
 #
 # Ports (environment overrides):
-#   SIPHON_TEST_REDIS_PORT=16379        redis://127.0.0.1:16379
-#   SIPHON_TEST_PG_PORT=15432           postgres://siphon:siphon@127.0.0.1:15432/siphon
-#   SIPHON_TEST_MYSQL_PORT=13306        mysql://siphon:siphon@127.0.0.1:13306/siphon
-#   SIPHON_TEST_RTPENGINE_PORT=22222    ng control on udp 127.0.0.1:22222
-#   SIPHON_TEST_RTP_PORT_MIN=30000 / SIPHON_TEST_RTP_PORT_MAX=30999  media ports
+#   SIPVANE_TEST_REDIS_PORT=16379        redis://127.0.0.1:16379
+#   SIPVANE_TEST_PG_PORT=15432           postgres://sipvane:sipvane@127.0.0.1:15432/sipvane
+#   SIPVANE_TEST_MYSQL_PORT=13306        mysql://sipvane:sipvane@127.0.0.1:13306/sipvane
+#   SIPVANE_TEST_RTPENGINE_PORT=22222    ng control on udp 127.0.0.1:22222
+#   SIPVANE_TEST_RTP_PORT_MIN=30000 / SIPVANE_TEST_RTP_PORT_MAX=30999  media ports
 #
 # `start` prints lines such as
-#   SIPHON_TEST_REDIS_URL=redis://127.0.0.1:16379
-# that a caller can `eval` or parse. Database `siphon` is owned by user
-# `siphon` with password `siphon` in both PostgreSQL and MariaDB.
+#   SIPVANE_TEST_REDIS_URL=redis://127.0.0.1:16379
+# that a caller can `eval` or parse. Database `sipvane` is owned by user
+# `sipvane` with password `sipvane` in both PostgreSQL and MariaDB.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-base="${SIPHON_SERVICES_DIR:-$repo/.tmp/services}"
-READY_TIMEOUT="${SIPHON_SERVICES_TIMEOUT:-30}"   # seconds to wait for readiness
+base="${SIPVANE_SERVICES_DIR:-$repo/.tmp/services}"
+READY_TIMEOUT="${SIPVANE_SERVICES_TIMEOUT:-30}"   # seconds to wait for readiness
 
 die() { echo "services.sh: $*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: run \`make deps\` (or apt-get install $2)"; }
@@ -89,15 +89,15 @@ as_pg() {
 redis_ping() { redis-cli -h 127.0.0.1 -p "$1" ping 2>/dev/null | grep -q PONG; }
 
 start_redis() {
-  local dir="$1" port="${SIPHON_TEST_REDIS_PORT:-16379}"
+  local dir="$1" port="${SIPVANE_TEST_REDIS_PORT:-16379}"
   need redis-server redis-server; need redis-cli redis-tools
   redis-server --port "$port" --bind 127.0.0.1 --protected-mode yes --save '' \
     --appendonly no --daemonize yes --dir "$dir" --pidfile "$dir/redis.pid" \
     --logfile "$dir/redis.log" --unixsocket '' >/dev/null
   wait_for redis redis_ping "$port" || { tail -20 "$dir/redis.log" >&2; return 1; }
   cat "$dir/redis.pid" > "$dir/pid"
-  echo "SIPHON_TEST_REDIS_URL=redis://127.0.0.1:$port" > "$dir/env"
-  echo "SIPHON_TEST_REDIS_PORT=$port" >> "$dir/env"
+  echo "SIPVANE_TEST_REDIS_URL=redis://127.0.0.1:$port" > "$dir/env"
+  echo "SIPVANE_TEST_REDIS_PORT=$port" >> "$dir/env"
 }
 
 stop_redis() {
@@ -109,7 +109,7 @@ stop_redis() {
 pg_ready() { "$1/pg_isready" -h 127.0.0.1 -p "$2" -q; }
 
 start_postgres() {
-  local dir="$1" port="${SIPHON_TEST_PG_PORT:-15432}" bin
+  local dir="$1" port="${SIPVANE_TEST_PG_PORT:-15432}" bin
   bin="$(pg_bindir)"
   need psql postgresql-client
   local data="$dir/data"
@@ -118,7 +118,7 @@ start_postgres() {
     # somewhere it cannot traverse, keep the data in a private dir under /tmp.
     chown postgres: "$dir"
     if ! runuser -u postgres -- test -w "$dir"; then
-      data="$(mktemp -d /tmp/siphon-pg.XXXXXX)"
+      data="$(mktemp -d /tmp/sipvane-pg.XXXXXX)"
       chown postgres: "$data"
       chmod 700 "$data"
       data="$data/data"
@@ -135,11 +135,11 @@ start_postgres() {
   wait_for postgres pg_ready "$bin" "$port" || return 1
   head -1 "$data/postmaster.pid" > "$dir/pid"
   as_pg psql -q -v ON_ERROR_STOP=1 -h "$(dirname "$data")" -p "$port" -U postgres -d postgres \
-    -c "CREATE ROLE siphon LOGIN PASSWORD 'siphon'" \
-    -c "CREATE DATABASE siphon OWNER siphon" >/dev/null
+    -c "CREATE ROLE sipvane LOGIN PASSWORD 'sipvane'" \
+    -c "CREATE DATABASE sipvane OWNER sipvane" >/dev/null
   {
-    echo "SIPHON_TEST_PG_URL=postgres://siphon:siphon@127.0.0.1:$port/siphon"
-    echo "SIPHON_TEST_PG_PORT=$port"
+    echo "SIPVANE_TEST_PG_URL=postgres://sipvane:sipvane@127.0.0.1:$port/sipvane"
+    echo "SIPVANE_TEST_PG_PORT=$port"
   } > "$dir/env"
 }
 
@@ -151,14 +151,14 @@ stop_postgres() {
     as_pg "$bin/pg_ctl" -D "$data" -m immediate -w -t 10 stop >/dev/null 2>&1 || true
   fi
   term_wait "$(cat "$dir/pid" 2>/dev/null || true)" 5
-  case "$data" in /tmp/siphon-pg.*/data) rm -rf "$(dirname "$data")" ;; esac
+  case "$data" in /tmp/sipvane-pg.*/data) rm -rf "$(dirname "$data")" ;; esac
 }
 
 # ---------------------------------------------------------------- mariadb
 my_ping() { mariadb-admin --no-defaults --socket="$1/mysqld.sock" -uroot ping; }
 
 start_mariadb() {
-  local dir="$1" port="${SIPHON_TEST_MYSQL_PORT:-13306}"
+  local dir="$1" port="${SIPVANE_TEST_MYSQL_PORT:-13306}"
   need mariadbd mariadb-server; need mariadb-install-db mariadb-server; need mariadb mariadb-client
   local user; user="$(id -un)"
   mariadb-install-db --no-defaults --datadir="$dir/data" --user="$user" \
@@ -176,14 +176,14 @@ start_mariadb() {
     return 1
   fi
   mariadb --no-defaults --socket="$dir/mysqld.sock" -uroot -e "
-    CREATE DATABASE IF NOT EXISTS siphon;
-    CREATE USER IF NOT EXISTS 'siphon'@'127.0.0.1' IDENTIFIED BY 'siphon';
-    CREATE USER IF NOT EXISTS 'siphon'@'localhost' IDENTIFIED BY 'siphon';
-    GRANT ALL PRIVILEGES ON siphon.* TO 'siphon'@'127.0.0.1';
-    GRANT ALL PRIVILEGES ON siphon.* TO 'siphon'@'localhost';"
+    CREATE DATABASE IF NOT EXISTS sipvane;
+    CREATE USER IF NOT EXISTS 'sipvane'@'127.0.0.1' IDENTIFIED BY 'sipvane';
+    CREATE USER IF NOT EXISTS 'sipvane'@'localhost' IDENTIFIED BY 'sipvane';
+    GRANT ALL PRIVILEGES ON sipvane.* TO 'sipvane'@'127.0.0.1';
+    GRANT ALL PRIVILEGES ON sipvane.* TO 'sipvane'@'localhost';"
   {
-    echo "SIPHON_TEST_MYSQL_URL=mysql://siphon:siphon@127.0.0.1:$port/siphon"
-    echo "SIPHON_TEST_MYSQL_PORT=$port"
+    echo "SIPVANE_TEST_MYSQL_URL=mysql://sipvane:sipvane@127.0.0.1:$port/sipvane"
+    echo "SIPVANE_TEST_MYSQL_PORT=$port"
   } > "$dir/env"
 }
 
@@ -205,8 +205,8 @@ ng_ping() {
 }
 
 start_rtpengine() {
-  local dir="$1" port="${SIPHON_TEST_RTPENGINE_PORT:-22222}"
-  local pmin="${SIPHON_TEST_RTP_PORT_MIN:-30000}" pmax="${SIPHON_TEST_RTP_PORT_MAX:-30999}"
+  local dir="$1" port="${SIPVANE_TEST_RTPENGINE_PORT:-22222}"
+  local pmin="${SIPVANE_TEST_RTP_PORT_MIN:-30000}" pmax="${SIPVANE_TEST_RTP_PORT_MAX:-30999}"
   need rtpengine rtpengine-daemon
   # Userspace forwarding only (--table=-1: no kernel module, no firewall rules);
   # --config-file=none: ignore /etc/rtpengine/rtpengine.conf.
@@ -220,8 +220,8 @@ start_rtpengine() {
     return 1
   fi
   {
-    echo "SIPHON_TEST_RTPENGINE=udp:127.0.0.1:$port"
-    echo "SIPHON_TEST_RTPENGINE_PORT=$port"
+    echo "SIPVANE_TEST_RTPENGINE=udp:127.0.0.1:$port"
+    echo "SIPVANE_TEST_RTPENGINE_PORT=$port"
   } > "$dir/env"
 }
 

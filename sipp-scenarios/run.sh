@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run one of siphon's SIPp scenarios on loopback.
+# Run one of sipvane's SIPp scenarios on loopback.
 #
 # Usage: run.sh ROLE ADDR [sipp options...]
 #
@@ -29,17 +29,17 @@
 #   run.sh options 127.0.0.1:5060 -m 1
 #   run.sh uac '[::1]:5060' -m 10                          # IPv6 loopback
 #
-# Against a running siphon (two SIPp backends; siphon relays, record-routes,
+# Against a running sipvane (two SIPp backends; sipvane relays, record-routes,
 # fails over from the 503 backend to the other one):
 #   printf '1 sip:127.0.0.1:5070\n1 sip:127.0.0.1:5074\n' > /tmp/dispatcher.list
 #   run.sh uas 127.0.0.1:5070 &  run.sh uas_503 127.0.0.1:5074 &
-#   target/release/siphon run --listen 127.0.0.1:5060 --dispatcher-list /tmp/dispatcher.list &
-#   run.sh uac 127.0.0.1:5060 -r 100 -m 1000 -timeout 60s  # ACK/BYE via siphon's Record-Route
+#   target/release/sipvane run --listen 127.0.0.1:5060 --dispatcher-list /tmp/dispatcher.list &
+#   run.sh uac 127.0.0.1:5060 -r 100 -m 1000 -timeout 60s  # ACK/BYE via sipvane's Record-Route
 #   run.sh uac_cancel 127.0.0.1:5060 -m 10 -timeout 30s    # needs a ringing backend:
 #   run.sh uas_cancel 127.0.0.1:5070 &                     #   (instead of uas above)
-#   run.sh options 127.0.0.1:5060 -m 1                     # siphon answers OPTIONS itself
+#   run.sh options 127.0.0.1:5060 -m 1                     # sipvane answers OPTIONS itself
 #   run.sh register 127.0.0.1:5060 -m 1                    # relayed to a backend
-# siphon-bench (bench/) generates the same calls faster: see docs/benchmarks.md.
+# sipvane-bench (bench/) generates the same calls faster: see docs/benchmarks.md.
 #
 # Anything after ADDR goes to sipp unchanged (e.g. -m, -r, -l, -d, -s, -timeout 30s,
 # -trace_stat, -trace_msg). Client roles stop by themselves only with -m or -timeout.

@@ -1,5 +1,5 @@
-//! `siphon-bench compare`: the same backends, dispatcher list and ladder of
-//! offered loads through siphon and through Kamailio, with each proxy's CPU
+//! `sipvane-bench compare`: the same backends, dispatcher list and ladder of
+//! offered loads through sipvane and through Kamailio, with each proxy's CPU
 //! per call from /proc.
 //!
 //! Each proxy is started fresh on loopback, warmed up with a short run at
@@ -34,21 +34,21 @@ pub struct CompareArgs {
     /// Pause after each step before CPU is sampled.
     #[arg(long, default_value_t = 300)]
     pub settle_ms: u64,
-    /// Proxies to run, comma-separated (siphon, kamailio).
-    #[arg(long, value_delimiter = ',', default_values_t = [Proxy::Siphon, Proxy::Kamailio])]
+    /// Proxies to run, comma-separated (sipvane, kamailio).
+    #[arg(long, value_delimiter = ',', default_values_t = [Proxy::Sipvane, Proxy::Kamailio])]
     pub proxies: Vec<Proxy>,
     /// Load generator.
     #[arg(long, value_enum, default_value_t = Generator::Native)]
     pub generator: Generator,
-    /// siphon worker threads.
+    /// sipvane worker threads.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// siphon I/O driver (auto, uring, epoll).
+    /// sipvane I/O driver (auto, uring, epoll).
     #[arg(long, default_value = "auto")]
     pub io: String,
-    /// Extra siphon TOML lines for the [proxy] section, e.g. "max_transactions = 1048576".
+    /// Extra sipvane TOML lines for the [proxy] section, e.g. "max_transactions = 1048576".
     #[arg(long)]
-    pub siphon_toml: Vec<String>,
+    pub sipvane_toml: Vec<String>,
     /// Kamailio UDP receiver processes (-n).
     #[arg(long, default_value_t = 1)]
     pub children: usize,
@@ -67,13 +67,13 @@ pub struct CompareArgs {
     /// A transaction without a final answer after this fails as a timeout.
     #[arg(long, default_value_t = 4000)]
     pub timeout_ms: u64,
-    /// siphon binary (default: next to siphon-bench, then $PATH).
+    /// sipvane binary (default: next to sipvane-bench, then $PATH).
     #[arg(long)]
-    pub siphon: Option<PathBuf>,
+    pub sipvane: Option<PathBuf>,
     /// kamailio binary.
     #[arg(long, default_value = "kamailio")]
     pub kamailio: PathBuf,
-    /// Kamailio config (default: the one built into siphon-bench, bench/kamailio/kamailio.cfg).
+    /// Kamailio config (default: the one built into sipvane-bench, bench/kamailio/kamailio.cfg).
     #[arg(long)]
     pub kamailio_cfg: Option<PathBuf>,
     /// SIPp scenario directory (--generator sipp).
@@ -96,14 +96,14 @@ pub struct CompareArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proxy {
-    Siphon,
+    Sipvane,
     Kamailio,
 }
 
 impl std::fmt::Display for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Proxy::Siphon => "siphon",
+            Proxy::Sipvane => "sipvane",
             Proxy::Kamailio => "kamailio",
         })
     }
@@ -145,8 +145,8 @@ pub struct Results {
     pub machine: String,
     pub generator: String,
     pub rows: Vec<Row>,
-    /// siphon counters printed at its exit (overload sheds, drops, ...).
-    pub siphon_counters: Option<String>,
+    /// sipvane counters printed at its exit (overload sheds, drops, ...).
+    pub sipvane_counters: Option<String>,
 }
 
 const DEFAULT_KAMAILIO_CFG: &str = include_str!("../kamailio/kamailio.cfg");
@@ -209,7 +209,7 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(20));
         }
         eprintln!(
-            "siphon-bench: {} did not stop on SIGTERM; killing it",
+            "sipvane-bench: {} did not stop on SIGTERM; killing it",
             self.name
         );
         let _ = self.child.kill();
@@ -227,8 +227,8 @@ fn free_udp_port() -> Result<u16> {
     Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// A free TCP port on loopback: siphon's management API must not take the
-/// default 9060, which another siphon (a parallel test) may hold.
+/// A free TCP port on loopback: sipvane's management API must not take the
+/// default 9060, which another sipvane (a parallel test) may hold.
 fn free_tcp_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -279,17 +279,17 @@ Call-ID: ping{p}@bench\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
     None
 }
 
-fn find_siphon(explicit: Option<&Path>) -> Result<PathBuf> {
+fn find_sipvane(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = explicit {
         return Ok(p.to_path_buf());
     }
     if let Some(p) = crate::exe_dir()
-        .map(|d| d.join("siphon"))
+        .map(|d| d.join("sipvane"))
         .filter(|p| p.is_file())
     {
         return Ok(p);
     }
-    which("siphon").context("no siphon binary next to siphon-bench or in $PATH; build it (cargo build --release -p control) or pass --siphon")
+    which("sipvane").context("no sipvane binary next to sipvane-bench or in $PATH; build it (cargo build --release -p control) or pass --sipvane")
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -306,7 +306,7 @@ struct Backends {
 }
 
 fn start_backends(a: &CompareArgs, work: &Path) -> Result<Backends> {
-    let exe = std::env::current_exe().context("locate siphon-bench")?;
+    let exe = std::env::current_exe().context("locate sipvane-bench")?;
     let mut procs = Vec::new();
     let mut addrs = Vec::new();
     for i in 0..2 {
@@ -349,8 +349,8 @@ fn start_proxy(p: Proxy, a: &CompareArgs, work: &Path, list: &Path) -> Result<Ru
     std::fs::create_dir_all(&dir)?;
     let log = dir.join(format!("{p}.log"));
     let (proc, addr) = match p {
-        Proxy::Siphon => {
-            let bin = find_siphon(a.siphon.as_deref())?;
+        Proxy::Sipvane => {
+            let bin = find_sipvane(a.sipvane.as_deref())?;
             let workers = a.workers.max(1);
             let port = free_port_run(workers as u16)?;
             let cfg = format!(
@@ -359,14 +359,14 @@ fn start_proxy(p: Proxy, a: &CompareArgs, work: &Path, list: &Path) -> Result<Ru
                  [mgmt]\nlisten = \"127.0.0.1:{}\"\n",
                 a.io,
                 port + 1,
-                a.siphon_toml.join("\n"),
+                a.sipvane_toml.join("\n"),
                 list.display(),
                 free_tcp_port()?
             );
-            let cfg_path = dir.join("siphon.toml");
+            let cfg_path = dir.join("sipvane.toml");
             std::fs::write(&cfg_path, cfg)?;
             let proc = Proc::spawn(
-                "siphon",
+                "sipvane",
                 Command::new(bin)
                     .arg("run")
                     .arg("-c")
@@ -474,7 +474,7 @@ pub fn run(a: &CompareArgs) -> Result<()> {
     }
     let work = match &a.work_dir {
         Some(d) => d.clone(),
-        None => std::env::temp_dir().join(format!("siphon-bench-{}", std::process::id())),
+        None => std::env::temp_dir().join(format!("sipvane-bench-{}", std::process::id())),
     };
     std::fs::create_dir_all(&work).with_context(|| format!("create {}", work.display()))?;
     let mut rates = a.rates.clone();
@@ -489,11 +489,11 @@ pub fn run(a: &CompareArgs) -> Result<()> {
     std::fs::write(&list, text)?;
 
     let mut rows = Vec::new();
-    let mut siphon_counters = None;
+    let mut sipvane_counters = None;
     for &p in &a.proxies {
         let mut r = start_proxy(p, a, &work, &list)?;
         eprintln!(
-            "siphon-bench: {p} up on {} (pid {}, logs in {})",
+            "sipvane-bench: {p} up on {} (pid {}, logs in {})",
             r.addr,
             r.proc.pid(),
             work.display()
@@ -539,11 +539,11 @@ pub fn run(a: &CompareArgs) -> Result<()> {
             rows.push(row);
         }
         r.proc.stop(Duration::from_secs(10));
-        if p == Proxy::Siphon {
-            siphon_counters = std::fs::read_to_string(&r.log).ok().and_then(|l| {
+        if p == Proxy::Sipvane {
+            sipvane_counters = std::fs::read_to_string(&r.log).ok().and_then(|l| {
                 l.lines()
                     .rev()
-                    .find_map(|l| l.strip_prefix("siphon: counters "))
+                    .find_map(|l| l.strip_prefix("sipvane: counters "))
                     .map(str::to_string)
             });
         }
@@ -553,11 +553,11 @@ pub fn run(a: &CompareArgs) -> Result<()> {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         machine: machine(),
         generator: match a.generator {
-            Generator::Native => "siphon-bench uac".into(),
+            Generator::Native => "sipvane-bench uac".into(),
             Generator::Sipp => "sipp".into(),
         },
         rows,
-        siphon_counters,
+        sipvane_counters,
     };
     print!("{}", table(&results));
     if let Some(path) = &a.json {
@@ -623,10 +623,10 @@ pub fn table(res: &Results) -> String {
         .map(|(rate, q)| format!("{rate:.0} cps: {q:.3}"))
         .collect();
     if !ratios.is_empty() {
-        let _ = writeln!(s, "\nsiphon/Kamailio CPU per call: {}", ratios.join("; "));
+        let _ = writeln!(s, "\nsipvane/Kamailio CPU per call: {}", ratios.join("; "));
     }
-    if let Some(c) = &res.siphon_counters {
-        let _ = writeln!(s, "siphon counters at exit: {c}");
+    if let Some(c) = &res.sipvane_counters {
+        let _ = writeln!(s, "sipvane counters at exit: {c}");
     }
     s
 }
@@ -643,10 +643,10 @@ fn latency(us: u64, resolution: u64) -> String {
     }
 }
 
-/// siphon CPU per call ÷ Kamailio's, per offered rate both completed calls at.
+/// sipvane CPU per call ÷ Kamailio's, per offered rate both completed calls at.
 pub fn ratios(res: &Results) -> Vec<(f64, f64)> {
     let mut out = Vec::new();
-    for s in res.rows.iter().filter(|r| r.proxy == Proxy::Siphon) {
+    for s in res.rows.iter().filter(|r| r.proxy == Proxy::Sipvane) {
         let k = res
             .rows
             .iter()
@@ -708,7 +708,7 @@ fn machine() -> String {
     format!("{} CPUs ({cpu}){mem}, Linux {kernel}", crate::online_cpus())
 }
 
-/// `siphon-bench plot`: the table and SVG again from a saved `--json` file.
+/// `sipvane-bench plot`: the table and SVG again from a saved `--json` file.
 pub fn replot(json: &Path, svg: Option<&Path>) -> Result<()> {
     let text = std::fs::read_to_string(json).with_context(|| format!("read {}", json.display()))?;
     let res: Results = serde_json::from_str(&text)

@@ -1,5 +1,5 @@
-//! siphon-bench: SIP load generator (`uac`), backend responder (`uas`) and
-//! the siphon-vs-Kamailio comparison (`compare`). See docs/benchmarks.md.
+//! sipvane-bench: SIP load generator (`uac`), backend responder (`uas`) and
+//! the sipvane-vs-Kamailio comparison (`compare`). See docs/benchmarks.md.
 
 mod compare;
 mod msg;
@@ -21,7 +21,7 @@ use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
-    name = "siphon-bench",
+    name = "sipvane-bench",
     version,
     about = "SIP load generator and proxy benchmark"
 )]
@@ -36,7 +36,7 @@ enum Cmd {
     Uac(UacArgs),
     /// Answer calls as a backend (OPTIONS too, for health probes).
     Uas(UasArgs),
-    /// Run siphon and Kamailio under the same ladder of offered loads.
+    /// Run sipvane and Kamailio under the same ladder of offered loads.
     Compare(Box<compare::CompareArgs>),
     /// Print the table (and write the SVG) of a saved `compare --json` result.
     Plot {
@@ -143,7 +143,7 @@ fn main() {
         }),
     };
     if let Err(e) = r {
-        eprintln!("siphon-bench: {e:#}");
+        eprintln!("sipvane-bench: {e:#}");
         std::process::exit(1);
     }
 }
@@ -240,7 +240,7 @@ pub fn report_json(r: &uac::UacReport) -> serde_json::Value {
     })
 }
 
-/// The directory of this executable (where `cargo build` also put siphon).
+/// The directory of this executable (where `cargo build` also put sipvane).
 pub fn exe_dir() -> Option<PathBuf> {
     std::env::current_exe()
         .ok()?

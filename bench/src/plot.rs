@@ -10,7 +10,7 @@ use crate::compare::{Proxy, Results, Row};
 
 fn color(p: Proxy) -> RGBColor {
     match p {
-        Proxy::Siphon => RGBColor(0x1f, 0x77, 0xb4),
+        Proxy::Sipvane => RGBColor(0x1f, 0x77, 0xb4),
         Proxy::Kamailio => RGBColor(0xd6, 0x27, 0x28),
     }
 }
@@ -53,7 +53,7 @@ fn panel(
                 .y_label_formatter(&|y| format!("{y:.0}"))
                 .draw()
                 .map_err(|e| err(&e))?;
-            for p in [Proxy::Siphon, Proxy::Kamailio] {
+            for p in [Proxy::Sipvane, Proxy::Kamailio] {
                 let pts = series(&res.rows, p, y);
                 if pts.is_empty() {
                     continue;

@@ -2,7 +2,7 @@
 //!
 //! CPU is utime + stime of every process of the tree (each process's
 //! figure already sums its threads), so a multi-process proxy (Kamailio's
-//! main, UDP receivers, timers) and a multi-threaded one (siphon's workers
+//! main, UDP receivers, timers) and a multi-threaded one (sipvane's workers
 //! and control thread) are measured the same way.
 
 use std::fs;

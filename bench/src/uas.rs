@@ -49,7 +49,7 @@ impl UasStats {
     pub fn line(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "siphon-bench uas: invite={} ack={} bye={} cancel={} options={} other={} malformed={}",
+            "sipvane-bench uas: invite={} ack={} bye={} cancel={} options={} other={} malformed={}",
             g(&self.invite),
             g(&self.ack),
             g(&self.bye),
@@ -83,7 +83,7 @@ pub fn run(cfg: &UasConfig) -> Result<()> {
         sockets.push(s);
     }
     eprintln!(
-        "siphon-bench uas: listening on {} ({} thread(s), reply {}, delay {} ms)",
+        "sipvane-bench uas: listening on {} ({} thread(s), reply {}, delay {} ms)",
         cfg.listen,
         sockets.len(),
         cfg.reply,

@@ -1,5 +1,5 @@
-//! siphon-bench against real peers on loopback: its own responder, a real
-//! siphon, and the compare ladder with a real Kamailio. Every run is bounded
+//! sipvane-bench against real peers on loopback: its own responder, a real
+//! sipvane, and the compare ladder with a real Kamailio. Every run is bounded
 //! by `--calls`/`--duration-ms`; nothing here asserts on speed.
 
 use std::net::UdpSocket;
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BENCH: &str = env!("CARGO_BIN_EXE_siphon-bench");
+const BENCH: &str = env!("CARGO_BIN_EXE_sipvane-bench");
 
 /// A child killed and reaped when the test ends, even on panic.
 struct Guard(Child);
@@ -27,7 +27,7 @@ fn free_port() -> u16 {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("siphon-bench-test-{}-{name}", std::process::id()));
+    let d = std::env::temp_dir().join(format!("sipvane-bench-test-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("create scratch dir");
     d
@@ -42,8 +42,8 @@ fn uas(args: &[&str]) -> (Guard, String) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start siphon-bench uas");
-    // Ready when it answers OPTIONS (which siphon's probes also rely on).
+        .expect("start sipvane-bench uas");
+    // Ready when it answers OPTIONS (which sipvane's probes also rely on).
     assert_eq!(
         options(&addr),
         Some(200),
@@ -80,7 +80,7 @@ fn uac(target: &str, extra: &[&str]) -> serde_json::Value {
         .args(["uac", target, "--json", "--quiet", "--threads", "1"])
         .args(extra)
         .output()
-        .expect("run siphon-bench uac");
+        .expect("run sipvane-bench uac");
     json_of(&out)
 }
 
@@ -163,11 +163,11 @@ fn uas_delays_its_answer() {
     );
 }
 
-/// The siphon binary of the same build (cargo test --workspace builds it;
+/// The sipvane binary of the same build (cargo test --workspace builds it;
 /// `cargo test -p bench` alone builds it here).
-fn siphon_binary() -> PathBuf {
+fn sipvane_binary() -> PathBuf {
     let dir = Path::new(BENCH).parent().expect("target dir").to_path_buf();
-    let bin = dir.join("siphon");
+    let bin = dir.join("sipvane");
     if !bin.is_file() {
         let profile = match dir.file_name().and_then(|n| n.to_str()) {
             Some("debug") => "dev".to_string(),
@@ -183,22 +183,22 @@ fn siphon_binary() -> PathBuf {
                 "-p",
                 "control",
                 "--bin",
-                "siphon",
+                "sipvane",
             ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
-            .expect("run cargo build for siphon");
-        assert!(st.success(), "building siphon failed");
+            .expect("run cargo build for sipvane");
+        assert!(st.success(), "building sipvane failed");
     }
-    assert!(bin.is_file(), "no siphon at {}", bin.display());
+    assert!(bin.is_file(), "no sipvane at {}", bin.display());
     bin
 }
 
 #[test]
-fn uac_through_siphon_follows_record_route() {
+fn uac_through_sipvane_follows_record_route() {
     let (_a, a) = uas(&[]);
     let (_b, b) = uas(&[]);
-    let dir = scratch("through-siphon");
+    let dir = scratch("through-sipvane");
     let list = dir.join("dispatcher.list");
     std::fs::write(&list, format!("1 sip:{a}\n1 sip:{b}\n")).expect("write list");
     let port = loop {
@@ -207,7 +207,7 @@ fn uac_through_siphon_follows_record_route() {
             break p;
         }
     };
-    let cfg = dir.join("siphon.toml");
+    let cfg = dir.join("sipvane.toml");
     std::fs::write(
         &cfg,
         format!(
@@ -223,19 +223,19 @@ fn uac_through_siphon_follows_record_route() {
         ),
     )
     .expect("write config");
-    let log = std::fs::File::create(dir.join("siphon.log")).expect("log");
-    let mut siphon = Guard(
-        Command::new(siphon_binary())
+    let log = std::fs::File::create(dir.join("sipvane.log")).expect("log");
+    let mut sipvane = Guard(
+        Command::new(sipvane_binary())
             .args(["run", "-c"])
             .arg(&cfg)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
-            .expect("start siphon"),
+            .expect("start sipvane"),
     );
     let target = format!("127.0.0.1:{port}");
-    assert_eq!(options(&target), Some(200), "siphon answers OPTIONS");
+    assert_eq!(options(&target), Some(200), "sipvane answers OPTIONS");
     let r = uac(
         &target,
         &[
@@ -249,25 +249,25 @@ fn uac_through_siphon_follows_record_route() {
             "4",
         ],
     );
-    // BYE only reaches a backend through siphon if the UAC routed it by the
-    // Record-Route set (the backends' Contact alone would bypass siphon, and
-    // siphon then could not end the dialog: see dialogs_ended below).
+    // BYE only reaches a backend through sipvane if the UAC routed it by the
+    // Record-Route set (the backends' Contact alone would bypass sipvane, and
+    // sipvane then could not end the dialog: see dialogs_ended below).
     assert_eq!(r["ok"], 300, "{r}");
     assert_eq!(r["failed"], 0, "{r}");
-    // SIGTERM: siphon prints its counters and exits.
+    // SIGTERM: sipvane prints its counters and exits.
     // SAFETY: kill(2) on our own child.
     unsafe {
-        libc::kill(siphon.0.id() as libc::pid_t, libc::SIGTERM);
+        libc::kill(sipvane.0.id() as libc::pid_t, libc::SIGTERM);
     }
     let end = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < end && matches!(siphon.0.try_wait(), Ok(None)) {
+    while Instant::now() < end && matches!(sipvane.0.try_wait(), Ok(None)) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let text = std::fs::read_to_string(dir.join("siphon.log")).unwrap_or_default();
+    let text = std::fs::read_to_string(dir.join("sipvane.log")).unwrap_or_default();
     let counters = text
         .lines()
-        .find_map(|l| l.strip_prefix("siphon: counters "))
-        .unwrap_or_else(|| panic!("no counters in siphon's log:\n{text}"));
+        .find_map(|l| l.strip_prefix("sipvane: counters "))
+        .unwrap_or_else(|| panic!("no counters in sipvane's log:\n{text}"));
     for want in [
         "dialogs_created=300 ",
         "dialogs_ended=300 ",
@@ -279,11 +279,11 @@ fn uac_through_siphon_follows_record_route() {
 }
 
 #[test]
-fn compare_runs_siphon_and_kamailio_on_a_tiny_ladder() {
+fn compare_runs_sipvane_and_kamailio_on_a_tiny_ladder() {
     let dir = scratch("compare");
     let json = dir.join("result.json");
     let svg = dir.join("result.svg");
-    let siphon = siphon_binary();
+    let sipvane = sipvane_binary();
     let out = Command::new(BENCH)
         .args([
             "compare",
@@ -293,8 +293,8 @@ fn compare_runs_siphon_and_kamailio_on_a_tiny_ladder() {
             "1000",
             "--quiet",
         ])
-        .arg("--siphon")
-        .arg(&siphon)
+        .arg("--sipvane")
+        .arg(&sipvane)
         .arg("--json")
         .arg(&json)
         .arg("--svg")
@@ -302,7 +302,7 @@ fn compare_runs_siphon_and_kamailio_on_a_tiny_ladder() {
         .arg("--work-dir")
         .arg(dir.join("work"))
         .output()
-        .expect("run siphon-bench compare");
+        .expect("run sipvane-bench compare");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -315,7 +315,7 @@ fn compare_runs_siphon_and_kamailio_on_a_tiny_ladder() {
             .expect("valid JSON");
     let rows = v["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 4, "{v}");
-    for proxy in ["siphon", "kamailio"] {
+    for proxy in ["sipvane", "kamailio"] {
         let mine: Vec<_> = rows.iter().filter(|r| r["proxy"] == proxy).collect();
         assert_eq!(mine.len(), 2, "{proxy}: {v}");
         for r in mine {
@@ -341,11 +341,11 @@ fn compare_runs_siphon_and_kamailio_on_a_tiny_ladder() {
         .arg("plot")
         .arg(&json)
         .output()
-        .expect("run siphon-bench plot");
+        .expect("run sipvane-bench plot");
     assert!(again.status.success(), "{again:?}");
     let table = |t: &str| -> Vec<String> {
         t.lines()
-            .filter(|l| l.starts_with("| siphon") || l.starts_with("| kamailio"))
+            .filter(|l| l.starts_with("| sipvane") || l.starts_with("| kamailio"))
             .map(str::to_string)
             .collect()
     };
@@ -355,16 +355,16 @@ fn compare_runs_siphon_and_kamailio_on_a_tiny_ladder() {
 }
 
 #[test]
-fn compare_drives_siphon_with_sipp_as_generator() {
+fn compare_drives_sipvane_with_sipp_as_generator() {
     let dir = scratch("compare-sipp");
     let json = dir.join("result.json");
     let scenarios = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sipp-scenarios");
     let out = Command::new(BENCH)
-        .args(["compare", "--generator", "sipp", "--proxies", "siphon"])
+        .args(["compare", "--generator", "sipp", "--proxies", "sipvane"])
         .args(["--rates", "50", "--step-ms", "1000", "--quiet"])
         .args(["--timeout-ms", "10000"])
-        .arg("--siphon")
-        .arg(siphon_binary())
+        .arg("--sipvane")
+        .arg(sipvane_binary())
         .arg("--sipp-scenarios")
         .arg(&scenarios)
         .arg("--json")
@@ -372,7 +372,7 @@ fn compare_drives_siphon_with_sipp_as_generator() {
         .arg("--work-dir")
         .arg(dir.join("work"))
         .output()
-        .expect("run siphon-bench compare --generator sipp");
+        .expect("run sipvane-bench compare --generator sipp");
     assert!(
         out.status.success(),
         "compare failed: {:?}\n{}\n{}",

@@ -1,9 +1,9 @@
-//! Reads siphon call events from a Redis list and turns them into CDR lines, keeping a
+//! Reads sipvane call events from a Redis list and turns them into CDR lines, keeping a
 //! live count of calls in progress per destination.
 //!
 //! ```text
-//! cargo run -p control --example cdr_consumer -- redis://127.0.0.1:6379 siphon:events
-//! cargo run -p control --example cdr_consumer -- redis://127.0.0.1:6379 siphon:events --exit-when-empty
+//! cargo run -p control --example cdr_consumer -- redis://127.0.0.1:6379 sipvane:events
+//! cargo run -p control --example cdr_consumer -- redis://127.0.0.1:6379 sipvane:events --exit-when-empty
 //! ```
 //!
 //! stdout carries CSV, one line per finished call:
@@ -236,7 +236,7 @@ fn main() -> anyhow::Result<()> {
     let list = positional
         .get(1)
         .cloned()
-        .unwrap_or_else(|| "siphon:events".to_owned());
+        .unwrap_or_else(|| "sipvane:events".to_owned());
 
     let client = redis::Client::open(url.as_str())?;
     let mut conn: Option<redis::Connection> = None;

@@ -1,4 +1,4 @@
-//! The `siphon` command line.
+//! The `sipvane` command line.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,12 +7,12 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{AlgorithmSpec, Config, IoMode, Workers};
 
-/// siphon: a SIP load balancer and stateful proxy.
+/// sipvane: a SIP load balancer and stateful proxy.
 #[derive(Debug, Parser)]
 #[command(
-    name = "siphon",
+    name = "sipvane",
     version,
-    about = "siphon: SIP load balancer and stateful proxy",
+    about = "sipvane: SIP load balancer and stateful proxy",
     propagate_version = true
 )]
 pub struct Cli {
@@ -29,11 +29,11 @@ pub enum Command {
     /// Check a configuration file: prints each problem as FILE:LINE: problem and
     /// exits 1, or prints "FILE: ok" and exits 0.
     CheckConfig(CheckConfigArgs),
-    /// Talk to a running siphon through its management API.
+    /// Talk to a running sipvane through its management API.
     Ctl(CtlArgs),
 }
 
-/// `siphon run`
+/// `sipvane run`
 #[derive(Debug, Default, Args)]
 pub struct RunArgs {
     /// Configuration file (TOML). Without it the built-in defaults apply.
@@ -107,7 +107,7 @@ impl RunArgs {
     }
 }
 
-/// `siphon check-config`
+/// `sipvane check-config`
 #[derive(Debug, Args)]
 pub struct CheckConfigArgs {
     /// Configuration file to check.
@@ -115,10 +115,10 @@ pub struct CheckConfigArgs {
     pub file: PathBuf,
 }
 
-/// `siphon ctl`
+/// `sipvane ctl`
 #[derive(Debug, Args)]
 pub struct CtlArgs {
-    /// Management API address of the siphon to talk to ([mgmt] listen).
+    /// Management API address of the sipvane to talk to ([mgmt] listen).
     #[arg(
         long,
         value_name = "ADDR",
@@ -127,7 +127,7 @@ pub struct CtlArgs {
     )]
     pub mgmt: SocketAddr,
     /// Bearer token ([mgmt] token).
-    #[arg(long, value_name = "TOKEN", env = "SIPHON_MGMT_TOKEN", global = true)]
+    #[arg(long, value_name = "TOKEN", env = "SIPVANE_MGMT_TOKEN", global = true)]
     pub token: Option<String>,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
@@ -137,7 +137,7 @@ pub struct CtlArgs {
     pub command: CtlCommand,
 }
 
-/// `siphon ctl` verbs.
+/// `sipvane ctl` verbs.
 #[derive(Debug, Subcommand)]
 pub enum CtlCommand {
     /// Destination sets and their live state.
@@ -153,7 +153,7 @@ pub enum CtlCommand {
     Top(TopArgs),
 }
 
-/// `siphon ctl dispatcher …`
+/// `sipvane ctl dispatcher …`
 #[derive(Debug, Subcommand)]
 pub enum DispatcherCommand {
     /// Every destination with state, active calls and counters.
@@ -174,7 +174,7 @@ pub enum DispatcherCommand {
     },
 }
 
-/// `siphon ctl top`
+/// `sipvane ctl top`
 #[derive(Debug, Args)]
 pub struct TopArgs {
     /// Stop after N refreshes (default: until interrupted).

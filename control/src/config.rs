@@ -1,4 +1,4 @@
-//! The siphon configuration file (TOML).
+//! The sipvane configuration file (TOML).
 //!
 //! Every key has a default, so an empty file, a file with a single section, or no file
 //! at all is a valid configuration. Unknown keys are rejected so a typo never silently
@@ -315,11 +315,11 @@ impl<'de> Deserialize<'de> for Workers {
     }
 }
 
-/// Kamailio `dispatcher` algorithm numbers siphon implements.
+/// Kamailio `dispatcher` algorithm numbers sipvane implements.
 pub const ALGORITHM_NUMBERS: &[u32] = &[0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 13];
 
-/// Algorithm names siphon accepts, with the Kamailio number each one is an alias of
-/// (`None`: siphon-only algorithm).
+/// Algorithm names sipvane accepts, with the Kamailio number each one is an alias of
+/// (`None`: sipvane-only algorithm).
 pub const ALGORITHM_NAMES: &[(&str, Option<u32>)] = &[
     ("hash-callid", Some(0)),
     ("hash-from", Some(1)),
@@ -358,7 +358,7 @@ impl Default for AlgorithmSpec {
 }
 
 impl AlgorithmSpec {
-    /// Whether siphon implements this algorithm.
+    /// Whether sipvane implements this algorithm.
     pub fn is_known(&self) -> bool {
         match self {
             AlgorithmSpec::Number(n) => ALGORITHM_NUMBERS.contains(n),
@@ -366,7 +366,7 @@ impl AlgorithmSpec {
         }
     }
 
-    /// The Kamailio number this is, or is an alias of; `None` for siphon-only algorithms
+    /// The Kamailio number this is, or is an alias of; `None` for sipvane-only algorithms
     /// (rendezvous) and unknown ones.
     pub fn kamailio_number(&self) -> Option<u32> {
         match self {
@@ -548,7 +548,7 @@ impl DispatcherSource {
         } else if let Some(path) = s.strip_prefix("file:") {
             if path.is_empty() {
                 Err(
-                    "source \"file:\" needs a path, e.g. \"file:/etc/siphon/dispatcher.list\""
+                    "source \"file:\" needs a path, e.g. \"file:/etc/sipvane/dispatcher.list\""
                         .into(),
                 )
             } else {
@@ -570,7 +570,7 @@ impl DispatcherSource {
 // The configuration
 // ---------------------------------------------------------------------------------------
 
-/// The whole configuration file. `Config::default()` is what siphon runs with when
+/// The whole configuration file. `Config::default()` is what sipvane runs with when
 /// given no file.
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -625,7 +625,7 @@ pub struct ProxyConfig {
     /// Insert Record-Route on initial requests. Default true.
     pub record_route: bool,
     /// Server / User-Agent header value in locally generated messages; empty: none.
-    /// Default `siphon`.
+    /// Default `sipvane`.
     pub server_header: String,
 }
 
@@ -645,7 +645,7 @@ impl Default for ProxyConfig {
             retry_after_s: 5,
             balance: Balance::Kernel,
             record_route: true,
-            server_header: "siphon".to_owned(),
+            server_header: "sipvane".to_owned(),
         }
     }
 }
@@ -714,7 +714,7 @@ pub struct DispatcherConfig {
     pub algorithm: AlgorithmSpec,
     /// Set used by requests that no rule matches. Default 1.
     pub default_set: u32,
-    /// Final responses that make siphon try the next destination. Default 408, 500, 503.
+    /// Final responses that make sipvane try the next destination. Default 408, 500, 503.
     pub failover_codes: Vec<u16>,
     /// Timeout (ms) for a first response to a request. Default 2000.
     pub fr_timer_ms: u64,
@@ -736,7 +736,7 @@ pub struct DispatcherConfig {
     pub inactive_threshold: u32,
     /// Probe replies that count as alive. Default 200.
     pub ping_reply_codes: Vec<u16>,
-    /// From URI of probes. Default `sip:siphon@localhost`.
+    /// From URI of probes. Default `sip:sipvane@localhost`.
     pub ping_from: String,
     /// Probe method. Default `OPTIONS`.
     pub ping_method: String,
@@ -772,7 +772,7 @@ impl Default for DispatcherConfig {
             probing_threshold: 3,
             inactive_threshold: 2,
             ping_reply_codes: vec![200],
-            ping_from: "sip:siphon@localhost".to_owned(),
+            ping_from: "sip:sipvane@localhost".to_owned(),
             ping_method: "OPTIONS".to_owned(),
             probing_mode: ProbingMode::All,
             reload_interval_s: 0,
@@ -882,7 +882,7 @@ impl RtpengineConfig {
 pub struct EventsConfig {
     /// `redis://…`; empty (default): events off.
     pub redis_url: String,
-    /// Redis list events are RPUSHed to. Default `siphon:events`.
+    /// Redis list events are RPUSHed to. Default `sipvane:events`.
     pub list: String,
     /// Events per RPUSH. Default 256.
     pub batch: u32,
@@ -895,7 +895,7 @@ impl Default for EventsConfig {
     fn default() -> Self {
         EventsConfig {
             redis_url: String::new(),
-            list: "siphon:events".to_owned(),
+            list: "sipvane:events".to_owned(),
             batch: 256,
             buffer: 100_000,
         }
@@ -1104,7 +1104,7 @@ impl Config {
         }
     }
 
-    /// The configuration as TOML (what `siphon run --print-config` prints); loading it
+    /// The configuration as TOML (what `sipvane run --print-config` prints); loading it
     /// back gives an equal `Config`.
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
         toml::to_string_pretty(self)

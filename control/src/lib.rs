@@ -1,5 +1,5 @@
-//! siphon control plane: configuration, command line, start-up, dispatcher
-//! sources and the call-event exporter. The `siphon` binary is `main.rs`.
+//! sipvane control plane: configuration, command line, start-up, dispatcher
+//! sources and the call-event exporter. The `sipvane` binary is `main.rs`.
 
 pub mod api;
 pub mod cli;

@@ -1,4 +1,4 @@
-//! The `siphon` binary.
+//! The `sipvane` binary.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -41,7 +41,7 @@ fn run(args: &RunArgs) -> ExitCode {
     if args.print_config {
         return match cfg.to_toml() {
             Ok(text) => {
-                println!("# effective siphon configuration (defaults, file, then flags)");
+                println!("# effective sipvane configuration (defaults, file, then flags)");
                 if cfg.proxy.advertise.is_none() {
                     println!(
                         "# proxy.advertise is unset: Via and Record-Route use {}",
@@ -52,7 +52,7 @@ fn run(args: &RunArgs) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("siphon: cannot print the configuration: {e}");
+                eprintln!("sipvane: cannot print the configuration: {e}");
                 ExitCode::FAILURE
             }
         };
@@ -69,7 +69,7 @@ fn run(args: &RunArgs) -> ExitCode {
     match control::run::run(&cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("siphon: {e:#}");
+            eprintln!("sipvane: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -98,7 +98,7 @@ fn init_logging(cfg: &Config, level_from_flag: bool) {
         LogFormat::Json => builder.json().try_init(),
     };
     if let Err(e) = result {
-        eprintln!("siphon: cannot set up logging: {e}");
+        eprintln!("sipvane: cannot set up logging: {e}");
     }
 }
 

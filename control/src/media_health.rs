@@ -63,7 +63,7 @@ async fn ping(
     timeout: Duration,
     retries: u32,
 ) -> bool {
-    let cookie = format!("siphon_health_{}_{seq}", std::process::id());
+    let cookie = format!("sipvane_health_{}_{seq}", std::process::id());
     let mut req = Vec::with_capacity(64);
     if write_request(cookie.as_bytes(), &Request::ping(), &mut req).is_err() {
         return false;

@@ -1,4 +1,4 @@
-//! `siphon run`: turns a validated configuration into running workers and
+//! `sipvane run`: turns a validated configuration into running workers and
 //! keeps the control thread until a signal asks it to stop.
 
 use std::net::SocketAddr;
@@ -254,7 +254,7 @@ pub fn start(
         driver = %pool.driver(),
         private_ports = ?proxy_cfg.private_ports,
         advertise = %proxy_cfg.advertise,
-        "siphon is running"
+        "sipvane is running"
     );
     let (reloader, reload) = Reloader::new(source, table.clone());
     let driver = pool.driver();
@@ -397,7 +397,7 @@ pub fn run(cfg: &Config) -> Result<()> {
             }
         }
     }
-    eprintln!("siphon: counters {}", line.join(" "));
+    eprintln!("sipvane: counters {}", line.join(" "));
     info!("stopped");
     Ok(())
 }

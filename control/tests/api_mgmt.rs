@@ -1,4 +1,4 @@
-//! The management API and `siphon ctl` against the real `siphon` binary,
+//! The management API and `sipvane ctl` against the real `sipvane` binary,
 //! with real SIPp callers and callees on loopback: the numbers the API
 //! reports follow the calls, and the state it sets changes where calls go.
 
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use control::api::model::{Dialogs, Dispatcher, ErrorStats, Health, Status};
 use serde_json::Value;
-use support::{free_tcp_port, free_udp_addr, free_udp_port, localhost, Scenario, Siphon, Uac, Uas};
+use support::{free_tcp_port, free_udp_addr, free_udp_port, localhost, Scenario, Sipvane, Uac, Uas};
 
 const RUN_LIMIT: Duration = Duration::from_secs(40);
 const SETTLE: Duration = Duration::from_secs(10);
@@ -117,13 +117,13 @@ fn api_follows_real_calls_and_steers_them() {
     );
     // Probing off: an operator-inactive destination that answers OPTIONS
     // would otherwise be brought back by the prober.
-    let mut siphon = Siphon::builder("api")
+    let mut sipvane = Sipvane::builder("api")
         .algorithm("round-robin")
         .destination(format!("1 {ua} 0 0 weight=50;duid=a"))
         .destination(format!("1 {ub}"))
         .toml("ping_interval_s = 0")
         .start();
-    let mgmt = siphon.mgmt_addr();
+    let mgmt = sipvane.mgmt_addr();
 
     // At rest.
     let (code, body) = http("GET", mgmt, "/health", None, None);
@@ -134,7 +134,7 @@ fn api_follows_real_calls_and_steers_them() {
     assert_eq!((s.calls_total, s.active_dialogs, s.workers), (0, 0, 2));
     assert_eq!(s.version, env!("CARGO_PKG_VERSION"));
     assert!(s.io == "io_uring" || s.io == "epoll", "{s:?}");
-    assert_eq!(s.listen, siphon.addr().to_string());
+    assert_eq!(s.listen, sipvane.addr().to_string());
     let d: Dispatcher = get(mgmt, "/dispatcher");
     assert_eq!(d.sets.len(), 1);
     let da = dest(&d, &ua);
@@ -145,7 +145,7 @@ fn api_follows_real_calls_and_steers_them() {
     assert_eq!(da.duid.as_deref(), Some("a"));
 
     // Calls held for 2 s: while they last the API sees them.
-    let uac = Uac::new(Scenario::Uac, siphon.addr())
+    let uac = Uac::new(Scenario::Uac, sipvane.addr())
         .calls(40)
         .rate(20)
         .hold(Duration::from_secs(2))
@@ -205,35 +205,35 @@ fn api_follows_real_calls_and_steers_them() {
 
     let (code, metrics) = http("GET", mgmt, "/metrics", None, None);
     assert_eq!(code, 200);
-    assert_eq!(sample(&metrics, "siphon_initial_invites_total"), Some(40.0));
-    assert_eq!(sample(&metrics, "siphon_calls_answered_total"), Some(40.0));
+    assert_eq!(sample(&metrics, "sipvane_initial_invites_total"), Some(40.0));
+    assert_eq!(sample(&metrics, "sipvane_calls_answered_total"), Some(40.0));
     assert!(
-        sample(&metrics, "siphon_replies_total{class=\"2xx\"}").is_some_and(|v| v >= 80.0),
+        sample(&metrics, "sipvane_replies_total{class=\"2xx\"}").is_some_and(|v| v >= 80.0),
         "{metrics}"
     );
-    assert_eq!(sample(&metrics, "siphon_dialogs_active"), Some(0.0));
+    assert_eq!(sample(&metrics, "sipvane_dialogs_active"), Some(0.0));
     let sel = |m: &str, uri: &str| {
         sample(
             m,
-            &format!("siphon_destination_selected_total{{set=\"1\",uri=\"{uri}\"}}"),
+            &format!("sipvane_destination_selected_total{{set=\"1\",uri=\"{uri}\"}}"),
         )
     };
     assert_eq!(sel(&metrics, &ua), Some(20.0), "{metrics}");
     assert_eq!(
         sample(
             &metrics,
-            &format!("siphon_destination_state{{set=\"1\",uri=\"{ub}\",state=\"active\"}}")
+            &format!("sipvane_destination_state{{set=\"1\",uri=\"{ub}\",state=\"active\"}}")
         ),
         Some(1.0)
     );
     assert_eq!(
-        sample(&metrics, "siphon_worker_up{worker=\"1\"}"),
+        sample(&metrics, "sipvane_worker_up{worker=\"1\"}"),
         Some(1.0)
     );
-    assert!(metrics.contains("siphon_worker_handoff_queue_depth{worker=\"0\"}"));
+    assert!(metrics.contains("sipvane_worker_handoff_queue_depth{worker=\"0\"}"));
     assert!(metrics.ends_with("# EOF\n"));
     assert!(
-        !metrics.contains("siphon_event_queue_depth"),
+        !metrics.contains("sipvane_event_queue_depth"),
         "no event queues without [events]"
     );
 
@@ -245,7 +245,7 @@ fn api_follows_real_calls_and_steers_them() {
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["changed"][0]["previous"], "active");
     assert_eq!(v["changed"][0]["state"], "inactive");
-    Uac::new(Scenario::Uac, siphon.addr())
+    Uac::new(Scenario::Uac, sipvane.addr())
         .calls(20)
         .rate(50)
         .timeout(RUN_LIMIT)
@@ -287,7 +287,7 @@ fn api_follows_real_calls_and_steers_them() {
 
     // Reload after editing the list: c joins, b keeps its operator state.
     std::fs::write(
-        siphon.list_path(),
+        sipvane.list_path(),
         format!("1 {ua} 0 0 weight=50;duid=a\n1 {ub}\n1 {uc}\n"),
     )
     .expect("rewrite list");
@@ -306,7 +306,7 @@ fn api_follows_real_calls_and_steers_them() {
     assert_eq!(d.sets[0].destinations.len(), 3);
     assert_eq!(dest(&d, &ub).state, "inactive");
     assert_eq!(dest(&d, &uc).state, "active");
-    Uac::new(Scenario::Uac, siphon.addr())
+    Uac::new(Scenario::Uac, sipvane.addr())
         .calls(20)
         .rate(50)
         .timeout(RUN_LIMIT)
@@ -326,7 +326,7 @@ fn api_follows_real_calls_and_steers_them() {
     assert_eq!(sa + sc, 60);
 
     // A broken list is refused and the table in service kept.
-    std::fs::write(siphon.list_path(), format!("1 {ua} nonsense\n")).expect("rewrite list");
+    std::fs::write(sipvane.list_path(), format!("1 {ua} nonsense\n")).expect("rewrite list");
     let (code, body) = http("POST", mgmt, "/dispatcher/reload", None, None);
     assert_eq!(code, 422, "{body}");
     let v: Value = serde_json::from_str(&body).expect("error JSON");
@@ -357,26 +357,26 @@ fn api_follows_real_calls_and_steers_them() {
     );
     assert_eq!(fa.invites_received(), sa);
     assert_eq!(fc.invites_received(), sc);
-    let counters = siphon.stop();
+    let counters = sipvane.stop();
     assert_eq!(counters.get("initial_invites"), 80);
 }
 
-/// `siphon ctl …` against a running siphon: (exit code, stdout, stderr).
+/// `sipvane ctl …` against a running sipvane: (exit code, stdout, stderr).
 fn ctl(mgmt: SocketAddr, args: &[&str]) -> (i32, String, String) {
     ctl_with(mgmt, args, &[])
 }
 
 fn ctl_with(mgmt: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_siphon"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sipvane"));
     cmd.arg("ctl")
         .arg("--mgmt")
         .arg(mgmt.to_string())
         .args(args);
-    cmd.env_remove("SIPHON_MGMT_TOKEN");
+    cmd.env_remove("SIPVANE_MGMT_TOKEN");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let o: Output = cmd.output().expect("run siphon ctl");
+    let o: Output = cmd.output().expect("run sipvane ctl");
     (
         o.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -385,17 +385,17 @@ fn ctl_with(mgmt: SocketAddr, args: &[&str], env: &[(&str, &str)]) -> (i32, Stri
 }
 
 #[test]
-fn ctl_verbs_against_real_siphon() {
+fn ctl_verbs_against_real_sipvane() {
     let mut a = Uas::start(Scenario::Uas, free_udp_addr());
     let mut b = Uas::start(Scenario::Uas, free_udp_addr());
     let (ua, ub) = (format!("sip:{}", a.addr()), format!("sip:{}", b.addr()));
-    let mut siphon = Siphon::builder("ctl")
+    let mut sipvane = Sipvane::builder("ctl")
         .destination(format!("1 {ua}"))
         .destination(format!("1 {ub}"))
         .toml("ping_interval_s = 0")
         .start();
-    let mgmt = siphon.mgmt_addr();
-    Uac::new(Scenario::Uac, siphon.addr())
+    let mgmt = sipvane.mgmt_addr();
+    Uac::new(Scenario::Uac, sipvane.addr())
         .calls(10)
         .rate(50)
         .timeout(RUN_LIMIT)
@@ -474,7 +474,7 @@ fn ctl_verbs_against_real_siphon() {
     );
     assert_eq!((code, err.as_str()), (0, ""));
     assert_eq!(out, format!("set 1 {ub}: active -> inactive\n"));
-    Uac::new(Scenario::Uac, siphon.addr())
+    Uac::new(Scenario::Uac, sipvane.addr())
         .calls(6)
         .rate(50)
         .timeout(RUN_LIMIT)
@@ -492,7 +492,7 @@ fn ctl_verbs_against_real_siphon() {
     assert_eq!((code, out.as_str()), (1, ""));
     assert_eq!(
         err,
-        "siphon ctl: /dispatcher/state: HTTP 400: unknown destination state 'sleepy' (expected active, inactive, disabled, probing or a, i, d, p, ip, tp)\n"
+        "sipvane ctl: /dispatcher/state: HTTP 400: unknown destination state 'sleepy' (expected active, inactive, disabled, probing or a, i, d, p, ip, tp)\n"
     );
     let (code, _, err) = ctl(
         mgmt,
@@ -501,25 +501,25 @@ fn ctl_verbs_against_real_siphon() {
     assert_eq!(code, 1);
     assert_eq!(
         err,
-        "siphon ctl: /dispatcher/state: HTTP 404: no destination sip:nobody.invalid in any set\n"
+        "sipvane ctl: /dispatcher/state: HTTP 404: no destination sip:nobody.invalid in any set\n"
     );
 
     // reload through ctl.
-    std::fs::write(siphon.list_path(), format!("1 {ua}\n")).expect("rewrite list");
+    std::fs::write(sipvane.list_path(), format!("1 {ua}\n")).expect("rewrite list");
     let (code, out, err) = ctl(mgmt, &["dispatcher", "reload"]);
     assert_eq!((code, err.as_str()), (0, ""), "{out}");
     assert_eq!(
         out,
         format!(
             "reloaded {}: 1 set(s), 1 destination(s) (0 added, 1 removed)\n",
-            siphon.list_path().display()
+            sipvane.list_path().display()
         )
     );
-    std::fs::write(siphon.list_path(), "1 sip:127.0.0.1:1 bogus\n").expect("rewrite list");
+    std::fs::write(sipvane.list_path(), "1 sip:127.0.0.1:1 bogus\n").expect("rewrite list");
     let (code, out, err) = ctl(mgmt, &["dispatcher", "reload"]);
     assert_eq!((code, out.as_str()), (1, ""));
     assert!(
-        err.starts_with("siphon ctl: /dispatcher/reload: HTTP 422: reload failed: "),
+        err.starts_with("sipvane ctl: /dispatcher/reload: HTTP 422: reload failed: "),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -530,16 +530,16 @@ fn ctl_verbs_against_real_siphon() {
         (11, 5),
         "b was inactive for the last 6 calls"
     );
-    siphon.stop();
+    sipvane.stop();
 }
 
 #[test]
 fn token_guards_every_endpoint() {
-    let mut siphon = Siphon::builder("token")
+    let mut sipvane = Sipvane::builder("token")
         .destination(format!("1 sip:{}", free_udp_addr()))
         .mgmt_token("s3cret")
         .start();
-    let mgmt = siphon.mgmt_addr();
+    let mgmt = sipvane.mgmt_addr();
     for path in [
         "/health",
         "/status",
@@ -568,17 +568,17 @@ fn token_guards_every_endpoint() {
     assert_eq!((code, out.as_str()), (1, ""));
     assert_eq!(
         err,
-        "siphon ctl: /health: HTTP 401: missing or wrong bearer token (Authorization: Bearer …) (pass --token or set SIPHON_MGMT_TOKEN)\n"
+        "sipvane ctl: /health: HTTP 401: missing or wrong bearer token (Authorization: Bearer …) (pass --token or set SIPVANE_MGMT_TOKEN)\n"
     );
     let (code, out, _) = ctl(mgmt, &["--token", "s3cret", "ping"]);
     assert_eq!((code, out.as_str()), (0, "ok: 2/2 workers alive\n"));
-    let (code, out, _) = ctl_with(mgmt, &["ping"], &[("SIPHON_MGMT_TOKEN", "s3cret")]);
+    let (code, out, _) = ctl_with(mgmt, &["ping"], &[("SIPVANE_MGMT_TOKEN", "s3cret")]);
     assert_eq!((code, out.as_str()), (0, "ok: 2/2 workers alive\n"));
-    siphon.stop();
+    sipvane.stop();
 }
 
 #[test]
-fn ctl_without_siphon_exits_1_with_one_line() {
+fn ctl_without_sipvane_exits_1_with_one_line() {
     // Nothing listens on a port that was free a moment ago.
     let closed = localhost(free_tcp_port());
     for verb in [
@@ -592,25 +592,25 @@ fn ctl_without_siphon_exits_1_with_one_line() {
         assert_eq!(
             err,
             format!(
-                "siphon ctl: cannot reach siphon's management API at http://{closed}: Connection refused (os error 111) (is siphon running? see --mgmt)\n"
+                "sipvane ctl: cannot reach sipvane's management API at http://{closed}: Connection refused (os error 111) (is sipvane running? see --mgmt)\n"
             ),
             "{verb:?}"
         );
     }
 }
 
-/// A management port already taken stops siphon with one line, promptly.
+/// A management port already taken stops sipvane with one line, promptly.
 #[test]
-fn taken_mgmt_port_stops_siphon() {
+fn taken_mgmt_port_stops_sipvane() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let taken = holder.local_addr().expect("addr");
-    let dir = std::env::temp_dir().join(format!("siphon-api-taken-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sipvane-api-taken-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let list = dir.join("dispatcher.list");
     std::fs::write(&list, "1 sip:127.0.0.1:5999\n").expect("write list");
     // Explicit free ports for the public and the private socket, so only
     // the management port can be the one in use.
-    let cfg = dir.join("siphon.toml");
+    let cfg = dir.join("sipvane.toml");
     std::fs::write(
         &cfg,
         format!(
@@ -623,20 +623,20 @@ fn taken_mgmt_port_stops_siphon() {
     )
     .expect("write config");
     let o = support::output_within(
-        Command::new(env!("CARGO_BIN_EXE_siphon"))
+        Command::new(env!("CARGO_BIN_EXE_sipvane"))
             .args(["run", "--log-level", "error", "-c"])
             .arg(&cfg)
             .arg("--mgmt")
             .arg(taken.to_string())
             .env_remove("RUST_LOG"),
         Duration::from_secs(30),
-        "siphon without its management port",
+        "sipvane without its management port",
     );
     std::fs::remove_dir_all(&dir).ok();
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         String::from_utf8_lossy(&o.stderr),
-        format!("siphon: cannot listen for the management API on {taken}: Address already in use (os error 98); set [mgmt] listen or --mgmt\n")
+        format!("sipvane: cannot listen for the management API on {taken}: Address already in use (os error 98); set [mgmt] listen or --mgmt\n")
     );
     drop(holder);
 }
@@ -646,15 +646,15 @@ fn taken_mgmt_port_stops_siphon() {
 fn event_queues_are_reported() {
     let redis = redis_support::RedisServer::start();
     let mut uas = Uas::start(Scenario::Uas, free_udp_addr());
-    let mut siphon = Siphon::builder("api-events")
+    let mut sipvane = Sipvane::builder("api-events")
         .destination(format!("1 sip:{}", uas.addr()))
         .toml(&format!(
-            "[events]\nredis_url = \"{}\"\nlist = \"siphon:api:events\"\n",
+            "[events]\nredis_url = \"{}\"\nlist = \"sipvane:api:events\"\n",
             redis.url()
         ))
         .start();
-    let mgmt = siphon.mgmt_addr();
-    Uac::new(Scenario::Uac, siphon.addr())
+    let mgmt = sipvane.mgmt_addr();
+    Uac::new(Scenario::Uac, sipvane.addr())
         .calls(10)
         .rate(50)
         .timeout(RUN_LIMIT)
@@ -663,7 +663,7 @@ fn event_queues_are_reported() {
     let mut conn = redis.connection();
     let exported = eventually(SETTLE, || {
         redis::cmd("LLEN")
-            .arg("siphon:api:events")
+            .arg("sipvane:api:events")
             .query::<u64>(&mut conn)
             .is_ok_and(|n| n >= 30)
     });
@@ -674,20 +674,20 @@ fn event_queues_are_reported() {
 
     let (code, m) = http("GET", mgmt, "/metrics", None, None);
     assert_eq!(code, 200);
-    assert_eq!(sample(&m, "siphon_event_queue_depth"), Some(0.0), "{m}");
+    assert_eq!(sample(&m, "sipvane_event_queue_depth"), Some(0.0), "{m}");
     assert_eq!(
-        sample(&m, "siphon_event_queue_dropped_total"),
+        sample(&m, "sipvane_event_queue_dropped_total"),
         Some(0.0),
         "{m}"
     );
     for w in ["0", "1"] {
-        let depth = format!("siphon_worker_event_queue_depth{{worker=\"{w}\"}}");
-        let drops = format!("siphon_worker_event_drops_total{{worker=\"{w}\"}}");
+        let depth = format!("sipvane_worker_event_queue_depth{{worker=\"{w}\"}}");
+        let drops = format!("sipvane_worker_event_drops_total{{worker=\"{w}\"}}");
         assert_eq!(sample(&m, &depth), Some(0.0), "{m}");
         assert_eq!(sample(&m, &drops), Some(0.0), "{m}");
     }
     let e: ErrorStats = get(mgmt, "/errors/stats");
     assert_eq!(e.drops.events, 0);
     uas.stop();
-    siphon.stop();
+    sipvane.stop();
 }

@@ -1,4 +1,4 @@
-//! The `siphon` binary: check-config, run --print-config, flag overrides, --version.
+//! The `sipvane` binary: check-config, run --print-config, flag overrides, --version.
 
 mod support;
 
@@ -7,12 +7,12 @@ use std::process::{Command, Output};
 
 use control::config::{AlgorithmSpec, Config, IoMode, Workers};
 
-fn siphon(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_siphon"))
+fn sipvane(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sipvane"))
         .args(args)
         .env_remove("RUST_LOG")
         .output()
-        .expect("run siphon")
+        .expect("run sipvane")
 }
 
 /// Writes `text` to a file unique to this test under the target's temp dir.
@@ -37,7 +37,7 @@ fn check_config_ok_exits_0() {
         "[rtpengine]\nengines = [\"udp:127.0.0.1:22222\"]\n",
     );
     let p = path.to_str().unwrap();
-    let o = siphon(&["check-config", p]);
+    let o = sipvane(&["check-config", p]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert_eq!(stdout(&o), format!("{p}: ok\n"));
     assert_eq!(stderr(&o), "");
@@ -50,7 +50,7 @@ fn check_config_problems_exit_1_one_line_each() {
         "[proxy]\nlistne = \"1.2.3.4:5060\"\nworkers = 0\n\n[dispatcher]\nalgorithm = \"fastest\"\n",
     );
     let p = path.to_str().unwrap();
-    let o = siphon(&["check-config", p]);
+    let o = sipvane(&["check-config", p]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(stdout(&o), "");
     let err = stderr(&o);
@@ -66,9 +66,9 @@ fn check_config_problems_exit_1_one_line_each() {
 
 #[test]
 fn check_config_missing_file_exits_1() {
-    let o = siphon(&["check-config", "/nonexistent/siphon.toml"]);
+    let o = sipvane(&["check-config", "/nonexistent/sipvane.toml"]);
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).starts_with("/nonexistent/siphon.toml: cannot read configuration file:"));
+    assert!(stderr(&o).starts_with("/nonexistent/sipvane.toml: cannot read configuration file:"));
 }
 
 #[test]
@@ -77,7 +77,7 @@ fn check_config_reports_an_unreadable_dispatcher_list() {
         "nolist.toml",
         "[dispatcher]\nlist = \"/nonexistent/dispatcher.list\"\n",
     );
-    let o = siphon(&["check-config", path.to_str().unwrap()]);
+    let o = sipvane(&["check-config", path.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
         stderr(&o).starts_with("/nonexistent/dispatcher.list: cannot read dispatcher list: "),
@@ -90,13 +90,13 @@ fn check_config_reports_an_unreadable_dispatcher_list() {
         "withlist.toml",
         &format!("[dispatcher]\nsource = \"file:{}\"\n", list.display()),
     );
-    let o = siphon(&["check-config", path.to_str().unwrap()]);
+    let o = sipvane(&["check-config", path.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
 
 #[test]
 fn print_config_without_a_file_is_the_defaults() {
-    let o = siphon(&["run", "--print-config"]);
+    let o = sipvane(&["run", "--print-config"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let cfg = Config::from_toml_str(&stdout(&o), "stdout").unwrap();
     assert_eq!(cfg, Config::default());
@@ -111,7 +111,7 @@ fn print_config_round_trips_file_plus_flags() {
          [[dispatcher.rules]]\nprefix = \"+44\"\nset = 2\n\n\
          [rtpengine]\nengines = [\"udp:127.0.0.1:22222=2\"]\n",
     );
-    let o = siphon(&[
+    let o = sipvane(&[
         "run",
         "-c",
         path.to_str().unwrap(),
@@ -120,7 +120,7 @@ fn print_config_round_trips_file_plus_flags() {
         "--listen",
         "10.0.0.2:5070",
         "--dispatcher-list",
-        "/etc/siphon/dispatcher.list",
+        "/etc/sipvane/dispatcher.list",
         "--algorithm",
         "13",
         "--set",
@@ -144,7 +144,7 @@ fn print_config_round_trips_file_plus_flags() {
     want.proxy.io = IoMode::Epoll;
     want.proxy.advertise = Some("sip.example.com".into());
     want.dispatcher.source = String::new();
-    want.dispatcher.list = Some("/etc/siphon/dispatcher.list".into());
+    want.dispatcher.list = Some("/etc/sipvane/dispatcher.list".into());
     want.dispatcher.algorithm = AlgorithmSpec::Number(13);
     want.dispatcher.default_set = 9;
     want.mgmt.listen = "0.0.0.0:9999".parse().unwrap();
@@ -159,7 +159,7 @@ fn print_config_round_trips_file_plus_flags() {
 fn bad_file_stops_run() {
     let path = write("runbad.toml", "[proxy]\nworkers = -1\n");
     let p = path.to_str().unwrap();
-    let o = siphon(&["run", "-c", p, "--print-config"]);
+    let o = sipvane(&["run", "-c", p, "--print-config"]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         stderr(&o),
@@ -176,7 +176,7 @@ fn bad_flags_are_rejected() {
         ["run", "--io", "kqueue"],
         ["run", "--listen", "nope"],
     ] {
-        let o = siphon(&args);
+        let o = sipvane(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
         assert!(
             stderr(&o).contains("invalid value"),
@@ -185,7 +185,7 @@ fn bad_flags_are_rejected() {
         );
     }
     // ... or by validation of the merged configuration (exit 1).
-    let o = siphon(&["run", "--advertise", "bad host", "--print-config"]);
+    let o = sipvane(&["run", "--advertise", "bad host", "--print-config"]);
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         stderr(&o),
@@ -193,13 +193,13 @@ fn bad_flags_are_rejected() {
     );
 }
 
-/// `siphon run` refuses to start, with one line naming the file, when its
+/// `sipvane run` refuses to start, with one line naming the file, when its
 /// dispatcher list cannot be read. The child is killed after 30 s so a
 /// regression that makes it run cannot hang the suite.
 #[test]
 fn run_with_an_unreadable_dispatcher_list_exits_1() {
     let o = support::output_within(
-        Command::new(env!("CARGO_BIN_EXE_siphon"))
+        Command::new(env!("CARGO_BIN_EXE_sipvane"))
             .args([
                 "run",
                 "--listen",
@@ -213,21 +213,21 @@ fn run_with_an_unreadable_dispatcher_list_exits_1() {
             ])
             .env_remove("RUST_LOG"),
         std::time::Duration::from_secs(30),
-        "siphon run with an unreadable dispatcher list",
+        "sipvane run with an unreadable dispatcher list",
     );
     assert_eq!(o.status.code(), Some(1));
     assert_eq!(
         stderr(&o),
-        "siphon: /nonexistent/run.list: cannot read dispatcher list: No such file or directory (os error 2)\n"
+        "sipvane: /nonexistent/run.list: cannot read dispatcher list: No such file or directory (os error 2)\n"
     );
 }
 
 #[test]
 fn version() {
-    let o = siphon(&["--version"]);
+    let o = sipvane(&["--version"]);
     assert_eq!(o.status.code(), Some(0));
     assert_eq!(
         stdout(&o),
-        format!("siphon {}\n", env!("CARGO_PKG_VERSION"))
+        format!("sipvane {}\n", env!("CARGO_PKG_VERSION"))
     );
 }

@@ -5,14 +5,14 @@ use control::config::Config;
 
 /// The diagnostics of `text`, as printed.
 fn errors(text: &str) -> Vec<String> {
-    match Config::from_toml_str(text, "siphon.toml") {
+    match Config::from_toml_str(text, "sipvane.toml") {
         Ok(_) => panic!("expected errors for:\n{text}"),
         Err(e) => {
             let lines: Vec<String> = e.diagnostics.iter().map(|d| d.to_string()).collect();
             assert_eq!(e.to_string(), lines.join("\n"));
             for l in &lines {
                 assert!(!l.contains('\n'), "multi-line diagnostic: {l:?}");
-                assert!(l.starts_with("siphon.toml:"), "{l}");
+                assert!(l.starts_with("sipvane.toml:"), "{l}");
             }
             lines
         }
@@ -28,8 +28,8 @@ fn one_error(text: &str) -> String {
 #[test]
 fn unknown_key() {
     assert_eq!(
-        one_error("# siphon\n\n[proxy]\nlisten = \"0.0.0.0:5060\"\nlistne = \"1.2.3.4:5060\"\n"),
-        "siphon.toml:5: unknown key \"listne\" in [proxy]; expected one of listen, workers, \
+        one_error("# sipvane\n\n[proxy]\nlisten = \"0.0.0.0:5060\"\nlistne = \"1.2.3.4:5060\"\n"),
+        "sipvane.toml:5: unknown key \"listne\" in [proxy]; expected one of listen, workers, \
          private_port_base, advertise, io, domains, unknown_domain, max_transactions, \
          max_dialogs, overload_watermark, retry_after_s, balance, record_route, server_header"
     );
@@ -39,12 +39,12 @@ fn unknown_key() {
 fn unknown_section_and_top_level_key() {
     assert_eq!(
         one_error("[log]\nlevel = \"info\"\n\n[dispatch]\nalgorithm = 4\n"),
-        "siphon.toml:4: unknown section [dispatch]; expected one of proxy, dispatcher, \
+        "sipvane.toml:4: unknown section [dispatch]; expected one of proxy, dispatcher, \
          rtpengine, events, mgmt, log"
     );
     assert_eq!(
         one_error("\nlisten = \"0.0.0.0:5060\"\n"),
-        "siphon.toml:2: unknown key \"listen\" outside any section; expected a section: \
+        "sipvane.toml:2: unknown key \"listen\" outside any section; expected a section: \
          proxy, dispatcher, rtpengine, events, mgmt, log"
     );
 }
@@ -55,14 +55,14 @@ fn unknown_key_in_a_rule() {
     assert_eq!(
         errors("[[dispatcher.rules]]\nprefix = \"+44\"\nsett = 2\n"),
         vec![
-            "siphon.toml:1: [[dispatcher.rules]] is missing required key \"set\"",
-            "siphon.toml:3: unknown key \"sett\" in [[dispatcher.rules]]; expected one of \
+            "sipvane.toml:1: [[dispatcher.rules]] is missing required key \"set\"",
+            "sipvane.toml:3: unknown key \"sett\" in [[dispatcher.rules]]; expected one of \
              prefix, domain, set, rtpengine",
         ]
     );
     assert_eq!(
         one_error("[[dispatcher.rules]]\nprefix = \"+44\"\nset = 2\nweight = 1\n"),
-        "siphon.toml:4: unknown key \"weight\" in [[dispatcher.rules]]; expected one of \
+        "sipvane.toml:4: unknown key \"weight\" in [[dispatcher.rules]]; expected one of \
          prefix, domain, set, rtpengine"
     );
 }
@@ -71,35 +71,35 @@ fn unknown_key_in_a_rule() {
 fn wrong_types() {
     assert_eq!(
         one_error("[proxy]\n\nworkers = 0\n"),
-        "siphon.toml:3: workers must be \"auto\" or a number ≥ 1 (got 0)"
+        "sipvane.toml:3: workers must be \"auto\" or a number ≥ 1 (got 0)"
     );
     assert_eq!(
         one_error("[proxy]\nworkers = \"many\"\n"),
-        "siphon.toml:2: workers must be \"auto\" or a number ≥ 1 (got \"many\")"
+        "sipvane.toml:2: workers must be \"auto\" or a number ≥ 1 (got \"many\")"
     );
     assert_eq!(
         one_error("[proxy]\nprivate_port_base = 70000\n"),
-        "siphon.toml:2: private_port_base must be an integer from 0 to 65535 (got 70000)"
+        "sipvane.toml:2: private_port_base must be an integer from 0 to 65535 (got 70000)"
     );
     assert_eq!(
         one_error("[proxy]\nrecord_route = \"yes\"\n"),
-        "siphon.toml:2: record_route must be true or false (got \"yes\")"
+        "sipvane.toml:2: record_route must be true or false (got \"yes\")"
     );
     assert_eq!(
         one_error("[proxy]\nio = \"kqueue\"\n"),
-        "siphon.toml:2: io must be one of \"auto\", \"uring\", \"epoll\" (got \"kqueue\")"
+        "sipvane.toml:2: io must be one of \"auto\", \"uring\", \"epoll\" (got \"kqueue\")"
     );
     assert_eq!(
         one_error("[dispatcher]\nprobing_mode = 1\n"),
-        "siphon.toml:2: probing_mode must be one of \"all\", \"flagged\", \"inactive\" (got 1)"
+        "sipvane.toml:2: probing_mode must be one of \"all\", \"flagged\", \"inactive\" (got 1)"
     );
     assert_eq!(
         one_error("[events]\nbatch = \"lots\"\n"),
-        "siphon.toml:2: batch must be an integer from 0 to 4294967295 (got \"lots\")"
+        "sipvane.toml:2: batch must be an integer from 0 to 4294967295 (got \"lots\")"
     );
     assert_eq!(
         one_error("proxy = 3\n"),
-        "siphon.toml:1: proxy must be a table (got 3)"
+        "sipvane.toml:1: proxy must be a table (got 3)"
     );
 }
 
@@ -107,13 +107,13 @@ fn wrong_types() {
 fn wrong_type_inside_a_list_points_at_the_element() {
     assert_eq!(
         one_error("[dispatcher]\nfailover_codes = [\n  408,\n  \"503\",\n]\n"),
-        "siphon.toml:4: failover_codes[1] must be an integer from 0 to 65535 (got \"503\")"
+        "sipvane.toml:4: failover_codes[1] must be an integer from 0 to 65535 (got \"503\")"
     );
     assert_eq!(
         one_error(
             "[rtpengine]\nengines = [\n  \"udp:127.0.0.1:22222\",\n  \"127.0.0.1:22223\",\n]\n"
         ),
-        "siphon.toml:4: engines[1] must be \"udp:IP:PORT\" or \"udp:IP:PORT=WEIGHT\" with \
+        "sipvane.toml:4: engines[1] must be \"udp:IP:PORT\" or \"udp:IP:PORT=WEIGHT\" with \
          WEIGHT ≥ 1 (got \"127.0.0.1:22223\")"
     );
 }
@@ -122,17 +122,17 @@ fn wrong_type_inside_a_list_points_at_the_element() {
 fn bad_algorithm() {
     let e = one_error("[dispatcher]\nalgorithm = \"fastest\"\n");
     assert!(
-        e.starts_with("siphon.toml:2: algorithm \"fastest\" is not supported; expected a Kamailio number (0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 13) or a name (hash-callid, "),
+        e.starts_with("sipvane.toml:2: algorithm \"fastest\" is not supported; expected a Kamailio number (0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 13) or a name (hash-callid, "),
         "{e}"
     );
     assert!(e.ends_with("rendezvous, rendezvous-from)"), "{e}");
     let e = one_error("[dispatcher]\n\nalgorithm = 7\n");
     assert!(
-        e.starts_with("siphon.toml:3: algorithm 7 is not supported;"),
+        e.starts_with("sipvane.toml:3: algorithm 7 is not supported;"),
         "{e}"
     );
     assert!(one_error("[dispatcher]\nalgorithm = true\n").starts_with(
-        "siphon.toml:2: algorithm must be an algorithm name or Kamailio number (got true)"
+        "sipvane.toml:2: algorithm must be an algorithm name or Kamailio number (got true)"
     ));
 }
 
@@ -140,21 +140,21 @@ fn bad_algorithm() {
 fn bad_addresses() {
     assert_eq!(
         one_error("[proxy]\nlisten = \"0.0.0.0\"\n"),
-        "siphon.toml:2: listen must be an IP:PORT socket address such as \"0.0.0.0:5060\" \
+        "sipvane.toml:2: listen must be an IP:PORT socket address such as \"0.0.0.0:5060\" \
          (got \"0.0.0.0\")"
     );
     assert_eq!(
         one_error("[mgmt]\ntoken = \"x\"\nlisten = \"localhost:9060\"\n"),
-        "siphon.toml:3: listen must be an IP:PORT socket address such as \"0.0.0.0:5060\" \
+        "sipvane.toml:3: listen must be an IP:PORT socket address such as \"0.0.0.0:5060\" \
          (got \"localhost:9060\")"
     );
     assert_eq!(
         one_error("[proxy]\nlisten = \"0.0.0.0:0\"\n"),
-        "siphon.toml:2: listen port must not be 0"
+        "sipvane.toml:2: listen port must not be 0"
     );
     assert_eq!(
         one_error("[proxy]\nadvertise = \"sip example\"\n"),
-        "siphon.toml:2: advertise must be a host name or IP address (got \"sip example\")"
+        "sipvane.toml:2: advertise must be a host name or IP address (got \"sip example\")"
     );
 }
 
@@ -166,14 +166,14 @@ fn bad_rules() {
     assert_eq!(
         errors(text),
         vec![
-            "siphon.toml:7: a dispatcher rule must have exactly one of \"prefix\" or \"domain\"",
-            "siphon.toml:12: a dispatcher rule must have exactly one of \"prefix\" or \"domain\"",
-            "siphon.toml:15: [[dispatcher.rules]] is missing required key \"set\"",
+            "sipvane.toml:7: a dispatcher rule must have exactly one of \"prefix\" or \"domain\"",
+            "sipvane.toml:12: a dispatcher rule must have exactly one of \"prefix\" or \"domain\"",
+            "sipvane.toml:15: [[dispatcher.rules]] is missing required key \"set\"",
         ]
     );
     assert_eq!(
         one_error("[dispatcher]\nrules = [\n  { prefix = \"+1\", set = 1 },\n  { prefix = \"+1\", set = 2 },\n]\n"),
-        "siphon.toml:4: duplicate rule for prefix \"+1\" (the first one wins)"
+        "sipvane.toml:4: duplicate rule for prefix \"+1\" (the first one wins)"
     );
 }
 
@@ -182,9 +182,9 @@ fn bad_codes_and_ranges() {
     assert_eq!(
         errors("[dispatcher]\nfailover_codes = [408, 200]\nping_reply_codes = [\n  200,\n  99,\n]\n\n[proxy]\noverload_watermark = 1.5\n"),
         vec![
-            "siphon.toml:2: failover_codes entries must be final non-2xx codes 300..699 (got 200)",
-            "siphon.toml:5: ping_reply_codes entries must be SIP codes 100..699 (got 99)",
-            "siphon.toml:9: overload_watermark must be a fraction greater than 0 and at most 1 (got 1.5)",
+            "sipvane.toml:2: failover_codes entries must be final non-2xx codes 300..699 (got 200)",
+            "sipvane.toml:5: ping_reply_codes entries must be SIP codes 100..699 (got 99)",
+            "sipvane.toml:9: overload_watermark must be a fraction greater than 0 and at most 1 (got 1.5)",
         ]
     );
 }
@@ -193,12 +193,12 @@ fn bad_codes_and_ranges() {
 fn source_errors() {
     assert_eq!(
         one_error("[dispatcher]\nsource = \"sqlite:///x\"\n"),
-        "siphon.toml:2: source must be \"file:PATH\", \"postgres://…\" or \"mysql://…\" \
+        "sipvane.toml:2: source must be \"file:PATH\", \"postgres://…\" or \"mysql://…\" \
          (got \"sqlite:///x\")"
     );
     assert_eq!(
         one_error("[dispatcher]\nsource = \"file:/a\"\nlist = \"/b\"\n"),
-        "siphon.toml:3: set either source or list (shorthand for source = \"file:PATH\"), not both"
+        "sipvane.toml:3: set either source or list (shorthand for source = \"file:PATH\"), not both"
     );
 }
 
@@ -206,7 +206,7 @@ fn source_errors() {
 fn syntax_error_is_one_line() {
     assert_eq!(
         one_error("[proxy]\nlisten = \"0.0.0.0:5060\n"),
-        "siphon.toml:2: invalid TOML: invalid basic string"
+        "sipvane.toml:2: invalid TOML: invalid basic string"
     );
 }
 
@@ -235,26 +235,26 @@ level = \"info,[[[\"
 
 #[test]
 fn unreadable_file() {
-    let e = Config::load(std::path::Path::new("/nonexistent/siphon.toml")).unwrap_err();
+    let e = Config::load(std::path::Path::new("/nonexistent/sipvane.toml")).unwrap_err();
     assert_eq!(e.diagnostics.len(), 1);
     assert!(e
         .to_string()
-        .starts_with("/nonexistent/siphon.toml: cannot read configuration file: "));
+        .starts_with("/nonexistent/sipvane.toml: cannot read configuration file: "));
 }
 
 #[test]
 fn bad_rtpengine_flags_and_engine_families() {
     assert_eq!(
         one_error("[rtpengine]\nengines = [\"udp:127.0.0.1:22222\"]\noffer_flags = \"ICE=remove call-id=x\"\n"),
-        "siphon.toml:3: offer_flags: rtpengine flag \"call-id\" is taken from the SIP message and cannot be configured"
+        "sipvane.toml:3: offer_flags: rtpengine flag \"call-id\" is taken from the SIP message and cannot be configured"
     );
     assert_eq!(
         one_error("[rtpengine]\nanswer_flags = \"TOS=lots\"\n"),
-        "siphon.toml:2: answer_flags: rtpengine flag \"TOS\": invalid value \"lots\""
+        "sipvane.toml:2: answer_flags: rtpengine flag \"TOS\": invalid value \"lots\""
     );
     assert_eq!(
         one_error("[rtpengine]\nengines = [\"udp:127.0.0.1:22222\", \"udp:[::1]:22222\"]\n"),
-        "siphon.toml:2: engines must all be IPv4 or all IPv6 (each worker has one ng socket)"
+        "sipvane.toml:2: engines must all be IPv4 or all IPv6 (each worker has one ng socket)"
     );
 }
 
@@ -262,6 +262,6 @@ fn bad_rtpengine_flags_and_engine_families() {
 fn rule_anchoring_needs_engines() {
     assert_eq!(
         one_error("[[dispatcher.rules]]\nprefix = \"+44\"\nset = 2\nrtpengine = true\n"),
-        "siphon.toml:4: rule rtpengine = true needs [rtpengine] engines"
+        "sipvane.toml:4: rule rtpengine = true needs [rtpengine] engines"
     );
 }

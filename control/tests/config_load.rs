@@ -38,7 +38,7 @@ fn defaults_match_the_documented_contract() {
     assert_eq!(p.retry_after_s, 5);
     assert_eq!(p.balance, Balance::Kernel);
     assert!(p.record_route);
-    assert_eq!(p.server_header, "siphon");
+    assert_eq!(p.server_header, "sipvane");
 
     let d = &c.dispatcher;
     assert_eq!(d.source, "");
@@ -58,7 +58,7 @@ fn defaults_match_the_documented_contract() {
     assert_eq!(d.probing_threshold, 3);
     assert_eq!(d.inactive_threshold, 2);
     assert_eq!(d.ping_reply_codes, vec![200]);
-    assert_eq!(d.ping_from, "sip:siphon@localhost");
+    assert_eq!(d.ping_from, "sip:sipvane@localhost");
     assert_eq!(d.ping_method, "OPTIONS");
     assert_eq!(d.probing_mode, ProbingMode::All);
     assert_eq!(d.reload_interval_s, 0);
@@ -78,7 +78,7 @@ fn defaults_match_the_documented_contract() {
     assert!(!r.anchors_set(1));
 
     assert_eq!(c.events.redis_url, "");
-    assert_eq!(c.events.list, "siphon:events");
+    assert_eq!(c.events.list, "sipvane:events");
     assert_eq!(c.events.batch, 256);
     assert_eq!(c.events.buffer, 100_000);
     assert_eq!(c.mgmt.listen, addr("127.0.0.1:9060"));
@@ -192,11 +192,11 @@ format = "json"
 
 #[test]
 fn list_is_shorthand_for_a_file_source() {
-    let c = load("[dispatcher]\nlist = \"/etc/siphon/dispatcher.list\"\n");
+    let c = load("[dispatcher]\nlist = \"/etc/sipvane/dispatcher.list\"\n");
     assert_eq!(
         c.dispatcher.resolved_source(),
         Ok(Some(DispatcherSource::File(PathBuf::from(
-            "/etc/siphon/dispatcher.list"
+            "/etc/sipvane/dispatcher.list"
         ))))
     );
     let c = load("[dispatcher]\nsource = \"file:d.list\"\n");
@@ -247,13 +247,13 @@ fn algorithm_numbers_and_names_are_accepted() {
 
 #[test]
 fn example_file_is_the_defaults_plus_its_marked_changes() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../siphon.example.toml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sipvane.example.toml");
     let c = match Config::load(&path) {
         Ok(c) => c,
-        Err(e) => panic!("siphon.example.toml does not load:\n{e}"),
+        Err(e) => panic!("sipvane.example.toml does not load:\n{e}"),
     };
     let mut want = Config::default();
-    want.dispatcher.list = Some("/etc/siphon/dispatcher.list".into());
+    want.dispatcher.list = Some("/etc/sipvane/dispatcher.list".into());
     want.dispatcher.rules = vec![
         DispatchRule {
             prefix: Some("+44".into()),
@@ -299,7 +299,7 @@ fn section_keys(text: &str) -> Vec<(String, String)> {
 #[test]
 fn example_file_names_every_key() {
     let example = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../siphon.example.toml"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../sipvane.example.toml"),
     )
     .unwrap();
     let mut full = Config::default();
@@ -309,7 +309,7 @@ fn example_file_names_every_key() {
     let all = section_keys(&full.to_toml().unwrap());
     assert!(all.len() > 40, "{all:?}");
     for k in &all {
-        assert!(documented.contains(k), "siphon.example.toml lacks {k:?}");
+        assert!(documented.contains(k), "sipvane.example.toml lacks {k:?}");
     }
 }
 

@@ -1,4 +1,4 @@
-//! Hot reload and database sources with the real `siphon` binary, real SIPp
+//! Hot reload and database sources with the real `sipvane` binary, real SIPp
 //! callers and callees, and private PostgreSQL / MariaDB servers: the
 //! destination table changes under load and no call is lost.
 
@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use db_support::{runtime, MariaDb, Postgres, MYSQL_DDL, PG_DDL};
-use support::{free_udp_addr, Scenario, Siphon, Uac, Uas};
+use support::{free_udp_addr, Scenario, Sipvane, Uac, Uas};
 
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 
@@ -23,7 +23,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(60);
 fn reload_under_load_loses_no_call() {
     let mut a = Uas::start(Scenario::Uas, free_udp_addr());
     let mut b = Uas::start(Scenario::Uas, free_udp_addr());
-    let mut siphon = Siphon::builder("reload-load")
+    let mut sipvane = Sipvane::builder("reload-load")
         .destination(format!("1 sip:{}", a.addr()))
         .toml("ping_interval_s = 0")
         .start();
@@ -33,7 +33,7 @@ fn reload_under_load_loses_no_call() {
         format!("1 sip:{}\n", a.addr()),
     ];
     let calls = 600;
-    let mut uac = Uac::new(Scenario::Uac, siphon.addr())
+    let mut uac = Uac::new(Scenario::Uac, sipvane.addr())
         .calls(calls)
         .rate(100)
         .hold(Duration::from_millis(300))
@@ -42,8 +42,8 @@ fn reload_under_load_loses_no_call() {
     let deadline = Instant::now() + RUN_LIMIT;
     let mut reloads = 0;
     while !uac.is_finished() && Instant::now() < deadline && reloads < 200 {
-        std::fs::write(siphon.list_path(), &lists[reloads % lists.len()]).expect("rewrite list");
-        siphon.signal(libc::SIGHUP);
+        std::fs::write(sipvane.list_path(), &lists[reloads % lists.len()]).expect("rewrite list");
+        sipvane.signal(libc::SIGHUP);
         reloads += 1;
         std::thread::sleep(Duration::from_millis(150));
     }
@@ -54,9 +54,9 @@ fn reload_under_load_loses_no_call() {
         "only {reloads} reloads happened during the run"
     );
     assert!(
-        siphon.wait_for_log("dispatcher reloaded", 10, Duration::from_secs(5)),
+        sipvane.wait_for_log("dispatcher reloaded", 10, Duration::from_secs(5)),
         "{}",
-        siphon.log()
+        sipvane.log()
     );
     let (fa, fb) = (a.stop(), b.stop());
     assert_eq!(
@@ -67,7 +67,7 @@ fn reload_under_load_loses_no_call() {
     for f in [&fa, &fb] {
         assert_eq!(f.count("BYE", "Recv"), f.invites_received(), "{f:?}");
     }
-    let c = siphon.stop();
+    let c = sipvane.stop();
     assert_eq!(c.get("calls_answered"), u64::from(calls));
 }
 
@@ -76,37 +76,37 @@ fn reload_under_load_loses_no_call() {
 #[test]
 fn a_broken_list_keeps_the_table_in_service() {
     let mut a = Uas::start(Scenario::Uas, free_udp_addr());
-    let mut siphon = Siphon::builder("reload-broken")
+    let mut sipvane = Sipvane::builder("reload-broken")
         .destination(format!("1 sip:{}", a.addr()))
         .toml("ping_interval_s = 0")
         .start();
     std::fs::write(
-        siphon.list_path(),
+        sipvane.list_path(),
         format!("1 sip:{}\nnot-a-set sip:x\n", a.addr()),
     )
     .expect("rewrite list");
-    siphon.signal(libc::SIGHUP);
-    let needle = format!("{}:2:", siphon.list_path().display());
+    sipvane.signal(libc::SIGHUP);
+    let needle = format!("{}:2:", sipvane.list_path().display());
     assert!(
-        siphon.wait_for_log(&needle, 1, Duration::from_secs(5)),
+        sipvane.wait_for_log(&needle, 1, Duration::from_secs(5)),
         "{}",
-        siphon.log()
+        sipvane.log()
     );
-    Uac::new(Scenario::Uac, siphon.addr())
+    Uac::new(Scenario::Uac, sipvane.addr())
         .calls(20)
         .rate(50)
         .timeout(RUN_LIMIT)
         .run()
         .assert_all_succeeded(20);
     assert_eq!(a.stop().invites_received(), 20);
-    siphon.stop();
+    sipvane.stop();
 }
 
-const USER: &str = "siphon";
+const USER: &str = "sipvane";
 const PASSWORD: &str = "Reload-Pw1";
 
-fn calls_to(siphon: &Siphon, n: u32) {
-    Uac::new(Scenario::Uac, siphon.addr())
+fn calls_to(sipvane: &Sipvane, n: u32) {
+    Uac::new(Scenario::Uac, sipvane.addr())
         .calls(n)
         .rate(50)
         .timeout(RUN_LIMIT)
@@ -121,10 +121,10 @@ fn invites(uas: &Uas, n: u64) -> u64 {
         .invites_received()
 }
 
-/// siphon runs from Kamailio's `dispatcher` table in PostgreSQL: rows changed
+/// sipvane runs from Kamailio's `dispatcher` table in PostgreSQL: rows changed
 /// in the database reach the proxy by the periodic resync; a database outage
 /// keeps the table in service; a restart during the outage comes up from the
-/// snapshot, and without a snapshot siphon refuses to start with one clear
+/// snapshot, and without a snapshot sipvane refuses to start with one clear
 /// line.
 #[test]
 fn postgres_source_resyncs_and_survives_an_outage() {
@@ -157,7 +157,7 @@ fn postgres_source_resyncs_and_survives_an_outage() {
         .await;
     });
 
-    let mut siphon = Siphon::builder("reload-pg")
+    let mut sipvane = Sipvane::builder("reload-pg")
         .source(&url)
         .toml("reload_interval_s = 1\nping_interval_s = 0")
         .toml(&format!(
@@ -165,7 +165,7 @@ fn postgres_source_resyncs_and_survives_an_outage() {
             snapshot_in("pg").display()
         ))
         .start();
-    calls_to(&siphon, 10);
+    calls_to(&sipvane, 10);
     assert_eq!(invites(&a, 10), 10);
 
     rt.block_on(pg.exec(
@@ -176,30 +176,30 @@ fn postgres_source_resyncs_and_survives_an_outage() {
         )],
     ));
     assert!(
-        siphon.wait_for_log("dispatcher reloaded", 1, Duration::from_secs(10)),
+        sipvane.wait_for_log("dispatcher reloaded", 1, Duration::from_secs(10)),
         "{}",
-        siphon.log()
+        sipvane.log()
     );
-    calls_to(&siphon, 10);
+    calls_to(&sipvane, 10);
     assert_eq!(invites(&b, 10), 10, "new calls follow the changed row");
     assert_eq!(invites(&a, 10), 10);
 
     pg.stop();
     assert!(
-        siphon.wait_for_log(
+        sipvane.wait_for_log(
             "keeping the current destinations",
             1,
             Duration::from_secs(10)
         ),
         "{}",
-        siphon.log()
+        sipvane.log()
     );
-    calls_to(&siphon, 10);
+    calls_to(&sipvane, 10);
     assert_eq!(invites(&b, 20), 20, "the outage keeps the table in service");
-    siphon.stop();
+    sipvane.stop();
 
     // A restart while the database is down comes up from the snapshot.
-    let mut again = Siphon::builder("reload-pg-snap")
+    let mut again = Sipvane::builder("reload-pg-snap")
         .source(&url)
         .toml("ping_interval_s = 0")
         .toml(&format!(
@@ -261,11 +261,11 @@ fn mariadb_source_reloads_on_demand() {
         )
         .await;
     });
-    let mut siphon = Siphon::builder("reload-maria")
+    let mut sipvane = Sipvane::builder("reload-maria")
         .source(&url)
         .toml("ping_interval_s = 0")
         .start();
-    calls_to(&siphon, 10);
+    calls_to(&sipvane, 10);
     assert_eq!(invites(&a, 10), 10);
 
     // Replace the destination: the next reload must send every new call to B.
@@ -279,33 +279,33 @@ fn mariadb_source_reloads_on_demand() {
             ),
         ],
     ));
-    siphon.signal(libc::SIGHUP);
+    sipvane.signal(libc::SIGHUP);
     assert!(
-        siphon.wait_for_log("dispatcher reloaded", 1, Duration::from_secs(10)),
+        sipvane.wait_for_log("dispatcher reloaded", 1, Duration::from_secs(10)),
         "{}",
-        siphon.log()
+        sipvane.log()
     );
-    calls_to(&siphon, 10);
+    calls_to(&sipvane, 10);
     assert_eq!(invites(&b, 10), 10);
     assert_eq!(invites(&a, 10), 10);
-    siphon.stop();
+    sipvane.stop();
     my.stop();
     a.stop();
     b.stop();
 }
 
 fn snapshot_in(tag: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("siphon-reload-{tag}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sipvane-reload-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir.join("dispatcher.snapshot")
 }
 
-/// `siphon run` against `url` with no snapshot; killed after 30 s so a
+/// `sipvane run` against `url` with no snapshot; killed after 30 s so a
 /// regression cannot hang the suite.
 fn run_expecting_exit(url: &str) -> std::process::Output {
-    let dir = std::env::temp_dir().join(format!("siphon-reload-nosnap-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sipvane-reload-nosnap-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
-    let cfg = dir.join("siphon.toml");
+    let cfg = dir.join("sipvane.toml");
     let port = support::free_udp_port();
     std::fs::write(
         &cfg,
@@ -316,11 +316,11 @@ fn run_expecting_exit(url: &str) -> std::process::Output {
     )
     .expect("write config");
     support::output_within(
-        Command::new(env!("CARGO_BIN_EXE_siphon"))
+        Command::new(env!("CARGO_BIN_EXE_sipvane"))
             .args(["run", "-c"])
             .arg(&cfg)
             .args(["--log-level", "error"]),
         Duration::from_secs(30),
-        "siphon without a database and without a snapshot",
+        "sipvane without a database and without a snapshot",
     )
 }

@@ -1,4 +1,4 @@
-//! Call events from the workers to a real Redis, through the real `siphon`
+//! Call events from the workers to a real Redis, through the real `sipvane`
 //! binary with SIPp calling: every call's start, answer and end arrive in
 //! order, failed calls carry their code, and a Redis restart in the middle
 //! loses nothing.
@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use redis::Commands;
 use redis_support::RedisServer;
 use serde_json::Value;
-use support::{free_udp_addr, Scenario, Siphon, Uac, Uas};
+use support::{free_udp_addr, Scenario, Sipvane, Uac, Uas};
 
 const RUN_LIMIT: Duration = Duration::from_secs(60);
-const LIST: &str = "siphon:test:events";
+const LIST: &str = "sipvane:test:events";
 
 fn events_toml(redis: &RedisServer) -> String {
     format!(
@@ -55,12 +55,12 @@ fn by_type(events: &[Value]) -> BTreeMap<String, usize> {
 fn calls_are_reported_and_a_redis_restart_loses_nothing() {
     let mut redis = RedisServer::start();
     let mut uas = Uas::start(Scenario::Uas, free_udp_addr());
-    let mut siphon = Siphon::builder("events-calls")
+    let mut sipvane = Sipvane::builder("events-calls")
         .destination(format!("1 sip:{}", uas.addr()))
         .toml(&events_toml(&redis))
         .start();
 
-    Uac::new(Scenario::Uac, siphon.addr())
+    Uac::new(Scenario::Uac, sipvane.addr())
         .calls(20)
         .rate(50)
         .hold(Duration::from_millis(200))
@@ -102,10 +102,10 @@ fn calls_are_reported_and_a_redis_restart_loses_nothing() {
         assert_eq!(kinds, &["call_start", "call_answered", "call_end"]);
     }
 
-    // Redis goes away while calls continue: events wait in siphon's buffer
+    // Redis goes away while calls continue: events wait in sipvane's buffer
     // and arrive, in order, when it is back.
     redis.kill();
-    Uac::new(Scenario::Uac, siphon.addr())
+    Uac::new(Scenario::Uac, sipvane.addr())
         .calls(10)
         .rate(50)
         .timeout(RUN_LIMIT)
@@ -116,12 +116,12 @@ fn calls_are_reported_and_a_redis_restart_loses_nothing() {
     assert_eq!(after.len(), 30, "{after:?}");
     assert_eq!(by_type(&after)["call_end"], 10);
     uas.stop();
-    siphon.stop();
+    sipvane.stop();
 
     // The shipped consumer (control/examples/cdr_consumer.rs) turns the
     // list into one CDR line per call: the 10 made while Redis was down (the
     // restarted in-memory Redis lost the first 20 calls' events it held).
-    let consumer = std::path::Path::new(env!("CARGO_BIN_EXE_siphon"))
+    let consumer = std::path::Path::new(env!("CARGO_BIN_EXE_sipvane"))
         .with_file_name("examples")
         .join("cdr_consumer");
     assert!(
@@ -144,11 +144,11 @@ fn calls_are_reported_and_a_redis_restart_loses_nothing() {
 fn failed_calls_carry_their_code() {
     let redis = RedisServer::start();
     let mut busy = Uas::start(Scenario::Uas503, free_udp_addr());
-    let mut siphon = Siphon::builder("events-failed")
+    let mut sipvane = Sipvane::builder("events-failed")
         .destination(format!("1 sip:{}", busy.addr()))
         .toml(&events_toml(&redis))
         .start();
-    let run = Uac::new(Scenario::Uac, siphon.addr())
+    let run = Uac::new(Scenario::Uac, sipvane.addr())
         .calls(5)
         .rate(20)
         .timeout(RUN_LIMIT)
@@ -165,7 +165,7 @@ fn failed_calls_carry_their_code() {
     let mut tried_busy = 0;
     for e in &failed {
         // The only destination refused (503 is a failover code) and none is
-        // left: siphon answers 503 itself. After failure_threshold (3)
+        // left: sipvane answers 503 itself. After failure_threshold (3)
         // refusals the destination is out of rotation and later calls are
         // refused without trying it (`tried` empty).
         assert_eq!(e["code"], 503, "{e}");
@@ -180,5 +180,5 @@ fn failed_calls_carry_their_code() {
     }
     assert_eq!(tried_busy, 3, "{failed:?}");
     busy.stop();
-    siphon.stop();
+    sipvane.stop();
 }

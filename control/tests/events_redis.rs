@@ -17,7 +17,7 @@ use control::events::{
 use redis::Commands;
 use redis_support::RedisServer;
 
-const LIST: &str = "siphon:events";
+const LIST: &str = "sipvane:events";
 /// Upper bound of every wait: generous for a loaded 2-core machine, never a fixed sleep.
 const WAIT: Duration = Duration::from_secs(15);
 

@@ -1,4 +1,4 @@
-//! Media anchoring end to end: SIPp caller → siphon → SIPp callee, with a
+//! Media anchoring end to end: SIPp caller → sipvane → SIPp callee, with a
 //! real RTPEngine (userspace, private, loopback) anchoring the media. What
 //! each side received is read back from SIPp's message logs; the engine is
 //! asked over ng (`list`, `query`) what sessions it holds.
@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use dataplane::rtpengine::ng::{write_request, Reply, Request};
-use support::{free_udp_port, Scenario, Service, ServiceKind, Siphon, Uac, Uas};
+use support::{free_udp_port, Scenario, Service, ServiceKind, Sipvane, Uac, Uas};
 
 const RUN_LIMIT: Duration = Duration::from_secs(40);
 
@@ -139,7 +139,7 @@ fn call_media_is_anchored_and_released(io: &str) {
     let engine = Service::start(ServiceKind::Rtpengine);
     let (pmin, pmax) = engine.media_ports().expect("media ports");
     let uas = traced_uas();
-    let mut siphon = Siphon::builder(&format!("media-{io}"))
+    let mut sipvane = Sipvane::builder(&format!("media-{io}"))
         .io(io)
         .workers(2)
         .destination(format!("1 sip:{}", uas.addr()))
@@ -153,7 +153,7 @@ fn call_media_is_anchored_and_released(io: &str) {
     assert!(engine_calls(ng_addr).is_empty());
 
     // Hold the call 3 s so the session can be inspected mid-call.
-    let uac = traced_uac(siphon.addr())
+    let uac = traced_uac(sipvane.addr())
         .hold(Duration::from_secs(3))
         .spawn();
     let mut call_id = String::new();
@@ -167,8 +167,8 @@ fn call_media_is_anchored_and_released(io: &str) {
     });
     assert!(
         found,
-        "rtpengine never saw the call; siphon log:\n{}",
-        siphon.log()
+        "rtpengine never saw the call; sipvane log:\n{}",
+        sipvane.log()
     );
     assert!(engine_knows(ng_addr, &call_id), "query finds {call_id}");
     let run = uac.wait();
@@ -204,7 +204,7 @@ fn call_media_is_anchored_and_released(io: &str) {
     let gone = wait_until(Duration::from_secs(5), || !engine_knows(ng_addr, &call_id));
     assert!(gone, "rtpengine still holds {call_id} after the BYE");
 
-    let c = siphon.stop();
+    let c = sipvane.stop();
     assert_eq!(c.get("calls_answered"), 1);
     assert_eq!(c.get("rtpengine0_offers"), 1);
     assert_eq!(c.get("rtpengine0_answers"), 1);
@@ -219,7 +219,7 @@ fn call_media_is_anchored_and_released(io: &str) {
 fn dead_engine_with_reject_fails_calls_with_503() {
     let engine = Service::start(ServiceKind::Rtpengine);
     let uas = Uas::start(Scenario::Uas, support::free_udp_addr());
-    let mut siphon = Siphon::builder("media-reject")
+    let mut sipvane = Sipvane::builder("media-reject")
         .destination(format!("1 sip:{}", uas.addr()))
         .toml("ping_interval_s = 0")
         .toml(&rtp_toml(
@@ -227,7 +227,7 @@ fn dead_engine_with_reject_fails_calls_with_503() {
             "on_failure = \"reject\"\nping_interval_s = 1",
         ))
         .start();
-    traced_uac(siphon.addr())
+    traced_uac(sipvane.addr())
         .calls(5)
         .rate(10)
         .run()
@@ -235,7 +235,7 @@ fn dead_engine_with_reject_fails_calls_with_503() {
 
     drop(engine); // stops rtpengine
     let started = Instant::now();
-    let run = traced_uac(siphon.addr()).calls(5).rate(10).run();
+    let run = traced_uac(sipvane.addr()).calls(5).rate(10).run();
     assert!(started.elapsed() < RUN_LIMIT, "bounded");
     assert!(!run.timed_out, "{}", run.errors());
     assert_eq!(run.stats.successful, 0, "{:?}", run.stats);
@@ -253,7 +253,7 @@ fn dead_engine_with_reject_fails_calls_with_503() {
         "no INVITE reached the callee un-anchored"
     );
 
-    let c = siphon.stop();
+    let c = sipvane.stop();
     assert_eq!(c.get("rtpengine_rejected"), 5);
     assert_eq!(c.get("rtpengine0_offers"), 5);
 }
@@ -264,7 +264,7 @@ fn dead_engine_with_passthrough_relays_calls_unanchored() {
     let engine = Service::start(ServiceKind::Rtpengine);
     let (pmin, pmax) = engine.media_ports().expect("media ports");
     let uas = traced_uas();
-    let mut siphon = Siphon::builder("media-pass")
+    let mut sipvane = Sipvane::builder("media-pass")
         .destination(format!("1 sip:{}", uas.addr()))
         .toml("ping_interval_s = 0")
         .toml(&rtp_toml(
@@ -273,13 +273,13 @@ fn dead_engine_with_passthrough_relays_calls_unanchored() {
         ))
         .start();
     drop(engine);
-    let run = traced_uac(siphon.addr()).calls(5).rate(10).run();
+    let run = traced_uac(sipvane.addr()).calls(5).rate(10).run();
     run.assert_all_succeeded(5);
     for inv in received(uas.log_dir().expect("uas dir"), "INVITE ") {
         let (_, port) = media_of(&inv);
         assert!(!(pmin..=pmax).contains(&port), "not anchored: {inv}");
     }
-    let c = siphon.stop();
+    let c = sipvane.stop();
     assert_eq!(c.get("rtpengine_passthrough"), 5);
     assert_eq!(c.get("rtpengine0_offers"), 0);
 }
@@ -291,7 +291,7 @@ fn calls_go_to_the_live_engine() {
     let (pmin, pmax) = live.media_ports().expect("media ports");
     let dead = format!("udp:127.0.0.1:{}", free_udp_port());
     let uas = traced_uas();
-    let mut siphon = Siphon::builder("media-two")
+    let mut sipvane = Sipvane::builder("media-two")
         .workers(2)
         .destination(format!("1 sip:{}", uas.addr()))
         .toml("ping_interval_s = 0")
@@ -300,7 +300,7 @@ fn calls_go_to_the_live_engine() {
             "ping_interval_s = 1",
         ))
         .start();
-    let run = traced_uac(siphon.addr()).calls(20).rate(20).run();
+    let run = traced_uac(sipvane.addr()).calls(20).rate(20).run();
     run.assert_all_succeeded(20);
     let invites = received(uas.log_dir().expect("uas dir"), "INVITE ");
     assert_eq!(invites.len(), 20);
@@ -312,10 +312,10 @@ fn calls_go_to_the_live_engine() {
         );
     }
     // The control thread's pings found the dead engine.
-    let log = siphon.log();
+    let log = sipvane.log();
     assert!(log.contains("rtpengine does not answer ping"), "{log}");
     // ... and the management API shows both engines with their state.
-    let status = mgmt_get(siphon.mgmt_addr(), "/status");
+    let status = mgmt_get(sipvane.mgmt_addr(), "/status");
     let engines: serde_json::Value = serde_json::from_str(&status).expect("status JSON");
     let engines = engines["rtpengine"]
         .as_array()
@@ -325,15 +325,15 @@ fn calls_go_to_the_live_engine() {
     assert_eq!(engines[0]["up"], false, "{status}");
     assert_eq!(engines[1]["up"], true, "{status}");
     assert_eq!(engines[1]["offers"], 20, "{status}");
-    let metrics = mgmt_get(siphon.mgmt_addr(), "/metrics");
+    let metrics = mgmt_get(sipvane.mgmt_addr(), "/metrics");
     assert!(
         metrics.contains(&format!(
-            "siphon_rtpengine_up{{engine=\"{}\"}} 1",
+            "sipvane_rtpengine_up{{engine=\"{}\"}} 1",
             live.url().trim_start_matches("udp:")
         )),
         "{metrics}"
     );
-    let c = siphon.stop();
+    let c = sipvane.stop();
     assert_eq!(c.get("rtpengine0_offers"), 0);
     assert_eq!(c.get("rtpengine1_offers"), 20);
     assert_eq!(c.get("rtpengine1_deletes"), 20);

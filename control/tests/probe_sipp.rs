@@ -1,4 +1,4 @@
-//! OPTIONS probing end to end: SIPp callees behind the real `siphon`, a SIPp
+//! OPTIONS probing end to end: SIPp callees behind the real `sipvane`, a SIPp
 //! caller keeping calls coming, a real Redis receiving `dst_down` / `dst_up`.
 //!
 //! The call-failure health check is switched off (`failure_threshold` huge) so
@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 use redis::Commands;
 use redis_support::RedisServer;
 use serde_json::Value;
-use support::{free_udp_addr, Scenario, Siphon, Uac, Uas};
+use support::{free_udp_addr, Scenario, Sipvane, Uac, Uas};
 
 /// Upper bound of every wait (a loaded 2-core machine); never a fixed sleep
 /// except where the test watches that something does *not* happen.
 const WAIT: Duration = Duration::from_secs(20);
-const LIST: &str = "siphon:events";
+const LIST: &str = "sipvane:events";
 
 /// Every datagram a socket receives: arrival time, first line, Call-ID.
 #[derive(Clone, Debug)]
@@ -136,7 +136,7 @@ fn dead_destination_is_probed_out_and_back_in() {
     let disabled_sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let disabled_addr = disabled_sock.local_addr().expect("addr");
     let disabled = Recorder::start(disabled_sock, Duration::from_secs(120));
-    let mut siphon = Siphon::builder("probe")
+    let mut sipvane = Sipvane::builder("probe")
         .algorithm("round-robin")
         .destination(format!("1 {a_uri}"))
         .destination(format!("1 sip:{}", b.addr()))
@@ -149,7 +149,7 @@ fn dead_destination_is_probed_out_and_back_in() {
         .start();
 
     // 20 calls/s for at most 30 s: enough to span the whole test.
-    let uac = Uac::new(Scenario::Uac, siphon.addr())
+    let uac = Uac::new(Scenario::Uac, sipvane.addr())
         .calls(600)
         .rate(20)
         .timeout(Duration::from_secs(60))
@@ -159,7 +159,7 @@ fn dead_destination_is_probed_out_and_back_in() {
     assert!(s.count("OPTIONS", "Recv") >= 1, "a was never probed: {s:?}");
 
     // a dies; a socket that never answers takes its address, to see what
-    // siphon still sends there.
+    // sipvane still sends there.
     a.kill();
     let killed = Instant::now();
     let blackhole = Recorder::start(rebind(a_addr), Duration::from_secs(60));
@@ -170,7 +170,7 @@ fn dead_destination_is_probed_out_and_back_in() {
     // Watch for three probe periods that no new call goes there.
     std::thread::sleep(Duration::from_secs(3));
     let seen = blackhole.finish();
-    // New calls, not siphon's retransmissions of INVITEs sent before.
+    // New calls, not sipvane's retransmissions of INVITEs sent before.
     let invite = |d: &&Datagram| d.first_line.starts_with("INVITE ");
     let before: std::collections::HashSet<&str> = seen
         .iter()
@@ -197,7 +197,7 @@ fn dead_destination_is_probed_out_and_back_in() {
         "a down destination must still be probed: {seen:?}"
     );
     let invites_before = before.len();
-    let log = plain(&siphon.log());
+    let log = plain(&sipvane.log());
     assert!(
         log.contains("destination down")
             && log.contains(&format!("uri={a_uri}"))
@@ -216,13 +216,13 @@ fn dead_destination_is_probed_out_and_back_in() {
         "a got no calls after coming back: {s:?}"
     );
     assert!(
-        log_has_up(&plain(&siphon.log()), &a_uri),
+        log_has_up(&plain(&sipvane.log()), &a_uri),
         "{}",
-        siphon.log()
+        sipvane.log()
     );
 
     let run = uac.wait();
-    let counters = siphon.stop();
+    let counters = sipvane.stop();
     // Every INVITE that reached the dead address timed out and failed over
     // (one more may have been lost while its address was unbound); a BYE of a
     // call cut by the kill may time out too, without a failover.
@@ -286,14 +286,14 @@ fn probing_off_sends_nothing() {
     let dest = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let addr = dest.local_addr().expect("addr");
     let rec = Recorder::start(dest, Duration::from_secs(30));
-    let mut siphon = Siphon::builder("probe-off")
+    let mut sipvane = Sipvane::builder("probe-off")
         .destination(format!("1 sip:{addr}"))
         .toml("ping_interval_s = 0")
         .start();
     std::thread::sleep(Duration::from_millis(1500));
-    siphon.stop();
+    sipvane.stop();
     assert!(rec.finish().is_empty());
-    assert!(plain(&siphon.log()).contains("OPTIONS probing is off"));
+    assert!(plain(&sipvane.log()).contains("OPTIONS probing is off"));
 }
 
 /// A destination that rejects calls (503) but answers probes: the data plane
@@ -306,7 +306,7 @@ fn probes_not_the_hold_down_bring_back_a_destination_taken_out_by_calls() {
     let mut bad = Uas::start(Scenario::Uas503, free_udp_addr());
     let mut good = Uas::start(Scenario::Uas, free_udp_addr());
     let bad_uri = format!("sip:{}", bad.addr());
-    let mut siphon = Siphon::builder("probe-holddown")
+    let mut sipvane = Sipvane::builder("probe-holddown")
         .algorithm("round-robin")
         .destination(format!("1 {bad_uri}"))
         .destination(format!("1 sip:{}", good.addr()))
@@ -316,7 +316,7 @@ fn probes_not_the_hold_down_bring_back_a_destination_taken_out_by_calls() {
         )
         .toml(&format!("[events]\nredis_url = \"{}\"", redis.url()))
         .start();
-    let run = Uac::new(Scenario::Uac, siphon.addr())
+    let run = Uac::new(Scenario::Uac, sipvane.addr())
         .calls(10)
         .rate(10)
         .timeout(Duration::from_secs(30))
@@ -333,7 +333,7 @@ fn probes_not_the_hold_down_bring_back_a_destination_taken_out_by_calls() {
         "back after {:?}: that is not the prober",
         up_at.duration_since(down_at)
     );
-    let log = plain(&siphon.log());
+    let log = plain(&sipvane.log());
     assert!(
         log.lines().any(|l| l.contains("destination down")
             && l.contains(&format!("uri={bad_uri}"))
@@ -341,7 +341,7 @@ fn probes_not_the_hold_down_bring_back_a_destination_taken_out_by_calls() {
         "{log}"
     );
     // Back in rotation: the next calls reach it again (and fail over).
-    let run = Uac::new(Scenario::Uac, siphon.addr())
+    let run = Uac::new(Scenario::Uac, sipvane.addr())
         .calls(4)
         .rate(10)
         .timeout(Duration::from_secs(30))
@@ -350,7 +350,7 @@ fn probes_not_the_hold_down_bring_back_a_destination_taken_out_by_calls() {
     let s = bad.stop();
     assert_eq!(s.invites_received(), 2, "{s:?}");
     good.stop();
-    let c = siphon.stop();
+    let c = sipvane.stop();
     assert_eq!(c.get("failovers"), 2, "{c:?}");
 }
 
@@ -362,17 +362,17 @@ fn reloaded_destinations_are_probed_and_removed_ones_forgotten() {
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
     let added = sock.local_addr().expect("addr");
     let rec = Recorder::start(sock, Duration::from_secs(60));
-    let mut siphon = Siphon::builder("probe-reload")
+    let mut sipvane = Sipvane::builder("probe-reload")
         .destination(format!("1 sip:{}", a.addr()))
         .toml("ping_interval_s = 1")
         .start();
 
     std::fs::write(
-        siphon.list_path(),
+        sipvane.list_path(),
         format!("1 sip:{}\n2 sip:{added}\n", a.addr()),
     )
     .expect("rewrite list");
-    siphon.signal(libc::SIGHUP);
+    sipvane.signal(libc::SIGHUP);
     let deadline = Instant::now() + WAIT;
     while rec.snapshot().len() < 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -388,12 +388,12 @@ fn reloaded_destinations_are_probed_and_removed_ones_forgotten() {
         "{seen:?}"
     );
 
-    std::fs::write(siphon.list_path(), format!("1 sip:{}\n", a.addr())).expect("rewrite list");
-    siphon.signal(libc::SIGHUP);
+    std::fs::write(sipvane.list_path(), format!("1 sip:{}\n", a.addr())).expect("rewrite list");
+    sipvane.signal(libc::SIGHUP);
     assert!(
-        siphon.wait_for_log("dispatcher reloaded", 2, WAIT),
+        sipvane.wait_for_log("dispatcher reloaded", 2, WAIT),
         "{}",
-        siphon.log()
+        sipvane.log()
     );
     // A probe already out may still be retransmitted (500 ms, 1 s); after
     // that, three rounds of silence.
@@ -410,5 +410,5 @@ fn reloaded_destinations_are_probed_and_removed_ones_forgotten() {
     // a was probed all along.
     let s = a.stop();
     assert!(s.count("OPTIONS", "Recv") >= 4, "{s:?}");
-    siphon.stop();
+    sipvane.stop();
 }

@@ -1,5 +1,5 @@
 //! The proxy end to end: real SIPp callers and callees on loopback, the real
-//! `siphon` binary in between, on both I/O drivers (io_uring and epoll).
+//! `sipvane` binary in between, on both I/O drivers (io_uring and epoll).
 
 #[macro_use]
 mod support;
@@ -7,7 +7,7 @@ mod support;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use support::{free_udp_addr, status_code, Scenario, Siphon, Uac, Uas};
+use support::{free_udp_addr, status_code, Scenario, Sipvane, Uac, Uas};
 
 const SETTLE: Duration = Duration::from_secs(5);
 const RUN_LIMIT: Duration = Duration::from_secs(40);
@@ -28,13 +28,13 @@ on_both_drivers!(
 fn calls_complete_and_follow_record_route(io: &str) {
     let mut a = Uas::start(Scenario::Uas, free_udp_addr());
     let mut b = Uas::start(Scenario::Uas, free_udp_addr());
-    let mut siphon = Siphon::builder("basic")
+    let mut sipvane = Sipvane::builder("basic")
         .io(io)
         .algorithm("round-robin")
         .destination(format!("1 sip:{}", a.addr()))
         .destination(format!("1 sip:{}", b.addr()))
         .start();
-    let run = Uac::new(Scenario::Uac, siphon.addr())
+    let run = Uac::new(Scenario::Uac, sipvane.addr())
         .calls(200)
         .rate(100)
         .timeout(RUN_LIMIT)
@@ -46,13 +46,13 @@ fn calls_complete_and_follow_record_route(io: &str) {
     // One source address lands on one worker, whose round-robin alternates.
     assert_eq!(fa.invites_received(), 100, "{fa:?}");
     assert_eq!(fb.invites_received(), 100, "{fb:?}");
-    // ACK and BYE reached the callees through siphon's Record-Route.
+    // ACK and BYE reached the callees through sipvane's Record-Route.
     for f in [&fa, &fb] {
         assert_eq!(f.count("ACK", "Recv"), 100, "{f:?}");
         assert_eq!(f.count("BYE", "Recv"), 100, "{f:?}");
         assert_eq!(f.failed, 0);
     }
-    let c = siphon.stop();
+    let c = sipvane.stop();
     assert_eq!(c.get("initial_invites"), 200);
     assert_eq!(c.get("calls_answered"), 200);
     assert_eq!(c.get("dialogs_created"), 200);
@@ -64,14 +64,14 @@ fn calls_complete_and_follow_record_route(io: &str) {
 fn hash_from_keeps_a_caller_on_one_destination(io: &str) {
     let mut a = Uas::start(Scenario::Uas, free_udp_addr());
     let mut b = Uas::start(Scenario::Uas, free_udp_addr());
-    let mut siphon = Siphon::builder("hash")
+    let mut sipvane = Sipvane::builder("hash")
         .io(io)
         .algorithm("hash-from")
         .destination(format!("1 sip:{}", a.addr()))
         .destination(format!("1 sip:{}", b.addr()))
         .start();
     // SIPp uses one From URI for every call.
-    let run = Uac::new(Scenario::Uac, siphon.addr())
+    let run = Uac::new(Scenario::Uac, sipvane.addr())
         .calls(40)
         .rate(100)
         .timeout(RUN_LIMIT)
@@ -80,19 +80,19 @@ fn hash_from_keeps_a_caller_on_one_destination(io: &str) {
     let (fa, fb) = (a.stop(), b.stop());
     let counts = [fa.invites_received(), fb.invites_received()];
     assert!(counts.contains(&40) && counts.contains(&0), "{counts:?}");
-    siphon.stop();
+    sipvane.stop();
 }
 
 fn weights_are_honoured(io: &str) {
     let mut a = Uas::start(Scenario::Uas, free_udp_addr());
     let mut b = Uas::start(Scenario::Uas, free_udp_addr());
-    let mut siphon = Siphon::builder("weight")
+    let mut sipvane = Sipvane::builder("weight")
         .io(io)
         .algorithm("9")
         .destination(format!("1 sip:{} 0 0 weight=75", a.addr()))
         .destination(format!("1 sip:{} 0 0 weight=25", b.addr()))
         .start();
-    let run = Uac::new(Scenario::Uac, siphon.addr())
+    let run = Uac::new(Scenario::Uac, sipvane.addr())
         .calls(400)
         .rate(200)
         .timeout(RUN_LIMIT)
@@ -107,19 +107,19 @@ fn weights_are_honoured(io: &str) {
         fb.invites_received()
     );
     assert_eq!(fa.invites_received() + fb.invites_received(), 400);
-    siphon.stop();
+    sipvane.stop();
 }
 
 fn failover_on_503_loses_no_call(io: &str) {
     let mut bad = Uas::start(Scenario::Uas503, free_udp_addr());
     let mut good = Uas::start(Scenario::Uas, free_udp_addr());
-    let mut siphon = Siphon::builder("fail503")
+    let mut sipvane = Sipvane::builder("fail503")
         .io(io)
         .algorithm("round-robin")
         .destination(format!("1 sip:{}", bad.addr()))
         .destination(format!("1 sip:{}", good.addr()))
         .start();
-    let run = Uac::new(Scenario::Uac, siphon.addr())
+    let run = Uac::new(Scenario::Uac, sipvane.addr())
         .calls(100)
         .rate(100)
         .timeout(RUN_LIMIT)
@@ -130,14 +130,14 @@ fn failover_on_503_loses_no_call(io: &str) {
         fbad.invites_received() >= 1,
         "the 503 destination was never tried"
     );
-    // Each 503 was ACKed hop by hop by siphon.
+    // Each 503 was ACKed hop by hop by sipvane.
     assert_eq!(
         fbad.count("ACK", "Recv"),
         fbad.invites_received(),
         "{fbad:?}"
     );
     assert_eq!(fgood.invites_received(), 100);
-    let c = siphon.stop();
+    let c = sipvane.stop();
     assert_eq!(c.get("failovers"), fbad.invites_received());
     assert_eq!(c.get("calls_failed"), 0);
     assert_eq!(c.get("replies_5xx"), 0, "no 503 may reach the caller");
@@ -147,14 +147,14 @@ fn failover_on_dead_destination_via_timeout(io: &str) {
     // Nothing listens here.
     let dead = free_udp_addr();
     let mut good = Uas::start(Scenario::Uas, free_udp_addr());
-    let mut siphon = Siphon::builder("dead")
+    let mut sipvane = Sipvane::builder("dead")
         .io(io)
         .algorithm("round-robin")
         .destination(format!("1 sip:{dead}"))
         .destination(format!("1 sip:{}", good.addr()))
         .toml("fr_timer_ms = 400")
         .start();
-    let run = Uac::new(Scenario::Uac, siphon.addr())
+    let run = Uac::new(Scenario::Uac, sipvane.addr())
         .calls(40)
         .rate(40)
         .timeout(RUN_LIMIT)
@@ -162,7 +162,7 @@ fn failover_on_dead_destination_via_timeout(io: &str) {
     run.assert_all_succeeded(40);
     let fgood = good.stop();
     assert_eq!(fgood.invites_received(), 40);
-    let c = siphon.stop();
+    let c = sipvane.stop();
     // failure_threshold (3) timeouts take the dead destination out.
     assert!(c.get("timeouts") >= 1, "{c:?}");
     assert_eq!(c.get("timeouts"), c.get("failovers"), "{c:?}");
@@ -171,11 +171,11 @@ fn failover_on_dead_destination_via_timeout(io: &str) {
 
 fn cancel_before_answer(io: &str) {
     let mut uas = Uas::start(Scenario::UasCancel, free_udp_addr());
-    let mut siphon = Siphon::builder("cancel")
+    let mut sipvane = Sipvane::builder("cancel")
         .io(io)
         .destination(format!("1 sip:{}", uas.addr()))
         .start();
-    let run = Uac::new(Scenario::UacCancel, siphon.addr())
+    let run = Uac::new(Scenario::UacCancel, sipvane.addr())
         .calls(20)
         .rate(40)
         .timeout(RUN_LIMIT)
@@ -186,7 +186,7 @@ fn cancel_before_answer(io: &str) {
     let f = uas.stop();
     assert_eq!(f.count("CANCEL", "Recv"), 20, "{f:?}");
     assert_eq!(f.count("ACK", "Recv"), 20, "{f:?}");
-    let c = siphon.stop();
+    let c = sipvane.stop();
     assert_eq!(c.get("calls_cancelled"), 20);
     assert_eq!(c.get("failovers"), 0);
 }
@@ -228,22 +228,22 @@ fn retransmitted_invite_is_absorbed(io: &str) {
     let dest = UdpSocket::bind("127.0.0.1:0").expect("bind destination");
     let dest_addr = dest.local_addr().expect("addr");
     // The raw socket must see only what the test sends: no OPTIONS probes.
-    let mut siphon = Siphon::builder("retrans")
+    let mut sipvane = Sipvane::builder("retrans")
         .io(io)
         .destination(format!("1 sip:{dest_addr}"))
         .toml("ping_interval_s = 0")
         .start();
     let caller = UdpSocket::bind("127.0.0.1:0").expect("bind caller");
     let me = caller.local_addr().expect("addr");
-    let msg = invite(me, siphon.addr(), "z9hG4bK-retrans-1", 70);
-    caller.send_to(msg.as_bytes(), siphon.addr()).expect("send");
+    let msg = invite(me, sipvane.addr(), "z9hG4bK-retrans-1", 70);
+    caller.send_to(msg.as_bytes(), sipvane.addr()).expect("send");
     std::thread::sleep(Duration::from_millis(50));
     caller
-        .send_to(msg.as_bytes(), siphon.addr())
+        .send_to(msg.as_bytes(), sipvane.addr())
         .expect("resend");
 
     // The destination sees exactly one INVITE. The window closes well before
-    // T1 (500 ms), when siphon's own Timer A would retransmit.
+    // T1 (500 ms), when sipvane's own Timer A would retransmit.
     let at_dest = drain(&dest, Duration::from_millis(250));
     assert_eq!(
         at_dest.len(),
@@ -259,7 +259,7 @@ fn retransmitted_invite_is_absorbed(io: &str) {
         .filter(|m| status_code(m) == Some(100))
         .count();
     assert_eq!(trying, 2, "100 Trying per INVITE copy");
-    let c = siphon.stop();
+    let c = sipvane.stop();
     assert_eq!(c.get("retransmissions_absorbed"), 1);
 }
 
@@ -267,7 +267,7 @@ fn bad_requests_get_clear_answers(io: &str) {
     let dest = UdpSocket::bind("127.0.0.1:0").expect("bind destination");
     let dest_addr = dest.local_addr().expect("addr");
     // The raw socket must see only what the test sends: no OPTIONS probes.
-    let mut siphon = Siphon::builder("bad")
+    let mut sipvane = Sipvane::builder("bad")
         .io(io)
         .destination(format!("1 sip:{dest_addr}"))
         .toml("ping_interval_s = 0")
@@ -276,8 +276,8 @@ fn bad_requests_get_clear_answers(io: &str) {
     let me = caller.local_addr().expect("addr");
 
     // Max-Forwards exhausted → 483.
-    let msg = invite(me, siphon.addr(), "z9hG4bK-mf0", 0);
-    caller.send_to(msg.as_bytes(), siphon.addr()).expect("send");
+    let msg = invite(me, sipvane.addr(), "z9hG4bK-mf0", 0);
+    caller.send_to(msg.as_bytes(), sipvane.addr()).expect("send");
     let got = drain(&caller, Duration::from_millis(300));
     assert_eq!(
         got.iter()
@@ -287,32 +287,32 @@ fn bad_requests_get_clear_answers(io: &str) {
     );
 
     // A broken CSeq → 400 naming the problem.
-    let msg = invite(me, siphon.addr(), "z9hG4bK-badcseq", 70)
+    let msg = invite(me, sipvane.addr(), "z9hG4bK-badcseq", 70)
         .replace("CSeq: 1 INVITE", "CSeq: x INVITE");
-    caller.send_to(msg.as_bytes(), siphon.addr()).expect("send");
+    caller.send_to(msg.as_bytes(), sipvane.addr()).expect("send");
     let got = drain(&caller, Duration::from_millis(300));
     assert_eq!(got.len(), 1);
     assert_eq!(status_code(&got[0]), Some(400));
     let text = String::from_utf8_lossy(&got[0]);
     assert!(text.contains("Warning: 399"), "{text}");
 
-    // Garbage is dropped and counted, and siphon keeps working.
+    // Garbage is dropped and counted, and sipvane keeps working.
     caller
-        .send_to(b"\x00\x01garbage\r\n\r\n", siphon.addr())
+        .send_to(b"\x00\x01garbage\r\n\r\n", sipvane.addr())
         .expect("send");
     assert!(drain(&caller, Duration::from_millis(200)).is_empty());
     assert_eq!(
-        support::sip_options_ping(siphon.addr(), Duration::from_secs(2)),
+        support::sip_options_ping(sipvane.addr(), Duration::from_secs(2)),
         Some(200)
     );
 
-    // An in-dialog BYE with no route set, addressed to siphon itself (what
+    // An in-dialog BYE with no route set, addressed to sipvane itself (what
     // SIPp sends to clean up a failed call) is answered, not looped.
-    let bye = invite(me, siphon.addr(), "z9hG4bK-selfbye", 70)
+    let bye = invite(me, sipvane.addr(), "z9hG4bK-selfbye", 70)
         .replacen("INVITE sip:100@", "BYE sip:100@", 1)
         .replace("CSeq: 1 INVITE", "CSeq: 2 BYE")
         .replace(">\r\nCall-ID", ">;tag=callee1\r\nCall-ID");
-    caller.send_to(bye.as_bytes(), siphon.addr()).expect("send");
+    caller.send_to(bye.as_bytes(), sipvane.addr()).expect("send");
     let got = drain(&caller, Duration::from_millis(300));
     assert_eq!(
         got.iter()
@@ -327,7 +327,7 @@ fn bad_requests_get_clear_answers(io: &str) {
 
     // Nothing reached the destination.
     assert!(drain(&dest, Duration::from_millis(50)).is_empty());
-    let c = siphon.stop();
+    let c = sipvane.stop();
     assert_eq!(c.get("loops"), 1);
     assert_eq!(c.get("bad_requests"), 1);
     assert_eq!(c.get("parse_errors"), 1);
@@ -340,20 +340,20 @@ fn bad_requests_get_clear_answers(io: &str) {
 /// every call still completes.
 fn balance_by_call_id_spreads_one_source_over_workers(io: &str) {
     let mut a = Uas::start(Scenario::Uas, free_udp_addr());
-    let mut siphon = Siphon::builder("balance")
+    let mut sipvane = Sipvane::builder("balance")
         .io(io)
         .workers(2)
         .destination(format!("1 sip:{}", a.addr()))
         .proxy_toml("balance = \"callid\"")
         .start();
-    Uac::new(Scenario::Uac, siphon.addr())
+    Uac::new(Scenario::Uac, sipvane.addr())
         .calls(200)
         .rate(100)
         .timeout(RUN_LIMIT)
         .run()
         .assert_all_succeeded(200);
     a.stop();
-    let c = siphon.stop();
+    let c = sipvane.stop();
     let handoffs = c.get("handoffs");
     assert!(
         (150..=450).contains(&handoffs),
@@ -368,15 +368,15 @@ fn balance_by_call_id_spreads_one_source_over_workers(io: &str) {
 fn rules_pick_sets_and_unknown_domains_are_refused(io: &str) {
     let mut a = Uas::start(Scenario::Uas, free_udp_addr());
     let mut b = Uas::start(Scenario::Uas, free_udp_addr());
-    let mut siphon = Siphon::builder("rules")
+    let mut sipvane = Sipvane::builder("rules")
         .io(io)
         .destination(format!("1 sip:{}", a.addr()))
         .destination(format!("2 sip:{}", b.addr()))
-        .proxy_toml("domains = [\"siphon.test\"]\nunknown_domain = \"reject\"")
+        .proxy_toml("domains = [\"sipvane.test\"]\nunknown_domain = \"reject\"")
         .toml("[[dispatcher.rules]]\nprefix = \"9\"\nset = 2")
         .start();
     for (user, calls) in [("100", 10), ("900", 15)] {
-        Uac::new(Scenario::Uac, siphon.addr())
+        Uac::new(Scenario::Uac, sipvane.addr())
             .service(user)
             .calls(calls)
             .rate(50)
@@ -387,14 +387,14 @@ fn rules_pick_sets_and_unknown_domains_are_refused(io: &str) {
     let caller = UdpSocket::bind("127.0.0.1:0").expect("bind caller");
     let me = caller.local_addr().expect("addr");
     // An IP host (on loopback, in case it were relayed) that is not one of
-    // siphon's: relaying would answer 100 Trying and forward it.
-    let elsewhere = invite(me, siphon.addr(), "z9hG4bK-elsewhere", 70).replacen(
-        &format!("INVITE sip:100@{}", siphon.addr()),
+    // sipvane's: relaying would answer 100 Trying and forward it.
+    let elsewhere = invite(me, sipvane.addr(), "z9hG4bK-elsewhere", 70).replacen(
+        &format!("INVITE sip:100@{}", sipvane.addr()),
         "INVITE sip:100@127.0.0.2:5999",
         1,
     );
     caller
-        .send_to(elsewhere.as_bytes(), siphon.addr())
+        .send_to(elsewhere.as_bytes(), sipvane.addr())
         .expect("send");
     let got = drain(&caller, Duration::from_millis(300));
     assert_eq!(got.len(), 1, "{got:?}");
@@ -405,5 +405,5 @@ fn rules_pick_sets_and_unknown_domains_are_refused(io: &str) {
     let (fa, fb) = (a.stop(), b.stop());
     assert_eq!(fa.invites_received(), 10, "{fa:?}");
     assert_eq!(fb.invites_received(), 15, "{fb:?}");
-    siphon.stop();
+    sipvane.stop();
 }

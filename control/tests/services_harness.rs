@@ -58,21 +58,21 @@ fn postgres_has_db_user_and_password() {
     ));
     let out = Command::new(psql)
         .args(["-h", "127.0.0.1", "-p", &pg.port().to_string()])
-        .args(["-U", "siphon", "-d", "siphon", "-Atc"])
+        .args(["-U", "sipvane", "-d", "sipvane", "-Atc"])
         .arg("select current_user || ' ' || current_database()")
-        .env("PGPASSWORD", "siphon")
+        .env("PGPASSWORD", "sipvane")
         .output()
         .expect("psql");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "siphon siphon",
+        "sipvane sipvane",
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     // Password authentication is real: a wrong one is refused.
     let bad = Command::new(require_binary("psql", HINT))
         .args(["-h", "127.0.0.1", "-p", &pg.port().to_string()])
-        .args(["-U", "siphon", "-d", "siphon", "-Atc", "select 1"])
+        .args(["-U", "sipvane", "-d", "sipvane", "-Atc", "select 1"])
         .env("PGPASSWORD", "wrong")
         .output()
         .expect("psql");
@@ -91,13 +91,13 @@ fn mariadb_has_db_user_and_password() {
             "-P",
             &my.port().to_string(),
         ])
-        .args(["-usiphon", "-psiphon", "siphon", "-N", "-e"])
+        .args(["-usipvane", "-psipvane", "sipvane", "-N", "-e"])
         .arg("select concat(substring_index(current_user(), '@', 1), ' ', database())")
         .output()
         .expect("mariadb client");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
-        "siphon siphon",
+        "sipvane sipvane",
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -16,9 +16,9 @@ use control::source::db::{
 use control::source::snapshot::load_snapshot;
 use db_support::{runtime, MariaDb, Postgres, MYSQL_DDL, PG_DDL};
 
-/// The account siphon reads with: SELECT only. Its password needs
+/// The account sipvane reads with: SELECT only. Its password needs
 /// percent-encoding in a URL (`!` → `%21`).
-const USER: &str = "siphon";
+const USER: &str = "sipvane";
 const PASSWORD: &str = "S3cr3t-Pw!";
 const PASSWORD_IN_URL: &str = "S3cr3t-Pw%21";
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -170,7 +170,7 @@ impl Server {
 
 fn scratch(tag: &str) -> PathBuf {
     db_support::remove_stale(&format!("source-db-{tag}"));
-    let dir = std::env::temp_dir().join(format!("siphon-source-db-{tag}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("sipvane-source-db-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
@@ -214,7 +214,7 @@ fn postgres_dispatcher_table() {
             ],
         )
         .await;
-        // siphon needs nothing but SELECT.
+        // sipvane needs nothing but SELECT.
         pg.exec(
             "kamailio",
             &[&format!(

@@ -32,7 +32,7 @@ a=rtpmap:101 telephone-event/8000\r\n\
 a=sendrecv\r\n";
 
 const OK200: &[u8] = b"SIP/2.0 200 OK\r\n\
-Via: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bK-siphon-0-12345;rport=5062;received=192.0.2.1\r\n\
+Via: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bK-sipvane-0-12345;rport=5062;received=192.0.2.1\r\n\
 Via: SIP/2.0/UDP 203.0.113.10:5060;branch=z9hG4bK-524287-1---8f1c2d3e4a5b6c7d;rport=5060\r\n\
 Record-Route: <sip:192.0.2.1:5062;lr;w=0>\r\n\
 Contact: <sip:+15551234567@10.0.0.20:5060>\r\n\
@@ -99,7 +99,7 @@ fn build(c: &mut Criterion) {
         via: NewVia {
             host: b"192.0.2.1",
             port: 5062,
-            branch: b"z9hG4bK-siphon-0-12345",
+            branch: b"z9hG4bK-sipvane-0-12345",
         },
         request_uri: Some(b"sip:+15551234567@10.0.0.20:5060"),
         pop_routes: 0,

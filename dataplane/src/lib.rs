@@ -1,4 +1,4 @@
-//! siphon data plane.
+//! sipvane data plane.
 //!
 //! Everything here except `worker` is sans-IO: no sockets, no clocks, no
 //! environment. Drivers in `worker` pass received bytes and the current time

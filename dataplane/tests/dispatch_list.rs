@@ -91,8 +91,8 @@ abc sip:a
     assert_eq!(got, want);
     // The caller prefixes the file name.
     assert_eq!(
-        format!("/etc/siphon/dispatcher.list:{}", errs[0]),
-        "/etc/siphon/dispatcher.list:line 2: invalid set id 'abc': expected a non-negative integer"
+        format!("/etc/sipvane/dispatcher.list:{}", errs[0]),
+        "/etc/sipvane/dispatcher.list:line 2: invalid set id 'abc': expected a non-negative integer"
     );
     assert_eq!(errs[0].line, 2);
 }

@@ -71,7 +71,7 @@ impl Daemon {
         // the ng port so parallel runs rarely share one.
         let port_min = 20_000 + (ng_port % 250) * 50;
         let port_max = port_min + 49;
-        let log = std::env::temp_dir().join(format!("siphon-rtpengine-{ng_port}.log"));
+        let log = std::env::temp_dir().join(format!("sipvane-rtpengine-{ng_port}.log"));
         let child = Command::new(&bin)
             .args([
                 "--config-file=none",
@@ -249,7 +249,7 @@ fn audio_port(sdp: &str) -> u16 {
 fn rtpengine_ping_offer_answer_query_list_delete() {
     let d = Daemon::start();
     let mut drv = Driver::new(&[(d.ng, 1)], ClientConfig::default());
-    let call_id = format!("siphon-test-{}@127.0.0.1", d.ng.port());
+    let call_id = format!("sipvane-test-{}@127.0.0.1", d.ng.port());
     let (ft, tt) = (b"caller-tag".as_slice(), b"callee-tag".as_slice());
     let flags =
         NgFlags::parse("replace-origin replace-session-connection ICE=remove RTP/AVP").unwrap();

@@ -23,7 +23,7 @@ macro_rules! case {
     };
 }
 
-/// What siphon does with a message.
+/// What sipvane does with a message.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Expect {
     /// Parses and passes `validate_request` / `validate_response`.
@@ -123,7 +123,7 @@ fn edits() -> RequestEdits<'static> {
         via: NewVia {
             host: b"192.0.2.200",
             port: 5061,
-            branch: b"z9hG4bKsiphon1",
+            branch: b"z9hG4bKsipvane1",
         },
         request_uri: None,
         pop_routes: 0,

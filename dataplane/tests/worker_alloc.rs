@@ -50,7 +50,7 @@ fn allocs(sock: &UdpSocket, to: SocketAddr) -> u64 {
 }
 
 fn no_alloc_when_warm(driver: Driver) {
-    if driver == Driver::Uring && std::env::var_os("SIPHON_SKIP_URING").is_some() {
+    if driver == Driver::Uring && std::env::var_os("SIPVANE_SKIP_URING").is_some() {
         return;
     }
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();

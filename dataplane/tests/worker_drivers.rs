@@ -17,9 +17,9 @@ use dataplane::worker::{
 
 const LOCALHOST: &str = "127.0.0.1:0";
 
-/// Set `SIPHON_SKIP_URING=1` where io_uring is blocked (e.g. default container seccomp).
+/// Set `SIPVANE_SKIP_URING=1` where io_uring is blocked (e.g. default container seccomp).
 fn skip(driver: Driver) -> bool {
-    driver == Driver::Uring && std::env::var_os("SIPHON_SKIP_URING").is_some()
+    driver == Driver::Uring && std::env::var_os("SIPVANE_SKIP_URING").is_some()
 }
 
 fn any() -> SocketAddr {
@@ -91,7 +91,7 @@ fn client(
         let mut m = [0u8; 24];
         m[..4].copy_from_slice(&id.to_be_bytes());
         m[4..8].copy_from_slice(&seq.to_be_bytes());
-        m[8..].copy_from_slice(b"siphon-echo-test");
+        m[8..].copy_from_slice(b"sipvane-echotest");
         m
     };
     let mut got = vec![false; count as usize];
@@ -158,7 +158,7 @@ fn echo_10k(driver: Driver) {
         assert_eq!(ctx.index, i);
         assert_eq!(ctx.workers, 2);
         assert_eq!(ctx.local_addrs, pool.local_addrs(i));
-        assert_eq!(name.as_deref(), Some(format!("siphon-w{i}").as_str()));
+        assert_eq!(name.as_deref(), Some(format!("sipvane-w{i}").as_str()));
     }
     let public = pool.local_addrs(0)[0];
     assert_eq!(

@@ -91,7 +91,7 @@ fuzz_target!(|data: &[u8]| {
         retry_after: Some(1),
         warning: Some(m.body()),
         extra_headers: extra,
-        server: Some(b"siphon"),
+        server: Some(b"sipvane"),
     };
     if reply(&m, 400, b"Bad Request", &opts, &mut out).is_ok() {
         parse(&out).expect("reply must parse");

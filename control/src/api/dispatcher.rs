@@ -69,7 +69,7 @@ pub(super) async fn reload(State(st): State<Arc<ApiState>>) -> Response {
         Err(e) => {
             // The reloader answers this way only when the control thread is
             // going away; anything else is a problem with the source.
-            let code = if e == "siphon is shutting down" {
+            let code = if e == "sipvane is shutting down" {
                 StatusCode::SERVICE_UNAVAILABLE
             } else {
                 StatusCode::UNPROCESSABLE_ENTITY

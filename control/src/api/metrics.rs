@@ -23,7 +23,7 @@ use crate::run::Running;
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 pub(super) async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
-    let mut registry = Registry::with_prefix("siphon");
+    let mut registry = Registry::with_prefix("sipvane");
     registry.register_collector(Box::new(Scrape {
         running: Arc::clone(&st.running),
         rates: st.rates(),
@@ -75,10 +75,10 @@ impl Collector for Scrape {
         gauge(
             &mut e,
             "uptime_seconds",
-            "Seconds since siphon started.",
+            "Seconds since sipvane started.",
             r.epoch.elapsed().as_secs_f64(),
         )?;
-        e.encode_descriptor("build", "siphon version.", None, MetricType::Info)?
+        e.encode_descriptor("build", "sipvane version.", None, MetricType::Info)?
             .encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
         gauge(
             &mut e,

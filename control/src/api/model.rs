@@ -1,4 +1,4 @@
-//! The JSON bodies of the management API. `siphon ctl` decodes the same
+//! The JSON bodies of the management API. `sipvane ctl` decodes the same
 //! types, so the server and the client cannot drift apart.
 
 use serde::{Deserialize, Serialize};

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::api::model::ApiError;
 
-/// Talks to one siphon.
+/// Talks to one sipvane.
 pub struct Client {
     base: String,
     token: Option<String>,
@@ -44,7 +44,7 @@ impl Reply {
             Err(_) => self.body.trim().to_owned(),
         };
         let hint = if self.status == 401 {
-            " (pass --token or set SIPHON_MGMT_TOKEN)"
+            " (pass --token or set SIPVANE_MGMT_TOKEN)"
         } else {
             ""
         };
@@ -120,7 +120,7 @@ impl Client {
             other => other.to_string(),
         };
         format!(
-            "cannot reach siphon's management API at {}: {why} (is siphon running? see --mgmt)",
+            "cannot reach sipvane's management API at {}: {why} (is sipvane running? see --mgmt)",
             self.base
         )
     }

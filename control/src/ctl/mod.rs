@@ -1,4 +1,4 @@
-//! `siphon ctl`: the operator's client for the management API. Each verb is
+//! `sipvane ctl`: the operator's client for the management API. Each verb is
 //! one or two HTTP requests; output is a table, or the API's JSON with
 //! `--json`. Every failure is one line on stderr and exit status 1.
 
@@ -17,7 +17,7 @@ use crate::api::model::{
 use crate::cli::{CtlArgs, CtlCommand, DispatcherCommand, TopArgs};
 use client::Client;
 
-/// Runs one `siphon ctl` command.
+/// Runs one `sipvane ctl` command.
 pub fn main(args: &CtlArgs) -> ExitCode {
     let client = Client::new(args.mgmt, args.token.clone());
     let result = match &args.command {
@@ -40,7 +40,7 @@ pub fn main(args: &CtlArgs) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("siphon ctl: {e}");
+            eprintln!("sipvane ctl: {e}");
             ExitCode::FAILURE
         }
     }
@@ -48,7 +48,7 @@ pub fn main(args: &CtlArgs) -> ExitCode {
 
 fn print(text: &str) -> Result<ExitCode, String> {
     let mut out = std::io::stdout().lock();
-    // A closed pipe (`siphon ctl … | head`) is not an error worth a message.
+    // A closed pipe (`sipvane ctl … | head`) is not an error worth a message.
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
     Ok(ExitCode::SUCCESS)

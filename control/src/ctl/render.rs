@@ -1,4 +1,4 @@
-//! Human-readable text for `siphon ctl`: pure functions of the API's replies.
+//! Human-readable text for `sipvane ctl`: pure functions of the API's replies.
 
 use std::fmt::Write;
 
@@ -41,7 +41,7 @@ fn latency(us: Option<u32>) -> String {
     }
 }
 
-/// `siphon ctl dispatcher list`.
+/// `sipvane ctl dispatcher list`.
 pub fn dispatcher(d: &Dispatcher) -> String {
     if d.sets.is_empty() {
         return "no destinations (no dispatcher source, or an empty one)\n".into();
@@ -95,7 +95,7 @@ fn uptime(s: u64) -> String {
 fn summary(s: &Status, out: &mut String) {
     let _ = writeln!(
         out,
-        "siphon {}  up {}  listen {}  io {}  workers {}",
+        "sipvane {}  up {}  listen {}  io {}  workers {}",
         s.version,
         uptime(s.uptime_s),
         s.listen,
@@ -127,7 +127,7 @@ fn failures(e: &ErrorStats, out: &mut String) {
     );
 }
 
-/// `siphon ctl stats`.
+/// `sipvane ctl stats`.
 pub fn stats(s: &Status, e: &ErrorStats) -> String {
     let mut out = String::new();
     summary(s, &mut out);
@@ -166,7 +166,7 @@ pub fn stats(s: &Status, e: &ErrorStats) -> String {
     out
 }
 
-/// `siphon ctl dialogs`.
+/// `sipvane ctl dialogs`.
 pub fn dialogs(d: &Dialogs) -> String {
     let per: Vec<String> = d.per_worker.iter().map(u64::to_string).collect();
     format!(
@@ -180,7 +180,7 @@ pub fn dialogs(d: &Dialogs) -> String {
     )
 }
 
-/// `siphon ctl ping`.
+/// `sipvane ctl ping`.
 pub fn health(h: &Health) -> String {
     if h.problems.is_empty() && h.status == "ok" {
         format!("ok: {}/{} workers alive\n", h.alive, h.workers)
@@ -194,7 +194,7 @@ pub fn health(h: &Health) -> String {
     }
 }
 
-/// One frame of `siphon ctl top`.
+/// One frame of `sipvane ctl top`.
 pub fn top(s: &Status, d: &Dispatcher, e: &ErrorStats) -> String {
     let mut out = String::new();
     summary(s, &mut out);

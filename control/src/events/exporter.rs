@@ -45,7 +45,7 @@ impl Default for ExporterConfig {
     fn default() -> Self {
         ExporterConfig {
             redis_url: "redis://127.0.0.1:6379".to_owned(),
-            list: "siphon:events".to_owned(),
+            list: "sipvane:events".to_owned(),
             batch: 256,
             buffer: 100_000,
             pipeline_depth: 8,
@@ -552,7 +552,7 @@ mod tests {
         let d = ExporterConfig::from(&EventsConfig::default());
         assert_eq!(
             (d.list.as_str(), d.batch, d.buffer),
-            ("siphon:events", 256, 100_000)
+            ("sipvane:events", 256, 100_000)
         );
     }
 

@@ -394,7 +394,7 @@ fn build_probe(cfg: &ProbeConfig, sent_by: &str, uri: &str, instance: u64, n: u6
          Max-Forwards: 70\r\n\
          From: <{from}>;tag={instance:x}\r\n\
          To: <{uri}>\r\n\
-         Call-ID: {instance:x}.{n:x}@siphon.probe\r\n\
+         Call-ID: {instance:x}.{n:x}@sipvane.probe\r\n\
          CSeq: 1 {m}\r\n\
          Content-Length: 0\r\n\r\n",
         from = cfg.from,
@@ -426,7 +426,7 @@ mod tests {
             probing_threshold: 3,
             inactive_threshold: 2,
             reply_codes: vec![404],
-            from: "sip:siphon@localhost".into(),
+            from: "sip:sipvane@localhost".into(),
             method: "OPTIONS".into(),
             mode,
         }
@@ -486,7 +486,7 @@ mod tests {
         msg.validate_request().unwrap();
         assert_eq!(msg.method_raw(), Some(&b"OPTIONS"[..]));
         assert_eq!(msg.request_uri(), Some(&b"sip:127.0.0.1:5061"[..]));
-        assert_eq!(msg.from().unwrap().uri, b"sip:siphon@localhost");
+        assert_eq!(msg.from().unwrap().uri, b"sip:sipvane@localhost");
         assert_eq!(msg.top_via().unwrap().host, b"127.0.0.1");
         assert_eq!(out[0].to, SocketAddr::from(([127, 0, 0, 1], 5061)));
     }

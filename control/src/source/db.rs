@@ -1,8 +1,8 @@
 //! Dispatcher destinations from Kamailio's `dispatcher` table in PostgreSQL or
 //! MySQL / MariaDB.
 //!
-//! An operator points siphon at the database Kamailio already uses and gets the
-//! same pools: siphon reads
+//! An operator points sipvane at the database Kamailio already uses and gets the
+//! same pools: sipvane reads
 //!
 //! ```sql
 //! SELECT id, setid, destination, flags, priority, attrs, description
@@ -73,7 +73,7 @@ pub struct RowDef {
     pub attrs_raw: String,
     /// Description; control characters are replaced by spaces.
     pub description: String,
-    /// The row's `id` (for a snapshot written by siphon, the id recorded in it;
+    /// The row's `id` (for a snapshot written by sipvane, the id recorded in it;
     /// for another list file, the line number).
     pub row_id: i64,
 }
@@ -91,7 +91,7 @@ pub enum Origin {
 /// password of the URL.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    /// The URL's scheme is not one siphon reads a table from.
+    /// The URL's scheme is not one sipvane reads a table from.
     #[error(
         "unsupported database URL {url_redacted}: expected postgres://, postgresql://, mysql:// or mariadb://"
     )]
@@ -126,7 +126,7 @@ pub enum SourceError {
         /// What went wrong.
         reason: String,
     },
-    /// A row holds something siphon cannot use.
+    /// A row holds something sipvane cannot use.
     #[error("dispatcher row id={id}: {problem}")]
     BadRow {
         /// The row's `id` (0 if the id itself was unreadable).
@@ -138,7 +138,7 @@ pub enum SourceError {
 
 impl SourceError {
     /// True when the database could not be used at all (as opposed to holding
-    /// bad data or being misconfigured in siphon): the cases where falling back
+    /// bad data or being misconfigured in sipvane): the cases where falling back
     /// to the snapshot or keeping the current table is right.
     pub fn is_unavailable(&self) -> bool {
         matches!(
@@ -173,7 +173,7 @@ pub fn is_database_url(url: &str) -> bool {
 /// `url` with the password of its userinfo (and any `password=` query
 /// parameter) replaced by `***`, for logs and error messages.
 ///
-/// `postgres://siphon:s3cret@db:5432/kamailio` → `postgres://siphon:***@db:5432/kamailio`
+/// `postgres://sipvane:s3cret@db:5432/kamailio` → `postgres://sipvane:***@db:5432/kamailio`
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         // Not a URL: it might be anything, including a bare password.
@@ -572,7 +572,7 @@ pub fn rows_to_defs(rows: &[DbRow]) -> Result<Vec<RowDef>, Vec<String>> {
 }
 
 /// How a source is named in logs and in the snapshot header:
-/// `postgres://siphon:***@db/kamailio (table dispatcher)`.
+/// `postgres://sipvane:***@db/kamailio (table dispatcher)`.
 pub fn describe_source(url: &str, table: &str) -> String {
     format!("{} (table {table})", redact_url(url))
 }
@@ -594,7 +594,7 @@ async fn fetch_defs(
 enum FetchFailure {
     /// The database could not be used.
     Unavailable(String),
-    /// It answered, but with rows siphon refuses.
+    /// It answered, but with rows sipvane refuses.
     Invalid(Vec<String>),
 }
 
@@ -747,7 +747,7 @@ pub enum ResyncOutcome {
 ///
 /// Healthy: one read every `interval` (none if `interval` is zero: reads happen
 /// only when the caller calls [`Resync::poll`]). After a failed read (database
-/// unavailable, or rows siphon refuses) the current table is kept and the read
+/// unavailable, or rows sipvane refuses) the current table is kept and the read
 /// is retried after 1 s, 2 s, 4 s … 60 s until one succeeds. Every successful
 /// read rewrites the snapshot, if one is configured.
 #[derive(Debug)]
@@ -921,8 +921,8 @@ mod tests {
     #[test]
     fn redacts_userinfo_password_and_query_password() {
         assert_eq!(
-            redact_url("postgres://siphon:s3cret@db:5432/kamailio"),
-            "postgres://siphon:***@db:5432/kamailio"
+            redact_url("postgres://sipvane:s3cret@db:5432/kamailio"),
+            "postgres://sipvane:***@db:5432/kamailio"
         );
         assert_eq!(
             redact_url("mysql://u:p@ss@w0rd@db/k?ssl-mode=disabled"),

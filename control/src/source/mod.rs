@@ -10,7 +10,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 
 use dataplane::sip::Uri;
 
-/// Resolves a destination URI to the address siphon sends to. Runs on the
+/// Resolves a destination URI to the address sipvane sends to. Runs on the
 /// control thread, so a DNS lookup here never stalls a worker.
 pub fn resolve_uri(uri: &str) -> Result<SocketAddr, String> {
     let parsed = Uri::parse(uri.as_bytes()).map_err(|e| format!("bad URI {uri:?}: {e}"))?;

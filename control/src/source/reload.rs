@@ -49,9 +49,9 @@ impl ReloadHandle {
         self.tx
             .send(tx)
             .await
-            .map_err(|_| "siphon is shutting down".to_string())?;
+            .map_err(|_| "sipvane is shutting down".to_string())?;
         rx.await
-            .map_err(|_| "siphon is shutting down".to_string())?
+            .map_err(|_| "sipvane is shutting down".to_string())?
     }
 }
 
@@ -318,7 +318,7 @@ mod tests {
 
     #[tokio::test]
     async fn reload_swaps_and_reports_and_keeps_the_table_on_error() {
-        let dir = std::env::temp_dir().join(format!("siphon-reload-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("sipvane-reload-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = list(&dir, "1 sip:127.0.0.1:5080\n1 sip:127.0.0.1:5081\n");
         let table = dataplane::dispatch::shared(file::load(&path, Instant::now(), None).unwrap());

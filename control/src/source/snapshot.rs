@@ -1,13 +1,13 @@
 //! The snapshot of the last good destination table read from a database.
 //!
-//! siphon rewrites it after every successful read and uses it at start-up when
+//! sipvane rewrites it after every successful read and uses it at start-up when
 //! the database is unavailable. It is a Kamailio `dispatcher.list` file, so an
-//! operator can read it, `siphon check-config` can validate it, and in an
+//! operator can read it, `sipvane check-config` can validate it, and in an
 //! emergency it can serve as `source = "file:…"` (or as Kamailio's own list):
 //!
 //! ```text
-//! # siphon dispatcher snapshot (Kamailio dispatcher.list format: setid destination flags priority attrs)
-//! # source: postgres://siphon:***@db/kamailio (table dispatcher)
+//! # sipvane dispatcher snapshot (Kamailio dispatcher.list format: setid destination flags priority attrs)
+//! # source: postgres://sipvane:***@db/kamailio (table dispatcher)
 //! # written: 2026-11-23T18:52:49Z
 //! # destinations: 2
 //! # row id=1: Asterisk one
@@ -40,14 +40,14 @@ pub fn format_snapshot(
     };
     let mut out = String::with_capacity(160 + rows.len() * 96);
     out.push_str(
-        "# siphon dispatcher snapshot (Kamailio dispatcher.list format: \
+        "# sipvane dispatcher snapshot (Kamailio dispatcher.list format: \
          setid destination flags priority attrs)\n",
     );
     out.push_str(&format!("# source: {}\n", one_line(source_desc)));
     out.push_str(&format!("# written: {}\n", rfc3339_utc(written)));
     out.push_str(&format!("# destinations: {}\n", rows.len()));
     out.push_str(
-        "# siphon rewrites this file after every successful read of the source; edits are lost.\n",
+        "# sipvane rewrites this file after every successful read of the source; edits are lost.\n",
     );
     for r in rows {
         let description = one_line(&r.description);
@@ -237,7 +237,7 @@ fn parse_line(
     let (row_id, description) = match pending {
         Some((id, d)) => (id, d),
         None => {
-            // siphon's list format allows a description after the attributes.
+            // sipvane's list format allows a description after the attributes.
             let d = if trailing.starts_with('#') {
                 ""
             } else {
@@ -335,11 +335,11 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_secs(1_795_459_969);
         let text = format_snapshot(&rows, "postgres://u:***@db/k (table dispatcher)", t).unwrap();
         let expected = "\
-# siphon dispatcher snapshot (Kamailio dispatcher.list format: setid destination flags priority attrs)
+# sipvane dispatcher snapshot (Kamailio dispatcher.list format: setid destination flags priority attrs)
 # source: postgres://u:***@db/k (table dispatcher)
 # written: 2026-11-23T18:52:49Z
 # destinations: 3
-# siphon rewrites this file after every successful read of the source; edits are lost.
+# sipvane rewrites this file after every successful read of the source; edits are lost.
 # row id=1: Asterisk one
 1 sip:10.0.0.1:5060 8 10 weight=50;duid=ast1;maxload=500
 # row id=2
@@ -400,7 +400,7 @@ mod tests {
 
     #[test]
     fn write_is_atomic_and_loadable() {
-        let dir = std::env::temp_dir().join(format!("siphon-snap-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("sipvane-snap-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("dispatcher.snapshot");
         let rows = vec![def(1, 1, "sip:a", "weight=5", "d")];

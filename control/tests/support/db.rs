@@ -42,7 +42,7 @@ fn scratch_dir(tag: &str) -> PathBuf {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let dir = std::env::temp_dir().join(format!(
-        "siphon-{tag}-{}-{}-{nanos}",
+        "sipvane-{tag}-{}-{}-{nanos}",
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
@@ -50,9 +50,9 @@ fn scratch_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// Removes `siphon-{tag}-{pid}-…` directories whose process no longer exists.
+/// Removes `sipvane-{tag}-{pid}-…` directories whose process no longer exists.
 pub fn remove_stale(tag: &str) {
-    let prefix = format!("siphon-{tag}-");
+    let prefix = format!("sipvane-{tag}-");
     let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
         return;
     };
@@ -182,7 +182,7 @@ pub struct Postgres {
 }
 
 /// Superuser of the private PostgreSQL server.
-pub const PG_ADMIN: &str = "siphon_admin";
+pub const PG_ADMIN: &str = "sipvane_admin";
 /// Its password.
 pub const PG_ADMIN_PASSWORD: &str = "admin-Pw-1";
 

@@ -39,7 +39,7 @@ macro_rules! on_both_drivers {
 pub mod net;
 pub mod process;
 pub mod services;
-pub mod siphon;
+pub mod sipvane;
 pub mod sipp;
 
 #[allow(unused_imports)]
@@ -52,7 +52,7 @@ pub use process::{output_within, repo_root, require_binary, which, ChildGuard, W
 #[allow(unused_imports)]
 pub use services::{Service, ServiceKind};
 #[allow(unused_imports)]
-pub use siphon::{Counters, Siphon, SiphonBuilder};
+pub use sipvane::{Counters, Sipvane, SipvaneBuilder};
 #[allow(unused_imports)]
 pub use sipp::{
     require_sipp, scenarios_dir, RunningUac, Scenario, SippRun, SippStats, Uac, Uas, UasBuilder,

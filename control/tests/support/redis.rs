@@ -22,10 +22,10 @@ pub struct RedisServer {
     child: Option<Child>,
 }
 
-/// The `redis-server` binary: `$SIPHON_REDIS_SERVER` if it exists, else the first on
+/// The `redis-server` binary: `$SIPVANE_REDIS_SERVER` if it exists, else the first on
 /// `PATH`, else the usual install locations. Panics (failing the test, never skipping it) when absent.
 pub fn redis_server_bin() -> PathBuf {
-    let explicit = std::env::var_os("SIPHON_REDIS_SERVER").map(PathBuf::from);
+    let explicit = std::env::var_os("SIPVANE_REDIS_SERVER").map(PathBuf::from);
     let on_path = std::env::var_os("PATH")
         .map(|paths| {
             std::env::split_paths(&paths)
@@ -53,7 +53,7 @@ fn free_port() -> u16 {
 fn temp_dir(port: u16) -> PathBuf {
     static SEQ: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
-        "siphon-redis-{}-{}-{}",
+        "sipvane-redis-{}-{}-{}",
         std::process::id(),
         port,
         SEQ.fetch_add(1, Ordering::Relaxed)

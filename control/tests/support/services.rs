@@ -15,9 +15,9 @@ use super::process::repo_root;
 pub enum ServiceKind {
     /// redis-server; `url()` is `redis://127.0.0.1:PORT`.
     Redis,
-    /// PostgreSQL; `url()` is `postgres://siphon:siphon@127.0.0.1:PORT/siphon`.
+    /// PostgreSQL; `url()` is `postgres://sipvane:sipvane@127.0.0.1:PORT/sipvane`.
     Postgres,
-    /// MariaDB; `url()` is `mysql://siphon:siphon@127.0.0.1:PORT/siphon`.
+    /// MariaDB; `url()` is `mysql://sipvane:sipvane@127.0.0.1:PORT/sipvane`.
     Mariadb,
     /// RTPEngine (userspace); `url()` is `udp:127.0.0.1:PORT` (the ng socket).
     Rtpengine,
@@ -35,10 +35,10 @@ impl ServiceKind {
 
     fn url_key(self) -> &'static str {
         match self {
-            ServiceKind::Redis => "SIPHON_TEST_REDIS_URL",
-            ServiceKind::Postgres => "SIPHON_TEST_PG_URL",
-            ServiceKind::Mariadb => "SIPHON_TEST_MYSQL_URL",
-            ServiceKind::Rtpengine => "SIPHON_TEST_RTPENGINE",
+            ServiceKind::Redis => "SIPVANE_TEST_REDIS_URL",
+            ServiceKind::Postgres => "SIPVANE_TEST_PG_URL",
+            ServiceKind::Mariadb => "SIPVANE_TEST_MYSQL_URL",
+            ServiceKind::Rtpengine => "SIPVANE_TEST_RTPENGINE",
         }
     }
 }
@@ -75,17 +75,17 @@ impl Service {
         let port = match kind {
             ServiceKind::Redis => {
                 let p = free_tcp_port();
-                cmd.env("SIPHON_TEST_REDIS_PORT", p.to_string());
+                cmd.env("SIPVANE_TEST_REDIS_PORT", p.to_string());
                 p
             }
             ServiceKind::Postgres => {
                 let p = free_tcp_port();
-                cmd.env("SIPHON_TEST_PG_PORT", p.to_string());
+                cmd.env("SIPVANE_TEST_PG_PORT", p.to_string());
                 p
             }
             ServiceKind::Mariadb => {
                 let p = free_tcp_port();
-                cmd.env("SIPHON_TEST_MYSQL_PORT", p.to_string());
+                cmd.env("SIPVANE_TEST_MYSQL_PORT", p.to_string());
                 p
             }
             ServiceKind::Rtpengine => {
@@ -93,9 +93,9 @@ impl Service {
                 // A media port window of its own (rtpengine skips ports in use anyway).
                 let min = 30000 + (std::process::id() + n * 7) % 20 * 100;
                 media_ports = u16::try_from(min).ok().map(|m| (m, m + 99));
-                cmd.env("SIPHON_TEST_RTPENGINE_PORT", p.to_string())
-                    .env("SIPHON_TEST_RTP_PORT_MIN", min.to_string())
-                    .env("SIPHON_TEST_RTP_PORT_MAX", (min + 99).to_string());
+                cmd.env("SIPVANE_TEST_RTPENGINE_PORT", p.to_string())
+                    .env("SIPVANE_TEST_RTP_PORT_MIN", min.to_string())
+                    .env("SIPVANE_TEST_RTP_PORT_MAX", (min + 99).to_string());
                 p
             }
         };

@@ -257,7 +257,7 @@ fn base_command(
         .args(["-trace_screen", "-screen_file", "screen.log"])
         .stdin(Stdio::null())
         .stdout(Stdio::null());
-    if std::env::var_os("SIPHON_TEST_SIPP_TRACE").is_some_and(|v| v != "0") {
+    if std::env::var_os("SIPVANE_TEST_SIPP_TRACE").is_some_and(|v| v != "0") {
         cmd.args(["-trace_msg", "-message_file", "msg.log"]);
     }
     match std::fs::File::create(dir.file("stderr.log")) {

@@ -18,7 +18,7 @@ use super::hash::{hash_bytes, hash_uri, mix64, SplitMix64};
 use super::table::Set;
 
 /// A selection algorithm. The discriminant is Kamailio's number where it has
-/// one; the rendezvous variants are siphon's own.
+/// one; the rendezvous variants are sipvane's own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Algorithm {
     /// 0: hash over the Call-ID.
@@ -108,7 +108,7 @@ impl fmt::Display for Algorithm {
 /// Error of [`Algorithm::from_str`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AlgorithmParseError {
-    /// A Kamailio algorithm siphon does not implement.
+    /// A Kamailio algorithm sipvane does not implement.
     #[error("dispatcher algorithm {0} ({1}) is not supported")]
     Unsupported(u32, &'static str),
     /// Neither a known number nor a known name.

@@ -11,7 +11,7 @@
 //! character is `#` is a comment, and so is everything from a field that
 //! starts with `#` to the end of the line. The description is the rest of the
 //! line after the attributes (it may contain spaces); Kamailio keeps it only in
-//! its database table, siphon accepts it in the file too.
+//! its database table, sipvane accepts it in the file too.
 //!
 //! Defaults of the attributes (Kamailio's meaning is kept):
 //! - `weight` 0 = unset: the destination gets no share of algorithm 9 unless

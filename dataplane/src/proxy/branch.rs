@@ -1,4 +1,4 @@
-//! The Via branch siphon writes: it names the worker and the transaction.
+//! The Via branch sipvane writes: it names the worker and the transaction.
 //!
 //! `z9hG4bK` (RFC 3261 magic cookie) + `sp` + worker + `.` + slot + `.` +
 //! generation + `.` + attempt, all lower-case hex. A response therefore finds
@@ -15,7 +15,7 @@ use smallvec::SmallVec;
 
 pub const PREFIX: &[u8] = b"z9hG4bKsp";
 
-/// What siphon encoded into a branch it generated.
+/// What sipvane encoded into a branch it generated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Branch {
     pub worker: u16,
@@ -38,7 +38,7 @@ impl Branch {
         out
     }
 
-    /// Decodes a branch siphon wrote; anything else (another proxy's branch,
+    /// Decodes a branch sipvane wrote; anything else (another proxy's branch,
     /// a tampered one) is `None`.
     pub fn parse(b: &[u8]) -> Option<Branch> {
         let rest = b.strip_prefix(PREFIX)?;

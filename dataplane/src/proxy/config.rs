@@ -8,7 +8,7 @@ use super::media::MediaShared;
 use crate::dispatch::{Algorithm, HealthPolicy};
 use crate::txn::TimerConfig;
 
-/// What to do with a request whose Request-URI names a domain siphon does not serve.
+/// What to do with a request whose Request-URI names a domain sipvane does not serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UnknownDomain {
     /// Forward it to the host in its Request-URI, like any plain proxy.
@@ -39,7 +39,7 @@ pub enum SetRule {
 /// Everything a worker needs to route, shared read-only by all workers.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
-    /// Host or IP written into the Via and Record-Route siphon adds.
+    /// Host or IP written into the Via and Record-Route sipvane adds.
     pub advertise: String,
     /// IP addresses that also mean "this proxy" in a Route or Request-URI.
     pub local_hosts: Vec<String>,
@@ -50,7 +50,7 @@ pub struct ProxyConfig {
     pub algorithm: Algorithm,
     pub default_set: u32,
     pub rules: Vec<SetRule>,
-    /// Final responses from a destination that make siphon try the next one.
+    /// Final responses from a destination that make sipvane try the next one.
     pub failover_codes: Vec<u16>,
     pub timers: TimerConfig,
     pub health: HealthPolicy,
@@ -99,7 +99,7 @@ impl Default for ProxyConfig {
             record_route: true,
             domains: Vec::new(),
             unknown_domain: UnknownDomain::Relay,
-            server_header: "siphon".into(),
+            server_header: "sipvane".into(),
             dialog_timeout: Duration::from_secs(12 * 3600),
             balance_by_call_id: false,
             key_seed: [0x5195_0a11, 0x7e57, 0xd1a1, 0x0c0de],

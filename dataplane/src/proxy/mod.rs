@@ -98,7 +98,7 @@ pub struct Worker {
     expired: Vec<TxnId>,
     /// "sip:ADVERTISE:PRIVATE_PORT;lr", written into Record-Route.
     record_route: Vec<u8>,
-    /// The To-tag of replies siphon generates itself.
+    /// The To-tag of replies sipvane generates itself.
     local_tag: Vec<u8>,
     stats: Arc<ProxyStats>,
     /// Where call events go; `None` (the default) builds none.
@@ -322,7 +322,7 @@ impl Worker {
                     msg,
                     482,
                     None,
-                    Some(b"Route points back at siphon"),
+                    Some(b"Route points back at sipvane"),
                     out,
                 );
                 return;
@@ -346,7 +346,7 @@ impl Worker {
                 return;
             };
             if self.cfg.owner_of(ruri.host, ruri.port).is_some() {
-                // In-dialog, no route set and addressed to siphon itself (e.g.
+                // In-dialog, no route set and addressed to sipvane itself (e.g.
                 // a UA's clean-up BYE): there is nowhere to take it.
                 self.reply(socket, src, msg, 404, None, Some(b"Not here"), out);
                 return;
@@ -370,7 +370,7 @@ impl Worker {
                 return;
             };
             if self.cfg.owner_of(ruri.host, ruri.port).is_some() && method == Method::Options {
-                // Keepalive addressed to siphon itself.
+                // Keepalive addressed to sipvane itself.
                 self.reply_options(socket, src, msg, out);
                 return;
             }
@@ -938,7 +938,7 @@ impl Worker {
         let dst = match next {
             Some(a) => a,
             None => match msg.ruri() {
-                // An R-URI naming siphon itself would loop back here.
+                // An R-URI naming sipvane itself would loop back here.
                 Ok(u) if self.cfg.owner_of(u.host, u.port).is_none() => match uri_addr(&u) {
                     Some(a) => a,
                     None => {
@@ -997,7 +997,7 @@ impl Worker {
             return;
         };
         let Some(b) = via.branch.and_then(Branch::parse) else {
-            // Not a Via siphon wrote: nothing to do with it.
+            // Not a Via sipvane wrote: nothing to do with it.
             bump(&self.stats.stray_responses);
             return;
         };
@@ -1237,7 +1237,7 @@ impl Worker {
         }
     }
 
-    /// Sends a final response siphon makes itself for the transaction.
+    /// Sends a final response sipvane makes itself for the transaction.
     fn reply_final(
         &mut self,
         now: Instant,
@@ -1812,7 +1812,7 @@ fn route_uri(entry: &[u8]) -> Option<Uri<'_>> {
     Uri::parse(inner).ok()
 }
 
-/// The address of an IP-literal URI; siphon resolves no names on a worker.
+/// The address of an IP-literal URI; sipvane resolves no names on a worker.
 fn uri_addr(uri: &Uri<'_>) -> Option<SocketAddr> {
     let ip = parse_ip(uri.host)?;
     let default = if uri.scheme.eq_ignore_ascii_case(b"sips") {
@@ -1914,7 +1914,7 @@ mod tests {
             .collect()
     }
 
-    /// A response to the request siphon forwarded, as the destination sends it.
+    /// A response to the request sipvane forwarded, as the destination sends it.
     fn answer(forwarded: &str, code: u16, to_tag: &str) -> Vec<u8> {
         let msg = parse(forwarded.as_bytes()).expect("forwarded parses");
         let mut out = Vec::new();
@@ -1956,7 +1956,7 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].0, CALLER.parse().unwrap());
         assert!(s[0].1.starts_with("SIP/2.0 200 "));
-        assert!(!s[0].1.contains("z9hG4bKsp"), "siphon's Via must be popped");
+        assert!(!s[0].1.contains("z9hG4bKsp"), "sipvane's Via must be popped");
         assert_eq!(w.occupancy().1, 1, "one dialog");
         assert_eq!(w.stats().snapshot().calls_answered, 1);
 

@@ -74,7 +74,7 @@ counters! {
     replies_6xx: "6xx replies sent upstream.",
     stateless_forwards: "Responses and ACKs relayed without a transaction.",
     stray_responses: "Responses dropped because no transaction or Via matched.",
-    unmatched_acks: "ACKs dropped because they matched no transaction and route nowhere (e.g. the ACK for a 503 siphon sent without one).",
+    unmatched_acks: "ACKs dropped because they matched no transaction and route nowhere (e.g. the ACK for a 503 sipvane sent without one).",
     handoffs: "Datagrams handed to the worker that owns them.",
     loops: "Requests rejected with 483 (Max-Forwards exhausted).",
     dialogs_created: "Dialogs created (2xx to INVITE).",

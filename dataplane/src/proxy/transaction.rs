@@ -38,7 +38,7 @@ pub(crate) struct ProxyTxn {
     /// The last response sent upstream, resent on retransmitted requests.
     pub last_response: Vec<u8>,
     pub client: Option<ClientTx>,
-    /// The CANCEL siphon sent for the current attempt.
+    /// The CANCEL sipvane sent for the current attempt.
     pub cancel: Option<ClientTx>,
     pub attempt: u8,
     pub target: Target,

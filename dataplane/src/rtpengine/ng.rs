@@ -69,18 +69,18 @@ pub enum FlagsError {
         /// Its value.
         value: String,
     },
-    /// A flag that names per-message data siphon fills in itself.
+    /// A flag that names per-message data sipvane fills in itself.
     #[error("rtpengine flag {0:?} is taken from the SIP message and cannot be configured")]
     NotConfigurable(String),
     /// `key=value` whose key is a field the request or another flag sets.
-    #[error("rtpengine flag {0:?} clashes with a field siphon sets")]
+    #[error("rtpengine flag {0:?} clashes with a field sipvane sets")]
     Reserved(String),
     /// The same `key=value` key twice.
     #[error("rtpengine flag {0:?} given twice")]
     Duplicate(String),
 }
 
-/// ng commands siphon sends.
+/// ng commands sipvane sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Command {
     /// Liveness check; the reply's result is `pong`.
@@ -144,7 +144,7 @@ impl fmt::Display for Cookie {
 /// RTPEngine caches each reply under its cookie for a while and answers a
 /// repeated cookie from that cache — that is how retransmissions stay
 /// idempotent. So cookies must never repeat, not even across a restart of
-/// siphon while the engine keeps running: `instance` should differ per
+/// sipvane while the engine keeps running: `instance` should differ per
 /// process start (the driver picks it, e.g. from the start time or a random
 /// number; the sans-IO core cannot). `worker` keeps workers apart; `seq`
 /// counts requests.
@@ -327,7 +327,7 @@ pub enum FlagValue {
 ///
 /// Words are separated by whitespace. `call-id`, `from-tag`, `to-tag`,
 /// `via-branch` and `force-answer` name per-message data and are refused;
-/// `directional` is accepted and ignored (siphon always sends the from-tag).
+/// `directional` is accepted and ignored (sipvane always sends the from-tag).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NgFlags {
     flags: Vec<String>,

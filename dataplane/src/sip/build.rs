@@ -49,7 +49,7 @@ pub struct ReplyOpts<'a> {
     pub to_tag: Option<&'a [u8]>,
     /// `Retry-After: N` (with 503 when shedding load).
     pub retry_after: Option<u32>,
-    /// `Warning: 399 siphon "text"`; quotes and backslashes are escaped,
+    /// `Warning: 399 sipvane "text"`; quotes and backslashes are escaped,
     /// control characters replaced by spaces.
     pub warning: Option<&'a [u8]>,
     /// Additional `(name, value)` header lines, written as given.
@@ -414,7 +414,7 @@ pub fn reply(
             out.extend_from_slice(CRLF);
         }
         if let Some(text) = o.warning {
-            out.extend_from_slice(b"Warning: 399 siphon \"");
+            out.extend_from_slice(b"Warning: 399 sipvane \"");
             for &b in text {
                 match b {
                     b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
@@ -845,7 +845,7 @@ xyz";
             retry_after: Some(5),
             warning: Some(b"no \"capacity\"\n"),
             extra_headers: extra,
-            server: Some(b"siphon"),
+            server: Some(b"sipvane"),
         };
         reply(&m, 503, reason_phrase(503), &o, &mut out).unwrap();
         assert_eq!(
@@ -858,8 +858,8 @@ To: <sip:bob@example.com>;tag=t1\r\n\
 Call-ID: abc@10.0.0.1\r\n\
 CSeq: 7 INVITE\r\n\
 Retry-After: 5\r\n\
-Warning: 399 siphon \"no \\\"capacity\\\" \"\r\n\
-Server: siphon\r\n\
+Warning: 399 sipvane \"no \\\"capacity\\\" \"\r\n\
+Server: sipvane\r\n\
 X-Reason: overload\r\n\
 Content-Length: 0\r\n\r\n"
         );

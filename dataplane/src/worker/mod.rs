@@ -1,7 +1,7 @@
 //! Thin I/O shells that run a sans-IO [`Core`] on each worker thread.
 //!
 //! [`start`] binds every socket up front (bind errors surface synchronously, naming
-//! the address), then spawns one named thread per worker (`siphon-w0`, ...), which
+//! the address), then spawns one named thread per worker (`sipvane-w0`, ...), which
 //! builds its core with the caller's factory (so cores need not be `Send`) and runs
 //! a driver loop: io_uring (multishot `RecvMsg` over a provided-buffer ring, batched
 //! `SendMsg`) or epoll via mio. Both drivers share the bookkeeping in `shell`:
@@ -245,7 +245,7 @@ where
         let make_core = Arc::clone(&make_core);
         let tx = tx.clone();
         let spawned = std::thread::Builder::new()
-            .name(format!("siphon-w{index}"))
+            .name(format!("sipvane-w{index}"))
             .spawn(move || worker_main(ctx, spec.cpu, sockets, poll, shared, &*make_core, tx));
         match spawned {
             Ok(h) => pool.threads.push(h),
@@ -312,7 +312,7 @@ fn uring_available() -> io::Result<()> {
         std::sync::OnceLock::new();
     let verdict = VERDICT.get_or_init(|| {
         let probed = std::thread::Builder::new()
-            .name("siphon-probe".into())
+            .name("sipvane-probe".into())
             .spawn(uring::probe)
             .map_err(|e| (e.kind(), e.to_string()))?
             .join();

@@ -745,7 +745,7 @@ mod tests {
     /// datagram is still echoed.
     #[test]
     fn rearms_multishot_after_buffer_exhaustion() {
-        if std::env::var_os("SIPHON_SKIP_URING").is_some() {
+        if std::env::var_os("SIPVANE_SKIP_URING").is_some() {
             return;
         }
         const N: usize = 40;
@@ -794,7 +794,7 @@ mod tests {
 
     #[test]
     fn oversized_datagram_is_counted_as_truncated() {
-        if std::env::var_os("SIPHON_SKIP_URING").is_some() {
+        if std::env::var_os("SIPVANE_SKIP_URING").is_some() {
             return;
         }
         let server = UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -1,4 +1,4 @@
-//! Runs the real `siphon` binary for a test: a generated config and
+//! Runs the real `sipvane` binary for a test: a generated config and
 //! dispatcher list in a scratch dir, loopback ports only, stopped (SIGTERM)
 //! when the handle is dropped.
 
@@ -12,8 +12,8 @@ use super::net::{
 };
 use super::process::{ChildGuard, WorkDir};
 
-/// How to start siphon.
-pub struct SiphonBuilder {
+/// How to start sipvane.
+pub struct SipvaneBuilder {
     name: String,
     io: String,
     workers: usize,
@@ -25,7 +25,7 @@ pub struct SiphonBuilder {
     mgmt_token: String,
 }
 
-impl SiphonBuilder {
+impl SipvaneBuilder {
     /// "uring" or "epoll".
     pub fn io(mut self, io: &str) -> Self {
         self.io = io.to_string();
@@ -70,13 +70,13 @@ impl SiphonBuilder {
         self
     }
 
-    /// Starts siphon and waits until it answers OPTIONS. Ports are picked
-    /// free just before, so another process may grab one in between; siphon
+    /// Starts sipvane and waits until it answers OPTIONS. Ports are picked
+    /// free just before, so another process may grab one in between; sipvane
     /// then exits with "Address already in use" and is started again on
     /// fresh ports (up to 3 times).
-    pub fn start(self) -> Siphon {
-        let bin = env!("CARGO_BIN_EXE_siphon");
-        let mut dir = WorkDir::new("siphon", &self.name);
+    pub fn start(self) -> Sipvane {
+        let bin = env!("CARGO_BIN_EXE_sipvane");
+        let mut dir = WorkDir::new("sipvane", &self.name);
         let list = dir.file("dispatcher.list");
         std::fs::write(&list, self.destinations.join("\n") + "\n").expect("write dispatcher.list");
         for attempt in 1..=3 {
@@ -99,10 +99,10 @@ impl SiphonBuilder {
                 self.algorithm,
                 self.extra_toml
             );
-            let cfg_path = dir.file("siphon.toml");
-            std::fs::write(&cfg_path, &cfg).expect("write siphon.toml");
-            let log_path = dir.file("siphon.log");
-            let log = std::fs::File::create(&log_path).expect("create siphon.log");
+            let cfg_path = dir.file("sipvane.toml");
+            std::fs::write(&cfg_path, &cfg).expect("write sipvane.toml");
+            let log_path = dir.file("sipvane.log");
+            let log = std::fs::File::create(&log_path).expect("create sipvane.log");
             let log2 = log.try_clone().expect("clone log handle");
             let child = ChildGuard::spawn(
                 Command::new(bin)
@@ -114,9 +114,9 @@ impl SiphonBuilder {
                     .stdout(log)
                     .stderr(log2),
             )
-            .expect("spawn siphon");
+            .expect("spawn sipvane");
             let addr = localhost(port);
-            let mut s = Siphon {
+            let mut s = Sipvane {
                 child,
                 dir,
                 addr,
@@ -140,7 +140,7 @@ impl SiphonBuilder {
                     dir = s.into_dir();
                     continue;
                 }
-                panic!("siphon did not answer OPTIONS on {addr}\nconfig:\n{cfg}\nlog:\n{log}");
+                panic!("sipvane did not answer OPTIONS on {addr}\nconfig:\n{cfg}\nlog:\n{log}");
             }
             return s.ready();
         }
@@ -148,20 +148,20 @@ impl SiphonBuilder {
     }
 }
 
-impl Siphon {
-    /// The scratch directory back from a siphon that exited at start.
+impl Sipvane {
+    /// The scratch directory back from a sipvane that exited at start.
     fn into_dir(self) -> WorkDir {
-        let Siphon { dir, .. } = self;
+        let Sipvane { dir, .. } = self;
         dir
     }
 
     /// Waits for the management API too, once SIP answers.
-    fn ready(self) -> Siphon {
+    fn ready(self) -> Sipvane {
         let mgmt = self.mgmt;
         let s = self;
         if !wait_for_tcp_listener(mgmt, Duration::from_secs(5)) {
             panic!(
-                "siphon's management API is not listening on {mgmt}\nlog:\n{}",
+                "sipvane's management API is not listening on {mgmt}\nlog:\n{}",
                 s.log()
             );
         }
@@ -169,17 +169,17 @@ impl Siphon {
     }
 }
 
-/// A running siphon.
-pub struct Siphon {
+/// A running sipvane.
+pub struct Sipvane {
     child: ChildGuard,
     dir: WorkDir,
     addr: SocketAddr,
     mgmt: SocketAddr,
 }
 
-impl Siphon {
-    pub fn builder(name: &str) -> SiphonBuilder {
-        SiphonBuilder {
+impl Sipvane {
+    pub fn builder(name: &str) -> SipvaneBuilder {
+        SipvaneBuilder {
             name: name.to_string(),
             io: "auto".into(),
             workers: 2,
@@ -203,7 +203,7 @@ impl Siphon {
     }
 
     pub fn log(&self) -> String {
-        self.dir.read("siphon.log")
+        self.dir.read("sipvane.log")
     }
 
     /// The generated dispatcher.list (rewrite it, then reload).
@@ -233,19 +233,19 @@ impl Siphon {
         false
     }
 
-    /// Stops siphon with SIGTERM and returns its final counters.
+    /// Stops sipvane with SIGTERM and returns its final counters.
     pub fn stop(&mut self) -> Counters {
         let status = self.child.stop(libc::SIGTERM, Duration::from_secs(10));
         let log = self.log();
         assert!(
             status.is_some_and(|s| s.success()),
-            "siphon did not exit cleanly ({status:?}); log:\n{log}"
+            "sipvane did not exit cleanly ({status:?}); log:\n{log}"
         );
         Counters::from_log(&log).unwrap_or_else(|| panic!("no counters line in log:\n{log}"))
     }
 }
 
-/// The `siphon: counters name=value ...` line siphon prints when it stops.
+/// The `sipvane: counters name=value ...` line sipvane prints when it stops.
 #[derive(Debug)]
 pub struct Counters(pub BTreeMap<String, u64>);
 
@@ -254,7 +254,7 @@ impl Counters {
         let line = log
             .lines()
             .rev()
-            .find_map(|l| l.strip_prefix("siphon: counters "))?;
+            .find_map(|l| l.strip_prefix("sipvane: counters "))?;
         Some(Counters(
             line.split_whitespace()
                 .filter_map(|kv| {
