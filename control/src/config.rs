@@ -196,11 +196,44 @@ string_enum! {
 
 string_enum! {
     /// What to do with a request for a domain not in `proxy.domains`.
-    pub enum UnknownDomain (default Relay) {
-        /// Route it like any other request.
+    pub enum UnknownDomain (default Reject) {
+        /// Forward it to the Request-URI host, for trusted sources only
+        /// (`security.trusted_sources`); everyone else gets 404.
         Relay => "relay",
         /// Answer 404 Not Found.
         Reject => "reject",
+    }
+}
+
+string_enum! {
+    /// What an initial request's pre-loaded Route headers get (`security.preloaded_route`).
+    pub enum PreloadedRoute (default Strip) {
+        /// Removed, the request routed by its Request-URI (Kamailio's default script).
+        Strip => "strip",
+        /// 403 for untrusted sources; a trusted source's are removed.
+        Reject => "reject",
+        /// Followed for trusted sources; removed for everyone else.
+        Follow => "follow",
+    }
+}
+
+string_enum! {
+    /// Where an untrusted peer's in-dialog request may be relayed (`security.dialog_targets`).
+    pub enum DialogTargets (default Known) {
+        /// Only to dispatcher destinations' addresses and trusted networks.
+        Known => "known",
+        /// Wherever the route set or Request-URI says (Kamailio's `loose_route`).
+        Any => "any",
+    }
+}
+
+string_enum! {
+    /// What a source over its rate gets (`security.flood.action`).
+    pub enum FloodAction (default Reply) {
+        /// A stateless 503 + Retry-After (block_s) to requests; ACKs and responses dropped.
+        Reply => "reply",
+        /// Dropped silently.
+        Drop => "drop",
     }
 }
 
@@ -587,6 +620,8 @@ pub struct Config {
     pub mgmt: MgmtConfig,
     /// `[log]`: logging.
     pub log: LogConfig,
+    /// `[security]`: trust boundaries and flood limits.
+    pub security: SecurityConfig,
 }
 
 /// `[proxy]`
@@ -610,7 +645,7 @@ pub struct ProxyConfig {
     pub io: IoMode,
     /// Domains this proxy serves (Request-URI host). Empty (default): every domain.
     pub domains: Vec<String>,
-    /// What to do with other domains when `domains` is not empty. Default `relay`.
+    /// What to do with other domains when `domains` is not empty. Default `reject`.
     pub unknown_domain: UnknownDomain,
     /// Maximum concurrent transactions per worker. Default 262144.
     pub max_transactions: u32,
@@ -638,7 +673,7 @@ impl Default for ProxyConfig {
             advertise: None,
             io: IoMode::Auto,
             domains: Vec::new(),
-            unknown_domain: UnknownDomain::Relay,
+            unknown_domain: UnknownDomain::Reject,
             max_transactions: 262_144,
             max_dialogs: 262_144,
             overload_watermark: 0.9,
@@ -945,6 +980,60 @@ impl Default for LogConfig {
 // Errors
 // ---------------------------------------------------------------------------------------
 
+/// `[security]`: who may do what (docs/security.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// CIDRs whose requests may follow pre-loaded routes, reach any in-dialog
+    /// target and relay to domains not served, and are exempt from flood
+    /// limits. Dispatcher destinations are trusted by address and port anyway.
+    /// Default: none.
+    pub trusted_sources: Vec<String>,
+    /// Pre-loaded Route headers of initial requests. Default `strip`.
+    pub preloaded_route: PreloadedRoute,
+    /// Where untrusted in-dialog requests may go. Default `known`.
+    pub dialog_targets: DialogTargets,
+    /// `[security.flood]`: per-source rate limit.
+    pub flood: FloodConfig,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            trusted_sources: Vec::new(),
+            preloaded_route: PreloadedRoute::Strip,
+            dialog_targets: DialogTargets::Known,
+            flood: FloodConfig::default(),
+        }
+    }
+}
+
+/// `[security.flood]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FloodConfig {
+    /// Requests per second one source IP may send (per worker that receives
+    /// them); 0 (default) turns the limit off.
+    pub per_source_rps: u32,
+    /// How long a source over its rate stays blocked, in seconds. Default 10.
+    pub block_s: u32,
+    /// What a blocked source's requests get. Default `reply` (503).
+    pub action: FloodAction,
+    /// Sources tracked per worker; beyond it the quietest are forgotten. Default 65536.
+    pub max_sources: u32,
+}
+
+impl Default for FloodConfig {
+    fn default() -> Self {
+        FloodConfig {
+            per_source_rps: 0,
+            block_s: 10,
+            action: FloodAction::Reply,
+            max_sources: 65_536,
+        }
+    }
+}
+
 /// One step of a key path: `dispatcher.rules[1].prefix` is
 /// `[Key("dispatcher"), Key("rules"), Index(1), Key("prefix")]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1119,6 +1208,7 @@ impl Config {
         self.validate_rtpengine(&mut v);
         self.validate_events(&mut v);
         self.validate_mgmt_log(&mut v);
+        self.validate_security(&mut v);
         v.problems
     }
 
@@ -1430,6 +1520,30 @@ impl Config {
         }
     }
 
+    fn validate_security(&self, v: &mut Validator) {
+        let sec = &self.security;
+        for (i, c) in sec.trusted_sources.iter().enumerate() {
+            if parse_cidr(c).is_err() {
+                v.err(
+                    vec![key("security"), key("trusted_sources"), PathSeg::Index(i)],
+                    format!(
+                        "trusted_sources entries must be IP addresses or CIDRs like \"10.0.0.0/8\" (got \"{c}\")"
+                    ),
+                );
+            }
+        }
+        let at = |k: &str| vec![key("security"), key("flood"), key(k)];
+        if sec.flood.per_source_rps > 0 && sec.flood.block_s == 0 {
+            v.err(
+                at("block_s"),
+                "block_s must be ≥ 1 when per_source_rps is set".into(),
+            );
+        }
+        if sec.flood.max_sources == 0 {
+            v.err(at("max_sources"), "max_sources must be ≥ 1".into());
+        }
+    }
+
     fn validate_mgmt_log(&self, v: &mut Validator) {
         if self
             .mgmt
@@ -1463,6 +1577,17 @@ impl Validator {
     fn err(&mut self, path: Vec<PathSeg>, message: String) {
         self.problems.push(Problem { path, message });
     }
+}
+
+/// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a single address (a /32 or /128).
+pub fn parse_cidr(s: &str) -> Result<dataplane::route::Cidr, String> {
+    let s = s.trim();
+    if let Ok(net) = s.parse::<dataplane::route::Cidr>() {
+        return Ok(net.trunc());
+    }
+    s.parse::<IpAddr>()
+        .map(dataplane::route::Cidr::from)
+        .map_err(|e| e.to_string())
 }
 
 /// RFC 3261 `token` characters (method names).

@@ -128,8 +128,36 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
         },
         server_header: cfg.proxy.server_header.clone(),
         balance_by_call_id: cfg.proxy.balance == crate::config::Balance::Callid,
-        key_seed: random_seed(),
+        key_seed: random_seed()?,
+        branch_secret: random_seed()?,
+        epoch: random_seed()?[0] as u32,
         media: media_config(cfg, workers)?.map(Arc::new),
+        trusted_sources: cfg
+            .security
+            .trusted_sources
+            .iter()
+            .map(|c| {
+                crate::config::parse_cidr(c)
+                    .map_err(|e| anyhow!("security.trusted_sources: {c}: {e}"))
+            })
+            .collect::<Result<_>>()?,
+        preloaded_route: match cfg.security.preloaded_route {
+            crate::config::PreloadedRoute::Strip => dataplane::route::PreloadedRoute::Strip,
+            crate::config::PreloadedRoute::Reject => dataplane::route::PreloadedRoute::Reject,
+            crate::config::PreloadedRoute::Follow => dataplane::route::PreloadedRoute::Follow,
+        },
+        dialog_targets: match cfg.security.dialog_targets {
+            crate::config::DialogTargets::Known => dataplane::route::DialogTargets::Known,
+            crate::config::DialogTargets::Any => dataplane::route::DialogTargets::Any,
+        },
+        flood: (cfg.security.flood.per_source_rps > 0).then(|| {
+            dataplane::proxy::flood::FloodLimits {
+                per_source_rps: cfg.security.flood.per_source_rps,
+                block: std::time::Duration::from_secs(u64::from(cfg.security.flood.block_s)),
+                drop: cfg.security.flood.action == crate::config::FloodAction::Drop,
+                max_sources: cfg.security.flood.max_sources as usize,
+            }
+        }),
         ..ProxyConfig::default()
     })
 }
@@ -160,7 +188,7 @@ fn media_config(cfg: &Config, workers: usize) -> Result<Option<MediaShared>> {
         ),
     };
     // Cookies must differ per process start (RTPEngine caches replies by cookie).
-    let instance = random_seed()[0] as u32;
+    let instance = random_seed()?[0] as u32;
     Ok(Some(MediaShared::new(media, workers, instance)))
 }
 
@@ -402,10 +430,16 @@ pub fn run(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Per-process random seed for the transaction/dialog key hash, from the OS
-/// randomness std's hash maps are seeded with.
-fn random_seed() -> [u64; 4] {
-    use std::hash::BuildHasher;
-    let state = std::collections::hash_map::RandomState::new();
-    [0u64, 1, 2, 3].map(|i| state.hash_one(i))
+/// Per-process secret from the OS random source: keys of the transaction and
+/// dialog hash, of the branch seal and local To-tags, the process epoch and
+/// the RTPEngine cookie space. Without OS randomness sipvane cannot keep its
+/// transactions unforgeable, so it refuses to start.
+fn random_seed() -> Result<[u64; 4]> {
+    let mut bytes = [0u8; 32];
+    getrandom::getrandom(&mut bytes).map_err(|e| anyhow!("the OS random source failed: {e}"))?;
+    let mut out = [0u64; 4];
+    for (o, chunk) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+        *o = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+    }
+    Ok(out)
 }

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use control::api::model::{Dialogs, Dispatcher, ErrorStats, Health, Status};
 use serde_json::Value;
-use support::{free_tcp_port, free_udp_addr, free_udp_port, localhost, Scenario, Sipvane, Uac, Uas};
+use support::{
+    free_tcp_port, free_udp_addr, free_udp_port, localhost, Scenario, Sipvane, Uac, Uas,
+};
 
 const RUN_LIMIT: Duration = Duration::from_secs(40);
 const SETTLE: Duration = Duration::from_secs(10);
@@ -205,7 +207,10 @@ fn api_follows_real_calls_and_steers_them() {
 
     let (code, metrics) = http("GET", mgmt, "/metrics", None, None);
     assert_eq!(code, 200);
-    assert_eq!(sample(&metrics, "sipvane_initial_invites_total"), Some(40.0));
+    assert_eq!(
+        sample(&metrics, "sipvane_initial_invites_total"),
+        Some(40.0)
+    );
     assert_eq!(sample(&metrics, "sipvane_calls_answered_total"), Some(40.0));
     assert!(
         sample(&metrics, "sipvane_replies_total{class=\"2xx\"}").is_some_and(|v| v >= 80.0),

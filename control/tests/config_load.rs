@@ -31,7 +31,12 @@ fn defaults_match_the_documented_contract() {
     assert_eq!(p.advertise_host(), "127.0.0.1");
     assert_eq!(p.io, IoMode::Auto);
     assert!(p.domains.is_empty());
-    assert_eq!(p.unknown_domain, UnknownDomain::Relay);
+    assert_eq!(p.unknown_domain, UnknownDomain::Reject);
+    let s = &c.security;
+    assert!(s.trusted_sources.is_empty());
+    assert_eq!(s.preloaded_route, control::config::PreloadedRoute::Strip);
+    assert_eq!(s.dialog_targets, control::config::DialogTargets::Known);
+    assert_eq!((s.flood.per_source_rps, s.flood.block_s), (0, 10));
     assert_eq!(p.max_transactions, 262_144);
     assert_eq!(p.max_dialogs, 262_144);
     assert_eq!(p.overload_watermark, 0.9);

@@ -236,7 +236,9 @@ fn retransmitted_invite_is_absorbed(io: &str) {
     let caller = UdpSocket::bind("127.0.0.1:0").expect("bind caller");
     let me = caller.local_addr().expect("addr");
     let msg = invite(me, sipvane.addr(), "z9hG4bK-retrans-1", 70);
-    caller.send_to(msg.as_bytes(), sipvane.addr()).expect("send");
+    caller
+        .send_to(msg.as_bytes(), sipvane.addr())
+        .expect("send");
     std::thread::sleep(Duration::from_millis(50));
     caller
         .send_to(msg.as_bytes(), sipvane.addr())
@@ -277,7 +279,9 @@ fn bad_requests_get_clear_answers(io: &str) {
 
     // Max-Forwards exhausted → 483.
     let msg = invite(me, sipvane.addr(), "z9hG4bK-mf0", 0);
-    caller.send_to(msg.as_bytes(), sipvane.addr()).expect("send");
+    caller
+        .send_to(msg.as_bytes(), sipvane.addr())
+        .expect("send");
     let got = drain(&caller, Duration::from_millis(300));
     assert_eq!(
         got.iter()
@@ -289,7 +293,9 @@ fn bad_requests_get_clear_answers(io: &str) {
     // A broken CSeq → 400 naming the problem.
     let msg = invite(me, sipvane.addr(), "z9hG4bK-badcseq", 70)
         .replace("CSeq: 1 INVITE", "CSeq: x INVITE");
-    caller.send_to(msg.as_bytes(), sipvane.addr()).expect("send");
+    caller
+        .send_to(msg.as_bytes(), sipvane.addr())
+        .expect("send");
     let got = drain(&caller, Duration::from_millis(300));
     assert_eq!(got.len(), 1);
     assert_eq!(status_code(&got[0]), Some(400));
@@ -312,7 +318,9 @@ fn bad_requests_get_clear_answers(io: &str) {
         .replacen("INVITE sip:100@", "BYE sip:100@", 1)
         .replace("CSeq: 1 INVITE", "CSeq: 2 BYE")
         .replace(">\r\nCall-ID", ">;tag=callee1\r\nCall-ID");
-    caller.send_to(bye.as_bytes(), sipvane.addr()).expect("send");
+    caller
+        .send_to(bye.as_bytes(), sipvane.addr())
+        .expect("send");
     let got = drain(&caller, Duration::from_millis(300));
     assert_eq!(
         got.iter()

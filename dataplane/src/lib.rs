@@ -7,6 +7,7 @@
 pub mod dialog;
 pub mod dispatch;
 pub mod proxy;
+pub mod route;
 pub mod rtpengine;
 pub mod sip;
 pub mod txn;

@@ -39,8 +39,8 @@ macro_rules! on_both_drivers {
 pub mod net;
 pub mod process;
 pub mod services;
-pub mod sipvane;
 pub mod sipp;
+pub mod sipvane;
 
 #[allow(unused_imports)]
 pub use net::{
@@ -52,8 +52,8 @@ pub use process::{output_within, repo_root, require_binary, which, ChildGuard, W
 #[allow(unused_imports)]
 pub use services::{Service, ServiceKind};
 #[allow(unused_imports)]
-pub use sipvane::{Counters, Sipvane, SipvaneBuilder};
-#[allow(unused_imports)]
 pub use sipp::{
     require_sipp, scenarios_dir, RunningUac, Scenario, SippRun, SippStats, Uac, Uas, UasBuilder,
 };
+#[allow(unused_imports)]
+pub use sipvane::{Counters, Sipvane, SipvaneBuilder};

@@ -121,6 +121,7 @@ impl SipvaneBuilder {
                 dir,
                 addr,
                 mgmt,
+                private_base,
             };
             let deadline = std::time::Instant::now() + Duration::from_secs(15);
             let mut answered = false;
@@ -175,6 +176,7 @@ pub struct Sipvane {
     dir: WorkDir,
     addr: SocketAddr,
     mgmt: SocketAddr,
+    private_base: u16,
 }
 
 impl Sipvane {
@@ -195,6 +197,11 @@ impl Sipvane {
     /// The public SIP address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Worker `i`'s private address (what its Via and Record-Route name).
+    pub fn private_addr(&self, i: u16) -> SocketAddr {
+        SocketAddr::new(self.addr.ip(), self.private_base + i)
     }
 
     /// The management API's address (`http://{mgmt_addr}/status`).

@@ -3,9 +3,9 @@
 //! workers without locks. Only the per-destination [`DestStats`] change
 //! between snapshots, through atomics.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -499,6 +499,11 @@ pub struct DestId {
 pub struct Table {
     sets: Vec<Set>,
     epoch: Instant,
+    /// Every destination's address, for the trust checks of the relay
+    /// policy (a destination's own requests are trusted).
+    addrs: HashSet<SocketAddr>,
+    /// Every destination's IP.
+    ips: HashSet<IpAddr>,
 }
 
 /// The table as shared between the control thread (writer) and workers
@@ -519,6 +524,8 @@ impl Table {
         Self {
             sets: Vec::new(),
             epoch,
+            addrs: HashSet::new(),
+            ips: HashSet::new(),
         }
     }
 
@@ -641,7 +648,27 @@ impl Table {
         for s in &mut sets {
             s.precompute();
         }
-        Ok(Table { sets, epoch })
+        let addrs: HashSet<SocketAddr> = sets
+            .iter()
+            .flat_map(|s| s.dests.iter().map(|d| d.addr))
+            .collect();
+        let ips = addrs.iter().map(SocketAddr::ip).collect();
+        Ok(Table {
+            sets,
+            epoch,
+            addrs,
+            ips,
+        })
+    }
+
+    /// Whether `addr` is a destination's address (IP and port).
+    pub fn has_addr(&self, addr: SocketAddr) -> bool {
+        self.addrs.contains(&addr)
+    }
+
+    /// Whether `ip` is a destination's IP.
+    pub fn has_ip(&self, ip: IpAddr) -> bool {
+        self.ips.contains(&ip)
     }
 
     /// The epoch all hold-down times are measured from.

@@ -1,78 +1,164 @@
-//! The Via branch sipvane writes: it names the worker and the transaction.
+//! The identifiers sipvane mints: the Via branch of every request it forwards
+//! and the To-tag of every reply it makes itself.
 //!
-//! `z9hG4bK` (RFC 3261 magic cookie) + `sp` + worker + `.` + slot + `.` +
-//! generation + `.` + attempt, all lower-case hex. A response therefore finds
-//! its worker (and is handed over if it arrived elsewhere) and its transaction
-//! without a table lookup by string. The generation makes a late response to a
-//! finished transaction miss instead of hitting the slot's next tenant; the
-//! attempt number tells responses of a failed-over destination from the
-//! current one. The branch is fixed for the life of an attempt, so
-//! retransmissions and the CANCEL for it carry the same one.
+//! A branch names the worker, the transaction slot and generation, the
+//! attempt (which destination of a failover) and the process epoch, so a
+//! response finds its worker and transaction without a lookup by string. None
+//! of that may be readable or forgeable by a peer: an off-path sender that
+//! could guess branches could fail calls over with sprayed `503`s, and a
+//! restarted process must never send a branch a backend still holds.
+//!
+//! So the 16-byte record is sealed with a synthetic-IV construction over
+//! SipHash keyed per process: `tag = SipHash-2-4(k_mac, record)` (64 bits),
+//! `sealed = record XOR SipHash-128(k_enc, tag)`, and the branch is
+//! `z9hG4bKsv` + hex(tag ‖ sealed). Opening recomputes the tag from the
+//! decrypted record; a mismatch (any forged or altered branch) has a 2⁻⁶⁴
+//! chance of passing. Everything after the fixed prefix looks random, and
+//! because (slot, generation, epoch) never repeats, neither does a branch.
 
-use std::io::Write;
-
+use siphasher::sip::SipHasher24;
+use siphasher::sip128::SipHasher24 as SipHasher128;
 use smallvec::SmallVec;
 
-pub const PREFIX: &[u8] = b"z9hG4bKsp";
+/// RFC 3261 magic cookie + sipvane's marker.
+pub const PREFIX: &[u8] = b"z9hG4bKsv";
 
-/// What sipvane encoded into a branch it generated.
+const RECORD: usize = 16;
+const TAG: usize = 8;
+/// Length of a branch sipvane writes.
+pub const LEN: usize = PREFIX.len() + 2 * (TAG + RECORD);
+
+/// What a branch sipvane wrote says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Branch {
     pub worker: u16,
     pub slot: u32,
     pub generation: u32,
     pub attempt: u8,
+    /// The process that wrote it.
+    pub epoch: u32,
 }
 
-impl Branch {
-    /// The branch value, on the stack.
-    pub fn encode(&self) -> SmallVec<[u8; 48]> {
+/// Why a branch was not opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// Not a branch sipvane writes (another hop's, or malformed).
+    Foreign,
+    /// sipvane's form, but it does not verify: forged, altered or minted
+    /// under another key (another process).
+    Forged,
+}
+
+/// Seals and opens branches and makes local To-tags with one process's keys.
+#[derive(Debug, Clone)]
+pub struct Minter {
+    mac: SipHasher24,
+    enc: SipHasher128,
+    epoch: u32,
+}
+
+impl Minter {
+    /// `secret` must come from OS randomness in production; `epoch` tells
+    /// this process's branches from another's.
+    pub fn new(secret: [u64; 4], epoch: u32) -> Minter {
+        Minter {
+            mac: SipHasher24::new_with_keys(secret[0], secret[1]),
+            enc: SipHasher128::new_with_keys(secret[2], secret[3]),
+            epoch,
+        }
+    }
+
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// The branch for this process's transaction `b` (its `epoch` is ignored:
+    /// the minter's own is written).
+    pub fn seal(&self, b: &Branch) -> SmallVec<[u8; 64]> {
+        let mut record = [0u8; RECORD];
+        record[0..2].copy_from_slice(&b.worker.to_be_bytes());
+        record[2] = b.attempt;
+        record[4..8].copy_from_slice(&b.slot.to_be_bytes());
+        record[8..12].copy_from_slice(&b.generation.to_be_bytes());
+        record[12..16].copy_from_slice(&self.epoch.to_be_bytes());
+        let tag = self.mac.hash(&record).to_be_bytes();
+        let pad = self.enc.hash(&tag).as_bytes();
         let mut out = SmallVec::new();
         out.extend_from_slice(PREFIX);
-        // Writing to a SmallVec cannot fail.
-        let _ = write!(
-            out,
-            "{:x}.{:x}.{:x}.{:x}",
-            self.worker, self.slot, self.generation, self.attempt
-        );
+        push_hex(&mut out, &tag);
+        for (r, p) in record.iter().zip(pad) {
+            push_hex(&mut out, &[r ^ p]);
+        }
         out
     }
 
-    /// Decodes a branch sipvane wrote; anything else (another proxy's branch,
-    /// a tampered one) is `None`.
-    pub fn parse(b: &[u8]) -> Option<Branch> {
-        let rest = b.strip_prefix(PREFIX)?;
-        let mut parts = rest.split(|&c| c == b'.');
-        let worker = hex(parts.next()?)?;
-        let slot = hex(parts.next()?)?;
-        let generation = hex(parts.next()?)?;
-        let attempt = hex(parts.next()?)?;
-        if parts.next().is_some() {
-            return None;
+    /// Opens a branch this process (or one sharing its keys) sealed.
+    pub fn open(&self, branch: &[u8]) -> Result<Branch, Rejected> {
+        let hex = branch.strip_prefix(PREFIX).ok_or(Rejected::Foreign)?;
+        if hex.len() != 2 * (TAG + RECORD) {
+            return Err(Rejected::Foreign);
         }
-        Some(Branch {
-            worker: u16::try_from(worker).ok()?,
-            slot: u32::try_from(slot).ok()?,
-            generation: u32::try_from(generation).ok()?,
-            attempt: u8::try_from(attempt).ok()?,
+        let mut raw = [0u8; TAG + RECORD];
+        for (i, pair) in hex.chunks_exact(2).enumerate() {
+            raw[i] = (nibble(pair[0]).ok_or(Rejected::Foreign)? << 4)
+                | nibble(pair[1]).ok_or(Rejected::Foreign)?;
+        }
+        let (tag, sealed) = raw.split_at(TAG);
+        let pad = self.enc.hash(tag).as_bytes();
+        let mut record = [0u8; RECORD];
+        for ((r, s), p) in record.iter_mut().zip(sealed).zip(pad) {
+            *r = s ^ p;
+        }
+        if self.mac.hash(&record).to_be_bytes() != tag || record[3] != 0 {
+            return Err(Rejected::Forged);
+        }
+        let word =
+            |i: usize| u32::from_be_bytes([record[i], record[i + 1], record[i + 2], record[i + 3]]);
+        Ok(Branch {
+            worker: u16::from_be_bytes([record[0], record[1]]),
+            attempt: record[2],
+            slot: word(4),
+            generation: word(8),
+            epoch: word(12),
         })
+    }
+
+    /// The To-tag of a reply sipvane makes to a request: unguessable (64 bits
+    /// of keyed hash, RFC 3261 §19.3) and the same for a retransmission of the
+    /// request, so a caller sees one dialog however often it asks.
+    pub fn to_tag(&self, call_id: &[u8], from_tag: &[u8], branch: &[u8]) -> [u8; 16] {
+        let mut h = self.mac;
+        use std::hash::Hasher;
+        h.write(b"to-tag");
+        h.write(call_id);
+        h.write_u8(0);
+        h.write(from_tag);
+        h.write_u8(0);
+        h.write(branch);
+        let mut out = [0u8; 16];
+        for (i, b) in h.finish().to_be_bytes().iter().enumerate() {
+            out[2 * i] = HEX[usize::from(b >> 4)];
+            out[2 * i + 1] = HEX[usize::from(b & 15)];
+        }
+        out
     }
 }
 
-fn hex(s: &[u8]) -> Option<u64> {
-    if s.is_empty() || s.len() > 8 {
-        return None;
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn push_hex<A: smallvec::Array<Item = u8>>(out: &mut SmallVec<A>, bytes: &[u8]) {
+    for &b in bytes {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 15)]);
     }
-    let mut v = 0u64;
-    for &c in s {
-        let d = match c {
-            b'0'..=b'9' => c - b'0',
-            b'a'..=b'f' => c - b'a' + 10,
-            _ => return None,
-        };
-        v = (v << 4) | u64::from(d);
+}
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
     }
-    Some(v)
 }
 
 #[cfg(test)]
@@ -80,26 +166,105 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    const SECRET: [u64; 4] = [1, 2, 3, 4];
+
     proptest! {
         #[test]
-        fn round_trips(worker in any::<u16>(), slot in any::<u32>(), generation in any::<u32>(), attempt in any::<u8>()) {
-            let b = Branch { worker, slot, generation, attempt };
-            prop_assert_eq!(Branch::parse(&b.encode()), Some(b));
+        fn round_trips(worker in any::<u16>(), slot in any::<u32>(), generation in any::<u32>(), attempt in any::<u8>(), epoch in any::<u32>()) {
+            let m = Minter::new(SECRET, epoch);
+            let b = Branch { worker, slot, generation, attempt, epoch };
+            let sealed = m.seal(&b);
+            prop_assert_eq!(sealed.len(), LEN);
+            prop_assert_eq!(m.open(&sealed), Ok(b));
         }
 
         #[test]
-        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..40)) {
+        fn any_altered_digit_is_rejected(pos in 0usize..48, digit in 0u8..16) {
+            let m = Minter::new(SECRET, 7);
+            let mut sealed = m.seal(&Branch { worker: 1, slot: 2, generation: 3, attempt: 0, epoch: 7 });
+            let i = PREFIX.len() + pos;
+            prop_assume!(sealed[i] != HEX[usize::from(digit)]);
+            sealed[i] = HEX[usize::from(digit)];
+            prop_assert_eq!(m.open(&sealed), Err(Rejected::Forged));
+        }
+
+        #[test]
+        fn never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let m = Minter::new(SECRET, 7);
             let mut v = PREFIX.to_vec();
             v.extend_from_slice(&bytes);
-            let _ = Branch::parse(&v);
+            let _ = m.open(&v);
         }
     }
 
     #[test]
     fn rejects_foreign_branches() {
-        assert_eq!(Branch::parse(b"z9hG4bK776asdhds"), None);
-        assert_eq!(Branch::parse(b"z9hG4bKsp1.2.3"), None);
-        assert_eq!(Branch::parse(b"z9hG4bKsp1.2.3.4.5"), None);
-        assert_eq!(Branch::parse(b"z9hG4bKsp1.2.3.G"), None);
+        let m = Minter::new(SECRET, 7);
+        assert_eq!(m.open(b"z9hG4bK776asdhds"), Err(Rejected::Foreign));
+        assert_eq!(m.open(b"z9hG4bKsp1.2.3.4"), Err(Rejected::Foreign));
+        let mut upper = m.seal(&Branch {
+            worker: 0,
+            slot: 0,
+            generation: 1,
+            attempt: 0,
+            epoch: 7,
+        });
+        upper[PREFIX.len()..].make_ascii_uppercase();
+        // Only when a digit is a letter does case change anything.
+        if upper[PREFIX.len()..].iter().any(u8::is_ascii_uppercase) {
+            assert_eq!(m.open(&upper), Err(Rejected::Foreign));
+        }
+    }
+
+    #[test]
+    fn another_key_or_epoch_cannot_open_or_collide() {
+        let a = Minter::new(SECRET, 7);
+        let b = Minter::new([5, 6, 7, 8], 9);
+        let br = Branch {
+            worker: 0,
+            slot: 5,
+            generation: 1,
+            attempt: 0,
+            epoch: 0,
+        };
+        assert_eq!(b.open(&a.seal(&br)), Err(Rejected::Forged));
+        assert_ne!(a.seal(&br), b.seal(&br));
+        // Same keys, another epoch (a restart that kept its keys): a new branch.
+        assert_ne!(a.seal(&br), Minter::new(SECRET, 8).seal(&br));
+    }
+
+    #[test]
+    fn consecutive_branches_share_only_the_prefix() {
+        let m = Minter::new(SECRET, 7);
+        let seal = |generation| {
+            m.seal(&Branch {
+                worker: 0,
+                slot: 0,
+                generation,
+                attempt: 0,
+                epoch: 7,
+            })
+        };
+        let (x, y) = (seal(1), seal(2));
+        let same = x[PREFIX.len()..]
+            .iter()
+            .zip(&y[PREFIX.len()..])
+            .filter(|(a, b)| a == b)
+            .count();
+        // 48 random-looking hex digits agree by chance about 3 times.
+        assert!(same < 12, "{same} equal digits");
+    }
+
+    #[test]
+    fn to_tags_are_stable_per_request_and_differ_between_requests() {
+        let m = Minter::new(SECRET, 7);
+        let t = m.to_tag(b"call-1", b"ft", b"z9hG4bK1");
+        assert_eq!(t, m.to_tag(b"call-1", b"ft", b"z9hG4bK1"));
+        assert_ne!(t, m.to_tag(b"call-2", b"ft", b"z9hG4bK1"));
+        assert_ne!(
+            t,
+            Minter::new([9, 9, 9, 9], 7).to_tag(b"call-1", b"ft", b"z9hG4bK1")
+        );
+        assert!(t.iter().all(u8::is_ascii_hexdigit));
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::media::MediaShared;
 
 use crate::dispatch::{Algorithm, HealthPolicy};
+use crate::route::{Cidr, DialogTargets, PreloadedRoute};
 use crate::txn::TimerConfig;
 
 /// What to do with a request whose Request-URI names a domain sipvane does not serve.
@@ -75,8 +76,20 @@ pub struct ProxyConfig {
     /// Seeds the transaction and dialog key hash. The control plane fills it
     /// from OS randomness; the default is fixed, for tests.
     pub key_seed: [u64; 4],
+    /// Keys of the branch seal and of local To-tags; from OS randomness in
+    /// the control plane (fixed default, for tests).
+    pub branch_secret: [u64; 4],
+    /// This process's epoch, sealed into every branch: a restarted process
+    /// never repeats a branch of its predecessor.
+    pub epoch: u32,
     /// RTPEngine media anchoring; `None`: off.
     pub media: Option<Arc<MediaShared>>,
+    /// Sources that may do more than anonymous callers (docs/security.md).
+    pub trusted_sources: Vec<Cidr>,
+    pub preloaded_route: PreloadedRoute,
+    pub dialog_targets: DialogTargets,
+    /// Per-source request rate limit; `None`: off.
+    pub flood: Option<super::flood::FloodLimits>,
 }
 
 impl Default for ProxyConfig {
@@ -103,7 +116,13 @@ impl Default for ProxyConfig {
             dialog_timeout: Duration::from_secs(12 * 3600),
             balance_by_call_id: false,
             key_seed: [0x5195_0a11, 0x7e57, 0xd1a1, 0x0c0de],
+            branch_secret: [0xb4a7c4, 0x5ea1, 0x7a65, 0x0e90c4],
+            epoch: 1,
             media: None,
+            trusted_sources: Vec::new(),
+            preloaded_route: PreloadedRoute::Strip,
+            dialog_targets: DialogTargets::Known,
+            flood: None,
         }
     }
 }
@@ -122,6 +141,11 @@ impl ProxyConfig {
             .iter()
             .position(|&p| p == port)
             .map(Ownership::Worker)
+    }
+
+    /// Whether `ip` is in `trusted_sources`.
+    pub fn is_trusted_ip(&self, ip: std::net::IpAddr) -> bool {
+        crate::route::trust::contains(&self.trusted_sources, ip)
     }
 
     pub fn is_local_host(&self, host: &[u8]) -> bool {

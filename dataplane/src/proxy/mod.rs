@@ -6,10 +6,16 @@
 pub mod branch;
 pub mod config;
 pub mod events;
+pub mod flood;
 pub mod media;
 mod pool;
 pub mod stats;
 mod transaction;
+
+#[cfg(test)]
+mod security_tests;
+#[cfg(test)]
+mod tests;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -21,24 +27,30 @@ use crate::dialog::{DialogKey, DialogState, DialogTable};
 use crate::dispatch::hash::hash_bytes;
 use crate::dispatch::{DestStats, SelectKey, Selector, SharedTable};
 use crate::sip::build::{self, NewVia, ReplyOpts, RequestEdits};
-use crate::sip::{parse, HeaderName, Message, Method, Uri, Via};
+use crate::sip::{parse, HeaderName, Message, Method, Via};
 use crate::txn::timer::TimerWheel;
 use crate::txn::{KeyHasher, LegacyKeyParts, TxnId, TxnKey, TxnTable};
 use crate::worker::{Core, Outbox, SocketId};
 
-use branch::Branch;
+use crate::route::{self, parse_ip, Decision};
+use branch::{Branch, Minter, Rejected};
 pub use config::{Ownership, ProxyConfig, SetRule, UnknownDomain};
 use events::{CallEvent, EventSink};
+use flood::{FloodGuard, Verdict};
 use media::{Done, Media, MediaPolicy, Outcome, SOCK_MEDIA};
 use pool::BufPool;
 use stats::{bump, count_reply};
 pub use stats::{Counters, ProxyStats, Snapshot};
-use transaction::{ClientTx, MediaLeg, ProxyTxn, ServerTx, Target};
+use transaction::{Abandoned, ClientTx, MediaLeg, ProxyTxn, ServerTx, Target};
 
 /// The worker's socket on the shared public port.
 pub const SOCK_PUBLIC: SocketId = 0;
 /// The worker's private port: its Via and Record-Route point here.
 pub const SOCK_PRIVATE: SocketId = 1;
+/// Set on the socket id of a datagram one worker hands to another; the
+/// receiver strips it and never hands that datagram on again (no ping-pong
+/// when workers disagree about an owner).
+pub const HANDED_OVER: SocketId = 0x80;
 
 /// What a dialog remembers: whose active-call count it holds, for call
 /// events where it went and its Call-ID (kept only while events are on),
@@ -98,14 +110,18 @@ pub struct Worker {
     expired: Vec<TxnId>,
     /// "sip:ADVERTISE:PRIVATE_PORT;lr", written into Record-Route.
     record_route: Vec<u8>,
-    /// The To-tag of replies sipvane generates itself.
-    local_tag: Vec<u8>,
+    /// Seals branches and makes the To-tags of sipvane's own replies.
+    minter: Minter,
     stats: Arc<ProxyStats>,
     /// Where call events go; `None` (the default) builds none.
     events: Option<Arc<EventSink>>,
     /// RTPEngine client; `None` when anchoring is off.
     media: Option<Media>,
     media_failed: Vec<Done<'static>>,
+    /// Whether the datagram being handled was handed over by another worker.
+    handed_over: bool,
+    /// Per-source rate limits; `None` when off.
+    flood: Option<FloodGuard>,
 }
 
 impl Worker {
@@ -117,6 +133,7 @@ impl Worker {
         now: Instant,
     ) -> Worker {
         let private_port = cfg.private_ports.get(index).copied().unwrap_or(0);
+        let (cfg_flood, flood_seed) = (cfg.flood, cfg.key_seed);
         let record_route = format!("sip:{}:{};lr", cfg.advertise, private_port).into_bytes();
         let media = cfg
             .media
@@ -142,11 +159,13 @@ impl Worker {
             scratch: Vec::with_capacity(4096),
             expired: Vec::with_capacity(256),
             record_route,
-            local_tag: format!("sph{index:x}").into_bytes(),
+            minter: Minter::new(cfg.branch_secret, cfg.epoch),
             table,
             cfg,
             stats,
             events: None,
+            handed_over: false,
+            flood: cfg_flood.map(|l| FloodGuard::new(l, flood_seed, now)),
         }
     }
 
@@ -179,7 +198,17 @@ impl Worker {
         msg: &Message<'_>,
         out: &mut Outbox,
     ) {
-        if self.cfg.balance_by_call_id && socket == SOCK_PUBLIC && self.workers > 1 {
+        if self.flood.is_some()
+            && !self.handed_over
+            && self.over_flood_limit(now, socket, src, msg, out)
+        {
+            return;
+        }
+        if self.cfg.balance_by_call_id
+            && socket == SOCK_PUBLIC
+            && self.workers > 1
+            && !self.handed_over
+        {
             // Spread calls by Call-ID rather than by the kernel's per-source
             // hash, so one trunk's calls use every worker. Every request of a
             // call (retransmissions, CANCEL, ACK) has the same Call-ID and so
@@ -188,7 +217,7 @@ impl Worker {
                 let owner = (hash_bytes(call_id) % self.workers as u64) as usize;
                 if owner != self.index {
                     bump(&self.stats.handoffs);
-                    out.handoff(owner, socket, src, msg.buf());
+                    out.handoff(owner, socket | HANDED_OVER, src, msg.buf());
                     return;
                 }
             }
@@ -236,6 +265,52 @@ impl Worker {
         }
     }
 
+    /// The per-source limit, before anything else: true when the request was
+    /// refused. Trust is looked up only for a source over its rate.
+    fn over_flood_limit(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        msg: &Message<'_>,
+        out: &mut Outbox,
+    ) -> bool {
+        let Some(guard) = self.flood.as_mut() else {
+            return false;
+        };
+        let Verdict::Blocked { started } = guard.check(src.ip(), now) else {
+            return false;
+        };
+        let limits = *guard.limits();
+        if self.cfg.is_trusted_ip(src.ip()) || self.table.load().has_addr(src) {
+            return false;
+        }
+        if started {
+            bump(&self.stats.flood_blocks);
+            tracing::warn!(
+                worker = self.index,
+                source = %src.ip(),
+                rps = limits.per_source_rps,
+                block_s = limits.block.as_secs(),
+                "source over its request rate: blocked"
+            );
+        }
+        bump(&self.stats.flood_rejects);
+        if !limits.drop && msg.method() != Some(Method::Ack) {
+            let retry = u32::try_from(limits.block.as_secs()).unwrap_or(u32::MAX);
+            self.reply(
+                socket,
+                src,
+                msg,
+                503,
+                Some(retry),
+                Some(b"Too many requests"),
+                out,
+            );
+        }
+        true
+    }
+
     fn absorb_retransmission(&mut self, now: Instant, id: TxnId, out: &mut Outbox) {
         bump(&self.stats.retransmissions_absorbed);
         let Some(txn) = self.txns.get_mut(id) else {
@@ -260,154 +335,62 @@ impl Worker {
         method: Method,
         out: &mut Outbox,
     ) {
-        // Route set: pop our own entry (loose routing, RFC 3261 §16.4).
-        let mut pop_routes = 0;
-        let mut next_route: Option<Uri<'_>> = None;
-        for (i, entry) in msg.values(HeaderName::Route).enumerate().take(2) {
-            let Some(uri) = route_uri(entry) else {
-                bump(&self.stats.bad_requests);
-                self.reply(socket, src, msg, 400, None, Some(b"Bad Route header"), out);
-                return;
-            };
-            if i == 0 {
-                match self.cfg.owner_of(uri.host, uri.port) {
-                    Some(Ownership::Worker(w)) if w != self.index && w < self.workers => {
-                        // The dialog this request belongs to lives on worker w.
-                        bump(&self.stats.handoffs);
-                        out.handoff(w, socket, src, msg.buf());
-                        return;
-                    }
-                    Some(_) => {
-                        pop_routes = 1;
-                        continue;
-                    }
-                    None => {}
-                }
-            }
-            next_route = Some(uri);
-            break;
-        }
-
-        match msg.max_forwards() {
-            Ok(Some(0)) => {
-                if method == Method::Options && next_route.is_none() && self.ruri_is_local(msg) {
-                    self.reply_options(socket, src, msg, out);
-                } else {
-                    bump(&self.stats.loops);
-                    self.reply(socket, src, msg, 483, None, None, out);
-                }
-                return;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                bump(&self.stats.bad_requests);
-                let warning = e.to_string();
-                self.reply(socket, src, msg, 400, None, Some(warning.as_bytes()), out);
-                return;
-            }
-        }
-
         let in_dialog = msg.to().map(|t| t.tag.is_some()).unwrap_or(false);
         let mut candidates: SmallVec<[u16; 16]> = SmallVec::new();
         let mut set_table = None;
         let mut anchor = false;
-        let target: Target;
-
-        if let Some(route) = next_route {
-            if self.cfg.owner_of(route.host, route.port).is_some() {
-                // Two of our own entries in a row: forwarding would loop.
-                self.reply(
-                    socket,
-                    src,
-                    msg,
-                    482,
-                    None,
-                    Some(b"Route points back at sipvane"),
-                    out,
-                );
+        let table = self.table.load();
+        let decision = route::decide(
+            route::Request {
+                msg,
+                method,
+                trusted: self.cfg.is_trusted_ip(src.ip()) || table.has_addr(src),
+                handed_over: self.handed_over,
+            },
+            &self.cfg,
+            self.index,
+            &|ip| self.cfg.is_trusted_ip(ip) || table.has_ip(ip),
+        );
+        drop(table);
+        let (target, pop_routes) = match decision {
+            Decision::Reply { code, warning } => {
+                match code {
+                    400 => bump(&self.stats.bad_requests),
+                    482 | 483 => bump(&self.stats.loops),
+                    403 | 404 => bump(&self.stats.relay_denied),
+                    _ => {}
+                }
+                let warning = warning.map(str::as_bytes);
+                self.reply(socket, src, msg, code, None, warning, out);
                 return;
             }
-            let Some(addr) = uri_addr(&route) else {
-                self.reply(
-                    socket,
-                    src,
-                    msg,
-                    503,
-                    None,
-                    Some(b"Route host is not an IP address"),
-                    out,
-                );
-                return;
-            };
-            target = Target { addr, dest: None };
-        } else if in_dialog {
-            let Ok(ruri) = msg.ruri() else {
-                self.reply(socket, src, msg, 400, None, Some(b"Bad Request-URI"), out);
-                return;
-            };
-            if self.cfg.owner_of(ruri.host, ruri.port).is_some() {
-                // In-dialog, no route set and addressed to sipvane itself (e.g.
-                // a UA's clean-up BYE): there is nowhere to take it.
-                self.reply(socket, src, msg, 404, None, Some(b"Not here"), out);
-                return;
-            }
-            let Some(addr) = uri_addr(&ruri) else {
-                self.reply(
-                    socket,
-                    src,
-                    msg,
-                    503,
-                    None,
-                    Some(b"Request-URI host is not an IP address"),
-                    out,
-                );
-                return;
-            };
-            target = Target { addr, dest: None };
-        } else {
-            let Ok(ruri) = msg.ruri() else {
-                self.reply(socket, src, msg, 400, None, Some(b"Bad Request-URI"), out);
-                return;
-            };
-            if self.cfg.owner_of(ruri.host, ruri.port).is_some() && method == Method::Options {
-                // Keepalive addressed to sipvane itself.
+            Decision::Options => {
                 self.reply_options(socket, src, msg, out);
                 return;
             }
-            if !self.cfg.serves_domain(ruri.host) {
-                if self.cfg.unknown_domain == UnknownDomain::Reject {
-                    self.reply(
-                        socket,
-                        src,
-                        msg,
-                        404,
-                        None,
-                        Some(b"Domain not served here"),
-                        out,
-                    );
-                    return;
-                }
-                let Some(addr) = uri_addr(&ruri) else {
-                    self.reply(
-                        socket,
-                        src,
-                        msg,
-                        404,
-                        None,
-                        Some(b"Domain not served here"),
-                        out,
-                    );
-                    return;
-                };
-                target = Target { addr, dest: None };
-            } else {
+            Decision::Handoff(w) => {
+                bump(&self.stats.handoffs);
+                out.handoff(w, socket | HANDED_OVER, src, msg.buf());
+                return;
+            }
+            Decision::Relay { to, pop_routes } => (
+                Target {
+                    addr: to,
+                    dest: None,
+                },
+                pop_routes,
+            ),
+            Decision::Dispatch {
+                set: set_id,
+                media: rule_media,
+                pop_routes,
+            } => {
                 if method == Method::Invite && self.txns.len() >= self.cfg.overload_transactions {
                     bump(&self.stats.overload_rejects);
                     let retry = self.cfg.retry_after_s;
                     self.reply(socket, src, msg, 503, Some(retry), Some(b"Overloaded"), out);
                     return;
                 }
-                let (set_id, rule_media) = self.cfg.route_for(ruri.user.unwrap_or(b""), ruri.host);
                 anchor = method == Method::Invite
                     && self.media.as_ref().is_some_and(|m| {
                         rule_media.unwrap_or_else(|| m.shared().anchors_set(set_id))
@@ -458,13 +441,14 @@ impl Worker {
                     return;
                 };
                 let Some(dest) = set.get(first) else { return };
-                target = Target {
+                let target = Target {
                     addr: dest.addr,
                     dest: Some(dest.stats.clone()),
                 };
                 set_table = Some((table.clone(), set_index));
+                (target, pop_routes)
             }
-        }
+        };
 
         if method == Method::Invite && !in_dialog {
             bump(&self.stats.initial_invites);
@@ -526,6 +510,7 @@ impl Worker {
             media_sdp: Vec::new(),
             held: Vec::new(),
             queued: Vec::new(),
+            abandoned: SmallVec::new(),
         };
         let id = match self.txns.insert(key, txn) {
             Ok(id) => id,
@@ -818,13 +803,13 @@ impl Worker {
         let Ok(req) = parse(&txn.request) else {
             return false;
         };
-        let branch = Branch {
+        let branch = self.minter.seal(&Branch {
             worker: self.index as u16,
             slot: id.slot(),
             generation: id.generation(),
             attempt,
-        }
-        .encode();
+            epoch: self.minter.epoch(),
+        });
         let received_ip = txn.received.map(|(ip, _)| ip_bytes(ip));
         let edits = RequestEdits {
             via: NewVia {
@@ -904,7 +889,7 @@ impl Worker {
     }
 
     /// Relays an end-to-end ACK (or any request we keep no state for) along
-    /// its route set.
+    /// its route set, under the same policy as every other request.
     fn relay_stateless(
         &mut self,
         _now: Instant,
@@ -914,43 +899,31 @@ impl Worker {
         via: &Via<'_>,
         out: &mut Outbox,
     ) {
-        let mut pop_routes = 0;
-        let mut next: Option<SocketAddr> = None;
-        for (i, entry) in msg.values(HeaderName::Route).enumerate().take(2) {
-            let Some(uri) = route_uri(entry) else { return };
-            if i == 0 {
-                match self.cfg.owner_of(uri.host, uri.port) {
-                    Some(Ownership::Worker(w)) if w != self.index && w < self.workers => {
-                        bump(&self.stats.handoffs);
-                        out.handoff(w, socket, src, msg.buf());
-                        return;
-                    }
-                    Some(_) => {
-                        pop_routes = 1;
-                        continue;
-                    }
-                    None => {}
-                }
-            }
-            next = uri_addr(&uri);
-            break;
-        }
-        let dst = match next {
-            Some(a) => a,
-            None => match msg.ruri() {
-                // An R-URI naming sipvane itself would loop back here.
-                Ok(u) if self.cfg.owner_of(u.host, u.port).is_none() => match uri_addr(&u) {
-                    Some(a) => a,
-                    None => {
-                        bump(&self.stats.unmatched_acks);
-                        return;
-                    }
-                },
-                _ => {
-                    bump(&self.stats.unmatched_acks);
-                    return;
-                }
+        let table = self.table.load();
+        let decision = route::decide(
+            route::Request {
+                msg,
+                method: Method::Ack,
+                trusted: self.cfg.is_trusted_ip(src.ip()) || table.has_addr(src),
+                handed_over: self.handed_over,
             },
+            &self.cfg,
+            self.index,
+            &|ip| self.cfg.is_trusted_ip(ip) || table.has_ip(ip),
+        );
+        drop(table);
+        let (dst, pop_routes) = match decision {
+            Decision::Relay { to, pop_routes } => (to, pop_routes),
+            Decision::Handoff(w) => {
+                bump(&self.stats.handoffs);
+                out.handoff(w, socket | HANDED_OVER, src, msg.buf());
+                return;
+            }
+            // An ACK is never answered: what has nowhere to go is dropped.
+            _ => {
+                bump(&self.stats.unmatched_acks);
+                return;
+            }
         };
         // A stateless relay derives its branch from the incoming one so a
         // retransmitted ACK gets the same branch (RFC 3261 §16.11).
@@ -996,16 +969,25 @@ impl Worker {
             bump(&self.stats.stray_responses);
             return;
         };
-        let Some(b) = via.branch.and_then(Branch::parse) else {
-            // Not a Via sipvane wrote: nothing to do with it.
-            bump(&self.stats.stray_responses);
-            return;
+        let b = match self.minter.open(via.branch.unwrap_or(b"")) {
+            Ok(b) if b.epoch == self.minter.epoch() => b,
+            Err(Rejected::Forged) => {
+                // sipvane's form but not its seal: a guess or a tamper. It
+                // must change nothing (no failover, no health mark).
+                bump(&self.stats.forged_responses);
+                return;
+            }
+            // Not a Via this process wrote: nothing to do with it.
+            _ => {
+                bump(&self.stats.stray_responses);
+                return;
+            }
         };
         let owner = usize::from(b.worker);
         if owner != self.index {
-            if owner < self.workers {
+            if owner < self.workers && !self.handed_over {
                 bump(&self.stats.handoffs);
-                out.handoff(owner, socket, src, msg.buf());
+                out.handoff(owner, socket | HANDED_OVER, src, msg.buf());
             } else {
                 bump(&self.stats.stray_responses);
             }
@@ -1024,11 +1006,20 @@ impl Worker {
             return;
         };
 
+        let abandoned = txn.abandoned.iter().position(|a| a.attempt == b.attempt);
         if cseq_method == Method::Cancel {
-            if let Some(c) = txn.cancel.as_mut() {
+            let cancel = match abandoned {
+                Some(i) => txn.abandoned[i].cancel.as_mut(),
+                None => txn.cancel.as_mut(),
+            };
+            if let Some(c) = cancel {
                 c.on_response(code, now);
             }
             self.reschedule(id);
+            return;
+        }
+        if let Some(i) = abandoned {
+            self.abandoned_response(now, id, i, msg, code, src, out);
             return;
         }
 
@@ -1111,6 +1102,65 @@ impl Worker {
             }
         }
         self.reschedule(id);
+    }
+
+    /// A response from an attempt given up without a final: CANCEL it once
+    /// it rings (RFC 3261 §9.1: not before), relay a 2xx (§16.7), ACK any
+    /// other final.
+    #[allow(clippy::too_many_arguments)]
+    fn abandoned_response(
+        &mut self,
+        now: Instant,
+        id: TxnId,
+        i: usize,
+        msg: &Message<'_>,
+        code: u16,
+        src: SocketAddr,
+        out: &mut Outbox,
+    ) {
+        let Some(txn) = self.txns.get(id) else { return };
+        let Some(a) = txn.abandoned.get(i) else {
+            return;
+        };
+        let (attempt, addr, cancelled) = (a.attempt, a.addr, a.cancel.is_some());
+        match code {
+            100..=199 if !cancelled => {
+                let mut fwd = self.pool.get();
+                let mut built = false;
+                if self.write_forward(id, attempt, &mut fwd) {
+                    if let Ok(inv) = parse(&fwd) {
+                        self.scratch.clear();
+                        built = build::cancel_for(&inv, &mut self.scratch).is_ok();
+                    }
+                }
+                self.pool.put(fwd);
+                if built {
+                    out.send(SOCK_PRIVATE, addr, &self.scratch);
+                    bump(&self.stats.tx_datagrams);
+                    bump(&self.stats.abandoned_cancels);
+                    let timers = self.cfg.timers;
+                    if let Some(a) = self.txns.get_mut(id).and_then(|t| t.abandoned.get_mut(i)) {
+                        a.cancel = Some(ClientTx::new(Method::Cancel, now, &timers));
+                    }
+                }
+            }
+            100..=199 => {}
+            200..=299 => {
+                self.relay_response(now, id, msg, code, out);
+                self.forget_abandoned(id, attempt);
+            }
+            _ => {
+                self.ack_old_attempt(id, attempt, msg, src, out);
+                self.forget_abandoned(id, attempt);
+            }
+        }
+        self.reschedule(id);
+    }
+
+    fn forget_abandoned(&mut self, id: TxnId, attempt: u8) {
+        if let Some(txn) = self.txns.get_mut(id) {
+            txn.abandoned.retain(|a| a.attempt != attempt);
+        }
     }
 
     fn dispatched(&self, id: TxnId) -> bool {
@@ -1253,23 +1303,26 @@ impl Worker {
         if txn.final_sent {
             return;
         }
-        let opts = ReplyOpts {
-            to_tag: Some(&self.local_tag),
-            retry_after: retry,
-            warning,
-            server: Some(self.cfg.server_header.as_bytes()),
-            ..ReplyOpts::default()
-        };
         txn.last_response.clear();
         let built = match parse(&txn.request) {
-            Ok(req) => build::reply(
-                &req,
-                code,
-                build::reason_phrase(code),
-                &opts,
-                &mut txn.last_response,
-            )
-            .is_ok(),
+            Ok(req) => {
+                let tag = local_tag(&self.minter, &req);
+                let opts = ReplyOpts {
+                    to_tag: Some(&tag),
+                    retry_after: retry,
+                    warning,
+                    server: Some(self.cfg.server_header.as_bytes()),
+                    ..ReplyOpts::default()
+                };
+                build::reply(
+                    &req,
+                    code,
+                    build::reason_phrase(code),
+                    &opts,
+                    &mut txn.last_response,
+                )
+                .is_ok()
+            }
             Err(_) => false,
         };
         if !built {
@@ -1306,7 +1359,9 @@ impl Worker {
         txn.server.on_final_sent(code, now);
         // What a finished transaction still needs is its last response; the
         // request copies go back to the pool now rather than at Timer J/L.
-        if code >= 200 {
+        // An abandoned attempt that rings late needs the request to be
+        // rebuilt for its CANCEL (or its final's ACK): kept until then.
+        if code >= 200 && txn.abandoned.is_empty() {
             let request = std::mem::take(&mut txn.request);
             self.pool.put(request);
             if !(txn.method == Method::Invite && code >= 300) {
@@ -1547,6 +1602,12 @@ impl Worker {
                 }
             }
         }
+        if !txn.abandoned.is_empty() {
+            self.abandoned_timers(now, id, out);
+        }
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
         let client_event = txn.client.as_mut().map(|c| c.on_timer(now));
         match client_event {
             Some(ClientTimer::Retransmit) => {
@@ -1555,6 +1616,16 @@ impl Worker {
             }
             Some(ClientTimer::Timeout { proceeding }) => {
                 bump(&self.stats.timeouts);
+                if !proceeding && txn.method == Method::Invite {
+                    // Silent so far; if it rings later it must be cancelled.
+                    let until = now + 64 * self.cfg.timers.t1;
+                    txn.abandoned.push(Abandoned {
+                        attempt: txn.attempt,
+                        addr: txn.target.addr,
+                        until,
+                        cancel: None,
+                    });
+                }
                 if proceeding && txn.method == Method::Invite && txn.cancel.is_none() {
                     // fr_inv_timer: stop the ringing destination.
                     self.send_cancel(now, id, out);
@@ -1583,6 +1654,36 @@ impl Worker {
         self.reschedule(id);
     }
 
+    /// Retransmits the CANCELs of abandoned attempts and forgets those
+    /// watched long enough.
+    fn abandoned_timers(&mut self, now: Instant, id: TxnId, out: &mut Outbox) {
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
+        txn.abandoned.retain(|a| a.until > now);
+        let mut resend: SmallVec<[(u8, SocketAddr); 2]> = SmallVec::new();
+        for a in txn.abandoned.iter_mut() {
+            if let Some(c) = a.cancel.as_mut() {
+                if c.on_timer(now) == transaction::ClientTimer::Retransmit {
+                    resend.push((a.attempt, a.addr));
+                }
+            }
+        }
+        for (attempt, addr) in resend {
+            let mut fwd = self.pool.get();
+            if self.write_forward(id, attempt, &mut fwd) {
+                if let Ok(inv) = parse(&fwd) {
+                    self.scratch.clear();
+                    if build::cancel_for(&inv, &mut self.scratch).is_ok() {
+                        out.send(SOCK_PRIVATE, addr, &self.scratch);
+                        bump(&self.stats.tx_datagrams);
+                    }
+                }
+            }
+            self.pool.put(fwd);
+        }
+    }
+
     fn recycle(&mut self, txn: ProxyTxn) {
         self.pool.put(txn.request);
         self.pool.put(txn.forwarded);
@@ -1608,8 +1709,9 @@ impl Worker {
         warning: Option<&[u8]>,
         out: &mut Outbox,
     ) {
+        let tag = local_tag(&self.minter, req);
         let opts = ReplyOpts {
-            to_tag: Some(&self.local_tag),
+            to_tag: Some(&tag),
             retry_after,
             warning,
             server: Some(self.cfg.server_header.as_bytes()),
@@ -1642,8 +1744,9 @@ impl Worker {
             (b"Allow", b"INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK, MESSAGE"),
             (b"Accept", b"application/sdp"),
         ];
+        let tag = local_tag(&self.minter, req);
         let opts = ReplyOpts {
-            to_tag: Some(&self.local_tag),
+            to_tag: Some(&tag),
             server: Some(self.cfg.server_header.as_bytes()),
             extra_headers: &extra,
             ..ReplyOpts::default()
@@ -1654,12 +1757,6 @@ impl Worker {
             bump(&self.stats.tx_datagrams);
             count_reply(&self.stats, 200);
         }
-    }
-
-    fn ruri_is_local(&self, msg: &Message<'_>) -> bool {
-        msg.ruri()
-            .map(|u| self.cfg.owner_of(u.host, u.port).is_some())
-            .unwrap_or(false)
     }
 }
 
@@ -1673,6 +1770,8 @@ impl Core for Worker {
         out: &mut Outbox,
     ) {
         bump(&self.stats.rx_datagrams);
+        self.handed_over = socket & HANDED_OVER != 0;
+        let socket = socket & !HANDED_OVER;
         if socket == SOCK_MEDIA {
             if let Some(media) = self.media.as_mut() {
                 if let Some(done) = media.on_datagram(now, src, data, out) {
@@ -1742,6 +1841,13 @@ impl Core for Worker {
     }
 }
 
+/// The To-tag of a reply sipvane makes to `req` itself.
+fn local_tag(minter: &Minter, req: &Message<'_>) -> [u8; 16] {
+    let from_tag = req.from().ok().and_then(|f| f.tag).unwrap_or(b"");
+    let branch = req.top_via().ok().and_then(|v| v.branch).unwrap_or(b"");
+    minter.to_tag(req.call_id().unwrap_or(b""), from_tag, branch)
+}
+
 /// Whether a request carries an SDP body worth anchoring.
 fn has_sdp(msg: &Message<'_>) -> bool {
     if msg.body().is_empty() {
@@ -1798,39 +1904,6 @@ fn method_raw<'a>(msg: &Message<'a>) -> &'a [u8] {
     }
 }
 
-/// The URI inside one Route / Record-Route entry ("<sip:h;lr>" or bare).
-fn route_uri(entry: &[u8]) -> Option<Uri<'_>> {
-    let e = entry.trim_ascii();
-    let inner = match memchr::memchr(b'<', e) {
-        Some(open) => {
-            let rest = &e[open + 1..];
-            let close = memchr::memchr(b'>', rest)?;
-            &rest[..close]
-        }
-        None => e,
-    };
-    Uri::parse(inner).ok()
-}
-
-/// The address of an IP-literal URI; sipvane resolves no names on a worker.
-fn uri_addr(uri: &Uri<'_>) -> Option<SocketAddr> {
-    let ip = parse_ip(uri.host)?;
-    let default = if uri.scheme.eq_ignore_ascii_case(b"sips") {
-        5061
-    } else {
-        5060
-    };
-    Some(SocketAddr::new(ip, uri.port.unwrap_or(default)))
-}
-
-fn parse_ip(host: &[u8]) -> Option<IpAddr> {
-    let h = match host {
-        [b'[', inner @ .., b']'] => inner,
-        _ => host,
-    };
-    std::str::from_utf8(h).ok()?.parse().ok()
-}
-
 /// RFC 3581 / RFC 3261 §18.2.1: remember where the request really came from
 /// when the Via does not say so already.
 fn annotate_received(via: &Via<'_>, src: SocketAddr) -> Option<(IpAddr, u16)> {
@@ -1865,329 +1938,3 @@ fn stateless_branch(branch: &[u8], call_id: &[u8]) -> SmallVec<[u8; 48]> {
 
 #[cfg(test)]
 mod media_tests;
-
-#[cfg(test)]
-mod tests {
-    //! The core driven directly: no sockets, synthetic time.
-    use super::*;
-    use crate::dispatch::{parse_list, shared, Table};
-    use std::time::Duration;
-
-    const CALLER: &str = "127.0.0.1:40000";
-    const DEST: &str = "127.0.0.1:5070";
-
-    /// A worker over `list` (IP-literal destinations), for these tests and
-    /// the media ones.
-    pub(super) fn worker(cfg: ProxyConfig, list: &str, now: Instant) -> Worker {
-        let defs = parse_list(list).expect("list");
-        let table = Table::build(&defs, now, &mut |uri: &str| {
-            let u = Uri::parse(uri.as_bytes()).map_err(|e| e.to_string())?;
-            uri_addr(&u).ok_or_else(|| "not an IP".to_string())
-        })
-        .expect("table");
-        Worker::new(
-            0,
-            Arc::new(cfg),
-            shared(table),
-            Arc::new(ProxyStats::default()),
-            now,
-        )
-    }
-
-    fn invite(branch: &str) -> Vec<u8> {
-        format!(
-            "INVITE sip:100@127.0.0.1:5060 SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {CALLER};branch={branch}\r\n\
-             Max-Forwards: 70\r\n\
-             From: <sip:a@127.0.0.1>;tag=f1\r\n\
-             To: <sip:100@127.0.0.1>\r\n\
-             Call-ID: {branch}@t\r\n\
-             CSeq: 1 INVITE\r\n\
-             Content-Length: 0\r\n\r\n"
-        )
-        .into_bytes()
-    }
-
-    fn sent(out: &Outbox) -> Vec<(SocketAddr, String)> {
-        out.iter()
-            .map(|(_, dst, b)| (dst, String::from_utf8_lossy(b).into_owned()))
-            .collect()
-    }
-
-    /// A response to the request sipvane forwarded, as the destination sends it.
-    fn answer(forwarded: &str, code: u16, to_tag: &str) -> Vec<u8> {
-        let msg = parse(forwarded.as_bytes()).expect("forwarded parses");
-        let mut out = Vec::new();
-        let opts = ReplyOpts {
-            to_tag: Some(to_tag.as_bytes()),
-            ..ReplyOpts::default()
-        };
-        build::reply(&msg, code, build::reason_phrase(code), &opts, &mut out).expect("reply");
-        out
-    }
-
-    #[test]
-    fn invite_is_forwarded_answered_and_becomes_a_dialog() {
-        let t0 = Instant::now();
-        let mut w = worker(ProxyConfig::default(), &format!("1 sip:{DEST}\n"), t0);
-        let mut out = Outbox::new();
-        w.on_datagram(
-            t0,
-            SOCK_PUBLIC,
-            CALLER.parse().unwrap(),
-            &invite("z9hG4bK-a"),
-            &mut out,
-        );
-        let s = sent(&out);
-        assert_eq!(s.len(), 2, "{s:?}");
-        assert!(s[0].1.starts_with("SIP/2.0 100 "));
-        assert_eq!(s[1].0, DEST.parse().unwrap());
-        assert!(
-            s[1].1.contains("Record-Route: <sip:127.0.0.1:5061;lr>"),
-            "{}",
-            s[1].1
-        );
-        assert!(s[1].1.contains("Max-Forwards: 69"));
-
-        let ok = answer(&s[1].1, 200, "t1");
-        out.clear();
-        w.on_datagram(t0, SOCK_PRIVATE, DEST.parse().unwrap(), &ok, &mut out);
-        let s = sent(&out);
-        assert_eq!(s.len(), 1);
-        assert_eq!(s[0].0, CALLER.parse().unwrap());
-        assert!(s[0].1.starts_with("SIP/2.0 200 "));
-        assert!(!s[0].1.contains("z9hG4bKsp"), "sipvane's Via must be popped");
-        assert_eq!(w.occupancy().1, 1, "one dialog");
-        assert_eq!(w.stats().snapshot().calls_answered, 1);
-
-        // The callee retransmits its 2xx until the ACK: relayed again,
-        // counted once.
-        out.clear();
-        w.on_datagram(t0, SOCK_PRIVATE, DEST.parse().unwrap(), &ok, &mut out);
-        assert_eq!(sent(&out).len(), 1, "a 2xx retransmission is relayed");
-        assert_eq!(w.stats().snapshot().calls_answered, 1);
-        assert_eq!(w.occupancy().1, 1);
-    }
-
-    #[test]
-    fn call_events_start_answered_end_and_failed() {
-        let t0 = Instant::now();
-        let sink = Arc::new(EventSink::new(16));
-        let list = format!("1 sip:{DEST}\n");
-        let mut w = worker(ProxyConfig::default(), &list, t0).with_events(sink.clone());
-        let caller: SocketAddr = CALLER.parse().unwrap();
-        let dest: SocketAddr = DEST.parse().unwrap();
-        let mut out = Outbox::new();
-        w.on_datagram(t0, SOCK_PUBLIC, caller, &invite("z9hG4bK-ev"), &mut out);
-        let fwd = sent(&out)[1].1.clone();
-        let t1 = t0 + Duration::from_millis(250);
-        out.clear();
-        w.on_datagram(t1, SOCK_PRIVATE, dest, &answer(&fwd, 200, "t9"), &mut out);
-        let bye = format!(
-            "BYE sip:100@{DEST} SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {CALLER};branch=z9hG4bK-bye\r\n\
-             Route: <sip:127.0.0.1:5061;lr>\r\n\
-             Max-Forwards: 70\r\n\
-             From: <sip:a@127.0.0.1>;tag=f1\r\n\
-             To: <sip:100@127.0.0.1>;tag=t9\r\n\
-             Call-ID: z9hG4bK-ev@t\r\n\
-             CSeq: 2 BYE\r\n\
-             Content-Length: 0\r\n\r\n"
-        );
-        let t2 = t0 + Duration::from_secs(3);
-        out.clear();
-        w.on_datagram(t2, SOCK_PRIVATE, caller, bye.as_bytes(), &mut out);
-
-        let got: Vec<CallEvent> = std::iter::from_fn(|| sink.pop()).collect();
-        assert_eq!(got.len(), 3, "{got:?}");
-        assert!(
-            matches!(&got[0], CallEvent::Start { call_id, set: 1, dest: d, ruri, .. }
-                if &**call_id == "z9hG4bK-ev@t" && *d == dest && &**ruri == "sip:100@127.0.0.1:5060"),
-            "{:?}",
-            got[0]
-        );
-        assert!(
-            matches!(&got[1], CallEvent::Answered { setup, dest: d, .. }
-                if *setup == Duration::from_millis(250) && *d == dest),
-            "{:?}",
-            got[1]
-        );
-        assert!(
-            matches!(&got[2], CallEvent::End { duration, timeout: false, dest: Some(d), .. }
-                if *duration == Duration::from_millis(2750) && *d == dest),
-            "{:?}",
-            got[2]
-        );
-
-        // A destination answering 486 (not a failover code): the call fails.
-        out.clear();
-        w.on_datagram(t2, SOCK_PUBLIC, caller, &invite("z9hG4bK-busy"), &mut out);
-        let fwd = sent(&out)[1].1.clone();
-        out.clear();
-        w.on_datagram(t2, SOCK_PRIVATE, dest, &answer(&fwd, 486, "t2"), &mut out);
-        let got: Vec<CallEvent> = std::iter::from_fn(|| sink.pop()).collect();
-        assert!(
-            matches!(&got[..], [CallEvent::Start { .. }, CallEvent::Failed { code: 486, dest: Some(d), call_id, .. }]
-                if *d == dest && &**call_id == "z9hG4bK-busy@t"),
-            "{got:?}"
-        );
-        assert_eq!(sink.dropped(), 0);
-    }
-
-    #[test]
-    fn no_answer_fails_over_then_503_when_none_left() {
-        let t0 = Instant::now();
-        let list = "1 sip:127.0.0.1:5070\n1 sip:127.0.0.1:5080\n";
-        let mut w = worker(ProxyConfig::default(), list, t0);
-        let mut out = Outbox::new();
-        w.on_datagram(
-            t0,
-            SOCK_PUBLIC,
-            CALLER.parse().unwrap(),
-            &invite("z9hG4bK-b"),
-            &mut out,
-        );
-        let first = sent(&out)[1].0;
-        // Drive time in 100 ms steps to 5 s: two fr_timer (2 s) expiries.
-        let mut dests = vec![first];
-        let mut finals = Vec::new();
-        for step in 1..=50 {
-            let now = t0 + Duration::from_millis(100 * step);
-            if w.next_deadline().is_some_and(|d| d <= now) {
-                out.clear();
-                w.on_timer(now, &mut out);
-                for (dst, m) in sent(&out) {
-                    if m.starts_with("INVITE ") && !dests.contains(&dst) {
-                        dests.push(dst);
-                    }
-                    if m.starts_with("SIP/2.0 ") {
-                        finals.push(m);
-                    }
-                }
-            }
-        }
-        assert_eq!(dests.len(), 2, "both destinations tried: {dests:?}");
-        // The 503 went out at 4 s; Timer G resent it (unchanged) at 4.5 s.
-        assert_eq!(finals.len(), 2, "{finals:?}");
-        assert!(finals[0].starts_with("SIP/2.0 503 "), "{}", finals[0]);
-        assert_eq!(finals[0], finals[1]);
-        let st = w.stats().snapshot();
-        assert_eq!((st.failovers, st.timeouts, st.calls_failed), (1, 2, 1));
-
-        // The caller's ACK stops the retransmissions.
-        let ack = String::from_utf8(invite("z9hG4bK-b"))
-            .unwrap()
-            .replacen("INVITE sip:", "ACK sip:", 1)
-            .replace("CSeq: 1 INVITE", "CSeq: 1 ACK")
-            .replace(
-                "To: <sip:100@127.0.0.1>",
-                "To: <sip:100@127.0.0.1>;tag=sph0",
-            );
-        let t5 = t0 + Duration::from_secs(5);
-        out.clear();
-        w.on_datagram(
-            t5,
-            SOCK_PUBLIC,
-            CALLER.parse().unwrap(),
-            ack.as_bytes(),
-            &mut out,
-        );
-        assert!(out.is_empty(), "an ACK for our 503 is absorbed");
-        for step in 1..=100 {
-            let now = t5 + Duration::from_millis(100 * step);
-            out.clear();
-            w.on_timer(now, &mut out);
-            assert!(out.is_empty(), "nothing after the ACK: {:?}", sent(&out));
-        }
-    }
-
-    #[test]
-    fn overload_sheds_new_invites_with_retry_after() {
-        let t0 = Instant::now();
-        let cfg = ProxyConfig {
-            overload_transactions: 1,
-            retry_after_s: 7,
-            ..ProxyConfig::default()
-        };
-        let mut w = worker(cfg, &format!("1 sip:{DEST}\n"), t0);
-        let mut out = Outbox::new();
-        w.on_datagram(
-            t0,
-            SOCK_PUBLIC,
-            CALLER.parse().unwrap(),
-            &invite("z9hG4bK-c1"),
-            &mut out,
-        );
-        out.clear();
-        w.on_datagram(
-            t0,
-            SOCK_PUBLIC,
-            CALLER.parse().unwrap(),
-            &invite("z9hG4bK-c2"),
-            &mut out,
-        );
-        let s = sent(&out);
-        assert_eq!(s.len(), 1, "{s:?}");
-        assert!(s[0].1.starts_with("SIP/2.0 503 "));
-        assert!(s[0].1.contains("Retry-After: 7"), "{}", s[0].1);
-        assert_eq!(w.stats().snapshot().overload_rejects, 1);
-    }
-
-    #[test]
-    fn no_usable_destination_gets_503() {
-        let t0 = Instant::now();
-        // Flag 4: administratively disabled.
-        let mut w = worker(ProxyConfig::default(), &format!("1 sip:{DEST} 4\n"), t0);
-        let mut out = Outbox::new();
-        w.on_datagram(
-            t0,
-            SOCK_PUBLIC,
-            CALLER.parse().unwrap(),
-            &invite("z9hG4bK-d"),
-            &mut out,
-        );
-        let s = sent(&out);
-        assert_eq!(s.len(), 1, "{s:?}");
-        assert!(s[0].1.starts_with("SIP/2.0 503 "));
-        assert_eq!(w.stats().snapshot().no_destination, 1);
-
-        // The caller's ACK for that 503 has no transaction to end and
-        // nowhere to go: dropped, and counted as such (not as a response).
-        let ack = String::from_utf8(invite("z9hG4bK-d"))
-            .unwrap()
-            .replacen("INVITE sip:", "ACK sip:", 1)
-            .replace("CSeq: 1 INVITE", "CSeq: 1 ACK")
-            .replace(
-                "To: <sip:100@127.0.0.1>",
-                "To: <sip:100@127.0.0.1>;tag=sph0",
-            );
-        out.clear();
-        w.on_datagram(
-            t0,
-            SOCK_PUBLIC,
-            CALLER.parse().unwrap(),
-            ack.as_bytes(),
-            &mut out,
-        );
-        assert!(sent(&out).is_empty());
-        let st = w.stats().snapshot();
-        assert_eq!((st.unmatched_acks, st.stray_responses), (1, 0));
-    }
-
-    #[test]
-    fn garbage_is_counted_never_answered() {
-        let t0 = Instant::now();
-        let mut w = worker(ProxyConfig::default(), &format!("1 sip:{DEST}\n"), t0);
-        let mut out = Outbox::new();
-        for junk in [
-            &b"\x00\xff\x10"[..],
-            b"INVITE",
-            b"SIP/2.0 200\r\n\r\n",
-            b"\r\n\r\n",
-        ] {
-            w.on_datagram(t0, SOCK_PUBLIC, CALLER.parse().unwrap(), junk, &mut out);
-        }
-        assert!(out.is_empty());
-        assert_eq!(w.stats().snapshot().parse_errors, 2);
-    }
-}

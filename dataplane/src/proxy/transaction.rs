@@ -62,6 +62,19 @@ pub(crate) struct ProxyTxn {
     pub held: Vec<u8>,
     /// The latest response with SDP that arrived while `held` was answered.
     pub queued: Vec<u8>,
+    /// INVITE attempts given up without a final response (fr_timer): if
+    /// one rings later it gets a CANCEL, so no destination is left ringing.
+    pub abandoned: SmallVec<[Abandoned; 1]>,
+}
+
+/// An INVITE attempt sipvane stopped waiting for before it answered.
+pub(crate) struct Abandoned {
+    pub attempt: u8,
+    pub addr: SocketAddr,
+    /// Watched until then (64·T1 after it was given up, RFC 3261 Timer B).
+    pub until: Instant,
+    /// The CANCEL sent once it rang.
+    pub cancel: Option<ClientTx>,
 }
 
 /// Where an INVITE stands with RTPEngine.
@@ -93,6 +106,11 @@ impl ProxyTxn {
             self.server.next_deadline(),
             self.client.as_ref().and_then(ClientTx::next_deadline),
             self.cancel.as_ref().and_then(ClientTx::next_deadline),
+            self.abandoned.iter().map(|a| a.until).min(),
+            self.abandoned
+                .iter()
+                .filter_map(|a| a.cancel.as_ref().and_then(ClientTx::next_deadline))
+                .min(),
         ]
         .into_iter()
         .flatten()
@@ -104,6 +122,7 @@ impl ProxyTxn {
         self.server.is_terminated()
             && self.client.as_ref().is_none_or(ClientTx::is_terminated)
             && self.cancel.as_ref().is_none_or(ClientTx::is_terminated)
+            && self.abandoned.is_empty()
     }
 }
 

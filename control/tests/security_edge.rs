@@ -1,0 +1,303 @@
+//! The carrier edge with the default configuration, end to end against the
+//! real binary: relay attempts of every kind reach no address sipvane did not
+//! choose, a restarted process repeats no branch, and a flooding source is
+//! blocked while another caller's calls go through.
+//!
+//! Addresses: sipvane on 127.0.0.1, the destination ("pbx") a test socket on
+//! 127.0.0.1, the "victim" an attacker wants us to reach on 127.0.0.2 and the
+//! attacker itself on 127.0.0.3 — all loopback.
+
+#[macro_use]
+mod support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use support::{assert_loopback, free_udp_addr, Scenario, Sipvane, Uac, Uas};
+
+fn bind(ip: &str) -> UdpSocket {
+    let s = UdpSocket::bind((ip, 0)).expect("bind loopback");
+    assert_loopback(s.local_addr().unwrap());
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    s
+}
+
+/// Everything `sock` receives within `window`.
+fn drain(sock: &UdpSocket, window: Duration) -> Vec<String> {
+    let end = Instant::now() + window;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    while Instant::now() < end {
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    got
+}
+
+fn request(
+    method: &str,
+    ruri: &str,
+    from: SocketAddr,
+    routes: &[String],
+    to_tag: bool,
+    n: u32,
+) -> String {
+    let mut m = format!(
+        "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-atk{n};rport\r\n"
+    );
+    for r in routes {
+        m.push_str(&format!("Route: <{r}>\r\n"));
+    }
+    let tag = if to_tag { ";tag=pbx1" } else { "" };
+    let cseq = if method == "ACK" {
+        "1 ACK".to_string()
+    } else {
+        format!("1 {method}")
+    };
+    m.push_str(&format!(
+        "Max-Forwards: 70\r\nFrom: <sip:atk@{from}>;tag=a{n}\r\nTo: <sip:100@127.0.0.1>{tag}\r\n\
+         Call-ID: atk-{n}@test\r\nCSeq: {cseq}\r\nContact: <sip:atk@{from}>\r\nContent-Length: 0\r\n\r\n"
+    ));
+    m
+}
+
+fn status(msg: &str) -> u16 {
+    msg.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn relay_attempts_reach_no_foreign_address(io: &str) {
+    let pbx = bind("127.0.0.1");
+    let victim = bind("127.0.0.2");
+    let attacker = bind("127.0.0.3");
+    let pbx_addr = pbx.local_addr().unwrap();
+    let v = victim.local_addr().unwrap();
+    let mut sv = Sipvane::builder("security-relay")
+        .io(io)
+        .workers(2)
+        .destination(format!("1 sip:{pbx_addr}"))
+        .start();
+    let me = attacker.local_addr().unwrap();
+    let our_rr = format!("sip:{};lr", sv.private_addr(0));
+    let victim_route = format!("sip:{v};lr");
+    let victim_uri = format!("sip:100@{v}");
+    let attempts = [
+        // Pre-loaded Route to the victim on an initial request: stripped, dispatched.
+        (
+            "INVITE",
+            "sip:100@127.0.0.1".to_string(),
+            vec![victim_route.clone()],
+            false,
+            Some(100),
+        ),
+        // In-dialog with a foreign top Route.
+        (
+            "BYE",
+            victim_uri.clone(),
+            vec![victim_route.clone()],
+            true,
+            Some(404),
+        ),
+        // In-dialog without any Route, Request-URI at the victim.
+        ("BYE", victim_uri.clone(), vec![], true, Some(404)),
+        // In-dialog through our own Record-Route, Request-URI at the victim.
+        (
+            "INVITE",
+            victim_uri.clone(),
+            vec![our_rr.clone()],
+            true,
+            Some(403),
+        ),
+        (
+            "MESSAGE",
+            victim_uri.clone(),
+            vec![our_rr.clone()],
+            true,
+            Some(403),
+        ),
+        // ACKs are never answered; they must not go anywhere either.
+        (
+            "ACK",
+            victim_uri.clone(),
+            vec![victim_route.clone()],
+            true,
+            None,
+        ),
+        ("ACK", victim_uri.clone(), vec![our_rr.clone()], true, None),
+        ("ACK", victim_uri.clone(), vec![], true, None),
+    ];
+    for (n, (method, ruri, routes, tag, want)) in attempts.iter().enumerate() {
+        let m = request(method, ruri, me, routes, *tag, n as u32);
+        attacker.send_to(m.as_bytes(), sv.addr()).unwrap();
+        // Only what answers this attempt (the first INVITE's 503 comes later).
+        let got: Vec<String> = drain(&attacker, Duration::from_millis(300))
+            .into_iter()
+            .filter(|r| r.contains(&format!("Call-ID: atk-{n}@test")))
+            .collect();
+        match want {
+            Some(code) => assert!(
+                got.iter().any(|r| status(r) == *code),
+                "{method} {ruri} {routes:?}: want {code}, got {got:?}"
+            ),
+            None => assert!(
+                got.is_empty(),
+                "{method}: nothing answers an ACK, got {got:?}"
+            ),
+        }
+    }
+    // The prober's OPTIONS aside, only the stripped INVITE (and its
+    // retransmissions: the pbx never answers) reached the pbx.
+    let at_pbx: Vec<String> = drain(&pbx, Duration::from_millis(300))
+        .into_iter()
+        .filter(|m| !m.starts_with("OPTIONS "))
+        .collect();
+    assert!(!at_pbx.is_empty());
+    for m in &at_pbx {
+        assert!(
+            m.starts_with("INVITE sip:100@127.0.0.1 ") && m.contains("Call-ID: atk-0@test"),
+            "{m}"
+        );
+        assert!(
+            !m.contains(&v.to_string()),
+            "the pre-loaded Route was removed:\n{m}"
+        );
+    }
+    let at_victim = drain(&victim, Duration::from_millis(500));
+    assert!(
+        at_victim.is_empty(),
+        "the victim was reached: {at_victim:?}"
+    );
+
+    // Normal calls still pass, in-dialog requests included.
+    let mut uas = Uas::start(Scenario::Uas, free_udp_addr());
+    drop(sv.stop());
+    let mut sv = Sipvane::builder("security-calls")
+        .io(io)
+        .workers(2)
+        .destination(format!("1 sip:{}", uas.addr()))
+        .start();
+    Uac::new(Scenario::Uac, sv.addr())
+        .calls(20)
+        .rate(20)
+        .run()
+        .assert_all_succeeded(20);
+    let c = sv.stop();
+    assert_eq!(c.get("relay_denied"), 0);
+    uas.stop();
+}
+
+fn forwarded_branch(pbx: &UdpSocket) -> String {
+    let got = drain(pbx, Duration::from_millis(500));
+    let inv = got
+        .iter()
+        .find(|m| m.starts_with("INVITE "))
+        .expect("an INVITE reached the pbx");
+    let via = inv.lines().find(|l| l.starts_with("Via:")).unwrap();
+    via.split("branch=")
+        .nth(1)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+fn a_restart_repeats_no_branch(io: &str) {
+    let pbx = bind("127.0.0.1");
+    let caller = bind("127.0.0.1");
+    let me = caller.local_addr().unwrap();
+    let mut branches = Vec::new();
+    for run in 0..2 {
+        let mut sv = Sipvane::builder("security-restart")
+            .io(io)
+            .workers(1)
+            .destination(format!("1 sip:{}", pbx.local_addr().unwrap()))
+            .start();
+        for n in 0..3 {
+            // The same requests in both runs: same slot, same generation.
+            let m = request("INVITE", "sip:100@127.0.0.1", me, &[], false, 100 + n);
+            caller.send_to(m.as_bytes(), sv.addr()).unwrap();
+            branches.push((run, forwarded_branch(&pbx)));
+        }
+        drop(sv.stop());
+    }
+    for (i, (run_a, a)) in branches.iter().enumerate() {
+        assert!(a.starts_with("z9hG4bKsv") && a.len() == 57, "{a}");
+        for (run_b, b) in &branches[i + 1..] {
+            assert_ne!(a, b, "runs {run_a} and {run_b} sent the same branch");
+        }
+    }
+}
+
+fn a_flooding_source_is_blocked_and_other_callers_pass(io: &str) {
+    let mut uas = Uas::start(Scenario::Uas, free_udp_addr());
+    // The flooder's INVITEs go to set 2 (prefix 9), a counting socket.
+    let sink = bind("127.0.0.1");
+    let rps = 100;
+    let mut sv = Sipvane::builder("security-flood")
+        .io(io)
+        .workers(2)
+        .destination(format!("1 sip:{}", uas.addr()))
+        .destination(format!("2 sip:{}", sink.local_addr().unwrap()))
+        .toml(&format!(
+            "[[dispatcher.rules]]\nprefix = \"9\"\nset = 2\n[security.flood]\nper_source_rps = {rps}\nblock_s = 30"
+        ))
+        .start();
+    let target = sv.addr();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooding = stop.clone();
+    let flooder = std::thread::spawn(move || {
+        let s = bind("127.0.0.3");
+        let me = s.local_addr().unwrap();
+        let end = Instant::now() + Duration::from_secs(20);
+        let mut sent = 0u32;
+        // As fast as one thread manages, bounded in count and time.
+        while !flooding.load(std::sync::atomic::Ordering::Relaxed)
+            && Instant::now() < end
+            && sent < 2_000_000
+        {
+            let m = request("INVITE", "sip:900@127.0.0.1", me, &[], false, 1000 + sent);
+            let _ = s.send_to(m.as_bytes(), target);
+            sent += 1;
+        }
+        sent
+    });
+    // 25 calls/s = 75 requests/s (INVITE, ACK, BYE): under the limit.
+    let run = Uac::new(Scenario::Uac, sv.addr()).calls(200).rate(25).run();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = flooder.join().unwrap();
+    let ok = run.stats.successful;
+    assert!(
+        ok * 100 >= 200 * 98,
+        "{ok}/200 calls succeeded while flooded: {}",
+        run.errors()
+    );
+    let reached = drain(&sink, Duration::from_millis(500))
+        .iter()
+        .filter(|m| m.starts_with("INVITE "))
+        .count();
+    // One second's burst per worker the flooder's packets land on, at most.
+    assert!(
+        reached <= 2 * rps,
+        "{reached} of {sent} flood INVITEs reached the backend"
+    );
+    let c = sv.stop();
+    assert!(c.get("flood_blocks") >= 1);
+    assert!(
+        c.get("flood_rejects") > 1000,
+        "{sent} sent, {} refused",
+        c.get("flood_rejects")
+    );
+    uas.stop();
+    assert!(sv.log().contains("source over its request rate: blocked"));
+}
+
+on_both_drivers!(
+    relay_attempts_reach_no_foreign_address,
+    a_restart_repeats_no_branch,
+    a_flooding_source_is_blocked_and_other_callers_pass,
+);

@@ -1,0 +1,335 @@
+//! The core driven directly: no sockets, synthetic time.
+
+use super::*;
+use crate::dispatch::{parse_list, shared, Table};
+use crate::sip::Uri;
+use std::time::Duration;
+
+pub(super) const CALLER: &str = "127.0.0.1:40000";
+pub(super) const DEST: &str = "127.0.0.1:5070";
+
+/// A worker over `list` (IP-literal destinations), for these tests and
+/// the media ones.
+pub(super) fn worker(cfg: ProxyConfig, list: &str, now: Instant) -> Worker {
+    let defs = parse_list(list).expect("list");
+    let table = Table::build(&defs, now, &mut |uri: &str| {
+        let u = Uri::parse(uri.as_bytes()).map_err(|e| e.to_string())?;
+        crate::route::uri_addr(&u).ok_or_else(|| "not an IP".to_string())
+    })
+    .expect("table");
+    Worker::new(
+        0,
+        Arc::new(cfg),
+        shared(table),
+        Arc::new(ProxyStats::default()),
+        now,
+    )
+}
+
+pub(super) fn invite(branch: &str) -> Vec<u8> {
+    format!(
+        "INVITE sip:100@127.0.0.1:5060 SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {CALLER};branch={branch}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:a@127.0.0.1>;tag=f1\r\n\
+         To: <sip:100@127.0.0.1>\r\n\
+         Call-ID: {branch}@t\r\n\
+         CSeq: 1 INVITE\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+pub(super) fn sent(out: &Outbox) -> Vec<(SocketAddr, String)> {
+    out.iter()
+        .map(|(_, dst, b)| (dst, String::from_utf8_lossy(b).into_owned()))
+        .collect()
+}
+
+/// The To-tag of a response.
+pub(super) fn to_tag(resp: &str) -> String {
+    let to = resp.lines().find(|l| l.starts_with("To:")).unwrap();
+    to.split(";tag=").nth(1).unwrap().trim().to_owned()
+}
+
+/// A response to the request sipvane forwarded, as the destination sends it.
+pub(super) fn answer(forwarded: &str, code: u16, to_tag: &str) -> Vec<u8> {
+    let msg = parse(forwarded.as_bytes()).expect("forwarded parses");
+    let mut out = Vec::new();
+    let opts = ReplyOpts {
+        to_tag: Some(to_tag.as_bytes()),
+        ..ReplyOpts::default()
+    };
+    build::reply(&msg, code, build::reason_phrase(code), &opts, &mut out).expect("reply");
+    out
+}
+
+#[test]
+fn invite_is_forwarded_answered_and_becomes_a_dialog() {
+    let t0 = Instant::now();
+    let mut w = worker(ProxyConfig::default(), &format!("1 sip:{DEST}\n"), t0);
+    let mut out = Outbox::new();
+    w.on_datagram(
+        t0,
+        SOCK_PUBLIC,
+        CALLER.parse().unwrap(),
+        &invite("z9hG4bK-a"),
+        &mut out,
+    );
+    let s = sent(&out);
+    assert_eq!(s.len(), 2, "{s:?}");
+    assert!(s[0].1.starts_with("SIP/2.0 100 "));
+    assert_eq!(s[1].0, DEST.parse().unwrap());
+    assert!(
+        s[1].1.contains("Record-Route: <sip:127.0.0.1:5061;lr>"),
+        "{}",
+        s[1].1
+    );
+    assert!(s[1].1.contains("Max-Forwards: 69"));
+
+    let ok = answer(&s[1].1, 200, "t1");
+    out.clear();
+    w.on_datagram(t0, SOCK_PRIVATE, DEST.parse().unwrap(), &ok, &mut out);
+    let s = sent(&out);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].0, CALLER.parse().unwrap());
+    assert!(s[0].1.starts_with("SIP/2.0 200 "));
+    assert!(
+        !s[0]
+            .1
+            .contains(std::str::from_utf8(branch::PREFIX).unwrap()),
+        "sipvane's Via must be popped"
+    );
+    assert_eq!(w.occupancy().1, 1, "one dialog");
+    assert_eq!(w.stats().snapshot().calls_answered, 1);
+
+    // The callee retransmits its 2xx until the ACK: relayed again,
+    // counted once.
+    out.clear();
+    w.on_datagram(t0, SOCK_PRIVATE, DEST.parse().unwrap(), &ok, &mut out);
+    assert_eq!(sent(&out).len(), 1, "a 2xx retransmission is relayed");
+    assert_eq!(w.stats().snapshot().calls_answered, 1);
+    assert_eq!(w.occupancy().1, 1);
+}
+
+#[test]
+fn call_events_start_answered_end_and_failed() {
+    let t0 = Instant::now();
+    let sink = Arc::new(EventSink::new(16));
+    let list = format!("1 sip:{DEST}\n");
+    let mut w = worker(ProxyConfig::default(), &list, t0).with_events(sink.clone());
+    let caller: SocketAddr = CALLER.parse().unwrap();
+    let dest: SocketAddr = DEST.parse().unwrap();
+    let mut out = Outbox::new();
+    w.on_datagram(t0, SOCK_PUBLIC, caller, &invite("z9hG4bK-ev"), &mut out);
+    let fwd = sent(&out)[1].1.clone();
+    let t1 = t0 + Duration::from_millis(250);
+    out.clear();
+    w.on_datagram(t1, SOCK_PRIVATE, dest, &answer(&fwd, 200, "t9"), &mut out);
+    let bye = format!(
+        "BYE sip:100@{DEST} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {CALLER};branch=z9hG4bK-bye\r\n\
+         Route: <sip:127.0.0.1:5061;lr>\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:a@127.0.0.1>;tag=f1\r\n\
+         To: <sip:100@127.0.0.1>;tag=t9\r\n\
+         Call-ID: z9hG4bK-ev@t\r\n\
+         CSeq: 2 BYE\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    let t2 = t0 + Duration::from_secs(3);
+    out.clear();
+    w.on_datagram(t2, SOCK_PRIVATE, caller, bye.as_bytes(), &mut out);
+
+    let got: Vec<CallEvent> = std::iter::from_fn(|| sink.pop()).collect();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(
+        matches!(&got[0], CallEvent::Start { call_id, set: 1, dest: d, ruri, .. }
+            if &**call_id == "z9hG4bK-ev@t" && *d == dest && &**ruri == "sip:100@127.0.0.1:5060"),
+        "{:?}",
+        got[0]
+    );
+    assert!(
+        matches!(&got[1], CallEvent::Answered { setup, dest: d, .. }
+            if *setup == Duration::from_millis(250) && *d == dest),
+        "{:?}",
+        got[1]
+    );
+    assert!(
+        matches!(&got[2], CallEvent::End { duration, timeout: false, dest: Some(d), .. }
+            if *duration == Duration::from_millis(2750) && *d == dest),
+        "{:?}",
+        got[2]
+    );
+
+    // A destination answering 486 (not a failover code): the call fails.
+    out.clear();
+    w.on_datagram(t2, SOCK_PUBLIC, caller, &invite("z9hG4bK-busy"), &mut out);
+    let fwd = sent(&out)[1].1.clone();
+    out.clear();
+    w.on_datagram(t2, SOCK_PRIVATE, dest, &answer(&fwd, 486, "t2"), &mut out);
+    let got: Vec<CallEvent> = std::iter::from_fn(|| sink.pop()).collect();
+    assert!(
+        matches!(&got[..], [CallEvent::Start { .. }, CallEvent::Failed { code: 486, dest: Some(d), call_id, .. }]
+            if *d == dest && &**call_id == "z9hG4bK-busy@t"),
+        "{got:?}"
+    );
+    assert_eq!(sink.dropped(), 0);
+}
+
+#[test]
+fn no_answer_fails_over_then_503_when_none_left() {
+    let t0 = Instant::now();
+    let list = "1 sip:127.0.0.1:5070\n1 sip:127.0.0.1:5080\n";
+    let mut w = worker(ProxyConfig::default(), list, t0);
+    let mut out = Outbox::new();
+    w.on_datagram(
+        t0,
+        SOCK_PUBLIC,
+        CALLER.parse().unwrap(),
+        &invite("z9hG4bK-b"),
+        &mut out,
+    );
+    let first = sent(&out)[1].0;
+    // Drive time in 100 ms steps to 5 s: two fr_timer (2 s) expiries.
+    let mut dests = vec![first];
+    let mut finals = Vec::new();
+    for step in 1..=50 {
+        let now = t0 + Duration::from_millis(100 * step);
+        if w.next_deadline().is_some_and(|d| d <= now) {
+            out.clear();
+            w.on_timer(now, &mut out);
+            for (dst, m) in sent(&out) {
+                if m.starts_with("INVITE ") && !dests.contains(&dst) {
+                    dests.push(dst);
+                }
+                if m.starts_with("SIP/2.0 ") {
+                    finals.push(m);
+                }
+            }
+        }
+    }
+    assert_eq!(dests.len(), 2, "both destinations tried: {dests:?}");
+    // The 503 went out at 4 s; Timer G resent it (unchanged) at 4.5 s.
+    assert_eq!(finals.len(), 2, "{finals:?}");
+    assert!(finals[0].starts_with("SIP/2.0 503 "), "{}", finals[0]);
+    assert_eq!(finals[0], finals[1]);
+    let st = w.stats().snapshot();
+    assert_eq!((st.failovers, st.timeouts, st.calls_failed), (1, 2, 1));
+
+    // The caller's ACK stops the retransmissions.
+    let ack = String::from_utf8(invite("z9hG4bK-b"))
+        .unwrap()
+        .replacen("INVITE sip:", "ACK sip:", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 ACK")
+        .replace(
+            "To: <sip:100@127.0.0.1>",
+            &format!("To: <sip:100@127.0.0.1>;tag={}", to_tag(&finals[0])),
+        );
+    let t5 = t0 + Duration::from_secs(5);
+    out.clear();
+    w.on_datagram(
+        t5,
+        SOCK_PUBLIC,
+        CALLER.parse().unwrap(),
+        ack.as_bytes(),
+        &mut out,
+    );
+    assert!(out.is_empty(), "an ACK for our 503 is absorbed");
+    for step in 1..=100 {
+        let now = t5 + Duration::from_millis(100 * step);
+        out.clear();
+        w.on_timer(now, &mut out);
+        assert!(out.is_empty(), "nothing after the ACK: {:?}", sent(&out));
+    }
+}
+
+#[test]
+fn overload_sheds_new_invites_with_retry_after() {
+    let t0 = Instant::now();
+    let cfg = ProxyConfig {
+        overload_transactions: 1,
+        retry_after_s: 7,
+        ..ProxyConfig::default()
+    };
+    let mut w = worker(cfg, &format!("1 sip:{DEST}\n"), t0);
+    let mut out = Outbox::new();
+    w.on_datagram(
+        t0,
+        SOCK_PUBLIC,
+        CALLER.parse().unwrap(),
+        &invite("z9hG4bK-c1"),
+        &mut out,
+    );
+    out.clear();
+    w.on_datagram(
+        t0,
+        SOCK_PUBLIC,
+        CALLER.parse().unwrap(),
+        &invite("z9hG4bK-c2"),
+        &mut out,
+    );
+    let s = sent(&out);
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert!(s[0].1.starts_with("SIP/2.0 503 "));
+    assert!(s[0].1.contains("Retry-After: 7"), "{}", s[0].1);
+    assert_eq!(w.stats().snapshot().overload_rejects, 1);
+}
+
+#[test]
+fn no_usable_destination_gets_503() {
+    let t0 = Instant::now();
+    // Flag 4: administratively disabled.
+    let mut w = worker(ProxyConfig::default(), &format!("1 sip:{DEST} 4\n"), t0);
+    let mut out = Outbox::new();
+    w.on_datagram(
+        t0,
+        SOCK_PUBLIC,
+        CALLER.parse().unwrap(),
+        &invite("z9hG4bK-d"),
+        &mut out,
+    );
+    let s = sent(&out);
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert!(s[0].1.starts_with("SIP/2.0 503 "));
+    assert_eq!(w.stats().snapshot().no_destination, 1);
+
+    // The caller's ACK for that 503 has no transaction to end and
+    // nowhere to go: dropped, and counted as such (not as a response).
+    let ack = String::from_utf8(invite("z9hG4bK-d"))
+        .unwrap()
+        .replacen("INVITE sip:", "ACK sip:", 1)
+        .replace("CSeq: 1 INVITE", "CSeq: 1 ACK")
+        .replace(
+            "To: <sip:100@127.0.0.1>",
+            &format!("To: <sip:100@127.0.0.1>;tag={}", to_tag(&s[0].1)),
+        );
+    out.clear();
+    w.on_datagram(
+        t0,
+        SOCK_PUBLIC,
+        CALLER.parse().unwrap(),
+        ack.as_bytes(),
+        &mut out,
+    );
+    assert!(sent(&out).is_empty());
+    let st = w.stats().snapshot();
+    assert_eq!((st.unmatched_acks, st.stray_responses), (1, 0));
+}
+
+#[test]
+fn garbage_is_counted_never_answered() {
+    let t0 = Instant::now();
+    let mut w = worker(ProxyConfig::default(), &format!("1 sip:{DEST}\n"), t0);
+    let mut out = Outbox::new();
+    for junk in [
+        &b"\x00\xff\x10"[..],
+        b"INVITE",
+        b"SIP/2.0 200\r\n\r\n",
+        b"\r\n\r\n",
+    ] {
+        w.on_datagram(t0, SOCK_PUBLIC, CALLER.parse().unwrap(), junk, &mut out);
+    }
+    assert!(out.is_empty());
+    assert_eq!(w.stats().snapshot().parse_errors, 2);
+}

@@ -1,0 +1,281 @@
+//! The routing decision for a request, as one pure function: the parsed
+//! message, who sent it and the configuration in; what to do with it out.
+//! Stateful and stateless paths of the proxy both call [`decide`], so the
+//! relay policy (who may send us where), loose routing and the local
+//! answers live and are tested here.
+//!
+//! The trust model (docs/security.md): nothing from the network is trusted.
+//! A source is *trusted* when its IP is in `[security] trusted_sources` or it
+//! is a dispatcher destination (address and port). Untrusted sources reach
+//! only what sipvane chooses for them:
+//! - an initial request goes to a dispatcher set (pre-loaded Route headers
+//!   are removed, or the request refused, `preloaded_route`); a Request-URI
+//!   naming a domain we do not serve gets 404;
+//! - an in-dialog request is routed only through this proxy's own
+//!   Record-Route, and then only to a dispatcher destination's address or a
+//!   trusted network (`dialog_targets = "known"`); anything else gets 404 or
+//!   403, never a datagram to an address the peer picked.
+
+pub mod trust;
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::proxy::config::{Ownership, ProxyConfig, UnknownDomain};
+use crate::sip::{HeaderName, Message, Method, Uri};
+
+pub use trust::{Cidr, DialogTargets, PreloadedRoute};
+
+/// A request as the decision sees it.
+#[derive(Clone, Copy)]
+pub struct Request<'a, 'm> {
+    pub msg: &'a Message<'m>,
+    pub method: Method,
+    /// Whether the source may do more than an anonymous caller (see the module doc).
+    pub trusted: bool,
+    /// The datagram was handed over by another worker: never hand it on again.
+    pub handed_over: bool,
+}
+
+/// What to do with a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Answer it here with `code` (and a Warning text).
+    Reply {
+        code: u16,
+        warning: Option<&'static str>,
+    },
+    /// An OPTIONS addressed to this proxy: answer 200 with our capabilities.
+    Options,
+    /// Another worker owns the dialog it belongs to.
+    Handoff(usize),
+    /// Relay to a next hop the route set or Request-URI names, after
+    /// dropping `pop_routes` leading Route entries.
+    Relay { to: SocketAddr, pop_routes: usize },
+    /// An initial request for dispatcher set `set` (`media`: the matching
+    /// rule's anchoring override), after dropping `pop_routes` Route entries.
+    Dispatch {
+        set: u32,
+        media: Option<bool>,
+        pop_routes: usize,
+    },
+}
+
+const fn reply(code: u16, warning: &'static str) -> Decision {
+    Decision::Reply {
+        code,
+        warning: Some(warning),
+    }
+}
+
+/// Decides what `req` gets. `known_target` says whether an address is one an
+/// untrusted peer's in-dialog request may be relayed to (a dispatcher
+/// destination or a trusted network).
+pub fn decide(
+    req: Request<'_, '_>,
+    cfg: &ProxyConfig,
+    worker: usize,
+    known_target: &dyn Fn(IpAddr) -> bool,
+) -> Decision {
+    let msg = req.msg;
+    let in_dialog = msg.to().map(|t| t.tag.is_some()).unwrap_or(false);
+
+    // The route set: how many entries, and the first two parsed.
+    let mut routes = 0usize;
+    let mut first: Option<Uri<'_>> = None;
+    let mut second: Option<Uri<'_>> = None;
+    let mut all_ours = true;
+    for entry in msg.values(HeaderName::Route) {
+        let Some(uri) = route_uri(entry) else {
+            return reply(400, "Bad Route header");
+        };
+        all_ours &= cfg.owner_of(uri.host, uri.port).is_some();
+        match routes {
+            0 => first = Some(uri),
+            1 => second = Some(uri),
+            _ => {}
+        }
+        routes += 1;
+    }
+    let first_owner = first.and_then(|u| cfg.owner_of(u.host, u.port));
+    if in_dialog {
+        if let Some(Ownership::Worker(w)) = first_owner {
+            if w != worker && w < cfg.private_ports.len() && !req.handed_over {
+                // The dialog this request belongs to lives on worker w.
+                return Decision::Handoff(w);
+            }
+        }
+    }
+
+    // Max-Forwards before anything is relayed (RFC 3261 §16.3 step 2).
+    match msg.max_forwards() {
+        Ok(Some(0)) => {
+            let to_us = req.method == Method::Options
+                && (routes == 0 || (routes == 1 && first_owner.is_some()))
+                && ruri_is_ours(msg, cfg);
+            return if to_us {
+                Decision::Options
+            } else {
+                reply(483, "Too many hops")
+            };
+        }
+        Ok(_) => {}
+        Err(_) => return reply(400, "Bad Max-Forwards"),
+    }
+
+    if in_dialog {
+        return in_dialog_decision(req, cfg, routes, first, second, first_owner, known_target);
+    }
+
+    // ---- initial request: the route set is the caller's wish, not ours.
+    let mut pop_routes = 0;
+    if routes > 0 {
+        let follow = match cfg.preloaded_route {
+            _ if all_ours => false,
+            PreloadedRoute::Follow => req.trusted,
+            PreloadedRoute::Reject if !req.trusted => {
+                return reply(403, "Pre-loaded Route not allowed");
+            }
+            PreloadedRoute::Reject | PreloadedRoute::Strip => false,
+        };
+        if follow {
+            // A trusted peer's own route set: pop our entry, go where the next says.
+            let (next, pop) = match first_owner {
+                Some(_) => (second, 1),
+                None => (first, 0),
+            };
+            if let Some(next) = next {
+                if cfg.owner_of(next.host, next.port).is_some() {
+                    return reply(482, "Route points back at sipvane");
+                }
+                return match uri_addr(&next) {
+                    Some(to) => Decision::Relay {
+                        to,
+                        pop_routes: pop,
+                    },
+                    None => reply(503, "Route host is not an IP address"),
+                };
+            }
+            pop_routes = pop;
+        } else {
+            // Kamailio's default script: remove_hf("Route") on initial requests.
+            pop_routes = routes;
+        }
+    }
+    let Ok(ruri) = msg.ruri() else {
+        return reply(400, "Bad Request-URI");
+    };
+    if req.method == Method::Options && cfg.owner_of(ruri.host, ruri.port).is_some() {
+        // Keepalive addressed to sipvane itself.
+        return Decision::Options;
+    }
+    if !cfg.serves_domain(ruri.host) {
+        // A plain proxy would forward to the Request-URI host; only a trusted
+        // source may ask that of us.
+        if cfg.unknown_domain == UnknownDomain::Relay && req.trusted {
+            if let Some(to) = uri_addr(&ruri) {
+                return Decision::Relay { to, pop_routes };
+            }
+        }
+        return reply(404, "Domain not served here");
+    }
+    let (set, media) = cfg.route_for(ruri.user.unwrap_or(b""), ruri.host);
+    Decision::Dispatch {
+        set,
+        media,
+        pop_routes,
+    }
+}
+
+/// Loose routing of a request inside a dialog (RFC 3261 §16.4, §16.6 step 6).
+fn in_dialog_decision(
+    req: Request<'_, '_>,
+    cfg: &ProxyConfig,
+    routes: usize,
+    first: Option<Uri<'_>>,
+    second: Option<Uri<'_>>,
+    first_owner: Option<Ownership>,
+    known_target: &dyn Fn(IpAddr) -> bool,
+) -> Decision {
+    let (next, pop_routes) = match (first, first_owner) {
+        // Through our own Record-Route: the next entry, else the remote target.
+        (Some(_), Some(_)) => (second, 1),
+        // A route set that does not start with us: not a dialog we routed.
+        (Some(f), None) if req.trusted => (Some(f), 0),
+        (Some(_), None) => return reply(404, "Route does not name this proxy"),
+        (None, _) if !req.trusted => return reply(404, "Not here"),
+        (None, _) => (None, 0),
+    };
+    let to = match next {
+        Some(uri) => {
+            if cfg.owner_of(uri.host, uri.port).is_some() {
+                // Two of our own entries in a row: forwarding would loop.
+                return reply(482, "Route points back at sipvane");
+            }
+            match uri_addr(&uri) {
+                Some(a) => a,
+                None => return reply(503, "Route host is not an IP address"),
+            }
+        }
+        None => {
+            let Ok(ruri) = req.msg.ruri() else {
+                return reply(400, "Bad Request-URI");
+            };
+            if cfg.owner_of(ruri.host, ruri.port).is_some() {
+                // Addressed to sipvane itself with no route on: nowhere to go.
+                return reply(404, "Not here");
+            }
+            match uri_addr(&ruri) {
+                Some(a) => a,
+                None => return reply(503, "Request-URI host is not an IP address"),
+            }
+        }
+    };
+    if !req.trusted && cfg.dialog_targets == DialogTargets::Known && !known_target(to.ip()) {
+        return reply(403, "Relay denied");
+    }
+    debug_assert!(pop_routes <= routes);
+    Decision::Relay { to, pop_routes }
+}
+
+fn ruri_is_ours(msg: &Message<'_>, cfg: &ProxyConfig) -> bool {
+    msg.ruri()
+        .map(|u| cfg.owner_of(u.host, u.port).is_some())
+        .unwrap_or(false)
+}
+
+/// The URI of one Route entry (`<sip:...;lr>` or a bare URI).
+pub fn route_uri(entry: &[u8]) -> Option<Uri<'_>> {
+    let e = entry.trim_ascii();
+    let inner = match memchr::memchr(b'<', e) {
+        Some(open) => {
+            let rest = &e[open + 1..];
+            let close = memchr::memchr(b'>', rest)?;
+            &rest[..close]
+        }
+        None => e,
+    };
+    Uri::parse(inner).ok()
+}
+
+/// The address of an IP-literal URI; sipvane resolves no names on a worker.
+pub fn uri_addr(uri: &Uri<'_>) -> Option<SocketAddr> {
+    let ip = parse_ip(uri.host)?;
+    let default = if uri.scheme.eq_ignore_ascii_case(b"sips") {
+        5061
+    } else {
+        5060
+    };
+    Some(SocketAddr::new(ip, uri.port.unwrap_or(default)))
+}
+
+/// An IP literal (IPv6 with or without brackets).
+pub fn parse_ip(host: &[u8]) -> Option<IpAddr> {
+    let h = match host {
+        [b'[', inner @ .., b']'] => inner,
+        _ => host,
+    };
+    std::str::from_utf8(h).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests;
