@@ -296,7 +296,45 @@ fn a_flooding_source_is_blocked_and_other_callers_pass(io: &str) {
     assert!(sv.log().contains("source over its request rate: blocked"));
 }
 
+/// A destination that stays silent past fr_timer and rings later: every
+/// call completes on the next destination, and the late one gets a CANCEL
+/// for every INVITE it received (its scenario fails any call left ringing).
+fn a_destination_given_up_at_fr_timer_is_never_left_ringing(io: &str) {
+    let mut late = Uas::start(Scenario::UasLate, free_udp_addr());
+    let mut good = Uas::start(Scenario::Uas, free_udp_addr());
+    // Priority order (algorithm 8): the late one first, always, and it stays
+    // usable (its OPTIONS are answered; failures never take it out).
+    let mut sv = Sipvane::builder("security-late")
+        .io(io)
+        .workers(2)
+        .algorithm("8")
+        .destination(format!("1 sip:{} 0 10", late.addr()))
+        .destination(format!("1 sip:{} 0 5", good.addr()))
+        .toml("failure_threshold = 1000")
+        .start();
+    Uac::new(Scenario::Uac, sv.addr())
+        .calls(6)
+        .rate(3)
+        .run()
+        .assert_all_succeeded(6);
+    // The late one's CANCELs arrive 2.5 s after each INVITE.
+    std::thread::sleep(Duration::from_secs(4));
+    let l = late.stop();
+    let got = l.invites_received();
+    assert!(got >= 1, "the late destination was tried: {l:?}");
+    assert_eq!(
+        l.count("CANCEL", "Recv"),
+        got,
+        "one CANCEL per INVITE: {l:?}"
+    );
+    assert_eq!(l.failed, 0, "a destination was left ringing: {l:?}");
+    good.stop();
+    let c = sv.stop();
+    assert_eq!(c.get("abandoned_cancels"), got);
+}
+
 on_both_drivers!(
+    a_destination_given_up_at_fr_timer_is_never_left_ringing,
     relay_attempts_reach_no_foreign_address,
     a_restart_repeats_no_branch,
     a_flooding_source_is_blocked_and_other_callers_pass,

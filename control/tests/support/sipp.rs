@@ -58,6 +58,9 @@ pub enum Scenario {
     UasSlow,
     /// Rings forever; CANCEL -> 200 + 487 -> ACK.
     UasCancel,
+    /// Silent for 2.5 s (past fr_timer), then 180; waits for the CANCEL
+    /// (10 s, else the call fails) -> 200 + 487 -> ACK. Never answers.
+    UasLate,
 }
 
 impl Scenario {
@@ -72,6 +75,7 @@ impl Scenario {
             Scenario::Uas503 => "uas_503.xml",
             Scenario::UasSlow => "uas_slow.xml",
             Scenario::UasCancel => "uas_cancel.xml",
+            Scenario::UasLate => "uas_late.xml",
         }
     }
 
@@ -84,7 +88,11 @@ impl Scenario {
     pub fn is_server(self) -> bool {
         matches!(
             self,
-            Scenario::Uas | Scenario::Uas503 | Scenario::UasSlow | Scenario::UasCancel
+            Scenario::Uas
+                | Scenario::Uas503
+                | Scenario::UasSlow
+                | Scenario::UasCancel
+                | Scenario::UasLate
         )
     }
 
