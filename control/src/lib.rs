@@ -10,3 +10,4 @@ pub mod media_health;
 pub mod probe;
 pub mod run;
 pub mod source;
+pub mod systemd;

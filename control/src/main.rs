@@ -1,5 +1,6 @@
 //! The `sipvane` binary.
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -90,8 +91,10 @@ fn init_logging(cfg: &Config, level_from_flag: bool) {
             .parse(&cfg.log.level)
             .unwrap_or_else(|_| EnvFilter::new("info"))
     });
+    // Colour only on a terminal: under systemd stderr is the journal.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = match cfg.log.format {
         LogFormat::Text => builder.try_init(),

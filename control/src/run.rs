@@ -378,9 +378,21 @@ pub fn run(cfg: &Config) -> Result<()> {
             }
             None => info!("OPTIONS probing is off (dispatcher.ping_interval_s = 0)"),
         }
+        if let Some(every) = crate::systemd::watchdog_interval() {
+            info!(?every, "systemd watchdog on");
+            tokio::spawn(crate::systemd::watchdog(every, running.workers.clone()));
+        }
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut hup = signal(SignalKind::hangup())?;
+        // Workers and the management API are bound, and the signal handlers
+        // are in place: tell systemd (Type=notify) the service is up.
+        crate::systemd::ready(&format!(
+            "{} workers on {}, management API on {}",
+            running.workers.workers(),
+            running.listen,
+            cfg.mgmt.listen
+        ));
         loop {
             tokio::select! {
                 r = tokio::signal::ctrl_c() => { r?; break; }
@@ -396,6 +408,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         Ok::<(), std::io::Error>(())
     })
     .context("waiting for a signal")?;
+    crate::systemd::stopping();
     info!("stopping");
     let mut total = proxy::Snapshot::default();
     for s in &running.stats {

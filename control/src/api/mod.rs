@@ -49,6 +49,11 @@ impl ApiState {
     }
 }
 
+/// True when every worker runs its loop (the `/health` verdict is "ok").
+pub fn workers_healthy(workers: &[dataplane::worker::WorkerStats]) -> bool {
+    !workers.is_empty() && workers.iter().all(status::alive)
+}
+
 /// Binds the API's TCP port now, so a taken port stops start-up with one line.
 pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
     let fail = |e: std::io::Error| {

@@ -37,6 +37,7 @@ macro_rules! on_both_drivers {
 }
 
 pub mod net;
+pub mod notify;
 pub mod process;
 pub mod services;
 pub mod sipp;
@@ -47,6 +48,8 @@ pub use net::{
     assert_loopback, free_tcp_port, free_udp_addr, free_udp_port, free_udp_ports, localhost,
     sip_options_ping, status_code, udp_bound, wait_for_tcp_listener, wait_for_udp_listener,
 };
+#[allow(unused_imports)]
+pub use notify::NotifySocket;
 #[allow(unused_imports)]
 pub use process::{output_within, repo_root, require_binary, which, ChildGuard, WorkDir};
 #[allow(unused_imports)]
