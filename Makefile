@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build test demo bench bench-micro fuzz lint clean services-stop
+.PHONY: all deps build deb test demo bench bench-micro fuzz lint clean services-stop
 
 all: build
 
@@ -16,9 +16,19 @@ deps:
 build:
 	$(CARGO) build --release --workspace
 
-## test: the whole test suite; services the tests start are stopped even on failure
+## deb: the Debian package target/debian/sipvane_<version>_<arch>.deb (release build;
+##      scripts/deb.sh, docs/deployment.md)
+deb:
+	@bash scripts/deps.sh --deb
+	@CARGO="$(CARGO)" bash scripts/deb.sh
+
+## test: the whole test suite; services the tests start are stopped even on failure.
+##       The package test (control/tests/package_deb.rs) gets a .deb of this build's
+##       own binaries (no second, release build): SIPVANE_DEB.
 test: deps
-	@rc=0; $(CARGO) test --workspace --profile ci --no-fail-fast || rc=$$?; \
+	$(CARGO) test --workspace --profile ci --no-run
+	@rc=0; deb=$$(bash scripts/deb.sh --profile ci --no-build) || exit 1; \
+	  SIPVANE_DEB=$(CURDIR)/$$deb $(CARGO) test --workspace --profile ci --no-fail-fast || rc=$$?; \
 	  bash scripts/services.sh stop-all; exit $$rc
 
 ## demo: build and run the demo

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the system packages sipvane's tests, demo and benchmarks use.
+# Installs the system packages sipvane's tests, demo, benchmarks and Debian
+# package (make deb: dpkg-dev; its test: systemd-analyze, strace, setpriv) use.
 # Idempotent: does nothing when everything is present. Services that Debian
 # would start on install (redis, postgres, mariadb, rtpengine) are kept from
 # starting on their default ports: the test harness starts private copies on
@@ -8,9 +9,11 @@ set -euo pipefail
 
 want=(sip-tester redis-server redis-tools postgresql postgresql-client mariadb-server \
       mariadb-client rtpengine-daemon kamailio kamailio-extra-modules clang pkg-config \
-      libssl-dev procps iproute2 valgrind)
+      libssl-dev procps iproute2 valgrind \
+      dpkg-dev adduser systemd init-system-helpers strace util-linux)
 case "${1:-}" in
   --minimal) want=(sip-tester procps) ;;
+  --deb) want=(dpkg-dev) ;;
 esac
 
 if ! command -v cargo >/dev/null 2>&1; then
