@@ -662,6 +662,10 @@ pub struct ProxyConfig {
     /// Server / User-Agent header value in locally generated messages; empty: none.
     /// Default `sipvane`.
     pub server_header: String,
+    /// Seconds a dialog without BYE and without in-dialog traffic is kept
+    /// (Kamailio dialog `default_timeout`); a 2xx's `Session-Expires`
+    /// shortens it to the session interval + 32 s. Default 43200.
+    pub dialog_timeout_s: u32,
 }
 
 impl Default for ProxyConfig {
@@ -681,6 +685,7 @@ impl Default for ProxyConfig {
             balance: Balance::Kernel,
             record_route: true,
             server_header: "sipvane".to_owned(),
+            dialog_timeout_s: 43_200,
         }
     }
 }
@@ -1285,6 +1290,12 @@ impl Config {
                 format!(
                     "overload_watermark must be a fraction greater than 0 and at most 1 (got {w})"
                 ),
+            );
+        }
+        if p.dialog_timeout_s == 0 {
+            v.err(
+                at("dialog_timeout_s"),
+                "dialog_timeout_s must be ≥ 1".into(),
             );
         }
         if !is_header_text(&p.server_header) {

@@ -127,6 +127,7 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
             crate::config::UnknownDomain::Relay => UnknownDomain::Relay,
         },
         server_header: cfg.proxy.server_header.clone(),
+        dialog_timeout: std::time::Duration::from_secs(u64::from(cfg.proxy.dialog_timeout_s)),
         balance_by_call_id: cfg.proxy.balance == crate::config::Balance::Callid,
         key_seed: random_seed()?,
         branch_secret: random_seed()?,

@@ -190,12 +190,14 @@ fn relay_attempts_reach_no_foreign_address(io: &str) {
     uas.stop();
 }
 
-fn forwarded_branch(pbx: &UdpSocket) -> String {
+/// The branch of the forwarded INVITE with Call-ID `atk-{n}@test`
+/// (retransmissions of earlier ones are skipped).
+fn forwarded_branch(pbx: &UdpSocket, n: u32) -> String {
     let got = drain(pbx, Duration::from_millis(500));
     let inv = got
         .iter()
-        .find(|m| m.starts_with("INVITE "))
-        .expect("an INVITE reached the pbx");
+        .find(|m| m.starts_with("INVITE ") && m.contains(&format!("Call-ID: atk-{n}@test")))
+        .expect("the INVITE reached the pbx");
     let via = inv.lines().find(|l| l.starts_with("Via:")).unwrap();
     via.split("branch=")
         .nth(1)
@@ -211,17 +213,18 @@ fn a_restart_repeats_no_branch(io: &str) {
     let caller = bind("127.0.0.1");
     let me = caller.local_addr().unwrap();
     let mut branches = Vec::new();
-    for run in 0..2 {
+    for run in 0..2u32 {
         let mut sv = Sipvane::builder("security-restart")
             .io(io)
             .workers(1)
             .destination(format!("1 sip:{}", pbx.local_addr().unwrap()))
             .start();
-        for n in 0..3 {
-            // The same requests in both runs: same slot, same generation.
-            let m = request("INVITE", "sip:100@127.0.0.1", me, &[], false, 100 + n);
+        for k in 0..3 {
+            // The same sequence in both runs: same slots, same generations.
+            let n = 100 * (run + 1) + k;
+            let m = request("INVITE", "sip:100@127.0.0.1", me, &[], false, n);
             caller.send_to(m.as_bytes(), sv.addr()).unwrap();
-            branches.push((run, forwarded_branch(&pbx)));
+            branches.push((run, forwarded_branch(&pbx, n)));
         }
         drop(sv.stop());
     }

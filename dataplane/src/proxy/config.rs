@@ -66,7 +66,8 @@ pub struct ProxyConfig {
     pub domains: Vec<String>,
     pub unknown_domain: UnknownDomain,
     pub server_header: String,
-    /// A dialog with no BYE and no traffic is forgotten after this long.
+    /// A dialog with no BYE and no in-dialog traffic for this long is
+    /// forgotten (Kamailio dialog `default_timeout`, 43200 s).
     pub dialog_timeout: Duration,
     /// Requests reaching the public port are handled by the worker that
     /// hash(Call-ID) names (handed over if needed) instead of whichever
@@ -113,7 +114,7 @@ impl Default for ProxyConfig {
             domains: Vec::new(),
             unknown_domain: UnknownDomain::Relay,
             server_header: "sipvane".into(),
-            dialog_timeout: Duration::from_secs(12 * 3600),
+            dialog_timeout: Duration::from_secs(43_200),
             balance_by_call_id: false,
             key_seed: [0x5195_0a11, 0x7e57, 0xd1a1, 0x0c0de],
             branch_secret: [0xb4a7c4, 0x5ea1, 0x7a65, 0x0e90c4],

@@ -13,6 +13,8 @@ pub mod stats;
 mod transaction;
 
 #[cfg(test)]
+mod lifetime_tests;
+#[cfg(test)]
 mod security_tests;
 #[cfg(test)]
 mod tests;
@@ -60,6 +62,8 @@ struct DialogData {
     addr: SocketAddr,
     call_id: Option<Box<str>>,
     media: Option<DialogMedia>,
+    /// RFC 4028 session interval (s) the dialog's 2xx set; 0: none.
+    session_expires: u32,
 }
 
 /// An anchored dialog's engine and the ids `delete` needs, inline: most
@@ -418,7 +422,7 @@ impl Worker {
                     from_uri,
                     to_uri,
                     ruri: msg.request_uri().unwrap_or(b""),
-                    auth_user: None,
+                    auth_user: crate::sip::auth::credentials_username(msg),
                 };
                 let set_index = set.index();
                 self.selector
@@ -473,6 +477,9 @@ impl Worker {
         } else {
             None
         };
+        if in_dialog && method != Method::Bye && method != Method::Ack {
+            self.dialog_refreshed(now, msg);
+        }
         if method == Method::Bye && in_dialog {
             // Like Kamailio's dialog module, the BYE ends the dialog whatever
             // its reply: a BYE to a dead destination still frees its call slot.
@@ -511,6 +518,7 @@ impl Worker {
             held: Vec::new(),
             queued: Vec::new(),
             abandoned: SmallVec::new(),
+            holds_call: false,
         };
         let id = match self.txns.insert(key, txn) {
             Ok(id) => id,
@@ -529,6 +537,16 @@ impl Worker {
                 return;
             }
         };
+        if method == Method::Invite && !in_dialog {
+            // Counted now, not at the 2xx: call-load selection and `maxload`
+            // must see the calls that are still ringing.
+            if let Some(txn) = self.txns.get_mut(id) {
+                if let Some(d) = &txn.target.dest {
+                    d.call_started();
+                    txn.holds_call = true;
+                }
+            }
+        }
         if method == Method::Invite {
             // 100 Trying stops the caller's retransmissions (RFC 3261 §16.2).
             self.scratch.clear();
@@ -1189,6 +1207,12 @@ impl Worker {
                 continue;
             }
             dest.stats.record_selected();
+            if txn.holds_call {
+                if let Some(old) = &txn.target.dest {
+                    old.call_ended();
+                }
+                dest.stats.call_started();
+            }
             txn.target = Target {
                 addr: dest.addr,
                 dest: Some(dest.stats.clone()),
@@ -1355,6 +1379,11 @@ impl Worker {
                 });
             }
         }
+        if code >= 300 && std::mem::take(&mut txn.holds_call) {
+            if let Some(d) = &txn.target.dest {
+                d.call_ended();
+            }
+        }
         txn.final_sent = true;
         txn.server.on_final_sent(code, now);
         // What a finished transaction still needs is its last response; the
@@ -1481,8 +1510,14 @@ impl Worker {
             return false;
         };
         let (dest, addr) = (txn.target.dest.clone(), txn.target.addr);
-        if let Some(d) = &dest {
-            d.call_started();
+        let session_expires = session_expires(resp);
+        // The INVITE's call slot passes to the dialog.
+        if let Some(txn) = self.txns.get_mut(id) {
+            if !std::mem::take(&mut txn.holds_call) {
+                if let Some(d) = &dest {
+                    d.call_started();
+                }
+            }
         }
         let media = self
             .txns
@@ -1494,9 +1529,15 @@ impl Worker {
             addr,
             call_id: self.events.as_ref().map(|_| events::text(call_id)),
             media,
+            session_expires,
         };
         match self.dialogs.insert(key, DialogState::Confirmed, data, now) {
-            Ok(_) => bump(&self.stats.dialogs_created),
+            Ok(d) => {
+                bump(&self.stats.dialogs_created);
+                if let Some(at) = self.session_deadline(now, session_expires) {
+                    self.dialogs.set_expiry(d, at);
+                }
+            }
             Err(_) => {
                 if let Some(d) = &dest {
                     d.call_ended();
@@ -1505,6 +1546,36 @@ impl Worker {
             }
         }
         true
+    }
+
+    /// In-dialog traffic keeps a dialog alive: its expiry moves to
+    /// `dialog_timeout` (or its session interval) from now.
+    fn dialog_refreshed(&mut self, now: Instant, msg: &Message<'_>) {
+        let Some((key, ..)) = self.dialog_key(msg) else {
+            return;
+        };
+        let Some(id) = self.dialogs.find(&key) else {
+            return;
+        };
+        let se = self.dialogs.get(id).map_or(0, |d| d.data.session_expires);
+        match self.session_deadline(now, se) {
+            Some(at) => {
+                self.dialogs.set_expiry(id, at);
+            }
+            None => {
+                self.dialogs.touch(id, now);
+            }
+        }
+    }
+
+    /// When a dialog with session interval `se` (RFC 4028) expires if not
+    /// refreshed: the interval plus 32 s of grace for the refresh to arrive,
+    /// never later than `dialog_timeout`; `None` without an interval.
+    fn session_deadline(&self, now: Instant, se: u32) -> Option<Instant> {
+        (se > 0).then(|| {
+            let interval = std::time::Duration::from_secs(u64::from(se) + 32);
+            now + interval.min(self.cfg.dialog_timeout)
+        })
     }
 
     fn dialog_ended(&mut self, now: Instant, msg: &Message<'_>, out: &mut Outbox) {
@@ -1685,6 +1756,11 @@ impl Worker {
     }
 
     fn recycle(&mut self, txn: ProxyTxn) {
+        if txn.holds_call {
+            if let Some(d) = &txn.target.dest {
+                d.call_ended();
+            }
+        }
         self.pool.put(txn.request);
         self.pool.put(txn.forwarded);
         self.pool.put(txn.last_response);
@@ -1846,6 +1922,22 @@ fn local_tag(minter: &Minter, req: &Message<'_>) -> [u8; 16] {
     let from_tag = req.from().ok().and_then(|f| f.tag).unwrap_or(b"");
     let branch = req.top_via().ok().and_then(|v| v.branch).unwrap_or(b"");
     minter.to_tag(req.call_id().unwrap_or(b""), from_tag, branch)
+}
+
+/// The `Session-Expires` (compact `x`) delta-seconds of a message, 0 when
+/// absent or malformed (RFC 4028 §4).
+fn session_expires(msg: &Message<'_>) -> u32 {
+    let Some(v) = msg
+        .header_by_name(b"Session-Expires")
+        .or_else(|| msg.header_by_name(b"x"))
+    else {
+        return 0;
+    };
+    let delta = v.split(|&c| c == b';').next().unwrap_or(b"").trim_ascii();
+    std::str::from_utf8(delta)
+        .ok()
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Whether a request carries an SDP body worth anchoring.

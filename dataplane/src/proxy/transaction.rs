@@ -65,6 +65,10 @@ pub(crate) struct ProxyTxn {
     /// INVITE attempts given up without a final response (fr_timer): if
     /// one rings later it gets a CANCEL, so no destination is left ringing.
     pub abandoned: SmallVec<[Abandoned; 1]>,
+    /// The target destination's active-call count includes this INVITE
+    /// (counted at selection, so call-load and `maxload` see ringing calls;
+    /// released on failure, CANCEL and failover, handed to the dialog on 2xx).
+    pub holds_call: bool,
 }
 
 /// An INVITE attempt sipvane stopped waiting for before it answered.

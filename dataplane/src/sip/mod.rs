@@ -6,6 +6,7 @@
 //! local replies, ACK and CANCEL into caller-provided buffers. Nothing here
 //! allocates on the per-packet path.
 
+pub mod auth;
 pub mod build;
 mod chars;
 pub mod error;
