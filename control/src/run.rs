@@ -159,7 +159,6 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
                 max_sources: cfg.security.flood.max_sources as usize,
             }
         }),
-        ..ProxyConfig::default()
     })
 }
 
