@@ -356,6 +356,7 @@ impl Worker {
             &|ip| self.cfg.is_trusted_ip(ip) || table.has_ip(ip),
         );
         drop(table);
+        let mut strict_route = false;
         let (target, pop_routes) = match decision {
             Decision::Reply { code, warning } => {
                 match code {
@@ -377,13 +378,20 @@ impl Worker {
                 out.handoff(w, socket | HANDED_OVER, src, msg.buf());
                 return;
             }
-            Decision::Relay { to, pop_routes } => (
-                Target {
-                    addr: to,
-                    dest: None,
-                },
+            Decision::Relay {
+                to,
                 pop_routes,
-            ),
+                strict,
+            } => {
+                strict_route = strict;
+                (
+                    Target {
+                        addr: to,
+                        dest: None,
+                    },
+                    pop_routes,
+                )
+            }
             Decision::Dispatch {
                 set: set_id,
                 media: rule_media,
@@ -507,6 +515,7 @@ impl Worker {
             next_candidate: 1,
             set: set_table,
             pop_routes,
+            strict_route,
             record_route,
             received,
             cancelled: false,
@@ -835,8 +844,13 @@ impl Worker {
                 port: self.private_port(),
                 branch: &branch,
             },
-            request_uri: None,
+            request_uri: if txn.strict_route {
+                route::last_route_uri(&req)
+            } else {
+                None
+            },
             pop_routes: txn.pop_routes,
+            drop_last_route: txn.strict_route,
             record_route: txn.record_route.then_some(self.record_route.as_slice()),
             received: match (&received_ip, txn.received) {
                 (Some(ip), Some((_, port))) => Some((ip.as_slice(), port)),
@@ -930,8 +944,12 @@ impl Worker {
             &|ip| self.cfg.is_trusted_ip(ip) || table.has_ip(ip),
         );
         drop(table);
-        let (dst, pop_routes) = match decision {
-            Decision::Relay { to, pop_routes } => (to, pop_routes),
+        let (dst, pop_routes, strict) = match decision {
+            Decision::Relay {
+                to,
+                pop_routes,
+                strict,
+            } => (to, pop_routes, strict),
             Decision::Handoff(w) => {
                 bump(&self.stats.handoffs);
                 out.handoff(w, socket | HANDED_OVER, src, msg.buf());
@@ -954,8 +972,13 @@ impl Worker {
                 port: self.private_port(),
                 branch: &branch,
             },
-            request_uri: None,
+            request_uri: if strict {
+                route::last_route_uri(msg)
+            } else {
+                None
+            },
             pop_routes,
+            drop_last_route: strict,
             record_route: None,
             received: match (&received_ip, received) {
                 (Some(ip), Some((_, port))) => Some((ip.as_slice(), port)),

@@ -274,3 +274,32 @@ fn an_abandoned_attempt_that_never_answers_is_forgotten_after_64_t1() {
     assert!(finals >= 1);
     assert_eq!(w.occupancy().0, 0, "the watch ends at 64·T1");
 }
+
+#[test]
+fn a_strict_routers_request_is_rewritten_and_relayed() {
+    let t0 = Instant::now();
+    let mut w = worker(ProxyConfig::default(), &format!("1 sip:{DEST}\n"), t0);
+    let bye = format!(
+        "BYE sip:127.0.0.1:5061 SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK-strict\r\n\
+         Route: <sip:100@{DEST}>\r\nMax-Forwards: 70\r\nFrom: <sip:a@127.0.0.1>;tag=f1\r\n\
+         To: <sip:100@127.0.0.1>;tag=t1\r\nCall-ID: strict@t\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let mut out = Outbox::new();
+    w.on_datagram(
+        t0,
+        SOCK_PRIVATE,
+        CALLER.parse().unwrap(),
+        bye.as_bytes(),
+        &mut out,
+    );
+    let s = sent(&out);
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(s[0].0, DEST.parse().unwrap());
+    assert!(
+        s[0].1
+            .starts_with(&format!("BYE sip:100@{DEST} SIP/2.0\r\n")),
+        "{}",
+        s[0].1
+    );
+    assert!(!s[0].1.contains("\r\nRoute:"), "{}", s[0].1);
+}

@@ -48,6 +48,9 @@ pub(crate) struct ProxyTxn {
     /// The table snapshot and set the candidates index into.
     pub set: Option<(Arc<Table>, usize)>,
     pub pop_routes: usize,
+    /// Strict routing (RFC 3261 §16.4): the last Route entry is the
+    /// Request-URI written.
+    pub strict_route: bool,
     pub record_route: bool,
     pub received: Option<(IpAddr, u16)>,
     pub cancelled: bool,

@@ -49,8 +49,14 @@ pub enum Decision {
     /// Another worker owns the dialog it belongs to.
     Handoff(usize),
     /// Relay to a next hop the route set or Request-URI names, after
-    /// dropping `pop_routes` leading Route entries.
-    Relay { to: SocketAddr, pop_routes: usize },
+    /// dropping `pop_routes` leading Route entries. `strict`: the previous
+    /// hop was a strict router (RFC 3261 §16.4) — the last Route entry
+    /// becomes the Request-URI and leaves the route set.
+    Relay {
+        to: SocketAddr,
+        pop_routes: usize,
+        strict: bool,
+    },
     /// An initial request for dispatcher set `set` (`media`: the matching
     /// rule's anchoring override), after dropping `pop_routes` Route entries.
     Dispatch {
@@ -97,6 +103,15 @@ pub fn decide(
         routes += 1;
     }
     let first_owner = first.and_then(|u| cfg.owner_of(u.host, u.port));
+    if in_dialog && routes > 0 {
+        if let Ok(ruri) = msg.ruri() {
+            if let Some(Ownership::Worker(w)) = cfg.owner_of(ruri.host, ruri.port) {
+                // Our own Record-Route in the Request-URI: the previous hop
+                // routes strictly. Its real target is the last Route entry.
+                return strict_route(req, cfg, worker, w, routes, first, known_target);
+            }
+        }
+    }
     if in_dialog {
         if let Some(Ownership::Worker(w)) = first_owner {
             if w != worker && w < cfg.private_ports.len() && !req.handed_over {
@@ -151,6 +166,7 @@ pub fn decide(
                     Some(to) => Decision::Relay {
                         to,
                         pop_routes: pop,
+                        strict: false,
                     },
                     None => reply(503, "Route host is not an IP address"),
                 };
@@ -173,7 +189,11 @@ pub fn decide(
         // source may ask that of us.
         if cfg.unknown_domain == UnknownDomain::Relay && req.trusted {
             if let Some(to) = uri_addr(&ruri) {
-                return Decision::Relay { to, pop_routes };
+                return Decision::Relay {
+                    to,
+                    pop_routes,
+                    strict: false,
+                };
             }
         }
         return reply(404, "Domain not served here");
@@ -234,7 +254,56 @@ fn in_dialog_decision(
         return reply(403, "Relay denied");
     }
     debug_assert!(pop_routes <= routes);
-    Decision::Relay { to, pop_routes }
+    Decision::Relay {
+        to,
+        pop_routes,
+        strict: false,
+    }
+}
+
+/// RFC 3261 §16.4: the Request-URI is a Record-Route value of ours (worker
+/// `owner`'s), so the last Route entry is the real Request-URI; the next hop
+/// is the first remaining Route entry, else that URI.
+fn strict_route(
+    req: Request<'_, '_>,
+    cfg: &ProxyConfig,
+    worker: usize,
+    owner: usize,
+    routes: usize,
+    first: Option<Uri<'_>>,
+    known_target: &dyn Fn(IpAddr) -> bool,
+) -> Decision {
+    if owner != worker && owner < cfg.private_ports.len() && !req.handed_over {
+        return Decision::Handoff(owner);
+    }
+    let next = if routes > 1 {
+        first
+    } else {
+        req.msg.values(HeaderName::Route).last().and_then(route_uri)
+    };
+    let Some(next) = next else {
+        return reply(400, "Bad Route header");
+    };
+    if cfg.owner_of(next.host, next.port).is_some() {
+        return reply(482, "Route points back at sipvane");
+    }
+    let Some(to) = uri_addr(&next) else {
+        return reply(503, "Route host is not an IP address");
+    };
+    if !req.trusted && cfg.dialog_targets == DialogTargets::Known && !known_target(to.ip()) {
+        return reply(403, "Relay denied");
+    }
+    Decision::Relay {
+        to,
+        pop_routes: 0,
+        strict: true,
+    }
+}
+
+/// The URI of the last Route entry as written (between `<>`), which a strict
+/// router left there as the real Request-URI.
+pub fn last_route_uri<'m>(msg: &Message<'m>) -> Option<&'m [u8]> {
+    entry_uri(msg.values(HeaderName::Route).last()?)
 }
 
 fn ruri_is_ours(msg: &Message<'_>, cfg: &ProxyConfig) -> bool {
@@ -245,16 +314,19 @@ fn ruri_is_ours(msg: &Message<'_>, cfg: &ProxyConfig) -> bool {
 
 /// The URI of one Route entry (`<sip:...;lr>` or a bare URI).
 pub fn route_uri(entry: &[u8]) -> Option<Uri<'_>> {
+    Uri::parse(entry_uri(entry)?).ok()
+}
+
+/// The URI text of one Route entry: between `<>`, or the whole entry.
+fn entry_uri(entry: &[u8]) -> Option<&[u8]> {
     let e = entry.trim_ascii();
-    let inner = match memchr::memchr(b'<', e) {
+    match memchr::memchr(b'<', e) {
         Some(open) => {
             let rest = &e[open + 1..];
-            let close = memchr::memchr(b'>', rest)?;
-            &rest[..close]
+            Some(&rest[..memchr::memchr(b'>', rest)?])
         }
-        None => e,
-    };
-    Uri::parse(inner).ok()
+        None => Some(e),
+    }
 }
 
 /// The address of an IP-literal URI; sipvane resolves no names on a worker.

@@ -121,7 +121,8 @@ fn preloaded_route_follow_applies_to_trusted_sources_only() {
         decide_with(&c, &raw, true),
         Decision::Relay {
             to: addr("198.51.100.1:5060"),
-            pop_routes: 1
+            pop_routes: 1,
+            strict: false
         }
     );
     assert!(matches!(
@@ -138,7 +139,8 @@ fn in_dialog_foreign_top_route_is_refused_unless_trusted() {
         decide_with(&cfg(), &raw, true),
         Decision::Relay {
             to: addr("203.0.113.7:5060"),
-            pop_routes: 0
+            pop_routes: 0,
+            strict: false
         }
     );
 }
@@ -151,7 +153,8 @@ fn in_dialog_without_route_is_refused_unless_trusted() {
         decide_with(&cfg(), &raw, true),
         Decision::Relay {
             to: addr("203.0.113.7:5060"),
-            pop_routes: 0
+            pop_routes: 0,
+            strict: false
         }
     );
 }
@@ -168,7 +171,8 @@ fn in_dialog_through_our_record_route_reaches_known_targets_only() {
         decide_with(&cfg(), &to_pbx, false),
         Decision::Relay {
             to: addr("10.0.0.5:5080"),
-            pop_routes: 1
+            pop_routes: 1,
+            strict: false
         }
     );
     let to_victim = request(
@@ -245,7 +249,8 @@ fn unknown_domain_is_relayed_for_trusted_sources_only() {
         decide_with(&relay, &raw, true),
         Decision::Relay {
             to: addr("203.0.113.7:5060"),
-            pop_routes: 0
+            pop_routes: 0,
+            strict: false
         }
     );
     let reject = ProxyConfig {
@@ -288,5 +293,45 @@ fn options_to_us_loops_and_bad_routes() {
     assert!(matches!(
         decide_with(&cfg(), &bad, false),
         Decision::Reply { code: 400, .. }
+    ));
+}
+
+#[test]
+fn a_strict_router_puts_our_record_route_in_the_request_uri() {
+    // The previous hop put our RR into the Request-URI and the real target
+    // last in the route set (RFC 3261 §16.4).
+    let raw = request("sip:127.0.0.1:5061", &["sip:b@10.0.0.5:5080"], true, "BYE");
+    assert_eq!(
+        decide_with(&cfg(), &raw, false),
+        Decision::Relay {
+            to: addr("10.0.0.5:5080"),
+            pop_routes: 0,
+            strict: true
+        }
+    );
+    let msg = parse(&raw).unwrap();
+    assert_eq!(last_route_uri(&msg), Some(&b"sip:b@10.0.0.5:5080"[..]));
+    // With a route set left, the next hop is its first entry.
+    let raw = request(
+        "sip:127.0.0.1:5061",
+        &["sip:10.0.0.5:5090;lr", "sip:b@10.0.0.5:5080"],
+        true,
+        "BYE",
+    );
+    assert_eq!(
+        decide_with(&cfg(), &raw, false),
+        Decision::Relay {
+            to: addr("10.0.0.5:5090"),
+            pop_routes: 0,
+            strict: true
+        }
+    );
+    // Another worker's RR: handed over; a foreign target from an untrusted source: 403.
+    let other = request("sip:127.0.0.1:5062", &["sip:b@10.0.0.5"], true, "BYE");
+    assert_eq!(decide_with(&cfg(), &other, false), Decision::Handoff(1));
+    let victim = request("sip:127.0.0.1:5061", &["sip:b@203.0.113.7"], true, "BYE");
+    assert!(matches!(
+        decide_with(&cfg(), &victim, false),
+        Decision::Reply { code: 403, .. }
     ));
 }

@@ -6,6 +6,8 @@
 //! proxy does not edit are copied byte for byte from the received message;
 //! only their line end is normalised to CRLF. On error nothing is appended.
 
+use smallvec::SmallVec;
+
 use super::chars::{offset_in, trim_lws_end};
 use super::error::{BuildError, ParseError};
 use super::header::{params, split_comma, CSeq, HeaderName, NameAddr, Via};
@@ -30,6 +32,9 @@ pub struct RequestEdits<'a> {
     pub request_uri: Option<&'a [u8]>,
     /// Drop this many leading Route *entries* (they may share one line).
     pub pop_routes: usize,
+    /// Drop the last Route entry too (strict routing, RFC 3261 §16.4: it
+    /// became the Request-URI).
+    pub drop_last_route: bool,
     /// Insert `Record-Route: <URI>` on top; the caller includes `;lr`.
     /// A value already in `<>` is written as is.
     pub record_route: Option<&'a [u8]>,
@@ -146,9 +151,13 @@ pub fn forward_request(
         Some(n) => Some(n - 1),
         None => None,
     };
-    if e.pop_routes > 0 && msg.values(HeaderName::Route).take(e.pop_routes).count() < e.pop_routes {
+    let total_routes = msg.values(HeaderName::Route).count();
+    let dropped = e.pop_routes + usize::from(e.drop_last_route);
+    if total_routes < dropped {
         return Err(BuildError::RouteUnderflow);
     }
+    // Entries [pop_routes, kept_end) stay.
+    let kept_end = total_routes - usize::from(e.drop_last_route);
     let buf = msg.buf();
     atomically(out, |out| {
         out.extend_from_slice(method_raw);
@@ -179,7 +188,7 @@ pub fn forward_request(
             out.extend_from_slice(b"Max-Forwards: 70\r\n");
         }
 
-        let mut to_pop = e.pop_routes;
+        let mut route_index = 0usize;
         let mut via_done = false;
         let mut mf_done = false;
         for h in msg.headers() {
@@ -191,24 +200,27 @@ pub fn forward_request(
                         None => put_line(out, buf, h),
                     }
                 }
-                HeaderName::Route if to_pop > 0 => {
-                    let mut entries = split_comma(h.value);
-                    let mut kept = None;
-                    while to_pop > 0 {
-                        if entries.next().is_none() {
-                            break;
-                        }
-                        to_pop -= 1;
+                HeaderName::Route => {
+                    let first = route_index;
+                    let n = split_comma(h.value).count();
+                    route_index += n;
+                    if first >= e.pop_routes && first + n <= kept_end {
+                        // Untouched line.
+                        put_line(out, buf, h);
+                        continue;
                     }
-                    if to_pop == 0 {
-                        kept = entries.next();
-                    }
-                    // The rest of the line from the first kept entry on is
-                    // copied as is, so the remaining entries stay untouched.
-                    if let Some(first) = kept {
-                        let start = offset_in(buf, first).ok_or(BuildError::RouteUnderflow)?;
+                    // The kept entries of this line, from the first to the
+                    // end of the last one, copied as written.
+                    let kept: SmallVec<[&[u8]; 4]> = split_comma(h.value)
+                        .enumerate()
+                        .filter(|(i, _)| (e.pop_routes..kept_end).contains(&(first + i)))
+                        .map(|(_, v)| v)
+                        .collect();
+                    if let (Some(a), Some(b)) = (kept.first(), kept.last()) {
+                        let start = offset_in(buf, a).ok_or(BuildError::RouteUnderflow)?;
+                        let end = offset_in(buf, b).ok_or(BuildError::RouteUnderflow)? + b.len();
                         out.extend_from_slice(b"Route: ");
-                        out.extend_from_slice(&buf[start..value_end(buf, h)]);
+                        out.extend_from_slice(&buf[start..end]);
                         out.extend_from_slice(CRLF);
                     }
                 }
@@ -672,6 +684,7 @@ xyz";
             },
             request_uri: None,
             pop_routes: 0,
+            drop_last_route: false,
             record_route: None,
             received: None,
             body: None,
@@ -698,12 +711,34 @@ xyz";
     }
 
     #[test]
+    fn strict_routing_drops_the_last_route_entry() {
+        let m = parse(INVITE).unwrap();
+        let all: Vec<&[u8]> = m.values(HeaderName::Route).collect();
+        for pop in 0..all.len() {
+            let mut out = Vec::new();
+            let e = RequestEdits {
+                pop_routes: pop,
+                drop_last_route: true,
+                ..edits()
+            };
+            forward_request(&m, &e, &mut out).unwrap();
+            let f = parse(&out).unwrap();
+            assert_eq!(
+                f.values(HeaderName::Route).collect::<Vec<_>>(),
+                all[pop..all.len() - 1].to_vec(),
+                "pop {pop}"
+            );
+        }
+    }
+
+    #[test]
     fn forward_with_every_edit() {
         let m = parse(INVITE).unwrap();
         let mut out = Vec::new();
         let e = RequestEdits {
             request_uri: Some(b"sip:bob@10.1.1.1:5080"),
             pop_routes: 1,
+            drop_last_route: false,
             record_route: Some(b"sip:192.0.2.1:5062;lr"),
             received: Some((b"203.0.113.7", 40000)),
             body: Some(b"new body"),
