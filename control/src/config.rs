@@ -297,13 +297,19 @@ impl Workers {
     /// The number of workers to start: `Auto` asks the OS how many CPUs are online.
     pub fn resolve(self) -> usize {
         match self {
-            Workers::Auto => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            // A branch names its worker in one byte.
+            Workers::Auto => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_WORKERS),
             Workers::Count(n) => n.max(1),
         }
     }
 }
 
 const WORKERS_MUST: &str = "\"auto\" or a number ≥ 1";
+
+/// Most workers one process runs (the Via branch names its worker in a byte).
+pub const MAX_WORKERS: usize = 256;
 
 impl FromStr for Workers {
     type Err = String;
@@ -1225,6 +1231,14 @@ impl Config {
         }
         if p.workers == Workers::Count(0) {
             v.err(at("workers"), format!("workers must be {WORKERS_MUST}"));
+        }
+        if let Workers::Count(n) = p.workers {
+            if n > MAX_WORKERS {
+                v.err(
+                    at("workers"),
+                    format!("workers must be at most {MAX_WORKERS} (got {n})"),
+                );
+            }
         }
         match p.private_base() {
             None => v.err(

@@ -131,7 +131,7 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
         balance_by_call_id: cfg.proxy.balance == crate::config::Balance::Callid,
         key_seed: random_seed()?,
         branch_secret: random_seed()?,
-        epoch: random_seed()?[0] as u32,
+        epoch: random_seed()?[0] as u16,
         media: media_config(cfg, workers)?.map(Arc::new),
         trusted_sources: cfg
             .security

@@ -8,10 +8,12 @@
 //! could guess branches could fail calls over with sprayed `503`s, and a
 //! restarted process must never send a branch a backend still holds.
 //!
-//! So the 16-byte record is sealed with a synthetic-IV construction over
-//! SipHash keyed per process: `tag = SipHash-2-4(k_mac, record)` (64 bits),
+//! So the 12-byte record (worker, attempt, slot, generation, the low 16 bits
+//! of the epoch) is sealed with a synthetic-IV construction over SipHash
+//! keyed per process: `tag = SipHash-2-4(k_mac, record)` (64 bits),
 //! `sealed = record XOR SipHash-128(k_enc, tag)`, and the branch is
-//! `z9hG4bKsv` + hex(tag ‖ sealed). Opening recomputes the tag from the
+//! `z9hG4bKsv` + hex(tag ‖ sealed): 40 digits, short because every
+//! response parses it. Opening recomputes the tag from the
 //! decrypted record; a mismatch (any forged or altered branch) has a 2⁻⁶⁴
 //! chance of passing. Everything after the fixed prefix looks random, and
 //! because (slot, generation, epoch) never repeats, neither does a branch.
@@ -23,7 +25,7 @@ use smallvec::SmallVec;
 /// RFC 3261 magic cookie + sipvane's marker.
 pub const PREFIX: &[u8] = b"z9hG4bKsv";
 
-const RECORD: usize = 16;
+const RECORD: usize = 12;
 const TAG: usize = 8;
 /// Length of a branch sipvane writes.
 pub const LEN: usize = PREFIX.len() + 2 * (TAG + RECORD);
@@ -31,12 +33,12 @@ pub const LEN: usize = PREFIX.len() + 2 * (TAG + RECORD);
 /// What a branch sipvane wrote says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Branch {
-    pub worker: u16,
+    pub worker: u8,
     pub slot: u32,
     pub generation: u32,
     pub attempt: u8,
     /// The process that wrote it.
-    pub epoch: u32,
+    pub epoch: u16,
 }
 
 /// Why a branch was not opened.
@@ -54,13 +56,13 @@ pub enum Rejected {
 pub struct Minter {
     mac: SipHasher24,
     enc: SipHasher128,
-    epoch: u32,
+    epoch: u16,
 }
 
 impl Minter {
     /// `secret` must come from OS randomness in production; `epoch` tells
     /// this process's branches from another's.
-    pub fn new(secret: [u64; 4], epoch: u32) -> Minter {
+    pub fn new(secret: [u64; 4], epoch: u16) -> Minter {
         Minter {
             mac: SipHasher24::new_with_keys(secret[0], secret[1]),
             enc: SipHasher128::new_with_keys(secret[2], secret[3]),
@@ -68,7 +70,7 @@ impl Minter {
         }
     }
 
-    pub fn epoch(&self) -> u32 {
+    pub fn epoch(&self) -> u16 {
         self.epoch
     }
 
@@ -76,11 +78,11 @@ impl Minter {
     /// the minter's own is written).
     pub fn seal(&self, b: &Branch) -> SmallVec<[u8; 64]> {
         let mut record = [0u8; RECORD];
-        record[0..2].copy_from_slice(&b.worker.to_be_bytes());
-        record[2] = b.attempt;
-        record[4..8].copy_from_slice(&b.slot.to_be_bytes());
-        record[8..12].copy_from_slice(&b.generation.to_be_bytes());
-        record[12..16].copy_from_slice(&self.epoch.to_be_bytes());
+        record[0] = b.worker;
+        record[1] = b.attempt;
+        record[2..6].copy_from_slice(&b.slot.to_be_bytes());
+        record[6..10].copy_from_slice(&b.generation.to_be_bytes());
+        record[10..12].copy_from_slice(&self.epoch.to_be_bytes());
         let tag = self.mac.hash(&record).to_be_bytes();
         let pad = self.enc.hash(&tag).as_bytes();
         let mut out = SmallVec::new();
@@ -109,17 +111,17 @@ impl Minter {
         for ((r, s), p) in record.iter_mut().zip(sealed).zip(pad) {
             *r = s ^ p;
         }
-        if self.mac.hash(&record).to_be_bytes() != tag || record[3] != 0 {
+        if self.mac.hash(&record).to_be_bytes() != tag {
             return Err(Rejected::Forged);
         }
         let word =
             |i: usize| u32::from_be_bytes([record[i], record[i + 1], record[i + 2], record[i + 3]]);
         Ok(Branch {
-            worker: u16::from_be_bytes([record[0], record[1]]),
-            attempt: record[2],
-            slot: word(4),
-            generation: word(8),
-            epoch: word(12),
+            worker: record[0],
+            attempt: record[1],
+            slot: word(2),
+            generation: word(6),
+            epoch: u16::from_be_bytes([record[10], record[11]]),
         })
     }
 
@@ -170,7 +172,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn round_trips(worker in any::<u16>(), slot in any::<u32>(), generation in any::<u32>(), attempt in any::<u8>(), epoch in any::<u32>()) {
+        fn round_trips(worker in any::<u8>(), slot in any::<u32>(), generation in any::<u32>(), attempt in any::<u8>(), epoch in any::<u16>()) {
             let m = Minter::new(SECRET, epoch);
             let b = Branch { worker, slot, generation, attempt, epoch };
             let sealed = m.seal(&b);
@@ -179,7 +181,7 @@ mod tests {
         }
 
         #[test]
-        fn any_altered_digit_is_rejected(pos in 0usize..48, digit in 0u8..16) {
+        fn any_altered_digit_is_rejected(pos in 0usize..40, digit in 0u8..16) {
             let m = Minter::new(SECRET, 7);
             let mut sealed = m.seal(&Branch { worker: 1, slot: 2, generation: 3, attempt: 0, epoch: 7 });
             let i = PREFIX.len() + pos;
@@ -251,7 +253,7 @@ mod tests {
             .zip(&y[PREFIX.len()..])
             .filter(|(a, b)| a == b)
             .count();
-        // 48 random-looking hex digits agree by chance about 3 times.
+        // 40 random-looking hex digits agree by chance about 2.5 times.
         assert!(same < 12, "{same} equal digits");
     }
 

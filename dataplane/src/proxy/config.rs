@@ -82,7 +82,7 @@ pub struct ProxyConfig {
     pub branch_secret: [u64; 4],
     /// This process's epoch, sealed into every branch: a restarted process
     /// never repeats a branch of its predecessor.
-    pub epoch: u32,
+    pub epoch: u16,
     /// RTPEngine media anchoring; `None`: off.
     pub media: Option<Arc<MediaShared>>,
     /// Sources that may do more than anonymous callers (docs/security.md).

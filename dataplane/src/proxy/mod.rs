@@ -29,6 +29,7 @@ use crate::dialog::{DialogKey, DialogState, DialogTable};
 use crate::dispatch::hash::hash_bytes;
 use crate::dispatch::{DestStats, SelectKey, Selector, SharedTable};
 use crate::sip::build::{self, NewVia, ReplyOpts, RequestEdits};
+use crate::sip::parse::RequestInfo;
 use crate::sip::{parse, HeaderName, Message, Method, Via};
 use crate::txn::timer::TimerWheel;
 use crate::txn::{KeyHasher, LegacyKeyParts, TxnId, TxnKey, TxnTable};
@@ -228,16 +229,20 @@ impl Worker {
         }
         bump(&self.stats.requests);
         let method = msg.method().unwrap_or(Method::Other);
-        if let Err(e) = msg.validate_request() {
-            bump(&self.stats.bad_requests);
-            // Never answer an ACK (RFC 3261 §17.2.3), not even a broken one.
-            if method != Method::Ack {
-                let warning = e.to_string();
-                self.reply(socket, src, msg, 400, None, Some(warning.as_bytes()), out);
+        // Parsed once here; the routing decision works from it.
+        let info = match msg.validated_request() {
+            Ok(info) => info,
+            Err(e) => {
+                bump(&self.stats.bad_requests);
+                // Never answer an ACK (RFC 3261 §17.2.3), not even a broken one.
+                if method != Method::Ack {
+                    let warning = e.to_string();
+                    self.reply(socket, src, msg, 400, None, Some(warning.as_bytes()), out);
+                }
+                return;
             }
-            return;
-        }
-        let Ok(via) = msg.top_via() else { return };
+        };
+        let via = info.common.via;
         let key = server_key(&self.hasher, msg, &via, method, method_raw(msg));
 
         match method {
@@ -256,7 +261,7 @@ impl Worker {
                     }
                 }
                 // ACK for a 2xx is end-to-end: relay it along the route set.
-                self.relay_stateless(now, socket, src, msg, &via, out);
+                self.relay_stateless(now, socket, src, msg, &info, out);
             }
             Method::Cancel => self.handle_cancel(now, socket, src, msg, &via, out),
             _ => {
@@ -264,9 +269,33 @@ impl Worker {
                     self.absorb_retransmission(now, id, out);
                     return;
                 }
-                self.new_request(now, socket, src, msg, &via, key, method, out);
+                self.new_request(now, socket, src, msg, &info, key, method, out);
             }
         }
+    }
+
+    /// The routing decision for a request from `src`. Trust is looked up
+    /// only where the policy needs it.
+    fn decide(
+        &self,
+        msg: &Message<'_>,
+        info: &RequestInfo<'_>,
+        method: Method,
+        src: SocketAddr,
+    ) -> Decision {
+        let table = self.table.load();
+        route::decide(
+            route::Request {
+                msg,
+                info,
+                method,
+                trusted: &|| self.cfg.is_trusted_ip(src.ip()) || table.has_addr(src),
+                handed_over: self.handed_over,
+            },
+            &self.cfg,
+            self.index,
+            &|ip| self.cfg.is_trusted_ip(ip) || table.has_ip(ip),
+        )
     }
 
     /// The per-source limit, before anything else: true when the request was
@@ -334,28 +363,17 @@ impl Worker {
         socket: SocketId,
         src: SocketAddr,
         msg: &Message<'_>,
-        via: &Via<'_>,
+        info: &RequestInfo<'_>,
         key: TxnKey,
         method: Method,
         out: &mut Outbox,
     ) {
-        let in_dialog = msg.to().map(|t| t.tag.is_some()).unwrap_or(false);
+        let via = &info.common.via;
+        let in_dialog = info.common.to.tag.is_some();
         let mut candidates: SmallVec<[u16; 16]> = SmallVec::new();
         let mut set_table = None;
         let mut anchor = false;
-        let table = self.table.load();
-        let decision = route::decide(
-            route::Request {
-                msg,
-                method,
-                trusted: self.cfg.is_trusted_ip(src.ip()) || table.has_addr(src),
-                handed_over: self.handed_over,
-            },
-            &self.cfg,
-            self.index,
-            &|ip| self.cfg.is_trusted_ip(ip) || table.has_ip(ip),
-        );
-        drop(table);
+        let decision = self.decide(msg, info, method, src);
         let mut strict_route = false;
         let (target, pop_routes) = match decision {
             Decision::Reply { code, warning } => {
@@ -422,15 +440,14 @@ impl Worker {
                     );
                     return;
                 };
-                let from_uri = msg.from().map(|f| f.uri).unwrap_or(b"");
-                let to_uri = msg.to().map(|t| t.uri).unwrap_or(b"");
-                let call_id = msg.call_id().unwrap_or(b"");
                 let key = SelectKey {
-                    call_id,
-                    from_uri,
-                    to_uri,
+                    call_id: info.common.call_id,
+                    from_uri: info.common.from.uri,
+                    to_uri: info.common.to.uri,
                     ruri: msg.request_uri().unwrap_or(b""),
-                    auth_user: crate::sip::auth::credentials_username(msg),
+                    auth_user: (self.cfg.algorithm == crate::dispatch::Algorithm::HashAuthUser)
+                        .then(|| crate::sip::auth::credentials_username(msg))
+                        .flatten(),
                 };
                 let set_index = set.index();
                 self.selector
@@ -831,7 +848,7 @@ impl Worker {
             return false;
         };
         let branch = self.minter.seal(&Branch {
-            worker: self.index as u16,
+            worker: self.index as u8,
             slot: id.slot(),
             generation: id.generation(),
             attempt,
@@ -928,22 +945,11 @@ impl Worker {
         socket: SocketId,
         src: SocketAddr,
         msg: &Message<'_>,
-        via: &Via<'_>,
+        info: &RequestInfo<'_>,
         out: &mut Outbox,
     ) {
-        let table = self.table.load();
-        let decision = route::decide(
-            route::Request {
-                msg,
-                method: Method::Ack,
-                trusted: self.cfg.is_trusted_ip(src.ip()) || table.has_addr(src),
-                handed_over: self.handed_over,
-            },
-            &self.cfg,
-            self.index,
-            &|ip| self.cfg.is_trusted_ip(ip) || table.has_ip(ip),
-        );
-        drop(table);
+        let via = &info.common.via;
+        let decision = self.decide(msg, info, Method::Ack, src);
         let (dst, pop_routes, strict) = match decision {
             Decision::Relay {
                 to,

@@ -51,7 +51,7 @@ fn a_forged_response_changes_nothing() {
     let guessed = format!(
         "{}{}",
         std::str::from_utf8(branch::PREFIX).unwrap(),
-        "5".repeat(48)
+        "5".repeat(40)
     );
     for forged in [guessed.as_str(), altered.as_str()] {
         let spray = String::from_utf8(answer(&fwd, 503, "x"))

@@ -21,17 +21,21 @@ pub mod trust;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::proxy::config::{Ownership, ProxyConfig, UnknownDomain};
+use crate::sip::parse::RequestInfo;
 use crate::sip::{HeaderName, Message, Method, Uri};
 
 pub use trust::{Cidr, DialogTargets, PreloadedRoute};
 
 /// A request as the decision sees it.
 #[derive(Clone, Copy)]
-pub struct Request<'a, 'm> {
+pub struct Request<'a, 'm, 'i> {
     pub msg: &'a Message<'m>,
+    /// What validation parsed of it.
+    pub info: &'a RequestInfo<'i>,
     pub method: Method,
-    /// Whether the source may do more than an anonymous caller (see the module doc).
-    pub trusted: bool,
+    /// Whether the source may do more than an anonymous caller (see the
+    /// module doc); asked only where the answer matters.
+    pub trusted: &'a dyn Fn() -> bool,
     /// The datagram was handed over by another worker: never hand it on again.
     pub handed_over: bool,
 }
@@ -77,13 +81,13 @@ const fn reply(code: u16, warning: &'static str) -> Decision {
 /// untrusted peer's in-dialog request may be relayed to (a dispatcher
 /// destination or a trusted network).
 pub fn decide(
-    req: Request<'_, '_>,
+    req: Request<'_, '_, '_>,
     cfg: &ProxyConfig,
     worker: usize,
     known_target: &dyn Fn(IpAddr) -> bool,
 ) -> Decision {
     let msg = req.msg;
-    let in_dialog = msg.to().map(|t| t.tag.is_some()).unwrap_or(false);
+    let in_dialog = req.info.common.to.tag.is_some();
 
     // The route set: how many entries, and the first two parsed.
     let mut routes = 0usize;
@@ -103,13 +107,12 @@ pub fn decide(
         routes += 1;
     }
     let first_owner = first.and_then(|u| cfg.owner_of(u.host, u.port));
-    if in_dialog && routes > 0 {
-        if let Ok(ruri) = msg.ruri() {
-            if let Some(Ownership::Worker(w)) = cfg.owner_of(ruri.host, ruri.port) {
-                // Our own Record-Route in the Request-URI: the previous hop
-                // routes strictly. Its real target is the last Route entry.
-                return strict_route(req, cfg, worker, w, routes, first, known_target);
-            }
+    if in_dialog && routes > 0 && first_owner.is_none() {
+        let ruri = &req.info.ruri;
+        if let Some(Ownership::Worker(w)) = cfg.owner_of(ruri.host, ruri.port) {
+            // Our own Record-Route in the Request-URI: the previous hop
+            // routes strictly. Its real target is the last Route entry.
+            return strict_route(req, cfg, worker, w, routes, first, known_target);
         }
     }
     if in_dialog {
@@ -122,19 +125,16 @@ pub fn decide(
     }
 
     // Max-Forwards before anything is relayed (RFC 3261 §16.3 step 2).
-    match msg.max_forwards() {
-        Ok(Some(0)) => {
-            let to_us = req.method == Method::Options
-                && (routes == 0 || (routes == 1 && first_owner.is_some()))
-                && ruri_is_ours(msg, cfg);
-            return if to_us {
-                Decision::Options
-            } else {
-                reply(483, "Too many hops")
-            };
-        }
-        Ok(_) => {}
-        Err(_) => return reply(400, "Bad Max-Forwards"),
+    if req.info.max_forwards == Some(0) {
+        let ruri = &req.info.ruri;
+        let to_us = req.method == Method::Options
+            && (routes == 0 || (routes == 1 && first_owner.is_some()))
+            && cfg.owner_of(ruri.host, ruri.port).is_some();
+        return if to_us {
+            Decision::Options
+        } else {
+            reply(483, "Too many hops")
+        };
     }
 
     if in_dialog {
@@ -146,8 +146,8 @@ pub fn decide(
     if routes > 0 {
         let follow = match cfg.preloaded_route {
             _ if all_ours => false,
-            PreloadedRoute::Follow => req.trusted,
-            PreloadedRoute::Reject if !req.trusted => {
+            PreloadedRoute::Follow => (req.trusted)(),
+            PreloadedRoute::Reject if !(req.trusted)() => {
                 return reply(403, "Pre-loaded Route not allowed");
             }
             PreloadedRoute::Reject | PreloadedRoute::Strip => false,
@@ -177,9 +177,7 @@ pub fn decide(
             pop_routes = routes;
         }
     }
-    let Ok(ruri) = msg.ruri() else {
-        return reply(400, "Bad Request-URI");
-    };
+    let ruri = &req.info.ruri;
     if req.method == Method::Options && cfg.owner_of(ruri.host, ruri.port).is_some() {
         // Keepalive addressed to sipvane itself.
         return Decision::Options;
@@ -187,8 +185,8 @@ pub fn decide(
     if !cfg.serves_domain(ruri.host) {
         // A plain proxy would forward to the Request-URI host; only a trusted
         // source may ask that of us.
-        if cfg.unknown_domain == UnknownDomain::Relay && req.trusted {
-            if let Some(to) = uri_addr(&ruri) {
+        if cfg.unknown_domain == UnknownDomain::Relay && (req.trusted)() {
+            if let Some(to) = uri_addr(ruri) {
                 return Decision::Relay {
                     to,
                     pop_routes,
@@ -208,7 +206,7 @@ pub fn decide(
 
 /// Loose routing of a request inside a dialog (RFC 3261 §16.4, §16.6 step 6).
 fn in_dialog_decision(
-    req: Request<'_, '_>,
+    req: Request<'_, '_, '_>,
     cfg: &ProxyConfig,
     routes: usize,
     first: Option<Uri<'_>>,
@@ -220,9 +218,9 @@ fn in_dialog_decision(
         // Through our own Record-Route: the next entry, else the remote target.
         (Some(_), Some(_)) => (second, 1),
         // A route set that does not start with us: not a dialog we routed.
-        (Some(f), None) if req.trusted => (Some(f), 0),
+        (Some(f), None) if (req.trusted)() => (Some(f), 0),
         (Some(_), None) => return reply(404, "Route does not name this proxy"),
-        (None, _) if !req.trusted => return reply(404, "Not here"),
+        (None, _) if !(req.trusted)() => return reply(404, "Not here"),
         (None, _) => (None, 0),
     };
     let to = match next {
@@ -237,20 +235,18 @@ fn in_dialog_decision(
             }
         }
         None => {
-            let Ok(ruri) = req.msg.ruri() else {
-                return reply(400, "Bad Request-URI");
-            };
+            let ruri = &req.info.ruri;
             if cfg.owner_of(ruri.host, ruri.port).is_some() {
                 // Addressed to sipvane itself with no route on: nowhere to go.
                 return reply(404, "Not here");
             }
-            match uri_addr(&ruri) {
+            match uri_addr(ruri) {
                 Some(a) => a,
                 None => return reply(503, "Request-URI host is not an IP address"),
             }
         }
     };
-    if !req.trusted && cfg.dialog_targets == DialogTargets::Known && !known_target(to.ip()) {
+    if cfg.dialog_targets == DialogTargets::Known && !known_target(to.ip()) && !(req.trusted)() {
         return reply(403, "Relay denied");
     }
     debug_assert!(pop_routes <= routes);
@@ -265,7 +261,7 @@ fn in_dialog_decision(
 /// `owner`'s), so the last Route entry is the real Request-URI; the next hop
 /// is the first remaining Route entry, else that URI.
 fn strict_route(
-    req: Request<'_, '_>,
+    req: Request<'_, '_, '_>,
     cfg: &ProxyConfig,
     worker: usize,
     owner: usize,
@@ -290,7 +286,7 @@ fn strict_route(
     let Some(to) = uri_addr(&next) else {
         return reply(503, "Route host is not an IP address");
     };
-    if !req.trusted && cfg.dialog_targets == DialogTargets::Known && !known_target(to.ip()) {
+    if cfg.dialog_targets == DialogTargets::Known && !known_target(to.ip()) && !(req.trusted)() {
         return reply(403, "Relay denied");
     }
     Decision::Relay {
@@ -304,12 +300,6 @@ fn strict_route(
 /// router left there as the real Request-URI.
 pub fn last_route_uri<'m>(msg: &Message<'m>) -> Option<&'m [u8]> {
     entry_uri(msg.values(HeaderName::Route).last()?)
-}
-
-fn ruri_is_ours(msg: &Message<'_>, cfg: &ProxyConfig) -> bool {
-    msg.ruri()
-        .map(|u| cfg.owner_of(u.host, u.port).is_some())
-        .unwrap_or(false)
 }
 
 /// The URI of one Route entry (`<sip:...;lr>` or a bare URI).

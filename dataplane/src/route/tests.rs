@@ -28,13 +28,15 @@ fn request(ruri: &str, routes: &[&str], to_tag: bool, method: &str) -> Vec<u8> {
 
 fn decide_with(cfg: &ProxyConfig, raw: &[u8], trusted: bool) -> Decision {
     let msg = parse(raw).unwrap();
+    let info = msg.validated_request().unwrap();
     let method = msg.method().unwrap();
     let pbx: IpAddr = PBX.parse().unwrap();
     decide(
         Request {
             msg: &msg,
+            info: &info,
             method,
-            trusted,
+            trusted: &|| trusted,
             handed_over: false,
         },
         cfg,
@@ -216,11 +218,13 @@ fn in_dialog_route_of_another_worker_is_handed_over_once() {
     let raw = request("sip:b@10.0.0.5", &["sip:127.0.0.1:5062;lr"], true, "BYE");
     assert_eq!(decide_with(&cfg(), &raw, false), Decision::Handoff(1));
     let msg = parse(&raw).unwrap();
+    let info = msg.validated_request().unwrap();
     let again = decide(
         Request {
             msg: &msg,
+            info: &info,
             method: Method::Bye,
-            trusted: false,
+            trusted: &|| false,
             handed_over: true,
         },
         &cfg(),
