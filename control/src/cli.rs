@@ -31,6 +31,10 @@ pub enum Command {
     CheckConfig(CheckConfigArgs),
     /// Talk to a running sipvane through its management API.
     Ctl(CtlArgs),
+    /// Translate a Kamailio configuration (listen, dispatcher, tm timers, failover
+    /// codes, RTPEngine) into sipvane TOML on stdout; what cannot be carried over is
+    /// a `# warning:` line there and a FILE:LINE: warning on stderr.
+    ImportKamailio(ImportKamailioArgs),
 }
 
 /// `sipvane run`
@@ -111,6 +115,17 @@ impl RunArgs {
 #[derive(Debug, Args)]
 pub struct CheckConfigArgs {
     /// Configuration file to check.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+}
+
+/// `sipvane import-kamailio`
+#[derive(Debug, Args)]
+pub struct ImportKamailioArgs {
+    /// Define NAME (optionally =VALUE) before reading, as `kamailio -A`; repeatable.
+    #[arg(short = 'D', long = "define", value_name = "NAME[=VALUE]", value_parser = crate::import::parse_define)]
+    pub define: Vec<(String, String)>,
+    /// The Kamailio configuration (kamailio.cfg).
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
 }

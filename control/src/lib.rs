@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod events;
+pub mod import;
 pub mod media_health;
 pub mod probe;
 pub mod run;

@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::CheckConfig(args) => check_config(&args.file),
         Command::Ctl(args) => control::ctl::main(&args),
+        Command::ImportKamailio(args) => control::import::main(&args),
     }
 }
 
