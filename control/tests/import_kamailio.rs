@@ -120,7 +120,8 @@ fn dispatcher_with_list_file() {
     let i = import("dispatcher-list.cfg", &[]);
     let p = &i.config.proxy;
     assert_eq!(p.listen, "127.0.0.1:5060".parse().unwrap());
-    assert_eq!(p.domains, vec!["lb.example.com".to_string()]);
+    // alias= is Kamailio's "myself": sipvane dispatches every domain.
+    assert!(p.domains.is_empty());
     assert_eq!(p.server_header, "edge-lb");
     let d = &i.config.dispatcher;
     // ds_select_dst("1", "4") in route[DISPATCH], called from request_route.
@@ -147,17 +148,18 @@ fn dispatcher_with_list_file() {
 
     i.warns(
         "dispatcher-list.cfg",
-        34,
+        35,
         "module pike has no sipvane counterpart",
     );
     i.warns(
         "dispatcher-list.cfg",
-        48,
+        49,
         "modparam(\"dispatcher\", \"ds_hash_size\", 9)",
     );
-    i.warns("dispatcher-list.cfg", 56, "pike_check_req()");
-    // What was carried over is not warned about.
-    for line in [17, 18, 41, 42, 43, 87, 105] {
+    i.warns("dispatcher-list.cfg", 57, "pike_check_req()");
+    // What was carried over (listen, tm and dispatcher modparams, ds_select_dst,
+    // t_check_status) is not warned about.
+    for line in [19, 20, 38, 39, 41, 42, 43, 44, 45, 46, 90, 106] {
         i.silent_about(line);
     }
 }
@@ -221,7 +223,7 @@ fn registrar_auth_and_acc_are_kept_as_comments() {
     let i = import("registrar-auth-acc.cfg", &[]);
     // port=5070 completes listen=udp:127.0.0.1.
     assert_eq!(i.config.proxy.listen, "127.0.0.1:5070".parse().unwrap());
-    assert_eq!(i.config.proxy.domains, vec!["sip.example.com".to_string()]);
+    assert!(i.config.proxy.domains.is_empty());
     let d = &i.config.dispatcher;
     assert_eq!(d.source, "mysql://kamailio:kamailiorw@127.0.0.1/kamailio");
     assert_eq!(d.algorithm, AlgorithmSpec::Name("hash-callid".into()));
@@ -416,6 +418,67 @@ fn imported_dispatcher_cfg_routes_calls() {
         "sipvane did not stop cleanly: {}",
         dir.read("sipvane.log")
     );
+}
+
+/// The same cfg and list run by Kamailio itself (`kamailio -A` for the list and the
+/// listen addresses) spreads the same calls the same way: the reference for the
+/// test above.
+#[test]
+fn the_same_cfg_routes_calls_through_kamailio() {
+    support::require_sipp();
+    let kamailio = require_binary("kamailio", "run `make deps` (or apt-get install kamailio)");
+    let mut a = Uas::start(Scenario::Uas, support::free_udp_addr());
+    let mut b = Uas::start(Scenario::Uas, support::free_udp_addr());
+    let dir = WorkDir::new("import_kamailio", "kamailio");
+    let list = dir.file("dispatcher.list");
+    std::fs::write(
+        &list,
+        format!("1 sip:{} 0 0\n1 sip:{} 0 0\n", a.addr(), b.addr()),
+    )
+    .unwrap();
+    let port = free_udp_port();
+    let addr = localhost(port);
+    let log = std::fs::File::create(dir.file("kamailio.log")).unwrap();
+    let mut child = ChildGuard::spawn(
+        Command::new(&kamailio)
+            .arg("-f")
+            .arg(fixture("dispatcher-list.cfg"))
+            .args(["-DD", "-E", "-m", "64", "-M", "8", "-n", "1"])
+            .arg("-Y")
+            .arg(dir.path())
+            .arg("-P")
+            .arg(dir.file("kamailio.pid"))
+            .arg("-w")
+            .arg(dir.path())
+            .args(["-A", &format!("DS_LIST=\"{}\"", list.display())])
+            .args(["-A", &format!("LISTEN=udp:{addr}")])
+            .args(["-A", &format!("LISTEN_TCP=tcp:{addr}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log),
+    )
+    .expect("spawn kamailio");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while sip_options_ping(addr, Duration::from_millis(500)) != Some(200) {
+        assert!(
+            child.is_running() && std::time::Instant::now() < deadline,
+            "kamailio did not answer OPTIONS on {addr}:\n{}",
+            dir.read("kamailio.log")
+        );
+    }
+    let calls = 20;
+    let run = Uac::new(Scenario::Uac, addr)
+        .calls(calls)
+        .rate(20)
+        .timeout(LIMIT)
+        .run();
+    run.assert_all_succeeded(u64::from(calls));
+    a.wait_until(Duration::from_secs(5), |s| s.count("BYE", "Recv") >= 10);
+    let (fa, fb) = (a.stop(), b.stop());
+    child.stop(libc::SIGTERM, Duration::from_secs(5));
+    // The sip_options_ping above went through to a callee too ($rU is not empty).
+    let invites = (fa.invites_received(), fb.invites_received());
+    assert_eq!(invites, (10, 10), "{fa:?}\n{fb:?}");
 }
 
 /// Runs `sipvane run -c config` on loopback ports chosen here (flags override the

@@ -10,6 +10,7 @@
 //! touches the file system.
 
 pub mod kamailio_cfg;
+pub mod lexer;
 pub mod preprocess;
 pub mod render;
 pub mod routing;

@@ -478,7 +478,7 @@ impl R<'_> {
             let realm = site.call.args.first().map(Val::text).unwrap_or_default();
             if realm.is_empty() || realm.starts_with('$') {
                 if reg.domain.is_none() {
-                    if let Some(alias) = self.t.config.proxy.domains.first() {
+                    if let Some(alias) = self.t.aliases.first() {
                         reg.domain = Some(alias.clone());
                     }
                 }

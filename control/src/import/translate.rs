@@ -46,6 +46,8 @@ pub struct Translation {
     pub notes: Vec<String>,
     /// Core parameters with nothing to carry over in sipvane (worker counts, memory).
     pub ignored: BTreeSet<String>,
+    /// `alias=` host names (Kamailio's "myself").
+    pub aliases: Vec<String>,
 }
 
 /// Modules whose job sipvane does without configuration, or that only provide
@@ -269,23 +271,23 @@ impl T<'_> {
                     }
                 }
                 "alias" => {
-                    let host = host_of(value.rsplit_once(':').map_or(value, |(h, port)| {
-                        if port.chars().all(|c| c.is_ascii_digit()) {
+                    // Kamailio's "myself" names. sipvane's [proxy] domains would relay
+                    // every other domain without dispatching it, which a dispatcher
+                    // script does not do: kept only for the registrar's domain.
+                    let host = value.split_once(':').map_or(value, |(proto, h)| {
+                        if ["udp", "tcp", "tls", "sctp"].contains(&proto) {
                             h
                         } else {
                             value
                         }
-                    }));
-                    let host = host.split_once(':').map_or(host, |(proto, h)| {
-                        if ["udp", "tcp", "tls", "sctp"].contains(&proto) {
-                            h
-                        } else {
-                            host
-                        }
                     });
-                    if !self.out.config.proxy.domains.iter().any(|d| d == host) {
-                        self.out.config.proxy.domains.push(host.to_owned());
-                        self.set("proxy.domains");
+                    let host = match host.rsplit_once(':') {
+                        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+                        _ => host,
+                    };
+                    let host = host_of(host).to_owned();
+                    if !self.out.aliases.contains(&host) {
+                        self.out.aliases.push(host);
                     }
                 }
                 "debug" => match value.parse::<i32>() {
@@ -333,6 +335,12 @@ impl T<'_> {
             }
         }
         self.listen(&listens, port);
+        if !self.out.aliases.is_empty() {
+            self.out.notes.push(format!(
+                "alias {} (Kamailio's \"myself\") is not needed: sipvane dispatches requests for every domain ([proxy] domains would relay other domains undispatched)",
+                self.out.aliases.join(", ")
+            ));
+        }
     }
 
     fn listen(&mut self, listens: &[(usize, String)], port: Option<u16>) {
