@@ -71,7 +71,7 @@ pub fn preprocess(
         substs: Vec::new(),
         conds: Vec::new(),
     };
-    pp.file(main, 0, None);
+    pp.file(main, 0);
     if pp.errors.is_empty() {
         Ok(Preprocessed {
             source: pp.src,
@@ -108,14 +108,14 @@ impl Pp<'_, '_> {
         self.conds.last().is_none_or(|f| f.taking && f.parent)
     }
 
-    /// Reads and processes one file; `from` is the including line (file index, line).
+    /// Reads and processes one file, included `depth` deep (0: the main file).
     /// Returns false if the file could not be read.
-    fn file(&mut self, path: &Path, depth: usize, from: Option<(usize, u32)>) -> bool {
+    fn file(&mut self, path: &Path, depth: usize) -> bool {
         let name = path.display().to_string();
         let text = match (self.load)(path) {
             Ok(t) => t,
             Err(e) => {
-                if from.is_none() {
+                if depth == 0 {
                     self.errors
                         .push(Note::file(&name, format!("cannot read {name}: {e}")));
                 }
@@ -184,7 +184,6 @@ impl Pp<'_, '_> {
                 ));
             }
         }
-        let _ = from;
         true
     }
 
@@ -329,7 +328,7 @@ impl Pp<'_, '_> {
             return;
         }
         let resolved = resolve(path, target);
-        if !self.file(&resolved, depth + 1, Some((fid, line))) {
+        if !self.file(&resolved, depth + 1) {
             let extra = if kind.ends_with("import_file") {
                 " (Kamailio skips a missing import_file silently)"
             } else {
