@@ -219,8 +219,10 @@ impl R<'_> {
         if let Some(n) = chosen_alg {
             d.algorithm = AlgorithmSpec::Name(algorithm_name(n).unwrap_or("round-robin").into());
         }
-        self.t.explicit.insert("dispatcher.default_set");
-        self.t.explicit.insert("dispatcher.algorithm");
+        if any {
+            self.t.explicit.insert("dispatcher.default_set");
+            self.t.explicit.insert("dispatcher.algorithm");
+        }
         for (set, alg, line) in others {
             if alg.is_some() && alg != chosen_alg {
                 let n = alg.map(|a| a.to_string()).unwrap_or_default();
