@@ -10,9 +10,10 @@ pub use super::lexer::{token_text, Tok, Token};
 use super::preprocess::Source;
 use super::Note;
 
-/// Nesting of blocks and parentheses beyond this is refused (no stack overflow on
-/// hostile input).
-const MAX_NESTING: usize = 200;
+/// Nesting of blocks and statements beyond this is refused (no stack overflow on
+/// hostile input). A chain of `else if` nests one level per branch, and carrier
+/// configurations may have hundreds of them.
+const MAX_NESTING: usize = 1000;
 
 /// A modparam / function argument value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -659,7 +660,7 @@ mod tests {
         assert_eq!(e[0].to_string(), "k.cfg:1: { opened here is never closed");
         let e = parse(&src("a=1\nmodparam(\"x\", \"y\n"), &mut w).unwrap_err();
         assert_eq!(e[0].to_string(), "k.cfg:2: unterminated string");
-        let deep = format!("request_route {{{}", "{".repeat(500));
+        let deep = format!("request_route {{{}", "{".repeat(1500));
         assert!(parse(&src(&deep), &mut w).is_err());
     }
 }

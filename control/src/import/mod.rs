@@ -109,12 +109,31 @@ pub fn parse_define(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Stack of the import thread.
+const STACK: usize = 64 * 1024 * 1024;
+
 /// Runs `sipvane import-kamailio`: TOML on stdout, each warning also on stderr.
 pub fn main(args: &ImportKamailioArgs) -> ExitCode {
     const ME: &str = "sipvane import-kamailio";
-    let mut load = |p: &Path| std::fs::read_to_string(p);
+    // Comments in Latin-1 (or any other bytes) must not stop an import.
+    let mut load = |p: &Path| std::fs::read(p).map(|b| String::from_utf8_lossy(&b).into_owned());
     let cwd = std::env::current_dir().unwrap_or_default();
-    match import(&args.file, &args.define, &cwd, &mut load) {
+    // Deeply nested route blocks recurse; give the parser room beyond the main
+    // thread's stack.
+    let result = std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(STACK)
+            .spawn_scoped(s, || import(&args.file, &args.define, &cwd, &mut load))
+            .map(|h| h.join())
+    });
+    let result = match result {
+        Ok(Ok(r)) => r,
+        _ => Err(vec![Note::file(
+            &args.file.display().to_string(),
+            "internal error while importing".into(),
+        )]),
+    };
+    match result {
         Ok(out) => {
             for w in &out.warnings {
                 eprintln!("{ME}: {}", with_severity(w, "warning"));

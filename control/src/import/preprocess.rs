@@ -19,6 +19,8 @@ pub type Loader<'a> = dyn FnMut(&Path) -> std::io::Result<String> + 'a;
 const MAX_INCLUDE_DEPTH: usize = 16;
 /// Rounds of define substitution on one line (defines may use defines).
 const MAX_EXPANSIONS: usize = 16;
+/// A line that grows beyond this while defines are substituted is left as it was.
+const MAX_EXPANDED_LINE: usize = 64 * 1024;
 
 /// One active line after preprocessing.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -451,10 +453,15 @@ fn expand(text: &str, defines: &HashMap<String, String>) -> String {
     let mut cur = text.to_owned();
     for _ in 0..MAX_EXPANSIONS {
         let (next, changed) = expand_once(&cur, defines);
-        cur = next;
-        if !changed {
-            break;
+        // Defines that double at every round stop growing here.
+        if !changed || next.len() > MAX_EXPANDED_LINE {
+            return if next.len() > MAX_EXPANDED_LINE {
+                cur
+            } else {
+                next
+            };
         }
+        cur = next;
     }
     cur
 }

@@ -198,8 +198,19 @@ pub fn target(site: &Site<'_>) -> Target {
     found.map_or(Target::Always, Target::Only)
 }
 
+/// Parentheses and `!` nested deeper than this in one condition are not looked into.
+const MAX_COND_DEPTH: usize = 64;
+
 /// Classifies a condition (the tokens between `if (` and `)`).
 pub fn classify(toks: &[Token]) -> Test {
+    classify_at(toks, 0)
+}
+
+fn classify_at(toks: &[Token], depth: usize) -> Test {
+    if depth > MAX_COND_DEPTH {
+        return Test::Unrecognised;
+    }
+    let classify = |t: &[Token]| classify_at(t, depth + 1);
     let toks = strip_parens(toks);
     let ors = split_top(toks, "||");
     if ors.len() > 1 {
@@ -236,15 +247,15 @@ pub fn classify(toks: &[Token]) -> Test {
         }
         return found.unwrap_or(Test::Neutral);
     }
-    term(toks)
+    term(toks, depth)
 }
 
-fn term(toks: &[Token]) -> Test {
+fn term(toks: &[Token], depth: usize) -> Test {
     if let Some((first, rest)) = toks.split_first() {
         if is_punct(first, "!") {
             // A negated test only says where a request does *not* go: what reaches the
             // call is decided by the other rules, as with an else branch.
-            return match classify(rest) {
+            return match classify_at(rest, depth + 1) {
                 Test::Prefix { .. } | Test::Domain(_) | Test::Neutral => Test::Neutral,
                 Test::Unrecognised => Test::Unrecognised,
             };
@@ -693,6 +704,15 @@ mod tests {
         assert_eq!(c("50"), None);
         assert_eq!(c("[a-z]00"), None);
         assert_eq!(c("5[9-0]0"), None);
+    }
+
+    #[test]
+    fn deep_conditions_are_bounded() {
+        let deep = format!(
+            "request_route {{ if ({}$rU =~ \"^4\") {{ ds_select_dst(\"1\", \"4\"); }} }}",
+            "!".repeat(100_000)
+        );
+        assert_eq!(targets(&deep, "ds_select_dst"), vec![Target::Unknown(0)]);
     }
 
     #[test]
