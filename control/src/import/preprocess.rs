@@ -207,6 +207,23 @@ impl Pp<'_, '_> {
                     line,
                 });
             }
+            "ifexp" => {
+                // An expression Kamailio evaluates: read the #!else branch, if any.
+                if active {
+                    self.warnings.push(Note::at(
+                        &file,
+                        line,
+                        format!("#!ifexp {arg} is not evaluated; taken as false"),
+                    ));
+                }
+                self.conds.push(Frame {
+                    taking: false,
+                    parent: active,
+                    else_seen: false,
+                    file: fid,
+                    line,
+                });
+            }
             "else" => match self.conds.last_mut() {
                 Some(f) if !f.else_seen => {
                     f.taking = !f.taking;
@@ -585,6 +602,15 @@ mod tests {
 
     #[test]
     fn command_line_defines_win_over_trydef() {
+        let p = run(
+            &[("k.cfg", "#!ifexp A > 1\nx=1\n#!else\ny=2\n#!endif\n")],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(texts(&p), vec![(4, "y=2")]);
+        assert!(p.warnings[0]
+            .to_string()
+            .starts_with("k.cfg:1: #!ifexp A > 1 is not evaluated"));
         let p = run(
             &[("k.cfg", "#!trydef DS \"/etc/d.list\"\nl=DS\n")],
             &[("DS", "\"/tmp/d.list\"")],
