@@ -6,9 +6,12 @@
 # starting on their default ports: the test harness starts private copies on
 # loopback and stops them when it ends.
 set -euo pipefail
+# kamailio-{postgres,mysql}-modules ship Kamailio's schema files
+# (/usr/share/kamailio/{postgres,mysql}/*-create.sql) the accounting tests load.
 
 want=(sip-tester redis-server redis-tools postgresql postgresql-client mariadb-server \
-      mariadb-client rtpengine-daemon kamailio kamailio-extra-modules clang pkg-config \
+      mariadb-client rtpengine-daemon kamailio kamailio-extra-modules \
+      kamailio-postgres-modules kamailio-mysql-modules clang pkg-config \
       libssl-dev procps iproute2 valgrind \
       dpkg-dev adduser systemd init-system-helpers strace util-linux)
 case "${1:-}" in

@@ -12,6 +12,7 @@
 #   Server roles (ADDR = where to listen, ip:port):
 #     uas          INVITE -> 100, 180, 200/SDP -> ACK; BYE -> 200; echoes Record-Route
 #     uas_503      INVITE -> 503 -> ACK
+#     uas_486      INVITE -> 486 Busy Here -> ACK
 #     uas_slow     like uas but answers after -d MS (passed to SIPp as -recv_timeout,
 #                  because SIPp cannot take a CANCEL during a pause); CANCEL -> 200 + 487
 #     uas_cancel   rings forever; CANCEL -> 200 + 487 -> ACK
@@ -80,7 +81,7 @@ case "$role" in
     [ -n "${SIPP_LOCAL_PORT:-}" ] && extra+=(-p "$SIPP_LOCAL_PORT")
     exec "$sipp" -sf "$here/$role.xml" "$addr" "${extra[@]}" "${common[@]}" "$@"
     ;;
-  uas|uas_503|uas_slow|uas_cancel)
+  uas|uas_503|uas_486|uas_slow|uas_cancel)
     args=()
     while [ $# -gt 0 ]; do
       if [ "$role" = uas_slow ] && [ "$1" = -d ] && [ $# -ge 2 ]; then

@@ -13,6 +13,7 @@
 //! 3. [`Config::validate`], whose [`Problem`]s carry a key path that is located in the
 //!    document to find its line.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
@@ -622,6 +623,8 @@ pub struct Config {
     pub rtpengine: RtpengineConfig,
     /// `[events]`: call events to Redis.
     pub events: EventsConfig,
+    /// `[acc]`: accounting rows in Kamailio's `acc` / `missed_calls` tables.
+    pub acc: AccConfig,
     /// `[mgmt]`: management HTTP API and metrics.
     pub mgmt: MgmtConfig,
     /// `[log]`: logging.
@@ -948,6 +951,69 @@ impl Default for EventsConfig {
     }
 }
 
+/// `[acc]`: one `acc` row per answered INVITE and per BYE, one
+/// `missed_calls` row per unanswered call (docs/accounting.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccConfig {
+    /// `postgres://…` or `mysql://…`; empty (default): accounting off.
+    pub db_url: String,
+    /// Table of answered INVITEs and BYEs. Default `acc`.
+    pub acc_table: String,
+    /// Table of unanswered calls. Default `missed_calls`.
+    pub missed_table: String,
+    /// Table of CDRs (with `cdrs`). Default `acc_cdrs`.
+    pub cdr_table: String,
+    /// Also write one `acc_cdrs` row per answered call when it ends. Default false.
+    pub cdrs: bool,
+    /// Also write failed transactions to `acc` (Kamailio's
+    /// `failed_transaction_flag` with `db_flag`). Default false.
+    pub log_failed: bool,
+    /// Extra columns of `acc` and `missed_calls`: column → source
+    /// (`src_user = "from_user"`, `dst_uri = "$du"` …). Default none.
+    pub extra: BTreeMap<String, String>,
+    /// Extra columns of `acc_cdrs`. Default none.
+    pub cdr_extra: BTreeMap<String, String>,
+    /// Rows per database transaction. Default 200.
+    pub batch: u32,
+    /// Rows held in memory before they go to the spool. Default 10000.
+    pub buffer: u32,
+    /// Milliseconds between writes when idle. Default 100.
+    pub flush_interval_ms: u64,
+    /// Bound (ms) on connecting and on each transaction. Default 5000.
+    pub timeout_ms: u64,
+    /// Directory of the spool file `acc.spool`. Default `/var/lib/sipvane`.
+    pub spool_dir: PathBuf,
+    /// Largest spool file; beyond it new rows are dropped and counted.
+    /// Default 268435456 (256 MiB).
+    pub spool_max_bytes: u64,
+    /// sipvane's progress table in the accounting database (created if
+    /// missing). Default `sipvane_acc_spool`.
+    pub spool_table: String,
+}
+
+impl Default for AccConfig {
+    fn default() -> Self {
+        AccConfig {
+            db_url: String::new(),
+            acc_table: "acc".to_owned(),
+            missed_table: "missed_calls".to_owned(),
+            cdr_table: "acc_cdrs".to_owned(),
+            cdrs: false,
+            log_failed: false,
+            extra: BTreeMap::new(),
+            cdr_extra: BTreeMap::new(),
+            batch: 200,
+            buffer: 10_000,
+            flush_interval_ms: 100,
+            timeout_ms: 5000,
+            spool_dir: PathBuf::from("/var/lib/sipvane"),
+            spool_max_bytes: 256 << 20,
+            spool_table: "sipvane_acc_spool".to_owned(),
+        }
+    }
+}
+
 /// `[mgmt]`
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1218,6 +1284,7 @@ impl Config {
         self.validate_dispatcher(&mut v);
         self.validate_rtpengine(&mut v);
         self.validate_events(&mut v);
+        self.validate_acc(&mut v);
         self.validate_mgmt_log(&mut v);
         self.validate_security(&mut v);
         v.problems
@@ -1566,6 +1633,81 @@ impl Config {
         }
         if sec.flood.max_sources == 0 {
             v.err(at("max_sources"), "max_sources must be ≥ 1".into());
+        }
+    }
+
+    fn validate_acc(&self, v: &mut Validator) {
+        use crate::acc::row::{is_column_name, Source, ACC_COLUMNS, CDR_COLUMNS, SOURCE_NAMES};
+        let a = &self.acc;
+        let at = |k: &str| vec![key("acc"), key(k)];
+        if !a.db_url.is_empty() && !crate::source::db::is_database_url(&a.db_url) {
+            v.err(
+                at("db_url"),
+                format!(
+                    "db_url must start with postgres://, postgresql://, mysql:// or mariadb:// (got \"{}\")",
+                    crate::source::db::redact_url(&a.db_url)
+                ),
+            );
+        }
+        for k in ["acc_table", "missed_table", "cdr_table", "spool_table"] {
+            let t = match k {
+                "acc_table" => &a.acc_table,
+                "missed_table" => &a.missed_table,
+                "cdr_table" => &a.cdr_table,
+                _ => &a.spool_table,
+            };
+            if crate::source::db::validate_table_name(t).is_err() {
+                v.err(
+                    at(k),
+                    format!("{k} must be a table name (letters, digits, _, optionally schema.table; got \"{t}\")"),
+                );
+            }
+        }
+        for (k, n) in [("batch", a.batch), ("buffer", a.buffer)] {
+            if n == 0 {
+                v.err(at(k), format!("{k} must be ≥ 1"));
+            }
+        }
+        for (k, n) in [
+            ("flush_interval_ms", a.flush_interval_ms),
+            ("timeout_ms", a.timeout_ms),
+        ] {
+            if n == 0 {
+                v.err(at(k), format!("{k} must be ≥ 1"));
+            }
+        }
+        if a.spool_max_bytes < 4096 {
+            v.err(
+                at("spool_max_bytes"),
+                format!("spool_max_bytes must be ≥ 4096 (got {})", a.spool_max_bytes),
+            );
+        }
+        if a.spool_dir.as_os_str().is_empty() {
+            v.err(at("spool_dir"), "spool_dir must not be empty".into());
+        }
+        for (section, map, fixed) in [
+            ("extra", &a.extra, &ACC_COLUMNS[..]),
+            ("cdr_extra", &a.cdr_extra, &CDR_COLUMNS[..]),
+        ] {
+            for (col, src) in map {
+                let path = vec![key("acc"), key(section), key(col)];
+                if !is_column_name(col) {
+                    v.err(
+                        path,
+                        format!("{section} column \"{col}\" must be letters, digits and _ (not starting with a digit)"),
+                    );
+                } else if fixed.contains(&col.as_str()) {
+                    v.err(
+                        path,
+                        format!("{section} column \"{col}\" is already written by sipvane"),
+                    );
+                } else if Source::parse(src).is_none() {
+                    v.err(
+                        path,
+                        format!("unknown source \"{src}\" for column \"{col}\"; expected one of {SOURCE_NAMES}"),
+                    );
+                }
+            }
         }
     }
 
@@ -1967,7 +2109,7 @@ fn pretty_got(what: &str) -> String {
     }
 }
 
-const SECTIONS: &str = "proxy, dispatcher, rtpengine, events, mgmt, log";
+const SECTIONS: &str = "proxy, dispatcher, rtpengine, events, acc, mgmt, log";
 
 /// Rewords a serde/toml deserialisation message for the key at `path`.
 fn describe_de_error(msg: &str, path: &[PathSeg], is_table: bool) -> String {

@@ -1,6 +1,7 @@
 //! sipvane control plane: configuration, command line, start-up, dispatcher
 //! sources and the call-event exporter. The `sipvane` binary is `main.rs`.
 
+pub mod acc;
 pub mod api;
 pub mod cli;
 pub mod config;

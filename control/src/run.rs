@@ -47,8 +47,11 @@ pub struct Running {
     /// The export queue when `[events] redis_url` is set; control tasks push
     /// their own events (dst_up / dst_down) here.
     pub events: Option<EventQueue>,
-    /// Each worker's call-event queue (empty when events are off).
+    /// Each worker's call-event queue (empty when neither `[events]` nor
+    /// `[acc]` is on).
     pub event_sinks: Vec<Arc<EventSink>>,
+    /// Accounting counters when `[acc] db_url` is set.
+    pub acc: Option<Arc<crate::acc::AccStats>>,
     /// Worker heartbeats, I/O counters and queue depths.
     pub workers: worker::Monitor,
 }
@@ -198,7 +201,7 @@ fn media_config(cfg: &Config, workers: usize) -> Result<Option<MediaShared>> {
 pub fn start(
     cfg: &Config,
     rt: &tokio::runtime::Runtime,
-) -> Result<(worker::Pool, Running, Reloader)> {
+) -> Result<(worker::Pool, Running, Reloader, Option<AccParts>)> {
     let listen = cfg.proxy.listen;
     let workers = cfg.proxy.workers.resolve();
     let proxy_cfg = Arc::new(proxy_config(cfg, workers)?);
@@ -251,11 +254,13 @@ pub fn start(
 
     let events = (!cfg.events.redis_url.is_empty())
         .then(|| EventQueue::new(cfg.events.buffer.max(1) as usize));
-    let event_sinks: Vec<Arc<EventSink>> = match events {
-        Some(_) => (0..workers)
+    // Opens (and checks) the spool before any call can produce a row.
+    let acc = crate::acc::start(&cfg.acc, WallClock::new())?;
+    let event_sinks: Vec<Arc<EventSink>> = match events.is_some() || acc.is_some() {
+        true => (0..workers)
             .map(|_| Arc::new(EventSink::new(WORKER_EVENT_QUEUE)))
             .collect(),
-        None => Vec::new(),
+        false => Vec::new(),
     };
 
     let core_cfg = proxy_cfg.clone();
@@ -299,10 +304,14 @@ pub fn start(
         reload,
         events,
         event_sinks,
+        acc: acc.as_ref().map(|(_, w)| w.stats()),
         workers: pool.monitor(),
     };
-    Ok((pool, running, reloader))
+    Ok((pool, running, reloader, acc))
 }
+
+/// Accounting's row builder and database writer, run by [`run`].
+pub type AccParts = (crate::acc::Feed, crate::acc::Writer);
 
 /// The worker's own ng socket (`proxy::media::SOCK_MEDIA`), on an ephemeral
 /// port of the engines' address family.
@@ -327,7 +336,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the control thread's runtime")?;
-    let (pool, running, reloader) = start(cfg, &rt)?;
+    let (pool, running, reloader, acc) = start(cfg, &rt)?;
     let mgmt = match api::bind(cfg.mgmt.listen) {
         Ok(l) => l,
         Err(e) => {
@@ -344,15 +353,37 @@ pub fn run(cfg: &Config) -> Result<()> {
             let task = rt.spawn(exporter.run(async move {
                 let _ = stop_rx.await;
             }));
-            rt.spawn(crate::events::bridge::run(
-                running.event_sinks.clone(),
-                queue.clone(),
-                EVENT_DRAIN_INTERVAL,
-            ));
             (Some(stop_tx), Some(task))
         }
         None => (None, None),
     };
+    let (acc_feed, acc_writer) = match acc {
+        Some((feed, writer)) => {
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            let task = rt.spawn(writer.run(async move {
+                let _ = stop_rx.await;
+            }));
+            (Some(feed), Some((stop_tx, task)))
+        }
+        None => (None, None),
+    };
+    // One task drains the workers' event queues for Redis and accounting.
+    let bridge = (!running.event_sinks.is_empty()).then(|| {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let targets = crate::events::bridge::Targets {
+            events: running.events.clone(),
+            acc: acc_feed,
+        };
+        let task = rt.spawn(crate::events::bridge::run(
+            running.event_sinks.clone(),
+            targets,
+            EVENT_DRAIN_INTERVAL,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        (stop_tx, task)
+    });
     rt.block_on(async {
         // Control-thread tasks; they end with the runtime.
         tokio::spawn(reloader.run());
@@ -415,10 +446,18 @@ pub fn run(cfg: &Config) -> Result<()> {
         total.add(&s.snapshot());
     }
     pool.stop().context("stopping workers")?;
-    if let (Some(queue), Some(stop), Some(task)) = (&running.events, exporter_stop, exporter) {
-        // The workers are gone: hand over what they left, then let the
-        // exporter flush within its grace period.
-        crate::events::bridge::drain(&running.event_sinks, queue, &WallClock::new());
+    if let Some((stop, task)) = bridge {
+        // The workers are gone: hand over what they left.
+        let _ = stop.send(());
+        let _ = rt.block_on(task);
+    }
+    if let (Some(stop), Some(task)) = (exporter_stop, exporter) {
+        // Let the exporter flush within its grace period.
+        let _ = stop.send(());
+        let _ = rt.block_on(task);
+    }
+    if let Some((stop, task)) = acc_writer {
+        // Writes what it can within its grace period, spools the rest.
         let _ = stop.send(());
         let _ = rt.block_on(task);
     }
@@ -436,6 +475,25 @@ pub fn run(cfg: &Config) -> Result<()> {
             for (n, v) in m.engine_totals(i).fields() {
                 line.push(format!("rtpengine{i}_{n}={v}"));
             }
+        }
+    }
+    if let Some(a) = &running.acc {
+        for (n, v) in [
+            ("rows", a.rows()),
+            ("written", a.written()),
+            ("spooled", a.spooled()),
+            ("replayed", a.replayed()),
+            ("already_written", a.already_written()),
+            (
+                "dropped",
+                a.dropped_queue_full()
+                    + a.dropped_spool_full()
+                    + a.dropped_corrupt()
+                    + a.dropped_rejected(),
+            ),
+            ("spool_rows", a.spool_rows()),
+        ] {
+            line.push(format!("acc_{n}={v}"));
         }
     }
     eprintln!("sipvane: counters {}", line.join(" "));

@@ -124,6 +124,7 @@ impl Collector for Scrape {
 
         self.encode_workers(&mut e)?;
         self.encode_events(&mut e)?;
+        self.encode_acc(&mut e)?;
         self.encode_media(&mut e)?;
         self.encode_destinations(&mut e)
     }
@@ -232,6 +233,94 @@ impl Scrape {
             labelled_counter(&mut m, &label(i), s.dropped())?;
         }
         Ok(())
+    }
+
+    /// Accounting rows, when `[acc]` is on. Every row built ends up in
+    /// exactly one of: written directly, spooled, dropped, or still pending;
+    /// every spooled row in: replayed, already_written, dropped (corrupt),
+    /// or still in the spool.
+    fn encode_acc(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let Some(a) = &self.running.acc else {
+            return Ok(());
+        };
+        let counters: [(&str, &str, u64); 7] = [
+            (
+                "acc_rows",
+                "Accounting rows built from call events.",
+                a.rows(),
+            ),
+            (
+                "acc_rows_written",
+                "Accounting rows committed to the database (directly or replayed).",
+                a.written(),
+            ),
+            (
+                "acc_rows_spooled",
+                "Accounting rows appended to the on-disk spool.",
+                a.spooled(),
+            ),
+            (
+                "acc_rows_replayed",
+                "Spooled accounting rows committed to the database.",
+                a.replayed(),
+            ),
+            (
+                "acc_rows_already_written",
+                "Spooled rows skipped because the database already had them.",
+                a.already_written(),
+            ),
+            (
+                "acc_transactions",
+                "Accounting transactions committed.",
+                a.transactions(),
+            ),
+            (
+                "acc_db_errors",
+                "Failed accounting database connects and transactions.",
+                a.db_errors(),
+            ),
+        ];
+        for (name, help, v) in counters {
+            counter(e, name, help, v)?;
+        }
+        let mut m = e.encode_descriptor(
+            "acc_rows_dropped",
+            "Accounting rows lost, by reason.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (reason, v) in [
+            ("queue_full", a.dropped_queue_full()),
+            ("spool_full", a.dropped_spool_full()),
+            ("corrupt", a.dropped_corrupt()),
+            ("rejected", a.dropped_rejected()),
+        ] {
+            labelled_counter(&mut m, &[("reason", reason)], v)?;
+        }
+        gauge(
+            e,
+            "acc_spool_rows",
+            "Accounting rows in the spool now.",
+            a.spool_rows(),
+        )?;
+        gauge(
+            e,
+            "acc_spool_bytes",
+            "Size of the accounting spool file.",
+            a.spool_bytes(),
+        )?;
+        gauge(
+            e,
+            "acc_pending_rows",
+            "Accounting rows in memory, not yet written or spooled.",
+            a.pending() + a.queued(),
+        )?;
+        gauge(
+            e,
+            "acc_db_up",
+            "1 while the accounting database connection is up.",
+            i64::from(a.connected()),
+        )
     }
 
     /// RTPEngine health and ng commands per engine, when anchoring is on.

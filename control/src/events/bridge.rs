@@ -1,6 +1,7 @@
 //! Carries the workers' call events (`dataplane::proxy::events`) to the
-//! exporter's queue, on the control thread: drains every worker's sink a
-//! batch at a time, turns each event into its export form and timestamps it.
+//! exporter's queue and to accounting, on the control thread: drains every
+//! worker's sink a batch at a time, turns each event into its export form and
+//! timestamps it, and hands it to the accounting row builder.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +17,14 @@ use super::queue::EventQueue;
 /// starve the others' queues.
 const BATCH: usize = 1024;
 
-/// The export form of a worker's event.
-pub fn convert(ev: CallEvent, clock: &WallClock) -> Event {
+/// The export form of a worker's event; `None` for what the Redis stream
+/// does not carry (BYE transactions, and calls the caller cancelled, which
+/// are neither failed nor answered there).
+pub fn convert(ev: CallEvent, clock: &WallClock) -> Option<Event> {
     let dest = |a: Option<std::net::SocketAddr>| -> Box<str> {
         a.map_or_else(|| "".into(), |a| format!("sip:{a}").into())
     };
-    match ev {
+    Some(match ev {
         CallEvent::Start {
             at,
             call_id,
@@ -46,6 +49,7 @@ pub fn convert(ev: CallEvent, clock: &WallClock) -> Event {
             call_id,
             dest: d,
             setup,
+            ..
         } => Event::CallAnswered(CallAnswered {
             call_id,
             destination: dest(Some(d)),
@@ -74,6 +78,8 @@ pub fn convert(ev: CallEvent, clock: &WallClock) -> Event {
             call_id,
             code,
             dest: d,
+            cancelled: false,
+            ..
         } => Event::CallFailed(Box::new(CallFailed {
             call_id,
             code,
@@ -83,32 +89,83 @@ pub fn convert(ev: CallEvent, clock: &WallClock) -> Event {
             tried: d.map(|a| vec![dest(Some(a))]).unwrap_or_default(),
             ts: clock.unix_ms(at),
         })),
-    }
+        CallEvent::Failed { .. } | CallEvent::Bye { .. } => return None,
+    })
+}
+
+/// Where drained events go: the Redis exporter's queue, accounting, or both.
+#[derive(Default)]
+pub struct Targets {
+    pub events: Option<EventQueue>,
+    pub acc: Option<crate::acc::Feed>,
 }
 
 /// Moves what is queued in `sinks` to `queue` now; returns how many moved.
 pub fn drain(sinks: &[Arc<EventSink>], queue: &EventQueue, clock: &WallClock) -> usize {
+    let mut t = Targets {
+        events: Some(queue.clone()),
+        acc: None,
+    };
+    drain_to(sinks, &mut t, clock)
+}
+
+/// Moves what is queued in `sinks` to the targets now; returns how many moved.
+pub fn drain_to(sinks: &[Arc<EventSink>], t: &mut Targets, clock: &WallClock) -> usize {
     let mut moved = 0;
     for sink in sinks {
         for _ in 0..BATCH {
             let Some(ev) = sink.pop() else { break };
-            queue.push(convert(ev, clock));
+            if let Some(acc) = t.acc.as_mut() {
+                acc.on_event(&ev);
+            }
+            if let Some(queue) = &t.events {
+                if let Some(ev) = convert(ev, clock) {
+                    queue.push(ev);
+                }
+            }
             moved += 1;
         }
     }
     moved
 }
 
-/// Drains the sinks every `interval` until the task is dropped.
-pub async fn run(sinks: Vec<Arc<EventSink>>, queue: EventQueue, interval: Duration) {
+/// How often accounting forgets calls whose last event never came.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Drains the sinks every `interval` until `shutdown` completes, then once
+/// more (call it after the workers stopped: nothing is left behind).
+pub async fn run(
+    sinks: Vec<Arc<EventSink>>,
+    mut targets: Targets,
+    interval: Duration,
+    shutdown: impl std::future::Future,
+) {
     let clock = WallClock::new();
+    let mut shutdown = std::pin::pin!(shutdown);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pruned = tokio::time::Instant::now();
     loop {
-        tick.tick().await;
-        while drain(&sinks, &queue, &clock) > 0 {
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => break,
+            _ = tick.tick() => {}
+        }
+        while drain_to(&sinks, &mut targets, &clock) > 0 {
             // A backlog: keep going, but let other control tasks run.
             tokio::task::yield_now().await;
+        }
+        if pruned.elapsed() >= PRUNE_EVERY {
+            pruned = tokio::time::Instant::now();
+            if let Some(acc) = targets.acc.as_mut() {
+                acc.prune();
+            }
+        }
+    }
+    // Bounded: the workers are stopped, so the sinks only shrink.
+    for _ in 0..1024 {
+        if drain_to(&sinks, &mut targets, &clock) == 0 {
+            break;
         }
     }
 }
@@ -128,6 +185,8 @@ mod tests {
             call_id: "c1".into(),
             code: 503,
             dest: Some("127.0.0.1:5070".parse().unwrap()),
+            reply: Default::default(),
+            cancelled: false,
         });
         sink.push(CallEvent::End {
             at: t0,

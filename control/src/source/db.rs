@@ -149,13 +149,13 @@ impl SourceError {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backend {
+pub(crate) enum Backend {
     Postgres,
     Mysql,
 }
 
 impl Backend {
-    fn of(url: &str) -> Option<Backend> {
+    pub(crate) fn of(url: &str) -> Option<Backend> {
         let (scheme, _) = url.split_once("://")?;
         match scheme.to_ascii_lowercase().as_str() {
             "postgres" | "postgresql" => Some(Backend::Postgres),
@@ -271,7 +271,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// `msg` with every secret of `url` replaced by `***`.
-fn scrub(msg: String, url: &str) -> String {
+pub(crate) fn scrub(msg: String, url: &str) -> String {
     let mut msg = msg;
     for s in secrets(url) {
         if msg.contains(&s) {

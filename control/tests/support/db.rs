@@ -179,6 +179,9 @@ pub struct Postgres {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    server: PathBuf,
+    data: PathBuf,
+    ids: Option<(u32, u32)>,
 }
 
 /// Superuser of the private PostgreSQL server.
@@ -236,15 +239,40 @@ impl Postgres {
         run(&mut cmd, "initdb", &dir.join("initdb.log"));
 
         let port = free_port();
+        let child = Self::serve(&postgres, &dir, &data, port, ids).await;
+        Postgres {
+            port,
+            dir,
+            child: Some(child),
+            server: postgres,
+            data,
+            ids,
+        }
+    }
+
+    /// Starts the server on `data` and waits until it accepts connections.
+    async fn serve(
+        postgres: &Path,
+        dir: &Path,
+        data: &Path,
+        port: u16,
+        ids: Option<(u32, u32)>,
+    ) -> Child {
+        let as_server_user = |cmd: &mut Command| {
+            if let Some((uid, gid)) = ids {
+                cmd.uid(uid).gid(gid);
+            }
+            cmd.env("HOME", dir).current_dir(dir);
+        };
         let log = dir.join("postgres.log");
         let out = fs::File::create(&log).expect("create postgres.log");
         if let Some((uid, gid)) = ids {
             chown(&log, Some(uid), Some(gid)).expect("chown postgres.log");
         }
         let err = out.try_clone().expect("clone log");
-        let mut cmd = Command::new(&postgres);
+        let mut cmd = Command::new(postgres);
         cmd.arg("-D")
-            .arg(&data)
+            .arg(data)
             .arg("-p")
             .arg(port.to_string())
             .args(["-c", "listen_addresses=127.0.0.1"])
@@ -275,10 +303,15 @@ impl Postgres {
             }
         })
         .await;
-        Postgres {
-            port,
-            dir,
-            child: Some(child),
+        child
+    }
+
+    /// Starts a server [`stop`](Self::stop)ped earlier again, on the same
+    /// data and port (the end of a database outage in a test).
+    pub async fn resume(&mut self) {
+        if self.child.is_none() {
+            let child = Self::serve(&self.server, &self.dir, &self.data, self.port, self.ids).await;
+            self.child = Some(child);
         }
     }
 
@@ -372,6 +405,9 @@ pub struct MariaDb {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    server: PathBuf,
+    data: PathBuf,
+    root: bool,
 }
 
 impl MariaDb {
@@ -402,8 +438,21 @@ impl MariaDb {
         run(&mut cmd, "mariadb-install-db", &dir.join("install.log"));
 
         let port = free_port();
+        let child = Self::serve(&server, &dir, &data, port, root).await;
+        MariaDb {
+            port,
+            dir,
+            child: Some(child),
+            server,
+            data,
+            root,
+        }
+    }
+
+    /// Starts the server on `data` and waits until it accepts connections.
+    async fn serve(server: &Path, dir: &Path, data: &Path, port: u16, root: bool) -> Child {
         let log = dir.join("mariadbd.log");
-        let mut cmd = Command::new(&server);
+        let mut cmd = Command::new(server);
         cmd.arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--socket={}", dir.join("sock").display()))
@@ -423,7 +472,7 @@ impl MariaDb {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .current_dir(&dir);
+            .current_dir(dir);
         if root {
             cmd.arg("--user=root");
         }
@@ -446,10 +495,16 @@ impl MariaDb {
             }
         })
         .await;
-        MariaDb {
-            port,
-            dir,
-            child: Some(child),
+        child
+    }
+
+    /// Starts a server [`stop`](Self::stop)ped earlier again, on the same
+    /// data and port (the end of a database outage in a test).
+    pub async fn resume(&mut self) {
+        if self.child.is_none() {
+            let child =
+                Self::serve(&self.server, &self.dir, &self.data, self.port, self.root).await;
+            self.child = Some(child);
         }
     }
 

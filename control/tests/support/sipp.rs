@@ -54,6 +54,8 @@ pub enum Scenario {
     Uas,
     /// INVITE -> 503 -> ACK.
     Uas503,
+    /// INVITE -> 486 Busy Here -> ACK.
+    Uas486,
     /// Like `Uas` but answers after `UasBuilder::answer_delay`; CANCEL -> 200 + 487.
     UasSlow,
     /// Rings forever; CANCEL -> 200 + 487 -> ACK.
@@ -73,6 +75,7 @@ impl Scenario {
             Scenario::Register => "register.xml",
             Scenario::Uas => "uas.xml",
             Scenario::Uas503 => "uas_503.xml",
+            Scenario::Uas486 => "uas_486.xml",
             Scenario::UasSlow => "uas_slow.xml",
             Scenario::UasCancel => "uas_cancel.xml",
             Scenario::UasLate => "uas_late.xml",
@@ -90,6 +93,7 @@ impl Scenario {
             self,
             Scenario::Uas
                 | Scenario::Uas503
+                | Scenario::Uas486
                 | Scenario::UasSlow
                 | Scenario::UasCancel
                 | Scenario::UasLate

@@ -1,5 +1,5 @@
-//! Call events a worker reports for export (Redis, CDRs): when a call starts,
-//! is answered, ends or fails.
+//! Call events a worker reports for export (Redis, CDRs, accounting): when a
+//! call starts, is answered, ends or fails, and when a BYE transaction ends.
 //!
 //! Each worker owns one [`EventSink`], a bounded lock-free queue the control
 //! thread drains. A full queue drops the event and counts it: exporting is
@@ -35,6 +35,10 @@ pub enum CallEvent {
         call_id: Box<str>,
         dest: SocketAddr,
         setup: Duration,
+        /// The 2xx's code (200, 202…).
+        code: u16,
+        /// The 2xx's reason phrase and tags (the callee's To-tag).
+        reply: Reply,
     },
     /// The dialog ended, by BYE or by the dialog timeout.
     End {
@@ -44,14 +48,84 @@ pub enum CallEvent {
         duration: Duration,
         timeout: bool,
     },
-    /// The INVITE got a final error upstream (not after a CANCEL).
+    /// The INVITE got a final error upstream; `cancelled` when the caller
+    /// had sent CANCEL (the final is then usually 487).
     Failed {
         at: Instant,
         call_id: Box<str>,
         code: u16,
         /// The last destination tried, if any was.
         dest: Option<SocketAddr>,
+        /// Reason phrase and tags of the final response sent upstream.
+        reply: Reply,
+        cancelled: bool,
     },
+    /// A BYE transaction got its final response (relayed or sipvane's own).
+    Bye {
+        at: Instant,
+        call_id: Box<str>,
+        code: u16,
+        /// Reason phrase and tags of the final response sent upstream.
+        reply: Reply,
+    },
+}
+
+/// What accounting records about a transaction's final response, as
+/// Kamailio's `acc` does: the request's From-tag, the response's To-tag and
+/// reason phrase.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reply {
+    pub from_tag: Box<str>,
+    pub to_tag: Box<str>,
+    pub reason: Box<str>,
+}
+
+impl Reply {
+    /// Tags and reason phrase of a response.
+    pub(crate) fn of(resp: &crate::sip::parse::Message<'_>) -> Reply {
+        Reply {
+            from_tag: text(resp.from().ok().and_then(|f| f.tag).unwrap_or(b"")),
+            to_tag: text(resp.to().ok().and_then(|t| t.tag).unwrap_or(b"")),
+            reason: text(resp.reason().unwrap_or(b"")),
+        }
+    }
+}
+
+/// The event for a final response sent upstream for an INVITE (≥ 300: the
+/// call failed) or a BYE, from the response's bytes; `None` for anything else.
+pub(crate) fn on_final(
+    at: Instant,
+    method: crate::sip::Method,
+    code: u16,
+    cancelled: bool,
+    dest: Option<SocketAddr>,
+    response: &[u8],
+) -> Option<CallEvent> {
+    use crate::sip::Method;
+    let failed = method == Method::Invite && code >= 300;
+    if !(failed || (method == Method::Bye && code >= 200)) {
+        return None;
+    }
+    let resp = crate::sip::parse::parse(response).ok()?;
+    let call_id = text(resp.call_id().unwrap_or(b""));
+    let reply = Reply::of(&resp);
+    Some(if failed {
+        CallEvent::Failed {
+            at,
+            call_id,
+            code,
+            dest,
+            reply,
+            cancelled,
+        }
+    } else {
+        CallEvent::Bye {
+            at,
+            call_id,
+            code,
+            reply,
+        }
+    })
 }
 
 /// One worker's outgoing event queue.
@@ -115,6 +189,8 @@ mod tests {
             call_id: "a".into(),
             code: 503,
             dest: None,
+            reply: Reply::default(),
+            cancelled: false,
         };
         sink.push(ev.clone());
         sink.push(ev.clone());

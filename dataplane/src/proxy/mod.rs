@@ -455,7 +455,7 @@ impl Worker {
                 let Some(&first) = candidates.first() else {
                     bump(&self.stats.no_destination);
                     if method == Method::Invite {
-                        self.emit_failed(now, msg.call_id().unwrap_or(b""), 503, None);
+                        self.emit_failed(now, msg, 503, None);
                     }
                     let retry = self.cfg.retry_after_s;
                     self.reply(
@@ -1120,6 +1120,8 @@ impl Worker {
                             call_id: events::text(msg.call_id().unwrap_or(b"")),
                             dest: txn.target.addr,
                             setup: now.saturating_duration_since(txn.sent_at),
+                            code,
+                            reply: events::Reply::of(msg),
                         });
                     }
                 }
@@ -1396,16 +1398,12 @@ impl Worker {
         };
         if !txn.final_sent && txn.method == Method::Invite && code >= 300 && !txn.cancelled {
             bump(&self.stats.calls_failed);
-            if let Some(sink) = &self.events {
-                sink.push(CallEvent::Failed {
-                    at: now,
-                    call_id: parse(&txn.request)
-                        .ok()
-                        .and_then(|m| m.call_id().ok().map(events::text))
-                        .unwrap_or_default(),
-                    code,
-                    dest: txn.target.dest.is_some().then_some(txn.target.addr),
-                });
+        }
+        if let (false, Some(sink)) = (txn.final_sent, &self.events) {
+            let dest = txn.target.dest.is_some().then_some(txn.target.addr);
+            let (m, c) = (txn.method, txn.cancelled);
+            if let Some(ev) = events::on_final(now, m, code, c, dest, &txn.last_response) {
+                sink.push(ev);
             }
         }
         if code >= 300 && std::mem::take(&mut txn.holds_call) {
@@ -1639,13 +1637,21 @@ impl Worker {
         });
     }
 
-    fn emit_failed(&self, now: Instant, call_id: &[u8], code: u16, dest: Option<SocketAddr>) {
+    /// A call failed with sipvane's own reply to `req` (which carries the
+    /// local To-tag and the code's standard phrase).
+    fn emit_failed(&self, now: Instant, req: &Message<'_>, code: u16, dest: Option<SocketAddr>) {
         if let Some(sink) = &self.events {
             sink.push(CallEvent::Failed {
                 at: now,
-                call_id: events::text(call_id),
+                call_id: events::text(req.call_id().unwrap_or(b"")),
                 code,
                 dest,
+                reply: events::Reply {
+                    from_tag: events::text(req.from().ok().and_then(|f| f.tag).unwrap_or(b"")),
+                    to_tag: events::text(&self.local_tag),
+                    reason: events::text(build::reason_phrase(code)),
+                },
+                cancelled: false,
             });
         }
     }
@@ -2057,5 +2063,7 @@ fn stateless_branch(branch: &[u8], call_id: &[u8]) -> SmallVec<[u8; 48]> {
     v
 }
 
+#[cfg(test)]
+mod events_tests;
 #[cfg(test)]
 mod media_tests;
