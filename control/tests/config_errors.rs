@@ -40,12 +40,12 @@ fn unknown_section_and_top_level_key() {
     assert_eq!(
         one_error("[log]\nlevel = \"info\"\n\n[dispatch]\nalgorithm = 4\n"),
         "sipvane.toml:4: unknown section [dispatch]; expected one of proxy, dispatcher, \
-         rtpengine, events, mgmt, log"
+         rtpengine, events, acc, mgmt, log"
     );
     assert_eq!(
         one_error("\nlisten = \"0.0.0.0:5060\"\n"),
         "sipvane.toml:2: unknown key \"listen\" outside any section; expected a section: \
-         proxy, dispatcher, rtpengine, events, mgmt, log"
+         proxy, dispatcher, rtpengine, events, acc, mgmt, log"
     );
 }
 
@@ -264,4 +264,34 @@ fn rule_anchoring_needs_engines() {
         one_error("[[dispatcher.rules]]\nprefix = \"+44\"\nset = 2\nrtpengine = true\n"),
         "sipvane.toml:4: rule rtpengine = true needs [rtpengine] engines"
     );
+}
+
+#[test]
+fn acc_errors() {
+    assert_eq!(
+        errors(
+            "[acc]\ndb_url = \"sqlite:///acc.db\"\nbatch = 0\nacc_table = \"acc; drop\"\n\
+             spool_max_bytes = 10\n[acc.extra]\nsrc_user = \"$fU\"\ncallid = \"callid\"\n\
+             dst_user = \"$oU\"\n\"bad col\" = \"$rU\"\n"
+        ),
+        vec![
+            "sipvane.toml:2: db_url must start with postgres://, postgresql://, mysql:// or \
+             mariadb:// (got \"sqlite:///acc.db\")",
+            "sipvane.toml:3: batch must be ≥ 1",
+            "sipvane.toml:4: acc_table must be a table name (letters, digits, _, optionally \
+             schema.table; got \"acc; drop\")",
+            "sipvane.toml:5: spool_max_bytes must be ≥ 4096 (got 10)",
+            "sipvane.toml:8: extra column \"callid\" is already written by sipvane",
+            "sipvane.toml:9: unknown source \"$oU\" for column \"dst_user\"; expected one of \
+             from_user ($fU), from_domain ($fd), from_uri ($fu), to_user ($tU), to_domain ($td), \
+             to_uri ($tu), ruri_user ($rU), ruri_domain ($rd), ruri ($ru), dst_uri ($du), set, \
+             callid ($ci), duration",
+            "sipvane.toml:10: extra column \"bad col\" must be letters, digits and _ (not \
+             starting with a digit)",
+        ]
+    );
+    // The password never shows.
+    let e = one_error("[acc]\ndb_url = \"redis://u:hunter22@db/0\"\n");
+    assert!(e.starts_with("sipvane.toml:2: db_url must start"), "{e}");
+    assert!(!e.contains("hunter22"), "{e}");
 }

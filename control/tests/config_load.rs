@@ -341,3 +341,33 @@ fn to_toml_round_trips() {
         Config::default()
     );
 }
+
+#[test]
+fn acc_section_alone_is_valid_and_keeps_defaults() {
+    let c = load(
+        "[acc]\ndb_url = \"postgres://kamailio:pw@db/kamailio\"\n\
+         [acc.extra]\nsrc_user = \"$fU\"\ndst_uri = \"dst_uri\"\n",
+    );
+    assert_eq!(c.acc.db_url, "postgres://kamailio:pw@db/kamailio");
+    assert_eq!(c.acc.extra.len(), 2);
+    assert_eq!(
+        (
+            c.acc.acc_table.as_str(),
+            c.acc.missed_table.as_str(),
+            c.acc.cdr_table.as_str()
+        ),
+        ("acc", "missed_calls", "acc_cdrs")
+    );
+    assert_eq!(c.acc.spool_dir, PathBuf::from("/var/lib/sipvane"));
+    assert_eq!(c.acc.spool_max_bytes, 256 << 20);
+    assert_eq!(
+        (c.acc.batch, c.acc.cdrs, c.acc.log_failed),
+        (200, false, false)
+    );
+    assert_eq!(c.proxy, Config::default().proxy);
+    assert_eq!(c.events, Config::default().events);
+    // Accounting is off by default.
+    assert_eq!(Config::default().acc.db_url, "");
+    // And the printed configuration loads back the same.
+    assert_eq!(load(&c.to_toml().unwrap()), c);
+}

@@ -193,25 +193,28 @@ impl Scrape {
         Ok(())
     }
 
-    /// Call-event queues, when `[events]` is on: each worker's sink and the
-    /// exporter's queue behind them.
+    /// Call-event queues: the Redis exporter's (with `[events]`) and each
+    /// worker's (with `[events]` or `[acc]`).
     fn encode_events(&self, e: &mut DescriptorEncoder) -> fmt::Result {
-        let Some(queue) = &self.running.events else {
-            return Ok(());
-        };
-        gauge(
-            e,
-            "event_queue_depth",
-            "Call events waiting for the Redis exporter.",
-            queue.len() as u64,
-        )?;
-        counter(
-            e,
-            "event_queue_dropped",
-            "Call events dropped because the exporter's queue was full.",
-            queue.dropped(),
-        )?;
+        if let Some(queue) = &self.running.events {
+            gauge(
+                e,
+                "event_queue_depth",
+                "Call events waiting for the Redis exporter.",
+                queue.len() as u64,
+            )?;
+            counter(
+                e,
+                "event_queue_dropped",
+                "Call events dropped because the exporter's queue was full.",
+                queue.dropped(),
+            )?;
+        }
+        // The workers' queues exist when `[events]` or `[acc]` is on.
         let sinks = &self.running.event_sinks;
+        if sinks.is_empty() {
+            return Ok(());
+        }
         let label = |i: usize| [("worker", i.to_string())];
         let mut m = e.encode_descriptor(
             "worker_event_queue_depth",
