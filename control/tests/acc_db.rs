@@ -108,46 +108,22 @@ impl Server {
                 ));
             }
         }
+        statements
+            .push("ALTER TABLE acc_cdrs ADD COLUMN callid VARCHAR(255) DEFAULT '' NOT NULL".into());
         let refs: Vec<&str> = statements.iter().map(String::as_str).collect();
         self.exec("kamailio", &refs).await;
     }
 
     /// Every row of `table` as text, in id order.
     async fn rows(&self, table: &str) -> Vec<AccRow> {
-        let text = match self {
-            Server::Pg(_) => "TEXT",
-            Server::My(_) => "CHAR",
-        };
+        let text = self.text_type();
         let sql = format!(
             "SELECT method, from_tag, to_tag, callid, sip_code, sip_reason, \
              CAST(time AS {text}), src_user, dst_user, dst_uri FROM {table} ORDER BY id"
         );
-        let url = self.url();
-        let raw: Vec<Vec<String>> = match self {
-            Server::Pg(_) => {
-                let opts = sqlx::postgres::PgConnectOptions::from_str(&url)
-                    .unwrap()
-                    .disable_statement_logging();
-                let mut c = sqlx::PgConnection::connect_with(&opts).await.unwrap();
-                let rows = sqlx::query(&sql).fetch_all(&mut c).await.unwrap();
-                let _ = c.close().await;
-                rows.iter()
-                    .map(|r| (0..10).map(|i| r.get::<String, _>(i)).collect())
-                    .collect()
-            }
-            Server::My(_) => {
-                let opts = sqlx::mysql::MySqlConnectOptions::from_str(&url)
-                    .unwrap()
-                    .disable_statement_logging();
-                let mut c = sqlx::MySqlConnection::connect_with(&opts).await.unwrap();
-                let rows = sqlx::query(&sql).fetch_all(&mut c).await.unwrap();
-                let _ = c.close().await;
-                rows.iter()
-                    .map(|r| (0..10).map(|i| r.get::<String, _>(i)).collect())
-                    .collect()
-            }
-        };
-        raw.into_iter()
+        self.query(&sql, 10)
+            .await
+            .into_iter()
             .map(|v| AccRow {
                 method: v[0].clone(),
                 from_tag: v[1].clone(),
@@ -161,6 +137,59 @@ impl Server {
                 dst_uri: v[9].clone(),
             })
             .collect()
+    }
+
+    /// `acc_cdrs` as (callid, start_time, end_time, duration), in id order.
+    async fn cdrs(&self) -> Vec<Cdr> {
+        let text = self.text_type();
+        let sql = format!(
+            "SELECT callid, CAST(start_time AS {text}), CAST(end_time AS {text}), \
+             CAST(duration AS {text}) FROM acc_cdrs ORDER BY id"
+        );
+        self.query(&sql, 4)
+            .await
+            .into_iter()
+            .map(|v| {
+                let d = v[3].parse().unwrap_or(-1.0);
+                (v[0].clone(), v[1].clone(), v[2].clone(), d)
+            })
+            .collect()
+    }
+
+    fn text_type(&self) -> &'static str {
+        match self {
+            Server::Pg(_) => "TEXT",
+            Server::My(_) => "CHAR",
+        }
+    }
+
+    /// The first `cols` columns of every row `sql` returns, as text.
+    async fn query(&self, sql: &str, cols: usize) -> Vec<Vec<String>> {
+        let url = self.url();
+        match self {
+            Server::Pg(_) => {
+                let opts = sqlx::postgres::PgConnectOptions::from_str(&url)
+                    .unwrap()
+                    .disable_statement_logging();
+                let mut c = sqlx::PgConnection::connect_with(&opts).await.unwrap();
+                let rows = sqlx::query(sql).fetch_all(&mut c).await.unwrap();
+                let _ = c.close().await;
+                rows.iter()
+                    .map(|r| (0..cols).map(|i| r.get::<String, _>(i)).collect())
+                    .collect()
+            }
+            Server::My(_) => {
+                let opts = sqlx::mysql::MySqlConnectOptions::from_str(&url)
+                    .unwrap()
+                    .disable_statement_logging();
+                let mut c = sqlx::MySqlConnection::connect_with(&opts).await.unwrap();
+                let rows = sqlx::query(sql).fetch_all(&mut c).await.unwrap();
+                let _ = c.close().await;
+                rows.iter()
+                    .map(|r| (0..cols).map(|i| r.get::<String, _>(i)).collect())
+                    .collect()
+            }
+        }
     }
 
     /// Waits (bounded) until `table` holds at least `n` rows; returns them.
@@ -177,6 +206,9 @@ impl Server {
         }
     }
 }
+
+/// (callid, start_time, end_time, duration) of an `acc_cdrs` row.
+type Cdr = (String, String, String, f64);
 
 #[derive(Clone, Debug)]
 #[allow(dead_code)]
@@ -201,7 +233,9 @@ fn config(server: &Server, spool: &Path) -> String {
          [[dispatcher.rules]]\nprefix = \"{UNAVAILABLE}\"\nset = 3\n\
          [[dispatcher.rules]]\nprefix = \"{RINGING}\"\nset = 4\n\
          [acc]\ndb_url = \"{}\"\nspool_dir = \"{}\"\nflush_interval_ms = 50\ntimeout_ms = 2000\nbatch = 50\n\
-         [acc.extra]\nsrc_user = \"$fU\"\ndst_user = \"$rU\"\ndst_uri = \"$du\"\n",
+         cdrs = true\n\
+         [acc.extra]\nsrc_user = \"$fU\"\ndst_user = \"$rU\"\ndst_uri = \"$du\"\n\
+         [acc.cdr_extra]\ncallid = \"callid\"\n",
         server.url(),
         spool.display()
     )
@@ -273,7 +307,13 @@ fn calls(sipvane: &Sipvane, answered: u32, busy: u32, unavailable: u32, cancelle
 
 /// Checks the tables hold exactly the rows of `expect` (calls per R-URI
 /// user), each call once.
-fn check(pool: &Pool, acc: &[AccRow], missed: &[AccRow], expect: &BTreeMap<&str, usize>) {
+fn check(
+    pool: &Pool,
+    acc: &[AccRow],
+    missed: &[AccRow],
+    cdrs: &[Cdr],
+    expect: &BTreeMap<&str, usize>,
+) {
     let answered = expect.get(ANSWER).copied().unwrap_or(0);
     let mut per_call: BTreeMap<&str, Vec<&AccRow>> = BTreeMap::new();
     for r in acc {
@@ -308,6 +348,19 @@ fn check(pool: &Pool, acc: &[AccRow], missed: &[AccRow], expect: &BTreeMap<&str,
             assert_eq!(r.dst_uri, pool.dest(ANSWER), "{r:?}");
         }
     }
+
+    // One CDR per answered call, lasting at least the 100 ms hold.
+    let mut cdr_calls: BTreeMap<&str, usize> = BTreeMap::new();
+    for (call, start, end, duration) in cdrs {
+        *cdr_calls.entry(call.as_str()).or_default() += 1;
+        assert!(start <= end && start.len() == 19, "{call}: {start} {end}");
+        assert!((0.1..30.0).contains(duration), "{call}: {duration}");
+    }
+    assert_eq!(cdrs.len(), answered, "acc_cdrs: {cdrs:#?}");
+    assert!(
+        per_call.keys().all(|c| cdr_calls.get(c) == Some(&1)),
+        "acc_cdrs: {cdrs:#?}"
+    );
 
     let mut missed_per_call: BTreeMap<&str, usize> = BTreeMap::new();
     let mut per_kind: BTreeMap<&str, usize> = BTreeMap::new();
@@ -400,6 +453,20 @@ fn assert_counters_add_up(m: &str) {
     assert_eq!(spooled, replayed + already, "{m}");
 }
 
+/// Waits for the rows `expect` should have produced and checks them.
+fn check_all(
+    rt: &tokio::runtime::Runtime,
+    server: &Server,
+    pool: &Pool,
+    expect: &BTreeMap<&str, usize>,
+) {
+    let answered = expect[ANSWER];
+    let missed: usize = expect.values().sum::<usize>() - answered;
+    let acc = rt.block_on(server.wait_rows("acc", 2 * answered));
+    let missed = rt.block_on(server.wait_rows("missed_calls", missed));
+    check(pool, &acc, &missed, &rt.block_on(server.cdrs()), expect);
+}
+
 fn run_everything(mut server: Server) {
     let rt = runtime();
     rt.block_on(server.create_schema());
@@ -408,23 +475,27 @@ fn run_everything(mut server: Server) {
     let pool = Pool::start();
     let toml = config(&server, &spool);
     let mut expect: BTreeMap<&str, usize> = BTreeMap::new();
-    let add = |e: &mut BTreeMap<&str, usize>, a, b, u, c| {
+    // Records the calls made; returns the rows they produce: an answered
+    // call writes INVITE, BYE and CDR rows, any other call one missed row.
+    let add = |e: &mut BTreeMap<&str, usize>, a: usize, b: usize, u: usize, c: usize| {
         *e.entry(ANSWER).or_default() += a;
         *e.entry(BUSY).or_default() += b;
         *e.entry(UNAVAILABLE).or_default() += u;
         *e.entry(RINGING).or_default() += c;
+        (3 * a + b + u + c) as u64
     };
 
     // 1. Database up: rows go straight in.
     let t = Instant::now();
     let mut sipvane = pool.sipvane("acc-db-1", &toml);
     calls(&sipvane, 10, 4, 3, 3);
-    add(&mut expect, 10, 4, 3, 3);
-    let acc = rt.block_on(server.wait_rows("acc", 20));
-    let missed = rt.block_on(server.wait_rows("missed_calls", 10));
-    check(&pool, &acc, &missed, &expect);
-    let m = metrics(&sipvane);
-    assert_eq!(metric(&m, "sipvane_acc_rows_written_total"), 30, "{m}");
+    let rows1 = add(&mut expect, 10, 4, 3, 3);
+    let m = wait_metrics(&sipvane, "phase 1 rows written", |m| {
+        metric(m, "sipvane_acc_rows_written_total") >= rows1
+    });
+    check_all(&rt, &server, &pool, &expect);
+    assert_eq!(metric(&m, "sipvane_acc_rows_total"), rows1, "{m}");
+    assert_eq!(metric(&m, "sipvane_acc_rows_written_total"), rows1, "{m}");
     assert_eq!(metric(&m, "sipvane_acc_rows_spooled_total"), 0, "{m}");
     assert_eq!(metric(&m, "sipvane_acc_db_up"), 1, "{m}");
     eprintln!("phase 1 (database up): {:?}", t.elapsed());
@@ -434,24 +505,22 @@ fn run_everything(mut server: Server) {
     let t = Instant::now();
     server.stop();
     calls(&sipvane, 8, 2, 1, 1);
-    add(&mut expect, 8, 2, 1, 1);
-    wait_metrics(&sipvane, "20 rows spooled", |m| {
-        metric(m, "sipvane_acc_rows_spooled_total") >= 20
+    let rows2 = add(&mut expect, 8, 2, 1, 1);
+    let m = wait_metrics(&sipvane, "phase 2 rows spooled", |m| {
+        metric(m, "sipvane_acc_rows_spooled_total") >= rows2
             && metric(m, "sipvane_acc_pending_rows") == 0
     });
-    let m = metrics(&sipvane);
-    assert_eq!(metric(&m, "sipvane_acc_rows_spooled_total"), 20, "{m}");
-    assert_eq!(metric(&m, "sipvane_acc_spool_rows"), 20, "{m}");
+    assert_eq!(metric(&m, "sipvane_acc_rows_spooled_total"), rows2, "{m}");
+    assert_eq!(metric(&m, "sipvane_acc_spool_rows"), rows2, "{m}");
     assert!(metric(&m, "sipvane_acc_spool_bytes") > 8, "{m}");
     assert!(metric(&m, "sipvane_acc_db_errors_total") >= 1, "{m}");
+    assert_eq!(metric(&m, "sipvane_acc_db_up"), 0, "{m}");
     rt.block_on(server.resume());
-    let acc = rt.block_on(server.wait_rows("acc", 36));
-    let missed = rt.block_on(server.wait_rows("missed_calls", 14));
-    check(&pool, &acc, &missed, &expect);
     let m = wait_metrics(&sipvane, "the spool replayed", |m| {
         metric(m, "sipvane_acc_spool_rows") == 0
     });
-    assert_eq!(metric(&m, "sipvane_acc_rows_replayed_total"), 20, "{m}");
+    check_all(&rt, &server, &pool, &expect);
+    assert_eq!(metric(&m, "sipvane_acc_rows_replayed_total"), rows2, "{m}");
     assert_counters_add_up(&m);
     eprintln!("phase 2 (database restart): {:?}", t.elapsed());
 
@@ -460,28 +529,36 @@ fn run_everything(mut server: Server) {
     let t = Instant::now();
     server.stop();
     calls(&sipvane, 5, 1, 0, 0);
-    add(&mut expect, 5, 1, 0, 0);
+    let rows3 = add(&mut expect, 5, 1, 0, 0);
     let counters = sipvane.stop();
-    assert_eq!(counters.get("acc_rows"), 61, "{:?}", counters.0);
-    assert_eq!(counters.get("acc_written"), 50, "{:?}", counters.0);
-    assert_eq!(counters.get("acc_spool_rows"), 11, "{:?}", counters.0);
+    let c = |n: &str| counters.get(n);
+    assert_eq!(c("acc_rows"), rows1 + rows2 + rows3, "{:?}", counters.0);
+    assert_eq!(c("acc_written"), rows1 + rows2, "{:?}", counters.0);
+    assert_eq!(c("acc_spool_rows"), rows3, "{:?}", counters.0);
     let mut sipvane = pool.sipvane("acc-db-2", &toml);
     let m = metrics(&sipvane);
-    assert_eq!(metric(&m, "sipvane_acc_spool_rows"), 11, "{m}");
+    assert_eq!(metric(&m, "sipvane_acc_spool_rows"), rows3, "{m}");
     rt.block_on(server.resume());
     calls(&sipvane, 2, 0, 0, 1);
-    add(&mut expect, 2, 0, 0, 1);
-    let acc = rt.block_on(server.wait_rows("acc", 50));
-    let missed = rt.block_on(server.wait_rows("missed_calls", 16));
-    check(&pool, &acc, &missed, &expect);
+    let rows4 = add(&mut expect, 2, 0, 0, 1);
     let m = wait_metrics(&sipvane, "the old spool replayed", |m| {
         metric(m, "sipvane_acc_spool_rows") == 0
-            && metric(m, "sipvane_acc_rows_written_total") == 16
+            && metric(m, "sipvane_acc_rows_written_total") >= rows3 + rows4
     });
-    // The new process replayed the old one's 11 rows and wrote its own 5.
-    assert_eq!(metric(&m, "sipvane_acc_rows_total"), 5, "{m}");
+    check_all(&rt, &server, &pool, &expect);
+    // The new process replayed the old one's rows and wrote its own.
+    assert_eq!(metric(&m, "sipvane_acc_rows_total"), rows4, "{m}");
+    assert!(
+        metric(&m, "sipvane_acc_rows_replayed_total") >= rows3,
+        "{m}"
+    );
     let counters = sipvane.stop();
-    assert_eq!(counters.get("acc_written"), 16, "{:?}", counters.0);
+    assert_eq!(
+        counters.get("acc_written"),
+        rows3 + rows4,
+        "{:?}",
+        counters.0
+    );
     assert_eq!(counters.get("acc_dropped"), 0, "{:?}", counters.0);
     eprintln!(
         "phase 3 (sipvane restart during an outage): {:?}",
