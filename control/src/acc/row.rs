@@ -399,13 +399,15 @@ impl Builder {
     ) -> Row {
         let n = &self.names.acc;
         let mut cols = Vec::with_capacity(7 + self.extra.len());
+        // Cut to Kamailio's column sizes, so that an overlong tag or
+        // Call-ID from the wire cannot get the row refused.
         cols.extend([
-            (n[0].clone(), Value::Text(method.into())),
-            (n[1].clone(), Value::Text(reply.from_tag.clone())),
-            (n[2].clone(), Value::Text(reply.to_tag.clone())),
-            (n[3].clone(), Value::Text(call_id.into())),
-            (n[4].clone(), Value::Text(code.to_string().into())),
-            (n[5].clone(), Value::Text(reply.reason.clone())),
+            (n[0].clone(), Value::Text(clip(method, 16))),
+            (n[1].clone(), Value::Text(clip(&reply.from_tag, 128))),
+            (n[2].clone(), Value::Text(clip(&reply.to_tag, 128))),
+            (n[3].clone(), Value::Text(clip(call_id, 255))),
+            (n[4].clone(), Value::Text(clip(&code.to_string(), 3))),
+            (n[5].clone(), Value::Text(clip(&reply.reason, 128))),
             (n[6].clone(), Value::Time(self.clock.unix_ms(at))),
         ]);
         let call = self.calls.get(call_id);
@@ -416,6 +418,14 @@ impl Builder {
             ));
         }
         Row { table, cols }
+    }
+}
+
+/// At most `max` characters of `s` (VARCHAR(n) counts characters).
+fn clip(s: &str, max: usize) -> Box<str> {
+    match s.char_indices().nth(max) {
+        Some((end, _)) => s[..end].into(),
+        None => s.into(),
     }
 }
 
@@ -795,6 +805,25 @@ mod tests {
         // Later, the stale ones make room.
         b.on_event(&start(t0 + Duration::from_secs(11), "4"), &mut out);
         assert_eq!((b.calls(), b.overflow), (1, 1));
+    }
+
+    #[test]
+    fn values_are_cut_to_the_schema() {
+        let (b, t0) = builder(cfg());
+        let long = "é".repeat(300);
+        let r = b.txn_row(
+            Table::Acc,
+            "INVITE",
+            t0,
+            &long,
+            200,
+            &reply(&long, "t", &long),
+        );
+        assert_eq!(text(&r, "callid").chars().count(), 255);
+        assert_eq!(text(&r, "from_tag").chars().count(), 128);
+        assert_eq!(text(&r, "sip_reason").chars().count(), 128);
+        assert_eq!(text(&r, "to_tag"), "t");
+        assert_eq!(&*clip("abc", 3), "abc");
     }
 
     #[test]

@@ -1035,6 +1035,27 @@ mod tests {
             .map(|(r, _)| r.seq)
             .collect();
         assert_eq!(seqs, (0..30).collect::<Vec<u64>>());
+        drop(j);
+
+        // A second run, the spool bounded to about ten more rows: the rest
+        // are dropped, counted, and nothing already spooled is lost.
+        let mut one = Vec::new();
+        super::super::journal::encode(&rec(0, Table::Acc, false), &mut one);
+        let bytes = std::fs::metadata(&cfg.spool_path).unwrap().len();
+        let cfg = WriterConfig {
+            spool_max_bytes: bytes + 10 * one.len() as u64 + 3,
+            ..cfg
+        };
+        let w = Writer::new(cfg.clone(), q.clone()).unwrap();
+        let stats = w.stats();
+        for i in 0..25 {
+            q.push(rec(i, Table::Acc, false).row);
+        }
+        rt.block_on(async { w.run(tokio::time::sleep(Duration::from_millis(100))).await });
+        assert_eq!((stats.spooled(), stats.dropped_spool_full()), (10, 15));
+        assert_eq!(stats.spool_rows(), 40);
+        let (_, rep) = Journal::open(&cfg.spool_path, cfg.spool_max_bytes).unwrap();
+        assert_eq!((rep.records, rep.truncated_bytes), (40, 0));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
