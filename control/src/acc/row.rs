@@ -235,7 +235,13 @@ pub struct Builder {
     cdr_extra: Vec<(Arc<str>, Source)>,
     /// Starts not remembered because `max_calls` was reached.
     pub overflow: u64,
+    /// When a full table was last swept (at most once per `PRUNE_FULL`).
+    swept: Option<Instant>,
 }
+
+/// How often a full call table may be swept for stale calls: a sweep is
+/// linear in the table, and a table full of live calls stays full.
+const PRUNE_FULL: Duration = Duration::from_secs(10);
 
 struct Names {
     acc: [Arc<str>; 7],
@@ -258,6 +264,7 @@ impl Builder {
             clock,
             cfg,
             overflow: 0,
+            swept: None,
         }
     }
 
@@ -279,7 +286,13 @@ impl Builder {
                 dest,
                 ..
             } => {
-                if self.calls.len() >= self.cfg.max_calls.max(1) {
+                let full = self.calls.len() >= self.cfg.max_calls.max(1);
+                if full
+                    && self
+                        .swept
+                        .is_none_or(|t| at.saturating_duration_since(t) >= PRUNE_FULL)
+                {
+                    self.swept = Some(*at);
                     self.prune(*at);
                 }
                 if self.calls.len() >= self.cfg.max_calls.max(1) {

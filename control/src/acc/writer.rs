@@ -715,7 +715,9 @@ impl Writer {
     }
 
     fn after_commit(&mut self, recs: &[Record]) {
-        AccStats::add(&self.stats.transactions, 1);
+        if !recs.is_empty() {
+            AccStats::add(&self.stats.transactions, 1);
+        }
         for r in recs {
             let m = self.marks.entry(r.stream).or_insert(0);
             *m = (*m).max(r.seq + 1);
@@ -777,8 +779,8 @@ impl Writer {
         }
         let mark_sql = if pg {
             format!(
-                "INSERT INTO {} (stream, seq) VALUES ($1, $2) \
-                 ON CONFLICT (stream) DO UPDATE SET seq = GREATEST({0}.seq, EXCLUDED.seq)",
+                "INSERT INTO {} AS m (stream, seq) VALUES ($1, $2) \
+                 ON CONFLICT (stream) DO UPDATE SET seq = GREATEST(m.seq, EXCLUDED.seq)",
                 self.cfg.spool_table
             )
         } else {
