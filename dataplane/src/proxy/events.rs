@@ -5,8 +5,9 @@
 //! thread drains. A full queue drops the event and counts it: exporting is
 //! never allowed to slow routing down. Workers build events only when a sink
 //! is installed, so with export off the hot path does no extra work; with it
-//! on, an event costs one small allocation per call (the Call-ID and URIs
-//! are copied out of the receive buffer), never one per packet.
+//! on, events cost a few small allocations per call (the Call-ID, URIs, tags
+//! and reason phrases are copied out of the receive buffer), never any per
+//! retransmitted packet.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
