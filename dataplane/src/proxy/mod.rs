@@ -1648,7 +1648,7 @@ impl Worker {
                 dest,
                 reply: events::Reply {
                     from_tag: events::text(req.from().ok().and_then(|f| f.tag).unwrap_or(b"")),
-                    to_tag: events::text(&self.local_tag),
+                    to_tag: events::text(&local_tag(&self.minter, req)),
                     reason: events::text(build::reason_phrase(code)),
                 },
                 cancelled: false,
