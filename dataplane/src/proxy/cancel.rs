@@ -1,0 +1,149 @@
+//! CANCEL: the caller's, relayed to the attempt in progress, and the ones
+//! sipvane sends itself to attempts it gave up on that ring late.
+
+use super::*;
+
+impl Worker {
+    pub(super) fn handle_cancel(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        msg: &Message<'_>,
+        via: &Via<'_>,
+        out: &mut Outbox,
+    ) {
+        let invite_key = server_key(&self.hasher, msg, via, Method::Invite, b"INVITE");
+        let Some(id) = self.txns.find(&invite_key) else {
+            self.reply(socket, src, msg, 481, None, None, out);
+            return;
+        };
+        // The CANCEL itself is answered at once (RFC 3261 §16.10).
+        self.reply(socket, src, msg, 200, None, None, out);
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
+        if txn.cancelled || txn.final_sent {
+            return;
+        }
+        txn.cancelled = true;
+        bump(&self.stats.calls_cancelled);
+        if txn.client.is_none() && matches!(txn.media, MediaLeg::Offering { .. }) {
+            // Nothing was forwarded yet: the INVITE ends here.
+            self.reply_final(now, id, 487, None, out);
+            self.reschedule(id);
+            return;
+        }
+        let send_now = txn.client.as_mut().is_some_and(|c| c.request_cancel(now));
+        if send_now {
+            self.send_cancel(now, id, out);
+        }
+        self.reschedule(id);
+    }
+
+    /// Sends CANCEL for the current attempt and starts its client transaction.
+    pub(super) fn send_cancel(&mut self, now: Instant, id: TxnId, out: &mut Outbox) {
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
+        let Ok(fwd) = parse(&txn.forwarded) else {
+            return;
+        };
+        self.scratch.clear();
+        if build::cancel_for(&fwd, &mut self.scratch).is_err() {
+            return;
+        }
+        out.send(SOCK_PRIVATE, txn.target.addr, &self.scratch);
+        bump(&self.stats.tx_datagrams);
+        txn.cancel = Some(ClientTx::new(Method::Cancel, now, &self.cfg.timers));
+    }
+
+    /// A response from an attempt given up without a final: CANCEL it once
+    /// it rings (RFC 3261 §9.1: not before), relay a 2xx (§16.7), ACK any
+    /// other final.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn abandoned_response(
+        &mut self,
+        now: Instant,
+        id: TxnId,
+        i: usize,
+        msg: &Message<'_>,
+        code: u16,
+        src: SocketAddr,
+        out: &mut Outbox,
+    ) {
+        let Some(txn) = self.txns.get(id) else { return };
+        let Some(a) = txn.abandoned.get(i) else {
+            return;
+        };
+        let (attempt, addr, cancelled) = (a.attempt, a.addr, a.cancel.is_some());
+        match code {
+            100..=199 if !cancelled => {
+                let mut fwd = self.pool.get();
+                let mut built = false;
+                if self.write_forward(id, attempt, &mut fwd) {
+                    if let Ok(inv) = parse(&fwd) {
+                        self.scratch.clear();
+                        built = build::cancel_for(&inv, &mut self.scratch).is_ok();
+                    }
+                }
+                self.pool.put(fwd);
+                if built {
+                    out.send(SOCK_PRIVATE, addr, &self.scratch);
+                    bump(&self.stats.tx_datagrams);
+                    bump(&self.stats.abandoned_cancels);
+                    let timers = self.cfg.timers;
+                    if let Some(a) = self.txns.get_mut(id).and_then(|t| t.abandoned.get_mut(i)) {
+                        a.cancel = Some(ClientTx::new(Method::Cancel, now, &timers));
+                    }
+                }
+            }
+            100..=199 => {}
+            200..=299 => {
+                self.relay_response(now, id, msg, code, out);
+                self.forget_abandoned(id, attempt);
+            }
+            _ => {
+                self.ack_old_attempt(id, attempt, msg, src, out);
+                self.forget_abandoned(id, attempt);
+            }
+        }
+        self.reschedule(id);
+    }
+
+    pub(super) fn forget_abandoned(&mut self, id: TxnId, attempt: u8) {
+        if let Some(txn) = self.txns.get_mut(id) {
+            txn.abandoned.retain(|a| a.attempt != attempt);
+        }
+    }
+
+    /// Retransmits the CANCELs of abandoned attempts and forgets those
+    /// watched long enough.
+    pub(super) fn abandoned_timers(&mut self, now: Instant, id: TxnId, out: &mut Outbox) {
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
+        txn.abandoned.retain(|a| a.until > now);
+        let mut resend: SmallVec<[(u8, SocketAddr); 2]> = SmallVec::new();
+        for a in txn.abandoned.iter_mut() {
+            if let Some(c) = a.cancel.as_mut() {
+                if c.on_timer(now) == transaction::ClientTimer::Retransmit {
+                    resend.push((a.attempt, a.addr));
+                }
+            }
+        }
+        for (attempt, addr) in resend {
+            let mut fwd = self.pool.get();
+            if self.write_forward(id, attempt, &mut fwd) {
+                if let Ok(inv) = parse(&fwd) {
+                    self.scratch.clear();
+                    if build::cancel_for(&inv, &mut self.scratch).is_ok() {
+                        out.send(SOCK_PRIVATE, addr, &self.scratch);
+                        bump(&self.stats.tx_datagrams);
+                    }
+                }
+            }
+            self.pool.put(fwd);
+        }
+    }
+}

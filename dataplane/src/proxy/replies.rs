@@ -1,0 +1,67 @@
+//! Stateless replies sipvane makes itself (with a keyed To-tag).
+
+use super::*;
+
+impl Worker {
+    /// A stateless local reply to `req`, sent back where it came from.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn reply(
+        &mut self,
+        socket: SocketId,
+        src: SocketAddr,
+        req: &Message<'_>,
+        code: u16,
+        retry_after: Option<u32>,
+        warning: Option<&[u8]>,
+        out: &mut Outbox,
+    ) {
+        let tag = local_tag(&self.minter, req);
+        let opts = ReplyOpts {
+            to_tag: Some(&tag),
+            retry_after,
+            warning,
+            server: Some(self.cfg.server_header.as_bytes()),
+            ..ReplyOpts::default()
+        };
+        self.scratch.clear();
+        if build::reply(
+            req,
+            code,
+            build::reason_phrase(code),
+            &opts,
+            &mut self.scratch,
+        )
+        .is_ok()
+        {
+            out.send(socket, src, &self.scratch);
+            bump(&self.stats.tx_datagrams);
+            count_reply(&self.stats, code);
+        }
+    }
+
+    pub(super) fn reply_options(
+        &mut self,
+        socket: SocketId,
+        src: SocketAddr,
+        req: &Message<'_>,
+        out: &mut Outbox,
+    ) {
+        let extra: [(&[u8], &[u8]); 2] = [
+            (b"Allow", b"INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, REFER, INFO, UPDATE, PRACK, MESSAGE"),
+            (b"Accept", b"application/sdp"),
+        ];
+        let tag = local_tag(&self.minter, req);
+        let opts = ReplyOpts {
+            to_tag: Some(&tag),
+            server: Some(self.cfg.server_header.as_bytes()),
+            extra_headers: &extra,
+            ..ReplyOpts::default()
+        };
+        self.scratch.clear();
+        if build::reply(req, 200, b"OK", &opts, &mut self.scratch).is_ok() {
+            out.send(socket, src, &self.scratch);
+            bump(&self.stats.tx_datagrams);
+            count_reply(&self.stats, 200);
+        }
+    }
+}

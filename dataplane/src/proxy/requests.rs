@@ -1,0 +1,547 @@
+//! Requests arriving at a worker: flood limits, validation, the routing
+//! decision, new transactions and what is forwarded for them, and the
+//! stateless relay of end-to-end ACKs.
+
+use super::*;
+
+impl Worker {
+    pub(super) fn handle_request(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        msg: &Message<'_>,
+        out: &mut Outbox,
+    ) {
+        if self.flood.is_some()
+            && !self.handed_over
+            && self.over_flood_limit(now, socket, src, msg, out)
+        {
+            return;
+        }
+        if self.cfg.balance_by_call_id
+            && socket == SOCK_PUBLIC
+            && self.workers > 1
+            && !self.handed_over
+        {
+            // Spread calls by Call-ID rather than by the kernel's per-source
+            // hash, so one trunk's calls use every worker. Every request of a
+            // call (retransmissions, CANCEL, ACK) has the same Call-ID and so
+            // the same owner.
+            if let Ok(call_id) = msg.call_id() {
+                let owner = (hash_bytes(call_id) % self.workers as u64) as usize;
+                if owner != self.index {
+                    bump(&self.stats.handoffs);
+                    out.handoff(owner, socket | HANDED_OVER, src, msg.buf());
+                    return;
+                }
+            }
+        }
+        bump(&self.stats.requests);
+        let method = msg.method().unwrap_or(Method::Other);
+        // Parsed once here; the routing decision works from it.
+        let info = match msg.validated_request() {
+            Ok(info) => info,
+            Err(e) => {
+                bump(&self.stats.bad_requests);
+                // Never answer an ACK (RFC 3261 §17.2.3), not even a broken one.
+                if method != Method::Ack {
+                    let warning = e.to_string();
+                    self.reply(socket, src, msg, 400, None, Some(warning.as_bytes()), out);
+                }
+                return;
+            }
+        };
+        let via = info.common.via;
+        let key = server_key(&self.hasher, msg, &via, method, method_raw(msg));
+
+        match method {
+            Method::Ack => {
+                if let Some(id) = self.txns.find(&key) {
+                    // Hop-by-hop ACK for a non-2xx final we sent ends Timer G;
+                    // a 2xx ACK reusing the INVITE's branch goes on.
+                    let route_on = self
+                        .txns
+                        .get_mut(id)
+                        .is_some_and(|txn| txn.server.on_ack(now));
+                    self.reschedule(id);
+                    if !route_on {
+                        bump(&self.stats.retransmissions_absorbed);
+                        return;
+                    }
+                }
+                // ACK for a 2xx is end-to-end: relay it along the route set.
+                self.relay_stateless(now, socket, src, msg, &info, out);
+            }
+            Method::Cancel => self.handle_cancel(now, socket, src, msg, &via, out),
+            _ => {
+                if let Some(id) = self.txns.find(&key) {
+                    self.absorb_retransmission(now, id, out);
+                    return;
+                }
+                self.new_request(now, socket, src, msg, &info, key, method, out);
+            }
+        }
+    }
+
+    /// The routing decision for a request from `src`. Trust is looked up
+    /// only where the policy needs it.
+    pub(super) fn decide(
+        &self,
+        msg: &Message<'_>,
+        info: &RequestInfo<'_>,
+        method: Method,
+        src: SocketAddr,
+    ) -> Decision {
+        let table = self.table.load();
+        route::decide(
+            route::Request {
+                msg,
+                info,
+                method,
+                trusted: &|| self.cfg.is_trusted_ip(src.ip()) || table.has_addr(src),
+                handed_over: self.handed_over,
+            },
+            &self.cfg,
+            self.index,
+            &|ip| self.cfg.is_trusted_ip(ip) || table.has_ip(ip),
+        )
+    }
+
+    /// The per-source limit, before anything else: true when the request was
+    /// refused. Trust is looked up only for a source over its rate.
+    pub(super) fn over_flood_limit(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        msg: &Message<'_>,
+        out: &mut Outbox,
+    ) -> bool {
+        let Some(guard) = self.flood.as_mut() else {
+            return false;
+        };
+        let Verdict::Blocked { started } = guard.check(src.ip(), now) else {
+            return false;
+        };
+        let limits = *guard.limits();
+        if self.cfg.is_trusted_ip(src.ip()) || self.table.load().has_addr(src) {
+            return false;
+        }
+        if started {
+            bump(&self.stats.flood_blocks);
+            tracing::warn!(
+                worker = self.index,
+                source = %src.ip(),
+                rps = limits.per_source_rps,
+                block_s = limits.block.as_secs(),
+                "source over its request rate: blocked"
+            );
+        }
+        bump(&self.stats.flood_rejects);
+        if !limits.drop && msg.method() != Some(Method::Ack) {
+            let retry = u32::try_from(limits.block.as_secs()).unwrap_or(u32::MAX);
+            self.reply(
+                socket,
+                src,
+                msg,
+                503,
+                Some(retry),
+                Some(b"Too many requests"),
+                out,
+            );
+        }
+        true
+    }
+
+    pub(super) fn absorb_retransmission(&mut self, now: Instant, id: TxnId, out: &mut Outbox) {
+        bump(&self.stats.retransmissions_absorbed);
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
+        if txn.server.on_request(now) && !txn.last_response.is_empty() {
+            out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
+            bump(&self.stats.tx_datagrams);
+        }
+        self.reschedule(id);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new_request(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        msg: &Message<'_>,
+        info: &RequestInfo<'_>,
+        key: TxnKey,
+        method: Method,
+        out: &mut Outbox,
+    ) {
+        let via = &info.common.via;
+        let in_dialog = info.common.to.tag.is_some();
+        let mut candidates: SmallVec<[u16; 16]> = SmallVec::new();
+        let mut set_table = None;
+        let mut anchor = false;
+        let decision = self.decide(msg, info, method, src);
+        let mut strict_route = false;
+        let (target, pop_routes) = match decision {
+            Decision::Reply { code, warning } => {
+                match code {
+                    400 => bump(&self.stats.bad_requests),
+                    482 | 483 => bump(&self.stats.loops),
+                    403 | 404 => bump(&self.stats.relay_denied),
+                    _ => {}
+                }
+                let warning = warning.map(str::as_bytes);
+                self.reply(socket, src, msg, code, None, warning, out);
+                return;
+            }
+            Decision::Options => {
+                self.reply_options(socket, src, msg, out);
+                return;
+            }
+            Decision::Handoff(w) => {
+                bump(&self.stats.handoffs);
+                out.handoff(w, socket | HANDED_OVER, src, msg.buf());
+                return;
+            }
+            Decision::Relay {
+                to,
+                pop_routes,
+                strict,
+            } => {
+                strict_route = strict;
+                (
+                    Target {
+                        addr: to,
+                        dest: None,
+                    },
+                    pop_routes,
+                )
+            }
+            Decision::Dispatch {
+                set: set_id,
+                media: rule_media,
+                pop_routes,
+            } => {
+                if method == Method::Invite && self.txns.len() >= self.cfg.overload_transactions {
+                    bump(&self.stats.overload_rejects);
+                    let retry = self.cfg.retry_after_s;
+                    self.reply(socket, src, msg, 503, Some(retry), Some(b"Overloaded"), out);
+                    return;
+                }
+                anchor = method == Method::Invite
+                    && self.media.as_ref().is_some_and(|m| {
+                        rule_media.unwrap_or_else(|| m.shared().anchors_set(set_id))
+                    })
+                    && has_sdp(msg);
+                let table = self.table.load_full();
+                let Some(set) = table.set(set_id) else {
+                    bump(&self.stats.no_destination);
+                    self.reply(
+                        socket,
+                        src,
+                        msg,
+                        503,
+                        None,
+                        Some(b"No such dispatcher set"),
+                        out,
+                    );
+                    return;
+                };
+                let key = SelectKey {
+                    call_id: info.common.call_id,
+                    from_uri: info.common.from.uri,
+                    to_uri: info.common.to.uri,
+                    ruri: msg.request_uri().unwrap_or(b""),
+                    auth_user: (self.cfg.algorithm == crate::dispatch::Algorithm::HashAuthUser)
+                        .then(|| crate::sip::auth::credentials_username(msg))
+                        .flatten(),
+                };
+                let set_index = set.index();
+                self.selector
+                    .select(set, self.cfg.algorithm, &key, now, &mut candidates);
+                let Some(&first) = candidates.first() else {
+                    bump(&self.stats.no_destination);
+                    if method == Method::Invite {
+                        self.emit_failed(now, msg, 503, None);
+                    }
+                    let retry = self.cfg.retry_after_s;
+                    self.reply(
+                        socket,
+                        src,
+                        msg,
+                        503,
+                        Some(retry),
+                        Some(b"No destination available"),
+                        out,
+                    );
+                    return;
+                };
+                let Some(dest) = set.get(first) else { return };
+                let target = Target {
+                    addr: dest.addr,
+                    dest: Some(dest.stats.clone()),
+                };
+                set_table = Some((table.clone(), set_index));
+                (target, pop_routes)
+            }
+        };
+
+        if method == Method::Invite && !in_dialog {
+            bump(&self.stats.initial_invites);
+            if let (Some(sink), Some((table, set_index))) = (&self.events, &set_table) {
+                let set = table.sets().get(*set_index).map_or(0, |s| s.id);
+                sink.push(CallEvent::Start {
+                    at: now,
+                    call_id: events::text(msg.call_id().unwrap_or(b"")),
+                    from: events::text(msg.from().map(|f| f.uri).unwrap_or(b"")),
+                    to: events::text(msg.to().map(|t| t.uri).unwrap_or(b"")),
+                    ruri: events::text(msg.request_uri().unwrap_or(b"")),
+                    set,
+                    dest: target.addr,
+                    worker: u16::try_from(self.index).unwrap_or(u16::MAX),
+                });
+            }
+        }
+        // A re-INVITE with SDP of an anchored dialog goes to the engine
+        // holding its session (the new offer may move either side's media).
+        let pinned = if method == Method::Invite && in_dialog && has_sdp(msg) {
+            self.dialog_media_engine(msg)
+        } else {
+            None
+        };
+        if in_dialog && method != Method::Bye && method != Method::Ack {
+            self.dialog_refreshed(now, msg);
+        }
+        if method == Method::Bye && in_dialog {
+            // Like Kamailio's dialog module, the BYE ends the dialog whatever
+            // its reply: a BYE to a dead destination still frees its call slot.
+            self.dialog_ended(now, msg, out);
+        }
+        let mut request = self.pool.get();
+        request.extend_from_slice(msg.buf());
+        let received = annotate_received(via, src);
+        let record_route = self.cfg.record_route
+            && !in_dialog
+            && matches!(method, Method::Invite | Method::Subscribe);
+        let txn = ProxyTxn {
+            method,
+            upstream: src,
+            upstream_socket: socket,
+            server: ServerTx::new(method, now, &self.cfg.timers),
+            request,
+            forwarded: self.pool.get(),
+            last_response: self.pool.get(),
+            client: None,
+            cancel: None,
+            attempt: 0,
+            target,
+            candidates,
+            next_candidate: 1,
+            set: set_table,
+            pop_routes,
+            strict_route,
+            record_route,
+            received,
+            cancelled: false,
+            final_sent: false,
+            sent_at: now,
+            timer: None,
+            media: MediaLeg::Off,
+            media_sdp: Vec::new(),
+            held: Vec::new(),
+            queued: Vec::new(),
+            abandoned: SmallVec::new(),
+            holds_call: false,
+        };
+        let id = match self.txns.insert(key, txn) {
+            Ok(id) => id,
+            Err(_) => {
+                bump(&self.stats.table_full);
+                let retry = self.cfg.retry_after_s;
+                self.reply(
+                    socket,
+                    src,
+                    msg,
+                    503,
+                    Some(retry),
+                    Some(b"Transaction table full"),
+                    out,
+                );
+                return;
+            }
+        };
+        if method == Method::Invite && !in_dialog {
+            // Counted now, not at the 2xx: call-load selection and `maxload`
+            // must see the calls that are still ringing.
+            if let Some(txn) = self.txns.get_mut(id) {
+                if let Some(d) = &txn.target.dest {
+                    d.call_started();
+                    txn.holds_call = true;
+                }
+            }
+        }
+        if method == Method::Invite {
+            // 100 Trying stops the caller's retransmissions (RFC 3261 §16.2).
+            self.scratch.clear();
+            if build::reply(
+                msg,
+                100,
+                b"Trying",
+                &ReplyOpts::default(),
+                &mut self.scratch,
+            )
+            .is_ok()
+            {
+                out.send(socket, src, &self.scratch);
+                bump(&self.stats.tx_datagrams);
+                count_reply(&self.stats, 100);
+                if let Some(txn) = self.txns.get_mut(id) {
+                    txn.last_response.clear();
+                    txn.last_response.extend_from_slice(&self.scratch);
+                    txn.server.on_provisional_sent();
+                }
+            }
+        }
+        if (anchor || pinned.is_some()) && self.start_offer(now, id, msg, pinned, out) {
+            // The INVITE waits in its transaction for the engine's SDP.
+            return;
+        }
+        self.forward_attempt(now, id, out);
+    }
+
+    /// Sends the transaction's request to its current target with a fresh
+    /// branch and a fresh client transaction.
+    pub(super) fn forward_attempt(&mut self, now: Instant, id: TxnId, out: &mut Outbox) {
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
+        let mut fwd = std::mem::take(&mut txn.forwarded);
+        fwd.clear();
+        let attempt = txn.attempt;
+        let ok = self.write_forward(id, attempt, &mut fwd);
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
+        txn.forwarded = fwd;
+        if !ok {
+            return;
+        }
+        out.send(SOCK_PRIVATE, txn.target.addr, &txn.forwarded);
+        bump(&self.stats.tx_datagrams);
+        txn.client = Some(ClientTx::new(txn.method, now, &self.cfg.timers));
+        txn.sent_at = now;
+        self.reschedule(id);
+    }
+
+    /// Writes the request of transaction `id` as forwarded in `attempt`.
+    /// Deterministic: the same attempt always yields the same bytes, so an
+    /// abandoned attempt's request can be rebuilt to ACK its late final.
+    pub(super) fn write_forward(&self, id: TxnId, attempt: u8, out: &mut Vec<u8>) -> bool {
+        let Some(txn) = self.txns.get(id) else {
+            return false;
+        };
+        let Ok(req) = parse(&txn.request) else {
+            return false;
+        };
+        let branch = self.minter.seal(&Branch {
+            worker: self.index as u8,
+            slot: id.slot(),
+            generation: id.generation(),
+            attempt,
+            epoch: self.minter.epoch(),
+        });
+        let received_ip = txn.received.map(|(ip, _)| ip_bytes(ip));
+        let edits = RequestEdits {
+            via: NewVia {
+                host: self.cfg.advertise.as_bytes(),
+                port: self.private_port(),
+                branch: &branch,
+            },
+            request_uri: if txn.strict_route {
+                route::last_route_uri(&req)
+            } else {
+                None
+            },
+            pop_routes: txn.pop_routes,
+            drop_last_route: txn.strict_route,
+            record_route: txn.record_route.then_some(self.record_route.as_slice()),
+            received: match (&received_ip, txn.received) {
+                (Some(ip), Some((_, port))) => Some((ip.as_slice(), port)),
+                _ => None,
+            },
+            body: match txn.media {
+                MediaLeg::Anchored { .. } if !txn.media_sdp.is_empty() => {
+                    Some(txn.media_sdp.as_slice())
+                }
+                _ => None,
+            },
+        };
+        build::forward_request(&req, &edits, out).is_ok()
+    }
+
+    /// Relays an end-to-end ACK (or any request we keep no state for) along
+    /// its route set, under the same policy as every other request.
+    pub(super) fn relay_stateless(
+        &mut self,
+        _now: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        msg: &Message<'_>,
+        info: &RequestInfo<'_>,
+        out: &mut Outbox,
+    ) {
+        let via = &info.common.via;
+        let decision = self.decide(msg, info, Method::Ack, src);
+        let (dst, pop_routes, strict) = match decision {
+            Decision::Relay {
+                to,
+                pop_routes,
+                strict,
+            } => (to, pop_routes, strict),
+            Decision::Handoff(w) => {
+                bump(&self.stats.handoffs);
+                out.handoff(w, socket | HANDED_OVER, src, msg.buf());
+                return;
+            }
+            // An ACK is never answered: what has nowhere to go is dropped.
+            _ => {
+                bump(&self.stats.unmatched_acks);
+                return;
+            }
+        };
+        // A stateless relay derives its branch from the incoming one so a
+        // retransmitted ACK gets the same branch (RFC 3261 §16.11).
+        let branch = stateless_branch(via.branch.unwrap_or(b""), msg.call_id().unwrap_or(b""));
+        let received = annotate_received(via, src);
+        let received_ip = received.map(|(ip, _)| ip_bytes(ip));
+        let edits = RequestEdits {
+            via: NewVia {
+                host: self.cfg.advertise.as_bytes(),
+                port: self.private_port(),
+                branch: &branch,
+            },
+            request_uri: if strict {
+                route::last_route_uri(msg)
+            } else {
+                None
+            },
+            pop_routes,
+            drop_last_route: strict,
+            record_route: None,
+            received: match (&received_ip, received) {
+                (Some(ip), Some((_, port))) => Some((ip.as_slice(), port)),
+                _ => None,
+            },
+            body: None,
+        };
+        self.scratch.clear();
+        if build::forward_request(msg, &edits, &mut self.scratch).is_ok() {
+            out.send(SOCK_PRIVATE, dst, &self.scratch);
+            bump(&self.stats.tx_datagrams);
+            bump(&self.stats.stateless_forwards);
+        }
+    }
+}

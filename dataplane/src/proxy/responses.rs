@@ -1,0 +1,450 @@
+//! Responses from destinations: matching by sealed branch, failover,
+//! relaying upstream, ACKs for non-2xx finals, and final replies of our own.
+
+use super::*;
+
+impl Worker {
+    pub(super) fn handle_response(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        msg: &Message<'_>,
+        out: &mut Outbox,
+    ) {
+        bump(&self.stats.responses);
+        let code = msg.status().unwrap_or(0);
+        let Ok(via) = msg.top_via() else {
+            bump(&self.stats.stray_responses);
+            return;
+        };
+        let b = match self.minter.open(via.branch.unwrap_or(b"")) {
+            Ok(b) if b.epoch == self.minter.epoch() => b,
+            Err(Rejected::Forged) => {
+                // sipvane's form but not its seal: a guess or a tamper. It
+                // must change nothing (no failover, no health mark).
+                bump(&self.stats.forged_responses);
+                return;
+            }
+            // Not a Via this process wrote: nothing to do with it.
+            _ => {
+                bump(&self.stats.stray_responses);
+                return;
+            }
+        };
+        let owner = usize::from(b.worker);
+        if owner != self.index {
+            if owner < self.workers && !self.handed_over {
+                bump(&self.stats.handoffs);
+                out.handoff(owner, socket | HANDED_OVER, src, msg.buf());
+            } else {
+                bump(&self.stats.stray_responses);
+            }
+            return;
+        }
+        let cseq_method = msg.cseq().map(|c| c.method).unwrap_or(Method::Other);
+        let id = TxnId::from_parts(b.slot, b.generation);
+        let Some((id, txn)) = id.and_then(|id| Some((id, self.txns.get_mut(id)?))) else {
+            // The transaction is gone; a 2xx to INVITE must still reach the
+            // caller (the callee retransmits it until the ACK arrives).
+            if cseq_method == Method::Invite && (200..300).contains(&code) {
+                self.forward_stateless_response(msg, out);
+            } else {
+                bump(&self.stats.stray_responses);
+            }
+            return;
+        };
+
+        let abandoned = txn.abandoned.iter().position(|a| a.attempt == b.attempt);
+        if cseq_method == Method::Cancel {
+            let cancel = match abandoned {
+                Some(i) => txn.abandoned[i].cancel.as_mut(),
+                None => txn.cancel.as_mut(),
+            };
+            if let Some(c) = cancel {
+                c.on_response(code, now);
+            }
+            self.reschedule(id);
+            return;
+        }
+        if let Some(i) = abandoned {
+            self.abandoned_response(now, id, i, msg, code, src, out);
+            return;
+        }
+
+        if b.attempt != txn.attempt {
+            // A response from a destination we already moved away from.
+            if txn.method == Method::Invite && (200..300).contains(&code) {
+                self.relay_response(now, id, msg, code, out);
+            } else if txn.method == Method::Invite && code >= 300 {
+                self.ack_old_attempt(id, b.attempt, msg, src, out);
+            }
+            return;
+        }
+
+        let Some(client) = txn.client.as_mut() else {
+            return;
+        };
+        let action = client.on_response(code, now);
+        use transaction::ClientEvent as E;
+        match action {
+            E::Absorb => {
+                bump(&self.stats.retransmissions_absorbed);
+            }
+            E::ResendAck => {
+                bump(&self.stats.retransmissions_absorbed);
+                self.send_ack(id, msg, out);
+            }
+            E::Provisional { send_cancel } => {
+                if send_cancel {
+                    self.send_cancel(now, id, out);
+                }
+                if code > 100 {
+                    self.relay_response(now, id, msg, code, out);
+                }
+            }
+            E::Success => {
+                if let Some(txn) = self.txns.get_mut(id) {
+                    if let Some(d) = &txn.target.dest {
+                        d.record_success();
+                        d.record_latency(now.saturating_duration_since(txn.sent_at));
+                    }
+                }
+                // A retransmitted 2xx finds its dialog already there: the
+                // call is counted and reported once.
+                if txn_method(&self.txns, id) == Some(Method::Invite)
+                    && self.dialog_started(now, id, msg)
+                {
+                    bump(&self.stats.calls_answered);
+                    if let (Some(sink), Some(txn)) = (&self.events, self.txns.get(id)) {
+                        sink.push(CallEvent::Answered {
+                            at: now,
+                            call_id: events::text(msg.call_id().unwrap_or(b"")),
+                            dest: txn.target.addr,
+                            setup: now.saturating_duration_since(txn.sent_at),
+                            code,
+                            reply: events::Reply::of(msg),
+                        });
+                    }
+                }
+                self.relay_response(now, id, msg, code, out);
+            }
+            E::Failure { send_ack } => {
+                if send_ack {
+                    self.send_ack(id, msg, out);
+                }
+                if self.cfg.failover_codes.contains(&code) {
+                    if let Some(d) = self.txns.get(id).and_then(|t| t.target.dest.clone()) {
+                        d.record_failure(now, &self.cfg.health);
+                    }
+                    if self.try_failover(now, id, out) {
+                        return;
+                    }
+                    if self.dispatched(id) {
+                        // Every destination of the set refused: one 503 upstream.
+                        self.reply_final(now, id, 503, Some(b"All destinations failed"), out);
+                        return;
+                    }
+                } else if let Some(d) = self.txns.get(id).and_then(|t| t.target.dest.clone()) {
+                    // Any other final answer proves the destination alive.
+                    d.record_success();
+                }
+                self.relay_response(now, id, msg, code, out);
+            }
+        }
+        self.reschedule(id);
+    }
+
+    pub(super) fn dispatched(&self, id: TxnId) -> bool {
+        self.txns.get(id).is_some_and(|t| t.set.is_some())
+    }
+
+    /// Moves the transaction to its next candidate destination, if any is
+    /// left and failover is allowed. Returns whether it did.
+    pub(super) fn try_failover(&mut self, now: Instant, id: TxnId, out: &mut Outbox) -> bool {
+        let Some(txn) = self.txns.get_mut(id) else {
+            return false;
+        };
+        if txn.cancelled || txn.final_sent {
+            return false;
+        }
+        let Some((table, set_index)) = txn.set.clone() else {
+            return false;
+        };
+        let Some(set) = table.sets().get(set_index) else {
+            return false;
+        };
+        while let Some(&next) = txn.candidates.get(txn.next_candidate) {
+            txn.next_candidate += 1;
+            let Some(dest) = set.get(next) else { continue };
+            if !dest.is_available(now) {
+                continue;
+            }
+            dest.stats.record_selected();
+            if txn.holds_call {
+                if let Some(old) = &txn.target.dest {
+                    old.call_ended();
+                }
+                dest.stats.call_started();
+            }
+            txn.target = Target {
+                addr: dest.addr,
+                dest: Some(dest.stats.clone()),
+            };
+            txn.attempt = txn.attempt.wrapping_add(1);
+            bump(&self.stats.failovers);
+            self.forward_attempt(now, id, out);
+            return true;
+        }
+        false
+    }
+
+    /// Sends a response from the current destination upstream, keeping it
+    /// for retransmission when it is a final one.
+    pub(super) fn relay_response(
+        &mut self,
+        now: Instant,
+        id: TxnId,
+        msg: &Message<'_>,
+        code: u16,
+        out: &mut Outbox,
+    ) {
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
+        if let MediaLeg::Anchored { engine, answering } = txn.media {
+            let sdp = (101..300).contains(&code) && !msg.body().is_empty();
+            if sdp && txn.final_sent {
+                // A retransmitted 2xx: resend what the engine made of the first.
+                if !txn.last_response.is_empty() {
+                    out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
+                    bump(&self.stats.tx_datagrams);
+                }
+                return;
+            }
+            if sdp && answering {
+                // One answer at a time; keep the latest, a final over a provisional.
+                let keep = code >= 200
+                    || parse(&txn.queued)
+                        .ok()
+                        .and_then(|q| q.status())
+                        .is_none_or(|c| c < 200);
+                if keep {
+                    txn.queued.clear();
+                    txn.queued.extend_from_slice(msg.buf());
+                }
+                return;
+            }
+            if sdp && self.start_answer(now, id, usize::from(engine), msg, out) {
+                return;
+            }
+            if code >= 300 && answering {
+                // A failure overtakes the held provisional.
+                if let Some(m) = self.media.as_mut() {
+                    m.cancel(id);
+                }
+                if let Some(txn) = self.txns.get_mut(id) {
+                    txn.media = MediaLeg::Anchored {
+                        engine,
+                        answering: false,
+                    };
+                    txn.queued.clear();
+                }
+            }
+        }
+        self.relay_response_body(now, id, msg, code, None, out);
+    }
+
+    /// Relays a response upstream, with its body replaced when `body` is given.
+    pub(super) fn relay_response_body(
+        &mut self,
+        now: Instant,
+        id: TxnId,
+        msg: &Message<'_>,
+        code: u16,
+        body: Option<&[u8]>,
+        out: &mut Outbox,
+    ) {
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
+        if txn.final_sent && !(txn.method == Method::Invite && (200..300).contains(&code)) {
+            return;
+        }
+        txn.last_response.clear();
+        if build::forward_response_with_body(msg, body, &mut txn.last_response).is_err() {
+            return;
+        }
+        out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
+        bump(&self.stats.tx_datagrams);
+        count_reply(&self.stats, code);
+        if code >= 200 {
+            self.final_sent(now, id, code, out);
+        } else {
+            txn.server.on_provisional_sent();
+        }
+    }
+
+    /// Sends a final response sipvane makes itself for the transaction.
+    pub(super) fn reply_final(
+        &mut self,
+        now: Instant,
+        id: TxnId,
+        code: u16,
+        warning: Option<&[u8]>,
+        out: &mut Outbox,
+    ) {
+        let retry = (code == 503).then_some(self.cfg.retry_after_s);
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
+        if txn.final_sent {
+            return;
+        }
+        txn.last_response.clear();
+        let built = match parse(&txn.request) {
+            Ok(req) => {
+                let tag = local_tag(&self.minter, &req);
+                let opts = ReplyOpts {
+                    to_tag: Some(&tag),
+                    retry_after: retry,
+                    warning,
+                    server: Some(self.cfg.server_header.as_bytes()),
+                    ..ReplyOpts::default()
+                };
+                build::reply(
+                    &req,
+                    code,
+                    build::reason_phrase(code),
+                    &opts,
+                    &mut txn.last_response,
+                )
+                .is_ok()
+            }
+            Err(_) => false,
+        };
+        if !built {
+            return;
+        }
+        out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
+        bump(&self.stats.tx_datagrams);
+        count_reply(&self.stats, code);
+        self.final_sent(now, id, code, out);
+    }
+
+    pub(super) fn final_sent(&mut self, now: Instant, id: TxnId, code: u16, out: &mut Outbox) {
+        if code >= 300 {
+            self.end_txn_media(now, id, out);
+        }
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
+        if !txn.final_sent && txn.method == Method::Invite && code >= 300 && !txn.cancelled {
+            bump(&self.stats.calls_failed);
+        }
+        if let (false, Some(sink)) = (txn.final_sent, &self.events) {
+            let dest = txn.target.dest.is_some().then_some(txn.target.addr);
+            let (m, c) = (txn.method, txn.cancelled);
+            if let Some(ev) = events::on_final(now, m, code, c, dest, &txn.last_response) {
+                sink.push(ev);
+            }
+        }
+        if code >= 300 && std::mem::take(&mut txn.holds_call) {
+            if let Some(d) = &txn.target.dest {
+                d.call_ended();
+            }
+        }
+        txn.final_sent = true;
+        txn.server.on_final_sent(code, now);
+        // What a finished transaction still needs is its last response; the
+        // request copies go back to the pool now rather than at Timer J/L.
+        // An abandoned attempt that rings late needs the request to be
+        // rebuilt for its CANCEL (or its final's ACK): kept until then.
+        if code >= 200 && txn.abandoned.is_empty() {
+            let request = std::mem::take(&mut txn.request);
+            self.pool.put(request);
+            if !(txn.method == Method::Invite && code >= 300) {
+                // The forwarded INVITE is kept for ACKs of late finals only
+                // while the client transaction is alive.
+                let fwd = std::mem::take(&mut txn.forwarded);
+                self.pool.put(fwd);
+            }
+            // An INVITE answered 2xx never resends its response itself (the
+            // callee retransmits the 2xx, relayed afresh; RFC 6026), so its
+            // copy goes back too — halving what a busy worker holds for the
+            // wait timer. An anchored call keeps it: a retransmitted 2xx gets
+            // the engine's rewrite of the first one.
+            if txn.method == Method::Invite
+                && (200..300).contains(&code)
+                && !matches!(txn.media, MediaLeg::Anchored { .. })
+            {
+                let resp = std::mem::take(&mut txn.last_response);
+                self.pool.put(resp);
+            }
+        }
+    }
+
+    /// The hop-by-hop ACK for a non-2xx final from the current attempt.
+    pub(super) fn send_ack(&mut self, id: TxnId, resp: &Message<'_>, out: &mut Outbox) {
+        let Some(txn) = self.txns.get(id) else { return };
+        let Ok(fwd) = parse(&txn.forwarded) else {
+            return;
+        };
+        self.scratch.clear();
+        if build::ack_for(&fwd, resp, &mut self.scratch).is_ok() {
+            out.send(SOCK_PRIVATE, txn.target.addr, &self.scratch);
+            bump(&self.stats.tx_datagrams);
+        }
+    }
+
+    /// ACKs a non-2xx final from an attempt we already abandoned, so that
+    /// destination stops retransmitting it. Its request is rebuilt (it is
+    /// deterministic per attempt) and the ACK goes where the response came from.
+    pub(super) fn ack_old_attempt(
+        &mut self,
+        id: TxnId,
+        attempt: u8,
+        resp: &Message<'_>,
+        src: SocketAddr,
+        out: &mut Outbox,
+    ) {
+        let mut old = self.pool.get();
+        if self.write_forward(id, attempt, &mut old) {
+            if let Ok(fwd) = parse(&old) {
+                self.scratch.clear();
+                if build::ack_for(&fwd, resp, &mut self.scratch).is_ok() {
+                    out.send(SOCK_PRIVATE, src, &self.scratch);
+                    bump(&self.stats.tx_datagrams);
+                }
+            }
+        }
+        self.pool.put(old);
+    }
+
+    pub(super) fn forward_stateless_response(&mut self, msg: &Message<'_>, out: &mut Outbox) {
+        // The next Via tells where the caller is (received/rport if present).
+        let Some(second) = msg.values(HeaderName::Via).nth(1) else {
+            bump(&self.stats.stray_responses);
+            return;
+        };
+        let Ok(v) = Via::parse(second) else {
+            bump(&self.stats.stray_responses);
+            return;
+        };
+        let host = v.received.unwrap_or(v.host);
+        let port = match v.rport {
+            Some(Some(p)) => p,
+            _ => v.port.unwrap_or(5060),
+        };
+        let Some(ip) = parse_ip(host) else {
+            bump(&self.stats.stray_responses);
+            return;
+        };
+        self.scratch.clear();
+        if build::forward_response(msg, &mut self.scratch).is_ok() {
+            out.send(SOCK_PUBLIC, SocketAddr::new(ip, port), &self.scratch);
+            bump(&self.stats.tx_datagrams);
+            bump(&self.stats.stateless_forwards);
+        }
+    }
+}

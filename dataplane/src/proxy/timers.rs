@@ -1,0 +1,123 @@
+//! Transaction timers: one wheel entry per transaction at its next deadline.
+
+use super::*;
+
+impl Worker {
+    /// Keeps exactly one wheel entry per transaction, at its next deadline;
+    /// removes the transaction once both sides are done.
+    pub(super) fn reschedule(&mut self, id: TxnId) {
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
+        if txn.is_finished() {
+            if let Some(t) = txn.timer.take() {
+                self.timers.cancel(t);
+            }
+            if let Some(txn) = self.txns.remove(id) {
+                self.recycle(txn);
+            }
+            return;
+        }
+        let next = txn.next_deadline();
+        if let Some(t) = txn.timer.take() {
+            self.timers.cancel(t);
+        }
+        if let Some(at) = next {
+            txn.timer = Some(self.timers.insert(at, id));
+        }
+    }
+
+    pub(super) fn txn_timer(&mut self, now: Instant, id: TxnId, out: &mut Outbox) {
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
+        txn.timer = None;
+        use transaction::{ClientTimer, ServerTimer};
+        match txn.server.on_timer(now) {
+            ServerTimer::RetransmitFinal => {
+                if !txn.last_response.is_empty() {
+                    out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
+                    bump(&self.stats.tx_datagrams);
+                }
+            }
+            ServerTimer::None => {}
+        }
+        if let Some(c) = txn.cancel.as_mut() {
+            if c.on_timer(now) == ClientTimer::Retransmit {
+                if let Ok(fwd) = parse(&txn.forwarded) {
+                    self.scratch.clear();
+                    if build::cancel_for(&fwd, &mut self.scratch).is_ok() {
+                        out.send(SOCK_PRIVATE, txn.target.addr, &self.scratch);
+                        bump(&self.stats.tx_datagrams);
+                    }
+                }
+            }
+        }
+        if !txn.abandoned.is_empty() {
+            self.abandoned_timers(now, id, out);
+        }
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
+        let client_event = txn.client.as_mut().map(|c| c.on_timer(now));
+        match client_event {
+            Some(ClientTimer::Retransmit) => {
+                out.send(SOCK_PRIVATE, txn.target.addr, &txn.forwarded);
+                bump(&self.stats.tx_datagrams);
+            }
+            Some(ClientTimer::Timeout { proceeding }) => {
+                bump(&self.stats.timeouts);
+                if !proceeding && txn.method == Method::Invite {
+                    // Silent so far; if it rings later it must be cancelled.
+                    let until = now + 64 * self.cfg.timers.t1;
+                    txn.abandoned.push(Abandoned {
+                        attempt: txn.attempt,
+                        addr: txn.target.addr,
+                        until,
+                        cancel: None,
+                    });
+                }
+                if proceeding && txn.method == Method::Invite && txn.cancel.is_none() {
+                    // fr_inv_timer: stop the ringing destination.
+                    self.send_cancel(now, id, out);
+                }
+                let Some(txn) = self.txns.get(id) else { return };
+                if txn.cancelled {
+                    self.reply_final(now, id, 487, None, out);
+                } else {
+                    if let Some(d) = txn.target.dest.clone() {
+                        d.record_failure(now, &self.cfg.health);
+                    }
+                    if !proceeding && self.try_failover(now, id, out) {
+                        // try_failover rescheduled
+                        return;
+                    }
+                    let code = if self.dispatched(id) && !proceeding {
+                        503
+                    } else {
+                        408
+                    };
+                    self.reply_final(now, id, code, Some(b"Destination did not answer"), out);
+                }
+            }
+            Some(ClientTimer::None) | None => {}
+        }
+        self.reschedule(id);
+    }
+
+    pub(super) fn recycle(&mut self, txn: ProxyTxn) {
+        if txn.holds_call {
+            if let Some(d) = &txn.target.dest {
+                d.call_ended();
+            }
+        }
+        self.pool.put(txn.request);
+        self.pool.put(txn.forwarded);
+        self.pool.put(txn.last_response);
+        for b in [txn.media_sdp, txn.held, txn.queued] {
+            if b.capacity() > 0 {
+                self.pool.put(b);
+            }
+        }
+    }
+}
