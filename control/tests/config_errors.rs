@@ -31,7 +31,8 @@ fn unknown_key() {
         one_error("# sipvane\n\n[proxy]\nlisten = \"0.0.0.0:5060\"\nlistne = \"1.2.3.4:5060\"\n"),
         "sipvane.toml:5: unknown key \"listne\" in [proxy]; expected one of listen, workers, \
          private_port_base, advertise, io, domains, unknown_domain, max_transactions, \
-         max_dialogs, overload_watermark, retry_after_s, balance, record_route, server_header"
+         max_dialogs, overload_watermark, retry_after_s, balance, record_route, server_header, \
+         dialog_timeout_s"
     );
 }
 
@@ -40,12 +41,12 @@ fn unknown_section_and_top_level_key() {
     assert_eq!(
         one_error("[log]\nlevel = \"info\"\n\n[dispatch]\nalgorithm = 4\n"),
         "sipvane.toml:4: unknown section [dispatch]; expected one of proxy, dispatcher, \
-         rtpengine, events, acc, mgmt, log"
+         rtpengine, events, acc, mgmt, log, security"
     );
     assert_eq!(
         one_error("\nlisten = \"0.0.0.0:5060\"\n"),
         "sipvane.toml:2: unknown key \"listen\" outside any section; expected a section: \
-         proxy, dispatcher, rtpengine, events, acc, mgmt, log"
+         proxy, dispatcher, rtpengine, events, acc, mgmt, log, security"
     );
 }
 

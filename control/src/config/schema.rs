@@ -1,0 +1,508 @@
+//! The configuration schema: every section, every key, every default.
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------
+// The configuration
+// ---------------------------------------------------------------------------------------
+
+/// The whole configuration file. `Config::default()` is what sipvane runs with when
+/// given no file.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[proxy]`: the SIP side.
+    pub proxy: ProxyConfig,
+    /// `[dispatcher]`: destination sets, selection, failover and probing.
+    pub dispatcher: DispatcherConfig,
+    /// `[rtpengine]`: media anchoring.
+    pub rtpengine: RtpengineConfig,
+    /// `[events]`: call events to Redis.
+    pub events: EventsConfig,
+    /// `[acc]`: accounting rows in Kamailio's `acc` / `missed_calls` tables.
+    pub acc: AccConfig,
+    /// `[mgmt]`: management HTTP API and metrics.
+    pub mgmt: MgmtConfig,
+    /// `[log]`: logging.
+    pub log: LogConfig,
+    /// `[security]`: trust boundaries and flood limits.
+    pub security: SecurityConfig,
+}
+
+/// `[proxy]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Public SIP address every worker binds with SO_REUSEPORT. Default `0.0.0.0:5060`.
+    #[serde(with = "sockaddr")]
+    pub listen: SocketAddr,
+    /// Worker threads. Default `auto` (one per online CPU).
+    pub workers: Workers,
+    /// First private port: worker `i` binds `private_port_base + i`. `0` (default) means
+    /// `listen` port + 1.
+    pub private_port_base: u16,
+    /// Host or IP written into Via and Record-Route. Default: the `listen` IP, or
+    /// 127.0.0.1 (`::1`) when `listen` is the unspecified address — see
+    /// [`ProxyConfig::advertise_host`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
+    /// I/O driver. Default `auto`.
+    pub io: IoMode,
+    /// Domains this proxy serves (Request-URI host). Empty (default): every domain.
+    pub domains: Vec<String>,
+    /// What to do with other domains when `domains` is not empty. Default `reject`.
+    pub unknown_domain: UnknownDomain,
+    /// Maximum concurrent transactions per worker. Default 262144.
+    pub max_transactions: u32,
+    /// Maximum dialogs per worker. Default 262144.
+    pub max_dialogs: u32,
+    /// Fraction of `max_transactions` above which new INVITEs get 503. Default 0.9.
+    pub overload_watermark: f64,
+    /// Retry-After (seconds) sent with overload 503s. Default 5.
+    pub retry_after_s: u32,
+    /// How new calls are spread over workers. Default `kernel`.
+    pub balance: Balance,
+    /// Insert Record-Route on initial requests. Default true.
+    pub record_route: bool,
+    /// Server / User-Agent header value in locally generated messages; empty: none.
+    /// Default `sipvane`.
+    pub server_header: String,
+    /// Seconds a dialog without BYE and without in-dialog traffic is kept
+    /// (Kamailio dialog `default_timeout`); a 2xx's `Session-Expires`
+    /// shortens it to the session interval + 32 s. Default 43200.
+    pub dialog_timeout_s: u32,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 5060)),
+            workers: Workers::Auto,
+            private_port_base: 0,
+            advertise: None,
+            io: IoMode::Auto,
+            domains: Vec::new(),
+            unknown_domain: UnknownDomain::Reject,
+            max_transactions: 262_144,
+            max_dialogs: 262_144,
+            overload_watermark: 0.9,
+            retry_after_s: 5,
+            balance: Balance::Kernel,
+            record_route: true,
+            server_header: "sipvane".to_owned(),
+            dialog_timeout_s: 43_200,
+        }
+    }
+}
+
+impl ProxyConfig {
+    /// The host written into Via and Record-Route: `advertise`, else the `listen` IP,
+    /// else (listen on the unspecified address) the loopback address of that family.
+    /// An IPv6 address is returned without brackets.
+    pub fn advertise_host(&self) -> String {
+        if let Some(a) = &self.advertise {
+            return a.clone();
+        }
+        match self.listen.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => "127.0.0.1".to_owned(),
+            IpAddr::V6(ip) if ip.is_unspecified() => "::1".to_owned(),
+            ip => ip.to_string(),
+        }
+    }
+
+    /// The first private port (worker 0's).
+    pub fn private_base(&self) -> Option<u16> {
+        if self.private_port_base == 0 {
+            self.listen.port().checked_add(1)
+        } else {
+            Some(self.private_port_base)
+        }
+    }
+
+    /// Worker `worker`'s private port; `None` if it would exceed 65535.
+    pub fn private_port(&self, worker: usize) -> Option<u16> {
+        let base = usize::from(self.private_base()?);
+        u16::try_from(base.checked_add(worker)?).ok()
+    }
+}
+
+/// One `[[dispatcher.rules]]` entry: requests whose Request-URI user starts with
+/// `prefix`, or whose Request-URI host is `domain`, go to destination set `set`.
+/// Exactly one of `prefix` / `domain` is set (checked by [`Config::validate`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchRule {
+    /// Request-URI user prefix, e.g. `+44`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Request-URI host, e.g. `pbx.example.com`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Destination set id.
+    pub set: u32,
+    /// Anchor the media of calls this rule matches (`true`) or not (`false`),
+    /// whatever `rtpengine.sets` says; unset: as the set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtpengine: Option<bool>,
+}
+
+/// `[dispatcher]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatcherConfig {
+    /// `"file:PATH"`, `"postgres://…"` or `"mysql://…"`; empty (default): none.
+    pub source: String,
+    /// Shorthand for `source = "file:PATH"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub list: Option<String>,
+    /// Selection algorithm, by name or Kamailio number. Default `round-robin`.
+    pub algorithm: AlgorithmSpec,
+    /// Set used by requests that no rule matches. Default 1.
+    pub default_set: u32,
+    /// Final responses that make sipvane try the next destination. Default 408, 500, 503.
+    pub failover_codes: Vec<u16>,
+    /// Timeout (ms) for a first response to a request. Default 2000.
+    pub fr_timer_ms: u64,
+    /// Timeout (ms) for the final response to an INVITE after a provisional one.
+    /// Default 120000.
+    pub fr_inv_timer_ms: u64,
+    /// How long (ms) a finished transaction lingers to absorb retransmissions
+    /// (Kamailio `wt_timer`; RFC 3261 Timers J and L). Default 5000.
+    pub wait_timer_ms: u64,
+    /// Consecutive failed attempts that take a destination out of rotation. Default 3.
+    pub failure_threshold: u32,
+    /// Seconds such a destination stays out before being probed again. Default 30.
+    pub hold_down_s: u64,
+    /// Seconds between OPTIONS probes; 0 turns probing off. Default 5.
+    pub ping_interval_s: u64,
+    /// Consecutive failed probes that make a destination inactive. Default 3.
+    pub probing_threshold: u32,
+    /// Consecutive answered probes that make it active again. Default 2.
+    pub inactive_threshold: u32,
+    /// Probe replies that count as alive. Default 200.
+    pub ping_reply_codes: Vec<u16>,
+    /// From URI of probes. Default `sip:sipvane@localhost`.
+    pub ping_from: String,
+    /// Probe method. Default `OPTIONS`.
+    pub ping_method: String,
+    /// Which destinations are probed. Default `all`.
+    pub probing_mode: ProbingMode,
+    /// Seconds between re-reads of the source; 0 (default): only on demand.
+    pub reload_interval_s: u64,
+    /// File where the last good destination table is saved and read back at start-up
+    /// if the source is unavailable; empty (default): none.
+    pub snapshot_path: String,
+    /// Table read from a database source. Default `dispatcher` (Kamailio's).
+    pub db_table: String,
+    /// Connect and query timeout (ms) for a database source. Default 5000.
+    pub db_timeout_ms: u64,
+    /// Prefix / domain routing rules, first match wins. Default: none.
+    pub rules: Vec<DispatchRule>,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        DispatcherConfig {
+            source: String::new(),
+            list: None,
+            algorithm: AlgorithmSpec::default(),
+            default_set: 1,
+            failover_codes: vec![408, 500, 503],
+            fr_timer_ms: 2000,
+            fr_inv_timer_ms: 120_000,
+            wait_timer_ms: 5000,
+            failure_threshold: 3,
+            hold_down_s: 30,
+            ping_interval_s: 5,
+            probing_threshold: 3,
+            inactive_threshold: 2,
+            ping_reply_codes: vec![200],
+            ping_from: "sip:sipvane@localhost".to_owned(),
+            ping_method: "OPTIONS".to_owned(),
+            probing_mode: ProbingMode::All,
+            reload_interval_s: 0,
+            snapshot_path: String::new(),
+            db_table: "dispatcher".to_owned(),
+            db_timeout_ms: 5000,
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl DispatcherConfig {
+    /// The destination source: `list` if set, else `source`; `Ok(None)` if neither.
+    pub fn resolved_source(&self) -> Result<Option<DispatcherSource>, String> {
+        match &self.list {
+            Some(path) if !path.is_empty() => Ok(Some(DispatcherSource::File(path.into()))),
+            Some(_) => Err("list must not be empty".into()),
+            None => DispatcherSource::parse(&self.source),
+        }
+    }
+
+    /// `fr_timer_ms` as a Duration.
+    pub fn fr_timer(&self) -> Duration {
+        Duration::from_millis(self.fr_timer_ms)
+    }
+
+    /// `fr_inv_timer_ms` as a Duration.
+    pub fn fr_inv_timer(&self) -> Duration {
+        Duration::from_millis(self.fr_inv_timer_ms)
+    }
+
+    /// `hold_down_s` as a Duration.
+    pub fn hold_down(&self) -> Duration {
+        Duration::from_secs(self.hold_down_s)
+    }
+
+    /// Probe interval; `None` when probing is off.
+    pub fn ping_interval(&self) -> Option<Duration> {
+        (self.ping_interval_s > 0).then(|| Duration::from_secs(self.ping_interval_s))
+    }
+
+    /// Periodic reload interval; `None` when off.
+    pub fn reload_interval(&self) -> Option<Duration> {
+        (self.reload_interval_s > 0).then(|| Duration::from_secs(self.reload_interval_s))
+    }
+}
+
+/// `[rtpengine]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtpengineConfig {
+    /// Engines; empty (default): no media anchoring.
+    pub engines: Vec<EngineSpec>,
+    /// Flags sent with `offer`. Default `replace-origin replace-session-connection`.
+    pub offer_flags: String,
+    /// Flags sent with `answer`. Default `replace-origin replace-session-connection`.
+    pub answer_flags: String,
+    /// Destination sets whose calls are anchored; empty (default): all sets.
+    pub sets: Vec<u32>,
+    /// Time (ms) to wait for an engine's reply before retrying. Default 1000.
+    pub timeout_ms: u64,
+    /// Retries (each to the next healthy engine) before giving up. Default 2.
+    pub retries: u32,
+    /// What to do when no engine answers. Default `reject`.
+    pub on_failure: RtpFailure,
+    /// Seconds between ng `ping`s to each engine; 0: off. Default 5.
+    pub ping_interval_s: u64,
+}
+
+pub(super) const DEFAULT_RTP_FLAGS: &str = "replace-origin replace-session-connection";
+
+impl Default for RtpengineConfig {
+    fn default() -> Self {
+        RtpengineConfig {
+            engines: Vec::new(),
+            offer_flags: DEFAULT_RTP_FLAGS.to_owned(),
+            answer_flags: DEFAULT_RTP_FLAGS.to_owned(),
+            sets: Vec::new(),
+            timeout_ms: 1000,
+            retries: 2,
+            on_failure: RtpFailure::Reject,
+            ping_interval_s: 5,
+        }
+    }
+}
+
+impl RtpengineConfig {
+    /// Whether calls routed to destination set `set` are anchored.
+    pub fn anchors_set(&self, set: u32) -> bool {
+        !self.engines.is_empty() && (self.sets.is_empty() || self.sets.contains(&set))
+    }
+
+    /// `timeout_ms` as a Duration.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// Engine ping interval; `None` when off.
+    pub fn ping_interval(&self) -> Option<Duration> {
+        (self.ping_interval_s > 0).then(|| Duration::from_secs(self.ping_interval_s))
+    }
+}
+
+/// `[events]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// `redis://…`; empty (default): events off.
+    pub redis_url: String,
+    /// Redis list events are RPUSHed to. Default `sipvane:events`.
+    pub list: String,
+    /// Events per RPUSH. Default 256.
+    pub batch: u32,
+    /// Events buffered while Redis is slow or down; beyond that they are dropped and
+    /// counted. Default 100000.
+    pub buffer: u32,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            redis_url: String::new(),
+            list: "sipvane:events".to_owned(),
+            batch: 256,
+            buffer: 100_000,
+        }
+    }
+}
+
+/// `[acc]`: one `acc` row per answered INVITE and per BYE, one
+/// `missed_calls` row per unanswered call (docs/accounting.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccConfig {
+    /// `postgres://…` or `mysql://…`; empty (default): accounting off.
+    pub db_url: String,
+    /// Table of answered INVITEs and BYEs. Default `acc`.
+    pub acc_table: String,
+    /// Table of unanswered calls. Default `missed_calls`.
+    pub missed_table: String,
+    /// Table of CDRs (with `cdrs`). Default `acc_cdrs`.
+    pub cdr_table: String,
+    /// Also write one `acc_cdrs` row per answered call when it ends. Default false.
+    pub cdrs: bool,
+    /// Also write failed transactions to `acc` (Kamailio's
+    /// `failed_transaction_flag` with `db_flag`). Default false.
+    pub log_failed: bool,
+    /// Extra columns of `acc` and `missed_calls`: column → source
+    /// (`src_user = "from_user"`, `dst_uri = "$du"` …). Default none.
+    pub extra: BTreeMap<String, String>,
+    /// Extra columns of `acc_cdrs`. Default none.
+    pub cdr_extra: BTreeMap<String, String>,
+    /// Rows per database transaction. Default 200.
+    pub batch: u32,
+    /// Rows held in memory before they go to the spool. Default 10000.
+    pub buffer: u32,
+    /// Milliseconds between writes when idle. Default 100.
+    pub flush_interval_ms: u64,
+    /// Bound (ms) on connecting and on each transaction. Default 5000.
+    pub timeout_ms: u64,
+    /// Directory of the spool file `acc.spool`. Default `/var/lib/sipvane`.
+    pub spool_dir: PathBuf,
+    /// Largest spool file; beyond it new rows are dropped and counted.
+    /// Default 268435456 (256 MiB).
+    pub spool_max_bytes: u64,
+    /// sipvane's progress table in the accounting database (created if
+    /// missing). Default `sipvane_acc_spool`.
+    pub spool_table: String,
+}
+
+impl Default for AccConfig {
+    fn default() -> Self {
+        AccConfig {
+            db_url: String::new(),
+            acc_table: "acc".to_owned(),
+            missed_table: "missed_calls".to_owned(),
+            cdr_table: "acc_cdrs".to_owned(),
+            cdrs: false,
+            log_failed: false,
+            extra: BTreeMap::new(),
+            cdr_extra: BTreeMap::new(),
+            batch: 200,
+            buffer: 10_000,
+            flush_interval_ms: 100,
+            timeout_ms: 5000,
+            spool_dir: PathBuf::from("/var/lib/sipvane"),
+            spool_max_bytes: 256 << 20,
+            spool_table: "sipvane_acc_spool".to_owned(),
+        }
+    }
+}
+
+/// `[mgmt]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MgmtConfig {
+    /// Address of the management HTTP API and /metrics. Default `127.0.0.1:9060`.
+    #[serde(with = "sockaddr")]
+    pub listen: SocketAddr,
+    /// Bearer token required by the API; empty (default): none.
+    pub token: String,
+}
+
+impl Default for MgmtConfig {
+    fn default() -> Self {
+        MgmtConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9060)),
+            token: String::new(),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Level or tracing filter directive (`info`, `warn,control=debug`). Default `info`.
+    pub level: String,
+    /// Line format. Default `text`.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".to_owned(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------
+
+/// `[security]`: who may do what (docs/security.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// CIDRs whose requests may follow pre-loaded routes, reach any in-dialog
+    /// target and relay to domains not served, and are exempt from flood
+    /// limits. Dispatcher destinations are trusted by address and port anyway.
+    /// Default: none.
+    pub trusted_sources: Vec<String>,
+    /// Pre-loaded Route headers of initial requests. Default `strip`.
+    pub preloaded_route: PreloadedRoute,
+    /// Where untrusted in-dialog requests may go. Default `known`.
+    pub dialog_targets: DialogTargets,
+    /// `[security.flood]`: per-source rate limit.
+    pub flood: FloodConfig,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            trusted_sources: Vec::new(),
+            preloaded_route: PreloadedRoute::Strip,
+            dialog_targets: DialogTargets::Known,
+            flood: FloodConfig::default(),
+        }
+    }
+}
+
+/// `[security.flood]`
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FloodConfig {
+    /// Requests per second one source IP may send (per worker that receives
+    /// them); 0 (default) turns the limit off.
+    pub per_source_rps: u32,
+    /// How long a source over its rate stays blocked, in seconds. Default 10.
+    pub block_s: u32,
+    /// What a blocked source's requests get. Default `reply` (503).
+    pub action: FloodAction,
+    /// Sources tracked per worker; beyond it the quietest are forgotten. Default 65536.
+    pub max_sources: u32,
+}
+
+impl Default for FloodConfig {
+    fn default() -> Self {
+        FloodConfig {
+            per_source_rps: 0,
+            block_s: 10,
+            action: FloodAction::Reply,
+            max_sources: 65_536,
+        }
+    }
+}
