@@ -79,18 +79,7 @@ impl Worker {
         let (attempt, addr, cancelled) = (a.attempt, a.addr, a.cancel.is_some());
         match code {
             100..=199 if !cancelled => {
-                let mut fwd = self.pool.get();
-                let mut built = false;
-                if self.write_forward(id, attempt, &mut fwd) {
-                    if let Ok(inv) = parse(&fwd) {
-                        self.scratch.clear();
-                        built = build::cancel_for(&inv, &mut self.scratch).is_ok();
-                    }
-                }
-                self.pool.put(fwd);
-                if built {
-                    out.send(SOCK_PRIVATE, addr, &self.scratch);
-                    bump(&self.stats.tx_datagrams);
+                if self.send_attempt_cancel(id, attempt, addr, out) {
                     bump(&self.stats.abandoned_cancels);
                     let timers = self.cfg.timers;
                     if let Some(a) = self.txns.get_mut(id).and_then(|t| t.abandoned.get_mut(i)) {
@@ -133,17 +122,33 @@ impl Worker {
             }
         }
         for (attempt, addr) in resend {
-            let mut fwd = self.pool.get();
-            if self.write_forward(id, attempt, &mut fwd) {
-                if let Ok(inv) = parse(&fwd) {
-                    self.scratch.clear();
-                    if build::cancel_for(&inv, &mut self.scratch).is_ok() {
-                        out.send(SOCK_PRIVATE, addr, &self.scratch);
-                        bump(&self.stats.tx_datagrams);
-                    }
-                }
-            }
-            self.pool.put(fwd);
+            self.send_attempt_cancel(id, attempt, addr, out);
         }
+    }
+
+    /// Sends the CANCEL for `attempt` of transaction `id` to `addr`: its
+    /// INVITE is rebuilt (forwarding is deterministic per attempt) and the
+    /// CANCEL made from it. False when it could not be built.
+    fn send_attempt_cancel(
+        &mut self,
+        id: TxnId,
+        attempt: u8,
+        addr: SocketAddr,
+        out: &mut Outbox,
+    ) -> bool {
+        let mut fwd = self.pool.get();
+        let mut built = false;
+        if self.write_forward(id, attempt, &mut fwd) {
+            if let Ok(inv) = parse(&fwd) {
+                self.scratch.clear();
+                built = build::cancel_for(&inv, &mut self.scratch).is_ok();
+            }
+        }
+        self.pool.put(fwd);
+        if built {
+            out.send(SOCK_PRIVATE, addr, &self.scratch);
+            bump(&self.stats.tx_datagrams);
+        }
+        built
     }
 }
