@@ -336,7 +336,35 @@ fn a_destination_given_up_at_fr_timer_is_never_left_ringing(io: &str) {
     assert_eq!(c.get("abandoned_cancels"), got);
 }
 
+/// A plain restart (no hand-over): calls set up before it still end with
+/// their BYE, because in-dialog requests route by sipvane's Record-Route
+/// (host and private port), not by anything the old process knew.
+fn established_calls_survive_a_plain_restart(io: &str) {
+    let mut uas = Uas::start(Scenario::Uas, free_udp_addr());
+    let mut sv = Sipvane::builder("security-restart-calls")
+        .io(io)
+        .workers(2)
+        .destination(format!("1 sip:{}", uas.addr()))
+        .start();
+    // 10 calls in 1 s, each held 4 s: all are up when sipvane restarts.
+    let uac = Uac::new(Scenario::Uac, sv.addr())
+        .calls(10)
+        .rate(10)
+        .hold(Duration::from_secs(4))
+        .spawn();
+    std::thread::sleep(Duration::from_millis(2000));
+    let before = sv.restart();
+    assert_eq!(before.get("dialogs_created"), 10);
+    let run = uac.wait();
+    run.assert_all_succeeded(10);
+    let after = sv.stop();
+    // The new process relayed the BYEs (and their 200s) without knowing the dialogs.
+    assert!(after.get("requests") >= 10, "{:?}", after.0);
+    uas.stop();
+}
+
 on_both_drivers!(
+    established_calls_survive_a_plain_restart,
     a_destination_given_up_at_fr_timer_is_never_left_ringing,
     relay_attempts_reach_no_foreign_address,
     a_restart_repeats_no_branch,

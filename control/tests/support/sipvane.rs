@@ -75,7 +75,6 @@ impl SipvaneBuilder {
     /// then exits with "Address already in use" and is started again on
     /// fresh ports (up to 3 times).
     pub fn start(self) -> Sipvane {
-        let bin = env!("CARGO_BIN_EXE_sipvane");
         let mut dir = WorkDir::new("sipvane", &self.name);
         let list = dir.file("dispatcher.list");
         std::fs::write(&list, self.destinations.join("\n") + "\n").expect("write dispatcher.list");
@@ -101,20 +100,7 @@ impl SipvaneBuilder {
             );
             let cfg_path = dir.file("sipvane.toml");
             std::fs::write(&cfg_path, &cfg).expect("write sipvane.toml");
-            let log_path = dir.file("sipvane.log");
-            let log = std::fs::File::create(&log_path).expect("create sipvane.log");
-            let log2 = log.try_clone().expect("clone log handle");
-            let child = ChildGuard::spawn(
-                Command::new(bin)
-                    .arg("run")
-                    .arg("-c")
-                    .arg(&cfg_path)
-                    .env("RUST_LOG", "info")
-                    .stdin(Stdio::null())
-                    .stdout(log)
-                    .stderr(log2),
-            )
-            .expect("spawn sipvane");
+            let child = spawn(&dir);
             let addr = localhost(port);
             let mut s = Sipvane {
                 child,
@@ -240,6 +226,23 @@ impl Sipvane {
         false
     }
 
+    /// Stops sipvane and starts a new process with the same configuration
+    /// and ports (a plain restart: nothing is handed over). Returns the old
+    /// process's final counters once the new one answers OPTIONS.
+    pub fn restart(&mut self) -> Counters {
+        let old = self.stop();
+        self.child = spawn(&self.dir);
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while sip_options_ping(self.addr, Duration::from_millis(500)) != Some(200) {
+            assert!(
+                std::time::Instant::now() < deadline && self.child.is_running(),
+                "the restarted sipvane did not answer OPTIONS; log:\n{}",
+                self.log()
+            );
+        }
+        old
+    }
+
     /// Stops sipvane with SIGTERM and returns its final counters.
     pub fn stop(&mut self) -> Counters {
         let status = self.child.stop(libc::SIGTERM, Duration::from_secs(10));
@@ -278,6 +281,25 @@ impl Counters {
             .get(name)
             .unwrap_or_else(|| panic!("no counter {name:?} in {:?}", self.0))
     }
+}
+
+/// Starts `sipvane run -c DIR/sipvane.toml`, logging to DIR/sipvane.log (truncated).
+fn spawn(dir: &WorkDir) -> ChildGuard {
+    let bin = env!("CARGO_BIN_EXE_sipvane");
+    let cfg_path = dir.file("sipvane.toml");
+    let log = std::fs::File::create(dir.file("sipvane.log")).expect("create sipvane.log");
+    let log2 = log.try_clone().expect("clone log handle");
+    ChildGuard::spawn(
+        Command::new(bin)
+            .arg("run")
+            .arg("-c")
+            .arg(&cfg_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2),
+    )
+    .expect("spawn sipvane")
 }
 
 /// A free public port and a free run of `workers` private ports.
