@@ -263,6 +263,8 @@ pub fn start(
         false => Vec::new(),
     };
 
+    let hep = hep_config(cfg);
+    let core_advertise: Option<std::net::IpAddr> = proxy_cfg.advertise.parse().ok();
     let core_cfg = proxy_cfg.clone();
     let core_table = table.clone();
     let core_stats = stats.clone();
@@ -275,8 +277,31 @@ pub fn start(
             core_stats[ctx.index].clone(),
             Instant::now(),
         );
-        match core_sinks.get(ctx.index) {
+        let worker = match core_sinks.get(ctx.index) {
             Some(sink) => worker.with_events(sink.clone()),
+            None => worker,
+        };
+        match &hep {
+            Some(h) => {
+                // The SIP sockets (public, private) are captured, not the ng socket;
+                // a wildcard bind is reported as the advertised address.
+                let local = ctx
+                    .local_addrs
+                    .iter()
+                    .take(2)
+                    .map(|a| match core_advertise {
+                        Some(ip) if a.ip().is_unspecified() => SocketAddr::new(ip, a.port()),
+                        _ => *a,
+                    })
+                    .collect();
+                match dataplane::hep::Tap::new(h.clone(), local, core_stats[ctx.index].clone()) {
+                    Ok(tap) => worker.with_hep(tap),
+                    Err(e) => {
+                        warn!(worker = ctx.index, error = %e, "HEP capture off");
+                        worker
+                    }
+                }
+            }
             None => worker,
         }
     })
@@ -308,6 +333,19 @@ pub fn start(
         workers: pool.monitor(),
     };
     Ok((pool, running, reloader, acc))
+}
+
+/// The workers' HEP settings; `None` when `[hep] collector` is empty (off).
+fn hep_config(cfg: &Config) -> Option<Arc<dataplane::hep::HepConfig>> {
+    let h = &cfg.hep;
+    let collector = h.collector_addr()?;
+    info!(%collector, agent_id = h.agent_id, sample = h.sample, "HEP capture on");
+    Some(Arc::new(dataplane::hep::HepConfig {
+        collector,
+        agent_id: h.agent_id,
+        password: (!h.password.is_empty()).then(|| h.password.clone()),
+        sample: h.sample,
+    }))
 }
 
 /// Accounting's row builder and database writer, run by [`run`].

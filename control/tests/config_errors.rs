@@ -41,12 +41,12 @@ fn unknown_section_and_top_level_key() {
     assert_eq!(
         one_error("[log]\nlevel = \"info\"\n\n[dispatch]\nalgorithm = 4\n"),
         "sipvane.toml:4: unknown section [dispatch]; expected one of proxy, dispatcher, \
-         rtpengine, events, acc, mgmt, log, security"
+         rtpengine, events, acc, hep, mgmt, log, security"
     );
     assert_eq!(
         one_error("\nlisten = \"0.0.0.0:5060\"\n"),
         "sipvane.toml:2: unknown key \"listen\" outside any section; expected a section: \
-         proxy, dispatcher, rtpengine, events, acc, mgmt, log, security"
+         proxy, dispatcher, rtpengine, events, acc, hep, mgmt, log, security"
     );
 }
 
@@ -295,4 +295,22 @@ fn acc_errors() {
     let e = one_error("[acc]\ndb_url = \"redis://u:hunter22@db/0\"\n");
     assert!(e.starts_with("sipvane.toml:2: db_url must start"), "{e}");
     assert!(!e.contains("hunter22"), "{e}");
+}
+
+#[test]
+fn bad_hep_values() {
+    assert_eq!(
+        one_error("[hep]\ncollector = \"127.0.0.1:9060\"\n"),
+        "sipvane.toml:2: collector must be udp:IP:PORT, e.g. \"udp:10.0.0.5:9060\" \
+         (got \"127.0.0.1:9060\")"
+    );
+    assert_eq!(
+        one_error("[hep]\ncollector = \"tcp:127.0.0.1:9060\"\n"),
+        "sipvane.toml:2: a TCP collector is not supported yet; use udp:IP:PORT \
+         (got \"tcp:127.0.0.1:9060\")"
+    );
+    assert_eq!(
+        one_error("\n[hep]\ncollector = \"udp:127.0.0.1:9060\"\nsample = 1.5\n"),
+        "sipvane.toml:4: sample must be between 0.0 and 1.0 (got 1.5)"
+    );
 }

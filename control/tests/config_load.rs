@@ -371,3 +371,19 @@ fn acc_section_alone_is_valid_and_keeps_defaults() {
     // And the printed configuration loads back the same.
     assert_eq!(load(&c.to_toml().unwrap()), c);
 }
+
+#[test]
+fn hep_section_alone_is_valid_and_keeps_defaults() {
+    let c = load("[hep]\ncollector = \"udp:127.0.0.1:9060\"\n");
+    assert_eq!(c.hep.collector, "udp:127.0.0.1:9060");
+    assert_eq!(
+        c.hep.collector_addr(),
+        Some("127.0.0.1:9060".parse().unwrap())
+    );
+    assert_eq!((c.hep.agent_id, c.hep.password.as_str()), (2001, ""));
+    assert_eq!(c.hep.sample, 1.0);
+    assert_eq!(c.proxy, Config::default().proxy);
+    // Capture is off by default.
+    assert_eq!(Config::default().hep.collector_addr(), None);
+    assert_eq!(load(&c.to_toml().unwrap()), c);
+}

@@ -6,6 +6,7 @@
 
 pub mod dialog;
 pub mod dispatch;
+pub mod hep;
 pub mod proxy;
 pub mod route;
 pub mod rtpengine;

@@ -21,6 +21,8 @@ pub struct Config {
     pub events: EventsConfig,
     /// `[acc]`: accounting rows in Kamailio's `acc` / `missed_calls` tables.
     pub acc: AccConfig,
+    /// `[hep]`: HEPv3 capture of every SIP message to a Homer collector.
+    pub hep: HepConfig,
     /// `[mgmt]`: management HTTP API and metrics.
     pub mgmt: MgmtConfig,
     /// `[log]`: logging.
@@ -407,6 +409,41 @@ impl Default for AccConfig {
             spool_max_bytes: 256 << 20,
             spool_table: "sipvane_acc_spool".to_owned(),
         }
+    }
+}
+
+/// `[hep]`: every SIP message received or sent, encoded as HEPv3 and sent to a
+/// collector such as Homer (docs/hep.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HepConfig {
+    /// `udp:IP:PORT`; empty (default): capture off.
+    pub collector: String,
+    /// Capture agent id (HEP chunk 0x000c). Default 2001.
+    pub agent_id: u32,
+    /// Auth key (HEP chunk 0x000e); empty (default): none sent.
+    pub password: String,
+    /// Fraction of calls captured, 0.0 to 1.0, decided by a hash of the Call-ID so
+    /// a call is captured whole or not at all. Default 1.0.
+    pub sample: f64,
+}
+
+impl Default for HepConfig {
+    fn default() -> Self {
+        HepConfig {
+            collector: String::new(),
+            agent_id: 2001,
+            password: String::new(),
+            sample: 1.0,
+        }
+    }
+}
+
+impl HepConfig {
+    /// The collector address of a `udp:IP:PORT` value; `None` for anything else
+    /// (and for the empty value: capture off).
+    pub fn collector_addr(&self) -> Option<SocketAddr> {
+        self.collector.strip_prefix("udp:")?.parse().ok()
     }
 }
 

@@ -13,6 +13,7 @@ impl Config {
         self.validate_rtpengine(&mut v);
         self.validate_events(&mut v);
         self.validate_acc(&mut v);
+        self.validate_hep(&mut v);
         self.validate_mgmt_log(&mut v);
         self.validate_security(&mut v);
         v.problems
@@ -336,6 +337,25 @@ impl Config {
             v.err(
                 at("batch"),
                 format!("batch ({}) must not exceed buffer ({})", e.batch, e.buffer),
+            );
+        }
+    }
+
+    fn validate_hep(&self, v: &mut Validator) {
+        let h = &self.hep;
+        let at = |k: &str| vec![key("hep"), key(k)];
+        if !h.collector.is_empty() && h.collector_addr().is_none() {
+            let why = if h.collector.starts_with("tcp:") {
+                "a TCP collector is not supported yet; use udp:IP:PORT"
+            } else {
+                "collector must be udp:IP:PORT, e.g. \"udp:10.0.0.5:9060\""
+            };
+            v.err(at("collector"), format!("{why} (got \"{}\")", h.collector));
+        }
+        if !(0.0..=1.0).contains(&h.sample) {
+            v.err(
+                at("sample"),
+                format!("sample must be between 0.0 and 1.0 (got {})", h.sample),
             );
         }
     }

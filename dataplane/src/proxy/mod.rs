@@ -141,6 +141,8 @@ pub struct Worker {
     handed_over: bool,
     /// Per-source rate limits; `None` when off.
     flood: Option<FloodGuard>,
+    /// HEP capture, handed to the driver when it starts; `None` when off.
+    hep: Option<crate::hep::Tap>,
 }
 
 impl Worker {
@@ -185,7 +187,14 @@ impl Worker {
             events: None,
             handed_over: false,
             flood: cfg_flood.map(|l| FloodGuard::new(l, flood_seed, now)),
+            hep: None,
         }
+    }
+
+    /// Captures every SIP datagram this worker receives and sends to HEP.
+    pub fn with_hep(mut self, tap: crate::hep::Tap) -> Worker {
+        self.hep = Some(tap);
+        self
     }
 
     /// Reports call events to `sink` from now on.
@@ -209,6 +218,10 @@ impl Worker {
 }
 
 impl Core for Worker {
+    fn take_hep_tap(&mut self) -> Option<crate::hep::Tap> {
+        self.hep.take()
+    }
+
     fn on_datagram(
         &mut self,
         now: Instant,

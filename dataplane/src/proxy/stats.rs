@@ -86,6 +86,8 @@ counters! {
     dialogs_ended: "Dialogs ended by BYE.",
     dialogs_expired: "Dialogs forgotten after dialog_timeout.",
     dialogs_full: "Dialogs not tracked because the dialog table was full.",
+    hep_sent: "SIP messages sent to the HEP collector ([hep]).",
+    hep_dropped: "SIP messages not captured because the HEP send failed or would block (or the packet exceeded 64 KiB).",
 }
 
 /// One worker's counters on a cache line of their own.

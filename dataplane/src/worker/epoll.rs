@@ -136,6 +136,7 @@ fn flush<C: Core>(sockets: &[UdpSocket], shell: &mut Shell<C>, out: &mut Outbox)
     if out.is_empty() {
         return;
     }
+    shell.capture_sends(out);
     for (socket, dst, data) in out.iter() {
         let result = match sockets.get(usize::from(socket)) {
             Some(s) => s.send_to(data, dst).map(drop),

@@ -51,6 +51,12 @@ pub trait Core: 'static {
     fn on_timer(&mut self, now: Instant, out: &mut Outbox);
     /// The next instant `on_timer` should run, if any.
     fn next_deadline(&self) -> Option<Instant>;
+    /// The HEP capture sender the driver should feed with every datagram received
+    /// from and sent on the worker's sockets; taken once when the driver starts.
+    /// `None` (the default) captures nothing and costs one `Option` check.
+    fn take_hep_tap(&mut self) -> Option<crate::hep::Tap> {
+        None
+    }
 }
 
 /// Which I/O driver runs the workers.

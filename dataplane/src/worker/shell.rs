@@ -201,6 +201,8 @@ pub(crate) struct Shell<C> {
     pub core: C,
     pub index: usize,
     pub counters: Counters,
+    /// HEP capture; `None` when `[hep]` is off.
+    hep: Option<crate::hep::Tap>,
     shared: Arc<Shared>,
     turns: u64,
     /// Workers that got a handoff this turn and still need a wakeup (deduplicated
@@ -209,9 +211,11 @@ pub(crate) struct Shell<C> {
 }
 
 impl<C: Core> Shell<C> {
-    pub fn new(core: C, index: usize, shared: Arc<Shared>) -> Self {
+    pub fn new(mut core: C, index: usize, shared: Arc<Shared>) -> Self {
         let n = shared.workers.len();
+        let hep = core.take_hep_tap();
         Shell {
+            hep,
             core,
             index,
             counters: Counters::default(),
@@ -231,7 +235,20 @@ impl<C: Core> Shell<C> {
         out: &mut Outbox,
     ) {
         self.counters.datagrams_in += 1;
+        if let Some(tap) = self.hep.as_mut() {
+            tap.received(socket, src, data);
+        }
         self.core.on_datagram(now, socket, src, data, out);
+    }
+
+    /// Captures the datagrams about to be sent (HEP); call once before each flush.
+    #[inline]
+    pub fn capture_sends(&mut self, out: &Outbox) {
+        if let Some(tap) = self.hep.as_mut() {
+            for (socket, dst, data) in out.iter() {
+                tap.sent(socket, dst, data);
+            }
+        }
     }
 
     /// Delivers datagrams handed to this worker; at most one queue's worth per turn

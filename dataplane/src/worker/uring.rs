@@ -381,6 +381,7 @@ impl Uring {
         if slot.out.is_empty() {
             return Ok(());
         }
+        shell.capture_sends(&slot.out);
         shell.route_handoffs(&slot.out);
 
         slot.fds.clear();
