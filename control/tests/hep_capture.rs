@@ -272,6 +272,9 @@ fn run_calls(io: &str, sample: f64, calls: u32) -> Calls {
         s.count("BYE", "Recv") >= u64::from(calls)
     });
     uas.stop();
+    let text = metrics(&sipvane);
+    assert!(metric(&text, "sipvane_hep_sent_total") > 0, "{text}");
+    assert_eq!(metric(&text, "sipvane_hep_dropped_total"), 0);
     let counters = sipvane.stop();
     let packets = collector.finish();
     let decoded_by_kamailio = kamailio.stop();
@@ -325,4 +328,27 @@ fn sampling_captures_whole_calls_only() {
             "call {cid} captured in part: {got:?}"
         );
     }
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == name).then(|| v.trim().parse::<f64>().ok())?
+        })
+        .map_or_else(|| panic!("no {name} in /metrics:\n{text}"), |v| v as u64)
+}
+
+fn metrics(sipvane: &Sipvane) -> String {
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .new_agent();
+    agent
+        .get(&format!("http://{}/metrics", sipvane.mgmt_addr()))
+        .call()
+        .expect("GET /metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("/metrics body")
 }
