@@ -120,3 +120,38 @@ fn parse_accessors_and_writers_allocate_nothing() {
     let (n, v) = allocations(|| vec![0u8; 16]);
     assert_eq!((n, v.len()), (1, 16));
 }
+
+/// HEP capture on the worker path: once warm, capturing a received and a sent
+/// message (parse for the Call-ID, encode into the reused buffer, `send`) allocates
+/// nothing.
+#[test]
+fn hep_capture_allocates_nothing_once_warm() {
+    use dataplane::hep::{HepConfig, Tap};
+    use dataplane::proxy::ProxyStats;
+    use std::net::{SocketAddr, UdpSocket};
+    use std::sync::Arc;
+
+    let collector = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let cfg = Arc::new(HepConfig {
+        collector: collector.local_addr().unwrap(),
+        agent_id: 1,
+        password: Some("pw".into()),
+        sample: 1.0,
+    });
+    let stats = Arc::new(ProxyStats::default());
+    let local: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+    let peer: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+    let mut tap = Tap::new(cfg, vec![local], stats.clone()).unwrap();
+    tap.received(0, peer, INVITE);
+    tap.sent(0, peer, INVITE);
+    let (n, ()) = allocations(|| {
+        for _ in 0..50 {
+            tap.received(0, peer, INVITE);
+            tap.sent(0, peer, INVITE);
+        }
+    });
+    assert_eq!(n, 0, "allocations while capturing");
+    let s = stats.snapshot();
+    assert_eq!((s.hep_sent, s.hep_dropped), (102, 0));
+    drop(collector);
+}
