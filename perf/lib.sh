@@ -4,7 +4,8 @@
 #
 # Environment: PROFILE (cargo profile, default "release": symbols for
 # flamegraphs), WORKERS (sipvane workers, default 1), IO (uring | epoll,
-# default auto).
+# default auto), EXTRA_TOML (appended to sipvane's configuration, e.g. a
+# [hep] section to measure capture).
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PROFILE="${PROFILE:-release}"
@@ -58,6 +59,7 @@ private_port_base = $((port + 1))
 list = "$work/dispatcher.list"
 [mgmt]
 listen = "127.0.0.1:$(free_port)"
+${EXTRA_TOML:-}
 TOML
   "$@" "$bindir/sipvane" run -c "$work/sipvane.toml" >"$work/sipvane.log" 2>&1 & SIPVANE_PID=$!
   pids+=("$SIPVANE_PID")

@@ -413,7 +413,7 @@ impl Default for AccConfig {
 }
 
 /// `[hep]`: every SIP message received or sent, encoded as HEPv3 and sent to a
-/// collector such as Homer (docs/hep.md).
+/// collector such as Homer (docs/capture.md).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HepConfig {

@@ -1,4 +1,4 @@
-//! HEPv3 capture to a Homer collector (docs/hep.md).
+//! HEPv3 capture to a Homer collector (docs/capture.md).
 //!
 //! [`codec`] is the pure encoder/decoder. [`Tap`] is the per-worker sender the
 //! worker shell drives: every SIP datagram received on, or sent from, one of the
