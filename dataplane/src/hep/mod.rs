@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::proxy::stats::{bump, ProxyStats};
-use crate::sip::parse::parse;
 use crate::worker::SocketId;
 
 pub use codec::{decode, encode, Capture};
@@ -111,7 +110,7 @@ impl Tap {
         if data.iter().all(|b| b.is_ascii_whitespace()) {
             return;
         }
-        let call_id = parse(data).ok().and_then(|m| m.call_id().ok());
+        let call_id = call_id_of(data);
         let sampled = match call_id {
             Some(id) => self.cfg.sampled(id),
             None => self.cfg.sample >= 1.0,
@@ -141,6 +140,36 @@ impl Tap {
         } else {
             &self.stats.hep_dropped
         });
+    }
+}
+
+/// The Call-ID of a SIP message, found by a scan of its header lines rather
+/// than a full parse: capture sees every message a second time (the core has
+/// parsed it already), and a full parse here doubled the parser's share of a
+/// call. Compact form `i:` included; `None` when there is no Call-ID before the
+/// blank line.
+fn call_id_of(data: &[u8]) -> Option<&[u8]> {
+    let mut rest = data;
+    // Skip the start line.
+    let nl = memchr::memchr(b'\n', rest)?;
+    rest = &rest[nl + 1..];
+    loop {
+        let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+        let line = rest[..end].strip_suffix(b"\r").unwrap_or(&rest[..end]);
+        if line.is_empty() {
+            return None;
+        }
+        if let Some(colon) = memchr::memchr(b':', line) {
+            let name = line[..colon].trim_ascii_end();
+            if name.eq_ignore_ascii_case(b"call-id") || name.eq_ignore_ascii_case(b"i") {
+                let value = line[colon + 1..].trim_ascii();
+                return (!value.is_empty()).then_some(value);
+            }
+        }
+        if end >= rest.len() {
+            return None;
+        }
+        rest = &rest[end + 1..];
     }
 }
 
@@ -203,5 +232,25 @@ mod tests {
         assert_eq!((d.src, d.dst), (local, peer));
         let s = stats.snapshot();
         assert_eq!((s.hep_sent, s.hep_dropped), (2, 0));
+    }
+
+    #[test]
+    fn call_id_is_found_without_a_full_parse() {
+        let m = b"INVITE sip:a@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nCall-ID:  abc@h \r\n\r\nbody Call-ID: no";
+        assert_eq!(call_id_of(m), Some(&b"abc@h"[..]));
+        assert_eq!(
+            call_id_of(b"SIP/2.0 200 OK\r\ni: x1\r\n\r\n"),
+            Some(&b"x1"[..])
+        );
+        assert_eq!(
+            call_id_of(b"SIP/2.0 200 OK\r\nTo: <sip:b@h>\r\n\r\nCall-ID: body"),
+            None
+        );
+        assert_eq!(call_id_of(b"garbage"), None);
+        assert_eq!(
+            call_id_of(b"X\nCall-ID: lf-only\n\n"),
+            Some(&b"lf-only"[..])
+        );
+        assert_eq!(call_id_of(b""), None);
     }
 }
