@@ -13,3 +13,4 @@ pub mod probe;
 pub mod run;
 pub mod source;
 pub mod systemd;
+pub mod utc;
