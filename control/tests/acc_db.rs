@@ -22,7 +22,7 @@ use control::acc::journal::{Journal, Record};
 use control::acc::{Row, RowQueue, Table, TableNames, Value, Writer, WriterConfig};
 use db_support::{runtime, MariaDb, Postgres};
 use sqlx::{ConnectOptions, Connection, Row as _};
-use support::{free_udp_addr, Scenario, Sipvane, Uac, Uas, WorkDir};
+use support::{free_udp_addr, metric, metrics, Scenario, Sipvane, Uac, Uas, WorkDir};
 
 const RUN_LIMIT: Duration = Duration::from_secs(60);
 const WAIT: Duration = Duration::from_secs(40);
@@ -397,29 +397,6 @@ fn check(
         .map(|(k, v)| (*k, *v))
         .collect();
     assert_eq!(per_kind, want, "missed calls per kind");
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            (k == name).then(|| v.trim().parse::<f64>().ok())?
-        })
-        .map_or_else(|| panic!("no {name} in /metrics:\n{text}"), |v| v as u64)
-}
-
-fn metrics(sipvane: &Sipvane) -> String {
-    let agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .new_agent();
-    agent
-        .get(&format!("http://{}/metrics", sipvane.mgmt_addr()))
-        .call()
-        .expect("GET /metrics")
-        .body_mut()
-        .read_to_string()
-        .expect("/metrics body")
 }
 
 /// Waits (bounded) until `ok` holds for /metrics.

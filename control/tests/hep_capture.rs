@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use dataplane::hep;
 use dataplane::sip::parse::parse;
 use support::{
-    free_udp_addr, free_udp_port, require_binary, ChildGuard, Scenario, Sipvane, Uac, Uas, WorkDir,
+    free_udp_addr, free_udp_port, metric, metrics, require_binary, ChildGuard, Scenario, Sipvane,
+    Uac, Uas, WorkDir,
 };
 
 const RUN_LIMIT: Duration = Duration::from_secs(40);
@@ -328,27 +329,4 @@ fn sampling_captures_whole_calls_only() {
             "call {cid} captured in part: {got:?}"
         );
     }
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            (k == name).then(|| v.trim().parse::<f64>().ok())?
-        })
-        .map_or_else(|| panic!("no {name} in /metrics:\n{text}"), |v| v as u64)
-}
-
-fn metrics(sipvane: &Sipvane) -> String {
-    let agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .new_agent();
-    agent
-        .get(&format!("http://{}/metrics", sipvane.mgmt_addr()))
-        .call()
-        .expect("GET /metrics")
-        .body_mut()
-        .read_to_string()
-        .expect("/metrics body")
 }

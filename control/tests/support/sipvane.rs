@@ -319,3 +319,28 @@ fn free_ports(workers: usize) -> (u16, u16) {
     }
     panic!("no run of {workers} free UDP ports found");
 }
+
+/// The value of `name` in a Prometheus text exposition (panics when absent).
+pub fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == name).then(|| v.trim().parse::<f64>().ok())?
+        })
+        .map_or_else(|| panic!("no {name} in /metrics:\n{text}"), |v| v as u64)
+}
+
+/// `GET /metrics` of a running sipvane.
+pub fn metrics(sipvane: &Sipvane) -> String {
+    let agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .new_agent();
+    agent
+        .get(&format!("http://{}/metrics", sipvane.mgmt_addr()))
+        .call()
+        .expect("GET /metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("/metrics body")
+}
