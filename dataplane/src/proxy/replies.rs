@@ -39,6 +39,20 @@ impl Worker {
         }
     }
 
+    /// `503` with `Retry-After: retry_after_s`: sipvane cannot take the
+    /// request now (overload, no destination, full table), try again later.
+    pub(super) fn reply_unavailable(
+        &mut self,
+        socket: SocketId,
+        src: SocketAddr,
+        req: &Message<'_>,
+        warning: &[u8],
+        out: &mut Outbox,
+    ) {
+        let retry = self.cfg.retry_after_s;
+        self.reply(socket, src, req, 503, Some(retry), Some(warning), out);
+    }
+
     pub(super) fn reply_options(
         &mut self,
         socket: SocketId,

@@ -227,8 +227,7 @@ impl Worker {
             } => {
                 if method == Method::Invite && self.txns.len() >= self.cfg.overload_transactions {
                     bump(&self.stats.overload_rejects);
-                    let retry = self.cfg.retry_after_s;
-                    self.reply(socket, src, msg, 503, Some(retry), Some(b"Overloaded"), out);
+                    self.reply_unavailable(socket, src, msg, b"Overloaded", out);
                     return;
                 }
                 anchor = method == Method::Invite
@@ -267,16 +266,7 @@ impl Worker {
                     if method == Method::Invite {
                         self.emit_failed(now, msg, 503, None);
                     }
-                    let retry = self.cfg.retry_after_s;
-                    self.reply(
-                        socket,
-                        src,
-                        msg,
-                        503,
-                        Some(retry),
-                        Some(b"No destination available"),
-                        out,
-                    );
+                    self.reply_unavailable(socket, src, msg, b"No destination available", out);
                     return;
                 };
                 let Some(dest) = set.get(first) else { return };
@@ -360,16 +350,7 @@ impl Worker {
             Ok(id) => id,
             Err(_) => {
                 bump(&self.stats.table_full);
-                let retry = self.cfg.retry_after_s;
-                self.reply(
-                    socket,
-                    src,
-                    msg,
-                    503,
-                    Some(retry),
-                    Some(b"Transaction table full"),
-                    out,
-                );
+                self.reply_unavailable(socket, src, msg, b"Transaction table full", out);
                 return;
             }
         };
