@@ -166,6 +166,14 @@ impl Backend {
 }
 
 /// True if `url` names a database [`fetch`] can read (by scheme).
+/// `url` with a `mariadb://` scheme spelled `mysql://`, the only one sqlx knows.
+pub(crate) fn mysql_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((s, rest)) if s.eq_ignore_ascii_case("mariadb") => format!("mysql://{rest}"),
+        _ => url.to_owned(),
+    }
+}
+
 pub fn is_database_url(url: &str) -> bool {
     Backend::of(url).is_some()
 }
@@ -353,11 +361,7 @@ pub async fn fetch(url: &str, table: &str, timeout: Duration) -> Result<Vec<DbRo
             rows.iter().map(decode_row).collect()
         }
         Backend::Mysql => {
-            let url = match url.split_once("://") {
-                Some((s, rest)) if s.eq_ignore_ascii_case("mariadb") => format!("mysql://{rest}"),
-                _ => url.to_owned(),
-            };
-            let opts = MySqlConnectOptions::from_str(&url)
+            let opts = MySqlConnectOptions::from_str(&mysql_url(url))
                 .map_err(|e| connect_err(format!("invalid URL: {e}")))?
                 .disable_statement_logging();
             let mut conn = tokio::time::timeout(timeout, MySqlConnection::connect_with(&opts))
