@@ -89,6 +89,27 @@ impl Worker {
             }
             100..=199 => {}
             200..=299 => {
+                // The call is answered there: tracked like any other, so
+                // its BYE, slot and events are not lost (found by the
+                // simulation, dataplane/tests/sim). Once forgotten, its
+                // retransmissions are relayed as an old attempt's.
+                let current = self.txns.get_mut(id).and_then(|t| {
+                    (t.attempt == attempt).then(|| std::mem::take(&mut t.makes_dialog))
+                });
+                match current {
+                    // Given up with nowhere to fail over to: still the
+                    // current attempt, whose first 2xx this is.
+                    Some(makes_dialog) => {
+                        if makes_dialog {
+                            self.call_answered(now, id, msg, code, None);
+                        }
+                    }
+                    None => {
+                        let dest = self.attempt_dest(id, addr);
+                        self.call_answered(now, id, msg, code, Some(Target { addr, dest }));
+                        self.cancel_current(now, id, out);
+                    }
+                }
                 self.relay_response(now, id, msg, code, out);
                 self.forget_abandoned(id, attempt);
             }
@@ -98,6 +119,30 @@ impl Worker {
             }
         }
         self.reschedule(id);
+    }
+
+    /// Another attempt answered 2xx: the current one is cancelled (RFC 3261
+    /// §16.7 step 10), now if it rang, else at its first provisional, so
+    /// that destination is not left ringing.
+    pub(super) fn cancel_current(&mut self, now: Instant, id: TxnId, out: &mut Outbox) {
+        let send_now = self
+            .txns
+            .get_mut(id)
+            .and_then(|t| t.client.as_mut())
+            .is_some_and(|c| c.is_pending() && c.request_cancel(now));
+        if send_now {
+            self.send_cancel(now, id, out);
+        }
+    }
+
+    /// The dispatcher destination at `addr` in the transaction's set.
+    fn attempt_dest(&self, id: TxnId, addr: SocketAddr) -> Option<Arc<DestStats>> {
+        let (table, set_index) = self.txns.get(id)?.set.clone()?;
+        let set = table.sets().get(set_index)?;
+        set.dests()
+            .iter()
+            .find(|d| d.addr == addr)
+            .map(|d| d.stats.clone())
     }
 
     pub(super) fn forget_abandoned(&mut self, id: TxnId, attempt: u8) {

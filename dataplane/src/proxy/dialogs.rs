@@ -22,10 +22,17 @@ impl Worker {
         Some((key, call_id, from.tag.unwrap_or(b"")))
     }
 
-    /// Records the dialog a 2xx creates. True when the 2xx answers the call
-    /// (also when the dialog table is full); false for a retransmitted 2xx,
-    /// whose dialog exists.
-    pub(super) fn dialog_started(&mut self, now: Instant, id: TxnId, resp: &Message<'_>) -> bool {
+    /// Records the dialog a 2xx creates, with the current target's
+    /// destination or `attempt`'s (an abandoned attempt that answered).
+    /// True when the 2xx answers the call (also when the dialog table is
+    /// full); false for a retransmitted 2xx, whose dialog exists.
+    pub(super) fn dialog_started(
+        &mut self,
+        now: Instant,
+        id: TxnId,
+        resp: &Message<'_>,
+        attempt: Option<Target>,
+    ) -> bool {
         // Validation guarantees Call-ID, From and To in what reaches here.
         let Some((key, call_id, from_tag)) = self.dialog_key(resp) else {
             return true;
@@ -33,19 +40,30 @@ impl Worker {
         if self.dialogs.find(&key).is_some() {
             return false; // a retransmitted 2xx
         }
-        let Some(txn) = self.txns.get(id) else {
+        let Some(txn) = self.txns.get_mut(id) else {
             return false;
         };
-        let (dest, addr) = (txn.target.dest.clone(), txn.target.addr);
-        let session_expires = session_expires(resp);
-        // The INVITE's call slot passes to the dialog.
-        if let Some(txn) = self.txns.get_mut(id) {
-            if !std::mem::take(&mut txn.holds_call) {
-                if let Some(d) = &dest {
+        let (dest, addr) = match attempt {
+            // The abandoned attempt's slot went to the current target at
+            // failover: its dialog takes a slot of its own.
+            Some(t) => {
+                if let Some(d) = &t.dest {
                     d.call_started();
                 }
+                (t.dest, t.addr)
             }
-        }
+            None => {
+                // The INVITE's call slot passes to the dialog.
+                let dest = txn.target.dest.clone();
+                if !std::mem::take(&mut txn.holds_call) {
+                    if let Some(d) = &dest {
+                        d.call_started();
+                    }
+                }
+                (dest, txn.target.addr)
+            }
+        };
+        let session_expires = session_expires(resp);
         let media = self
             .txns
             .get(id)

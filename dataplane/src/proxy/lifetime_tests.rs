@@ -237,3 +237,232 @@ fn session_expires_shortens_the_dialog_lifetime() {
     run_to(&mut w, t0 + s(84));
     assert_eq!(w.occupancy().1, 0);
 }
+
+/// A re-INVITE's 2xx retransmitted after the BYE ended the dialog (its
+/// ACK lost, the BYE overtook it) is relayed but makes no new dialog: it is
+/// not a call answered and holds no call slot (found by the simulation,
+/// dataplane/tests/sim).
+#[test]
+fn a_late_reinvite_2xx_does_not_revive_its_dialog() {
+    let (mut w, t0) = dialog_worker("");
+    let caller = CALLER.parse().unwrap();
+    let dest: SocketAddr = DEST.parse().unwrap();
+    let in_dialog = |method: &str, branch: &str, seq: u32| {
+        format!(
+            "{method} sip:100@{DEST} SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch={branch}\r\n\
+             Route: <sip:127.0.0.1:5061;lr>\r\nMax-Forwards: 70\r\nFrom: <sip:a@127.0.0.1>;tag=f1\r\n\
+             To: <sip:100@127.0.0.1>;tag=dl\r\nCall-ID: z9hG4bK-dl@t\r\nCSeq: {seq} {method}\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let mut out = Outbox::new();
+    let reinvite = in_dialog("INVITE", "z9hG4bK-re", 2);
+    w.on_datagram(t0, SOCK_PRIVATE, caller, reinvite.as_bytes(), &mut out);
+    let fwd = sent(&out)
+        .into_iter()
+        .find(|(d, _)| *d == dest)
+        .expect("re-INVITE forwarded")
+        .1;
+    let ok = answer(&fwd, 200, "dl");
+    out.clear();
+    w.on_datagram(t0, SOCK_PRIVATE, dest, &ok, &mut out);
+    out.clear();
+    let bye = in_dialog("BYE", "z9hG4bK-bye", 3);
+    w.on_datagram(t0, SOCK_PRIVATE, caller, bye.as_bytes(), &mut out);
+    assert_eq!(w.occupancy().1, 0, "the BYE ended the dialog");
+    assert_eq!(active(&w), vec![0]);
+
+    out.clear();
+    w.on_datagram(t0, SOCK_PRIVATE, dest, &ok, &mut out);
+    assert!(
+        sent(&out)
+            .iter()
+            .any(|(d, m)| *d == caller && m.starts_with("SIP/2.0 200 ")),
+        "the retransmission still reaches the caller"
+    );
+    assert_eq!(w.occupancy().1, 0, "no dialog revived");
+    assert_eq!(active(&w), vec![0], "no call slot taken");
+    let s = w.stats().snapshot();
+    assert_eq!((s.calls_answered, s.dialogs_created), (1, 1));
+}
+
+/// The initial INVITE's 2xx retransmitted (the caller's ACK was lost) after
+/// the caller's BYE ended the dialog: relayed, but the dialog stays ended.
+#[test]
+fn a_2xx_retransmitted_after_the_bye_does_not_revive_the_dialog() {
+    let t0 = Instant::now();
+    let mut w = worker(ProxyConfig::default(), &format!("1 sip:{DEST}\n"), t0);
+    let caller: SocketAddr = CALLER.parse().unwrap();
+    let dest: SocketAddr = DEST.parse().unwrap();
+    let mut out = Outbox::new();
+    w.on_datagram(t0, SOCK_PUBLIC, caller, &invite("z9hG4bK-rv"), &mut out);
+    let ok = answer(&sent(&out)[1].1, 200, "rv");
+    out.clear();
+    w.on_datagram(t0, SOCK_PRIVATE, dest, &ok, &mut out);
+    let bye = format!(
+        "BYE sip:100@{DEST} SIP/2.0\r\nVia: SIP/2.0/UDP {CALLER};branch=z9hG4bK-rvbye\r\n\
+         Route: <sip:127.0.0.1:5061;lr>\r\nMax-Forwards: 70\r\nFrom: <sip:a@127.0.0.1>;tag=f1\r\n\
+         To: <sip:100@127.0.0.1>;tag=rv\r\nCall-ID: z9hG4bK-rv@t\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    out.clear();
+    w.on_datagram(t0, SOCK_PRIVATE, caller, bye.as_bytes(), &mut out);
+    assert_eq!(w.occupancy().1, 0);
+    out.clear();
+    w.on_datagram(t0, SOCK_PRIVATE, dest, &ok, &mut out);
+    assert!(sent(&out)
+        .iter()
+        .any(|(d, m)| *d == caller && m.starts_with("SIP/2.0 200 ")));
+    assert_eq!(w.occupancy().1, 0, "no dialog revived");
+    assert_eq!(active(&w), vec![0], "no call slot taken");
+    assert_eq!(w.stats().snapshot().calls_answered, 1);
+}
+
+/// The CANCEL sipvane sends to a destination that rang past fr_inv_timer
+/// is retransmitted for 64·T1, not only for fr_timer: under loss, three
+/// sends left destinations ringing (found by the simulation,
+/// dataplane/tests/sim).
+#[test]
+fn a_cancel_is_retransmitted_until_timer_f() {
+    let t0 = Instant::now();
+    let mut cfg = ProxyConfig::default();
+    cfg.timers.fr_inv_timer = Duration::from_secs(10);
+    let mut w = worker(cfg, &format!("1 sip:{DEST}\n"), t0);
+    let dest: SocketAddr = DEST.parse().unwrap();
+    let mut out = Outbox::new();
+    w.on_datagram(
+        t0,
+        SOCK_PUBLIC,
+        CALLER.parse().unwrap(),
+        &invite("z9hG4bK-cf"),
+        &mut out,
+    );
+    let ringing = answer(&sent(&out)[1].1, 180, "cf");
+    out.clear();
+    w.on_datagram(t0, SOCK_PRIVATE, dest, &ringing, &mut out);
+    // fr_inv_timer: the CANCEL goes out; then every copy of it is lost.
+    let mut cancels = Vec::new();
+    let mut at = t0;
+    while at < t0 + Duration::from_secs(50) {
+        at += Duration::from_millis(100);
+        out.clear();
+        w.on_timer(at, &mut out);
+        if sent(&out)
+            .iter()
+            .any(|(d, m)| *d == dest && m.starts_with("CANCEL "))
+        {
+            cancels.push(at - t0);
+        }
+    }
+    let last = *cancels.last().expect("a CANCEL was sent");
+    assert!(
+        cancels.len() >= 8 && last >= Duration::from_secs(10 + 20),
+        "CANCEL sent at {cancels:?}"
+    );
+    assert_eq!(w.occupancy().0, 0, "given up after Timer F");
+}
+
+/// An attempt given up at fr_timer answers late while the next one is
+/// still trying: the caller gets the 2xx, the call is counted and tracked
+/// (its dialog holds the answering destination's slot), and the other
+/// destination is cancelled at its first provisional — its INVITE kept to
+/// build that CANCEL (found by the simulation, dataplane/tests/sim).
+#[test]
+fn a_late_answer_from_an_abandoned_attempt_cancels_the_current_one() {
+    let t0 = Instant::now();
+    let cfg = ProxyConfig {
+        algorithm: Algorithm::Priority,
+        ..ProxyConfig::default()
+    };
+    let mut w = worker(cfg, &format!("1 sip:{DEST}\n1 sip:{DEST2}\n"), t0);
+    let caller: SocketAddr = CALLER.parse().unwrap();
+    let mut out = Outbox::new();
+    w.on_datagram(t0, SOCK_PUBLIC, caller, &invite("z9hG4bK-la"), &mut out);
+    let (first, f1) = sent(&out)[1].clone();
+    // fr_timer: the first is silent, the INVITE moves on.
+    let t1 = t0 + Duration::from_millis(2100);
+    out.clear();
+    w.on_timer(t1, &mut out);
+    let (second, f2) = sent(&out)
+        .into_iter()
+        .find(|(_, m)| m.starts_with("INVITE "))
+        .expect("failed over");
+    assert_ne!(first, second);
+    // The first answers now; the second has not said anything yet.
+    out.clear();
+    w.on_datagram(t1, SOCK_PRIVATE, first, &answer(&f1, 200, "la1"), &mut out);
+    assert!(sent(&out)
+        .iter()
+        .any(|(d, m)| *d == caller && m.starts_with("SIP/2.0 200 ")));
+    assert_eq!(w.stats().snapshot().calls_answered, 1);
+    assert_eq!(w.occupancy().1, 1, "the answered call is a dialog");
+    // Its INVITE is still retransmitted, and its first provisional gets a CANCEL.
+    let mut retransmitted = false;
+    for ms in [2700, 3200, 3700] {
+        out.clear();
+        w.on_timer(t0 + Duration::from_millis(ms), &mut out);
+        retransmitted |= sent(&out)
+            .iter()
+            .any(|(d, m)| *d == second && m.starts_with("INVITE "));
+    }
+    assert!(retransmitted);
+    out.clear();
+    let t2 = t0 + Duration::from_millis(3800);
+    w.on_datagram(t2, SOCK_PRIVATE, second, &answer(&f2, 180, "la2"), &mut out);
+    assert!(
+        sent(&out)
+            .iter()
+            .any(|(d, m)| *d == second && m.starts_with("CANCEL ")),
+        "{:?}",
+        sent(&out)
+    );
+    assert_eq!(
+        active(&w).iter().sum::<u32>(),
+        2,
+        "the dialog and the ringing attempt"
+    );
+}
+
+/// When every destination refused after ringing, the 503 sipvane answers
+/// is retransmitted on Timer G from then on, not first at the last
+/// attempt's stale fr_inv_timer deadline (a caller whose first copy was
+/// lost waited up to fr_inv_timer; found by the simulation,
+/// dataplane/tests/sim).
+#[test]
+fn the_all_failed_503_is_retransmitted_on_timer_g() {
+    let t0 = Instant::now();
+    let cfg = ProxyConfig {
+        algorithm: Algorithm::Priority,
+        ..ProxyConfig::default()
+    };
+    let mut w = worker(cfg, &format!("1 sip:{DEST}\n1 sip:{DEST2}\n"), t0);
+    let caller: SocketAddr = CALLER.parse().unwrap();
+    let mut out = Outbox::new();
+    w.on_datagram(t0, SOCK_PUBLIC, caller, &invite("z9hG4bK-g"), &mut out);
+    let (mut dst, mut fwd) = sent(&out)[1].clone();
+    for _ in 0..2 {
+        out.clear();
+        w.on_datagram(t0, SOCK_PRIVATE, dst, &answer(&fwd, 180, "g"), &mut out);
+        out.clear();
+        w.on_datagram(t0, SOCK_PRIVATE, dst, &answer(&fwd, 503, "g"), &mut out);
+        if let Some(next) = sent(&out)
+            .into_iter()
+            .find(|(_, m)| m.starts_with("INVITE "))
+        {
+            (dst, fwd) = next;
+        }
+    }
+    assert!(sent(&out)
+        .iter()
+        .any(|(d, m)| *d == caller && m.starts_with("SIP/2.0 503 ")));
+    let at = w.next_deadline().expect("Timer G armed");
+    assert!(at <= t0 + Duration::from_millis(500), "{:?}", at - t0);
+    out.clear();
+    w.on_timer(t0 + Duration::from_millis(600), &mut out);
+    assert!(
+        sent(&out)
+            .iter()
+            .any(|(d, m)| *d == caller && m.starts_with("SIP/2.0 503 ")),
+        "at {:?}: {:?}",
+        at - t0,
+        sent(&out)
+    );
+}

@@ -341,10 +341,6 @@ fn has_sdp(msg: &Message<'_>) -> bool {
     }
 }
 
-fn txn_method(txns: &TxnTable<ProxyTxn>, id: TxnId) -> Option<Method> {
-    txns.get(id).map(|t| t.method)
-}
-
 /// The server transaction key of a request (RFC 3261 §17.2.3), with the
 /// RFC 2543 fallback for peers whose branch lacks the magic cookie.
 fn server_key(

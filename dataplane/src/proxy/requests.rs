@@ -345,6 +345,7 @@ impl Worker {
             queued: Vec::new(),
             abandoned: SmallVec::new(),
             holds_call: false,
+            makes_dialog: method == Method::Invite && !in_dialog,
         };
         let id = match self.txns.insert(key, txn) {
             Ok(id) => id,

@@ -75,6 +75,7 @@ impl Worker {
         if b.attempt != txn.attempt {
             // A response from a destination we already moved away from.
             if txn.method == Method::Invite && (200..300).contains(&code) {
+                self.cancel_current(now, id, out);
                 self.relay_response(now, id, msg, code, out);
             } else if txn.method == Method::Invite && code >= 300 {
                 self.ack_old_attempt(id, b.attempt, msg, src, out);
@@ -110,22 +111,14 @@ impl Worker {
                         d.record_latency(now.saturating_duration_since(txn.sent_at));
                     }
                 }
-                // A retransmitted 2xx finds its dialog already there: the
-                // call is counted and reported once.
-                if txn_method(&self.txns, id) == Some(Method::Invite)
-                    && self.dialog_started(now, id, msg)
-                {
-                    bump(&self.stats.calls_answered);
-                    if let (Some(sink), Some(txn)) = (&self.events, self.txns.get(id)) {
-                        sink.push(CallEvent::Answered {
-                            at: now,
-                            call_id: events::text(msg.call_id().unwrap_or(b"")),
-                            dest: txn.target.addr,
-                            setup: now.saturating_duration_since(txn.sent_at),
-                            code,
-                            reply: events::Reply::of(msg),
-                        });
-                    }
+                // Only the first 2xx of the transaction makes the dialog: a
+                // retransmission may come after the BYE already ended it.
+                let makes_dialog = self
+                    .txns
+                    .get_mut(id)
+                    .is_some_and(|t| std::mem::take(&mut t.makes_dialog));
+                if makes_dialog {
+                    self.call_answered(now, id, msg, code, None);
                 }
                 self.relay_response(now, id, msg, code, out);
             }
@@ -143,6 +136,10 @@ impl Worker {
                     if self.dispatched(id) {
                         // Every destination of the set refused: one 503 upstream.
                         self.reply_final(now, id, 503, Some(b"All destinations failed"), out);
+                        // Timer G from now, not the last attempt's stale
+                        // fr_inv deadline (found by the simulation,
+                        // dataplane/tests/sim).
+                        self.reschedule(id);
                         return;
                     }
                 } else if let Some(d) = self.txns.get(id).and_then(|t| t.target.dest.clone()) {
@@ -153,6 +150,41 @@ impl Worker {
             }
         }
         self.reschedule(id);
+    }
+
+    /// A 2xx answered the call of transaction `id`: its dialog is recorded,
+    /// the call counted and reported. `attempt` names the destination when
+    /// it is not the current target (an attempt given up at fr_timer that
+    /// answered late).
+    pub(super) fn call_answered(
+        &mut self,
+        now: Instant,
+        id: TxnId,
+        msg: &Message<'_>,
+        code: u16,
+        attempt: Option<Target>,
+    ) {
+        let dest_addr = match &attempt {
+            Some(t) => t.addr,
+            None => match self.txns.get(id) {
+                Some(t) => t.target.addr,
+                None => return,
+            },
+        };
+        if !self.dialog_started(now, id, msg, attempt) {
+            return;
+        }
+        bump(&self.stats.calls_answered);
+        if let (Some(sink), Some(txn)) = (&self.events, self.txns.get(id)) {
+            sink.push(CallEvent::Answered {
+                at: now,
+                call_id: events::text(msg.call_id().unwrap_or(b"")),
+                dest: dest_addr,
+                setup: now.saturating_duration_since(txn.sent_at),
+                code,
+                reply: events::Reply::of(msg),
+            });
+        }
     }
 
     pub(super) fn dispatched(&self, id: TxnId) -> bool {
@@ -363,7 +395,12 @@ impl Worker {
         if code >= 200 && txn.abandoned.is_empty() {
             let request = std::mem::take(&mut txn.request);
             self.pool.put(request);
-            if !(txn.method == Method::Invite && code >= 300) {
+            // The current attempt may still be waiting when another
+            // attempt answered: it keeps its request to retransmit and
+            // CANCEL (found by the simulation, dataplane/tests/sim).
+            let waiting = txn.client.as_ref().is_some_and(ClientTx::is_pending);
+            let invite_failed = txn.method == Method::Invite && code >= 300;
+            if !invite_failed && !waiting {
                 // The forwarded INVITE is kept for ACKs of late finals only
                 // while the client transaction is alive.
                 let fwd = std::mem::take(&mut txn.forwarded);
