@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build deb test demo bench bench-micro fuzz lint clean services-stop
+.PHONY: all deps build deb test demo bench bench-micro fuzz sim lint clean services-stop
 
 all: build
 
@@ -52,6 +52,14 @@ bench-micro: deps
 ## fuzz: run the fuzzers for FUZZ_SECONDS each (scripts/fuzz.sh)
 fuzz:
 	@bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+## sim: the long deterministic simulation of the proxy core (docs/reliability.md):
+##      SIM_FLOWS calls per network profile (clean, lossy, harsh; 3 x 100k by default), seeds from SIM_SEED
+SIM_FLOWS ?= 100000
+SIM_SEED ?= 1000
+sim:
+	SIM_FLOWS=$(SIM_FLOWS) SIM_SEED=$(SIM_SEED) $(CARGO) test --profile ci -p dataplane --test sim \
+	  long_run -- --ignored --nocapture
 
 ## lint: formatting and clippy, warnings are errors
 lint:
