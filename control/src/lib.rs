@@ -12,5 +12,6 @@ pub mod media_health;
 pub mod probe;
 pub mod run;
 pub mod source;
+pub mod supervise;
 pub mod systemd;
 pub mod utc;

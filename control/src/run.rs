@@ -12,7 +12,7 @@ use dataplane::proxy::media::{MediaConfig, MediaPolicy, MediaShared};
 use dataplane::proxy::{self, ProxyConfig, ProxyStats, SetRule, UnknownDomain, Worker};
 use dataplane::txn::TimerConfig;
 use dataplane::worker::{self, Driver, SocketSpec, WorkerSpec};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::api;
 use crate::config::{Config, DispatchRule, RtpFailure};
@@ -20,6 +20,7 @@ use crate::events::{EventQueue, Exporter, ExporterConfig, WallClock};
 use crate::probe;
 use crate::source;
 use crate::source::reload::{ReloadHandle, ReloadSource, Reloader};
+use crate::supervise::{Supervised, TestPanic, Watched};
 use dataplane::proxy::events::EventSink;
 
 /// Call events one worker may have waiting before it drops (and counts) them.
@@ -269,7 +270,7 @@ pub fn start(
     let core_table = table.clone();
     let core_stats = stats.clone();
     let core_sinks = event_sinks.clone();
-    let pool = worker::start(driver, specs, move |ctx: worker::WorkerContext| {
+    let build = move |ctx: worker::WorkerContext| {
         let worker = Worker::new(
             ctx.index,
             core_cfg.clone(),
@@ -304,6 +305,11 @@ pub fn start(
             }
             None => worker,
         }
+    };
+    let panic_on_request = TestPanic::from_env() == Some(TestPanic::Worker);
+    let pool = worker::start(driver, specs, move |ctx| Supervised {
+        core: build(ctx),
+        panic_on_request,
     })
     .with_context(|| format!("starting workers on {listen}"))?;
     info!(
@@ -422,68 +428,110 @@ pub fn run(cfg: &Config) -> Result<()> {
         ));
         (stop_tx, task)
     });
-    rt.block_on(async {
-        // Control-thread tasks; they end with the runtime.
-        tokio::spawn(reloader.run());
-        if let (Some(m), Some(every)) = (running.media.clone(), cfg.rtpengine.ping_interval()) {
-            for i in 0..m.config.engines.len() {
-                let (t, r) = (cfg.rtpengine.timeout(), cfg.rtpengine.retries);
-                tokio::spawn(crate::media_health::watch(m.clone(), i, every, t, r));
-            }
-        }
-        tokio::spawn(api::serve(
-            mgmt,
-            api::ApiState::new(Arc::clone(&running), &cfg.mgmt.token),
-        ));
-        match probe::ProbeConfig::from_config(cfg) {
-            Some(p) => {
-                tokio::spawn(probe::run(
-                    p,
-                    running.table.clone(),
-                    running.listen,
-                    running.proxy.advertise.clone(),
-                    running.events.clone(),
-                ));
-            }
-            None => info!("OPTIONS probing is off (dispatcher.ping_interval_s = 0)"),
-        }
-        if let Some(every) = crate::systemd::watchdog_interval() {
-            info!(?every, "systemd watchdog on");
-            tokio::spawn(crate::systemd::watchdog(every, running.workers.clone()));
-        }
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut hup = signal(SignalKind::hangup())?;
-        // Workers and the management API are bound, and the signal handlers
-        // are in place: tell systemd (Type=notify) the service is up.
-        crate::systemd::ready(&format!(
-            "{} workers on {}, management API on {}",
-            running.workers.workers(),
-            running.listen,
-            cfg.mgmt.listen
-        ));
-        loop {
-            tokio::select! {
-                r = tokio::signal::ctrl_c() => { r?; break; }
-                _ = term.recv() => break,
-                // SIGHUP re-reads the dispatcher source, as daemons do; the
-                // outcome is logged by the reloader.
-                _ = hup.recv() => {
-                    let reload = running.reload.clone();
-                    tokio::spawn(async move { let _ = reload.reload().await; });
+    let failure = rt
+        .block_on(async {
+            // Control-thread tasks; they end with the runtime. A panic in one
+            // stops the process (supervise.rs).
+            let mut watched = Watched::default();
+            watched.spawn("reload", reloader.run());
+            if let (Some(m), Some(every)) = (running.media.clone(), cfg.rtpengine.ping_interval()) {
+                for i in 0..m.config.engines.len() {
+                    let (t, r) = (cfg.rtpengine.timeout(), cfg.rtpengine.retries);
+                    let watch = crate::media_health::watch(m.clone(), i, every, t, r);
+                    watched.spawn("rtpengine health", watch);
                 }
             }
-        }
-        Ok::<(), std::io::Error>(())
-    })
-    .context("waiting for a signal")?;
+            watched.spawn(
+                "management API",
+                api::serve(
+                    mgmt,
+                    api::ApiState::new(Arc::clone(&running), &cfg.mgmt.token),
+                ),
+            );
+            match probe::ProbeConfig::from_config(cfg) {
+                Some(p) => {
+                    watched.spawn(
+                        "probe",
+                        probe::run(
+                            p,
+                            running.table.clone(),
+                            running.listen,
+                            running.proxy.advertise.clone(),
+                            running.events.clone(),
+                        ),
+                    );
+                }
+                None => info!("OPTIONS probing is off (dispatcher.ping_interval_s = 0)"),
+            }
+            if let Some(every) = crate::systemd::watchdog_interval() {
+                info!(?every, "systemd watchdog on");
+                let watchdog = crate::systemd::watchdog(every, running.workers.clone());
+                watched.spawn("systemd watchdog", watchdog);
+            }
+            if TestPanic::from_env() == Some(TestPanic::Control) {
+                watched.spawn("test panic", crate::supervise::panic_on_sigusr2());
+            }
+            let mut check = tokio::time::interval(crate::supervise::CHECK_EVERY);
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let background = || {
+                let ended =
+                    |t: Option<&tokio::task::JoinHandle<()>>| t.is_some_and(|t| t.is_finished());
+                [
+                    ("event exporter", ended(exporter.as_ref())),
+                    (
+                        "accounting writer",
+                        ended(acc_writer.as_ref().map(|(_, t)| t)),
+                    ),
+                    ("event bridge", ended(bridge.as_ref().map(|(_, t)| t))),
+                ]
+            };
+            let mut failure = None;
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate())?;
+            let mut hup = signal(SignalKind::hangup())?;
+            // Workers and the management API are bound, and the signal handlers
+            // are in place: tell systemd (Type=notify) the service is up.
+            crate::systemd::ready(&format!(
+                "{} workers on {}, management API on {}",
+                running.workers.workers(),
+                running.listen,
+                cfg.mgmt.listen
+            ));
+            loop {
+                tokio::select! {
+                    r = tokio::signal::ctrl_c() => { r?; break; }
+                    _ = term.recv() => break,
+                    // SIGHUP re-reads the dispatcher source, as daemons do; the
+                    // outcome is logged by the reloader.
+                    _ = hup.recv() => {
+                        let reload = running.reload.clone();
+                        tokio::spawn(async move { let _ = reload.reload().await; });
+                    }
+                    _ = check.tick() => {
+                        failure = watched.check(&running.workers, &background()).await;
+                        if failure.is_some() {
+                            break;
+                        }
+                    }
+                }
+            }
+            Ok::<Option<String>, std::io::Error>(failure)
+        })
+        .context("waiting for a signal")?;
     crate::systemd::stopping();
-    info!("stopping");
+    match &failure {
+        Some(why) => {
+            error!("{why}: stopping, to exit non-zero for the service manager to restart sipvane")
+        }
+        None => info!("stopping"),
+    }
     let mut total = proxy::Snapshot::default();
     for s in &running.stats {
         total.add(&s.snapshot());
     }
-    pool.stop().context("stopping workers")?;
+    // What still runs is stopped in order even when a worker died: the
+    // events and accounting rows it produced are flushed or spooled.
+    let stopped = pool.stop();
     if let Some((stop, task)) = bridge {
         // The workers are gone: hand over what they left.
         let _ = stop.send(());
@@ -535,6 +583,10 @@ pub fn run(cfg: &Config) -> Result<()> {
         }
     }
     eprintln!("sipvane: counters {}", line.join(" "));
+    if let Some(why) = failure {
+        return Err(anyhow!(why));
+    }
+    stopped.context("stopping workers")?;
     info!("stopped");
     Ok(())
 }

@@ -538,6 +538,43 @@ fn pinning_failure_is_not_fatal(driver: Driver) {
     pool.stop().unwrap();
 }
 
+/// Panics on any datagram: a worker that dies.
+struct Fragile;
+
+impl Core for Fragile {
+    fn on_datagram(&mut self, _: Instant, _: SocketId, _: SocketAddr, _: &[u8], _: &mut Outbox) {
+        panic!("test: this worker panics on its first datagram");
+    }
+    fn on_timer(&mut self, _: Instant, _: &mut Outbox) {}
+    fn next_deadline(&self) -> Option<Instant> {
+        None
+    }
+}
+
+/// A worker that panics is reported dead (the other keeps running) and the
+/// pool's stop names it; a stopped pool reports nobody dead.
+fn dead_worker_is_reported(driver: Driver) {
+    if skip(driver) {
+        return;
+    }
+    let pool = start(driver, specs(2), |_| Fragile).unwrap();
+    let monitor = pool.monitor();
+    assert!(monitor.dead_workers().is_empty());
+    // Worker 1's private socket: only it can receive this.
+    let private = pool.local_addrs(1)[1];
+    let tx = UdpSocket::bind(any()).unwrap();
+    tx.send_to(b"x", private).unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    while monitor.dead_workers().is_empty() && Instant::now() < end {
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(monitor.dead_workers(), vec![1]);
+    assert!(pool.stats()[0].running, "the other worker runs on");
+    let err = pool.stop().unwrap_err();
+    assert!(err.to_string().contains("worker 1 panicked"), "{err}");
+    assert!(monitor.dead_workers().is_empty(), "stopping is not dying");
+}
+
 macro_rules! for_driver {
     ($name:ident, $driver:expr) => {
         mod $name {
@@ -575,6 +612,10 @@ macro_rules! for_driver {
             #[test]
             fn bad_cpu_pin() {
                 pinning_failure_is_not_fatal(D);
+            }
+            #[test]
+            fn dead_worker() {
+                dead_worker_is_reported(D);
             }
         }
     };

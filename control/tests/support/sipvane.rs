@@ -23,9 +23,16 @@ pub struct SipvaneBuilder {
     proxy_toml: String,
     extra_toml: String,
     mgmt_token: String,
+    env: Vec<(String, String)>,
 }
 
 impl SipvaneBuilder {
+    /// An environment variable for the sipvane process (e.g. a test hook).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
     /// "uring" or "epoll".
     pub fn io(mut self, io: &str) -> Self {
         self.io = io.to_string();
@@ -100,7 +107,7 @@ impl SipvaneBuilder {
             );
             let cfg_path = dir.file("sipvane.toml");
             std::fs::write(&cfg_path, &cfg).expect("write sipvane.toml");
-            let child = spawn(&dir);
+            let child = spawn(&dir, &self.env);
             let addr = localhost(port);
             let mut s = Sipvane {
                 child,
@@ -108,6 +115,7 @@ impl SipvaneBuilder {
                 addr,
                 mgmt,
                 private_base,
+                env: self.env.clone(),
             };
             let deadline = std::time::Instant::now() + Duration::from_secs(15);
             let mut answered = false;
@@ -163,6 +171,7 @@ pub struct Sipvane {
     addr: SocketAddr,
     mgmt: SocketAddr,
     private_base: u16,
+    env: Vec<(String, String)>,
 }
 
 impl Sipvane {
@@ -177,7 +186,14 @@ impl Sipvane {
             proxy_toml: String::new(),
             extra_toml: String::new(),
             mgmt_token: String::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// Waits for sipvane to exit on its own; `None` if it still runs after
+    /// `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.child.wait_timeout(timeout)
     }
 
     /// The public SIP address.
@@ -231,7 +247,7 @@ impl Sipvane {
     /// process's final counters once the new one answers OPTIONS.
     pub fn restart(&mut self) -> Counters {
         let old = self.stop();
-        self.child = spawn(&self.dir);
+        self.child = spawn(&self.dir, &self.env);
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         while sip_options_ping(self.addr, Duration::from_millis(500)) != Some(200) {
             assert!(
@@ -284,7 +300,7 @@ impl Counters {
 }
 
 /// Starts `sipvane run -c DIR/sipvane.toml`, logging to DIR/sipvane.log (truncated).
-fn spawn(dir: &WorkDir) -> ChildGuard {
+fn spawn(dir: &WorkDir, env: &[(String, String)]) -> ChildGuard {
     let bin = env!("CARGO_BIN_EXE_sipvane");
     let cfg_path = dir.file("sipvane.toml");
     let log = std::fs::File::create(dir.file("sipvane.log")).expect("create sipvane.log");
@@ -295,6 +311,7 @@ fn spawn(dir: &WorkDir) -> ChildGuard {
             .arg("-c")
             .arg(&cfg_path)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2),

@@ -541,6 +541,23 @@ impl Monitor {
         (0..self.workers()).map(|i| self.shared.stats(i)).collect()
     }
 
+    /// Workers whose loop ended although the pool was not told to stop: a
+    /// panic or a fatal I/O error. Their transactions and dialogs are lost;
+    /// the control thread stops the process with a non-zero exit so the
+    /// service manager restarts it (docs/reliability.md).
+    pub fn dead_workers(&self) -> Vec<usize> {
+        if self.shared.stop.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        self.shared
+            .workers
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| !w.stats.running.load(Ordering::Relaxed))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
     /// Datagrams waiting in each worker's handoff queue.
     pub fn queue_depths(&self) -> Vec<usize> {
         self.shared.workers.iter().map(|w| w.queue.len()).collect()
