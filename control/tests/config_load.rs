@@ -41,7 +41,7 @@ fn defaults_match_the_documented_contract() {
     assert_eq!(p.max_dialogs, 262_144);
     assert_eq!(p.overload_watermark, 0.9);
     assert_eq!(p.retry_after_s, 5);
-    assert_eq!(p.balance, Balance::Kernel);
+    assert_eq!(p.balance, Balance::Callid);
     assert!(p.record_route);
     assert_eq!(p.server_header, "sipvane");
 

@@ -76,6 +76,12 @@ pub struct WorkerStatus {
     pub active_dialogs: u64,
     /// Datagrams waiting in its handoff queue.
     pub handoff_queue: usize,
+    /// Datagrams it passed to the worker owning them (by Call-ID, branch or
+    /// Record-Route) and received from other workers.
+    #[serde(default)]
+    pub handoffs_out: u64,
+    #[serde(default)]
+    pub handoffs_in: u64,
 }
 
 /// `GET /dispatcher`.

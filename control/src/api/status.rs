@@ -143,6 +143,8 @@ pub(super) async fn status(State(st): State<Arc<ApiState>>) -> Json<Status> {
                 initial_invites: p.initial_invites,
                 active_dialogs: active_dialogs(&p),
                 handoff_queue: queues.get(i).copied().unwrap_or(0),
+                handoffs_out: w.handoffs_out,
+                handoffs_in: w.handoffs_in,
             }
         })
         .collect();

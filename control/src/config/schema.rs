@@ -62,7 +62,7 @@ pub struct ProxyConfig {
     pub overload_watermark: f64,
     /// Retry-After (seconds) sent with overload 503s. Default 5.
     pub retry_after_s: u32,
-    /// How new calls are spread over workers. Default `kernel`.
+    /// How new calls are spread over workers. Default `callid`.
     pub balance: Balance,
     /// Insert Record-Route on initial requests. Default true.
     pub record_route: bool,
@@ -89,7 +89,7 @@ impl Default for ProxyConfig {
             max_dialogs: 262_144,
             overload_watermark: 0.9,
             retry_after_s: 5,
-            balance: Balance::Kernel,
+            balance: Balance::Callid,
             record_route: true,
             server_header: "sipvane".to_owned(),
             dialog_timeout_s: 43_200,

@@ -219,11 +219,13 @@ string_enum! {
 
 string_enum! {
     /// How new calls are spread over workers.
-    pub enum Balance (default Kernel) {
-        /// Leave it to the kernel's SO_REUSEPORT hash (per source address).
+    pub enum Balance (default Callid) {
+        /// Leave it to the kernel's SO_REUSEPORT hash (per source address): a
+        /// trunk sending from one address uses one worker.
         Kernel => "kernel",
-        /// The receiving worker passes each new INVITE to the worker chosen by
-        /// hash(Call-ID): even load even when all traffic comes from one trunk.
+        /// The receiving worker passes each request on the public port to the
+        /// worker chosen by hash(Call-ID): even load even when all traffic comes
+        /// from one trunk.
         Callid => "callid",
     }
 }

@@ -59,4 +59,4 @@ pub use sipp::{
     require_sipp, scenarios_dir, RunningUac, Scenario, SippRun, SippStats, Uac, Uas, UasBuilder,
 };
 #[allow(unused_imports)]
-pub use sipvane::{metric, metrics, Counters, Sipvane, SipvaneBuilder};
+pub use sipvane::{api_get, metric, metrics, Counters, Sipvane, SipvaneBuilder};

@@ -349,15 +349,20 @@ pub fn metric(text: &str, name: &str) -> u64 {
 
 /// `GET /metrics` of a running sipvane.
 pub fn metrics(sipvane: &Sipvane) -> String {
+    api_get(sipvane, "/metrics")
+}
+
+/// The body of `GET path` on a running sipvane's management API.
+pub fn api_get(sipvane: &Sipvane, path: &str) -> String {
     let agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .new_agent();
     agent
-        .get(&format!("http://{}/metrics", sipvane.mgmt_addr()))
+        .get(&format!("http://{}{path}", sipvane.mgmt_addr()))
         .call()
-        .expect("GET /metrics")
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
         .body_mut()
         .read_to_string()
-        .expect("/metrics body")
+        .unwrap_or_else(|e| panic!("GET {path} body: {e}"))
 }

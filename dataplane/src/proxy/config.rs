@@ -72,7 +72,7 @@ pub struct ProxyConfig {
     /// Requests reaching the public port are handled by the worker that
     /// hash(Call-ID) names (handed over if needed) instead of whichever
     /// worker the kernel's per-source hash picked: even load when traffic
-    /// comes from a few trunks.
+    /// comes from a few trunks. Default true (see [`crate::route::steer`]).
     pub balance_by_call_id: bool,
     /// Seeds the transaction and dialog key hash. The control plane fills it
     /// from OS randomness; the default is fixed, for tests.
@@ -115,7 +115,7 @@ impl Default for ProxyConfig {
             unknown_domain: UnknownDomain::Relay,
             server_header: "sipvane".into(),
             dialog_timeout: Duration::from_secs(43_200),
-            balance_by_call_id: false,
+            balance_by_call_id: true,
             key_seed: [0x5195_0a11, 0x7e57, 0xd1a1, 0x0c0de],
             branch_secret: [0xb4a7c4, 0x5ea1, 0x7a65, 0x0e90c4],
             epoch: 1,

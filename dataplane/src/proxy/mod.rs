@@ -40,7 +40,6 @@ use std::time::Instant;
 use smallvec::SmallVec;
 
 use crate::dialog::{DialogKey, DialogState, DialogTable};
-use crate::dispatch::hash::hash_bytes;
 use crate::dispatch::{DestStats, SelectKey, Selector, SharedTable};
 use crate::sip::build::{self, NewVia, ReplyOpts, RequestEdits};
 use crate::sip::parse::RequestInfo;

@@ -19,17 +19,8 @@ impl Worker {
         {
             return;
         }
-        if self.cfg.balance_by_call_id
-            && socket == SOCK_PUBLIC
-            && self.workers > 1
-            && !self.handed_over
-        {
-            // Spread calls by Call-ID rather than by the kernel's per-source
-            // hash, so one trunk's calls use every worker. Every request of a
-            // call (retransmissions, CANCEL, ACK) has the same Call-ID and so
-            // the same owner.
-            if let Ok(call_id) = msg.call_id() {
-                let owner = (hash_bytes(call_id) % self.workers as u64) as usize;
+        if self.cfg.balance_by_call_id && socket == SOCK_PUBLIC && !self.handed_over {
+            if let Some(owner) = route::steer(msg, &self.cfg, self.workers) {
                 if owner != self.index {
                     bump(&self.stats.handoffs);
                     out.handoff(owner, socket | HANDED_OVER, src, msg.buf());

@@ -20,6 +20,7 @@ pub mod trust;
 
 use std::net::{IpAddr, SocketAddr};
 
+use crate::dispatch::hash::{hash_bytes, mix64};
 use crate::proxy::config::{Ownership, ProxyConfig, UnknownDomain};
 use crate::sip::parse::RequestInfo;
 use crate::sip::{HeaderName, Message, Method, Uri};
@@ -305,6 +306,45 @@ pub fn last_route_uri<'m>(msg: &Message<'m>) -> Option<&'m [u8]> {
 /// The URI of one Route entry (`<sip:...;lr>` or a bare URI).
 pub fn route_uri(entry: &[u8]) -> Option<Uri<'_>> {
     Uri::parse(entry_uri(entry)?).ok()
+}
+
+/// Which worker owns a request that arrived on the shared public socket,
+/// when calls are spread by Call-ID (`balance = "callid"`, the default).
+///
+/// The kernel's `SO_REUSEPORT` hash is per source address, so one trunk would
+/// use one worker; hashing the Call-ID instead spreads its calls over all of
+/// them. Every request of a transaction carries the same Call-ID —
+/// retransmissions, the CANCEL, the ACK of a non-2xx final — so they all meet
+/// the transaction's owner, and as the kernel keeps one source on one
+/// receiving worker (one handoff queue, first in first out), a retransmission
+/// never overtakes its original. The ACK of a 2xx and other in-dialog requests
+/// follow the dialog's owner too: the dialog was created by the steered INVITE.
+///
+/// A request routed through a worker's own Record-Route (its first Route entry
+/// or, from a strict router, its Request-URI names a private port) is left to
+/// [`decide`], which hands it to that worker: the dialog lives there even if
+/// the worker count changed since. `None`: no Call-ID, or one worker.
+pub fn steer(msg: &Message<'_>, cfg: &ProxyConfig, workers: usize) -> Option<usize> {
+    if workers < 2 {
+        return None;
+    }
+    if let Some(first) = msg.values(HeaderName::Route).next() {
+        let ours = |uri: Option<Uri<'_>>| {
+            matches!(
+                uri.and_then(|u| cfg.owner_of(u.host, u.port)),
+                Some(Ownership::Worker(_))
+            )
+        };
+        let ruri = msg.request_uri().and_then(|r| Uri::parse(r).ok());
+        if ours(route_uri(first)) || ours(ruri) {
+            return None;
+        }
+    }
+    let call_id = msg.call_id().ok()?;
+    // Salted, so that the worker split is independent of the dispatcher's own
+    // hash(Call-ID) (algorithm 0): each worker still sees every destination.
+    let h = mix64(hash_bytes(call_id) ^ 0x57ee_12c0_a11d_0001);
+    Some(((u128::from(h) * workers as u128) >> 64) as usize)
 }
 
 /// The URI text of one Route entry: between `<>`, or the whole entry.

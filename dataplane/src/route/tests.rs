@@ -339,3 +339,79 @@ fn a_strict_router_puts_our_record_route_in_the_request_uri() {
         Decision::Reply { code: 403, .. }
     ));
 }
+
+/// `request` with its own Call-ID.
+fn with_call_id(raw: Vec<u8>, call_id: &str) -> Vec<u8> {
+    String::from_utf8(raw)
+        .unwrap()
+        .replace("Call-ID: c\r\n", &format!("Call-ID: {call_id}\r\n"))
+        .into_bytes()
+}
+
+fn steer_of(raw: &[u8], workers: usize) -> Option<usize> {
+    steer(&parse(raw).unwrap(), &cfg(), workers)
+}
+
+#[test]
+fn steering_keeps_every_request_of_a_call_together() {
+    for n in 0..200 {
+        let id = format!("call-{n}@trunk");
+        let invite = with_call_id(request("sip:100@127.0.0.1", &[], false, "INVITE"), &id);
+        let owner = steer_of(&invite, 2).expect("steered");
+        // Retransmission, CANCEL, the ACK of a non-2xx (To-tag of the final),
+        // an end-to-end ACK and BYE sent to the public address: one owner.
+        for (method, tag) in [
+            ("INVITE", false),
+            ("CANCEL", false),
+            ("ACK", true),
+            ("BYE", true),
+        ] {
+            let raw = with_call_id(request("sip:100@127.0.0.1", &[], tag, method), &id);
+            assert_eq!(steer_of(&raw, 2), Some(owner), "{method} of {id}");
+        }
+    }
+}
+
+#[test]
+fn steering_spreads_one_sources_calls_over_the_workers() {
+    for workers in [2usize, 3, 8] {
+        let mut per = vec![0u32; workers];
+        for n in 0..4000 {
+            let raw = with_call_id(
+                request("sip:100@127.0.0.1", &[], false, "INVITE"),
+                &format!("{n:08x}-a1b2@10.1.1.1"),
+            );
+            per[steer_of(&raw, workers).expect("steered")] += 1;
+        }
+        let fair = 4000 / workers as u32;
+        for (w, &got) in per.iter().enumerate() {
+            assert!(
+                got > fair * 8 / 10 && got < fair * 12 / 10,
+                "{workers} workers: worker {w} got {got}: {per:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn steering_leaves_our_record_route_to_the_routing_decision() {
+    // First Route entry is worker 1's Record-Route: `decide` hands it there.
+    let rr = request("sip:b@10.0.0.5", &["sip:127.0.0.1:5062;lr"], true, "BYE");
+    assert_eq!(steer_of(&rr, 2), None);
+    // A strict router put worker 0's Record-Route in the Request-URI.
+    let strict = request("sip:127.0.0.1:5061", &["sip:b@10.0.0.5"], true, "BYE");
+    assert_eq!(steer_of(&strict, 2), None);
+    // A pre-loaded Route to the public port is no worker's: steered.
+    let public = request(
+        "sip:100@127.0.0.1",
+        &["sip:127.0.0.1:5060;lr"],
+        false,
+        "INVITE",
+    );
+    assert!(steer_of(&public, 2).is_some());
+    // One worker: nothing to steer.
+    assert_eq!(
+        steer_of(&request("sip:100@127.0.0.1", &[], false, "INVITE"), 1),
+        None
+    );
+}
