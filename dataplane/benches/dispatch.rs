@@ -59,5 +59,18 @@ fn select(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, select);
+/// Building a table (on the control thread, at every publish): the Maglev
+/// tables of consistent hashing dominate for big sets.
+fn build(c: &mut Criterion) {
+    let mut g = c.benchmark_group("dispatch_build");
+    g.sample_size(10);
+    for n in [2usize, 2000] {
+        g.bench_with_input(BenchmarkId::new("table", n), &n, |b, &n| {
+            b.iter(|| black_box(table(n)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, select, build);
 criterion_main!(benches);

@@ -1,5 +1,7 @@
-//! Rendezvous hashing: removing one of N destinations remaps only the keys
-//! that destination owned (~1/N); mod-N hashing remaps most keys.
+//! Consistent hashing (`rendezvous`, a Maglev table): taking one of N
+//! destinations out of service remaps only the keys it owned (~1/N); removing
+//! it from the list remaps those and under 1 % of the others; mod-N hashing
+//! remaps most keys.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -43,16 +45,50 @@ fn owners(t: &Table, alg: Algorithm, keys: &[String]) -> Vec<String> {
         .collect()
 }
 
-fn check_removal(n: usize, removed: usize, keys: &[String], weighted: bool, alg: Algorithm) {
-    let all = uris(n);
-    let attrs = |i: usize| {
+fn weighted_attrs(weighted: bool) -> impl Fn(usize) -> String {
+    move |i: usize| {
         if weighted {
             format!("rweight={}", 1 + (i * 37) % 100)
         } else {
             String::new()
         }
-    };
-    let before_t = build(&all, attrs);
+    }
+}
+
+/// Out of service (the table stays): exactly the keys of `removed` move.
+fn check_out_of_service(n: usize, removed: usize, keys: &[String], weighted: bool, alg: Algorithm) {
+    let all = uris(n);
+    let t = build(&all, weighted_attrs(weighted));
+    let before = owners(&t, alg, keys);
+    t.set(1).unwrap().dests()[removed]
+        .stats
+        .set_state(DestState::Probing);
+    let after = owners(&t, alg, keys);
+    for (k, (b, a)) in keys.iter().zip(before.iter().zip(&after)) {
+        if *b == all[removed] {
+            assert_ne!(a, b, "key {k} still on the destination out of service");
+        } else {
+            assert_eq!(
+                a, b,
+                "key {k} moved although its destination stayed (n={n}, removed={removed})"
+            );
+        }
+    }
+}
+
+/// Removed from the list (a rebuilt table): the keys of `removed` move, and
+/// the share of the others' keys that move; the rebuilt table agrees with
+/// the old one with `removed` out of service except for that share.
+fn removal_disruption(
+    n: usize,
+    removed: usize,
+    keys: &[String],
+    weighted: bool,
+    alg: Algorithm,
+) -> f64 {
+    let all = uris(n);
+    let attrs = weighted_attrs(weighted);
+    let before_t = build(&all, &attrs);
     let before = owners(&before_t, alg, keys);
     let kept: Vec<String> = all
         .iter()
@@ -62,27 +98,22 @@ fn check_removal(n: usize, removed: usize, keys: &[String], weighted: bool, alg:
         .collect();
     let after_t = build(&kept, |j| attrs(if j < removed { j } else { j + 1 }));
     let after = owners(&after_t, alg, keys);
+    let (mut others, mut moved) = (0usize, 0usize);
     for (k, (b, a)) in keys.iter().zip(before.iter().zip(&after)) {
         if *b == all[removed] {
             assert_ne!(a, b, "key {k} still on the removed destination");
         } else {
-            assert_eq!(
-                a, b,
-                "key {k} moved although its destination stayed (n={n}, removed={removed})"
-            );
+            others += 1;
+            moved += usize::from(a != b);
         }
     }
-    // Taking it out of service (instead of out of the file) is the same.
-    before_t.set(1).unwrap().dests()[removed]
-        .stats
-        .set_state(DestState::Probing);
-    assert_eq!(owners(&before_t, alg, keys), after);
+    moved as f64 / others.max(1) as f64
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]
-    fn removing_one_destination_moves_only_its_keys(
+    fn a_destination_out_of_service_moves_only_its_keys(
         n in 2usize..50,
         removed_seed in any::<usize>(),
         keys in prop::collection::vec("[a-zA-Z0-9@.-]{1,40}", 1..80),
@@ -90,14 +121,36 @@ proptest! {
         from in any::<bool>(),
     ) {
         let alg = if from { Algorithm::RendezvousFrom } else { Algorithm::Rendezvous };
-        check_removal(n, removed_seed % n, &keys, weighted, alg);
+        check_out_of_service(n, removed_seed % n, &keys, weighted, alg);
+    }
+}
+
+#[test]
+fn removing_one_destination_moves_its_keys_and_almost_no_others() {
+    let keys: Vec<String> = (0..20_000)
+        .map(|i| format!("{i:08x}-call@10.1.2.3"))
+        .collect();
+    for (n, weighted) in [
+        (2, false),
+        (3, true),
+        (10, false),
+        (49, true),
+        (2000, false),
+    ] {
+        for removed in [0, n / 2, n - 1] {
+            let f = removal_disruption(n, removed, &keys, weighted, Algorithm::Rendezvous);
+            assert!(
+                f < 0.01,
+                "n={n} weighted={weighted} removed={removed}: {f} of the others moved"
+            );
+        }
     }
 }
 
 #[test]
 fn weights_becoming_equal_after_a_removal_keep_keys() {
-    // [50, 50, 100] minus the 100 leaves equal weights (the unweighted fast
-    // path); the keys of the two that stay must not move.
+    // [50, 50, 100] minus the 100 leaves equal weights; the keys of the two
+    // that stay must (almost all) not move.
     let keys: Vec<String> = (0..5000).map(|i| format!("k{i}")).collect();
     let all = uris(3);
     let w = [50, 50, 100];
@@ -111,15 +164,16 @@ fn weights_becoming_equal_after_a_removal_keep_keys() {
         Algorithm::Rendezvous,
         &keys,
     );
-    let mut moved_back = 0;
+    let (mut moved_back, mut moved_other) = (0, 0);
     for (x, y) in b.iter().zip(&a) {
         if *x == all[2] {
             moved_back += 1;
-        } else {
-            assert_eq!(x, y);
+        } else if x != y {
+            moved_other += 1;
         }
     }
     assert!(moved_back > 2000, "{moved_back}");
+    assert!(moved_other < 25, "{moved_other} of ~2500 kept keys moved");
 }
 
 #[test]

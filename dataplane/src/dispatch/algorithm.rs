@@ -1,12 +1,14 @@
 //! Destination selection: every Kamailio `dispatcher` algorithm by number and
-//! name, plus rendezvous (highest-random-weight) hashing.
+//! name, plus consistent hashing (`rendezvous`, `rendezvous-from`: a Maglev
+//! table, see [`super::maglev`]).
 //!
 //! [`Selector::select`] writes an ordered candidate list: the chosen
 //! destination first, then the failover order. Only destinations that are
 //! usable now and below their `maxload` are listed. The failover order is
 //! Kamailio's (the rest of the set in set order after the chosen one,
-//! wrapping), except for rendezvous (descending score: where the key would go
-//! if the better ones disappeared) and latency (ascending latency).
+//! wrapping), except for consistent hashing (the key's walk through the
+//! Maglev table: where the key would go if the ones before disappeared) and
+//! latency (ascending latency).
 
 use std::fmt;
 use std::str::FromStr;
@@ -45,9 +47,10 @@ pub enum Algorithm {
     RelativeWeight = 11,
     /// 13: lowest latency EWMA first.
     Latency = 13,
-    /// Rendezvous hashing on the Call-ID.
+    /// Consistent hashing on the Call-ID (named after the rendezvous hashing
+    /// it used to be; a Maglev table since, O(1) per call).
     Rendezvous,
-    /// Rendezvous hashing on the From URI (user@host).
+    /// Consistent hashing on the From URI (user@host).
     RendezvousFrom,
 }
 
@@ -217,6 +220,8 @@ pub struct Selector {
     limit: usize,
     cursors: Vec<Cursor>,
     scratch: Vec<(u64, u16)>,
+    /// Consistent hashing's bitset of destinations met.
+    seen: Vec<u64>,
 }
 
 /// φ⁻¹·2⁶⁴: successive multiples are the golden-ratio low-discrepancy
@@ -234,6 +239,7 @@ impl Selector {
             limit: DEFAULT_LIMIT,
             cursors: Vec::new(),
             scratch: Vec::new(),
+            seen: Vec::new(),
         }
     }
 
@@ -312,8 +318,8 @@ impl Selector {
             Algorithm::CallLoad => self.call_load(set, now, out),
             Algorithm::RelativeWeight => self.relative_weight(set, now, out),
             Algorithm::Latency => self.latency(set, now, out),
-            Algorithm::Rendezvous => self.rendezvous(set, hash_bytes(key.call_id), now, out),
-            Algorithm::RendezvousFrom => self.rendezvous(set, hash_uri(key.from_uri), now, out),
+            Algorithm::Rendezvous => self.consistent(set, hash_bytes(key.call_id), now, out),
+            Algorithm::RendezvousFrom => self.consistent(set, hash_uri(key.from_uri), now, out),
         }
         if let Some(d) = out.first().and_then(|&i| set.get(i)) {
             d.stats.record_selected();
@@ -420,44 +426,47 @@ impl Selector {
         self.scratch = scratch;
     }
 
-    fn rendezvous(&mut self, set: &Set, key: u64, now: Instant, out: &mut SmallVec<[u16; 16]>) {
-        let limit = self.limit;
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        let all = limit >= set.dests.len();
-        let weights = set.hrw_weights.as_deref();
-        for (i, (&id, d)) in set.id_hashes.iter().zip(set.dests.iter()).enumerate() {
-            // 53 bits, so the unweighted fast path orders exactly like the
-            // weighted formula with equal weights: a set whose weights become
-            // equal after a removal must not reshuffle its keys.
-            let h = mix64(key ^ id) >> 11;
-            let score = match weights.and_then(|w| w.get(i)) {
-                None => h,
-                Some(&w) => {
-                    // Weighted rendezvous: -w / ln(u), u uniform in (0, 1).
-                    // The +0.5 keeps u away from 0 and 1, so the score is a
-                    // finite positive float whose bits order like its value.
-                    let u = (h as f64 + 0.5) * (1.0 / (1u64 << 53) as f64);
-                    (-w / u.ln()).to_bits()
-                }
+    /// Consistent hashing: the key's slot of the set's Maglev table, then the
+    /// distinct destinations met walking on (wrapping) — the failover order,
+    /// and where the key goes when the ones before are out of service.
+    fn consistent(&mut self, set: &Set, key: u64, now: Instant, out: &mut SmallVec<[u16; 16]>) {
+        let n = set.dests.len();
+        let slots = set.maglev.slots();
+        if slots.is_empty() {
+            return;
+        }
+        let limit = self.limit.min(n);
+        // Destinations already met (bitset), so the walk stops once every one
+        // was seen even when most are out of service.
+        self.seen.clear();
+        self.seen.resize(n.div_ceil(64), 0);
+        let mut met = 0usize;
+        let start = set.maglev.slot(key);
+        let (head, tail) = slots.split_at(start);
+        for &i in tail.iter().chain(head) {
+            let (word, bit) = (usize::from(i) / 64, 1u64 << (i % 64));
+            let Some(w) = self.seen.get_mut(word) else {
+                continue;
             };
-            // Ranked ascending: invert so the highest score comes first.
-            let item = (!score, i as u16);
-            // Availability is checked only for scores that would make the
-            // top-k, so a big set costs one hash per destination, not a
-            // walk over every destination's stats.
-            if !all && !beats_worst(&scratch, limit, item) {
+            if *w & bit != 0 {
                 continue;
             }
-            if d.is_available(now) {
-                push_ranked(&mut scratch, all, limit, item);
+            *w |= bit;
+            met += 1;
+            if set
+                .dests
+                .get(usize::from(i))
+                .is_some_and(|d| d.is_available(now))
+            {
+                out.push(i);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            if met == n {
+                break;
             }
         }
-        if all {
-            scratch.sort_unstable();
-        }
-        out.extend(scratch.iter().take(limit).map(|&(_, i)| i));
-        self.scratch = scratch;
     }
 }
 

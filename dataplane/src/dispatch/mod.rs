@@ -6,7 +6,8 @@
 //!   [`DestStats`] atomics) that the control thread publishes through a
 //!   [`SharedTable`] and workers read without locks; hot reload keeps the
 //!   stats of destinations that persist.
-//! - [`algorithm`]: every Kamailio algorithm number plus rendezvous hashing;
+//! - [`algorithm`]: every Kamailio algorithm number plus consistent hashing
+//!   ([`maglev`] table);
 //!   a per-worker [`Selector`] writes the chosen destination and the failover
 //!   order into a caller-owned `SmallVec` without allocating.
 //!
@@ -16,6 +17,7 @@
 pub mod algorithm;
 pub mod hash;
 pub mod list;
+pub mod maglev;
 pub mod table;
 
 pub use algorithm::{Algorithm, AlgorithmParseError, SelectKey, Selector, DEFAULT_LIMIT};

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 
 use super::hash::{hash_bytes, SplitMix64};
 use super::list::{Attrs, DestDef, ListError, FLAG_DISABLED, FLAG_INACTIVE, FLAG_PROBING};
+use super::maglev::Maglev;
 
 /// Health / admin state of a destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -404,7 +405,7 @@ pub struct Destination {
     pub description: String,
     /// Live state, shared across reloads.
     pub stats: Arc<DestStats>,
-    /// Stable identity hash of (set, URI) for rendezvous hashing: it must not
+    /// Stable identity hash of (set, URI) for consistent hashing: it must not
     /// depend on the position in the set, or removing one destination would
     /// remap keys of others.
     pub(crate) id_hash: u64,
@@ -437,11 +438,9 @@ pub struct Set {
     pub(crate) weight_slots: Box<[u16]>,
     /// Algorithm 11: effective relative weights (0 = excluded).
     pub(crate) rweights: Box<[u32]>,
-    /// Rendezvous weights; `None` when all are equal (integer fast path).
-    pub(crate) hrw_weights: Option<Box<[f64]>>,
-    /// `Destination::id_hash` of every destination, contiguous so that
-    /// rendezvous over thousands of destinations scans one array.
-    pub(crate) id_hashes: Box<[u64]>,
+    /// Consistent hashing (`rendezvous`, `rendezvous-from`): the lookup
+    /// table, built here so a call costs one slot and a short walk.
+    pub(crate) maglev: Maglev,
 }
 
 impl Set {
@@ -636,8 +635,7 @@ impl Table {
                     dests: vec![dest],
                     weight_slots: Box::new([]),
                     rweights: Box::new([]),
-                    hrw_weights: None,
-                    id_hashes: Box::new([]),
+                    maglev: Maglev::default(),
                 }),
             }
         }
@@ -759,7 +757,6 @@ impl Set {
             slots.swap(j, k);
         }
         self.weight_slots = slots.into_boxed_slice();
-        self.id_hashes = self.dests.iter().map(|d| d.id_hash).collect();
 
         let all_zero = self.dests.iter().all(|d| d.attrs.rweight == 0);
         self.rweights = self
@@ -782,11 +779,9 @@ impl Set {
                 })
             })
             .collect();
-        self.hrw_weights = if w.iter().all(|&x| x == w[0]) {
-            None
-        } else {
-            Some(w.into_boxed_slice())
-        };
+        let ids: Vec<u64> = self.dests.iter().map(|d| d.id_hash).collect();
+        let equal = w.iter().all(|&x| x == w[0]);
+        self.maglev = Maglev::build(&ids, (!equal).then_some(w.as_slice()));
     }
 }
 
