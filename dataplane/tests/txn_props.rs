@@ -264,20 +264,24 @@ proptest! {
                         (SI::Completed, SA::RetransmitFinal) => post == SI::Completed && !reliable,
                         (SI::Completed, SA::AckTimeout) => post == SI::Terminated,
                         (SI::Confirmed | SI::Accepted, SA::Terminated) => post == SI::Terminated,
+                        // The 100 Trying, once, only if nothing provisional went up.
+                        (SI::Proceeding, SA::SendTrying) => post == pre && !sent_provisional,
                         _ => false,
                     };
                     prop_assert!(ok, "on_timer in {:?} gave {:?} -> {:?}", pre, a, post);
+                    sent_provisional |= a == SA::SendTrying;
                 }
                 Ev::Request => {
                     let a = t.on_request(now);
                     let ok = match (pre, a) {
                         (SI::Proceeding, SA::ResendLast) => sent_provisional,
-                        (SI::Proceeding, SA::Absorb) => !sent_provisional,
+                        (SI::Proceeding, SA::SendTrying) => !sent_provisional,
                         (SI::Completed, SA::ResendLast) => true,
                         (SI::Confirmed | SI::Accepted | SI::Terminated, SA::Absorb) => true,
                         _ => false,
                     };
                     prop_assert!(ok && t.state() == pre, "INVITE retransmission in {:?} gave {:?}", pre, a);
+                    sent_provisional |= a == SA::SendTrying;
                 }
                 Ev::Ack => {
                     let a = t.on_ack(now);
@@ -312,7 +316,10 @@ proptest! {
                 Ev::Response(_) | Ev::Cancel => {}
             }
             if pre == SI::Terminated { prop_assert_eq!(t.state(), SI::Terminated); }
-            if t.is_terminated() || t.state() == SI::Proceeding {
+            if t.state() == SI::Proceeding {
+                // Only the 100 Trying timer, until a provisional went up.
+                prop_assert_eq!(t.next_deadline().is_some(), !sent_provisional);
+            } else if t.is_terminated() {
                 prop_assert!(t.next_deadline().is_none());
             } else {
                 prop_assert!(t.next_deadline().is_some());

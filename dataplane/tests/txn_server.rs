@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use dataplane::txn::{Reliability, ServerAction as A, ServerInvite, ServerInviteState as SI};
-use dataplane::txn::{ServerNonInvite, ServerNonInviteState as SN, TimerConfig};
+use dataplane::txn::{ServerNonInvite, ServerNonInviteState as SN, TimerConfig, TRYING_DELAY};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -36,15 +36,54 @@ fn proceeding_resends_the_last_provisional() {
     let base = Instant::now();
     let mut t = ServerInvite::new(base, &TimerConfig::default(), UDP);
     assert_eq!(t.state(), SI::Proceeding);
-    assert_eq!(t.next_deadline(), None);
-    assert_eq!(t.on_request(base), A::Absorb, "nothing sent yet");
-    assert!(t.send_provisional(), "100 Trying");
+    assert!(t.send_provisional(), "180 relayed at once");
+    assert_eq!(t.next_deadline(), None, "no 100 Trying due any more");
     assert_eq!(t.on_request(base + ms(500)), A::ResendLast);
-    assert!(t.send_provisional(), "180 relayed");
+    assert!(t.send_provisional(), "183 relayed");
     assert_eq!(t.on_request(base + ms(600)), A::ResendLast);
     assert_eq!(t.on_ack(base + ms(700)), A::Absorb, "ACK before any final");
     assert_eq!(t.on_timer(base + s(1000)), A::None);
     assert_eq!(t.state(), SI::Proceeding);
+}
+
+/// RFC 3261 §17.2.1: 100 Trying only if no provisional within 200 ms.
+#[test]
+fn trying_is_due_200_ms_after_the_invite_unless_a_provisional_went_first() {
+    let base = Instant::now();
+    let mut t = ServerInvite::new(base, &TimerConfig::default(), UDP);
+    assert_eq!(t.next_deadline(), Some(base + TRYING_DELAY));
+    assert_eq!(TRYING_DELAY, ms(200));
+    assert_eq!(t.on_timer(base + ms(199)), A::None);
+    assert_eq!(t.on_timer(base + ms(200)), A::SendTrying);
+    assert_eq!(t.next_deadline(), None, "once");
+    assert_eq!(t.on_timer(base + ms(400)), A::None);
+    assert_eq!(t.on_request(base + ms(500)), A::ResendLast, "the 100 again");
+
+    // A provisional within 200 ms: no 100 at all.
+    let mut t = ServerInvite::new(base, &TimerConfig::default(), UDP);
+    assert!(t.send_provisional());
+    assert_eq!(run(&mut t, base, s(40)), vec![]);
+
+    // A final within 200 ms: no 100 either, straight to its own timers.
+    for (code, first) in [
+        (200, (5000, A::Terminated)),
+        (486, (500, A::RetransmitFinal)),
+    ] {
+        let mut t = ServerInvite::new(base, &TimerConfig::default(), UDP);
+        assert!(t.send_final(base + ms(50), code));
+        let got = run(&mut t, base, s(40));
+        assert_eq!(got[0], (first.0 + 50, first.1), "{code}: {got:?}");
+        assert!(
+            !got.iter().any(|(_, a)| *a == A::SendTrying),
+            "{code}: {got:?}"
+        );
+    }
+
+    // The caller retransmits before 200 ms: the 100 goes at once, once.
+    let mut t = ServerInvite::new(base, &TimerConfig::default(), UDP);
+    assert_eq!(t.on_request(base + ms(100)), A::SendTrying);
+    assert_eq!(t.on_timer(base + ms(200)), A::None);
+    assert_eq!(t.on_request(base + ms(150)), A::ResendLast);
 }
 
 #[test]

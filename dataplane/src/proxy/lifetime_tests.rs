@@ -87,7 +87,7 @@ fn failover_moves_the_slot_and_a_cancel_releases_it() {
     let mut out = Outbox::new();
     let caller = CALLER.parse().unwrap();
     w.on_datagram(t0, SOCK_PUBLIC, caller, &invite("z9hG4bK-fo"), &mut out);
-    let (d, f) = sent(&out)[1].clone();
+    let (d, f) = sent(&out)[0].clone();
     assert_eq!(active(&w).iter().sum::<u32>(), 1);
     out.clear();
     w.on_datagram(t0, SOCK_PRIVATE, d, &answer(&f, 503, "x"), &mut out);
@@ -148,7 +148,7 @@ fn algorithm_5_hashes_the_credentials_username() {
             m.as_bytes(),
             &mut out,
         );
-        dests.insert(sent(&out)[1].0);
+        dests.insert(sent(&out)[0].0);
     }
     // Round-robin (no username) would have used all four.
     assert_eq!(dests.len(), 1, "{dests:?}");
@@ -170,7 +170,7 @@ fn dialog_worker(extra_2xx: &str) -> (Worker, Instant) {
         &invite("z9hG4bK-dl"),
         &mut out,
     );
-    let f = sent(&out)[1].1.clone();
+    let f = sent(&out)[0].1.clone();
     let ok = String::from_utf8(answer(&f, 200, "dl")).unwrap().replace(
         "Content-Length: 0",
         &format!("{extra_2xx}Content-Length: 0"),

@@ -126,12 +126,22 @@ fn invite_waits_for_the_offer_and_carries_the_engines_sdp() {
         &mut out,
     );
     let s = sent(&out);
-    assert!(s[0].2.starts_with("SIP/2.0 100 "), "{s:?}");
     assert!(
         !s.iter().any(|(_, _, t)| t.starts_with("INVITE ")),
         "held: {s:?}"
     );
     let ng = ng_to_engine(&out);
+    // The engine takes longer than 200 ms: the caller gets 100 Trying.
+    out.clear();
+    let t_trying = t0 + crate::txn::TRYING_DELAY;
+    assert!(w.next_deadline().is_some_and(|d| d <= t_trying));
+    w.on_timer(t_trying, &mut out);
+    let s: Vec<_> = sent(&out)
+        .into_iter()
+        .filter(|(_, d, _)| *d == addr(CALLER))
+        .collect();
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert!(s[0].2.starts_with("SIP/2.0 100 "), "{s:?}");
     assert_eq!(ng.len(), 1);
     assert_eq!(ng[0].0, addr(ENGINE));
     assert!(ng[0].1.contains("7:command5:offer"), "{}", ng[0].1);

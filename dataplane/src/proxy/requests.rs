@@ -150,10 +150,8 @@ impl Worker {
         let Some(txn) = self.txns.get_mut(id) else {
             return;
         };
-        if txn.server.on_request(now) && !txn.last_response.is_empty() {
-            out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
-            bump(&self.stats.tx_datagrams);
-        }
+        let upstream = txn.server.on_request(now);
+        self.send_upstream(id, upstream, out);
         self.reschedule(id);
     }
 
@@ -356,30 +354,12 @@ impl Worker {
                 }
             }
         }
-        if method == Method::Invite {
-            // 100 Trying stops the caller's retransmissions (RFC 3261 §16.2).
-            self.scratch.clear();
-            if build::reply(
-                msg,
-                100,
-                b"Trying",
-                &ReplyOpts::default(),
-                &mut self.scratch,
-            )
-            .is_ok()
-            {
-                out.send(socket, src, &self.scratch);
-                bump(&self.stats.tx_datagrams);
-                count_reply(&self.stats, 100);
-                if let Some(txn) = self.txns.get_mut(id) {
-                    txn.last_response.clear();
-                    txn.last_response.extend_from_slice(&self.scratch);
-                    txn.server.on_provisional_sent();
-                }
-            }
-        }
+        // No 100 Trying yet: the server transaction sends one only if no
+        // provisional came from the destination within 200 ms (TRYING_DELAY).
         if (anchor || pinned.is_some()) && self.start_offer(now, id, msg, pinned, out) {
-            // The INVITE waits in its transaction for the engine's SDP.
+            // The INVITE waits in its transaction for the engine's SDP (and
+            // its 100 Trying timer runs meanwhile).
+            self.reschedule(id);
             return;
         }
         self.forward_attempt(now, id, out);

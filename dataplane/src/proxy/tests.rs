@@ -3,6 +3,7 @@
 use super::*;
 use crate::dispatch::{parse_list, shared, Table};
 use crate::sip::Uri;
+use crate::txn::TRYING_DELAY;
 use std::time::Duration;
 
 pub(super) const CALLER: &str = "127.0.0.1:40000";
@@ -76,18 +77,18 @@ fn invite_is_forwarded_answered_and_becomes_a_dialog() {
         &invite("z9hG4bK-a"),
         &mut out,
     );
+    // Forwarded at once; no 100 Trying (the answer comes within 200 ms).
     let s = sent(&out);
-    assert_eq!(s.len(), 2, "{s:?}");
-    assert!(s[0].1.starts_with("SIP/2.0 100 "));
-    assert_eq!(s[1].0, DEST.parse().unwrap());
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(s[0].0, DEST.parse().unwrap());
     assert!(
-        s[1].1.contains("Record-Route: <sip:127.0.0.1:5061;lr>"),
+        s[0].1.contains("Record-Route: <sip:127.0.0.1:5061;lr>"),
         "{}",
-        s[1].1
+        s[0].1
     );
-    assert!(s[1].1.contains("Max-Forwards: 69"));
+    assert!(s[0].1.contains("Max-Forwards: 69"));
 
-    let ok = answer(&s[1].1, 200, "t1");
+    let ok = answer(&s[0].1, 200, "t1");
     out.clear();
     w.on_datagram(t0, SOCK_PRIVATE, DEST.parse().unwrap(), &ok, &mut out);
     let s = sent(&out);
@@ -122,7 +123,7 @@ fn call_events_start_answered_end_and_failed() {
     let dest: SocketAddr = DEST.parse().unwrap();
     let mut out = Outbox::new();
     w.on_datagram(t0, SOCK_PUBLIC, caller, &invite("z9hG4bK-ev"), &mut out);
-    let fwd = sent(&out)[1].1.clone();
+    let fwd = sent(&out)[0].1.clone();
     let t1 = t0 + Duration::from_millis(250);
     out.clear();
     w.on_datagram(t1, SOCK_PRIVATE, dest, &answer(&fwd, 200, "t9"), &mut out);
@@ -165,7 +166,7 @@ fn call_events_start_answered_end_and_failed() {
     // A destination answering 486 (not a failover code): the call fails.
     out.clear();
     w.on_datagram(t2, SOCK_PUBLIC, caller, &invite("z9hG4bK-busy"), &mut out);
-    let fwd = sent(&out)[1].1.clone();
+    let fwd = sent(&out)[0].1.clone();
     out.clear();
     w.on_datagram(t2, SOCK_PRIVATE, dest, &answer(&fwd, 486, "t2"), &mut out);
     let got: Vec<CallEvent> = std::iter::from_fn(|| sink.pop()).collect();
@@ -190,10 +191,11 @@ fn no_answer_fails_over_then_503_when_none_left() {
         &invite("z9hG4bK-b"),
         &mut out,
     );
-    let first = sent(&out)[1].0;
+    let first = sent(&out)[0].0;
     // Drive time in 100 ms steps to 5 s: two fr_timer (2 s) expiries.
     let mut dests = vec![first];
     let mut finals = Vec::new();
+    let mut tryings = Vec::new();
     for step in 1..=50 {
         let now = t0 + Duration::from_millis(100 * step);
         if w.next_deadline().is_some_and(|d| d <= now) {
@@ -203,13 +205,17 @@ fn no_answer_fails_over_then_503_when_none_left() {
                 if m.starts_with("INVITE ") && !dests.contains(&dst) {
                     dests.push(dst);
                 }
-                if m.starts_with("SIP/2.0 ") {
+                if m.starts_with("SIP/2.0 100 ") {
+                    tryings.push(now - t0);
+                } else if m.starts_with("SIP/2.0 ") {
                     finals.push(m);
                 }
             }
         }
     }
     assert_eq!(dests.len(), 2, "both destinations tried: {dests:?}");
+    // Nothing came back: sipvane's own 100 Trying went out once, at 200 ms.
+    assert_eq!(tryings, vec![Duration::from_millis(200)]);
     // The 503 went out at 4 s; Timer G resent it (unchanged) at 4.5 s.
     assert_eq!(finals.len(), 2, "{finals:?}");
     assert!(finals[0].starts_with("SIP/2.0 503 "), "{}", finals[0]);
@@ -332,4 +338,93 @@ fn garbage_is_counted_never_answered() {
     }
     assert!(out.is_empty());
     assert_eq!(w.stats().snapshot().parse_errors, 2);
+}
+
+/// RFC 3261 §17.2.1: the INVITE's 100 Trying only when nothing provisional
+/// went upstream within 200 ms — never when the destination rings sooner,
+/// at once when the caller retransmits first, and resent afterwards.
+#[test]
+fn trying_only_when_no_provisional_within_200_ms() {
+    let t0 = Instant::now();
+    let caller: SocketAddr = CALLER.parse().unwrap();
+    let dest: SocketAddr = DEST.parse().unwrap();
+    let upstream = |out: &Outbox| -> Vec<String> {
+        sent(out)
+            .into_iter()
+            .filter(|(d, _)| *d == caller)
+            .map(|(_, m)| m)
+            .collect()
+    };
+    let mut w = worker(ProxyConfig::default(), &format!("1 sip:{DEST}\n"), t0);
+    let mut out = Outbox::new();
+
+    // A destination that rings after 150 ms: its 180 is the only provisional.
+    w.on_datagram(t0, SOCK_PUBLIC, caller, &invite("z9hG4bK-t1"), &mut out);
+    let fwd = sent(&out)[0].1.clone();
+    out.clear();
+    let t150 = t0 + Duration::from_millis(150);
+    w.on_datagram(t150, SOCK_PRIVATE, dest, &answer(&fwd, 180, "r1"), &mut out);
+    let up = upstream(&out);
+    assert!(up.len() == 1 && up[0].starts_with("SIP/2.0 180 "), "{up:?}");
+    out.clear();
+    w.on_timer(t0 + Duration::from_millis(400), &mut out);
+    assert!(upstream(&out).is_empty(), "{:?}", upstream(&out));
+
+    // A silent destination: nothing at 199 ms, the 100 at 200 ms, and the
+    // caller's retransmission gets it again.
+    let b = t0 + Duration::from_secs(1);
+    let ms = |n: u64| b + Duration::from_millis(n);
+    out.clear();
+    w.on_datagram(b, SOCK_PUBLIC, caller, &invite("z9hG4bK-t2"), &mut out);
+    assert!(upstream(&out).is_empty());
+    out.clear();
+    w.on_timer(ms(199), &mut out);
+    assert!(upstream(&out).is_empty(), "{:?}", upstream(&out));
+    assert!(w.next_deadline().is_some_and(|d| d <= b + TRYING_DELAY));
+    w.on_timer(b + TRYING_DELAY, &mut out);
+    let up = upstream(&out);
+    assert!(
+        up.len() == 1 && up[0].starts_with("SIP/2.0 100 Trying"),
+        "{up:?}"
+    );
+    assert!(up[0].contains("branch=z9hG4bK-t2"), "{}", up[0]);
+    out.clear();
+    w.on_datagram(
+        ms(500),
+        SOCK_PUBLIC,
+        caller,
+        &invite("z9hG4bK-t2"),
+        &mut out,
+    );
+    let up = upstream(&out);
+    assert!(up.len() == 1 && up[0].starts_with("SIP/2.0 100 "), "{up:?}");
+
+    // A caller retransmitting before 200 ms (T1 set short) gets the 100 at
+    // once, and not a second one at 200 ms.
+    out.clear();
+    w.on_datagram(
+        ms(600),
+        SOCK_PUBLIC,
+        caller,
+        &invite("z9hG4bK-t3"),
+        &mut out,
+    );
+    out.clear();
+    w.on_datagram(
+        ms(650),
+        SOCK_PUBLIC,
+        caller,
+        &invite("z9hG4bK-t3"),
+        &mut out,
+    );
+    let up = upstream(&out);
+    assert!(up.len() == 1 && up[0].starts_with("SIP/2.0 100 "), "{up:?}");
+    out.clear();
+    w.on_timer(ms(900), &mut out);
+    assert!(
+        !upstream(&out).iter().any(|m| m.contains("z9hG4bK-t3")),
+        "{:?}",
+        upstream(&out)
+    );
+    assert_eq!(w.stats().snapshot().replies_1xx, 3);
 }

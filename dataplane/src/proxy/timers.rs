@@ -32,16 +32,12 @@ impl Worker {
             return;
         };
         txn.timer = None;
-        use transaction::{ClientTimer, ServerTimer};
-        match txn.server.on_timer(now) {
-            ServerTimer::RetransmitFinal => {
-                if !txn.last_response.is_empty() {
-                    out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
-                    bump(&self.stats.tx_datagrams);
-                }
-            }
-            ServerTimer::None => {}
-        }
+        use transaction::ClientTimer;
+        let upstream = txn.server.on_timer(now);
+        self.send_upstream(id, upstream, out);
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
         if let Some(c) = txn.cancel.as_mut() {
             if c.on_timer(now) == ClientTimer::Retransmit {
                 if let Ok(fwd) = parse(&txn.forwarded) {
@@ -103,6 +99,34 @@ impl Worker {
             Some(ClientTimer::None) | None => {}
         }
         self.reschedule(id);
+    }
+
+    /// Sends what the server side asked for: the last response again, or the
+    /// INVITE's delayed `100 Trying` (built from the request as received and
+    /// kept as the response to resend).
+    pub(super) fn send_upstream(&mut self, id: TxnId, what: Upstream, out: &mut Outbox) {
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
+        match what {
+            Upstream::Nothing => return,
+            Upstream::ResendLast => {}
+            Upstream::SendTrying => {
+                let Ok(req) = parse(&txn.request) else {
+                    return;
+                };
+                txn.last_response.clear();
+                let opts = ReplyOpts::default();
+                if build::reply(&req, 100, b"Trying", &opts, &mut txn.last_response).is_err() {
+                    return;
+                }
+                count_reply(&self.stats, 100);
+            }
+        }
+        if !txn.last_response.is_empty() {
+            out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
+            bump(&self.stats.tx_datagrams);
+        }
     }
 
     pub(super) fn recycle(&mut self, txn: ProxyTxn) {

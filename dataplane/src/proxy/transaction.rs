@@ -145,11 +145,16 @@ pub(crate) enum ServerTx {
     NonInvite(ServerNonInvite),
 }
 
-/// What a server-side timer asks the proxy to do.
+/// What the server side asks the proxy to send upstream, after a timer or a
+/// retransmitted request.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum ServerTimer {
-    None,
-    RetransmitFinal,
+pub(crate) enum Upstream {
+    Nothing,
+    /// The last response again (a provisional while proceeding, the non-2xx
+    /// final once completed).
+    ResendLast,
+    /// The INVITE's own `100 Trying`: no provisional came in time.
+    SendTrying,
 }
 
 impl ServerTx {
@@ -161,14 +166,13 @@ impl ServerTx {
         }
     }
 
-    /// A retransmitted request arrived; true when the last response should
-    /// be sent again.
-    pub fn on_request(&mut self, now: Instant) -> bool {
+    /// A retransmitted request arrived.
+    pub fn on_request(&mut self, now: Instant) -> Upstream {
         let a = match self {
             ServerTx::Invite(s) => s.on_request(now),
             ServerTx::NonInvite(s) => s.on_request(now),
         };
-        matches!(a, ServerAction::ResendLast)
+        upstream(a)
     }
 
     /// An ACK matched this transaction; true when it acknowledges a 2xx and
@@ -202,15 +206,12 @@ impl ServerTx {
         }
     }
 
-    pub fn on_timer(&mut self, now: Instant) -> ServerTimer {
+    pub fn on_timer(&mut self, now: Instant) -> Upstream {
         let a = match self {
             ServerTx::Invite(s) => s.on_timer(now),
             ServerTx::NonInvite(s) => s.on_timer(now),
         };
-        match a {
-            ServerAction::RetransmitFinal => ServerTimer::RetransmitFinal,
-            _ => ServerTimer::None,
-        }
+        upstream(a)
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -225,6 +226,14 @@ impl ServerTx {
             ServerTx::Invite(s) => s.is_terminated(),
             ServerTx::NonInvite(s) => s.is_terminated(),
         }
+    }
+}
+
+fn upstream(a: ServerAction) -> Upstream {
+    match a {
+        ServerAction::ResendLast | ServerAction::RetransmitFinal => Upstream::ResendLast,
+        ServerAction::SendTrying => Upstream::SendTrying,
+        _ => Upstream::Nothing,
     }
 }
 

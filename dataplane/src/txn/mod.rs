@@ -34,6 +34,7 @@ pub use client::{
 pub use key::{is_rfc3261_branch, KeyHasher, LegacyKeyParts, TxnKey, MAGIC_COOKIE};
 pub use server::{
     ServerAction, ServerInvite, ServerInviteState, ServerNonInvite, ServerNonInviteState,
+    TRYING_DELAY,
 };
 pub use table::{InsertError, TxnId, TxnTable};
 pub use timer::{TimerId, TimerWheel};

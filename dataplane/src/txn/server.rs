@@ -22,6 +22,10 @@ pub enum ServerAction {
     ResendLast,
     /// Timer G fired: retransmit the non-2xx final reply.
     RetransmitFinal,
+    /// No provisional went upstream within [`TRYING_DELAY`] of the INVITE (or
+    /// the caller retransmitted it before one did): send `100 Trying` now. The
+    /// machine counts it as the provisional sent.
+    SendTrying,
     /// A duplicate or out-of-place message: drop it silently.
     Absorb,
     /// An ACK reached an INVITE transaction in the Accepted state: it
@@ -37,6 +41,14 @@ pub enum ServerAction {
     /// The transaction ended normally (Timer I, J or L): drop it.
     Terminated,
 }
+
+/// How long an INVITE server transaction waits for a provisional from the
+/// destination before it sends its own `100 Trying` (RFC 3261 §17.2.1: the
+/// 100 may be left out when the TU answers within 200 ms). Most destinations
+/// ring sooner, so most calls never carry the proxy's 100 — one datagram less
+/// per call — while a slow one still stops the caller's retransmissions
+/// (its first comes at T1 = 500 ms).
+pub const TRYING_DELAY: Duration = Duration::from_millis(200);
 
 /// RFC 6026 Figure 7 states of the INVITE server transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -60,7 +72,8 @@ pub struct ServerInvite {
     reliable: bool,
     sent_provisional: bool,
     retrans_interval: Duration,
-    /// Timer G.
+    /// Proceeding: when to send 100 Trying if no provisional went upstream
+    /// by then. Completed: Timer G. (One field: the machine stays small.)
     retrans_at: Option<Instant>,
     /// Timer H, I or L, by state.
     deadline: Option<Instant>,
@@ -73,13 +86,13 @@ pub struct ServerInvite {
 
 impl ServerInvite {
     /// Starts the transaction for a newly received INVITE.
-    pub fn new(_now: Instant, cfg: &TimerConfig, reliability: Reliability) -> Self {
+    pub fn new(now: Instant, cfg: &TimerConfig, reliability: Reliability) -> Self {
         ServerInvite {
             state: ServerInviteState::Proceeding,
             reliable: reliability.is_reliable(),
             sent_provisional: false,
             retrans_interval: cfg.t1,
-            retrans_at: None,
+            retrans_at: Some(now + TRYING_DELAY),
             deadline: None,
             t1: cfg.t1,
             t2: cfg.t2,
@@ -98,8 +111,9 @@ impl ServerInvite {
         self.state == ServerInviteState::Terminated
     }
 
-    /// The earliest instant at which `on_timer` has something to do. `None` in
-    /// Proceeding: the proxy's client transactions bound how long it lasts.
+    /// The earliest instant at which `on_timer` has something to do. In
+    /// Proceeding only the 100 Trying timer: the proxy's client transactions
+    /// bound how long it lasts.
     pub fn next_deadline(&self) -> Option<Instant> {
         min_deadline(self.retrans_at, self.deadline)
     }
@@ -110,6 +124,7 @@ impl ServerInvite {
     pub fn send_provisional(&mut self) -> bool {
         if self.state == ServerInviteState::Proceeding {
             self.sent_provisional = true;
+            self.retrans_at = None;
             true
         } else {
             false
@@ -124,12 +139,14 @@ impl ServerInvite {
         match (classify(status), self.state) {
             (Class::Success, ServerInviteState::Proceeding) => {
                 self.state = ServerInviteState::Accepted;
+                self.retrans_at = None;
                 self.deadline = Some(now + self.wait);
                 true
             }
             (Class::Success, _) => true,
             (Class::Failure, ServerInviteState::Proceeding) => {
                 self.state = ServerInviteState::Completed;
+                self.retrans_at = None;
                 if !self.reliable {
                     self.retrans_interval = self.t1.min(self.t2);
                     self.retrans_at = Some(now + self.retrans_interval);
@@ -145,11 +162,20 @@ impl ServerInvite {
     pub fn on_request(&mut self, _now: Instant) -> ServerAction {
         match self.state {
             ServerInviteState::Proceeding if self.sent_provisional => ServerAction::ResendLast,
+            // Nothing sent yet and the caller is already retransmitting: the
+            // 100 is due now rather than at the timer.
+            ServerInviteState::Proceeding => self.trying_now(),
             ServerInviteState::Completed => ServerAction::ResendLast,
-            // Proceeding with nothing sent yet; Confirmed; Accepted (RFC 6026:
-            // the 2xx is retransmitted end to end by the UAS); Terminated.
+            // Confirmed; Accepted (RFC 6026: the 2xx is retransmitted end to
+            // end by the UAS); Terminated.
             _ => ServerAction::Absorb,
         }
+    }
+
+    fn trying_now(&mut self) -> ServerAction {
+        self.sent_provisional = true;
+        self.retrans_at = None;
+        ServerAction::SendTrying
     }
 
     /// An ACK matched the transaction.
@@ -191,6 +217,7 @@ impl ServerInvite {
                 self.terminate();
                 ServerAction::Terminated
             }
+            ServerInviteState::Proceeding if due(self.retrans_at, now) => self.trying_now(),
             _ => ServerAction::None,
         }
     }
