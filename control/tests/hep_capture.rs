@@ -208,7 +208,8 @@ fn expected_call() -> BTreeSet<(&'static str, &'static str, &'static str)> {
     [
         ("INVITE", "uac", "sv"),
         ("INVITE", "sv", "uas"),
-        ("100 INVITE", "sv", "uac"),
+        // sipvane's own 100 Trying goes only when nothing provisional is
+        // relayed within 200 ms (RFC 3261 §17.2.1); the UAS's 100 is hop-by-hop.
         ("100 INVITE", "uas", "sv"),
         ("180 INVITE", "uas", "sv"),
         ("180 INVITE", "sv", "uac"),
