@@ -36,7 +36,8 @@ demo: deps build
 	@bash scripts/demo.sh
 
 ## bench: sipvane vs Kamailio under a short bounded ladder of offered loads
-##        (sipvane-bench compare; table on stdout, JSON and SVG in target/bench/)
+##        (sipvane-bench compare; table on stdout, JSON and SVG in target/bench/),
+##        then heap bytes per active call in the core (call_memory)
 BENCH_RATES ?= 500,1000,2000
 BENCH_STEP_MS ?= 3000
 bench: deps
@@ -44,6 +45,7 @@ bench: deps
 	@mkdir -p target/bench
 	target/release/sipvane-bench compare --rates $(BENCH_RATES) --step-ms $(BENCH_STEP_MS) \
 	  --json target/bench/compare.json --svg target/bench/compare.svg
+	$(CARGO) bench -p dataplane --bench call_memory
 
 ## bench-micro: parser micro-benchmarks (criterion)
 bench-micro: deps

@@ -332,7 +332,7 @@ impl Worker {
             media_sdp: Vec::new(),
             held: Vec::new(),
             queued: Vec::new(),
-            abandoned: SmallVec::new(),
+            abandoned: Vec::new(),
             holds_call: false,
             makes_dialog: method == Method::Invite && !in_dialog,
         };

@@ -67,7 +67,10 @@ pub(crate) struct ProxyTxn {
     pub queued: Vec<u8>,
     /// INVITE attempts given up without a final response (fr_timer): if
     /// one rings later it gets a CANCEL, so no destination is left ringing.
-    pub abandoned: SmallVec<[Abandoned; 1]>,
+    /// A `Vec` (allocated only when a destination timed out) rather than
+    /// inline storage: an `Abandoned` is 152 bytes that every transaction
+    /// would otherwise carry for the rare failover.
+    pub abandoned: Vec<Abandoned>,
     /// The target destination's active-call count includes this INVITE
     /// (counted at selection, so call-load and `maxload` see ringing calls;
     /// released on failure, CANCEL and failover, handed to the dialog on 2xx).
