@@ -183,7 +183,7 @@ impl Worker {
     ) -> bool {
         let mut fwd = self.pool.get();
         let mut built = false;
-        if self.write_forward(id, attempt, &mut fwd) {
+        if self.write_forward(id, attempt, None, &mut fwd) {
             if let Ok(inv) = parse(&fwd) {
                 self.scratch.clear();
                 built = build::cancel_for(&inv, &mut self.scratch).is_ok();

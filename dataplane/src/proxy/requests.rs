@@ -362,19 +362,34 @@ impl Worker {
             self.reschedule(id);
             return;
         }
-        self.forward_attempt(now, id, out);
+        // The first attempt is written from the message as parsed on
+        // receipt: the stored copy has the same bytes, no second parse.
+        self.forward_attempt_from(now, id, Some(msg), out);
     }
 
     /// Sends the transaction's request to its current target with a fresh
     /// branch and a fresh client transaction.
     pub(super) fn forward_attempt(&mut self, now: Instant, id: TxnId, out: &mut Outbox) {
+        self.forward_attempt_from(now, id, None, out);
+    }
+
+    /// [`Self::forward_attempt`] with the request already parsed (`received`:
+    /// the message whose bytes the transaction stored), or `None` to parse
+    /// the stored copy.
+    fn forward_attempt_from(
+        &mut self,
+        now: Instant,
+        id: TxnId,
+        received: Option<&Message<'_>>,
+        out: &mut Outbox,
+    ) {
         let Some(txn) = self.txns.get_mut(id) else {
             return;
         };
         let mut fwd = std::mem::take(&mut txn.forwarded);
         fwd.clear();
         let attempt = txn.attempt;
-        let ok = self.write_forward(id, attempt, &mut fwd);
+        let ok = self.write_forward(id, attempt, received, &mut fwd);
         let Some(txn) = self.txns.get_mut(id) else {
             return;
         };
@@ -392,13 +407,34 @@ impl Worker {
     /// Writes the request of transaction `id` as forwarded in `attempt`.
     /// Deterministic: the same attempt always yields the same bytes, so an
     /// abandoned attempt's request can be rebuilt to ACK its late final.
-    pub(super) fn write_forward(&self, id: TxnId, attempt: u8, out: &mut Vec<u8>) -> bool {
+    /// `received`: the request already parsed (same bytes as the stored copy).
+    pub(super) fn write_forward(
+        &self,
+        id: TxnId,
+        attempt: u8,
+        received: Option<&Message<'_>>,
+        out: &mut Vec<u8>,
+    ) -> bool {
         let Some(txn) = self.txns.get(id) else {
             return false;
         };
-        let Ok(req) = parse(&txn.request) else {
-            return false;
-        };
+        match received {
+            Some(req) => self.write_forward_of(txn, id, attempt, req, out),
+            None => match parse(&txn.request) {
+                Ok(req) => self.write_forward_of(txn, id, attempt, &req, out),
+                Err(_) => false,
+            },
+        }
+    }
+
+    fn write_forward_of(
+        &self,
+        txn: &ProxyTxn,
+        id: TxnId,
+        attempt: u8,
+        req: &Message<'_>,
+        out: &mut Vec<u8>,
+    ) -> bool {
         let branch = self.minter.seal(&Branch {
             worker: self.index as u8,
             slot: id.slot(),
@@ -414,7 +450,7 @@ impl Worker {
                 branch: &branch,
             },
             request_uri: if txn.strict_route {
-                route::last_route_uri(&req)
+                route::last_route_uri(req)
             } else {
                 None
             },
@@ -432,7 +468,7 @@ impl Worker {
                 _ => None,
             },
         };
-        build::forward_request(&req, &edits, out).is_ok()
+        build::forward_request(req, &edits, out).is_ok()
     }
 
     /// Relays an end-to-end ACK (or any request we keep no state for) along

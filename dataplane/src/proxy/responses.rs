@@ -446,7 +446,7 @@ impl Worker {
         out: &mut Outbox,
     ) {
         let mut old = self.pool.get();
-        if self.write_forward(id, attempt, &mut old) {
+        if self.write_forward(id, attempt, None, &mut old) {
             if let Ok(fwd) = parse(&old) {
                 self.scratch.clear();
                 if build::ack_for(&fwd, resp, &mut self.scratch).is_ok() {
