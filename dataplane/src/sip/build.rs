@@ -10,7 +10,7 @@ use smallvec::SmallVec;
 
 use super::chars::{offset_in, trim_lws_end};
 use super::error::{BuildError, ParseError};
-use super::header::{params, split_comma, CSeq, HeaderName, NameAddr, Via};
+use super::header::{params, split_comma, CSeq, HeaderName, NameAddr};
 use super::method::Method;
 use super::parse::{Header, Message, StartLine};
 
@@ -254,14 +254,17 @@ fn put_annotated_via(
     port: u16,
 ) -> Result<(), BuildError> {
     let entry = split_comma(h.value).next().ok_or(ParseError::BadVia)?;
-    let via = Via::parse(entry)?;
     let entry_start = offset_in(buf, entry).ok_or(ParseError::BadVia)?;
     let entry_end = entry_start + entry.len();
-    // Sent-protocol and sent-by: everything before the parameters.
-    let head_len = offset_in(entry, via.params).unwrap_or(entry.len());
+    // Sent-protocol and sent-by: everything before the first `;` (a sent-by,
+    // even a bracketed IPv6 one, has none). The entry was validated when the
+    // request was received (a proxy forwards only validated requests), so
+    // it is not parsed again here: that cost ~1 300 instructions a request.
+    let head_len = memchr::memchr(b';', entry).unwrap_or(entry.len());
+    let via_params = trim_lws_end(&entry[head_len..]);
     out.extend_from_slice(&buf[h.line_start as usize..entry_start]);
     out.extend_from_slice(trim_lws_end(&entry[..head_len]));
-    for p in params(via.params) {
+    for p in params(via_params) {
         let p = p.map_err(|()| ParseError::BadVia)?;
         if p.name.eq_ignore_ascii_case(b"received") || p.name.eq_ignore_ascii_case(b"rport") {
             continue;
@@ -658,6 +661,7 @@ fn known_reason(code: u16) -> Option<&'static [u8]> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::header::Via;
     use super::super::parse::parse;
     use super::*;
 
