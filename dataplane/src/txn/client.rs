@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{classify, due, min_deadline, Class, Reliability, TimerConfig, TIMER_D};
+use super::{classify, due, min_deadline, Class, Ms, Reliability, TimerConfig, TIMER_D};
 
 /// What the proxy must do after feeding an event to a client transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -70,12 +70,12 @@ pub struct ClientInvite {
     reliable: bool,
     timed_out: bool,
     restart_fr_inv: bool,
-    retrans_interval: Duration,
+    retrans_interval: Ms,
     retrans_at: Option<Instant>,
     /// fr_timer, fr_inv_timer, the CANCEL wait, or Timer D, by state.
     deadline: Option<Instant>,
-    fr_inv: Duration,
-    t1x64: Duration,
+    fr_inv: Ms,
+    t1x64: Ms,
 }
 
 impl ClientInvite {
@@ -88,11 +88,11 @@ impl ClientInvite {
             reliable,
             timed_out: false,
             restart_fr_inv: cfg.restart_fr_inv_on_each_reply,
-            retrans_interval: cfg.t1,
+            retrans_interval: Ms::of(cfg.t1),
             retrans_at: (!reliable).then(|| now + cfg.t1),
             deadline: Some(now + cfg.fr_timer),
-            fr_inv: cfg.fr_inv_timer,
-            t1x64: cfg.t1x64(),
+            fr_inv: Ms::of(cfg.fr_inv_timer),
+            t1x64: Ms::of(cfg.t1x64()),
         }
     }
 
@@ -147,7 +147,7 @@ impl ClientInvite {
 
     fn mark_cancel_sent(&mut self, now: Instant) {
         self.cancel = Cancel::Sent;
-        self.deadline = min_deadline(self.deadline, Some(now + self.t1x64));
+        self.deadline = min_deadline(self.deadline, Some(now + self.t1x64.d()));
     }
 
     /// A response with this status code matched the transaction.
@@ -205,7 +205,7 @@ impl ClientInvite {
             return ClientAction::PassUp;
         }
         if first || self.restart_fr_inv {
-            self.deadline = Some(now + self.fr_inv);
+            self.deadline = Some(now + self.fr_inv.d());
         }
         if self.cancel == Cancel::Pending {
             self.mark_cancel_sent(now);
@@ -226,8 +226,8 @@ impl ClientInvite {
                 }
                 if let Some(at) = self.retrans_at.filter(|&at| at <= now) {
                     // Timer A doubles without the T2 cap (§17.1.1.2).
-                    self.retrans_interval = self.retrans_interval.saturating_mul(2);
-                    self.retrans_at = Some(next_retransmit(at, self.retrans_interval, now));
+                    self.retrans_interval = self.retrans_interval.doubled();
+                    self.retrans_at = Some(next_retransmit(at, self.retrans_interval.d(), now));
                     return ClientAction::Retransmit;
                 }
                 ClientAction::None
@@ -247,7 +247,7 @@ impl ClientInvite {
                 } else {
                     self.timed_out = true;
                     self.mark_cancel_sent(now);
-                    self.deadline = Some(now + self.t1x64);
+                    self.deadline = Some(now + self.t1x64.d());
                     ClientAction::TimeoutSendCancel
                 }
             }
@@ -288,12 +288,12 @@ pub enum ClientNonInviteState {
 pub struct ClientNonInvite {
     state: ClientNonInviteState,
     reliable: bool,
-    retrans_interval: Duration,
+    retrans_interval: Ms,
     retrans_at: Option<Instant>,
     /// fr_timer, or Timer K in Completed.
     deadline: Option<Instant>,
-    t2: Duration,
-    t4: Duration,
+    t2: Ms,
+    t4: Ms,
 }
 
 impl ClientNonInvite {
@@ -303,11 +303,11 @@ impl ClientNonInvite {
         ClientNonInvite {
             state: ClientNonInviteState::Trying,
             reliable,
-            retrans_interval: cfg.t1.min(cfg.t2),
+            retrans_interval: Ms::of(cfg.t1.min(cfg.t2)),
             retrans_at: (!reliable).then(|| now + cfg.t1.min(cfg.t2)),
             deadline: Some(now + cfg.fr_timer),
-            t2: cfg.t2,
-            t4: cfg.t4,
+            t2: Ms::of(cfg.t2),
+            t4: Ms::of(cfg.t4),
         }
     }
 
@@ -345,7 +345,7 @@ impl ClientNonInvite {
                     self.terminate();
                 } else {
                     self.state = ClientNonInviteState::Completed;
-                    self.deadline = Some(now + self.t4);
+                    self.deadline = Some(now + self.t4.d());
                 }
                 ClientAction::PassUp
             }
@@ -365,11 +365,11 @@ impl ClientNonInvite {
                 }
                 if let Some(at) = self.retrans_at.filter(|&at| at <= now) {
                     self.retrans_interval = if self.state == ClientNonInviteState::Trying {
-                        self.retrans_interval.saturating_mul(2).min(self.t2)
+                        self.retrans_interval.doubled().min(self.t2)
                     } else {
                         self.t2
                     };
-                    self.retrans_at = Some(next_retransmit(at, self.retrans_interval, now));
+                    self.retrans_at = Some(next_retransmit(at, self.retrans_interval.d(), now));
                     return ClientAction::Retransmit;
                 }
                 ClientAction::None

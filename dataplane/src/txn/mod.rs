@@ -143,6 +143,28 @@ pub(crate) fn min_deadline(a: Option<Instant>, b: Option<Instant>) -> Option<Ins
     }
 }
 
+/// A timer interval in 4 bytes (whole milliseconds, saturating at ~49 days)
+/// instead of a 16-byte `Duration`: every transaction machine keeps several
+/// copies of its timer values, and a busy worker holds hundreds of thousands
+/// of machines. Timer values are configured in milliseconds anyway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Ms(u32);
+
+impl Ms {
+    pub(crate) fn of(d: Duration) -> Ms {
+        Ms(u32::try_from(d.as_millis()).unwrap_or(u32::MAX))
+    }
+
+    pub(crate) fn d(self) -> Duration {
+        Duration::from_millis(u64::from(self.0))
+    }
+
+    /// Twice as long (saturating), for retransmission back-off.
+    pub(crate) fn doubled(self) -> Ms {
+        Ms(self.0.saturating_mul(2))
+    }
+}
+
 pub(crate) fn due(deadline: Option<Instant>, now: Instant) -> bool {
     deadline.is_some_and(|d| d <= now)
 }

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use super::client::next_retransmit;
-use super::{classify, due, min_deadline, Class, Reliability, TimerConfig};
+use super::{classify, due, min_deadline, Class, Ms, Reliability, TimerConfig};
 
 /// What the proxy must do after feeding an event to a server transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -71,17 +71,17 @@ pub struct ServerInvite {
     state: ServerInviteState,
     reliable: bool,
     sent_provisional: bool,
-    retrans_interval: Duration,
+    retrans_interval: Ms,
     /// Proceeding: when to send 100 Trying if no provisional went upstream
     /// by then. Completed: Timer G. (One field: the machine stays small.)
     retrans_at: Option<Instant>,
     /// Timer H, I or L, by state.
     deadline: Option<Instant>,
-    t1: Duration,
-    t2: Duration,
-    t4: Duration,
+    t1: Ms,
+    t2: Ms,
+    t4: Ms,
     /// Timer L (wt_timer).
-    wait: Duration,
+    wait: Ms,
 }
 
 impl ServerInvite {
@@ -91,13 +91,13 @@ impl ServerInvite {
             state: ServerInviteState::Proceeding,
             reliable: reliability.is_reliable(),
             sent_provisional: false,
-            retrans_interval: cfg.t1,
+            retrans_interval: Ms::of(cfg.t1),
             retrans_at: Some(now + TRYING_DELAY),
             deadline: None,
-            t1: cfg.t1,
-            t2: cfg.t2,
-            t4: cfg.t4,
-            wait: cfg.wait,
+            t1: Ms::of(cfg.t1),
+            t2: Ms::of(cfg.t2),
+            t4: Ms::of(cfg.t4),
+            wait: Ms::of(cfg.wait),
         }
     }
 
@@ -140,7 +140,7 @@ impl ServerInvite {
             (Class::Success, ServerInviteState::Proceeding) => {
                 self.state = ServerInviteState::Accepted;
                 self.retrans_at = None;
-                self.deadline = Some(now + self.wait);
+                self.deadline = Some(now + self.wait.d());
                 true
             }
             (Class::Success, _) => true,
@@ -149,9 +149,9 @@ impl ServerInvite {
                 self.retrans_at = None;
                 if !self.reliable {
                     self.retrans_interval = self.t1.min(self.t2);
-                    self.retrans_at = Some(now + self.retrans_interval);
+                    self.retrans_at = Some(now + self.retrans_interval.d());
                 }
-                self.deadline = Some(now + self.t1.saturating_mul(64));
+                self.deadline = Some(now + self.t1.d().saturating_mul(64));
                 true
             }
             _ => false,
@@ -187,7 +187,7 @@ impl ServerInvite {
                     self.terminate();
                 } else {
                     self.state = ServerInviteState::Confirmed;
-                    self.deadline = Some(now + self.t4);
+                    self.deadline = Some(now + self.t4.d());
                 }
                 ServerAction::AckReceived
             }
@@ -205,8 +205,8 @@ impl ServerInvite {
                     return ServerAction::AckTimeout;
                 }
                 if let Some(at) = self.retrans_at.filter(|&at| at <= now) {
-                    self.retrans_interval = self.retrans_interval.saturating_mul(2).min(self.t2);
-                    self.retrans_at = Some(next_retransmit(at, self.retrans_interval, now));
+                    self.retrans_interval = self.retrans_interval.doubled().min(self.t2);
+                    self.retrans_at = Some(next_retransmit(at, self.retrans_interval.d(), now));
                     return ServerAction::RetransmitFinal;
                 }
                 ServerAction::None
@@ -250,7 +250,7 @@ pub struct ServerNonInvite {
     /// Timer J.
     deadline: Option<Instant>,
     /// Timer J's length (wt_timer).
-    wait: Duration,
+    wait: Ms,
 }
 
 impl ServerNonInvite {
@@ -261,7 +261,7 @@ impl ServerNonInvite {
             state: ServerNonInviteState::Trying,
             reliable: reliability.is_reliable(),
             deadline: None,
-            wait: cfg.wait,
+            wait: Ms::of(cfg.wait),
         }
     }
 
@@ -301,7 +301,7 @@ impl ServerNonInvite {
                     self.state = ServerNonInviteState::Terminated;
                 } else {
                     self.state = ServerNonInviteState::Completed;
-                    self.deadline = Some(now + self.wait);
+                    self.deadline = Some(now + self.wait.d());
                 }
                 true
             }
