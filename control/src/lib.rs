@@ -10,6 +10,7 @@ pub mod events;
 pub mod import;
 pub mod media_health;
 pub mod probe;
+pub mod registrar;
 pub mod run;
 pub mod source;
 pub mod supervise;

@@ -55,6 +55,9 @@ pub struct Running {
     pub acc: Option<Arc<crate::acc::AccStats>>,
     /// Worker heartbeats, I/O counters and queue depths.
     pub workers: worker::Monitor,
+    /// The registrar's database status when `[registrar] db_url` is set
+    /// (the registrar itself is `proxy.registrar`).
+    pub registrar_db: Option<Arc<crate::registrar::DbStatus>>,
 }
 
 /// Builds the proxy core's settings from the file's.
@@ -155,6 +158,7 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
             crate::config::DialogTargets::Known => dataplane::route::DialogTargets::Known,
             crate::config::DialogTargets::Any => dataplane::route::DialogTargets::Any,
         },
+        registrar: crate::registrar::shared(cfg)?,
         flood: (cfg.security.flood.per_source_rps > 0).then(|| {
             dataplane::proxy::flood::FloodLimits {
                 per_source_rps: cfg.security.flood.per_source_rps,
@@ -202,7 +206,7 @@ fn media_config(cfg: &Config, workers: usize) -> Result<Option<MediaShared>> {
 pub fn start(
     cfg: &Config,
     rt: &tokio::runtime::Runtime,
-) -> Result<(worker::Pool, Running, Reloader, Option<AccParts>)> {
+) -> Result<Started> {
     let listen = cfg.proxy.listen;
     let workers = cfg.proxy.workers.resolve();
     let proxy_cfg = Arc::new(proxy_config(cfg, workers)?);
@@ -225,6 +229,12 @@ pub fn start(
         .as_str()
         .parse()
         .map_err(|e| anyhow!("proxy.io: {e:?}"))?;
+
+    // Credentials and bindings are loaded before the first REGISTER can arrive.
+    let registrar = match &proxy_cfg.registrar {
+        Some(r) => Some(rt.block_on(crate::registrar::Service::start(cfg, r.clone()))?),
+        None => None,
+    };
 
     let stats: Vec<Arc<ProxyStats>> = (0..workers)
         .map(|_| Arc::new(ProxyStats::default()))
@@ -337,8 +347,9 @@ pub fn start(
         event_sinks,
         acc: acc.as_ref().map(|(_, w)| w.stats()),
         workers: pool.monitor(),
+        registrar_db: registrar.as_ref().map(crate::registrar::Service::status),
     };
-    Ok((pool, running, reloader, acc))
+    Ok((pool, running, reloader, acc, registrar))
 }
 
 /// The workers' HEP settings; `None` when `[hep] collector` is empty (off).
@@ -353,6 +364,16 @@ fn hep_config(cfg: &Config) -> Option<Arc<dataplane::hep::HepConfig>> {
         sample: h.sample,
     }))
 }
+
+/// What [`start`] hands to [`run`]: the workers, the shared state, and the
+/// control-thread tasks still to be spawned.
+pub type Started = (
+    worker::Pool,
+    Running,
+    Reloader,
+    Option<AccParts>,
+    Option<crate::registrar::Service>,
+);
 
 /// Accounting's row builder and database writer, run by [`run`].
 pub type AccParts = (crate::acc::Feed, crate::acc::Writer);
@@ -380,7 +401,7 @@ pub fn run(cfg: &Config) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the control thread's runtime")?;
-    let (pool, running, reloader, acc) = start(cfg, &rt)?;
+    let (pool, running, reloader, acc, registrar) = start(cfg, &rt)?;
     let mgmt = match api::bind(cfg.mgmt.listen) {
         Ok(l) => l,
         Err(e) => {
@@ -411,6 +432,13 @@ pub fn run(cfg: &Config) -> Result<()> {
         }
         None => (None, None),
     };
+    let registrar_task = registrar.map(|service| {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = rt.spawn(service.run(async move {
+            let _ = stop_rx.await;
+        }));
+        (stop_tx, task)
+    });
     // One task drains the workers' event queues for Redis and accounting.
     let bridge = (!running.event_sinks.is_empty()).then(|| {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -542,6 +570,11 @@ pub fn run(cfg: &Config) -> Result<()> {
         let _ = stop.send(());
         let _ = rt.block_on(task);
     }
+    if let Some((stop, task)) = registrar_task {
+        // The workers are gone: apply and write back what they registered.
+        let _ = stop.send(());
+        let _ = rt.block_on(task);
+    }
     if let Some((stop, task)) = acc_writer {
         // Writes what it can within its grace period, spools the rest.
         let _ = stop.send(());
@@ -580,6 +613,20 @@ pub fn run(cfg: &Config) -> Result<()> {
             ("spool_rows", a.spool_rows()),
         ] {
             line.push(format!("acc_{n}={v}"));
+        }
+    }
+    if let Some(r) = &running.proxy.registrar {
+        let s = &r.stats;
+        let get = dataplane::registrar::RegistrarStats::get;
+        for (n, v) in [
+            ("registers_ok", get(&s.registers_ok)),
+            ("challenges", get(&s.challenges)),
+            ("auth_failures", get(&s.auth_failures)),
+            ("registers_refused", get(&s.registers_refused)),
+            ("lookups_found", get(&s.lookups_found)),
+            ("lookups_missing", get(&s.lookups_missing)),
+        ] {
+            line.push(format!("registrar_{n}={v}"));
         }
     }
     eprintln!("sipvane: counters {}", line.join(" "));

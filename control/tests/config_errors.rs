@@ -41,12 +41,12 @@ fn unknown_section_and_top_level_key() {
     assert_eq!(
         one_error("[log]\nlevel = \"info\"\n\n[dispatch]\nalgorithm = 4\n"),
         "sipvane.toml:4: unknown section [dispatch]; expected one of proxy, dispatcher, \
-         rtpengine, events, acc, hep, mgmt, log, security"
+         rtpengine, events, acc, hep, mgmt, log, security, registrar"
     );
     assert_eq!(
         one_error("\nlisten = \"0.0.0.0:5060\"\n"),
         "sipvane.toml:2: unknown key \"listen\" outside any section; expected a section: \
-         proxy, dispatcher, rtpengine, events, acc, hep, mgmt, log, security"
+         proxy, dispatcher, rtpengine, events, acc, hep, mgmt, log, security, registrar"
     );
 }
 
@@ -313,4 +313,38 @@ fn bad_hep_values() {
         one_error("\n[hep]\ncollector = \"udp:127.0.0.1:9060\"\nsample = 1.5\n"),
         "sipvane.toml:4: sample must be between 0.0 and 1.0 (got 1.5)"
     );
+}
+
+#[test]
+fn registrar_settings() {
+    assert_eq!(
+        errors("[registrar]\ndomain = \"example.com\"\nprefixes = [\"6\"]\n"),
+        vec!["sipvane.toml:1: db_url is needed for the registrar (domain or prefixes are set)"]
+    );
+    assert_eq!(
+        errors(
+            "[registrar]\ndb_url = \"redis://x\"\nprefixes = [\"\"]\nmin_expires = 600\n\
+             max_expires = 60\nmax_contacts = 0\nalgorithms = [\"MD5-sess\"]\nlocation_table = \"a b\"\n"
+        ),
+        vec![
+            "sipvane.toml:1: domain must name at least one domain when db_url is set",
+            "sipvane.toml:1: default_expires (3600) must be between min_expires (600) and \
+             max_expires (60)",
+            "sipvane.toml:2: db_url must start with postgres://, postgresql://, mysql:// or \
+             mariadb:// (got \"redis://x\")",
+            "sipvane.toml:3: prefixes must be non-empty user prefixes (got \"\")",
+            "sipvane.toml:5: max_expires (60) must be ≥ min_expires (600)",
+            "sipvane.toml:6: max_contacts must be 1..1000 (got 0)",
+            "sipvane.toml:7: unknown digest algorithm \"MD5-sess\"; expected MD5 or SHA-256",
+            "sipvane.toml:8: location_table must be a table name (letters, digits, _, optionally \
+             schema.table; got \"a b\")",
+        ]
+    );
+    let ok = Config::from_toml_str(
+        "[registrar]\ndb_url = \"postgres://k@127.0.0.1/kamailio\"\n\
+         domain = [\"a.example\", \"b.example\"]\nalgorithms = [\"SHA-256\", \"MD5\"]\n",
+        "sipvane.toml",
+    )
+    .unwrap();
+    assert_eq!(ok.registrar.domain, vec!["a.example", "b.example"]);
 }

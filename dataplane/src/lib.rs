@@ -8,6 +8,7 @@ pub mod dialog;
 pub mod dispatch;
 pub mod hep;
 pub mod proxy;
+pub mod registrar;
 pub mod route;
 pub mod rtpengine;
 pub mod sip;

@@ -29,6 +29,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[security]`: trust boundaries and flood limits.
     pub security: SecurityConfig,
+    /// `[registrar]`: REGISTER, digest authentication and location.
+    pub registrar: RegistrarConfig,
 }
 
 /// `[proxy]`
@@ -445,6 +447,85 @@ impl HepConfig {
     pub fn collector_addr(&self) -> Option<SocketAddr> {
         self.collector.strip_prefix("udp:")?.parse().ok()
     }
+}
+
+/// `[registrar]`: sipvane as the registrar of its domains, on Kamailio's
+/// `subscriber` and `location` tables (docs/registrar.md). Off while `db_url`
+/// is empty.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrarConfig {
+    /// Domains users register in, one or a list; the first is the realm of
+    /// requests that name an address of this proxy instead. Default none.
+    #[serde(deserialize_with = "one_or_many")]
+    pub domain: Vec<String>,
+    /// `postgres://…` or `mysql://…` holding `subscriber` and `location`;
+    /// empty (default): registrar off.
+    pub db_url: String,
+    /// Request-URI users starting with one of these are registered users,
+    /// looked up in location (`["6", "7", "8"]`). Default none.
+    pub prefixes: Vec<String>,
+    /// Shortest registration accepted (423 below). Default 60.
+    pub min_expires: u32,
+    /// Longest registration granted (longer ones are cut). Default 3600.
+    pub max_expires: u32,
+    /// Lifetime of a Contact that asks for none. Default 3600.
+    pub default_expires: u32,
+    /// Contacts per user at most (503 beyond). Default 10.
+    pub max_contacts: u32,
+    /// Digest algorithms offered, in order: `MD5`, `SHA-256`. SHA-256 needs
+    /// the `password` column. Default `["MD5"]`.
+    pub algorithms: Vec<String>,
+    /// Seconds a nonce may be used (then `stale=true`). Default 300.
+    pub nonce_expires_s: u32,
+    /// Seconds between re-reads of `subscriber`. Default 60.
+    pub credentials_refresh_s: u32,
+    /// Accounts read from `subscriber` at most. Default 1000000.
+    pub max_subscribers: u32,
+    /// Bound (ms) on the delay before a change reaches `location`. Default 1000.
+    pub write_back_ms: u64,
+    /// Bound (ms) on connecting and on each query. Default 5000.
+    pub timeout_ms: u64,
+    /// Table of accounts. Default `subscriber`.
+    pub subscriber_table: String,
+    /// Table of bindings. Default `location`.
+    pub location_table: String,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig {
+            domain: Vec::new(),
+            db_url: String::new(),
+            prefixes: Vec::new(),
+            min_expires: 60,
+            max_expires: 3600,
+            default_expires: 3600,
+            max_contacts: 10,
+            algorithms: vec!["MD5".to_owned()],
+            nonce_expires_s: 300,
+            credentials_refresh_s: 60,
+            max_subscribers: 1_000_000,
+            write_back_ms: 1000,
+            timeout_ms: 5000,
+            subscriber_table: "subscriber".to_owned(),
+            location_table: "location".to_owned(),
+        }
+    }
+}
+
+/// A string or a list of strings.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// `[mgmt]`

@@ -16,6 +16,7 @@ impl Config {
         self.validate_hep(&mut v);
         self.validate_mgmt_log(&mut v);
         self.validate_security(&mut v);
+        self.validate_registrar(&mut v);
         v.problems
     }
 
@@ -455,6 +456,116 @@ impl Config {
                         format!("unknown source \"{src}\" for column \"{col}\"; expected one of {SOURCE_NAMES}"),
                     );
                 }
+            }
+        }
+    }
+
+    fn validate_registrar(&self, v: &mut Validator) {
+        let r = &self.registrar;
+        let at = |k: &str| vec![key("registrar"), key(k)];
+        if r.db_url.is_empty() {
+            if !r.domain.is_empty() || !r.prefixes.is_empty() {
+                v.err(
+                    at("db_url"),
+                    "db_url is needed for the registrar (domain or prefixes are set)".into(),
+                );
+            }
+            return;
+        }
+        if !crate::source::db::is_database_url(&r.db_url) {
+            v.err(
+                at("db_url"),
+                format!(
+                    "db_url must start with postgres://, postgresql://, mysql:// or mariadb:// (got \"{}\")",
+                    crate::source::db::redact_url(&r.db_url)
+                ),
+            );
+        }
+        if r.domain.is_empty() {
+            v.err(
+                at("domain"),
+                "domain must name at least one domain when db_url is set".into(),
+            );
+        }
+        for d in &r.domain {
+            if !is_host(d) {
+                v.err(
+                    at("domain"),
+                    format!("domain must be a host name or IP address (got \"{d}\")"),
+                );
+            }
+        }
+        for p in &r.prefixes {
+            if p.is_empty() || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                v.err(
+                    at("prefixes"),
+                    format!("prefixes must be non-empty user prefixes (got \"{p}\")"),
+                );
+            }
+        }
+        if r.min_expires == 0 {
+            v.err(at("min_expires"), "min_expires must be ≥ 1".into());
+        }
+        if r.max_expires < r.min_expires {
+            v.err(
+                at("max_expires"),
+                format!(
+                    "max_expires ({}) must be ≥ min_expires ({})",
+                    r.max_expires, r.min_expires
+                ),
+            );
+        }
+        if r.default_expires < r.min_expires || r.default_expires > r.max_expires {
+            v.err(
+                at("default_expires"),
+                format!(
+                    "default_expires ({}) must be between min_expires ({}) and max_expires ({})",
+                    r.default_expires, r.min_expires, r.max_expires
+                ),
+            );
+        }
+        if !(1..=1000).contains(&r.max_contacts) {
+            v.err(
+                at("max_contacts"),
+                format!("max_contacts must be 1..1000 (got {})", r.max_contacts),
+            );
+        }
+        if r.algorithms.is_empty() {
+            v.err(
+                at("algorithms"),
+                "algorithms must name MD5, SHA-256 or both".into(),
+            );
+        }
+        for a in &r.algorithms {
+            if dataplane::registrar::Algorithm::parse(a.as_bytes()).is_none() {
+                v.err(
+                    at("algorithms"),
+                    format!("unknown digest algorithm \"{a}\"; expected MD5 or SHA-256"),
+                );
+            }
+        }
+        if r.nonce_expires_s < 10 {
+            v.err(at("nonce_expires_s"), "nonce_expires_s must be ≥ 10".into());
+        }
+        for (k, n) in [
+            ("credentials_refresh_s", u64::from(r.credentials_refresh_s)),
+            ("max_subscribers", u64::from(r.max_subscribers)),
+            ("write_back_ms", r.write_back_ms),
+            ("timeout_ms", r.timeout_ms),
+        ] {
+            if n == 0 {
+                v.err(at(k), format!("{k} must be ≥ 1"));
+            }
+        }
+        for (k, t) in [
+            ("subscriber_table", &r.subscriber_table),
+            ("location_table", &r.location_table),
+        ] {
+            if crate::source::db::validate_table_name(t).is_err() {
+                v.err(
+                    at(k),
+                    format!("{k} must be a table name (letters, digits, _, optionally schema.table; got \"{t}\")"),
+                );
             }
         }
     }

@@ -593,3 +593,119 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .build()
         .expect("tokio runtime")
 }
+
+/// A private PostgreSQL or MariaDB server holding a `kamailio` database
+/// made from Kamailio's own schema files, as the database tests use it.
+pub enum KamailioDb {
+    Pg(Postgres),
+    My(MariaDb),
+}
+
+impl KamailioDb {
+    /// `postgres` or `mysql`: the directory of the schema files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            KamailioDb::Pg(_) => "postgres",
+            KamailioDb::My(_) => "mysql",
+        }
+    }
+
+    /// What sipvane connects with (database `kamailio`).
+    pub fn url(&self) -> String {
+        match self {
+            KamailioDb::Pg(p) => p.admin_url("kamailio"),
+            KamailioDb::My(m) => format!("mysql://root@127.0.0.1:{}/kamailio", m.port),
+        }
+    }
+
+    pub async fn exec(&self, db: &str, statements: &[&str]) {
+        match self {
+            KamailioDb::Pg(p) => p.exec(db, statements).await,
+            KamailioDb::My(m) => m.exec(db, statements).await,
+        }
+    }
+
+    pub fn stop(&mut self) {
+        match self {
+            KamailioDb::Pg(p) => p.stop(),
+            KamailioDb::My(m) => m.stop(),
+        }
+    }
+
+    pub async fn resume(&mut self) {
+        match self {
+            KamailioDb::Pg(p) => p.resume().await,
+            KamailioDb::My(m) => m.resume().await,
+        }
+    }
+
+    /// Creates database `kamailio` from the schema `files` under
+    /// `/usr/share/kamailio/<kind>/` (Debian's kamailio-postgres-modules /
+    /// kamailio-mysql-modules), then runs `extra`.
+    pub async fn create_schema(&self, files: &[&str], extra: &[String]) {
+        let admin_db = match self {
+            KamailioDb::Pg(_) => "postgres",
+            KamailioDb::My(_) => "",
+        };
+        self.exec(admin_db, &["CREATE DATABASE kamailio"]).await;
+        let mut statements = Vec::new();
+        for file in files {
+            let path = Path::new("/usr/share/kamailio")
+                .join(self.kind())
+                .join(file);
+            let sql = fs::read_to_string(&path).unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e}; install kamailio-postgres-modules and kamailio-mysql-modules (make deps)",
+                    path.display()
+                )
+            });
+            statements.extend(
+                sql.split(';')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from),
+            );
+        }
+        statements.extend(extra.iter().cloned());
+        let refs: Vec<&str> = statements.iter().map(String::as_str).collect();
+        self.exec("kamailio", &refs).await;
+    }
+
+    /// The SQL type to CAST a column to for reading it as text.
+    pub fn text_type(&self) -> &'static str {
+        match self {
+            KamailioDb::Pg(_) => "TEXT",
+            KamailioDb::My(_) => "CHAR",
+        }
+    }
+
+    /// The first `cols` columns of every row `sql` returns, as text.
+    pub async fn query(&self, sql: &str, cols: usize) -> Vec<Vec<String>> {
+        use sqlx::Row;
+        let url = self.url();
+        match self {
+            KamailioDb::Pg(_) => {
+                let opts = sqlx::postgres::PgConnectOptions::from_str(&url)
+                    .unwrap()
+                    .disable_statement_logging();
+                let mut c = sqlx::PgConnection::connect_with(&opts).await.unwrap();
+                let rows = sqlx::query(sql).fetch_all(&mut c).await.unwrap();
+                let _ = c.close().await;
+                rows.iter()
+                    .map(|r| (0..cols).map(|i| r.get::<String, _>(i)).collect())
+                    .collect()
+            }
+            KamailioDb::My(_) => {
+                let opts = sqlx::mysql::MySqlConnectOptions::from_str(&url)
+                    .unwrap()
+                    .disable_statement_logging();
+                let mut c = sqlx::MySqlConnection::connect_with(&opts).await.unwrap();
+                let rows = sqlx::query(sql).fetch_all(&mut c).await.unwrap();
+                let _ = c.close().await;
+                rows.iter()
+                    .map(|r| (0..cols).map(|i| r.get::<String, _>(i)).collect())
+                    .collect()
+            }
+        }
+    }
+}

@@ -50,6 +50,13 @@ pub enum Scenario {
     Options,
     /// REGISTER -> 200.
     Register,
+    /// REGISTER -> 401 -> REGISTER with credentials -> 200 (`-key contact`,
+    /// `-key expires`, `-au`, `-ap`).
+    RegisterAuth,
+    /// As `RegisterAuth`, but the credentials get 403.
+    RegisterForbidden,
+    /// INVITE -> 404 -> ACK.
+    Uac404,
     /// INVITE -> 100, 180, 200/SDP -> ACK; BYE -> 200; echoes Record-Route.
     Uas,
     /// INVITE -> 503 -> ACK.
@@ -73,6 +80,9 @@ impl Scenario {
             Scenario::UacCancel => "uac_cancel.xml",
             Scenario::Options => "options.xml",
             Scenario::Register => "register.xml",
+            Scenario::RegisterAuth => "register_auth.xml",
+            Scenario::RegisterForbidden => "register_forbidden.xml",
+            Scenario::Uac404 => "uac_404.xml",
             Scenario::Uas => "uas.xml",
             Scenario::Uas503 => "uas_503.xml",
             Scenario::Uas486 => "uas_486.xml",

@@ -91,6 +91,8 @@ pub struct ProxyConfig {
     pub dialog_targets: DialogTargets,
     /// Per-source request rate limit; `None`: off.
     pub flood: Option<super::flood::FloodLimits>,
+    /// Registrar, authentication and location; `None`: off.
+    pub registrar: Option<Arc<crate::registrar::Registrar>>,
 }
 
 impl Default for ProxyConfig {
@@ -124,6 +126,7 @@ impl Default for ProxyConfig {
             preloaded_route: PreloadedRoute::Strip,
             dialog_targets: DialogTargets::Known,
             flood: None,
+            registrar: None,
         }
     }
 }

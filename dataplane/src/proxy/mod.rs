@@ -19,6 +19,7 @@ pub mod events;
 pub mod flood;
 pub mod media;
 mod pool;
+mod registrar;
 mod replies;
 mod requests;
 mod responses;
@@ -142,6 +143,8 @@ pub struct Worker {
     flood: Option<FloodGuard>,
     /// HEP capture, handed to the driver when it starts; `None` when off.
     hep: Option<crate::hep::Tap>,
+    /// Nonce counts of the nonces this worker issued (replay protection).
+    nonce_counts: crate::registrar::nonce::NonceCounts,
 }
 
 impl Worker {
@@ -154,6 +157,7 @@ impl Worker {
     ) -> Worker {
         let private_port = cfg.private_ports.get(index).copied().unwrap_or(0);
         let (cfg_flood, flood_seed) = (cfg.flood, cfg.key_seed);
+        let cfg_max_nonces = cfg.registrar.as_ref().map_or(1, |r| r.config.max_nonces);
         let record_route = format!("sip:{}:{};lr", cfg.advertise, private_port).into_bytes();
         let media = cfg
             .media
@@ -187,6 +191,7 @@ impl Worker {
             handed_over: false,
             flood: cfg_flood.map(|l| FloodGuard::new(l, flood_seed, now)),
             hep: None,
+            nonce_counts: crate::registrar::nonce::NonceCounts::new(cfg_max_nonces),
         }
     }
 

@@ -15,13 +15,44 @@ impl Worker {
         warning: Option<&[u8]>,
         out: &mut Outbox,
     ) {
+        self.reply_full(socket, src, req, code, retry_after, warning, &[], out);
+    }
+
+    /// A stateless local reply with extra header lines (challenges, the
+    /// Contact list of a REGISTER's 200, Min-Expires).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn reply_with(
+        &mut self,
+        socket: SocketId,
+        src: SocketAddr,
+        req: &Message<'_>,
+        code: u16,
+        warning: Option<&[u8]>,
+        extra_headers: &[(&[u8], &[u8])],
+        out: &mut Outbox,
+    ) {
+        self.reply_full(socket, src, req, code, None, warning, extra_headers, out);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn reply_full(
+        &mut self,
+        socket: SocketId,
+        src: SocketAddr,
+        req: &Message<'_>,
+        code: u16,
+        retry_after: Option<u32>,
+        warning: Option<&[u8]>,
+        extra_headers: &[(&[u8], &[u8])],
+        out: &mut Outbox,
+    ) {
         let tag = local_tag(&self.minter, req);
         let opts = ReplyOpts {
             to_tag: Some(&tag),
             retry_after,
             warning,
+            extra_headers,
             server: Some(self.cfg.server_header.as_bytes()),
-            ..ReplyOpts::default()
         };
         self.scratch.clear();
         if build::reply(

@@ -174,6 +174,8 @@ impl Worker {
         let mut anchor = false;
         let decision = self.decide(msg, info, method, src);
         let mut strict_route = false;
+        // The Contact of the registered user the request goes to.
+        let mut located: Option<Box<str>> = None;
         let (target, pop_routes) = match decision {
             Decision::Reply { code, warning } => {
                 match code {
@@ -194,6 +196,18 @@ impl Worker {
                 bump(&self.stats.handoffs);
                 out.handoff(w, socket | HANDED_OVER, src, msg.buf());
                 return;
+            }
+            Decision::Register => {
+                self.handle_register(now, socket, src, msg, info, out);
+                return;
+            }
+            Decision::Location { pop_routes } => {
+                let Some((addr, contact)) = self.locate(now, info) else {
+                    self.reply(socket, src, msg, 404, None, Some(b"Not registered"), out);
+                    return;
+                };
+                located = Some(contact);
+                (Target { addr, dest: None }, pop_routes)
             }
             Decision::Relay {
                 to,
@@ -300,7 +314,11 @@ impl Worker {
             self.dialog_ended(now, msg, out);
         }
         let mut request = self.pool.get();
-        request.extend_from_slice(msg.buf());
+        match &located {
+            // The binding's Contact becomes the Request-URI (RFC 3261 §16.5).
+            Some(contact) => build::with_request_uri(msg, contact.as_bytes(), &mut request),
+            None => request.extend_from_slice(msg.buf()),
+        }
         let received = annotate_received(via, src);
         let record_route = self.cfg.record_route
             && !in_dialog
@@ -335,6 +353,7 @@ impl Worker {
             abandoned: Vec::new(),
             holds_call: false,
             makes_dialog: method == Method::Invite && !in_dialog,
+            located: located.is_some(),
         };
         let id = match self.txns.insert(key, txn) {
             Ok(id) => id,

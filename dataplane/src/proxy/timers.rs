@@ -88,8 +88,12 @@ impl Worker {
                         // try_failover rescheduled
                         return;
                     }
+                    let located = self.txns.get(id).is_some_and(|t| t.located);
                     let code = if self.dispatched(id) && !proceeding {
                         503
+                    } else if located {
+                        // RFC 3261 §21.4.18: the user is registered but not reachable.
+                        480
                     } else {
                         408
                     };

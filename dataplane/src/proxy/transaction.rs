@@ -81,6 +81,8 @@ pub(crate) struct ProxyTxn {
     /// back for `dialog_timeout` with its call slot (found by the
     /// simulation, dataplane/tests/sim).
     pub makes_dialog: bool,
+    /// Sent to a registered user's binding (no answer then means 480).
+    pub located: bool,
 }
 
 /// An INVITE attempt sipvane stopped waiting for before it answered.

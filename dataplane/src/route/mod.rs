@@ -69,6 +69,12 @@ pub enum Decision {
         media: Option<bool>,
         pop_routes: usize,
     },
+    /// A REGISTER for a registrar domain: the registrar answers it.
+    Register,
+    /// An initial request for a registered user (a Request-URI user in
+    /// `[registrar] prefixes`): to the user's bindings, after dropping
+    /// `pop_routes` Route entries.
+    Location { pop_routes: usize },
 }
 
 const fn reply(code: u16, warning: &'static str) -> Decision {
@@ -182,6 +188,18 @@ pub fn decide(
     if req.method == Method::Options && cfg.owner_of(ruri.host, ruri.port).is_some() {
         // Keepalive addressed to sipvane itself.
         return Decision::Options;
+    }
+    if let Some(reg) = &cfg.registrar {
+        let ours = reg
+            .config
+            .domain_of(ruri.host, cfg.is_local_host(ruri.host))
+            .is_some();
+        if ours && req.method == Method::Register {
+            return Decision::Register;
+        }
+        if ours && reg.config.is_local_user(ruri.user.unwrap_or(b"")) {
+            return Decision::Location { pop_routes };
+        }
     }
     if !cfg.serves_domain(ruri.host) {
         // A plain proxy would forward to the Request-URI host; only a trusted

@@ -15,17 +15,47 @@ pub fn credentials_username<'a>(msg: &Message<'a>) -> Option<&'a [u8]> {
 
 /// `username` from one `Digest k=v, k="v", …` credentials value.
 pub fn digest_username(value: &[u8]) -> Option<&[u8]> {
+    digest_params(value)?
+        .find(|(name, _)| name.eq_ignore_ascii_case(b"username"))
+        .and_then(|(_, val)| (!val.is_empty()).then_some(val))
+}
+
+/// The `name=value` pairs of a `Digest …` credentials or challenge value,
+/// quoted values without their quotes (escapes left as written); `None`
+/// when the scheme is not Digest. Iteration stops at the first malformed
+/// pair.
+pub fn digest_params(value: &[u8]) -> Option<DigestParams<'_>> {
     let v = value.trim_ascii();
     let scheme_end = v.iter().position(|c| c.is_ascii_whitespace())?;
     if !v[..scheme_end].eq_ignore_ascii_case(b"digest") {
         return None;
     }
-    let mut rest = &v[scheme_end..];
-    loop {
-        rest = rest.trim_ascii_start();
-        let eq = rest.iter().position(|&c| c == b'=')?;
+    Some(DigestParams {
+        rest: &v[scheme_end..],
+        done: false,
+    })
+}
+
+/// Iterator of [`digest_params`].
+pub struct DigestParams<'a> {
+    rest: &'a [u8],
+    done: bool,
+}
+
+impl<'a> Iterator for DigestParams<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let rest = self.rest.trim_ascii_start();
+        let Some(eq) = rest.iter().position(|&c| c == b'=') else {
+            self.done = true;
+            return None;
+        };
         let name = rest[..eq].trim_ascii();
-        rest = rest[eq + 1..].trim_ascii_start();
+        let rest = rest[eq + 1..].trim_ascii_start();
         let (val, after) = if let Some(q) = rest.strip_prefix(b"\"") {
             // A quoted string; `\"` escapes do not end it.
             let mut i = 0;
@@ -38,11 +68,11 @@ pub fn digest_username(value: &[u8]) -> Option<&[u8]> {
             let end = rest.iter().position(|&c| c == b',').unwrap_or(rest.len());
             (rest[..end].trim_ascii(), &rest[end..])
         };
-        if name.eq_ignore_ascii_case(b"username") {
-            return (!val.is_empty()).then_some(val);
+        match after.trim_ascii_start().strip_prefix(b",") {
+            Some(next) => self.rest = next,
+            None => self.done = true,
         }
-        rest = after.trim_ascii_start();
-        rest = rest.strip_prefix(b",")?;
+        Some((name, val))
     }
 }
 

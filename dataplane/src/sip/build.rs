@@ -128,6 +128,27 @@ fn atomically(
     r
 }
 
+/// `req` with its Request-URI replaced by `uri` and everything else copied
+/// byte for byte (a registered user's Contact as the new target, RFC 3261
+/// §16.5). A response is copied unchanged.
+pub fn with_request_uri(req: &Message, uri: &[u8], out: &mut Vec<u8>) {
+    let buf = req.buf();
+    let (StartLine::Request { method_raw, .. }, (start, end)) =
+        (req.start_line(), req.start_line_range())
+    else {
+        out.extend_from_slice(buf);
+        return;
+    };
+    out.extend_from_slice(&buf[..start]);
+    out.extend_from_slice(method_raw);
+    out.push(b' ');
+    out.extend_from_slice(uri);
+    out.push(b' ');
+    out.extend_from_slice(req.version());
+    out.extend_from_slice(CRLF);
+    out.extend_from_slice(&buf[end..]);
+}
+
 /// Writes the request a proxy relays (RFC 3261 §16.6): new top Via, optional
 /// Record-Route on top of the existing ones, Request-URI replaced if asked,
 /// leading Route entries popped, Max-Forwards decremented (or inserted as

@@ -1,0 +1,280 @@
+//! The registrar end to end, on Kamailio's own schema files
+//! (`/usr/share/kamailio/{postgres,mysql}/{standard,auth_db,usrloc}-create.sql`)
+//! in a private PostgreSQL and a private MariaDB, with SIPp clients that
+//! answer digest challenges (`-au` / `-ap`):
+//!
+//! - a wrong password gets 401 then 403, and nothing is stored;
+//! - the right one gets 401 then 200, and a row appears in `location`;
+//!   a re-REGISTER replaces it (one row, the new Call-ID);
+//! - a call to the registered user reaches the SIPp UAS at its contact; a
+//!   number outside `prefixes` goes to the dispatcher set; an unregistered
+//!   extension gets 404;
+//! - the binding survives a sipvane restart (reloaded from `location`);
+//! - a client whose Contact carries a private address it does not send from
+//!   is stored with `received` = its real source and called there (NAT);
+//! - unREGISTER (`Expires: 0`) and expiry remove the binding and its row.
+//!
+//! One test per server runs every phase in sequence so each server starts once.
+
+#[path = "support/db.rs"]
+mod db_support;
+mod support;
+
+use std::time::{Duration, Instant};
+
+use db_support::{runtime, KamailioDb, MariaDb, Postgres};
+use support::{free_udp_addr, free_udp_port, Scenario, SippRun, Sipvane, Uac, Uas};
+
+const WAIT: Duration = Duration::from_secs(10);
+/// The dispatcher set's number (outside `prefixes`).
+const PBX_NUMBER: &str = "1000";
+
+struct Bed {
+    db: KamailioDb,
+    rt: tokio::runtime::Runtime,
+    sipvane: Sipvane,
+}
+
+/// One `location` row: (contact, received, callid).
+type Row = (String, String, String);
+
+impl Bed {
+    fn rows(&self, user: &str) -> Vec<Row> {
+        let t = self.db.text_type();
+        let sql = format!(
+            "SELECT contact, CAST(COALESCE(received, '') AS {t}), callid FROM location \
+             WHERE username = '{user}' AND domain = 'example.com' ORDER BY id"
+        );
+        self.rt
+            .block_on(self.db.query(&sql, 3))
+            .into_iter()
+            .map(|v| (v[0].clone(), v[1].clone(), v[2].clone()))
+            .collect()
+    }
+
+    /// Waits (bounded: the write-back delay) until `user` has `n` rows.
+    fn wait_rows(&self, user: &str, n: usize) -> Vec<Row> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let rows = self.rows(user);
+            if rows.len() == n || Instant::now() > deadline {
+                return rows;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A digest REGISTER of `user` with `password`, Contact `user@contact`.
+    fn register(
+        &self,
+        scenario: Scenario,
+        user: &str,
+        password: &str,
+        contact: &str,
+        expires: u32,
+        from_port: Option<u16>,
+    ) -> SippRun {
+        let mut uac = Uac::new(scenario, self.sipvane.addr())
+            .service(user)
+            .timeout(Duration::from_secs(20));
+        for a in [
+            "-au",
+            user,
+            "-ap",
+            password,
+            "-key",
+            "contact",
+            contact,
+            "-key",
+            "expires",
+            &expires.to_string(),
+        ] {
+            uac = uac.arg(a);
+        }
+        if let Some(p) = from_port {
+            uac = uac.local_port(p);
+        }
+        uac.run()
+    }
+
+    fn call(&self, scenario: Scenario, user: &str) -> SippRun {
+        Uac::new(scenario, self.sipvane.addr())
+            .service(user)
+            .timeout(Duration::from_secs(20))
+            .run()
+    }
+}
+
+fn run_everything(db: KamailioDb) {
+    support::require_sipp();
+    let rt = runtime();
+    rt.block_on(
+        db.create_schema(
+            &[
+                "standard-create.sql",
+                "auth_db-create.sql",
+                "usrloc-create.sql",
+            ],
+            &[
+                // 6001 as kamctl writes an account (ha1 / ha1b, no password);
+                // 6002 with only a password.
+                "INSERT INTO subscriber (username, domain, password, ha1, ha1b) VALUES \
+             ('6001', 'example.com', '', md5('6001:example.com:pw-6001'), \
+             md5('6001@example.com:example.com:pw-6001'))"
+                    .to_owned(),
+                "INSERT INTO subscriber (username, domain, password) VALUES \
+             ('6002', 'example.com', 'pw-6002')"
+                    .to_owned(),
+            ],
+        ),
+    );
+    let pbx = Uas::start(Scenario::Uas, free_udp_addr());
+    let sipvane = Sipvane::builder("registrar")
+        .workers(2)
+        .destination(format!("1 sip:{}", pbx.addr()))
+        .toml(&format!(
+            "ping_interval_s = 0\n\
+             [registrar]\ndomain = \"example.com\"\ndb_url = \"{}\"\nprefixes = [\"6\"]\n\
+             min_expires = 1\nwrite_back_ms = 200\ntimeout_ms = 3000\n",
+            db.url()
+        ))
+        .start();
+    let mut bed = Bed { db, rt, sipvane };
+
+    // A wrong password: 401, then 403, and nothing stored.
+    let phone_port = free_udp_port();
+    let contact = format!("127.0.0.1:{phone_port}");
+    let wrong = bed.register(
+        Scenario::RegisterForbidden,
+        "6001",
+        "guess",
+        &contact,
+        3600,
+        None,
+    );
+    wrong.assert_all_succeeded(1);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        bed.rows("6001").is_empty(),
+        "a refused REGISTER stored a binding"
+    );
+
+    // The right password: 401, then 200 and a row (from the phone's port).
+    let ok = bed.register(
+        Scenario::RegisterAuth,
+        "6001",
+        "pw-6001",
+        &contact,
+        3600,
+        Some(phone_port),
+    );
+    ok.assert_all_succeeded(1);
+    let rows = bed.wait_rows("6001", 1);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].0, format!("sip:6001@{contact}"));
+    assert_eq!(rows[0].1, "", "Contact is the source: no NAT");
+    // Re-REGISTER: the same binding, now with the new Call-ID.
+    let again = bed.register(
+        Scenario::RegisterAuth,
+        "6001",
+        "pw-6001",
+        &contact,
+        3600,
+        Some(phone_port),
+    );
+    again.assert_all_succeeded(1);
+    let deadline = Instant::now() + WAIT;
+    let mut after = bed.rows("6001");
+    while after.first().map(|r| &r.2) == Some(&rows[0].2) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        after = bed.rows("6001");
+    }
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(
+        after[0].2, rows[0].2,
+        "the re-REGISTER's Call-ID was not written"
+    );
+
+    // Calls: to the registered phone, to the pool, to nobody.
+    let phone = Uas::builder(Scenario::Uas).port(phone_port).start();
+    assert_eq!(
+        phone.addr().port(),
+        phone_port,
+        "the phone's port was taken"
+    );
+    bed.call(Scenario::Uac, "6001").assert_all_succeeded(1);
+    assert_eq!(phone.wait_for_calls(1, WAIT).invites_received(), 1);
+    bed.call(Scenario::Uac, PBX_NUMBER).assert_all_succeeded(1);
+    assert_eq!(pbx.wait_for_calls(1, WAIT).invites_received(), 1);
+    bed.call(Scenario::Uac404, "6999").assert_all_succeeded(1);
+
+    // A restart reloads the binding from `location`.
+    bed.sipvane.restart();
+    bed.call(Scenario::Uac, "6001").assert_all_succeeded(1);
+    assert_eq!(phone.wait_for_calls(2, WAIT).invites_received(), 2);
+
+    // NAT: the Contact names a private address the client does not send
+    // from; the source is stored as `received` and called there.
+    let nat_port = free_udp_port();
+    let nat = bed.register(
+        Scenario::RegisterAuth,
+        "6002",
+        "pw-6002",
+        "192.168.77.1:5060",
+        3600,
+        Some(nat_port),
+    );
+    nat.assert_all_succeeded(1);
+    let rows = bed.wait_rows("6002", 1);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].0, "sip:6002@192.168.77.1:5060");
+    assert_eq!(rows[0].1, format!("sip:127.0.0.1:{nat_port}"));
+    let natted = Uas::builder(Scenario::Uas).port(nat_port).start();
+    assert_eq!(
+        natted.addr().port(),
+        nat_port,
+        "the NATed phone's port was taken"
+    );
+    bed.call(Scenario::Uac, "6002").assert_all_succeeded(1);
+    assert_eq!(natted.wait_for_calls(1, WAIT).invites_received(), 1);
+
+    // unREGISTER: the row goes, calls get 404.
+    let gone = bed.register(Scenario::RegisterAuth, "6001", "pw-6001", &contact, 0, None);
+    gone.assert_all_succeeded(1);
+    assert!(bed.wait_rows("6001", 0).is_empty(), "unREGISTER left a row");
+    bed.call(Scenario::Uac404, "6001").assert_all_succeeded(1);
+
+    // Expiry: a 2 s registration is removed by the timer, row and all.
+    let short = bed.register(
+        Scenario::RegisterAuth,
+        "6002",
+        "pw-6002",
+        "192.168.77.1:5060",
+        2,
+        None,
+    );
+    short.assert_all_succeeded(1);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        bed.wait_rows("6002", 0).is_empty(),
+        "an expired binding kept its row"
+    );
+    bed.call(Scenario::Uac404, "6002").assert_all_succeeded(1);
+
+    let counters = bed.sipvane.stop();
+    assert!(counters.get("registrar_registers_ok") >= 3, "{counters:?}");
+    assert!(counters.get("registrar_auth_failures") == 0, "{counters:?}");
+    drop(bed);
+}
+
+#[test]
+fn postgres_registrar_on_kamailio_schema() {
+    let server = runtime().block_on(Postgres::start());
+    run_everything(KamailioDb::Pg(server));
+}
+
+#[test]
+fn mariadb_registrar_on_kamailio_schema() {
+    let server = runtime().block_on(MariaDb::start());
+    run_everything(KamailioDb::My(server));
+}

@@ -1,0 +1,190 @@
+//! The registrar on a worker: REGISTER answered here (digest check, then
+//! the bindings' updates queued for the control thread), and the location
+//! lookup for requests to registered users. The decisions are in
+//! [`crate::registrar`]; this is the glue to sockets and replies.
+
+use super::*;
+use crate::registrar::auth::{self, AuthOutcome, Context};
+use crate::registrar::{self as reg, register};
+use crate::sip::Uri;
+
+impl Worker {
+    /// Answers a REGISTER for one of the registrar's domains.
+    pub(super) fn handle_register(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        msg: &Message<'_>,
+        info: &RequestInfo<'_>,
+        out: &mut Outbox,
+    ) {
+        let Some(registrar) = self.cfg.registrar.clone() else {
+            return;
+        };
+        let Ok(to) = Uri::parse(info.common.to.uri) else {
+            self.reply(socket, src, msg, 400, None, Some(b"Bad To URI"), out);
+            return;
+        };
+        let local = self.cfg.is_local_host(to.host);
+        let Some(domain) = registrar.config.domain_of(to.host, local) else {
+            reg::bump(&registrar.stats.registers_refused);
+            self.reply(
+                socket,
+                src,
+                msg,
+                403,
+                None,
+                Some(b"Domain not served here"),
+                out,
+            );
+            return;
+        };
+        let cx = Context {
+            realm: domain,
+            worker: self.index,
+            workers: self.workers,
+            handed_over: self.handed_over,
+            now,
+        };
+        let to_user = to.user.unwrap_or(b"");
+        match auth::check(
+            &registrar,
+            &mut self.nonce_counts,
+            msg,
+            HeaderName::Authorization,
+            &cx,
+        ) {
+            AuthOutcome::Ok { user } if user == to_user => {}
+            AuthOutcome::Ok { .. } => {
+                reg::bump(&registrar.stats.auth_failures);
+                let w = b"Authentication user differs from the To user";
+                self.reply(socket, src, msg, 403, None, Some(w), out);
+                return;
+            }
+            outcome => {
+                self.auth_refused(now, &registrar, outcome, domain, 401, socket, src, msg, out);
+                return;
+            }
+        }
+        let aor = reg::aor_key(to_user, domain);
+        let current = registrar.location.lookup(&aor);
+        let now_unix = registrar.config.unix(now);
+        let result = register::process(
+            &registrar.config,
+            msg,
+            &aor,
+            current.as_deref().unwrap_or(&[]),
+            src,
+            now_unix,
+        );
+        let accepted = match result {
+            Ok(a) => a,
+            Err(r) => {
+                reg::bump(&registrar.stats.registers_refused);
+                let min = r.min_expires.map(|m| m.to_string());
+                let extra: Vec<(&[u8], &[u8])> = min
+                    .iter()
+                    .map(|m| (&b"Min-Expires"[..], m.as_bytes()))
+                    .collect();
+                self.reply_with(
+                    socket,
+                    src,
+                    msg,
+                    r.code,
+                    Some(r.warning.as_bytes()),
+                    &extra,
+                    out,
+                );
+                return;
+            }
+        };
+        if !registrar.submit(accepted.updates) {
+            self.reply_unavailable(socket, src, msg, b"Registrar busy", out);
+            return;
+        }
+        reg::bump(&registrar.stats.registers_ok);
+        let contacts = register::contact_values(&accepted.bindings, now_unix);
+        let extra: Vec<(&[u8], &[u8])> = contacts
+            .iter()
+            .map(|c| (&b"Contact"[..], c.as_slice()))
+            .collect();
+        self.reply_with(socket, src, msg, 200, None, &extra, out);
+    }
+
+    /// Answers a request whose credentials did not pass: a challenge
+    /// (`code` 401 or 407), 403, 400 or a handoff to the nonce's worker.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn auth_refused(
+        &mut self,
+        now: Instant,
+        registrar: &reg::Registrar,
+        outcome: AuthOutcome<'_>,
+        realm: &str,
+        code: u16,
+        socket: SocketId,
+        src: SocketAddr,
+        msg: &Message<'_>,
+        out: &mut Outbox,
+    ) {
+        match outcome {
+            AuthOutcome::Ok { .. } => {}
+            AuthOutcome::Challenge { stale } => {
+                reg::bump(&registrar.stats.challenges);
+                let values = auth::challenges(
+                    registrar,
+                    &mut self.nonce_counts,
+                    realm,
+                    self.index,
+                    stale,
+                    now,
+                );
+                let name: &[u8] = if code == 407 {
+                    b"Proxy-Authenticate"
+                } else {
+                    b"WWW-Authenticate"
+                };
+                let extra: Vec<(&[u8], &[u8])> =
+                    values.iter().map(|v| (name, v.as_slice())).collect();
+                self.reply_with(socket, src, msg, code, None, &extra, out);
+            }
+            AuthOutcome::Forbidden(w) => {
+                reg::bump(&registrar.stats.auth_failures);
+                self.reply(socket, src, msg, 403, None, Some(w.as_bytes()), out);
+            }
+            AuthOutcome::Malformed(w) => {
+                reg::bump(&registrar.stats.auth_failures);
+                self.reply(socket, src, msg, 400, None, Some(w.as_bytes()), out);
+            }
+            AuthOutcome::Handoff(w) => {
+                bump(&self.stats.handoffs);
+                out.handoff(w, socket | HANDED_OVER, src, msg.buf());
+            }
+        }
+    }
+
+    /// The best live binding of the registered user a request is for:
+    /// where to send it and the Contact URI that becomes its Request-URI.
+    /// `None`: not registered (404).
+    pub(super) fn locate(
+        &self,
+        now: Instant,
+        info: &RequestInfo<'_>,
+    ) -> Option<(SocketAddr, Box<str>)> {
+        let registrar = self.cfg.registrar.as_ref()?;
+        let ruri = &info.ruri;
+        let local = self.cfg.is_local_host(ruri.host);
+        let domain = registrar.config.domain_of(ruri.host, local)?;
+        let aor = reg::aor_key(ruri.user.unwrap_or(b""), domain);
+        let found = registrar
+            .live_bindings(&aor, now)
+            .into_iter()
+            .find_map(|b| Some((b.target()?, b.contact)));
+        reg::bump(if found.is_some() {
+            &registrar.stats.lookups_found
+        } else {
+            &registrar.stats.lookups_missing
+        });
+        found
+    }
+}
