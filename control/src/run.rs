@@ -203,10 +203,7 @@ fn media_config(cfg: &Config, workers: usize) -> Result<Option<MediaShared>> {
 /// Binds the sockets, loads the destinations and starts the workers. The
 /// returned [`Reloader`] must be run on the control thread for
 /// `Running::reload` to be answered.
-pub fn start(
-    cfg: &Config,
-    rt: &tokio::runtime::Runtime,
-) -> Result<Started> {
+pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
     let listen = cfg.proxy.listen;
     let workers = cfg.proxy.workers.resolve();
     let proxy_cfg = Arc::new(proxy_config(cfg, workers)?);

@@ -478,6 +478,10 @@ pub struct RegistrarConfig {
     pub algorithms: Vec<String>,
     /// Seconds a nonce may be used (then `stale=true`). Default 300.
     pub nonce_expires_s: u32,
+    /// Initial requests whose From is in a registrar domain must authenticate
+    /// (407) as the From user, unless they come from `trusted_sources` or a
+    /// dispatcher destination. Default true.
+    pub authenticate_calls: bool,
     /// Seconds between re-reads of `subscriber`. Default 60.
     pub credentials_refresh_s: u32,
     /// Accounts read from `subscriber` at most. Default 1000000.
@@ -504,6 +508,7 @@ impl Default for RegistrarConfig {
             max_contacts: 10,
             algorithms: vec!["MD5".to_owned()],
             nonce_expires_s: 300,
+            authenticate_calls: true,
             credentials_refresh_s: 60,
             max_subscribers: 1_000_000,
             write_back_ms: 1000,

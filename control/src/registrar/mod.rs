@@ -87,7 +87,7 @@ pub fn shared(cfg: &Config) -> Result<Option<Arc<Registrar>>> {
         ruid_seed: u64::from_le_bytes(seed),
         started: Instant::now(),
         started_unix,
-        auth_calls: false,
+        auth_calls: r.authenticate_calls,
     };
     Ok(Some(Registrar::shared(config, UPDATE_QUEUE)))
 }

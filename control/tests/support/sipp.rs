@@ -55,8 +55,11 @@ pub enum Scenario {
     RegisterAuth,
     /// As `RegisterAuth`, but the credentials get 403.
     RegisterForbidden,
-    /// INVITE -> 404 -> ACK.
+    /// INVITE -> 404 -> ACK (From a foreign domain).
     Uac404,
+    /// INVITE -> 407 -> ACK -> INVITE with credentials -> 200 -> ACK -> BYE
+    /// (`-key caller`, `-au`, `-ap`).
+    UacAuth,
     /// INVITE -> 100, 180, 200/SDP -> ACK; BYE -> 200; echoes Record-Route.
     Uas,
     /// INVITE -> 503 -> ACK.
@@ -83,6 +86,7 @@ impl Scenario {
             Scenario::RegisterAuth => "register_auth.xml",
             Scenario::RegisterForbidden => "register_forbidden.xml",
             Scenario::Uac404 => "uac_404.xml",
+            Scenario::UacAuth => "uac_auth.xml",
             Scenario::Uas => "uas.xml",
             Scenario::Uas503 => "uas_503.xml",
             Scenario::Uas486 => "uas_486.xml",

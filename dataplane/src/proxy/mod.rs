@@ -30,6 +30,8 @@ mod transaction;
 #[cfg(test)]
 mod lifetime_tests;
 #[cfg(test)]
+mod registrar_tests;
+#[cfg(test)]
 mod security_tests;
 #[cfg(test)]
 mod tests;

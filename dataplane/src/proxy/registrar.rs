@@ -163,6 +163,60 @@ impl Worker {
         }
     }
 
+    /// Whether an initial request may go on: callers that claim to be one of
+    /// the registrar's users (From in a registrar domain) must prove it with
+    /// `Proxy-Authorization` (407 otherwise) and may only call as
+    /// themselves (From user = digest user, 403 otherwise). Trusted sources
+    /// and dispatcher destinations are exempt. False when answered here.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn caller_allowed(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        msg: &Message<'_>,
+        info: &RequestInfo<'_>,
+        out: &mut Outbox,
+    ) -> bool {
+        let Some(registrar) = self.cfg.registrar.clone() else {
+            return true;
+        };
+        if !registrar.config.auth_calls {
+            return true;
+        }
+        let Ok(from) = Uri::parse(info.common.from.uri) else {
+            return true;
+        };
+        let local = self.cfg.is_local_host(from.host);
+        let Some(realm) = registrar.config.domain_of(from.host, local) else {
+            return true;
+        };
+        if self.cfg.is_trusted_ip(src.ip()) || self.table.load().has_addr(src) {
+            return true;
+        }
+        let cx = Context {
+            realm,
+            worker: self.index,
+            workers: self.workers,
+            handed_over: self.handed_over,
+            now,
+        };
+        let header = HeaderName::ProxyAuthorization;
+        match auth::check(&registrar, &mut self.nonce_counts, msg, header, &cx) {
+            AuthOutcome::Ok { user } if Some(user) == from.user => true,
+            AuthOutcome::Ok { .. } => {
+                reg::bump(&registrar.stats.auth_failures);
+                let w = b"From user differs from the authenticated user";
+                self.reply(socket, src, msg, 403, None, Some(w), out);
+                false
+            }
+            outcome => {
+                self.auth_refused(now, &registrar, outcome, realm, 407, socket, src, msg, out);
+                false
+            }
+        }
+    }
+
     /// The best live binding of the registered user a request is for:
     /// where to send it and the Contact URI that becomes its Request-URI.
     /// `None`: not registered (404).

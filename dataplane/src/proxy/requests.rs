@@ -173,6 +173,13 @@ impl Worker {
         let mut set_table = None;
         let mut anchor = false;
         let decision = self.decide(msg, info, method, src);
+        if matches!(
+            decision,
+            Decision::Dispatch { .. } | Decision::Location { .. }
+        ) && !self.caller_allowed(now, socket, src, msg, info, out)
+        {
+            return;
+        }
         let mut strict_route = false;
         // The Contact of the registered user the request goes to.
         let mut located: Option<Box<str>> = None;

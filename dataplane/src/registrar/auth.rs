@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::digest::{write_challenge, Algorithm, Credentials, CredentialsError};
 use super::nonce::{NonceCounts, NonceError};
 use super::{aor_key, Registrar};
-use crate::sip::{HeaderName, Message};
+use crate::sip::{HeaderName, Message, Uri};
 
 /// What the check found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +88,7 @@ pub fn check<'m>(
         }
         return AuthOutcome::Challenge { stale: true };
     }
-    if msg.request_uri() != Some(c.uri) {
+    if !same_target(c.uri, msg.request_uri().unwrap_or(b"")) {
         return AuthOutcome::Malformed("Digest uri differs from the Request-URI");
     }
     // `user@domain` usernames (some phones) use ha1b.
@@ -113,6 +113,17 @@ pub fn check<'m>(
         return AuthOutcome::Challenge { stale: true };
     }
     AuthOutcome::Ok { user }
+}
+
+/// Whether the digest `uri` names the host and port of the Request-URI.
+/// The user part is not compared: some clients (SIPp among them) put
+/// `sip:host:port` there, and the response and the nonce count already bind
+/// the credentials to this one request.
+fn same_target(digest_uri: &[u8], request_uri: &[u8]) -> bool {
+    match (Uri::parse(digest_uri), Uri::parse(request_uri)) {
+        (Ok(a), Ok(b)) => a.host.eq_ignore_ascii_case(b.host) && a.port == b.port,
+        _ => digest_uri == request_uri,
+    }
 }
 
 /// The challenge header values for `realm`, one per offered algorithm,
@@ -283,6 +294,21 @@ mod tests {
             run(&reg, &mut counts, none, 0, t0),
             "Challenge { stale: false }"
         );
+    }
+
+    #[test]
+    fn digest_uri_must_name_the_request_target() {
+        assert!(same_target(b"sip:example.com", b"sip:example.com"));
+        assert!(same_target(
+            b"sip:10.0.0.1:5060",
+            b"sip:6001@10.0.0.1:5060;transport=udp"
+        ));
+        assert!(!same_target(
+            b"sip:10.0.0.2:5060",
+            b"sip:6001@10.0.0.1:5060"
+        ));
+        assert!(!same_target(b"sip:10.0.0.1", b"sip:10.0.0.1:5070"));
+        assert!(!same_target(b"garbage", b"sip:10.0.0.1"));
     }
 
     #[test]

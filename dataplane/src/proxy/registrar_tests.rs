@@ -1,0 +1,337 @@
+//! The registrar on a worker, driven directly: REGISTER challenged and
+//! accepted, the control thread's publish, calls to registered users, 407
+//! for callers claiming a registrar domain.
+
+use super::tests::{sent, worker, DEST};
+use super::*;
+use crate::registrar::digest::{ha1, Algorithm};
+use crate::registrar::{test_config, CredentialTable, Registrar, Secret};
+use std::time::Duration;
+
+const PHONE: &str = "10.0.0.9:5070";
+
+fn config(t0: Instant, auth_calls: bool) -> (ProxyConfig, Arc<Registrar>) {
+    let mut rc = test_config(t0);
+    rc.auth_calls = auth_calls;
+    let reg = Registrar::shared(rc, 64);
+    let mut t = CredentialTable::new();
+    for (user, pw) in [("6001", "pw1"), ("6002", "pw2")] {
+        t.insert(
+            format!("{user}@example.com").into(),
+            Secret {
+                ha1: ha1(
+                    Algorithm::Md5,
+                    user.as_bytes(),
+                    b"example.com",
+                    pw.as_bytes(),
+                )
+                .into(),
+                ..Secret::default()
+            },
+        );
+    }
+    reg.credentials.store(Arc::new(t));
+    let cfg = ProxyConfig {
+        registrar: Some(reg.clone()),
+        ..ProxyConfig::default()
+    };
+    (cfg, reg)
+}
+
+/// The `name: Digest …` credentials answering `challenge` for `method`.
+fn credentials(
+    name: &str,
+    challenge: &str,
+    method: &str,
+    uri: &str,
+    user: &str,
+    pw: &str,
+) -> String {
+    let nonce_at = challenge.find("nonce=\"").unwrap() + 7;
+    let nonce = &challenge[nonce_at..nonce_at + challenge[nonce_at..].find('"').unwrap()];
+    let h1 = ha1(
+        Algorithm::Md5,
+        user.as_bytes(),
+        b"example.com",
+        pw.as_bytes(),
+    );
+    let h2 = Algorithm::Md5.hash_hex(&[method.as_bytes(), uri.as_bytes()]);
+    let resp = Algorithm::Md5.hash_hex(&[
+        h1.as_bytes(),
+        nonce.as_bytes(),
+        b"00000001",
+        b"c0ffee",
+        b"auth",
+        h2.as_bytes(),
+    ]);
+    format!(
+        "{name}: Digest username=\"{user}\", realm=\"example.com\", nonce=\"{nonce}\", \
+         uri=\"{uri}\", response=\"{resp}\", qop=auth, nc=00000001, cnonce=\"c0ffee\"\r\n"
+    )
+}
+
+fn register(user: &str, cseq: u32, auth: &str) -> Vec<u8> {
+    format!(
+        "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP {PHONE};branch=z9hG4bK-r{cseq}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{user}@example.com>;tag=r\r\nTo: <sip:{user}@example.com>\r\n\
+         Call-ID: reg-{user}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{PHONE}>\r\n{auth}\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn invite(from: &str, to: &str, branch: &str, auth: &str) -> Vec<u8> {
+    format!(
+        "INVITE sip:{to}@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.7:5060;branch={branch}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{from}@example.com>;tag=f\r\nTo: <sip:{to}@example.com>\r\n\
+         Call-ID: {branch}\r\nCSeq: 1 INVITE\r\n{auth}Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+fn feed(w: &mut Worker, now: Instant, from: &str, bytes: &[u8]) -> Vec<(SocketAddr, String)> {
+    let mut out = Outbox::new();
+    w.on_datagram(now, SOCK_PUBLIC, from.parse().unwrap(), bytes, &mut out);
+    sent(&out)
+}
+
+fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
+    msg.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+        .collect()
+}
+
+/// What the control thread does every few milliseconds.
+fn publish(reg: &Registrar) {
+    let updates: Vec<_> = std::iter::from_fn(|| reg.updates.pop()).collect();
+    reg.location.apply(updates);
+}
+
+/// Registers `user` from PHONE and publishes the binding.
+fn registered(w: &mut Worker, reg: &Registrar, t0: Instant, user: &str, pw: &str) {
+    let s = feed(w, t0, PHONE, &register(user, 1, ""));
+    let challenge = header(&s[0].1, "WWW-Authenticate")[0].to_owned();
+    let auth = credentials(
+        "Authorization",
+        &challenge,
+        "REGISTER",
+        "sip:example.com",
+        user,
+        pw,
+    );
+    let s = feed(w, t0, PHONE, &register(user, 2, &auth));
+    assert!(s[0].1.starts_with("SIP/2.0 200"), "{}", s[0].1);
+    publish(reg);
+}
+
+#[test]
+fn register_is_challenged_then_stored_and_listed() {
+    let t0 = Instant::now();
+    let (cfg, reg) = config(t0, false);
+    let mut w = worker(cfg, &format!("1 sip:{DEST}\n"), t0);
+    let s = feed(&mut w, t0, PHONE, &register("6001", 1, ""));
+    assert_eq!(s.len(), 1);
+    assert!(s[0].1.starts_with("SIP/2.0 401"), "{}", s[0].1);
+    let challenge = header(&s[0].1, "WWW-Authenticate")[0].to_owned();
+    assert!(challenge.contains("realm=\"example.com\""), "{challenge}");
+
+    let wrong = credentials(
+        "Authorization",
+        &challenge,
+        "REGISTER",
+        "sip:example.com",
+        "6001",
+        "nope",
+    );
+    let s = feed(&mut w, t0, PHONE, &register("6001", 2, &wrong));
+    assert!(s[0].1.starts_with("SIP/2.0 403"), "{}", s[0].1);
+    assert!(reg.updates.is_empty(), "a refused REGISTER queued a change");
+
+    let right = credentials(
+        "Authorization",
+        &challenge,
+        "REGISTER",
+        "sip:example.com",
+        "6001",
+        "pw1",
+    );
+    let s = feed(&mut w, t0, PHONE, &register("6001", 3, &right));
+    assert!(s[0].1.starts_with("SIP/2.0 200"), "{}", s[0].1);
+    assert_eq!(
+        header(&s[0].1, "Contact"),
+        vec![format!("<sip:6001@{PHONE}>;expires=3600")]
+    );
+    // The same credentials again: the nonce count did not grow.
+    let s = feed(&mut w, t0, PHONE, &register("6001", 4, &right));
+    assert!(s[0].1.contains("stale=true"), "{}", s[0].1);
+
+    assert!(
+        w.locate(
+            t0,
+            &parse(&invite("x", "6001", "b", ""))
+                .unwrap()
+                .validated_request()
+                .unwrap()
+        )
+        .is_none(),
+        "not published yet"
+    );
+    publish(&reg);
+    assert_eq!(reg.location.counts(), (1, 1));
+}
+
+#[test]
+fn calls_reach_the_binding_or_get_404() {
+    let t0 = Instant::now();
+    let (cfg, reg) = config(t0, false);
+    let mut w = worker(cfg, &format!("1 sip:{DEST}\n"), t0);
+    registered(&mut w, &reg, t0, "6001", "pw1");
+    let s = feed(
+        &mut w,
+        t0,
+        "10.0.0.7:5060",
+        &invite("a", "6001", "z9hG4bK-c1", ""),
+    );
+    let fwd = s
+        .iter()
+        .find(|(_, m)| m.starts_with("INVITE"))
+        .expect("forwarded");
+    assert_eq!(fwd.0, PHONE.parse().unwrap());
+    assert!(
+        fwd.1
+            .starts_with(&format!("INVITE sip:6001@{PHONE} SIP/2.0\r\n")),
+        "{}",
+        fwd.1
+    );
+    let s = feed(
+        &mut w,
+        t0,
+        "10.0.0.7:5060",
+        &invite("a", "6999", "z9hG4bK-c2", ""),
+    );
+    assert!(s[0].1.starts_with("SIP/2.0 404"), "{}", s[0].1);
+    // Outside the prefixes: the dispatcher set.
+    let s = feed(
+        &mut w,
+        t0,
+        "10.0.0.7:5060",
+        &invite("a", "1000", "z9hG4bK-c3", ""),
+    );
+    assert!(s
+        .iter()
+        .any(|(to, m)| *to == DEST.parse().unwrap() && m.starts_with("INVITE")));
+    // Expired: 404 again, before the control thread removed it.
+    let later = t0 + Duration::from_secs(3601);
+    let s = feed(
+        &mut w,
+        later,
+        "10.0.0.7:5060",
+        &invite("a", "6001", "z9hG4bK-c4", ""),
+    );
+    assert!(s[0].1.starts_with("SIP/2.0 404"), "{}", s[0].1);
+}
+
+#[test]
+fn callers_of_our_domain_authenticate_as_themselves() {
+    let t0 = Instant::now();
+    let (cfg, reg) = config(t0, true);
+    let mut w = worker(cfg, &format!("1 sip:{DEST}\n"), t0);
+    registered(&mut w, &reg, t0, "6001", "pw1");
+    let s = feed(
+        &mut w,
+        t0,
+        "10.0.0.7:5060",
+        &invite("6002", "6001", "z9hG4bK-a1", ""),
+    );
+    assert!(s[0].1.starts_with("SIP/2.0 407"), "{}", s[0].1);
+    let challenge = header(&s[0].1, "Proxy-Authenticate")[0].to_owned();
+    let uri = "sip:6001@example.com";
+    // 6002's password, but From says 6001: no caller-ID spoofing.
+    let as_other = credentials(
+        "Proxy-Authorization",
+        &challenge,
+        "INVITE",
+        uri,
+        "6002",
+        "pw2",
+    );
+    let s = feed(
+        &mut w,
+        t0,
+        "10.0.0.7:5060",
+        &invite("6001", "6001", "z9hG4bK-a2", &as_other),
+    );
+    assert!(s[0].1.starts_with("SIP/2.0 403"), "{}", s[0].1);
+    let challenge = {
+        let s = feed(
+            &mut w,
+            t0,
+            "10.0.0.7:5060",
+            &invite("6002", "6001", "z9hG4bK-a3", ""),
+        );
+        header(&s[0].1, "Proxy-Authenticate")[0].to_owned()
+    };
+    let ok = credentials(
+        "Proxy-Authorization",
+        &challenge,
+        "INVITE",
+        uri,
+        "6002",
+        "pw2",
+    );
+    let s = feed(
+        &mut w,
+        t0,
+        "10.0.0.7:5060",
+        &invite("6002", "6001", "z9hG4bK-a4", &ok),
+    );
+    assert!(
+        s.iter()
+            .any(|(to, m)| *to == PHONE.parse().unwrap() && m.starts_with("INVITE")),
+        "{s:?}"
+    );
+    // A dispatcher destination calling in is exempt.
+    let s = feed(&mut w, t0, DEST, &invite("6002", "6001", "z9hG4bK-a5", ""));
+    assert!(
+        s.iter()
+            .any(|(to, m)| *to == PHONE.parse().unwrap() && m.starts_with("INVITE")),
+        "{s:?}"
+    );
+    // A caller of another domain is not challenged.
+    let foreign = String::from_utf8(invite("6002", "6001", "z9hG4bK-a6", ""))
+        .unwrap()
+        .replace("<sip:6002@example.com>", "<sip:bob@carrier.example>");
+    let s = feed(&mut w, t0, "10.0.0.7:5060", foreign.as_bytes());
+    assert!(s.iter().any(|(_, m)| m.starts_with("INVITE")), "{s:?}");
+}
+
+#[test]
+fn credentials_for_another_workers_nonce_are_handed_to_it() {
+    let t0 = Instant::now();
+    let (mut cfg, _reg) = config(t0, false);
+    cfg.private_ports = vec![5061, 5062];
+    let mut w0 = worker(cfg.clone(), &format!("1 sip:{DEST}\n"), t0);
+    let table = w0.table.clone();
+    let mut w1 = Worker::new(1, Arc::new(cfg), table, Arc::new(ProxyStats::default()), t0);
+    let s = feed(&mut w1, t0, PHONE, &register("6001", 1, ""));
+    let challenge = header(&s[0].1, "WWW-Authenticate")[0].to_owned();
+    let auth = credentials(
+        "Authorization",
+        &challenge,
+        "REGISTER",
+        "sip:example.com",
+        "6001",
+        "pw1",
+    );
+    let mut out = Outbox::new();
+    w0.on_datagram(
+        t0,
+        SOCK_PUBLIC,
+        PHONE.parse().unwrap(),
+        &register("6001", 2, &auth),
+        &mut out,
+    );
+    let handed: Vec<_> = out.handoffs().collect();
+    assert_eq!(handed.len(), 1, "{:?}", sent(&out));
+    assert_eq!(handed[0].0, 1);
+}
