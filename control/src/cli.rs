@@ -166,6 +166,26 @@ pub enum CtlCommand {
     Ping,
     /// Live view refreshed every second (calls/s, active calls per destination, failures).
     Top(TopArgs),
+    /// Registered users (the registrar's location table), as kamctl ul.
+    #[command(subcommand)]
+    Ul(UlCommand),
+}
+
+/// `sipvane ctl ul …`
+#[derive(Debug, Subcommand)]
+pub enum UlCommand {
+    /// Every registered user's bindings, or one user's.
+    Show {
+        /// user@domain (default: every user).
+        #[arg(value_name = "AOR")]
+        aor: Option<String>,
+    },
+    /// Remove every binding of a user.
+    Rm {
+        /// user@domain.
+        #[arg(value_name = "AOR")]
+        aor: String,
+    },
 }
 
 /// `sipvane ctl dispatcher …`

@@ -13,6 +13,7 @@
 //! - the binding survives a sipvane restart (reloaded from `location`);
 //! - a client whose Contact carries a private address it does not send from
 //!   is stored with `received` = its real source and called there (NAT);
+//! - `sipvane ctl ul show` / `ul rm` and `/metrics` show and change the table;
 //! - unREGISTER (`Expires: 0`) and expiry remove the binding and its row.
 //!
 //! One test per server runs every phase in sequence so each server starts once.
@@ -24,7 +25,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use db_support::{runtime, KamailioDb, MariaDb, Postgres};
-use support::{free_udp_addr, free_udp_port, Scenario, SippRun, Sipvane, Uac, Uas};
+use support::{
+    free_udp_addr, free_udp_port, metric, metrics, Scenario, SippRun, Sipvane, Uac, Uas,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 /// The dispatcher set's number (outside `prefixes`).
@@ -103,6 +106,21 @@ impl Bed {
             .service(user)
             .timeout(Duration::from_secs(20))
             .run()
+    }
+
+    /// `sipvane ctl ARGS` against this sipvane: (exit code, stdout).
+    fn ctl(&self, args: &[&str]) -> (i32, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sipvane"))
+            .arg("ctl")
+            .arg("--mgmt")
+            .arg(self.sipvane.mgmt_addr().to_string())
+            .args(args)
+            .output()
+            .expect("run sipvane ctl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 
     /// A call to `user` from `caller`, who answers the 407 with `password`.
@@ -207,6 +225,23 @@ fn run_everything(db: KamailioDb) {
         "the re-REGISTER's Call-ID was not written"
     );
 
+    // The table as operators see it.
+    let (code, shown) = bed.ctl(&["ul", "show"]);
+    assert_eq!(code, 0, "{shown}");
+    assert!(
+        shown.contains(&format!("6001@example.com  sip:6001@{contact}")),
+        "{shown}"
+    );
+    assert!(shown.contains("1 users, 1 bindings"), "{shown}");
+    let m = metrics(&bed.sipvane);
+    assert_eq!(metric(&m, "sipvane_registrar_bindings"), 1);
+    assert_eq!(metric(&m, "sipvane_registrar_accounts"), 2);
+    assert_eq!(metric(&m, "sipvane_registrar_db_up"), 1);
+    assert!(
+        metric(&m, "sipvane_registrar_auth_failures_total") >= 1,
+        "the wrong password"
+    );
+
     // Calls: a caller of our domain (SIPp's From is sipvane's address)
     // without credentials gets 407 and reaches nobody.
     let phone = Uas::builder(Scenario::Uas).port(phone_port).start();
@@ -264,6 +299,15 @@ fn run_everything(db: KamailioDb) {
     bed.call_as("6001", "pw-6001", "6002")
         .assert_all_succeeded(1);
     assert_eq!(natted.wait_for_calls(1, WAIT).invites_received(), 1);
+
+    // `ctl ul rm`: the binding and its row go.
+    let (code, out) = bed.ctl(&["ul", "rm", "6002@example.com"]);
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "6002@example.com: 1 binding(s) removed\n")
+    );
+    assert!(bed.wait_rows("6002", 0).is_empty(), "ul rm left a row");
+    bed.call(Scenario::Uac404, "6002").assert_all_succeeded(1);
 
     // unREGISTER: the row goes, calls get 404.
     let gone = bed.register(Scenario::RegisterAuth, "6001", "pw-6001", &contact, 0, None);

@@ -125,6 +125,7 @@ impl Collector for Scrape {
         self.encode_workers(&mut e)?;
         self.encode_events(&mut e)?;
         self.encode_acc(&mut e)?;
+        self.encode_registrar(&mut e)?;
         self.encode_media(&mut e)?;
         self.encode_destinations(&mut e)
     }
@@ -323,6 +324,102 @@ impl Scrape {
             "acc_db_up",
             "1 while the accounting database connection is up.",
             i64::from(a.connected()),
+        )
+    }
+
+    /// The registrar's counters, table size and database, when it is on.
+    fn encode_registrar(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let Some(r) = &self.running.proxy.registrar else {
+            return Ok(());
+        };
+        let s = &r.stats;
+        let get = dataplane::registrar::RegistrarStats::get;
+        let counters: [(&str, &str, u64); 7] = [
+            (
+                "registrar_registers_ok",
+                "REGISTERs answered 200.",
+                get(&s.registers_ok),
+            ),
+            (
+                "registrar_challenges",
+                "Requests challenged with 401 or 407.",
+                get(&s.challenges),
+            ),
+            (
+                "registrar_auth_failures",
+                "Credentials refused (403 or 400): wrong password, unknown user, user mismatch.",
+                get(&s.auth_failures),
+            ),
+            (
+                "registrar_registers_refused",
+                "REGISTERs refused otherwise (400, 403 domain, 423, 500, 503).",
+                get(&s.registers_refused),
+            ),
+            (
+                "registrar_updates_dropped",
+                "REGISTERs answered 503 because the queue to the control thread was full.",
+                get(&s.updates_dropped),
+            ),
+            (
+                "registrar_lookups_found",
+                "Requests to registered users sent to a binding.",
+                get(&s.lookups_found),
+            ),
+            (
+                "registrar_lookups_missing",
+                "Requests to registered users without a live binding (404).",
+                get(&s.lookups_missing),
+            ),
+        ];
+        for (name, help, v) in counters {
+            counter(e, name, help, v)?;
+        }
+        let (aors, bindings) = r.location.counts();
+        gauge(
+            e,
+            "registrar_aors",
+            "Users with bindings in the location table.",
+            aors as i64,
+        )?;
+        gauge(
+            e,
+            "registrar_bindings",
+            "Bindings in the location table.",
+            bindings as i64,
+        )?;
+        let Some(db) = &self.running.registrar_db else {
+            return Ok(());
+        };
+        use std::sync::atomic::Ordering::Relaxed;
+        gauge(
+            e,
+            "registrar_accounts",
+            "Accounts read from subscriber (cached).",
+            db.accounts.load(Relaxed) as i64,
+        )?;
+        gauge(
+            e,
+            "registrar_db_up",
+            "1 while the last registrar database read or write succeeded.",
+            i64::from(db.up.load(Relaxed)),
+        )?;
+        gauge(
+            e,
+            "registrar_location_pending",
+            "Users changed but not yet written to location.",
+            db.dirty.load(Relaxed) as i64,
+        )?;
+        counter(
+            e,
+            "registrar_credential_failures",
+            "Failed reads of subscriber.",
+            db.credential_failures.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "registrar_location_write_failures",
+            "Failed writes to location.",
+            db.write_failures.load(Relaxed),
         )
     }
 

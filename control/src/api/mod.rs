@@ -7,6 +7,7 @@ pub mod model;
 
 mod dispatcher;
 mod metrics;
+mod registrations;
 mod status;
 
 use std::net::SocketAddr;
@@ -100,6 +101,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/dispatcher/reload", post(dispatcher::reload))
         .route("/dispatcher/state", post(dispatcher::set_state))
         .route("/metrics", get(metrics::metrics))
+        .route("/registrations", get(registrations::list))
+        .route("/registrations/remove", post(registrations::remove))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn_with_state(Arc::clone(&state), auth))
         .with_state(state)

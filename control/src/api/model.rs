@@ -214,3 +214,50 @@ pub struct ApiError {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems: Vec<String>,
 }
+
+/// `GET /registrations`: the location table, users sorted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Registrations {
+    /// Users (AORs) with at least one live binding.
+    pub aors: u64,
+    pub bindings: u64,
+    pub users: Vec<Registration>,
+}
+
+/// One user's bindings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Registration {
+    /// `user@domain`.
+    pub aor: String,
+    pub bindings: Vec<BindingView>,
+}
+
+/// One binding.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BindingView {
+    pub contact: String,
+    /// `IP:PORT` the requests go to when the phone is behind a NAT.
+    pub received: Option<String>,
+    /// Seconds left.
+    pub expires_in: u64,
+    pub q: f64,
+    pub call_id: String,
+    pub cseq: u32,
+    pub user_agent: String,
+    pub ruid: String,
+}
+
+/// `POST /registrations/remove` body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveRegistration {
+    /// `user@domain`.
+    pub aor: String,
+}
+
+/// `POST /registrations/remove` answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedRegistration {
+    pub aor: String,
+    /// Live bindings removed.
+    pub removed: u64,
+}

@@ -12,9 +12,10 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::api::model::{
-    Dialogs, Dispatcher, ErrorStats, Health, SetStateReply, SetStateRequest, Status,
+    Dialogs, Dispatcher, ErrorStats, Health, Registrations, RemoveRegistration,
+    RemovedRegistration, SetStateReply, SetStateRequest, Status,
 };
-use crate::cli::{CtlArgs, CtlCommand, DispatcherCommand, TopArgs};
+use crate::cli::{CtlArgs, CtlCommand, DispatcherCommand, TopArgs, UlCommand};
 use client::Client;
 
 /// Runs one `sipvane ctl` command.
@@ -36,6 +37,16 @@ pub fn main(args: &CtlArgs) -> ExitCode {
         }),
         CtlCommand::Ping => ping(&client, args.json),
         CtlCommand::Top(top_args) => top(&client, args.json, top_args),
+        CtlCommand::Ul(UlCommand::Show { aor }) => {
+            let path = match aor {
+                Some(a) => format!("/registrations?aor={}", query_escape(a)),
+                None => "/registrations".to_owned(),
+            };
+            show(&client, args.json, &path, |r: &Registrations| {
+                render::registrations(r)
+            })
+        }
+        CtlCommand::Ul(UlCommand::Rm { aor }) => ul_rm(&client, args.json, aor),
     };
     match result {
         Ok(code) => code,
@@ -119,6 +130,37 @@ fn set_state(
         .map(|c| format!("set {} {}: {} -> {}\n", c.set, c.uri, c.previous, c.state))
         .collect();
     print(&text)
+}
+
+fn ul_rm(client: &Client, json: bool, aor: &str) -> Result<ExitCode, String> {
+    let path = "/registrations/remove";
+    let body = RemoveRegistration {
+        aor: aor.to_owned(),
+    };
+    let r = client.post(path, Some(&body))?;
+    if !r.ok() {
+        return Err(r.error(path));
+    }
+    if json {
+        return print(&(r.pretty() + "\n"));
+    }
+    let reply: RemovedRegistration = r.decode(path)?;
+    print(&format!(
+        "{}: {} binding(s) removed\n",
+        reply.aor, reply.removed
+    ))
+}
+
+/// `s` for a URL query value (`@` and the like percent-encoded).
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn stats(client: &Client, json: bool) -> Result<ExitCode, String> {

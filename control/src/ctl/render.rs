@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::api::model::{Dialogs, Dispatcher, ErrorStats, Health, Status};
+use crate::api::model::{Dialogs, Dispatcher, ErrorStats, Health, Registrations, Status};
 
 /// Left-aligned columns separated by two spaces; numeric columns right-aligned.
 fn table(header: &[&str], rows: &[Vec<String>], numeric: &[bool]) -> String {
@@ -178,6 +178,33 @@ pub fn dialogs(d: &Dialogs) -> String {
         d.not_tracked,
         per.join("/")
     )
+}
+
+/// `sipvane ctl ul show`.
+pub fn registrations(r: &Registrations) -> String {
+    let rows: Vec<Vec<String>> = r
+        .users
+        .iter()
+        .flat_map(|u| {
+            u.bindings.iter().map(|b| {
+                vec![
+                    u.aor.clone(),
+                    b.contact.clone(),
+                    b.received.clone().unwrap_or_else(|| "-".into()),
+                    b.expires_in.to_string(),
+                    format!("{:.3}", b.q),
+                    b.user_agent.clone(),
+                ]
+            })
+        })
+        .collect();
+    let mut out = table(
+        &["AOR", "CONTACT", "RECEIVED", "EXPIRES", "Q", "USER-AGENT"],
+        &rows,
+        &[false, false, false, true, true, false],
+    );
+    let _ = writeln!(out, "{} users, {} bindings", r.aors, r.bindings);
+    out
 }
 
 /// `sipvane ctl ping`.

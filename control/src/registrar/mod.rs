@@ -15,7 +15,7 @@
 
 pub mod store;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -304,36 +304,6 @@ impl Service {
         self.drain();
         self.write_back().await;
     }
-}
-
-/// Registrations as the API shows them: AOR → bindings.
-pub fn snapshot(registrar: &Registrar) -> HashMap<String, Vec<serde_json::Value>> {
-    let now = registrar.config.unix(Instant::now());
-    registrar
-        .location
-        .all()
-        .into_iter()
-        .map(|(aor, list)| {
-            let v = list
-                .iter()
-                .filter(|b| b.expires > now)
-                .map(|b| {
-                    serde_json::json!({
-                        "contact": &*b.contact,
-                        "received": b.received.map(|a| a.to_string()),
-                        "expires_in": b.expires - now,
-                        "q": f64::from(b.q) / 1000.0,
-                        "call_id": &*b.call_id,
-                        "cseq": b.cseq,
-                        "user_agent": &*b.user_agent,
-                        "ruid": &*b.ruid,
-                    })
-                })
-                .collect();
-            (aor.to_string(), v)
-        })
-        .filter(|(_, v): &(String, Vec<_>)| !v.is_empty())
-        .collect()
 }
 
 #[cfg(test)]
