@@ -14,14 +14,12 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use control::acc::journal::{Journal, Record};
 use control::acc::{Row, RowQueue, Table, TableNames, Value, Writer, WriterConfig};
-use db_support::{runtime, MariaDb, Postgres};
-use sqlx::{ConnectOptions, Connection, Row as _};
+use db_support::{runtime, KamailioDb, MariaDb, Postgres};
 use support::{free_udp_addr, metric, metrics, Scenario, Sipvane, Uac, Uas, WorkDir};
 
 const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -33,85 +31,22 @@ const BUSY: &str = "200";
 const UNAVAILABLE: &str = "300";
 const RINGING: &str = "400";
 
-enum Server {
-    Pg(Postgres),
-    My(MariaDb),
-}
-
-impl Server {
-    fn kind(&self) -> &'static str {
-        match self {
-            Server::Pg(_) => "postgres",
-            Server::My(_) => "mysql",
-        }
-    }
-
-    /// What sipvane connects with (database `kamailio`).
-    fn url(&self) -> String {
-        match self {
-            Server::Pg(p) => p.admin_url("kamailio"),
-            Server::My(m) => format!("mysql://root@127.0.0.1:{}/kamailio", m.port),
-        }
-    }
-
-    async fn exec(&self, db: &str, statements: &[&str]) {
-        match self {
-            Server::Pg(p) => p.exec(db, statements).await,
-            Server::My(m) => m.exec(db, statements).await,
-        }
-    }
-
-    fn stop(&mut self) {
-        match self {
-            Server::Pg(p) => p.stop(),
-            Server::My(m) => m.stop(),
-        }
-    }
-
-    async fn resume(&mut self) {
-        match self {
-            Server::Pg(p) => p.resume().await,
-            Server::My(m) => m.resume().await,
-        }
-    }
-
+impl KamailioDb {
     /// Kamailio's DDL, as shipped, plus the extra columns an operator adds
     /// for `acc` extras.
-    async fn create_schema(&self) {
-        let admin_db = match self {
-            Server::Pg(_) => "postgres",
-            Server::My(_) => "",
-        };
-        self.exec(admin_db, &["CREATE DATABASE kamailio"]).await;
-        let mut statements = Vec::new();
-        for file in ["standard-create.sql", "acc-create.sql"] {
-            let path = Path::new("/usr/share/kamailio")
-                .join(self.kind())
-                .join(file);
-            let sql = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-                panic!(
-                    "{}: {e}; install kamailio-postgres-modules and kamailio-mysql-modules (make deps)",
-                    path.display()
-                )
-            });
-            statements.extend(
-                sql.split(';')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from),
-            );
-        }
+    async fn create_acc_schema(&self) {
+        let mut extra = Vec::new();
         for table in ["acc", "missed_calls"] {
             for (col, len) in [("src_user", 64), ("dst_user", 64), ("dst_uri", 128)] {
-                statements.push(format!(
+                extra.push(format!(
                     "ALTER TABLE {table} ADD COLUMN {col} VARCHAR({len}) DEFAULT '' NOT NULL"
                 ));
             }
         }
-        statements
+        extra
             .push("ALTER TABLE acc_cdrs ADD COLUMN callid VARCHAR(255) DEFAULT '' NOT NULL".into());
-        let refs: Vec<&str> = statements.iter().map(String::as_str).collect();
-        self.exec("kamailio", &refs).await;
+        self.create_schema(&["standard-create.sql", "acc-create.sql"], &extra)
+            .await;
     }
 
     /// Every row of `table` as text, in id order.
@@ -156,42 +91,6 @@ impl Server {
             .collect()
     }
 
-    fn text_type(&self) -> &'static str {
-        match self {
-            Server::Pg(_) => "TEXT",
-            Server::My(_) => "CHAR",
-        }
-    }
-
-    /// The first `cols` columns of every row `sql` returns, as text.
-    async fn query(&self, sql: &str, cols: usize) -> Vec<Vec<String>> {
-        let url = self.url();
-        match self {
-            Server::Pg(_) => {
-                let opts = sqlx::postgres::PgConnectOptions::from_str(&url)
-                    .unwrap()
-                    .disable_statement_logging();
-                let mut c = sqlx::PgConnection::connect_with(&opts).await.unwrap();
-                let rows = sqlx::query(sql).fetch_all(&mut c).await.unwrap();
-                let _ = c.close().await;
-                rows.iter()
-                    .map(|r| (0..cols).map(|i| r.get::<String, _>(i)).collect())
-                    .collect()
-            }
-            Server::My(_) => {
-                let opts = sqlx::mysql::MySqlConnectOptions::from_str(&url)
-                    .unwrap()
-                    .disable_statement_logging();
-                let mut c = sqlx::MySqlConnection::connect_with(&opts).await.unwrap();
-                let rows = sqlx::query(sql).fetch_all(&mut c).await.unwrap();
-                let _ = c.close().await;
-                rows.iter()
-                    .map(|r| (0..cols).map(|i| r.get::<String, _>(i)).collect())
-                    .collect()
-            }
-        }
-    }
-
     /// Waits (bounded) until `table` holds at least `n` rows; returns them.
     async fn wait_rows(&self, table: &str, n: usize) -> Vec<AccRow> {
         let deadline = Instant::now() + WAIT;
@@ -225,7 +124,7 @@ struct AccRow {
     dst_uri: String,
 }
 
-fn config(server: &Server, spool: &Path) -> String {
+fn config(server: &KamailioDb, spool: &Path) -> String {
     format!(
         "ping_interval_s = 0\n\
          failure_threshold = 1000\n\
@@ -433,7 +332,7 @@ fn assert_counters_add_up(m: &str) {
 /// Waits for the rows `expect` should have produced and checks them.
 fn check_all(
     rt: &tokio::runtime::Runtime,
-    server: &Server,
+    server: &KamailioDb,
     pool: &Pool,
     expect: &BTreeMap<&str, usize>,
 ) {
@@ -444,9 +343,9 @@ fn check_all(
     check(pool, &acc, &missed, &rt.block_on(server.cdrs()), expect);
 }
 
-fn run_everything(mut server: Server) {
+fn run_everything(mut server: KamailioDb) {
     let rt = runtime();
-    rt.block_on(server.create_schema());
+    rt.block_on(server.create_acc_schema());
     let work = WorkDir::new("acc", server.kind());
     let spool = work.file("spool");
     let pool = Pool::start();
@@ -552,7 +451,7 @@ fn run_everything(mut server: Server) {
 
 /// Rows of one synthetic stream in a spool file; a writer replays part of it
 /// and stops; a second one replays the rest.
-async fn cut_replay(server: &Server, dir: &Path) {
+async fn cut_replay(server: &KamailioDb, dir: &Path) {
     const N: u64 = 50;
     const STREAM: u64 = 0x5eed_0000_0000_0001;
     let path: PathBuf = dir.join("acc.spool");
@@ -641,11 +540,11 @@ async fn cut_replay(server: &Server, dir: &Path) {
 #[test]
 fn postgres_acc_rows_survive_outages_and_restarts() {
     let server = runtime().block_on(Postgres::start());
-    run_everything(Server::Pg(server));
+    run_everything(KamailioDb::Pg(server));
 }
 
 #[test]
 fn mariadb_acc_rows_survive_outages_and_restarts() {
     let server = runtime().block_on(MariaDb::start());
-    run_everything(Server::My(server));
+    run_everything(KamailioDb::My(server));
 }

@@ -335,3 +335,33 @@ fn credentials_for_another_workers_nonce_are_handed_to_it() {
     assert_eq!(handed.len(), 1, "{:?}", sent(&out));
     assert_eq!(handed[0].0, 1);
 }
+
+#[test]
+fn in_dialog_requests_may_reach_registered_phones() {
+    let t0 = Instant::now();
+    let (cfg, reg) = config(t0, false);
+    let mut w = worker(cfg, &format!("1 sip:{DEST}\n"), t0);
+    let bye = format!(
+        "BYE sip:6001@{PHONE} SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.7:5060;branch=z9hG4bK-bye\r\n\
+         Max-Forwards: 70\r\nRoute: <sip:127.0.0.1:5061;lr>\r\nFrom: <sip:a@example.com>;tag=f\r\n\
+         To: <sip:6001@example.com>;tag=t\r\nCall-ID: dlg\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+    );
+    let s = feed(&mut w, t0, "10.0.0.7:5060", bye.as_bytes());
+    assert!(
+        s[0].1.starts_with("SIP/2.0 403"),
+        "not a known target yet: {}",
+        s[0].1
+    );
+    registered(&mut w, &reg, t0, "6001", "pw1");
+    let s = feed(
+        &mut w,
+        t0,
+        "10.0.0.7:5060",
+        bye.replace("z9hG4bK-bye", "z9hG4bK-bye2").as_bytes(),
+    );
+    assert!(
+        s.iter()
+            .any(|(to, m)| *to == PHONE.parse().unwrap() && m.starts_with("BYE")),
+        "{s:?}"
+    );
+}

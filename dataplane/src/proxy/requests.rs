@@ -95,7 +95,15 @@ impl Worker {
             },
             &self.cfg,
             self.index,
-            &|ip| self.cfg.is_trusted_ip(ip) || table.has_ip(ip),
+            &|ip| {
+                self.cfg.is_trusted_ip(ip)
+                    || table.has_ip(ip)
+                    || self
+                        .cfg
+                        .registrar
+                        .as_ref()
+                        .is_some_and(|r| r.location.is_target(ip))
+            },
         )
     }
 

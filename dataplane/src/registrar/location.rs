@@ -12,9 +12,9 @@
 //! once its updates are applied; another worker sees them after the next
 //! publish (milliseconds).
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
@@ -82,6 +82,11 @@ type Shard = HashMap<Box<str>, Bindings>;
 /// The shared table.
 pub struct Location {
     shards: Box<[ArcSwap<Shard>]>,
+    /// The addresses requests for bindings go to: in-dialog requests from
+    /// untrusted peers may be relayed to them (`dialog_targets = "known"`).
+    targets: ArcSwap<HashSet<IpAddr>>,
+    /// Bindings per target address (control thread only).
+    target_counts: Mutex<HashMap<IpAddr, usize>>,
     /// Bindings per AOR the control thread keeps at most (the worker checks
     /// first; this catches two workers racing).
     max_contacts: usize,
@@ -100,6 +105,8 @@ impl Location {
     pub fn new(max_contacts: usize) -> Location {
         Location {
             shards: (0..SHARDS).map(|_| ArcSwap::default()).collect(),
+            targets: ArcSwap::default(),
+            target_counts: Mutex::default(),
             max_contacts: max_contacts.max(1),
             // Fixed seeds: the shard of an AOR is not secret, and a peer
             // cannot make one shard long without registering (authenticated).
@@ -115,6 +122,42 @@ impl Location {
     /// caller filters by its `now`).
     pub fn lookup(&self, aor: &str) -> Option<Bindings> {
         self.shards[self.shard_of(aor)].load().get(aor).cloned()
+    }
+
+    /// Whether some binding's requests go to `ip`.
+    pub fn is_target(&self, ip: IpAddr) -> bool {
+        self.targets.load().contains(&ip)
+    }
+
+    /// Counts `gone` out of and `new` into the target addresses; publishes
+    /// the set when an address appeared or disappeared.
+    fn retarget<'b>(
+        &self,
+        gone: impl Iterator<Item = &'b Binding>,
+        new: impl Iterator<Item = &'b Binding>,
+    ) {
+        let Ok(mut counts) = self.target_counts.lock() else {
+            return;
+        };
+        let mut changed = false;
+        for ip in gone.filter_map(|b| b.target()).map(|a| a.ip()) {
+            if let Some(n) = counts.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&ip);
+                    changed = true;
+                }
+            }
+        }
+        for ip in new.filter_map(|b| b.target()).map(|a| a.ip()) {
+            let n = counts.entry(ip).or_insert(0);
+            changed |= *n == 0;
+            *n += 1;
+        }
+        if changed {
+            self.targets
+                .store(Arc::new(counts.keys().copied().collect()));
+        }
     }
 
     /// Every AOR and its bindings (for the API and the database), in no
@@ -170,6 +213,15 @@ impl Location {
                 changed.push(u.aor);
             }
         }
+        for aor in &changed {
+            let idx = self.shard_of(aor);
+            let old = self.shards[idx].load().get(aor).cloned();
+            let new = staged.get(&idx).and_then(|s| s.get(aor)).cloned();
+            self.retarget(
+                old.iter().flat_map(|b| b.iter()),
+                new.iter().flat_map(|b| b.iter()),
+            );
+        }
         for (idx, shard) in staged {
             self.shards[idx].store(Arc::new(shard));
         }
@@ -186,6 +238,11 @@ impl Location {
                 list.push(b);
             }
         }
+        let old = self.all();
+        self.retarget(
+            old.iter().flat_map(|(_, b)| b.iter()),
+            shards.iter().flat_map(|s| s.values().flatten()),
+        );
         for (slot, shard) in self.shards.iter().zip(shards) {
             slot.store(Arc::new(
                 shard.into_iter().map(|(k, v)| (k, v.into())).collect(),
@@ -296,6 +353,27 @@ mod tests {
         }]);
         assert_eq!(held.len(), 1);
         assert!(l.lookup("a@d").is_none());
+    }
+
+    #[test]
+    fn target_addresses_follow_the_bindings() {
+        let l = Location::new(5);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        l.replace([("a@d".into(), binding("sip:a@10.0.0.1", 10))]);
+        assert!(l.is_target(ip("10.0.0.1")));
+        l.apply([
+            up("b@d", binding("sip:b@10.0.0.1:5070", 10)),
+            up("c@d", binding("sip:c@10.0.0.3", 10)),
+        ]);
+        assert!(l.is_target(ip("10.0.0.3")));
+        l.apply([Update {
+            aor: "a@d".into(),
+            op: Op::Clear,
+        }]);
+        assert!(l.is_target(ip("10.0.0.1")), "b still goes there");
+        l.expire(10);
+        assert!(!l.is_target(ip("10.0.0.1")));
+        assert!(!l.is_target(ip("10.0.0.3")));
     }
 
     #[test]
