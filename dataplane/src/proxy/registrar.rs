@@ -6,7 +6,7 @@
 use super::*;
 use crate::registrar::auth::{self, AuthOutcome, Context};
 use crate::registrar::{self as reg, register};
-use crate::sip::Uri;
+use crate::sip::{NameAddr, Uri};
 
 impl Worker {
     /// Answers a REGISTER for one of the registrar's domains.
@@ -215,6 +215,33 @@ impl Worker {
                 false
             }
         }
+    }
+
+    /// The Contact URI a dialog-forming request from one of the
+    /// registrar's users behind a NAT should carry: its own with the host
+    /// and port it was sent from (Kamailio's `fix_nated_contact`), so
+    /// requests inside the dialog reach it. `None`: leave it.
+    pub(super) fn nated_contact(
+        &self,
+        msg: &Message<'_>,
+        info: &RequestInfo<'_>,
+        method: Method,
+        src: SocketAddr,
+    ) -> Option<Vec<u8>> {
+        let registrar = self.cfg.registrar.as_ref()?;
+        let dialog_forming = matches!(method, Method::Invite | Method::Subscribe);
+        if !dialog_forming || info.common.to.tag.is_some() {
+            return None;
+        }
+        let from = Uri::parse(info.common.from.uri).ok()?;
+        let local = self.cfg.is_local_host(from.host);
+        registrar.config.domain_of(from.host, local)?;
+        if self.cfg.is_trusted_ip(src.ip()) || self.table.load().has_addr(src) {
+            return None;
+        }
+        let contact = NameAddr::parse(msg.values(HeaderName::Contact).next()?).ok()?;
+        let uri = Uri::parse(contact.uri).ok()?;
+        reg::register::nated_uri(&uri, src)
     }
 
     /// The best live binding of the registered user a request is for:

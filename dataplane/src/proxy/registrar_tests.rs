@@ -365,3 +365,47 @@ fn in_dialog_requests_may_reach_registered_phones() {
         "{s:?}"
     );
 }
+
+#[test]
+fn a_nated_callers_contact_names_its_source() {
+    let t0 = Instant::now();
+    let (cfg, _reg) = config(t0, false);
+    let mut w = worker(cfg, &format!("1 sip:{DEST}\n"), t0);
+    let with_contact = |from: &str, branch: &str| {
+        String::from_utf8(invite(
+            from,
+            "1000",
+            branch,
+            "Contact: <sip:u@192.168.1.5:5060;ob>\r\n",
+        ))
+        .unwrap()
+    };
+    let s = feed(
+        &mut w,
+        t0,
+        "10.0.0.7:5062",
+        with_contact("6002", "z9hG4bK-n1").as_bytes(),
+    );
+    let fwd = s
+        .iter()
+        .find(|(_, m)| m.starts_with("INVITE"))
+        .expect("forwarded");
+    assert_eq!(
+        header(&fwd.1, "Contact"),
+        vec!["<sip:u@10.0.0.7:5062;ob>"],
+        "{}",
+        fwd.1
+    );
+    // A caller of another domain keeps its Contact.
+    let foreign =
+        with_contact("6002", "z9hG4bK-n2").replace("sip:6002@example.com", "sip:x@carrier.example");
+    let s = feed(&mut w, t0, "10.0.0.7:5062", foreign.as_bytes());
+    let fwd = s
+        .iter()
+        .find(|(_, m)| m.starts_with("INVITE"))
+        .expect("forwarded");
+    assert_eq!(
+        header(&fwd.1, "Contact"),
+        vec!["<sip:u@192.168.1.5:5060;ob>"]
+    );
+}

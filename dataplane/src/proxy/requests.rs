@@ -329,10 +329,14 @@ impl Worker {
             self.dialog_ended(now, msg, out);
         }
         let mut request = self.pool.get();
-        match &located {
-            // The binding's Contact becomes the Request-URI (RFC 3261 §16.5).
-            Some(contact) => build::with_request_uri(msg, contact.as_bytes(), &mut request),
-            None => request.extend_from_slice(msg.buf()),
+        let nated = self.nated_contact(msg, info, method, src);
+        if located.is_some() || nated.is_some() {
+            // The binding's Contact becomes the Request-URI (RFC 3261 §16.5);
+            // a NATed caller's Contact names where it really is.
+            let ruri = located.as_deref().map(str::as_bytes);
+            build::rewrite_request(msg, ruri, nated.as_deref(), &mut request);
+        } else {
+            request.extend_from_slice(msg.buf());
         }
         let received = annotate_received(via, src);
         let record_route = self.cfg.record_route

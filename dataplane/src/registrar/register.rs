@@ -178,6 +178,33 @@ pub fn process(
     })
 }
 
+/// `uri` with its host and port replaced by `src`, when it names another
+/// address (the client is behind a NAT); `None` when it already names `src`.
+pub fn nated_uri(uri: &Uri<'_>, src: SocketAddr) -> Option<Vec<u8>> {
+    if crate::route::uri_addr(uri) == Some(src) {
+        return None;
+    }
+    let mut v = Vec::with_capacity(64);
+    v.extend_from_slice(uri.scheme);
+    v.push(b':');
+    if let Some(user) = uri.user {
+        v.extend_from_slice(user);
+        if let Some(pw) = uri.password {
+            v.push(b':');
+            v.extend_from_slice(pw);
+        }
+        v.push(b'@');
+    }
+    // SocketAddr's Display brackets IPv6.
+    v.extend_from_slice(src.to_string().as_bytes());
+    v.extend_from_slice(uri.params);
+    if let Some(h) = uri.headers {
+        v.push(b'?');
+        v.extend_from_slice(h);
+    }
+    Some(v)
+}
+
 /// The Contact header values of a 200 to REGISTER: every binding with its
 /// remaining lifetime (RFC 3261 §10.3 step 8).
 pub fn contact_values(bindings: &[Binding], now_unix: u64) -> Vec<Vec<u8>> {
@@ -470,6 +497,22 @@ mod tests {
         .collect::<Vec<_>>();
         let a = run(&req(&["<sip:a@10.0.0.1:4>"], None, 2), &old, "10.0.0.1:4").unwrap();
         assert_eq!(a.bindings.len(), 1);
+    }
+
+    #[test]
+    fn nated_uris_name_the_source() {
+        let uri = |s: &'static str| Uri::parse(s.as_bytes()).unwrap();
+        let src: SocketAddr = "203.0.113.5:4000".parse().unwrap();
+        assert_eq!(
+            nated_uri(&uri("sip:a@192.168.1.2:5060;transport=udp"), src),
+            Some(b"sip:a@203.0.113.5:4000;transport=udp".to_vec())
+        );
+        assert_eq!(nated_uri(&uri("sip:a@203.0.113.5:4000"), src), None);
+        let v6: SocketAddr = "[2001:db8::1]:5062".parse().unwrap();
+        assert_eq!(
+            nated_uri(&uri("sip:10.0.0.1"), v6),
+            Some(b"sip:[2001:db8::1]:5062".to_vec())
+        );
     }
 
     #[test]

@@ -128,25 +128,43 @@ fn atomically(
     r
 }
 
-/// `req` with its Request-URI replaced by `uri` and everything else copied
-/// byte for byte (a registered user's Contact as the new target, RFC 3261
-/// §16.5). A response is copied unchanged.
-pub fn with_request_uri(req: &Message, uri: &[u8], out: &mut Vec<u8>) {
+/// `req` with its Request-URI replaced by `ruri` (a registered user's
+/// Contact as the new target, RFC 3261 §16.5) and/or the URI of its first
+/// Contact replaced by `contact` (a NATed client's real address); every
+/// other byte copied. A response, or a request without a Contact to
+/// replace, keeps what it has.
+pub fn rewrite_request(
+    req: &Message,
+    ruri: Option<&[u8]>,
+    contact: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) {
     let buf = req.buf();
-    let (StartLine::Request { method_raw, .. }, (start, end)) =
-        (req.start_line(), req.start_line_range())
-    else {
-        out.extend_from_slice(buf);
-        return;
-    };
-    out.extend_from_slice(&buf[..start]);
-    out.extend_from_slice(method_raw);
-    out.push(b' ');
-    out.extend_from_slice(uri);
-    out.push(b' ');
-    out.extend_from_slice(req.version());
-    out.extend_from_slice(CRLF);
-    out.extend_from_slice(&buf[end..]);
+    let mut pos = 0;
+    if let (Some(uri), StartLine::Request { method_raw, .. }) = (ruri, req.start_line()) {
+        let (start, end) = req.start_line_range();
+        out.extend_from_slice(&buf[..start]);
+        out.extend_from_slice(method_raw);
+        out.push(b' ');
+        out.extend_from_slice(uri);
+        out.push(b' ');
+        out.extend_from_slice(req.version());
+        out.extend_from_slice(CRLF);
+        pos = end;
+    }
+    let contact_uri = req
+        .values(HeaderName::Contact)
+        .next()
+        .and_then(|v| NameAddr::parse(v).ok())
+        .and_then(|na| Some((offset_in(buf, na.uri)?, na.uri.len())));
+    if let (Some(new), Some((at, len))) = (contact, contact_uri) {
+        if at >= pos {
+            out.extend_from_slice(&buf[pos..at]);
+            out.extend_from_slice(new);
+            pos = at + len;
+        }
+    }
+    out.extend_from_slice(&buf[pos..]);
 }
 
 /// Writes the request a proxy relays (RFC 3261 §16.6): new top Via, optional
@@ -718,6 +736,29 @@ xyz";
 
     fn text(v: &[u8]) -> String {
         String::from_utf8_lossy(v).into_owned()
+    }
+
+    #[test]
+    fn rewrite_request_replaces_target_and_contact() {
+        let raw =
+            b"INVITE sip:6001@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n\
+            Contact: \"A\" <sip:a@192.168.1.2:5060;ob>;expires=60\r\nContent-Length: 0\r\n\r\n";
+        let msg = crate::sip::parse(raw).unwrap();
+        let mut out = Vec::new();
+        rewrite_request(
+            &msg,
+            Some(b"sip:6001@10.9.9.9:5070"),
+            Some(b"sip:a@203.0.113.5:4000;ob"),
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "INVITE sip:6001@10.9.9.9:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n\
+             Contact: \"A\" <sip:a@203.0.113.5:4000;ob>;expires=60\r\nContent-Length: 0\r\n\r\n"
+        );
+        let mut same = Vec::new();
+        rewrite_request(&msg, None, None, &mut same);
+        assert_eq!(same, raw.to_vec());
     }
 
     #[test]
