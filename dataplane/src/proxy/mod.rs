@@ -60,7 +60,7 @@ use media::{Done, Media, MediaPolicy, Outcome, SOCK_MEDIA};
 use pool::BufPool;
 use stats::{bump, count_reply};
 pub use stats::{Counters, ProxyStats, Snapshot};
-use transaction::{Abandoned, ClientTx, MediaLeg, ProxyTxn, ServerTx, Target, Upstream};
+use transaction::{Abandoned, ClientTx, Located, MediaLeg, ProxyTxn, ServerTx, Target, Upstream};
 
 /// The worker's socket on the shared public port.
 pub const SOCK_PUBLIC: SocketId = 0;

@@ -245,13 +245,14 @@ impl Worker {
     }
 
     /// The best live binding of the registered user a request is for:
-    /// where to send it and the Contact URI that becomes its Request-URI.
-    /// `None`: not registered (404).
+    /// where to send it, the Contact URI that becomes its Request-URI, and
+    /// whether that address is a NAT's (the REGISTER's source). `None`: not
+    /// registered (404).
     pub(super) fn locate(
         &self,
         now: Instant,
         info: &RequestInfo<'_>,
-    ) -> Option<(SocketAddr, Box<str>)> {
+    ) -> Option<(SocketAddr, Box<str>, bool)> {
         let registrar = self.cfg.registrar.as_ref()?;
         let ruri = &info.ruri;
         let local = self.cfg.is_local_host(ruri.host);
@@ -260,12 +261,31 @@ impl Worker {
         let found = registrar
             .live_bindings(&aor, now)
             .into_iter()
-            .find_map(|b| Some((b.target()?, b.contact)));
+            .find_map(|b| Some((b.target()?, b.contact, b.received.is_some())));
         reg::bump(if found.is_some() {
             &registrar.stats.lookups_found
         } else {
             &registrar.stats.lookups_missing
         });
         found
+    }
+
+    /// A response of a NATed registered callee with its Contact naming the
+    /// address it really is at (`to`), written into `fixed`; `None` when
+    /// its Contact already does (or it has none).
+    pub(super) fn nated_response(msg: &Message<'_>, to: SocketAddr, fixed: &mut Vec<u8>) -> bool {
+        let Some(uri) = msg
+            .values(HeaderName::Contact)
+            .next()
+            .and_then(|v| NameAddr::parse(v).ok())
+            .and_then(|na| Uri::parse(na.uri).ok())
+        else {
+            return false;
+        };
+        let Some(new) = reg::register::nated_uri(&uri, to) else {
+            return false;
+        };
+        build::rewrite_uris(msg, None, Some(&new), fixed);
+        true
     }
 }

@@ -409,3 +409,64 @@ fn a_nated_callers_contact_names_its_source() {
         vec!["<sip:u@192.168.1.5:5060;ob>"]
     );
 }
+
+#[test]
+fn a_nated_callees_answer_names_its_source() {
+    let t0 = Instant::now();
+    let (cfg, reg) = config(t0, false);
+    let mut w = worker(cfg, &format!("1 sip:{DEST}\n"), t0);
+    let nat = "203.0.113.9:40000";
+    let private = "<sip:6001@192.168.1.5:5060>";
+    let reg_from_nat = |cseq: u32, auth: &str| {
+        String::from_utf8(register("6001", cseq, auth))
+            .unwrap()
+            .replace(&format!("<sip:6001@{PHONE}>"), private)
+    };
+    let s = feed(&mut w, t0, nat, reg_from_nat(1, "").as_bytes());
+    let challenge = header(&s[0].1, "WWW-Authenticate")[0].to_owned();
+    let auth = credentials(
+        "Authorization",
+        &challenge,
+        "REGISTER",
+        "sip:example.com",
+        "6001",
+        "pw1",
+    );
+    let s = feed(&mut w, t0, nat, reg_from_nat(2, &auth).as_bytes());
+    assert!(s[0].1.starts_with("SIP/2.0 200"), "{}", s[0].1);
+    publish(&reg);
+
+    let s = feed(
+        &mut w,
+        t0,
+        "10.0.0.7:5060",
+        &invite("a", "6001", "z9hG4bK-nc", ""),
+    );
+    let (to, fwd) = s
+        .iter()
+        .find(|(_, m)| m.starts_with("INVITE"))
+        .expect("forwarded")
+        .clone();
+    assert_eq!(
+        to,
+        nat.parse().unwrap(),
+        "to the NAT, not the private address"
+    );
+    let ok = String::from_utf8(super::tests::answer(&fwd, 200, "callee"))
+        .unwrap()
+        .replace(
+            "Content-Length: 0\r\n",
+            &format!("Contact: {private}\r\nContent-Length: 0\r\n"),
+        );
+    let s = feed(&mut w, t0, nat, ok.as_bytes());
+    let relayed = s
+        .iter()
+        .find(|(_, m)| m.starts_with("SIP/2.0 200"))
+        .expect("relayed");
+    assert_eq!(
+        header(&relayed.1, "Contact"),
+        vec![format!("<sip:6001@{nat}>")],
+        "{}",
+        relayed.1
+    );
+}

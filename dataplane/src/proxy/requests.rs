@@ -191,6 +191,7 @@ impl Worker {
         let mut strict_route = false;
         // The Contact of the registered user the request goes to.
         let mut located: Option<Box<str>> = None;
+        let mut how = Located::No;
         let (target, pop_routes) = match decision {
             Decision::Reply { code, warning } => {
                 match code {
@@ -217,11 +218,16 @@ impl Worker {
                 return;
             }
             Decision::Location { pop_routes } => {
-                let Some((addr, contact)) = self.locate(now, info) else {
+                let Some((addr, contact, nated)) = self.locate(now, info) else {
                     self.reply(socket, src, msg, 404, None, Some(b"Not registered"), out);
                     return;
                 };
                 located = Some(contact);
+                how = if nated {
+                    Located::Nated
+                } else {
+                    Located::Direct
+                };
                 (Target { addr, dest: None }, pop_routes)
             }
             Decision::Relay {
@@ -334,7 +340,7 @@ impl Worker {
             // The binding's Contact becomes the Request-URI (RFC 3261 §16.5);
             // a NATed caller's Contact names where it really is.
             let ruri = located.as_deref().map(str::as_bytes);
-            build::rewrite_request(msg, ruri, nated.as_deref(), &mut request);
+            build::rewrite_uris(msg, ruri, nated.as_deref(), &mut request);
         } else {
             request.extend_from_slice(msg.buf());
         }
@@ -372,7 +378,7 @@ impl Worker {
             abandoned: Vec::new(),
             holds_call: false,
             makes_dialog: method == Method::Invite && !in_dialog,
-            located: located.is_some(),
+            located: how,
         };
         let id = match self.txns.insert(key, txn) {
             Ok(id) => id,

@@ -303,8 +303,18 @@ impl Worker {
         if txn.final_sent && !(txn.method == Method::Invite && (200..300).contains(&code)) {
             return;
         }
+        // A NATed registered callee's Contact names where it really is, so
+        // the caller's in-dialog requests reach it (fix_nated_contact).
+        let mut fixed = Vec::new();
+        let nated = txn.located == Located::Nated
+            && (101..300).contains(&code)
+            && Worker::nated_response(msg, txn.target.addr, &mut fixed);
         txn.last_response.clear();
-        if build::forward_response_with_body(msg, body, &mut txn.last_response).is_err() {
+        let built = match nated.then(|| parse(&fixed).ok()).flatten() {
+            Some(m) => build::forward_response_with_body(&m, body, &mut txn.last_response),
+            None => build::forward_response_with_body(msg, body, &mut txn.last_response),
+        };
+        if built.is_err() {
             return;
         }
         out.send(txn.upstream_socket, txn.upstream, &txn.last_response);

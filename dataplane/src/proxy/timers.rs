@@ -88,7 +88,7 @@ impl Worker {
                         // try_failover rescheduled
                         return;
                     }
-                    let located = self.txns.get(id).is_some_and(|t| t.located);
+                    let located = self.txns.get(id).is_some_and(|t| t.located != Located::No);
                     let code = if self.dispatched(id) && !proceeding {
                         503
                     } else if located {

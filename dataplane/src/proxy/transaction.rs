@@ -82,7 +82,18 @@ pub(crate) struct ProxyTxn {
     /// simulation, dataplane/tests/sim).
     pub makes_dialog: bool,
     /// Sent to a registered user's binding (no answer then means 480).
-    pub located: bool,
+    pub located: Located,
+}
+
+/// Whether a request went to a registered user's binding, and how.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Located {
+    No,
+    /// To the address its Contact names.
+    Direct,
+    /// To the source its REGISTER came from (behind a NAT): the Contact of
+    /// its responses is rewritten to that address (`target.addr`).
+    Nated,
 }
 
 /// An INVITE attempt sipvane stopped waiting for before it answered.

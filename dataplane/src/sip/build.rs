@@ -128,17 +128,12 @@ fn atomically(
     r
 }
 
-/// `req` with its Request-URI replaced by `ruri` (a registered user's
+/// `msg` with its Request-URI replaced by `ruri` (a registered user's
 /// Contact as the new target, RFC 3261 §16.5) and/or the URI of its first
 /// Contact replaced by `contact` (a NATed client's real address); every
-/// other byte copied. A response, or a request without a Contact to
-/// replace, keeps what it has.
-pub fn rewrite_request(
-    req: &Message,
-    ruri: Option<&[u8]>,
-    contact: Option<&[u8]>,
-    out: &mut Vec<u8>,
-) {
+/// other byte copied. A response keeps its status line; a message without a
+/// Contact keeps what it has.
+pub fn rewrite_uris(req: &Message, ruri: Option<&[u8]>, contact: Option<&[u8]>, out: &mut Vec<u8>) {
     let buf = req.buf();
     let mut pos = 0;
     if let (Some(uri), StartLine::Request { method_raw, .. }) = (ruri, req.start_line()) {
@@ -739,13 +734,13 @@ xyz";
     }
 
     #[test]
-    fn rewrite_request_replaces_target_and_contact() {
+    fn rewrite_uris_replaces_target_and_contact() {
         let raw =
             b"INVITE sip:6001@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n\
             Contact: \"A\" <sip:a@192.168.1.2:5060;ob>;expires=60\r\nContent-Length: 0\r\n\r\n";
         let msg = crate::sip::parse(raw).unwrap();
         let mut out = Vec::new();
-        rewrite_request(
+        rewrite_uris(
             &msg,
             Some(b"sip:6001@10.9.9.9:5070"),
             Some(b"sip:a@203.0.113.5:4000;ob"),
@@ -757,7 +752,7 @@ xyz";
              Contact: \"A\" <sip:a@203.0.113.5:4000;ob>;expires=60\r\nContent-Length: 0\r\n\r\n"
         );
         let mut same = Vec::new();
-        rewrite_request(&msg, None, None, &mut same);
+        rewrite_uris(&msg, None, None, &mut same);
         assert_eq!(same, raw.to_vec());
     }
 
