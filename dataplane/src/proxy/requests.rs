@@ -336,7 +336,8 @@ impl Worker {
         }
         let mut request = self.pool.get();
         let nated = self.nated_contact(msg, info, method, src);
-        if located.is_some() || nated.is_some() {
+        let rewritten = located.is_some() || nated.is_some();
+        if rewritten {
             // The binding's Contact becomes the Request-URI (RFC 3261 §16.5);
             // a NATed caller's Contact names where it really is.
             let ruri = located.as_deref().map(str::as_bytes);
@@ -407,8 +408,9 @@ impl Worker {
             return;
         }
         // The first attempt is written from the message as parsed on
-        // receipt: the stored copy has the same bytes, no second parse.
-        self.forward_attempt_from(now, id, Some(msg), out);
+        // receipt: the stored copy has the same bytes, no second parse
+        // (unless the registrar rewrote the copy).
+        self.forward_attempt_from(now, id, (!rewritten).then_some(msg), out);
     }
 
     /// Sends the transaction's request to its current target with a fresh
