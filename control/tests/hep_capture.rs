@@ -2,8 +2,12 @@
 //! pointing at a UDP socket of the test. Every datagram is decoded twice: by
 //! sipvane's own decoder (agent id, auth key, correlation id, addresses) and by a
 //! real HEP decoder, Kamailio's `sipcapture` module, which decapsulates it and
-//! logs the inner SIP message with its HEP source address.
+//! stores the inner SIP message with its HEP addresses in a PostgreSQL
+//! `sip_capture` table (`sip_capture()`, as a Homer capture node does); the
+//! rows must match what was sent exactly.
 
+#[path = "support/db.rs"]
+mod db_support;
 #[macro_use]
 mod support;
 
@@ -18,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use dataplane::hep;
 use dataplane::sip::parse::parse;
+use db_support::{runtime, KamailioDb, Postgres};
 use support::{
     free_udp_addr, free_udp_port, metric, metrics, require_binary, ChildGuard, Scenario, Sipvane,
     Uac, Uas, WorkDir,
@@ -79,28 +84,48 @@ impl Collector {
     }
 }
 
-/// Kamailio with `sipcapture` listening for HEP on a free port; every decoded
-/// message is logged as `HEPMSG kind|call-id|src-ip|src-port`.
+/// The `sip_capture` table `sipcapture` inserts into. Debian ships no DDL for
+/// it (Homer creates its own, partitioned by day), so this is the module's
+/// column list with permissive types: what matters is what Kamailio writes.
+const SIP_CAPTURE_DDL: &str = "CREATE TABLE sip_capture (
+    id BIGSERIAL PRIMARY KEY, date TIMESTAMP, micro_ts BIGINT,
+    method TEXT, reply_reason TEXT, ruri TEXT, ruri_user TEXT, ruri_domain TEXT,
+    from_user TEXT, from_domain TEXT, from_tag TEXT, to_user TEXT, to_domain TEXT,
+    to_tag TEXT, pid_user TEXT, contact_user TEXT, auth_user TEXT, callid TEXT,
+    callid_aleg TEXT, via_1 TEXT, via_1_branch TEXT, cseq TEXT, diversion TEXT,
+    reason TEXT, content_type TEXT, auth TEXT, user_agent TEXT, source_ip TEXT,
+    source_port INTEGER, destination_ip TEXT, destination_port INTEGER,
+    contact_ip TEXT, contact_port INTEGER, originator_ip TEXT,
+    originator_port INTEGER, expires INTEGER, correlation_id TEXT,
+    custom_field1 TEXT, custom_field2 TEXT, custom_field3 TEXT, proto INTEGER,
+    family INTEGER, rtp_stat TEXT, type INTEGER, node TEXT, msg TEXT)";
+
+/// Kamailio with `sipcapture` listening for HEP on a free port and storing
+/// every decoded message in a private PostgreSQL (`db_postgres`).
 struct Kamailio {
     addr: SocketAddr,
     child: ChildGuard,
     dir: WorkDir,
+    db: KamailioDb,
 }
 
 impl Kamailio {
     fn start() -> Kamailio {
         let bin = require_binary("kamailio", "install it with scripts/deps.sh");
+        let rt = runtime();
+        let db = KamailioDb::Pg(rt.block_on(Postgres::start()));
+        rt.block_on(db.create_schema(&[], &[SIP_CAPTURE_DDL.to_string()]));
         let dir = WorkDir::new("hep", "kamailio");
         let addr = free_udp_addr();
-        let db = dir.file("db");
-        std::fs::create_dir_all(&db).unwrap();
         let modules = [
             "/usr/lib/x86_64-linux-gnu/kamailio/modules",
             "/usr/lib/kamailio/modules",
         ]
         .into_iter()
-        .find(|p| std::path::Path::new(p).join("sipcapture.so").exists())
-        .expect("kamailio's sipcapture module (Debian package kamailio)");
+        .find(|p| std::path::Path::new(p).join("db_postgres.so").exists())
+        .expect(
+            "kamailio's sipcapture and db_postgres modules (kamailio, kamailio-postgres-modules)",
+        );
         let cfg = format!(
             r#"#!KAMAILIO
 debug=1
@@ -111,21 +136,22 @@ disable_tcp=yes
 listen=udp:{addr}
 mpath="{modules}/"
 loadmodule "pv.so"
-loadmodule "xlog.so"
-loadmodule "db_text.so"
+loadmodule "db_postgres.so"
 loadmodule "sipcapture.so"
-modparam("sipcapture", "db_url", "text://{db}")
+modparam("sipcapture", "db_url", "{url}")
+modparam("sipcapture", "table_name", "sip_capture")
+modparam("sipcapture", "capture_on", 1)
 modparam("sipcapture", "hep_capture_on", 1)
 request_route {{
-    xlog("L_ALERT", "HEPMSG $rm|$ci|$si|$sp\n");
+    sip_capture();
     drop;
 }}
 onreply_route {{
-    xlog("L_ALERT", "HEPMSG $rs $rm|$ci|$si|$sp\n");
+    sip_capture();
     drop;
 }}
 "#,
-            db = db.display()
+            url = db.url()
         );
         let path = dir.file("kamailio.cfg");
         std::fs::write(&path, cfg).unwrap();
@@ -140,7 +166,12 @@ onreply_route {{
                 .stderr(log),
         )
         .unwrap();
-        let k = Kamailio { addr, child, dir };
+        let k = Kamailio {
+            addr,
+            child,
+            dir,
+            db,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !k.log().contains("Listening on") && Instant::now() < deadline {
             thread::sleep(Duration::from_millis(50));
@@ -153,20 +184,46 @@ onreply_route {{
         std::fs::read_to_string(self.dir.path().join("kamailio.log")).unwrap_or_default()
     }
 
-    /// (Call-ID, kind, source) of every message Kamailio decoded.
-    fn stop(mut self) -> BTreeSet<(String, String, SocketAddr)> {
-        thread::sleep(Duration::from_millis(500));
+    /// (Call-ID, kind, source, destination) of every message Kamailio stored,
+    /// read back from its `sip_capture` table once the row count settles.
+    fn stop(mut self, expected: usize) -> BTreeSet<Seen> {
+        let rt = runtime();
+        let count = || {
+            rt.block_on(
+                self.db
+                    .query("SELECT CAST(COUNT(*) AS TEXT) FROM sip_capture", 1),
+            )[0][0]
+                .parse::<usize>()
+                .unwrap()
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while count() < expected && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(100));
+        }
         self.child.stop(libc::SIGTERM, Duration::from_secs(5));
-        let log = self.log();
-        log.lines()
-            .filter_map(|l| l.split_once("HEPMSG ").map(|(_, r)| r))
-            .filter_map(|r| {
-                let mut f = r.trim_end().split('|');
-                let kind = f.next()?.to_string();
-                let cid = f.next()?.to_string();
-                let ip = f.next()?.parse().ok()?;
-                let port = f.next()?.parse().ok()?;
-                Some((cid, kind, SocketAddr::new(ip, port)))
+        let rows = rt.block_on(self.db.query(
+            "SELECT callid, method, cseq, source_ip, CAST(source_port AS TEXT), \
+             destination_ip, CAST(destination_port AS TEXT) FROM sip_capture",
+            7,
+        ));
+        assert!(
+            !rows.is_empty(),
+            "sipcapture stored nothing; its log:\n{}",
+            self.log()
+        );
+        let addr =
+            |ip: &str, port: &str| SocketAddr::new(ip.parse().unwrap(), port.parse().unwrap());
+        rows.into_iter()
+            .map(|r| {
+                // Requests store their method; replies their status code in
+                // `method` and "N METHOD" in `cseq`.
+                let cseq_method = r[2].split_whitespace().nth(1).unwrap_or_default();
+                let kind = if r[1].parse::<u16>().is_ok() {
+                    format!("{} {cseq_method}", r[1])
+                } else {
+                    r[1].clone()
+                };
+                (r[0].clone(), kind, addr(&r[3], &r[4]), addr(&r[5], &r[6]))
             })
             .collect()
     }
@@ -279,16 +336,13 @@ fn run_calls(io: &str, sample: f64, calls: u32) -> Calls {
     assert_eq!(metric(&text, "sipvane_hep_dropped_total"), 0);
     let counters = sipvane.stop();
     let packets = collector.finish();
-    let decoded_by_kamailio = kamailio.stop();
+    let decoded_by_kamailio = kamailio.stop(packets.len());
 
     let seen = decode_all(&packets);
     assert_eq!(counters.get("hep_sent"), packets.len() as u64);
     assert_eq!(counters.get("hep_dropped"), 0);
-    // Kamailio decoded the same messages, with the same Call-IDs and sources.
-    let ours: BTreeSet<(String, String, SocketAddr)> = seen
-        .iter()
-        .map(|(c, k, s, _)| (c.clone(), k.clone(), *s))
-        .collect();
+    // Kamailio stored the same messages, with the same Call-IDs and addresses.
+    let ours: BTreeSet<Seen> = seen.iter().cloned().collect();
     assert_eq!(
         decoded_by_kamailio, ours,
         "Kamailio's sipcapture disagrees with the captures"
