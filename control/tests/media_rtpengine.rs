@@ -7,21 +7,18 @@
 mod support;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use dataplane::rtpengine::ng::{write_request, Reply, Request};
-use support::{free_udp_port, Scenario, Service, ServiceKind, Sipvane, Uac, Uas};
+use support::{
+    free_udp_port, received_messages, Scenario, Service, ServiceKind, Sipvane, Uac, Uas,
+};
 
 const RUN_LIMIT: Duration = Duration::from_secs(40);
 
 /// SIPp with its message log (`msg.log` in its work dir).
 fn traced_uas() -> Uas {
-    Uas::builder(Scenario::Uas)
-        .arg("-trace_msg")
-        .arg("-message_file")
-        .arg("msg.log")
-        .start()
+    Uas::builder(Scenario::Uas).traced().start()
 }
 
 fn traced_uac(target: SocketAddr) -> Uac {
@@ -30,18 +27,6 @@ fn traced_uac(target: SocketAddr) -> Uac {
         .arg("-message_file")
         .arg("msg.log")
         .timeout(RUN_LIMIT)
-}
-
-/// The messages SIPp logged as received that start with `start`.
-fn received(dir: &Path, start: &str) -> Vec<String> {
-    let log = std::fs::read_to_string(dir.join("msg.log")).unwrap_or_default();
-    log.split("----------------------------------------------- ")
-        .filter(|b| b.contains("message received"))
-        .filter_map(|b| {
-            let msg = b.split_once(" bytes :\n")?.1.trim_start();
-            msg.starts_with(start).then(|| msg.to_string())
-        })
-        .collect()
 }
 
 /// (c= address, m=audio port) of a message's SDP.
@@ -175,7 +160,7 @@ fn call_media_is_anchored_and_released(io: &str) {
     run.assert_all_succeeded(1);
 
     // What the callee got: the engine's address and a port of its range.
-    let invites = received(uas.log_dir().expect("uas dir"), "INVITE ");
+    let invites = uas.received("INVITE ");
     assert!(!invites.is_empty(), "the UAS logged no INVITE");
     let (c, port) = media_of(&invites[0]);
     assert_eq!(c, "127.0.0.1", "{}", invites[0]);
@@ -187,7 +172,7 @@ fn call_media_is_anchored_and_released(io: &str) {
     assert!(invites[0].contains(&call_id));
 
     // What the caller got in the 200: the engine again, another port.
-    let oks = received(run.log_dir(), "SIP/2.0 200");
+    let oks = received_messages(run.log_dir(), "SIP/2.0 200");
     let ok = oks
         .iter()
         .find(|m| m.contains("CSeq: 1 INVITE"))
@@ -240,7 +225,7 @@ fn dead_engine_with_reject_fails_calls_with_503() {
     assert!(!run.timed_out, "{}", run.errors());
     assert_eq!(run.stats.successful, 0, "{:?}", run.stats);
     assert_eq!(run.stats.failed, 5, "{:?}", run.stats);
-    let finals = received(run.log_dir(), "SIP/2.0 503");
+    let finals = received_messages(run.log_dir(), "SIP/2.0 503");
     assert_eq!(finals.len(), 5, "{finals:?}");
     assert!(
         finals[0].contains("Media relay unavailable"),
@@ -275,7 +260,7 @@ fn dead_engine_with_passthrough_relays_calls_unanchored() {
     drop(engine);
     let run = traced_uac(sipvane.addr()).calls(5).rate(10).run();
     run.assert_all_succeeded(5);
-    for inv in received(uas.log_dir().expect("uas dir"), "INVITE ") {
+    for inv in uas.received("INVITE ") {
         let (_, port) = media_of(&inv);
         assert!(!(pmin..=pmax).contains(&port), "not anchored: {inv}");
     }
@@ -302,7 +287,7 @@ fn calls_go_to_the_live_engine() {
         .start();
     let run = traced_uac(sipvane.addr()).calls(20).rate(20).run();
     run.assert_all_succeeded(20);
-    let invites = received(uas.log_dir().expect("uas dir"), "INVITE ");
+    let invites = uas.received("INVITE ");
     assert_eq!(invites.len(), 20);
     for inv in &invites {
         let (_, port) = media_of(inv);

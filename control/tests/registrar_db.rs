@@ -8,7 +8,7 @@
 //!   a re-REGISTER replaces it (one row, the new Call-ID);
 //! - a call from a caller of the registrar's domain without credentials
 //!   gets 407; with them (as another registered user) it reaches the SIPp
-//!   UAS at the callee's contact; a number outside `prefixes` goes to the
+//!   UAS at the callee's contact, without the credentials (consumed); a number outside `prefixes` goes to the
 //!   dispatcher set; an unregistered extension gets 404;
 //! - the binding survives a sipvane restart (reloaded from `location`);
 //! - a client whose Contact carries a private address it does not send from
@@ -158,7 +158,10 @@ fn run_everything(db: KamailioDb) {
             ],
         ),
     );
-    let pbx = Uas::start(Scenario::Uas, free_udp_addr());
+    let pbx = Uas::builder(Scenario::Uas)
+        .addr(free_udp_addr())
+        .traced()
+        .start();
     let sipvane = Sipvane::builder("registrar")
         .workers(2)
         .destination(format!("1 sip:{}", pbx.addr()))
@@ -244,7 +247,10 @@ fn run_everything(db: KamailioDb) {
 
     // Calls: a caller of our domain (SIPp's From is sipvane's address)
     // without credentials gets 407 and reaches nobody.
-    let phone = Uas::builder(Scenario::Uas).port(phone_port).start();
+    let phone = Uas::builder(Scenario::Uas)
+        .port(phone_port)
+        .traced()
+        .start();
     assert_eq!(
         phone.addr().port(),
         phone_port,
@@ -266,6 +272,18 @@ fn run_everything(db: KamailioDb) {
     bed.call_as("6002", "pw-6002", PBX_NUMBER)
         .assert_all_succeeded(1);
     assert_eq!(pbx.wait_for_calls(1, WAIT).invites_received(), 1);
+    // The credentials were for sipvane: neither peer ever sees them.
+    for (peer, uas) in [("phone", &phone), ("pbx", &pbx)] {
+        let invites = uas.received("INVITE ");
+        assert_eq!(invites.len(), 1, "{peer}: {invites:?}");
+        assert!(
+            !invites[0]
+                .to_ascii_lowercase()
+                .contains("proxy-authorization:"),
+            "{peer} got our credentials:\n{}",
+            invites[0]
+        );
+    }
     bed.call(Scenario::Uac404, "6999").assert_all_succeeded(1);
 
     // A restart reloads the binding from `location`.

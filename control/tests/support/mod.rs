@@ -56,7 +56,8 @@ pub use process::{output_within, repo_root, require_binary, which, ChildGuard, W
 pub use services::{Service, ServiceKind};
 #[allow(unused_imports)]
 pub use sipp::{
-    require_sipp, scenarios_dir, RunningUac, Scenario, SippRun, SippStats, Uac, Uas, UasBuilder,
+    received_messages, require_sipp, scenarios_dir, RunningUac, Scenario, SippRun, SippStats, Uac,
+    Uas, UasBuilder,
 };
 #[allow(unused_imports)]
 pub use sipvane::{api_get, metric, metrics, Counters, Sipvane, SipvaneBuilder};

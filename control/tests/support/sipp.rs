@@ -293,6 +293,19 @@ fn base_command(
     cmd
 }
 
+/// The messages SIPp logged as received (`-trace_msg -message_file msg.log`
+/// in `dir`) that start with `start`.
+pub fn received_messages(dir: &Path, start: &str) -> Vec<String> {
+    let log = std::fs::read_to_string(dir.join("msg.log")).unwrap_or_default();
+    log.split("----------------------------------------------- ")
+        .filter(|b| b.contains("message received"))
+        .filter_map(|b| {
+            let msg = b.split_once(" bytes :\n")?.1.trim_start();
+            msg.starts_with(start).then(|| msg.to_string())
+        })
+        .collect()
+}
+
 /// A client run: builder, then [`Uac::run`] (blocking) or [`Uac::spawn`].
 #[derive(Clone, Debug)]
 pub struct Uac {
@@ -550,6 +563,11 @@ impl UasBuilder {
         self
     }
 
+    /// Log every message (`msg.log` in its work dir), for [`Uas::received`].
+    pub fn traced(self) -> Self {
+        self.arg("-trace_msg").arg("-message_file").arg("msg.log")
+    }
+
     /// Extra raw SIPp argument.
     pub fn arg(mut self, a: impl Into<OsString>) -> Self {
         self.args.push(a.into());
@@ -740,6 +758,14 @@ impl Uas {
     /// Log directory of the current instance.
     pub fn log_dir(&self) -> Option<&Path> {
         self.dir.as_ref().map(WorkDir::path)
+    }
+
+    /// The messages a [`UasBuilder::traced`] instance received that start
+    /// with `start` (e.g. `"INVITE "`), oldest first.
+    pub fn received(&self, start: &str) -> Vec<String> {
+        self.log_dir()
+            .map(|d| received_messages(d, start))
+            .unwrap_or_default()
     }
 
     /// SIPp's error log and stderr of the current instance.

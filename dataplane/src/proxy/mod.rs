@@ -58,6 +58,7 @@ use events::{CallEvent, EventSink};
 use flood::{FloodGuard, Verdict};
 use media::{Done, Media, MediaPolicy, Outcome, SOCK_MEDIA};
 use pool::BufPool;
+use registrar::Caller;
 use stats::{bump, count_reply};
 pub use stats::{Counters, ProxyStats, Snapshot};
 use transaction::{Abandoned, ClientTx, Located, MediaLeg, ProxyTxn, ServerTx, Target, Upstream};

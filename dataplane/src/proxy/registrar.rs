@@ -8,6 +8,18 @@ use crate::registrar::auth::{self, AuthOutcome, Context};
 use crate::registrar::{self as reg, register};
 use crate::sip::{NameAddr, Uri};
 
+/// What [`Worker::caller_allowed`] decided about an initial request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Caller {
+    /// Answered here (407, 403, 400 or handed to another worker): stop.
+    Answered,
+    /// Not one of the registrar's users, or exempt: go on as received.
+    Allowed,
+    /// Proved to be a user of `domains[domain]`: go on, without the
+    /// credentials it proved it with.
+    Authenticated { domain: usize },
+}
+
 impl Worker {
     /// Answers a REGISTER for one of the registrar's domains.
     pub(super) fn handle_register(
@@ -167,7 +179,7 @@ impl Worker {
     /// the registrar's users (From in a registrar domain) must prove it with
     /// `Proxy-Authorization` (407 otherwise) and may only call as
     /// themselves (From user = digest user, 403 otherwise). Trusted sources
-    /// and dispatcher destinations are exempt. False when answered here.
+    /// and dispatcher destinations are exempt.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn caller_allowed(
         &mut self,
@@ -177,23 +189,24 @@ impl Worker {
         msg: &Message<'_>,
         info: &RequestInfo<'_>,
         out: &mut Outbox,
-    ) -> bool {
+    ) -> Caller {
         let Some(registrar) = self.cfg.registrar.clone() else {
-            return true;
+            return Caller::Allowed;
         };
         if !registrar.config.auth_calls {
-            return true;
+            return Caller::Allowed;
         }
         let Ok(from) = Uri::parse(info.common.from.uri) else {
-            return true;
+            return Caller::Allowed;
         };
         let local = self.cfg.is_local_host(from.host);
-        let Some(realm) = registrar.config.domain_of(from.host, local) else {
-            return true;
+        let Some(domain) = registrar.config.domain_index(from.host, local) else {
+            return Caller::Allowed;
         };
         if self.cfg.is_trusted_ip(src.ip()) || self.table.load().has_addr(src) {
-            return true;
+            return Caller::Allowed;
         }
+        let realm = registrar.config.domains[domain].as_str();
         let cx = Context {
             realm,
             worker: self.index,
@@ -203,16 +216,16 @@ impl Worker {
         };
         let header = HeaderName::ProxyAuthorization;
         match auth::check(&registrar, &mut self.nonce_counts, msg, header, &cx) {
-            AuthOutcome::Ok { user } if Some(user) == from.user => true,
+            AuthOutcome::Ok { user } if Some(user) == from.user => Caller::Authenticated { domain },
             AuthOutcome::Ok { .. } => {
                 reg::bump(&registrar.stats.auth_failures);
                 let w = b"From user differs from the authenticated user";
                 self.reply(socket, src, msg, 403, None, Some(w), out);
-                false
+                Caller::Answered
             }
             outcome => {
                 self.auth_refused(now, &registrar, outcome, realm, 407, socket, src, msg, out);
-                false
+                Caller::Answered
             }
         }
     }
@@ -285,7 +298,11 @@ impl Worker {
         let Some(new) = reg::register::nated_uri(&uri, to) else {
             return false;
         };
-        build::rewrite_uris(msg, None, Some(&new), fixed);
+        let rw = build::Rewrite {
+            contact: Some(&new),
+            ..build::Rewrite::default()
+        };
+        build::rewrite_request(msg, &rw, fixed);
         true
     }
 }

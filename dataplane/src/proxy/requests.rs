@@ -181,11 +181,15 @@ impl Worker {
         let mut set_table = None;
         let mut anchor = false;
         let decision = self.decide(msg, info, method, src);
-        if matches!(
+        let caller = if matches!(
             decision,
             Decision::Dispatch { .. } | Decision::Location { .. }
-        ) && !self.caller_allowed(now, socket, src, msg, info, out)
-        {
+        ) {
+            self.caller_allowed(now, socket, src, msg, info, out)
+        } else {
+            Caller::Allowed
+        };
+        if caller == Caller::Answered {
             return;
         }
         let mut strict_route = false;
@@ -336,12 +340,24 @@ impl Worker {
         }
         let mut request = self.pool.get();
         let nated = self.nated_contact(msg, info, method, src);
-        let rewritten = located.is_some() || nated.is_some();
+        let registrar = self.cfg.registrar.clone();
+        let consumed_realm = match (caller, &registrar) {
+            (Caller::Authenticated { domain }, Some(r)) => {
+                r.config.domains.get(domain).map(String::as_bytes)
+            }
+            _ => None,
+        };
+        let rewritten = located.is_some() || nated.is_some() || consumed_realm.is_some();
         if rewritten {
             // The binding's Contact becomes the Request-URI (RFC 3261 §16.5);
-            // a NATed caller's Contact names where it really is.
-            let ruri = located.as_deref().map(str::as_bytes);
-            build::rewrite_uris(msg, ruri, nated.as_deref(), &mut request);
+            // a NATed caller's Contact names where it really is; the
+            // credentials the caller proved itself with stay here.
+            let rw = build::Rewrite {
+                request_uri: located.as_deref().map(str::as_bytes),
+                contact: nated.as_deref(),
+                consumed_realm,
+            };
+            build::rewrite_request(msg, &rw, &mut request);
         } else {
             request.extend_from_slice(msg.buf());
         }

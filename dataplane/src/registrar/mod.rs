@@ -76,11 +76,16 @@ impl RegistrarConfig {
     /// The registrar domain a URI host stands for: itself when configured,
     /// the first domain when `local` (an address of this proxy), else none.
     pub fn domain_of(&self, host: &[u8], local: bool) -> Option<&str> {
+        let i = self.domain_index(host, local)?;
+        self.domains.get(i).map(String::as_str)
+    }
+
+    /// [`Self::domain_of`] as an index into `domains`.
+    pub fn domain_index(&self, host: &[u8], local: bool) -> Option<usize> {
         self.domains
             .iter()
-            .find(|d| host.eq_ignore_ascii_case(d.as_bytes()))
-            .or_else(|| local.then(|| self.domains.first()).flatten())
-            .map(String::as_str)
+            .position(|d| host.eq_ignore_ascii_case(d.as_bytes()))
+            .or_else(|| (local && !self.domains.is_empty()).then_some(0))
     }
 
     /// Whether a Request-URI user is one looked up in location.

@@ -128,38 +128,74 @@ fn atomically(
     r
 }
 
-/// `msg` with its Request-URI replaced by `ruri` (a registered user's
-/// Contact as the new target, RFC 3261 §16.5) and/or the URI of its first
-/// Contact replaced by `contact` (a NATed client's real address); every
-/// other byte copied. A response keeps its status line; a message without a
-/// Contact keeps what it has.
-pub fn rewrite_uris(req: &Message, ruri: Option<&[u8]>, contact: Option<&[u8]>, out: &mut Vec<u8>) {
-    let buf = req.buf();
+/// What [`rewrite_request`] changes in a message before the proxy keeps it
+/// as the copy it forwards.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rewrite<'a> {
+    /// The new Request-URI (a registered user's Contact as the new target,
+    /// RFC 3261 §16.5). Ignored for a response.
+    pub request_uri: Option<&'a [u8]>,
+    /// The new URI of the first Contact (a NATed client's real address).
+    pub contact: Option<&'a [u8]>,
+    /// Drop the `Proxy-Authorization` lines with credentials for this realm:
+    /// the proxy checked them, they are of no use downstream and would hand
+    /// the next hop a response it could replay (Kamailio's
+    /// `consume_credentials`).
+    pub consumed_realm: Option<&'a [u8]>,
+}
+
+/// `msg` with the changes of `rw`; every other byte copied. A message
+/// without a Contact keeps what it has.
+pub fn rewrite_request(msg: &Message, rw: &Rewrite, out: &mut Vec<u8>) {
+    let buf = msg.buf();
     let mut pos = 0;
-    if let (Some(uri), StartLine::Request { method_raw, .. }) = (ruri, req.start_line()) {
-        let (start, end) = req.start_line_range();
+    if let (Some(uri), StartLine::Request { method_raw, .. }) = (rw.request_uri, msg.start_line()) {
+        let (start, end) = msg.start_line_range();
         out.extend_from_slice(&buf[..start]);
         out.extend_from_slice(method_raw);
         out.push(b' ');
         out.extend_from_slice(uri);
         out.push(b' ');
-        out.extend_from_slice(req.version());
+        out.extend_from_slice(msg.version());
         out.extend_from_slice(CRLF);
         pos = end;
     }
-    let contact_uri = req
-        .values(HeaderName::Contact)
-        .next()
+    let contact_uri = rw
+        .contact
+        .and_then(|_| msg.values(HeaderName::Contact).next())
         .and_then(|v| NameAddr::parse(v).ok())
         .and_then(|na| Some((offset_in(buf, na.uri)?, na.uri.len())));
-    if let (Some(new), Some((at, len))) = (contact, contact_uri) {
-        if at >= pos {
-            out.extend_from_slice(&buf[pos..at]);
-            out.extend_from_slice(new);
-            pos = at + len;
+    for h in msg.headers() {
+        let (start, end) = (h.line_start as usize, h.line_end as usize);
+        if start < pos {
+            continue;
+        }
+        if let (Some(new), Some((at, len))) = (rw.contact, contact_uri) {
+            if (start..end).contains(&at) {
+                out.extend_from_slice(&buf[pos..at]);
+                out.extend_from_slice(new);
+                pos = at + len;
+                continue;
+            }
+        }
+        if h.name == HeaderName::ProxyAuthorization
+            && rw
+                .consumed_realm
+                .is_some_and(|realm| credentials_realm_is(h.value, realm))
+        {
+            out.extend_from_slice(&buf[pos..start]);
+            pos = end;
         }
     }
     out.extend_from_slice(&buf[pos..]);
+}
+
+/// Whether a credentials value names `realm`.
+fn credentials_realm_is(value: &[u8], realm: &[u8]) -> bool {
+    super::auth::digest_params(value)
+        .into_iter()
+        .flatten()
+        .any(|(k, v)| k.eq_ignore_ascii_case(b"realm") && v.eq_ignore_ascii_case(realm))
 }
 
 /// Writes the request a proxy relays (RFC 3261 §16.6): new top Via, optional
@@ -734,26 +770,54 @@ xyz";
     }
 
     #[test]
-    fn rewrite_uris_replaces_target_and_contact() {
+    fn rewrite_request_replaces_target_and_contact() {
         let raw =
             b"INVITE sip:6001@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n\
             Contact: \"A\" <sip:a@192.168.1.2:5060;ob>;expires=60\r\nContent-Length: 0\r\n\r\n";
         let msg = crate::sip::parse(raw).unwrap();
         let mut out = Vec::new();
-        rewrite_uris(
-            &msg,
-            Some(b"sip:6001@10.9.9.9:5070"),
-            Some(b"sip:a@203.0.113.5:4000;ob"),
-            &mut out,
-        );
+        let rw = Rewrite {
+            request_uri: Some(b"sip:6001@10.9.9.9:5070"),
+            contact: Some(b"sip:a@203.0.113.5:4000;ob"),
+            consumed_realm: None,
+        };
+        rewrite_request(&msg, &rw, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "INVITE sip:6001@10.9.9.9:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n\
              Contact: \"A\" <sip:a@203.0.113.5:4000;ob>;expires=60\r\nContent-Length: 0\r\n\r\n"
         );
         let mut same = Vec::new();
-        rewrite_uris(&msg, None, None, &mut same);
+        rewrite_request(&msg, &Rewrite::default(), &mut same);
         assert_eq!(same, raw.to_vec());
+    }
+
+    #[test]
+    fn rewrite_request_consumes_only_our_credentials() {
+        let raw = b"INVITE sip:6001@example.com SIP/2.0\r\n\
+            Proxy-Authorization: Digest username=\"6002\", realm=\"other.net\", nonce=\"1\"\r\n\
+            Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n\
+            Proxy-Authorization: Digest username=\"6002\", realm=\"Example.COM\",\r\n nonce=\"2\"\r\n\
+            Authorization: Digest username=\"6002\", realm=\"example.com\", nonce=\"3\"\r\n\
+            Contact: <sip:6002@192.168.1.2>\r\nContent-Length: 0\r\n\r\n";
+        let msg = crate::sip::parse(raw).unwrap();
+        let mut out = Vec::new();
+        let rw = Rewrite {
+            request_uri: None,
+            contact: Some(b"sip:6002@203.0.113.5:4000"),
+            consumed_realm: Some(b"example.com"),
+        };
+        rewrite_request(&msg, &rw, &mut out);
+        // The other proxy's credentials and the UAS's Authorization stay.
+        assert_eq!(
+            text(&out),
+            "INVITE sip:6001@example.com SIP/2.0\r\n\
+             Proxy-Authorization: Digest username=\"6002\", realm=\"other.net\", nonce=\"1\"\r\n\
+             Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n\
+             Authorization: Digest username=\"6002\", realm=\"example.com\", nonce=\"3\"\r\n\
+             Contact: <sip:6002@203.0.113.5:4000>\r\nContent-Length: 0\r\n\r\n"
+        );
+        assert!(crate::sip::parse(&out).is_ok());
     }
 
     #[test]
