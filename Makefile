@@ -35,16 +35,15 @@ test: deps
 demo: deps build
 	@bash scripts/demo.sh
 
-## bench: sipvane vs Kamailio under a short bounded ladder of offered loads
-##        (sipvane-bench compare; table on stdout, JSON and SVG in target/bench/),
+## bench: sipvane, sipvane with HEP capture, sipvane with accounting (private
+##        PostgreSQL) and Kamailio under a short bounded ladder of offered loads
+##        (scripts/bench.sh: table on stdout, JSON and SVG in target/bench/),
 ##        then heap bytes per active call in the core (call_memory)
 BENCH_RATES ?= 500,1000,2000
 BENCH_STEP_MS ?= 3000
 bench: deps
 	$(CARGO) build --release -p control -p bench
-	@mkdir -p target/bench
-	target/release/sipvane-bench compare --rates $(BENCH_RATES) --step-ms $(BENCH_STEP_MS) \
-	  --json target/bench/compare.json --svg target/bench/compare.svg
+	BENCH_RATES=$(BENCH_RATES) BENCH_STEP_MS=$(BENCH_STEP_MS) bash scripts/bench.sh
 	$(CARGO) bench -p dataplane --bench call_memory
 
 ## bench-micro: parser micro-benchmarks (criterion)

@@ -15,6 +15,8 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -34,9 +36,15 @@ pub struct CompareArgs {
     /// Pause after each step before CPU is sampled.
     #[arg(long, default_value_t = 300)]
     pub settle_ms: u64,
-    /// Proxies to run, comma-separated (sipvane, kamailio).
+    /// Proxies to run, comma-separated: sipvane, kamailio, and the sipvane
+    /// variants sipvane-hep (every message captured to a HEP sink of the bench)
+    /// and sipvane-acc (accounting rows written to --acc-db-url).
     #[arg(long, value_delimiter = ',', default_values_t = [Proxy::Sipvane, Proxy::Kamailio])]
     pub proxies: Vec<Proxy>,
+    /// Accounting database of the sipvane-acc run, holding Kamailio's acc
+    /// tables (postgres://... or mysql://...).
+    #[arg(long)]
+    pub acc_db_url: Option<String>,
     /// Load generator.
     #[arg(long, value_enum, default_value_t = Generator::Native)]
     pub generator: Generator,
@@ -94,9 +102,16 @@ pub struct CompareArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum Proxy {
+    #[serde(rename = "sipvane")]
     Sipvane,
+    /// sipvane with `[hep]` capture of every message.
+    #[serde(rename = "sipvane+hep")]
+    SipvaneHep,
+    /// sipvane with `[acc]` rows written to a database.
+    #[serde(rename = "sipvane+acc")]
+    SipvaneAcc,
+    #[serde(rename = "kamailio")]
     Kamailio,
 }
 
@@ -104,8 +119,55 @@ impl std::fmt::Display for Proxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Proxy::Sipvane => "sipvane",
+            Proxy::SipvaneHep => "sipvane+hep",
+            Proxy::SipvaneAcc => "sipvane+acc",
             Proxy::Kamailio => "kamailio",
         })
+    }
+}
+
+/// A UDP socket of the bench that HEP packets are sent to and thrown away,
+/// counted; drained on its own thread until the sink is dropped.
+struct HepSink {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl HepSink {
+    fn start() -> Result<HepSink> {
+        let sock = UdpSocket::bind("127.0.0.1:0").context("bind the HEP sink")?;
+        sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let addr = sock.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            let mut n = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                if sock.recv(&mut buf).is_ok() {
+                    n += 1;
+                }
+            }
+            n
+        });
+        Ok(HepSink {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Packets received so far; stops the sink.
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().map_or(0, |t| t.join().unwrap_or(0))
+    }
+}
+
+impl Drop for HepSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -344,19 +406,41 @@ struct Running {
     log: PathBuf,
 }
 
-fn start_proxy(p: Proxy, a: &CompareArgs, work: &Path, list: &Path) -> Result<Running> {
+fn start_proxy(
+    p: Proxy,
+    a: &CompareArgs,
+    work: &Path,
+    list: &Path,
+    hep: Option<SocketAddr>,
+) -> Result<Running> {
     let dir = work.join(p.to_string());
     std::fs::create_dir_all(&dir)?;
     let log = dir.join(format!("{p}.log"));
     let (proc, addr) = match p {
-        Proxy::Sipvane => {
+        Proxy::Sipvane | Proxy::SipvaneHep | Proxy::SipvaneAcc => {
             let bin = find_sipvane(a.sipvane.as_deref())?;
             let workers = a.workers.max(1);
             let port = free_port_run(workers as u16)?;
+            let variant = match p {
+                Proxy::SipvaneHep => {
+                    let sink = hep.context("no HEP sink")?;
+                    format!("[hep]\ncollector = \"udp:{sink}\"\nagent_id = 1\n")
+                }
+                Proxy::SipvaneAcc => {
+                    let url = a.acc_db_url.as_deref().context(
+                        "--proxies sipvane-acc needs --acc-db-url (a database with Kamailio's acc tables)",
+                    )?;
+                    format!(
+                        "[acc]\ndb_url = \"{url}\"\nspool_dir = \"{}\"\n",
+                        dir.display()
+                    )
+                }
+                _ => String::new(),
+            };
             let cfg = format!(
                 "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = {workers}\nio = \"{}\"\n\
                  private_port_base = {}\n{}\n[dispatcher]\nlist = \"{}\"\nalgorithm = \"round-robin\"\n\
-                 [mgmt]\nlisten = \"127.0.0.1:{}\"\n",
+                 [mgmt]\nlisten = \"127.0.0.1:{}\"\n{variant}",
                 a.io,
                 port + 1,
                 a.sipvane_toml.join("\n"),
@@ -491,7 +575,11 @@ pub fn run(a: &CompareArgs) -> Result<()> {
     let mut rows = Vec::new();
     let mut sipvane_counters = None;
     for &p in &a.proxies {
-        let mut r = start_proxy(p, a, &work, &list)?;
+        let sink = match p {
+            Proxy::SipvaneHep => Some(HepSink::start()?),
+            _ => None,
+        };
+        let mut r = start_proxy(p, a, &work, &list, sink.as_ref().map(|s| s.addr))?;
         eprintln!(
             "sipvane-bench: {p} up on {} (pid {}, logs in {})",
             r.addr,
@@ -539,7 +627,18 @@ pub fn run(a: &CompareArgs) -> Result<()> {
             rows.push(row);
         }
         r.proc.stop(Duration::from_secs(10));
+        if let Some(sink) = sink {
+            let got = sink.finish();
+            if got == 0 {
+                bail!(
+                    "{p}: the HEP sink received nothing; see {}",
+                    r.log.display()
+                );
+            }
+            eprintln!("sipvane-bench: {p}: {got} HEP packets captured");
+        }
         if p == Proxy::Sipvane {
+            // The plain run's counters; the variants' are in their logs.
             sipvane_counters = std::fs::read_to_string(&r.log).ok().and_then(|l| {
                 l.lines()
                     .rev()
@@ -625,6 +724,15 @@ pub fn table(res: &Results) -> String {
     if !ratios.is_empty() {
         let _ = writeln!(s, "\nsipvane/Kamailio CPU per call: {}", ratios.join("; "));
     }
+    for v in [Proxy::SipvaneHep, Proxy::SipvaneAcc] {
+        let costs: Vec<String> = ratios_between(res, v, Proxy::Sipvane)
+            .into_iter()
+            .map(|(rate, q)| format!("{rate:.0} cps: {q:.3}"))
+            .collect();
+        if !costs.is_empty() {
+            let _ = writeln!(s, "{v}/sipvane CPU per call: {}", costs.join("; "));
+        }
+    }
     if let Some(c) = &res.sipvane_counters {
         let _ = writeln!(s, "sipvane counters at exit: {c}");
     }
@@ -645,12 +753,17 @@ fn latency(us: u64, resolution: u64) -> String {
 
 /// sipvane CPU per call ÷ Kamailio's, per offered rate both completed calls at.
 pub fn ratios(res: &Results) -> Vec<(f64, f64)> {
+    ratios_between(res, Proxy::Sipvane, Proxy::Kamailio)
+}
+
+/// CPU per call of `a` ÷ that of `b`, per offered rate both completed calls at.
+fn ratios_between(res: &Results, a: Proxy, b: Proxy) -> Vec<(f64, f64)> {
     let mut out = Vec::new();
-    for s in res.rows.iter().filter(|r| r.proxy == Proxy::Sipvane) {
+    for s in res.rows.iter().filter(|r| r.proxy == a) {
         let k = res
             .rows
             .iter()
-            .find(|r| r.proxy == Proxy::Kamailio && r.offered_cps == s.offered_cps);
+            .find(|r| r.proxy == b && r.offered_cps == s.offered_cps);
         if let (Some(sc), Some(kc)) = (s.cpu_us_per_call, k.and_then(|k| k.cpu_us_per_call)) {
             if kc > 0.0 {
                 out.push((s.offered_cps, sc / kc));

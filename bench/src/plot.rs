@@ -11,6 +11,8 @@ use crate::compare::{Proxy, Results, Row};
 fn color(p: Proxy) -> RGBColor {
     match p {
         Proxy::Sipvane => RGBColor(0x1f, 0x77, 0xb4),
+        Proxy::SipvaneHep => RGBColor(0x2c, 0xa0, 0x2c),
+        Proxy::SipvaneAcc => RGBColor(0x94, 0x67, 0xbd),
         Proxy::Kamailio => RGBColor(0xd6, 0x27, 0x28),
     }
 }
@@ -53,7 +55,12 @@ fn panel(
                 .y_label_formatter(&|y| format!("{y:.0}"))
                 .draw()
                 .map_err(|e| err(&e))?;
-            for p in [Proxy::Sipvane, Proxy::Kamailio] {
+            for p in [
+                Proxy::Sipvane,
+                Proxy::SipvaneHep,
+                Proxy::SipvaneAcc,
+                Proxy::Kamailio,
+            ] {
                 let pts = series(&res.rows, p, y);
                 if pts.is_empty() {
                     continue;
