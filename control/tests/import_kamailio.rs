@@ -219,7 +219,7 @@ fn dispatcher_from_database_with_rules_and_includes() {
 }
 
 #[test]
-fn registrar_auth_and_acc_are_kept_as_comments() {
+fn registrar_auth_and_acc_become_sections() {
     let i = import("registrar-auth-acc.cfg", &[]);
     // port=5070 completes listen=udp:127.0.0.1.
     assert_eq!(i.config.proxy.listen, "127.0.0.1:5070".parse().unwrap());
@@ -233,41 +233,72 @@ fn registrar_auth_and_acc_are_kept_as_comments() {
     assert!(d.failover_codes.is_empty());
     assert_eq!(d.ping_interval_s, 15);
 
-    // sipvane's schema has no [registrar] / [acc] yet: commented out.
+    // [registrar] from usrloc / auth_db / registrar / auth and the script
+    // (the realm of auth_check, the prefixes lookup() runs under).
     let url = "mysql://kamailio:kamailiorw@127.0.0.1/kamailio";
-    for line in [
-        "# [registrar]".to_string(),
-        format!("# db_url = \"{url}\""),
-        "# domain = \"sip.example.com\"".into(),
-        "# prefixes = [\"6\", \"7\", \"8\"]".into(),
-        "# [acc]".into(),
-    ] {
+    let r = &i.config.registrar;
+    assert_eq!(r.db_url, url);
+    assert_eq!(r.domain, ["sip.example.com"]);
+    assert_eq!(r.prefixes, ["6", "7", "8"]);
+    assert_eq!(r.subscriber_table, "subscriber");
+    assert_eq!(r.location_table, "location");
+    assert_eq!(
+        (r.min_expires, r.max_expires, r.default_expires),
+        (30, 3600, 1800)
+    );
+    // Kamailio's "no limit" keeps sipvane's.
+    assert_eq!(r.max_contacts, 10);
+    assert_eq!(r.nonce_expires_s, 60);
+    // [acc]: the database, the table, failed transactions, the extra
+    // columns sipvane has a source for.
+    let a = &i.config.acc;
+    assert_eq!(a.db_url, url);
+    assert_eq!(a.acc_table, "acc_calls");
+    assert!(a.log_failed);
+    let extra: Vec<(&str, &str)> = a
+        .extra
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        extra,
+        [
+            ("dst_domain", "$rd"),
+            ("dst_ouser", "$tU"),
+            ("dst_user", "$rU"),
+            ("src_domain", "$fd"),
+            ("src_user", "$fU"),
+        ]
+    );
+    for section in ["[registrar]", "[acc]", "[acc.extra]"] {
         assert!(
-            i.toml.lines().any(|l| l == line),
-            "no {line:?} in:\n{}",
+            i.toml.lines().any(|l| l == section),
+            "no {section} in:\n{}",
             i.toml
         );
     }
-    assert!(!i
-        .toml
-        .lines()
-        .any(|l| l.starts_with("[registrar]") || l.starts_with("[acc]")));
-    i.warns(
-        "registrar-auth-acc.cfg",
-        29,
-        "sipvane does not support [registrar] yet",
-    );
-    i.warns(
-        "registrar-auth-acc.cfg",
-        35,
-        "sipvane does not support [acc] yet",
-    );
     i.warns("registrar-auth-acc.cfg", 38, "Kamailio does not fail over");
-    i.warns(
-        "registrar-auth-acc.cfg",
-        43,
-        "modparam(\"usrloc\", \"db_mode\", 2)",
+    i.warns("registrar-auth-acc.cfg", 50, "src_ip=$si");
+    i.warns("registrar-auth-acc.cfg", 64, "max_contacts 0");
+    // Carried over as they are: the loadmodules, usrloc db_mode 2,
+    // calculate_ha1 with the password column.
+    for line in [29, 30, 35, 36, 37, 43, 56, 57] {
+        i.silent_about(line);
+    }
+}
+
+/// A registrar cfg without a database: sipvane's registrar could not start,
+/// so the import leaves `[registrar]` out and says why.
+#[test]
+fn a_registrar_without_database_is_left_out() {
+    let i = import("registrar-memory.cfg", &[]);
+    assert_eq!(
+        i.config.registrar,
+        control::config::RegistrarConfig::default()
     );
+    assert!(!i.toml.lines().any(|l| l == "[registrar]"), "{}", i.toml);
+    i.warns("registrar-memory.cfg", 11, "[registrar] left out");
+    i.warns("registrar-memory.cfg", 15, "usrloc db_mode 0");
 }
 
 #[test]
@@ -368,6 +399,7 @@ fn fixtures_are_valid_kamailio_configurations() {
         "dispatcher-list.cfg",
         "dispatcher-db.cfg",
         "registrar-auth-acc.cfg",
+        "registrar-memory.cfg",
         "rtpengine-nat.cfg",
     ] {
         let mut cmd = Command::new(&kamailio);

@@ -4,14 +4,16 @@
 //! The work is sans-IO and split in stages: [`preprocess`] (comments, defines,
 //! includes), [`kamailio_cfg`] (statements and route blocks), [`script`] (what
 //! the route blocks do: calls and the conditions they run under), [`translate`]
-//! (core parameters and modparams to a [`crate::config::Config`] plus the sections
-//! sipvane does not have yet), [`routing`] (dispatcher sets, rules, failover codes,
-//! RTPEngine flags from the route blocks) and [`render`] (TOML text). Only [`main`]
+//! (core parameters and modparams to a [`crate::config::Config`], with
+//! [`registrar`] for the registrar, auth and acc modules), [`routing`]
+//! (dispatcher sets, rules, failover codes, RTPEngine flags, the registrar's
+//! realm, tables and prefixes from the route blocks) and [`render`] (TOML text). Only [`main`]
 //! touches the file system.
 
 pub mod kamailio_cfg;
 pub mod lexer;
 pub mod preprocess;
+pub mod registrar;
 pub mod render;
 pub mod routing;
 pub mod script;

@@ -1,6 +1,6 @@
 //! The imported configuration as TOML: a header of notes and warnings (comments),
-//! the sections with the keys that were carried over or differ from sipvane's
-//! defaults, and the sections sipvane does not have yet as commented-out lines.
+//! then the sections with the keys that were carried over or differ from
+//! sipvane's defaults.
 //!
 //! The text is checked before it is returned: it must load (with
 //! [`Config::from_toml_str`], which validates) into exactly the configuration that
@@ -11,7 +11,16 @@ use crate::config::{Config, PathSeg};
 use super::translate::Translation;
 use super::Note;
 
-const SECTIONS: &[&str] = &["proxy", "dispatcher", "rtpengine", "events", "mgmt", "log"];
+const SECTIONS: &[&str] = &[
+    "proxy",
+    "dispatcher",
+    "rtpengine",
+    "registrar",
+    "acc",
+    "events",
+    "mgmt",
+    "log",
+];
 
 /// Renders `t` (whose warnings are `warnings`, already complete) for `main`.
 /// May add warnings to `warnings` for values sipvane rejects.
@@ -38,17 +47,6 @@ pub fn render(t: &mut Translation, warnings: &mut Vec<Note>, main: &str) -> Stri
     }
     out.push('\n');
     out.push_str(&body);
-    let extra = unsupported_sections(t);
-    if !extra.is_empty() {
-        out.push_str("\n# Not supported by sipvane yet; kept for reference:\n");
-        for line in extra.lines() {
-            if line.is_empty() {
-                out.push_str("#\n");
-            } else {
-                out.push_str(&format!("# {line}\n"));
-            }
-        }
-    }
     out
 }
 
@@ -144,28 +142,4 @@ fn pruned(t: &Translation) -> Option<String> {
         out.push_str(&toml::to_string(&wrapper).ok()?);
     }
     Some(out)
-}
-
-fn unsupported_sections(t: &Translation) -> String {
-    let mut out = String::new();
-    let mut add = |name: &str, v: Option<toml::Value>| {
-        let mut w = toml::Table::new();
-        w.insert(
-            name.to_owned(),
-            v.unwrap_or(toml::Value::Table(toml::Table::new())),
-        );
-        if let Ok(s) = toml::to_string(&w) {
-            if !out.is_empty() {
-                out.push('\n');
-            }
-            out.push_str(&s);
-        }
-    };
-    if let Some(r) = &t.registrar {
-        add("registrar", toml::Value::try_from(r).ok());
-    }
-    if let Some(a) = &t.acc {
-        add("acc", toml::Value::try_from(a).ok());
-    }
-    out
 }

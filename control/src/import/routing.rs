@@ -461,10 +461,14 @@ impl R<'_> {
         }
     }
 
+    /// The realm(s) the auth functions name become `[registrar] domain`,
+    /// their table `subscriber_table`; the table of save()/lookup()
+    /// `location_table`; the Request-URI prefixes lookup() runs under
+    /// `prefixes`.
     fn registrar(&mut self, sites: &[Site<'_>]) {
-        let Some(mut reg) = self.t.registrar.take() else {
+        if !self.t.registrar {
             return;
-        };
+        }
         let auth = [
             "auth_check",
             "www_authorize",
@@ -473,40 +477,84 @@ impl R<'_> {
             "proxy_challenge",
             "auth_challenge",
         ];
+        let mut domains: Vec<String> = Vec::new();
+        let mut from_alias = false;
         for site in sites
             .iter()
             .filter(|s| auth.contains(&s.call.name.as_str()))
         {
             let realm = site.call.args.first().map(Val::text).unwrap_or_default();
             if realm.is_empty() || realm.starts_with('$') {
-                if reg.domain.is_none() {
-                    if let Some(alias) = self.t.aliases.first() {
-                        reg.domain = Some(alias.clone());
-                    }
-                }
+                from_alias = true;
+            } else if !domains.contains(&realm) {
+                domains.push(realm);
+            }
+            let checks = ["auth_check", "www_authorize", "proxy_authorize"];
+            if checks.contains(&site.call.name.as_str()) {
+                let table = site.call.args.get(1).map(Val::text).unwrap_or_default();
+                self.table(site.call.line, table, "subscriber_table");
+            }
+        }
+        if domains.is_empty() && from_alias {
+            domains.extend(self.t.aliases.first().cloned());
+        }
+        if !domains.is_empty() {
+            self.t.config.registrar.domain = domains;
+            self.t.explicit.insert("registrar.domain");
+        }
+        let mut prefixes = Vec::new();
+        for site in sites
+            .iter()
+            .filter(|s| s.call.name == "save" || s.call.name == "lookup")
+        {
+            let table = site.call.args.first().map(Val::text).unwrap_or_default();
+            self.table(site.call.line, table, "location_table");
+            if site.call.name != "lookup" {
                 continue;
             }
-            match &reg.domain {
-                None => reg.domain = Some(realm),
-                Some(d) if *d != realm => {
-                    let msg = format!(
-                        "realm {realm:?} differs from {d:?}; sipvane's registrar serves one domain"
-                    );
-                    self.t.warnings.push(self.src.note(site.call.line, msg));
-                }
-                Some(_) => {}
-            }
-        }
-        for site in sites.iter().filter(|s| s.call.name == "lookup") {
-            if let Target::Only(Test::Prefix { prefixes, .. }) = script::target(site) {
-                for p in prefixes {
-                    if !reg.prefixes.contains(&p) {
-                        reg.prefixes.push(p);
+            if let Target::Only(Test::Prefix { prefixes: ps, .. }) = script::target(site) {
+                for p in ps {
+                    if !prefixes.contains(&p) {
+                        prefixes.push(p);
                     }
                 }
             }
         }
-        self.t.registrar = Some(reg);
+        if !prefixes.is_empty() {
+            self.t.config.registrar.prefixes = prefixes;
+            self.t.explicit.insert("registrar.prefixes");
+        }
+        let line = self.t.registrar_line;
+        super::registrar::finish(self.t, self.src, line);
+    }
+
+    /// A table a registrar function names: the first one becomes `key`,
+    /// another one is a warning (sipvane uses one of each).
+    fn table(&mut self, line: usize, table: String, key: &'static str) {
+        if table.is_empty() || table.starts_with('$') {
+            return;
+        }
+        let r = &mut self.t.config.registrar;
+        let slot = if key == "location_table" {
+            &mut r.location_table
+        } else {
+            &mut r.subscriber_table
+        };
+        let explicit = if key == "location_table" {
+            "registrar.location_table"
+        } else {
+            "registrar.subscriber_table"
+        };
+        if !self.t.explicit.contains(explicit) {
+            *slot = table;
+            self.t.explicit.insert(explicit);
+        } else if *slot != table {
+            let msg = format!(
+                "table {table:?} differs from {:?}; sipvane's registrar uses one {key}",
+                slot
+            );
+            self.warn(line, msg);
+        }
     }
 
     fn unknown_functions(&mut self, sites: &[Site<'_>]) {

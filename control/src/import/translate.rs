@@ -12,24 +12,6 @@ use super::preprocess::{resolve, unquote, Source};
 use super::Note;
 use crate::config::{Config, EngineSpec, ProbingMode};
 
-/// `[registrar]` as DESIGN.md names it; sipvane's schema does not have it yet.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Registrar {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub db_url: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub prefixes: Vec<String>,
-}
-
-/// `[acc]` as DESIGN.md names it; not in sipvane's schema yet.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Acc {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub db_url: Option<String>,
-}
-
 /// The outcome of a translation.
 #[derive(Clone, Debug, Default)]
 pub struct Translation {
@@ -37,10 +19,10 @@ pub struct Translation {
     /// Keys (`section.key`) set from the Kamailio configuration, written out even
     /// when equal to sipvane's default.
     pub explicit: BTreeSet<&'static str>,
-    /// Set when the configuration uses registrar / auth modules.
-    pub registrar: Option<Registrar>,
-    /// Set when it uses acc.
-    pub acc: Option<Acc>,
+    /// The configuration loads registrar / usrloc / auth modules: the route
+    /// blocks name its realm, tables and prefixes; the line of the first.
+    pub registrar: bool,
+    pub registrar_line: usize,
     pub warnings: Vec<Note>,
     /// Explanations printed as comments (not warnings).
     pub notes: Vec<String>,
@@ -205,12 +187,8 @@ impl T<'_> {
             .iter()
             .find(|m| registrar.contains(&m.name.as_str()))
         {
-            self.out.registrar = Some(Registrar::default());
-            self.warn(m.line, format!("module {}: sipvane does not support [registrar] yet; its settings are written below as comments", m.name));
-        }
-        if let Some(m) = cfg.modules.iter().find(|m| m.name == "acc") {
-            self.out.acc = Some(Acc::default());
-            self.warn(m.line, "module acc: sipvane does not support [acc] yet; its settings are written below as comments".into());
+            self.out.registrar = true;
+            self.out.registrar_line = m.line;
         }
     }
 
@@ -420,7 +398,9 @@ impl T<'_> {
             "tm" => self.tm(mp),
             "dispatcher" => self.dispatcher(mp),
             "rtpengine" => self.rtpengine(mp),
-            "auth_db" | "usrloc" | "registrar" | "acc" => self.registrar_acc(module, mp),
+            "auth" | "auth_db" | "usrloc" | "registrar" | "acc" => {
+                super::registrar::modparam(&mut self.out, self.src, module, mp)
+            }
             _ => false,
         };
         if !handled {
@@ -636,26 +616,6 @@ impl T<'_> {
                 }
             }
             _ => return false,
-        }
-        true
-    }
-
-    fn registrar_acc(&mut self, module: &str, mp: &ModParam) -> bool {
-        if mp.name != "db_url" {
-            return false;
-        }
-        let url = mp.value.text();
-        if module == "acc" {
-            self.out.acc.get_or_insert_with(Acc::default).db_url = Some(url);
-            return true;
-        }
-        let reg = self.out.registrar.get_or_insert_with(Registrar::default);
-        match &reg.db_url {
-            Some(u) if *u != url => {
-                let u = u.clone();
-                self.warn(mp.line, format!("{module} db_url differs from the one already read ({u}); sipvane's registrar uses one database"));
-            }
-            _ => reg.db_url = Some(url),
         }
         true
     }
