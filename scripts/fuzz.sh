@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fuzzes the SIP parser (target `parse_message`) and the RTPEngine ng reply
-# decoder (target `ng_reply`), each for a bounded time.
+# Fuzzes the SIP parser (target `parse_message`), the RTPEngine ng reply
+# decoder (target `ng_reply`) and the TCP stream framer (`stream_framer`),
+# each for a bounded time.
 #
 #   scripts/fuzz.sh [SECONDS]        default 60 per target
 #
@@ -36,3 +37,5 @@ run_target parse_message dataplane/tests/torture
 # RTPEngine ng replies (cookie + bencode dict) come from the network too.
 seeds=fuzz/seeds/ng_reply
 run_target ng_reply "$seeds"
+# TCP byte streams: framing by Content-Length with keep-alives, whole vs chunked.
+run_target stream_framer fuzz/seeds/stream_framer

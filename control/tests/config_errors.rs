@@ -41,12 +41,12 @@ fn unknown_section_and_top_level_key() {
     assert_eq!(
         one_error("[log]\nlevel = \"info\"\n\n[dispatch]\nalgorithm = 4\n"),
         "sipvane.toml:4: unknown section [dispatch]; expected one of proxy, dispatcher, \
-         rtpengine, events, acc, hep, mgmt, log, security, registrar"
+         rtpengine, events, acc, hep, mgmt, log, security, registrar, tcp"
     );
     assert_eq!(
         one_error("\nlisten = \"0.0.0.0:5060\"\n"),
         "sipvane.toml:2: unknown key \"listen\" outside any section; expected a section: \
-         proxy, dispatcher, rtpengine, events, acc, hep, mgmt, log, security, registrar"
+         proxy, dispatcher, rtpengine, events, acc, hep, mgmt, log, security, registrar, tcp"
     );
 }
 

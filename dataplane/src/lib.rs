@@ -12,5 +12,6 @@ pub mod registrar;
 pub mod route;
 pub mod rtpengine;
 pub mod sip;
+pub mod transport;
 pub mod txn;
 pub mod worker;

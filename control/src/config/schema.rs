@@ -31,6 +31,8 @@ pub struct Config {
     pub security: SecurityConfig,
     /// `[registrar]`: REGISTER, digest authentication and location.
     pub registrar: RegistrarConfig,
+    /// `[tcp]`: the TCP transport on `[proxy] listen` and its limits.
+    pub tcp: TcpConfig,
 }
 
 /// `[proxy]`
@@ -568,6 +570,39 @@ impl Default for LogConfig {
         LogConfig {
             level: "info".to_owned(),
             format: LogFormat::Text,
+        }
+    }
+}
+
+/// `[tcp]` (docs/transports.md). Limits are per worker: each worker owns the
+/// connections it accepts or opens.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpConfig {
+    /// Serve TCP on `[proxy] listen` besides UDP. Default true.
+    pub enabled: bool,
+    /// Largest message (header + body) on a stream, in bytes. Default 65535.
+    pub max_message: u32,
+    /// Seconds a connection may take to complete a message header once it began
+    /// (slowloris). Default 10.
+    pub header_timeout_s: u32,
+    /// Seconds without traffic after which a connection is closed. Default 300.
+    pub idle_timeout_s: u32,
+    /// Inbound connections one source IP may hold per worker. Default 256.
+    pub max_per_source: u32,
+    /// Inbound connections per worker. Default 16384.
+    pub max_connections: u32,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            enabled: true,
+            max_message: 65_535,
+            header_timeout_s: 10,
+            idle_timeout_s: 300,
+            max_per_source: 256,
+            max_connections: 16_384,
         }
     }
 }

@@ -85,3 +85,19 @@ fn advertise_defaults() {
     p.advertise = Some("sip.example.com".into());
     assert_eq!(p.advertise_host(), "sip.example.com");
 }
+
+#[test]
+fn tcp_limits_are_checked() {
+    assert_eq!(
+        errors("[tcp]\nmax_message = 100\nidle_timeout_s = 0\nmax_per_source = 9\nmax_connections = 8\n"),
+        vec![
+            "t.toml:2: max_message must be between 1024 and 16777216 bytes (got 100)",
+            "t.toml:3: idle_timeout_s must be ≥ 1",
+            "t.toml:4: max_per_source (9) must not exceed max_connections (8)",
+        ]
+    );
+    let c = Config::from_toml_str("[tcp]\nenabled = false\n", "t.toml").unwrap();
+    assert!(!c.tcp.enabled);
+    assert_eq!(c.tcp.max_message, 65_535);
+    assert!(Config::default().tcp.enabled);
+}

@@ -9,6 +9,7 @@ impl Config {
     pub fn validate(&self) -> Vec<Problem> {
         let mut v = Validator::default();
         self.validate_proxy(&mut v);
+        self.validate_tcp(&mut v);
         self.validate_dispatcher(&mut v);
         self.validate_rtpengine(&mut v);
         self.validate_events(&mut v);
@@ -357,6 +358,41 @@ impl Config {
             v.err(
                 at("sample"),
                 format!("sample must be between 0.0 and 1.0 (got {})", h.sample),
+            );
+        }
+    }
+
+    fn validate_tcp(&self, v: &mut Validator) {
+        let t = &self.tcp;
+        let at = |k: &str| vec![key("tcp"), key(k)];
+        // Below ~1 KB not even a bare INVITE fits; above 16 MB one connection could
+        // pin far more memory than any SIP message needs.
+        if !(1024..=16 << 20).contains(&t.max_message) {
+            v.err(
+                at("max_message"),
+                format!(
+                    "max_message must be between 1024 and 16777216 bytes (got {})",
+                    t.max_message
+                ),
+            );
+        }
+        for (k, n) in [
+            ("header_timeout_s", t.header_timeout_s),
+            ("idle_timeout_s", t.idle_timeout_s),
+            ("max_per_source", t.max_per_source),
+            ("max_connections", t.max_connections),
+        ] {
+            if n == 0 {
+                v.err(at(k), format!("{k} must be ≥ 1"));
+            }
+        }
+        if t.max_per_source > t.max_connections {
+            v.err(
+                at("max_per_source"),
+                format!(
+                    "max_per_source ({}) must not exceed max_connections ({})",
+                    t.max_per_source, t.max_connections
+                ),
             );
         }
     }
