@@ -38,12 +38,14 @@ demo: deps build
 ## bench: sipvane, sipvane with HEP capture, sipvane with accounting (private
 ##        PostgreSQL) and Kamailio under a short bounded ladder of offered loads
 ##        (scripts/bench.sh: table on stdout, JSON and SVG in target/bench/),
-##        then heap bytes per active call in the core (call_memory)
+##        user-space instructions per call of sipvane and Kamailio under callgrind
+##        (perf/stat.sh), then heap bytes per active call in the core (call_memory)
 BENCH_RATES ?= 500,1000,2000
 BENCH_STEP_MS ?= 3000
 bench: deps
 	$(CARGO) build --release -p control -p bench
 	BENCH_RATES=$(BENCH_RATES) BENCH_STEP_MS=$(BENCH_STEP_MS) bash scripts/bench.sh
+	MODE=callgrind PROXIES=sipvane,kamailio bash perf/stat.sh 1000 200
 	$(CARGO) bench -p dataplane --bench call_memory
 
 ## bench-micro: parser micro-benchmarks (criterion)

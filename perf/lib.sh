@@ -39,15 +39,23 @@ free_port() {
   echo "perf: no free port" >&2; exit 1
 }
 
-# start_lab [wrapper...]: backends + sipvane (run under the wrapper command,
-# e.g. valgrind). Sets TARGET (host:port) and SIPVANE_PID.
-start_lab() {
-  local a b port
+# start_backends: two sipvane-bench responders, listed in $work/dispatcher.list
+# (once per script; later calls do nothing).
+start_backends() {
+  [ -f "$work/dispatcher.list" ] && return 0
+  local a b
   a="127.0.0.1:$(free_port)"; b="127.0.0.1:$(free_port)"
   "$bench" uas --listen "$a" --max-seconds 3600 >"$work/uas-a.log" 2>&1 & pids+=($!)
   "$bench" uas --listen "$b" --max-seconds 3600 >"$work/uas-b.log" 2>&1 & pids+=($!)
   "$bench" ping "$a" >/dev/null && "$bench" ping "$b" >/dev/null
   printf '1 sip:%s\n1 sip:%s\n' "$a" "$b" >"$work/dispatcher.list"
+}
+
+# start_lab [wrapper...]: backends + sipvane (run under the wrapper command,
+# e.g. valgrind). Sets TARGET (host:port) and SIPVANE_PID.
+start_lab() {
+  local port
+  start_backends
   port="$(free_port "$WORKERS")"
   cat >"$work/sipvane.toml" <<TOML
 [proxy]
@@ -66,6 +74,25 @@ TOML
   TARGET="127.0.0.1:$port"
   if ! "$bench" ping "$TARGET" --timeout-ms 60000 >/dev/null; then
     echo "perf: sipvane did not come up; log:" >&2; tail -20 "$work/sipvane.log" >&2; exit 1
+  fi
+}
+
+# start_kamailio [wrapper...]: backends + Kamailio with bench/kamailio/kamailio.cfg
+# (tm + rr + dispatcher, one UDP receiver, TLSF), run under the wrapper command.
+# Sets TARGET and KAMAILIO_PID (the main process; its children do the work).
+start_kamailio() {
+  local port dir="$work/kamailio"
+  command -v kamailio >/dev/null || { echo "perf: kamailio not found (scripts/deps.sh)" >&2; exit 1; }
+  start_backends
+  mkdir -p "$dir"
+  port="$(free_port)"
+  "$@" kamailio -f "$repo/bench/kamailio/kamailio.cfg" -DD -E -x tlsf -m 256 -M 16 -n 1 \
+    -l "udp:127.0.0.1:$port" -Y "$dir" -P "$dir/kamailio.pid" -w "$dir" \
+    -A "DS_LIST=\"$work/dispatcher.list\"" >"$dir/kamailio.log" 2>&1 & KAMAILIO_PID=$!
+  pids+=("$KAMAILIO_PID")
+  TARGET="127.0.0.1:$port"
+  if ! "$bench" ping "$TARGET" --timeout-ms 60000 >/dev/null; then
+    echo "perf: kamailio did not come up; log:" >&2; tail -20 "$dir/kamailio.log" >&2; exit 1
   fi
 }
 

@@ -10,12 +10,18 @@
 # Usage: perf/stat.sh [CALLS [RATE_CPS]]
 #   perf/stat.sh                  # 20000 calls at 5000 cps (perf) or 2000 at 200 (callgrind)
 #   MODE=callgrind perf/stat.sh   # force the callgrind measurement
+#   MODE=callgrind PROXIES=sipvane,kamailio perf/stat.sh
+#                                 # both proxies in one run, and their ratio
+#                                 # (callgrind only: Kamailio's forked children
+#                                 # are each counted, instrumented from the end
+#                                 # of the warm-up to the end of the calls)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=perf/lib.sh
 . "$here/lib.sh"
 
 mode="${MODE:-}"
+PROXIES="${PROXIES:-sipvane}"
 if [ -z "$mode" ]; then
   if perf stat -x, -e instructions true 2>&1 | grep -q '^[0-9]'; then mode=perf; else mode=callgrind; fi
 fi
@@ -42,20 +48,46 @@ case "$mode" in
     command -v valgrind >/dev/null || { echo "stat.sh: valgrind not found (scripts/deps.sh)" >&2; exit 1; }
     # io_uring is opaque to valgrind: measure the epoll driver (same core).
     IO=epoll
-    start_lab valgrind --tool=callgrind --instr-atstart=no \
-      --callgrind-out-file="$work/callgrind.out.%p"
-    "$bench" uac "$TARGET" --rate "$rate" --calls 200 --duration-ms 2000 --quiet >/dev/null
-    callgrind_control -i on "$SIPVANE_PID" >/dev/null 2>&1
-    secs=$(( (calls + rate - 1) / rate + 2 ))
-    "$bench" uac "$TARGET" --rate "$rate" --calls "$calls" --duration-ms $((secs * 1000)) --timeout-ms 20000 --quiet --json >"$work/uac.json"
-    callgrind_control -d measured "$SIPVANE_PID" >/dev/null 2>&1
-    sleep 1
-    ok="$(ok_calls "$work/uac.json")"
-    dump="$(ls -t "$work"/callgrind.out.* | head -1)"
-    ir="$(sed -n 's/^summary: *\([0-9]*\).*/\1/p; s/^totals: *\([0-9]*\).*/\1/p' "$dump" | head -1)"
-    echo "completed calls: $ok (callgrind, epoll driver, $WORKERS worker(s))"
-    awk -v i="$ir" -v n="$ok" 'BEGIN { if (n > 0) printf "instructions/call: %.0f\n", i / n }'
-    echo "profile: callgrind_annotate $dump"
+    declare -A per_call
+    for proxy in ${PROXIES//,/ }; do
+      vg=(valgrind --tool=callgrind --instr-atstart=no --trace-children=yes
+          --callgrind-out-file="$work/callgrind.$proxy.%p")
+      case "$proxy" in
+        sipvane) start_lab "${vg[@]}"; main="$SIPVANE_PID" ;;
+        kamailio) start_kamailio "${vg[@]}"; main="$KAMAILIO_PID" ;;
+        *) echo "stat.sh: PROXIES: sipvane and/or kamailio" >&2; exit 2 ;;
+      esac
+      "$bench" uac "$TARGET" --rate "$rate" --calls 200 --duration-ms 2000 --quiet >/dev/null
+      # Every process of the proxy: sipvane is one; Kamailio's forked children
+      # (UDP receiver, timers, dispatcher prober) do its work. Each counts only
+      # between these two points, background work included.
+      procs=("$main" $(pgrep -P "$main" || true))
+      for p in "${procs[@]}"; do callgrind_control -i on "$p" >/dev/null 2>&1 || true; done
+      marker="$work/marker.$proxy"; touch "$marker"; sleep 0.1
+      secs=$(( (calls + rate - 1) / rate + 2 ))
+      "$bench" uac "$TARGET" --rate "$rate" --calls "$calls" --duration-ms $((secs * 1000)) --timeout-ms 20000 --quiet --json >"$work/uac.$proxy.json"
+      for p in "${procs[@]}"; do callgrind_control -d measured "$p" >/dev/null 2>&1 || true; done
+      sleep 1
+      ok="$(ok_calls "$work/uac.$proxy.json")"
+      ir=0
+      for dump in $(find "$work" -maxdepth 1 -name "callgrind.$proxy.*" -newer "$marker"); do
+        n="$(sed -n 's/^summary: *\([0-9]*\).*/\1/p; s/^totals: *\([0-9]*\).*/\1/p' "$dump" | head -1)"
+        ir=$((ir + ${n:-0}))
+      done
+      case "$proxy" in
+        sipvane) how="epoll driver, $WORKERS worker(s)" ;;
+        *) how="${#procs[@]} processes, one UDP receiver" ;;
+      esac
+      echo "$proxy: completed calls: $ok (callgrind, $how)"
+      per_call[$proxy]="$(awk -v i="$ir" -v n="$ok" 'BEGIN { if (n > 0) printf "%.0f", i / n }')"
+      echo "$proxy: instructions/call: ${per_call[$proxy]}"
+      echo "$proxy: profiles: callgrind_annotate $work/callgrind.$proxy.<pid>.*"
+      kill "$main" 2>/dev/null || true; wait "$main" 2>/dev/null || true
+    done
+    if [ -n "${per_call[sipvane]:-}" ] && [ -n "${per_call[kamailio]:-}" ]; then
+      awk -v s="${per_call[sipvane]}" -v k="${per_call[kamailio]}" \
+        'BEGIN { printf "sipvane/Kamailio instructions per call: %.3f\n", s / k }'
+    fi
     ;;
   *) echo "stat.sh: MODE must be perf or callgrind" >&2; exit 2 ;;
 esac
