@@ -6,7 +6,10 @@
 # The PostgreSQL is a private one on loopback (scripts/services.sh), stopped
 # when this script ends.
 #
-# Environment: BENCH_RATES (e.g. 500,1000,2000), BENCH_STEP_MS, BIN_DIR (where
+# Then, on each proxy started afresh, BENCH_HOLD_CALLS (20000) calls held up at once:
+# memory per active call.
+#
+# Environment: BENCH_RATES (e.g. 500,1000,2000), BENCH_STEP_MS, BENCH_HOLD_CALLS, BIN_DIR (where
 # sipvane and sipvane-bench are; default target/release), BENCH_PROXIES.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,6 +33,7 @@ psql "$url" -q -v ON_ERROR_STOP=1 -c "DROP TABLE IF EXISTS version, acc, missed_
 
 "$bin/sipvane-bench" compare --sipvane "$bin/sipvane" --rates "$rates" --step-ms "$step" \
   --proxies "$proxies" --acc-db-url "$url" \
+  --hold-calls "${BENCH_HOLD_CALLS:-20000}" --hold-rate "${BENCH_HOLD_RATE:-2000}" \
   --json target/bench/compare.json --svg target/bench/compare.svg
 rows=$(psql "$url" -tA -c "SELECT COUNT(*) FROM acc")
 echo "bench.sh: the sipvane-acc run wrote $rows acc rows"

@@ -41,6 +41,13 @@ pub struct CompareArgs {
     /// and sipvane-acc (accounting rows written to --acc-db-url).
     #[arg(long, value_delimiter = ',', default_values_t = [Proxy::Sipvane, Proxy::Kamailio])]
     pub proxies: Vec<Proxy>,
+    /// Memory per active call: after the ladder, each proxy is started afresh
+    /// and this many calls are held established at once (0 = skip).
+    #[arg(long, default_value_t = 0)]
+    pub hold_calls: u64,
+    /// Rate at which the held calls are set up.
+    #[arg(long, default_value_t = 2000.0)]
+    pub hold_rate: f64,
     /// Accounting database of the sipvane-acc run, holding Kamailio's acc
     /// tables (postgres://... or mysql://...).
     #[arg(long)]
@@ -200,6 +207,21 @@ pub struct Row {
     pub mem_kib: u64,
 }
 
+/// Memory per active call: `calls` held established at once on a fresh proxy.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HoldRow {
+    pub proxy: Proxy,
+    pub calls: u64,
+    /// Calls that completed (set up, held, ended by BYE) without failure.
+    pub ok: u64,
+    /// Memory of the process tree (PSS) before the calls and at its peak
+    /// while every call is established.
+    pub base_kib: u64,
+    pub peak_kib: u64,
+    /// (peak − base) ÷ calls, when every call succeeded.
+    pub bytes_per_call: Option<f64>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Results {
     pub date_utc: String,
@@ -207,6 +229,9 @@ pub struct Results {
     pub machine: String,
     pub generator: String,
     pub rows: Vec<Row>,
+    /// Memory per active call (`--hold-calls`).
+    #[serde(default)]
+    pub hold: Vec<HoldRow>,
     /// sipvane counters printed at its exit (overload sheds, drops, ...).
     pub sipvane_counters: Option<String>,
 }
@@ -511,6 +536,72 @@ fn start_proxy(
     Ok(r)
 }
 
+/// Starts `p` afresh, warms it up, waits for the warm-up's transactions to
+/// expire, then holds `a.hold_calls` calls established at once and samples
+/// the memory of the process tree until they have ended.
+fn hold_step(p: Proxy, a: &CompareArgs, work: &Path, list: &Path) -> Result<HoldRow> {
+    let sink = match p {
+        Proxy::SipvaneHep => Some(HepSink::start()?),
+        _ => None,
+    };
+    let mut r = start_proxy(p, a, work, list, sink.as_ref().map(|s| s.addr))?;
+    let warm = load(a, r.addr, 200.0, 500, work)?;
+    if warm.ok == 0 {
+        bail!("{p}: no call completed in the warm-up:\n{}", warm.summary());
+    }
+    // Past wait_timer (5 s in both proxies): the warm-up leaves no residue.
+    std::thread::sleep(Duration::from_secs(6));
+    let pid = r.proc.pid();
+    let base = procstat::memory_kib(pid);
+    let ramp = Duration::from_secs_f64(a.hold_calls as f64 / a.hold_rate.max(1.0) + 1.0);
+    let cfg = uac::UacConfig {
+        target: r.addr,
+        rate: a.hold_rate,
+        calls: a.hold_calls,
+        concurrency: a.hold_calls as usize + 16,
+        duration: ramp,
+        threads: a.gen_threads.max(1),
+        sockets_per_thread: 8,
+        user: "bench".into(),
+        // Every call is up at once from the end of the ramp for 2 s.
+        hold: ramp + Duration::from_secs(2),
+        // The generator stops at duration + timeout: past the last BYE.
+        timeout: ramp + Duration::from_millis(a.timeout_ms) + Duration::from_secs(2),
+    };
+    let progress = Arc::new(uac::Progress::default());
+    let p2 = Arc::clone(&progress);
+    let gen = std::thread::spawn(move || uac::run(&cfg, &p2));
+    // Sampled while every call is up: from the end of the ramp until the
+    // first calls start to hang up (BYE transactions are not call state).
+    let started = Instant::now();
+    let mut peak = base;
+    while !gen.is_finished() {
+        std::thread::sleep(Duration::from_millis(100));
+        if started.elapsed() < ramp + Duration::from_millis(1500) {
+            peak = peak.max(procstat::memory_kib(pid));
+        }
+    }
+    let rep = gen
+        .join()
+        .map_err(|_| anyhow::anyhow!("generator panicked"))??;
+    r.proc.stop(Duration::from_secs(10));
+    drop(sink);
+    let ok = rep.ok;
+    let row = HoldRow {
+        proxy: p,
+        calls: a.hold_calls,
+        ok,
+        base_kib: base,
+        peak_kib: peak,
+        bytes_per_call: (ok == a.hold_calls && ok > 0)
+            .then(|| (peak.saturating_sub(base) * 1024) as f64 / ok as f64),
+    };
+    if !a.quiet {
+        eprintln!("{}", hold_row(&row));
+    }
+    Ok(row)
+}
+
 /// Runs one load step against `target`.
 fn load(
     a: &CompareArgs,
@@ -647,7 +738,14 @@ pub fn run(a: &CompareArgs) -> Result<()> {
             });
         }
     }
+    let mut hold = Vec::new();
+    if a.hold_calls > 0 {
+        for &p in &a.proxies {
+            hold.push(hold_step(p, a, &work, &list)?);
+        }
+    }
     let results = Results {
+        hold,
         date_utc: utc_now(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         machine: machine(),
@@ -733,10 +831,34 @@ pub fn table(res: &Results) -> String {
             let _ = writeln!(s, "{v}/sipvane CPU per call: {}", costs.join("; "));
         }
     }
+    if !res.hold.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n| proxy | calls held | ok | memory before MiB | peak MiB | bytes per active call |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+        for h in &res.hold {
+            let _ = writeln!(s, "{}", hold_row(h));
+        }
+    }
     if let Some(c) = &res.sipvane_counters {
         let _ = writeln!(s, "sipvane counters at exit: {c}");
     }
     s
+}
+
+/// One Markdown row of the memory-per-call table.
+fn hold_row(h: &HoldRow) -> String {
+    format!(
+        "| {} | {} | {} | {:.1} | {:.1} | {} |",
+        h.proxy,
+        h.calls,
+        h.ok,
+        h.base_kib as f64 / 1024.0,
+        h.peak_kib as f64 / 1024.0,
+        h.bytes_per_call
+            .map_or("- (calls failed)".to_string(), |b| format!("{b:.0}"))
+    )
 }
 
 /// A latency figure; below the generator's resolution (SIPp measures whole
