@@ -14,7 +14,9 @@
 //! - a client whose Contact carries a private address it does not send from
 //!   is stored with `received` = its real source and called there (NAT);
 //! - `sipvane ctl ul show` / `ul rm` and `/metrics` show and change the table;
-//! - unREGISTER (`Expires: 0`) and expiry remove the binding and its row.
+//! - unREGISTER (`Expires: 0`) and expiry remove the binding and its row;
+//! - with two bindings, a call the first one refuses (486) goes on to the
+//!   second (serial forking).
 //!
 //! One test per server runs every phase in sequence so each server starts once.
 
@@ -349,6 +351,38 @@ fn run_everything(db: KamailioDb) {
         "an expired binding kept its row"
     );
     bed.call(Scenario::Uac404, "6002").assert_all_succeeded(1);
+
+    // Serial forking: two phones of 6001; the most recent registration is
+    // tried first (same q), answers 486, and the call goes on to the other.
+    let (first_port, busy_port) = (free_udp_port(), free_udp_port());
+    for (i, port) in [first_port, busy_port].into_iter().enumerate() {
+        if i > 0 {
+            // `last_modified` has whole seconds: make the order certain.
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+        let contact = format!("127.0.0.1:{port}");
+        bed.register(
+            Scenario::RegisterAuth,
+            "6001",
+            "pw-6001",
+            &contact,
+            3600,
+            Some(port),
+        )
+        .assert_all_succeeded(1);
+    }
+    assert_eq!(bed.wait_rows("6001", 2).len(), 2);
+    let answering = Uas::builder(Scenario::Uas).port(first_port).start();
+    let busy = Uas::builder(Scenario::Uas486).port(busy_port).start();
+    assert_eq!(
+        (answering.addr().port(), busy.addr().port()),
+        (first_port, busy_port),
+        "a phone's port was taken"
+    );
+    bed.call_as("6002", "pw-6002", "6001")
+        .assert_all_succeeded(1);
+    assert_eq!(busy.wait_for_calls(1, WAIT).invites_received(), 1);
+    assert_eq!(answering.wait_for_calls(1, WAIT).invites_received(), 1);
 
     let counters = bed.sipvane.stop();
     assert!(counters.get("registrar_registers_ok") >= 3, "{counters:?}");

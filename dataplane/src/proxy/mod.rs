@@ -61,7 +61,9 @@ use pool::BufPool;
 use registrar::Caller;
 use stats::{bump, count_reply};
 pub use stats::{Counters, ProxyStats, Snapshot};
-use transaction::{Abandoned, ClientTx, Located, MediaLeg, ProxyTxn, ServerTx, Target, Upstream};
+use transaction::{
+    Abandoned, BindingTarget, ClientTx, Located, MediaLeg, ProxyTxn, ServerTx, Target, Upstream,
+};
 
 /// The worker's socket on the shared public port.
 pub const SOCK_PUBLIC: SocketId = 0;

@@ -196,6 +196,7 @@ impl Worker {
         // The Contact of the registered user the request goes to.
         let mut located: Option<Box<str>> = None;
         let mut how = Located::No;
+        let mut next_bindings = Vec::new();
         let (target, pop_routes) = match decision {
             Decision::Reply { code, warning } => {
                 match code {
@@ -222,17 +223,24 @@ impl Worker {
                 return;
             }
             Decision::Location { pop_routes } => {
-                let Some((addr, contact, nated)) = self.locate(now, info) else {
+                let mut found = self.locate(now, info);
+                if found.is_empty() {
                     self.reply(socket, src, msg, 404, None, Some(b"Not registered"), out);
                     return;
-                };
-                located = Some(contact);
-                how = if nated {
+                }
+                let best = found.remove(0);
+                next_bindings = found;
+                located = Some(best.contact);
+                how = if best.nated {
                     Located::Nated
                 } else {
                     Located::Direct
                 };
-                (Target { addr, dest: None }, pop_routes)
+                let target = Target {
+                    addr: best.addr,
+                    dest: None,
+                };
+                (target, pop_routes)
             }
             Decision::Relay {
                 to,
@@ -396,6 +404,7 @@ impl Worker {
             holds_call: false,
             makes_dialog: method == Method::Invite && !in_dialog,
             located: how,
+            next_bindings,
         };
         let id = match self.txns.insert(key, txn) {
             Ok(id) => id,

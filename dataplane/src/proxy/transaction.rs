@@ -83,6 +83,19 @@ pub(crate) struct ProxyTxn {
     pub makes_dialog: bool,
     /// Sent to a registered user's binding (no answer then means 480).
     pub located: Located,
+    /// The user's other live bindings, best first: tried one after the
+    /// other when the current one fails (serial forking). Empty (no
+    /// allocation) for every other request.
+    pub next_bindings: Vec<BindingTarget>,
+}
+
+/// A registered user's binding as a target: where to send, the Contact that
+/// becomes the Request-URI, and whether the address is its NAT's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct BindingTarget {
+    pub addr: SocketAddr,
+    pub contact: Box<str>,
+    pub nated: bool,
 }
 
 /// Whether a request went to a registered user's binding, and how.
