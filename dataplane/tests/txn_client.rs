@@ -190,10 +190,10 @@ fn fr_inv_timeout_cancels_then_acks_the_487_quietly() {
     );
     assert_eq!(t.state(), CI::Completed);
     assert_eq!(t.on_response(base + s(123), 487), A::SendAck);
-    assert_eq!(t.next_deadline(), Some(base + s(122 + 32)));
+    assert_eq!(t.next_deadline(), Some(base + s(122 + 5)), "Timer D = wait");
     assert_eq!(
         run_inv(&mut t, base, s(1000)),
-        vec![(154_000, A::Terminated)]
+        vec![(127_000, A::Terminated)]
     );
 }
 
@@ -231,8 +231,8 @@ fn non_2xx_final_acks_and_timer_d_absorbs_retransmissions() {
     assert_eq!(t.state(), CI::Completed);
     assert_eq!(
         t.next_deadline(),
-        Some(base + ms(100) + s(32)),
-        "Timer D = 32 s, no Timer A"
+        Some(base + ms(100) + s(5)),
+        "Timer D = wait (5 s, Kamailio wt_timer), no Timer A"
     );
     assert_eq!(
         t.on_response(base + s(1), 503),
@@ -248,9 +248,9 @@ fn non_2xx_final_acks_and_timer_d_absorbs_retransmissions() {
     );
     assert_eq!(t.state(), CI::Completed);
     assert!(!t.request_cancel(base + s(3)), "nothing left to cancel");
-    assert_eq!(t.on_timer(base + ms(32_099)), A::None);
-    assert_eq!(t.on_timer(base + ms(32_100)), A::Terminated);
-    assert_eq!(t.on_timer(base + ms(32_100)), A::None);
+    assert_eq!(t.on_timer(base + ms(5_099)), A::None);
+    assert_eq!(t.on_timer(base + ms(5_100)), A::Terminated);
+    assert_eq!(t.on_timer(base + ms(5_100)), A::None);
 }
 
 #[test]
@@ -445,7 +445,7 @@ fn non_invite_final_then_timer_k() {
     assert_eq!(
         t.next_deadline(),
         Some(base + ms(200) + s(5)),
-        "Timer K = T4"
+        "Timer K = wait"
     );
     assert_eq!(
         t.on_response(base + ms(300), 200),
@@ -495,4 +495,23 @@ fn non_invite_spurious_timer_and_invalid_codes() {
     assert_eq!(t.on_response(base, 42), A::Absorb);
     assert_eq!(t.state(), CN::Trying);
     assert_eq!(t.next_deadline(), Some(base + ms(500)));
+}
+
+#[test]
+fn timers_d_and_k_follow_the_configured_wait_timer() {
+    // Kamailio's wt_timer bounds how long every finished transaction keeps
+    // its slot; a failed call must not hold one for RFC 3261's 32 s.
+    let cfg = TimerConfig {
+        wait: ms(1500),
+        ..TimerConfig::default()
+    };
+    let base = Instant::now();
+    let mut inv = ClientInvite::new(base, &cfg, UDP);
+    assert_eq!(inv.on_response(base + ms(100), 486), A::SendAckAndPassUp);
+    assert_eq!(inv.next_deadline(), Some(base + ms(1600)), "Timer D");
+    assert_eq!(inv.on_timer(base + ms(1600)), A::Terminated);
+    let mut bye = ClientNonInvite::new(base, &cfg, UDP);
+    assert_eq!(bye.on_response(base + ms(100), 200), A::PassUp);
+    assert_eq!(bye.next_deadline(), Some(base + ms(1600)), "Timer K");
+    assert_eq!(bye.on_timer(base + ms(1600)), A::Terminated);
 }

@@ -185,7 +185,7 @@ fn worker_loop_drives_retransmissions_and_timeouts_exactly() {
             ("options", 5200, ClientAction::Terminated),
             ("ringing", 120_100, ClientAction::TimeoutSendCancel),
             ("ringing", 121_000, ClientAction::SendAck),
-            ("ringing", 153_000, ClientAction::Terminated),
+            ("ringing", 126_000, ClientAction::Terminated),
         ]
     );
     assert!(w.table.is_empty(), "every transaction was dropped");

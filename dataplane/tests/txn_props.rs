@@ -73,20 +73,18 @@ fn cfg() -> impl Strategy<Value = (TimerConfig, Reliability)> {
     (
         1u64..2_000,
         1u64..8_000,
-        0u64..10_000,
         0u64..5_000,
         0u64..200_000,
         any::<bool>(),
         any::<bool>(),
         0u64..40_000,
     )
-        .prop_map(|(t1, t2, t4, fr, fr_inv, restart, rel, wait)| {
+        .prop_map(|(t1, t2, fr, fr_inv, restart, rel, wait)| {
             let ms = Duration::from_millis;
             (
                 TimerConfig {
                     t1: ms(t1),
                     t2: ms(t2),
-                    t4: ms(t4),
                     fr_timer: ms(fr),
                     fr_inv_timer: ms(fr_inv),
                     restart_fr_inv_on_each_reply: restart,

@@ -125,7 +125,7 @@ fn completed_resends_final_and_ack_confirms() {
     assert_eq!(
         t.next_deadline(),
         Some(base + ms(800) + s(5)),
-        "Timer I = T4; G and H stopped"
+        "Timer I = wait; G and H stopped"
     );
     assert_eq!(
         t.on_ack(base + s(1)),
@@ -266,4 +266,18 @@ fn non_invite_reliable_terminates_on_final() {
     assert!(t.send_final(base, 200));
     assert!(t.is_terminated(), "Timer J = 0");
     assert_eq!(t.next_deadline(), None);
+}
+
+#[test]
+fn timer_i_follows_the_configured_wait_timer() {
+    let cfg = TimerConfig {
+        wait: ms(1500),
+        ..TimerConfig::default()
+    };
+    let base = Instant::now();
+    let mut t = ServerInvite::new(base, &cfg, UDP);
+    assert!(t.send_final(base, 486));
+    assert_eq!(t.on_ack(base + ms(100)), A::AckReceived);
+    assert_eq!(t.next_deadline(), Some(base + ms(1600)), "Timer I = wait");
+    assert_eq!(t.on_timer(base + ms(1600)), A::Terminated);
 }

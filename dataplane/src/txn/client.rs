@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{classify, due, min_deadline, Class, Ms, Reliability, TimerConfig, TIMER_D};
+use super::{classify, due, min_deadline, Class, Ms, Reliability, TimerConfig};
 
 /// What the proxy must do after feeding an event to a client transaction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -76,6 +76,8 @@ pub struct ClientInvite {
     deadline: Option<Instant>,
     fr_inv: Ms,
     t1x64: Ms,
+    /// Timer D (wt_timer).
+    wait: Ms,
 }
 
 impl ClientInvite {
@@ -93,6 +95,7 @@ impl ClientInvite {
             deadline: Some(now + cfg.fr_timer),
             fr_inv: Ms::of(cfg.fr_inv_timer),
             t1x64: Ms::of(cfg.t1x64()),
+            wait: Ms::of(cfg.wait),
         }
     }
 
@@ -170,7 +173,7 @@ impl ClientInvite {
                         self.terminate();
                     } else {
                         self.state = ClientInviteState::Completed;
-                        self.deadline = Some(now + TIMER_D);
+                        self.deadline = Some(now + self.wait.d());
                     }
                     if first {
                         ClientAction::SendAckAndPassUp
@@ -293,7 +296,8 @@ pub struct ClientNonInvite {
     /// fr_timer, or Timer K in Completed.
     deadline: Option<Instant>,
     t2: Ms,
-    t4: Ms,
+    /// Timer K (wt_timer).
+    wait: Ms,
 }
 
 impl ClientNonInvite {
@@ -307,7 +311,7 @@ impl ClientNonInvite {
             retrans_at: (!reliable).then(|| now + cfg.t1.min(cfg.t2)),
             deadline: Some(now + cfg.fr_timer),
             t2: Ms::of(cfg.t2),
-            t4: Ms::of(cfg.t4),
+            wait: Ms::of(cfg.wait),
         }
     }
 
@@ -345,7 +349,7 @@ impl ClientNonInvite {
                     self.terminate();
                 } else {
                     self.state = ClientNonInviteState::Completed;
-                    self.deadline = Some(now + self.t4.d());
+                    self.deadline = Some(now + self.wait.d());
                 }
                 ClientAction::PassUp
             }

@@ -17,7 +17,10 @@
 //! Timers replaced by Kamailio semantics: the client transactions do not run
 //! RFC 3261 Timer B/F (64·T1); they time out on `fr_timer` (no reply at all, or
 //! for non-INVITE no final reply) and `fr_inv_timer` (INVITE: no final reply
-//! after a provisional), which operators tune and expect.
+//! after a provisional), which operators tune and expect. Every "linger after
+//! the final to absorb retransmissions" timer — D, I, J, K, L — is Kamailio's
+//! `wt_timer` ([`TimerConfig::wait`]), not RFC 3261's 32 s (D, J, L) or T4
+//! (I, K): a finished transaction holds its slot for one configured time.
 
 pub mod client;
 pub mod key;
@@ -49,8 +52,6 @@ pub struct TimerConfig {
     /// Cap of the non-INVITE request and INVITE final response retransmission
     /// interval (Timers E, G). Default 4 s.
     pub t2: Duration,
-    /// How long the network may hold a message: Timers I and K. Default 5 s.
-    pub t4: Duration,
     /// Kamailio `fr_timer`: how long a client transaction waits for the first
     /// reply (any, including 100) before timing out; for non-INVITE requests,
     /// how long it waits for the final reply (a 1xx does not extend it, as in
@@ -62,12 +63,15 @@ pub struct TimerConfig {
     /// Kamailio `restart_fr_on_each_reply`: restart `fr_inv_timer` on every
     /// provisional reply (default true, as in Kamailio), not only the first.
     pub restart_fr_inv_on_each_reply: bool,
-    /// Kamailio `wt_timer`: how long a server transaction lingers after its
-    /// final reply to absorb retransmissions — Timer J (non-INVITE) and
-    /// Timer L (INVITE answered 2xx) — instead of RFC 3261's 64·T1 (32 s).
-    /// A 2xx retransmitted after it is still relayed, statelessly. Default
-    /// 5 s, as in Kamailio; bounds how many finished transactions a busy
-    /// proxy keeps.
+    /// Kamailio `wt_timer`: how long a finished transaction lingers to
+    /// absorb retransmissions — server Timers J (non-INVITE), L (INVITE
+    /// answered 2xx) and I (after the ACK of a non-2xx), client Timers D
+    /// (INVITE, non-2xx final) and K (non-INVITE) — instead of RFC 3261's
+    /// 64·T1 (32 s: J, L, D) and T4 (I, K). A 2xx retransmitted after it is
+    /// still relayed, statelessly; a late non-2xx retransmission is answered
+    /// by the peer's own timers. Default 5 s, as in Kamailio; bounds how many
+    /// finished transactions a busy proxy keeps (a failed call used to hold
+    /// its slot 32 s under Timer D).
     pub wait: Duration,
 }
 
@@ -76,7 +80,6 @@ impl Default for TimerConfig {
         TimerConfig {
             t1: Duration::from_millis(500),
             t2: Duration::from_secs(4),
-            t4: Duration::from_secs(5),
             fr_timer: Duration::from_secs(2),
             fr_inv_timer: Duration::from_secs(120),
             restart_fr_inv_on_each_reply: true,
@@ -86,16 +89,12 @@ impl Default for TimerConfig {
 }
 
 impl TimerConfig {
-    /// 64·T1 (32 s by default): Timers H, J, L and the wait for a final reply
-    /// after CANCEL.
+    /// 64·T1 (32 s by default): Timer H and the wait for a final reply after
+    /// CANCEL.
     pub fn t1x64(&self) -> Duration {
         self.t1.saturating_mul(64)
     }
 }
-
-/// Timer D (RFC 3261 §17.1.1.2): at least 32 s on unreliable transports,
-/// independent of T1.
-pub const TIMER_D: Duration = Duration::from_secs(32);
 
 /// Whether the transport the transaction runs over retransmits for us.
 /// On reliable transports (TCP, TLS, SCTP) the request/response
@@ -239,7 +238,6 @@ mod tests {
         let c = TimerConfig::default();
         assert_eq!(c.t1, Duration::from_millis(500));
         assert_eq!(c.t2, Duration::from_secs(4));
-        assert_eq!(c.t4, Duration::from_secs(5));
         assert_eq!(c.fr_timer, Duration::from_secs(2));
         assert_eq!(c.fr_inv_timer, Duration::from_secs(120));
         assert_eq!(c.t1x64(), Duration::from_secs(32));

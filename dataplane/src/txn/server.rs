@@ -79,8 +79,7 @@ pub struct ServerInvite {
     deadline: Option<Instant>,
     t1: Ms,
     t2: Ms,
-    t4: Ms,
-    /// Timer L (wt_timer).
+    /// Timers I and L (wt_timer).
     wait: Ms,
 }
 
@@ -96,7 +95,6 @@ impl ServerInvite {
             deadline: None,
             t1: Ms::of(cfg.t1),
             t2: Ms::of(cfg.t2),
-            t4: Ms::of(cfg.t4),
             wait: Ms::of(cfg.wait),
         }
     }
@@ -187,7 +185,7 @@ impl ServerInvite {
                     self.terminate();
                 } else {
                     self.state = ServerInviteState::Confirmed;
-                    self.deadline = Some(now + self.t4.d());
+                    self.deadline = Some(now + self.wait.d());
                 }
                 ServerAction::AckReceived
             }
