@@ -121,6 +121,16 @@ impl Collector for Scrape {
                 .saturating_sub(total.dialogs_ended)
                 .saturating_sub(total.dialogs_expired),
         )?;
+        gauge(
+            &mut e,
+            "transactions_open",
+            "Proxy transactions open now, summed over workers (the overload watermark counts them per worker).",
+            self.running
+                .stats
+                .iter()
+                .map(|s| status::open_transactions(&s.snapshot()))
+                .sum::<u64>(),
+        )?;
 
         self.encode_workers(&mut e)?;
         self.encode_events(&mut e)?;

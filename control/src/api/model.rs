@@ -74,6 +74,9 @@ pub struct WorkerStatus {
     pub datagrams_out: u64,
     pub initial_invites: u64,
     pub active_dialogs: u64,
+    /// Proxy transactions open now (the overload watermark counts these).
+    #[serde(default)]
+    pub transactions: u64,
     /// Datagrams waiting in its handoff queue.
     pub handoff_queue: usize,
     /// Datagrams it passed to the worker owning them (by Call-ID, branch or

@@ -74,6 +74,11 @@ fn active_dialogs(s: &Snapshot) -> u64 {
         .saturating_sub(s.dialogs_expired)
 }
 
+/// Transactions a worker holds now; like [`active_dialogs`], never below zero.
+pub(super) fn open_transactions(s: &Snapshot) -> u64 {
+    s.transactions_created.saturating_sub(s.transactions_ended)
+}
+
 pub(super) fn alive(w: &WorkerStats) -> bool {
     w.running && w.idle < STALL
 }
@@ -142,6 +147,7 @@ pub(super) async fn status(State(st): State<Arc<ApiState>>) -> Json<Status> {
                 datagrams_out: w.datagrams_out,
                 initial_invites: p.initial_invites,
                 active_dialogs: active_dialogs(&p),
+                transactions: open_transactions(&p),
                 handoff_queue: queues.get(i).copied().unwrap_or(0),
                 handoffs_out: w.handoffs_out,
                 handoffs_in: w.handoffs_in,

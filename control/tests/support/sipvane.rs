@@ -196,6 +196,22 @@ impl Sipvane {
         self.child.wait_timeout(timeout)
     }
 
+    /// The process id (panics once it has exited and been reaped).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("sipvane is running")
+    }
+
+    /// Resident set size (VmRSS) in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/PID/status:\n{status}"))
+    }
+
     /// The public SIP address.
     pub fn addr(&self) -> SocketAddr {
         self.addr

@@ -407,7 +407,10 @@ impl Worker {
             next_bindings,
         };
         let id = match self.txns.insert(key, txn) {
-            Ok(id) => id,
+            Ok(id) => {
+                bump(&self.stats.transactions_created);
+                id
+            }
             Err(_) => {
                 bump(&self.stats.table_full);
                 self.reply_unavailable(socket, src, msg, b"Transaction table full", out);

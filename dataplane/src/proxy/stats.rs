@@ -58,6 +58,8 @@ counters! {
     responses: "Responses received.",
     retransmissions_absorbed: "Retransmitted requests or responses absorbed by a transaction.",
     initial_invites: "New INVITE transactions (call attempts).",
+    transactions_created: "Proxy transactions created (open now: created - ended).",
+    transactions_ended: "Proxy transactions finished and removed from the table.",
     calls_answered: "INVITEs that got a 2xx from a destination.",
     calls_failed: "INVITEs that ended with a final failure sent upstream.",
     calls_cancelled: "INVITEs cancelled by the caller.",

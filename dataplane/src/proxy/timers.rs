@@ -14,6 +14,7 @@ impl Worker {
                 self.timers.cancel(t);
             }
             if let Some(txn) = self.txns.remove(id) {
+                bump(&self.stats.transactions_ended);
                 self.recycle(txn);
             }
             return;
