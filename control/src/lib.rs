@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod ctl;
 pub mod events;
+pub mod handover;
 pub mod import;
 pub mod media_health;
 pub mod probe;
