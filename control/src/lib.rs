@@ -8,6 +8,7 @@ pub mod config;
 pub mod ctl;
 pub mod dns;
 pub mod events;
+pub mod handover;
 pub mod import;
 pub mod media_health;
 pub mod probe;

@@ -17,11 +17,13 @@ use tracing::{error, info, warn};
 use crate::api;
 use crate::config::{Config, DispatchRule, RtpFailure};
 use crate::events::{EventQueue, Exporter, ExporterConfig, WallClock};
+use crate::handover;
 use crate::probe;
 use crate::source;
 use crate::source::reload::{ReloadHandle, ReloadSource, Reloader};
 use crate::supervise::{Supervised, TestPanic, Watched};
 use dataplane::proxy::events::EventSink;
+use dataplane::proxy::predecessor::Predecessor;
 
 /// Call events one worker may have waiting before it drops (and counts) them.
 const WORKER_EVENT_QUEUE: usize = 16_384;
@@ -169,6 +171,8 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
                 max_sources: cfg.security.flood.max_sources as usize,
             }
         }),
+        // Set by `start` when this process takes over from a running one.
+        predecessor: None,
     })
 }
 
@@ -208,7 +212,7 @@ fn media_config(cfg: &Config, workers: usize) -> Result<Option<MediaShared>> {
 pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
     let listen = cfg.proxy.listen;
     let workers = cfg.proxy.workers.resolve();
-    let proxy_cfg = Arc::new(proxy_config(cfg, workers)?);
+    let mut proxy_cfg = proxy_config(cfg, workers)?;
     let epoch = Instant::now();
 
     let dns = {
@@ -244,6 +248,38 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
         Some(r) => Some(rt.block_on(crate::registrar::Service::start(cfg, r.clone()))?),
         None => None,
     };
+
+    // Everything slow is done: take over from a running process now, so the
+    // SIP sockets go unread for as short a time as possible.
+    let handover_path = std::path::Path::new(&cfg.mgmt.handover_socket);
+    let taken = match handover_path.as_os_str().is_empty() {
+        true => None,
+        false => handover::take(handover_path, listen, &proxy_cfg.private_ports)?,
+    };
+    let mut inherit = worker::Inherit::default();
+    let succession = taken.map(|t| {
+        proxy_cfg.key_seed = t.key_seed;
+        proxy_cfg.branch_secret = t.branch_secret;
+        // Same secrets, a new epoch: no branch of the old process repeats,
+        // and responses to its requests are told apart.
+        proxy_cfg.epoch = t.epoch.wrapping_add(1);
+        let predecessor = Arc::new(Predecessor::new(t.epoch, &t.reports));
+        proxy_cfg.predecessor = Some(predecessor.clone());
+        inherit.sockets = t.sockets;
+        inherit.predecessor = Some(t.relay);
+        info!(
+            pid = t.pid,
+            transactions = predecessor.transactions(),
+            "took over the SIP sockets from the running process"
+        );
+        Succession {
+            pid: t.pid,
+            mgmt: t.mgmt,
+            connection: t.connection,
+            predecessor,
+        }
+    });
+    let proxy_cfg = Arc::new(proxy_cfg);
 
     let stats: Vec<Arc<ProxyStats>> = (0..workers)
         .map(|_| Arc::new(ProxyStats::default()))
@@ -326,7 +362,7 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
         }
     };
     let panic_on_request = TestPanic::from_env() == Some(TestPanic::Worker);
-    let pool = worker::start(driver, specs, move |ctx| Supervised {
+    let pool = worker::start_with(driver, specs, inherit, move |ctx| Supervised {
         core: build(ctx),
         panic_on_request,
     })
@@ -360,7 +396,17 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
         workers: pool.monitor(),
         registrar_db: registrar.as_ref().map(crate::registrar::Service::status),
     };
-    Ok((pool, running, reloader, acc, registrar))
+    Ok((pool, running, reloader, acc, registrar, succession))
+}
+
+/// A process that took over from a running one: what it keeps of it.
+pub struct Succession {
+    pub pid: u32,
+    /// The old process's management API listener, if it passed it on.
+    pub mgmt: Option<std::net::TcpListener>,
+    /// Closed when the old process exits.
+    pub connection: std::os::unix::net::UnixStream,
+    pub predecessor: Arc<Predecessor>,
 }
 
 /// The workers' HEP settings; `None` when `[hep] collector` is empty (off).
@@ -384,6 +430,7 @@ pub type Started = (
     Reloader,
     Option<AccParts>,
     Option<crate::registrar::Service>,
+    Option<Succession>,
 );
 
 /// Accounting's row builder and database writer, run by [`run`].
@@ -412,14 +459,27 @@ pub fn run(cfg: &Config) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the control thread's runtime")?;
-    let (pool, running, reloader, acc, registrar) = start(cfg, &rt)?;
-    let mgmt = match api::bind(cfg.mgmt.listen) {
+    let (pool, running, reloader, acc, registrar, succession) = start(cfg, &rt)?;
+    let inherited_mgmt = succession.as_ref().and_then(|s| {
+        let m = s.mgmt.as_ref()?.try_clone().ok()?;
+        (m.local_addr().ok() == Some(cfg.mgmt.listen)).then_some(m)
+    });
+    let mgmt = match inherited_mgmt.map_or_else(
+        || api::bind(cfg.mgmt.listen),
+        |m| {
+            m.set_nonblocking(true)?;
+            Ok(m)
+        },
+    ) {
         Ok(l) => l,
         Err(e) => {
             let _ = pool.stop();
             return Err(e);
         }
     };
+    // Passed on at the next hand-over (the API task owns `mgmt`).
+    let mgmt_handle = mgmt.try_clone().ok();
+    let handover_listener = handover::listen(std::path::Path::new(&cfg.mgmt.handover_socket));
     let running = Arc::new(running);
     let (exporter_stop, exporter) = match &running.events {
         Some(queue) => {
@@ -467,7 +527,23 @@ pub fn run(cfg: &Config) -> Result<()> {
         ));
         (stop_tx, task)
     });
-    let failure = rt
+    let mut handover_listener = handover_listener.and_then(|l| {
+        let _guard = rt.enter();
+        tokio::net::UnixListener::from_std(l)
+            .map_err(|e| warn!(error = %e, "restart hand-over off"))
+            .ok()
+    });
+    let serving = handover::Serving {
+        pool: &pool,
+        listen: running.listen,
+        private_ports: &running.proxy.private_ports,
+        epoch: running.proxy.epoch,
+        branch_secret: running.proxy.branch_secret,
+        key_seed: running.proxy.key_seed,
+        mgmt: mgmt_handle.as_ref(),
+        predecessor: succession.as_ref().map(|s| (s.pid, s.predecessor.as_ref())),
+    };
+    let (failure, handed) = rt
         .block_on(async {
             // Control-thread tasks; they end with the runtime. A panic in one
             // stops the process (supervise.rs).
@@ -510,6 +586,13 @@ pub fn run(cfg: &Config) -> Result<()> {
             if TestPanic::from_env() == Some(TestPanic::Control) {
                 watched.spawn("test panic", crate::supervise::panic_on_sigusr2());
             }
+            if let Some(s) = &succession {
+                if let Ok(conn) = s.connection.try_clone() {
+                    let watch = predecessor_exit(conn, s.pid, s.predecessor.clone());
+                    watched.spawn("previous process watch", watch);
+                }
+            }
+            let mut handed = None;
             let mut check = tokio::time::interval(crate::supervise::CHECK_EVERY);
             check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let background = || {
@@ -552,12 +635,35 @@ pub fn run(cfg: &Config) -> Result<()> {
                             break;
                         }
                     }
+                    conn = next_handover(handover_listener.as_ref()) => {
+                        let Ok(mut conn) = conn.and_then(|c| c.into_std()) else { continue };
+                        match handover::give(&mut conn, &serving) {
+                            Ok(None) => {}
+                            Ok(Some(relay)) => {
+                                // The new process serves the API and probes from now on.
+                                watched.abort_all().await;
+                                handover_listener = None;
+                                handed = Some((relay, conn));
+                                break;
+                            }
+                            Err(e) => {
+                                failure = Some(format!("the hand-over to a new process failed: {e:#}"));
+                                break;
+                            }
+                        }
+                    }
                 }
             }
-            Ok::<Option<String>, std::io::Error>(failure)
+            Ok::<_, std::io::Error>((failure, handed))
         })
         .context("waiting for a signal")?;
-    crate::systemd::stopping();
+    drop(handover_listener);
+    if let Some((relay, _connection)) = &handed {
+        // The successor notifies systemd itself; this process only drains.
+        drain(&rt, &pool, &running, relay)?;
+    } else {
+        crate::systemd::stopping();
+    }
     match &failure {
         Some(why) => {
             error!("{why}: stopping, to exit non-zero for the service manager to restart sipvane")
@@ -647,6 +753,92 @@ pub fn run(cfg: &Config) -> Result<()> {
     stopped.context("stopping workers")?;
     info!("stopped");
     Ok(())
+}
+
+/// Waits for a connection on the hand-over socket; never, without one.
+async fn next_handover(
+    l: Option<&tokio::net::UnixListener>,
+) -> std::io::Result<tokio::net::UnixStream> {
+    match l {
+        Some(l) => l.accept().await.map(|(c, _)| c),
+        None => std::future::pending().await,
+    }
+}
+
+/// Control task of a process that took over: notices the previous process
+/// exiting (it closes the hand-over connection) and stops relaying to it.
+async fn predecessor_exit(
+    conn: std::os::unix::net::UnixStream,
+    pid: u32,
+    predecessor: Arc<Predecessor>,
+) {
+    use tokio::io::AsyncReadExt;
+    let conn = conn
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(conn));
+    if let Ok(mut conn) = conn {
+        let mut buf = [0u8; 64];
+        while let Ok(n) = conn.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    predecessor.set_gone();
+    info!(
+        pid,
+        "the previous process has finished its transactions and exited"
+    );
+}
+
+/// After a hand-over: serve the datagrams the new process relays until every
+/// transaction has ended (at most fr_inv_timer + 64·T1 + the wait timer), or
+/// until SIGTERM / SIGINT.
+fn drain(
+    rt: &tokio::runtime::Runtime,
+    pool: &worker::Pool,
+    running: &Running,
+    relay: &std::os::unix::net::UnixDatagram,
+) -> Result<()> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let thread = handover::relay_thread(
+        relay.try_clone().context("relay socket")?,
+        pool.injector(),
+        stop.clone(),
+    )
+    .context("starting the relay thread")?;
+    let t = &running.proxy.timers;
+    let limit = t.fr_inv_timer.max(t.fr_timer) + 64 * t.t1 + t.wait;
+    let started = Instant::now();
+    let result = rt.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => { r?; break; }
+                _ = term.recv() => {
+                    warn!("SIGTERM while draining: transactions still open are dropped");
+                    break;
+                }
+                _ = tick.tick() => {
+                    let open = running.workers.open_work();
+                    if open == 0 {
+                        info!(after = ?started.elapsed(), "every handed-over transaction has ended");
+                        break;
+                    }
+                    if started.elapsed() >= limit {
+                        warn!(open, ?limit, "drain limit reached with transactions still open");
+                        break;
+                    }
+                }
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = thread.join();
+    result.context("draining")
 }
 
 /// Per-process secret from the OS random source: keys of the transaction and

@@ -81,6 +81,14 @@ impl<C: Core> Core for Supervised<C> {
     fn take_hep_tap(&mut self) -> Option<dataplane::hep::Tap> {
         self.core.take_hep_tap()
     }
+
+    fn handover(&mut self, now: Instant) -> Vec<u8> {
+        self.core.handover(now)
+    }
+
+    fn open_work(&self) -> usize {
+        self.core.open_work()
+    }
 }
 
 /// What the control thread watches.
@@ -98,6 +106,17 @@ impl Watched {
         task: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
         self.tasks.push((name, tokio::spawn(task)));
+    }
+
+    /// Stops every task and waits until each is gone (a restart hand-over:
+    /// the management API's listener must be closed here).
+    pub async fn abort_all(&mut self) {
+        for (_, t) in &self.tasks {
+            t.abort();
+        }
+        for (_, t) in self.tasks.drain(..) {
+            let _ = t.await;
+        }
     }
 
     /// Something that died, as a sentence for the log and the exit message;

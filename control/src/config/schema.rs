@@ -546,13 +546,21 @@ pub struct MgmtConfig {
     pub listen: SocketAddr,
     /// Bearer token required by the API; empty (default): none.
     pub token: String,
+    /// Unix socket where the running process hands its SIP sockets and
+    /// transactions over to a new one (a restart or upgrade without dropped
+    /// calls). Default `/run/sipvane/handover.sock`; empty: off.
+    pub handover_socket: String,
 }
+
+/// Where `[mgmt] handover_socket` points by default (the unit's RuntimeDirectory).
+pub const DEFAULT_HANDOVER_SOCKET: &str = "/run/sipvane/handover.sock";
 
 impl Default for MgmtConfig {
     fn default() -> Self {
         MgmtConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9060)),
             token: String::new(),
+            handover_socket: DEFAULT_HANDOVER_SOCKET.to_owned(),
         }
     }
 }

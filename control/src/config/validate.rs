@@ -641,6 +641,14 @@ impl Config {
                 "token must not contain spaces or control characters".into(),
             );
         }
+        let handover = &self.mgmt.handover_socket;
+        // sun_path holds 108 bytes including the terminating NUL.
+        if handover.len() > 107 || handover.contains('\0') {
+            v.err(
+                vec![key("mgmt"), key("handover_socket")],
+                "handover_socket must be a path of at most 107 bytes without NUL".into(),
+            );
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             v.err(
                 vec![key("log"), key("level")],

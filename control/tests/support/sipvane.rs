@@ -94,20 +94,24 @@ impl SipvaneBuilder {
             // Every instance gets its own management port: the default
             // (127.0.0.1:9060) would collide between tests running in parallel.
             let mgmt = localhost(free_tcp_port());
+            // Each instance's own hand-over socket: with the shared default,
+            // an instance of another test would try to take over this one.
+            let handover = dir.file("handover.sock");
             let cfg = format!(
                 "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = {}\nio = \"{}\"\nprivate_port_base = {private_base}\n{}\
-                 [mgmt]\nlisten = \"{mgmt}\"\ntoken = \"{}\"\n\
+                 [mgmt]\nlisten = \"{mgmt}\"\ntoken = \"{}\"\nhandover_socket = \"{}\"\n\
                  [dispatcher]\n{source}\nalgorithm = \"{}\"\n{}",
                 self.workers,
                 self.io,
                 self.proxy_toml,
                 self.mgmt_token,
+                handover.display(),
                 self.algorithm,
                 self.extra_toml
             );
             let cfg_path = dir.file("sipvane.toml");
             std::fs::write(&cfg_path, &cfg).expect("write sipvane.toml");
-            let child = spawn(&dir, &self.env);
+            let child = spawn(&dir, &self.env, None, LOG);
             let addr = localhost(port);
             let mut s = Sipvane {
                 child,
@@ -116,6 +120,8 @@ impl SipvaneBuilder {
                 mgmt,
                 private_base,
                 env: self.env.clone(),
+                log_name: LOG.to_string(),
+                generation: 0,
             };
             let deadline = std::time::Instant::now() + Duration::from_secs(15);
             let mut answered = false;
@@ -172,9 +178,68 @@ pub struct Sipvane {
     mgmt: SocketAddr,
     private_base: u16,
     env: Vec<(String, String)>,
+    /// The current process's log file in `dir` (each process of a hand-over
+    /// restart writes its own).
+    log_name: String,
+    /// Hand-over restarts so far.
+    generation: u32,
+}
+
+/// The first process's log file.
+const LOG: &str = "sipvane.log";
+
+/// A process that handed over to its successor and drains.
+pub struct Draining {
+    child: ChildGuard,
+    log: std::path::PathBuf,
+}
+
+impl Draining {
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the old process's id")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (at most `timeout`) for the old process to finish its
+    /// transactions and exit; asserts it exited 0 and returns its counters.
+    pub fn wait_exit(mut self, timeout: Duration) -> Counters {
+        let status = self.child.wait_timeout(timeout);
+        let log = self.log();
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "the old sipvane did not exit cleanly after the hand-over ({status:?}); log:\n{log}"
+        );
+        Counters::from_log(&log).unwrap_or_else(|| panic!("no counters line in log:\n{log}"))
+    }
 }
 
 impl Sipvane {
+    /// A restart without dropped calls: starts a new process (`binary`, or
+    /// the built one) with the same configuration, which takes the sockets
+    /// over from the running one; returns once the new process has taken
+    /// over, with the old one, which drains and exits by itself.
+    pub fn handover_restart(&mut self, binary: Option<&std::path::Path>) -> Draining {
+        self.generation += 1;
+        let log_name = format!("sipvane.{}.log", self.generation);
+        let child = spawn(&self.dir, &self.env, binary, &log_name);
+        let old_log = self.dir.file(&self.log_name);
+        let old = std::mem::replace(&mut self.child, child);
+        self.log_name = log_name;
+        assert!(
+            self.wait_for_log("took over the SIP sockets", 1, Duration::from_secs(15)),
+            "the new sipvane did not take over; its log:\n{}\nthe old one's:\n{}",
+            self.log(),
+            std::fs::read_to_string(&old_log).unwrap_or_default()
+        );
+        Draining {
+            child: old,
+            log: old_log,
+        }
+    }
+
     pub fn builder(name: &str) -> SipvaneBuilder {
         SipvaneBuilder {
             name: name.to_string(),
@@ -227,8 +292,9 @@ impl Sipvane {
         self.mgmt
     }
 
+    /// The current process's log.
     pub fn log(&self) -> String {
-        self.dir.read("sipvane.log")
+        self.dir.read(&self.log_name)
     }
 
     /// The generated dispatcher.list (rewrite it, then reload).
@@ -263,7 +329,7 @@ impl Sipvane {
     /// process's final counters once the new one answers OPTIONS.
     pub fn restart(&mut self) -> Counters {
         let old = self.stop();
-        self.child = spawn(&self.dir, &self.env);
+        self.child = spawn(&self.dir, &self.env, None, &self.log_name);
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         while sip_options_ping(self.addr, Duration::from_millis(500)) != Some(200) {
             assert!(
@@ -315,11 +381,20 @@ impl Counters {
     }
 }
 
-/// Starts `sipvane run -c DIR/sipvane.toml`, logging to DIR/sipvane.log (truncated).
-fn spawn(dir: &WorkDir, env: &[(String, String)]) -> ChildGuard {
-    let bin = env!("CARGO_BIN_EXE_sipvane");
+/// Starts `sipvane run -c DIR/sipvane.toml` (`binary`, default the built
+/// one), logging to DIR/`log` (truncated).
+fn spawn(
+    dir: &WorkDir,
+    env: &[(String, String)],
+    binary: Option<&std::path::Path>,
+    log: &str,
+) -> ChildGuard {
+    let bin = binary.map_or_else(
+        || std::path::PathBuf::from(env!("CARGO_BIN_EXE_sipvane")),
+        std::path::Path::to_path_buf,
+    );
     let cfg_path = dir.file("sipvane.toml");
-    let log = std::fs::File::create(dir.file("sipvane.log")).expect("create sipvane.log");
+    let log = std::fs::File::create(dir.file(log)).expect("create the sipvane log");
     let log2 = log.try_clone().expect("clone log handle");
     ChildGuard::spawn(
         Command::new(bin)

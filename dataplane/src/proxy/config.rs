@@ -93,6 +93,9 @@ pub struct ProxyConfig {
     pub flood: Option<super::flood::FloodLimits>,
     /// Registrar, authentication and location; `None`: off.
     pub registrar: Option<Arc<crate::registrar::Registrar>>,
+    /// The process this one took over from (a restart), while it drains;
+    /// `None`: a plain start.
+    pub predecessor: Option<Arc<super::predecessor::Predecessor>>,
 }
 
 impl Default for ProxyConfig {
@@ -127,6 +130,7 @@ impl Default for ProxyConfig {
             dialog_targets: DialogTargets::Known,
             flood: None,
             registrar: None,
+            predecessor: None,
         }
     }
 }

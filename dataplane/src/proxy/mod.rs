@@ -19,6 +19,7 @@ pub mod events;
 pub mod flood;
 pub mod media;
 mod pool;
+pub mod predecessor;
 mod registrar;
 mod replies;
 mod requests;
@@ -297,6 +298,14 @@ impl Core for Worker {
                 self.media_failed = failed;
             }
         }
+    }
+
+    fn handover(&mut self, _now: Instant) -> Vec<u8> {
+        self.handover_report()
+    }
+
+    fn open_work(&self) -> usize {
+        self.txns.len()
     }
 
     fn next_deadline(&self) -> Option<Instant> {

@@ -45,6 +45,16 @@ impl Worker {
         };
         let via = info.common.via;
         let key = server_key(&self.hasher, msg, &via, method, method_raw(msg));
+        if self.cfg.predecessor.is_some() {
+            // A CANCEL belongs to the INVITE it cancels.
+            let owner_key = match method {
+                Method::Cancel => server_key(&self.hasher, msg, &via, Method::Invite, b"INVITE"),
+                _ => key,
+            };
+            if self.relay_to_predecessor(&owner_key, socket, src, msg, out) {
+                return;
+            }
+        }
 
         match method {
             Method::Ack => {

@@ -20,6 +20,19 @@ impl Worker {
         };
         let b = match self.minter.open(via.branch.unwrap_or(b"")) {
             Ok(b) if b.epoch == self.minter.epoch() => b,
+            // A response to a request the process this one took over from
+            // forwarded: that process still holds the transaction.
+            Ok(b)
+                if self
+                    .cfg
+                    .predecessor
+                    .as_ref()
+                    .is_some_and(|p| p.owns_epoch(b.epoch)) =>
+            {
+                bump(&self.stats.relayed_to_predecessor);
+                out.to_predecessor(b.worker, socket, src, msg.buf());
+                return;
+            }
             Err(Rejected::Forged) => {
                 // sipvane's form but not its seal: a guess or a tamper. It
                 // must change nothing (no failover, no health mark).

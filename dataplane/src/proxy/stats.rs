@@ -83,6 +83,7 @@ counters! {
     forged_responses: "Responses dropped because their branch has sipvane's form but not its seal (guessed or altered).",
     unmatched_acks: "ACKs dropped because they matched no transaction and route nowhere (e.g. the ACK for a 503 sipvane sent without one).",
     handoffs: "Datagrams handed to the worker that owns them.",
+    relayed_to_predecessor: "Datagrams of the previous process's transactions relayed to it during a restart.",
     loops: "Requests rejected with 483 (Max-Forwards exhausted).",
     dialogs_created: "Dialogs created (2xx to INVITE).",
     dialogs_ended: "Dialogs ended by BYE.",

@@ -148,6 +148,28 @@ pub struct LegacyKeyParts<'a> {
 }
 
 impl TxnKey {
+    /// The key as 16 bytes, to hand a live transaction's identity to another
+    /// process that keys with the same [`KeyHasher`] seed (a restart).
+    pub fn to_bytes(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.lo.to_le_bytes());
+        out[8..].copy_from_slice(&self.hi.to_le_bytes());
+        out
+    }
+
+    /// The inverse of [`TxnKey::to_bytes`].
+    pub fn from_bytes(b: [u8; 16]) -> TxnKey {
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&b[i..i + 8]);
+            u64::from_le_bytes(w)
+        };
+        TxnKey {
+            lo: word(0),
+            hi: word(8),
+        }
+    }
+
     /// Server-transaction key of a received request (§17.2.3): top Via
     /// branch, its sent-by host and port, and the method class. Returns `None`
     /// when the branch lacks the magic cookie — use [`TxnKey::legacy`].

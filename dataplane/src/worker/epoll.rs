@@ -26,6 +26,8 @@ pub(crate) struct Epoll {
     sockets: Vec<UdpSocket>,
     /// Edge-triggered readiness not yet drained to `WouldBlock`.
     readable: Vec<bool>,
+    /// Sockets handed over to a successor: never read again.
+    muted: Vec<bool>,
     buf: Box<[u8]>,
     out: Outbox,
 }
@@ -46,6 +48,7 @@ impl Epoll {
             events: Events::with_capacity(256),
             // Sockets may already hold datagrams queued before registration.
             readable: vec![true; socks.len()],
+            muted: vec![false; socks.len()],
             sockets: socks,
             buf: vec![0u8; RECV_BUF].into_boxed_slice(),
             out: Outbox::new(),
@@ -74,13 +77,22 @@ impl Io for Epoll {
                     WAKE => {}
                     Token(i) => {
                         if let Some(r) = self.readable.get_mut(i) {
-                            *r = true;
+                            *r = !self.muted.get(i).copied().unwrap_or(true);
                         }
                     }
                 }
             }
 
             let now = Instant::now();
+            if let Some(k) = shell.handover_requested() {
+                // Whatever is still queued in these sockets is the successor's.
+                for i in 0..k.min(self.sockets.len()) {
+                    let _ = self.poll.registry().deregister(&mut self.sockets[i]);
+                    self.muted[i] = true;
+                    self.readable[i] = false;
+                }
+                shell.report_handover(now);
+            }
             for i in 0..self.sockets.len() {
                 if self.readable[i] {
                     self.readable[i] =

@@ -12,6 +12,7 @@
 //! even when a wakeup is lost.
 
 mod epoll;
+pub mod handover;
 mod outbox;
 mod shell;
 mod uring;
@@ -19,6 +20,7 @@ mod uring;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::net::UnixDatagram;
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -26,6 +28,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use handover::Injector;
+
+/// The marker [`Outbox::handoffs`] sets on targets in the previous process.
+#[cfg(test)]
+pub(crate) fn outbox_predecessor_flag() -> usize {
+    outbox::PREDECESSOR
+}
 pub use outbox::Outbox;
 
 use shell::{EventFd, Shared, Shell, Wake};
@@ -57,6 +66,28 @@ pub trait Core: 'static {
     fn take_hep_tap(&mut self) -> Option<crate::hep::Tap> {
         None
     }
+    /// A restart hand-over: the driver has stopped reading the handed-over
+    /// sockets and delivered all it read. The core answers what its successor
+    /// must know (opaque to the pool; e.g. its live transaction keys) and from
+    /// now on only sees datagrams relayed back to it, handoffs and timers.
+    fn handover(&mut self, _now: Instant) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Work still in progress after a hand-over (open transactions); the
+    /// process exits once every worker reports 0.
+    fn open_work(&self) -> usize {
+        0
+    }
+}
+
+/// What a process taking over from a running one starts with.
+#[derive(Debug, Default)]
+pub struct Inherit {
+    /// Already-bound sockets by worker and [`SocketId`], used instead of
+    /// binding the spec's address; missing entries are bound as usual.
+    pub sockets: Vec<Vec<UdpSocket>>,
+    /// Where [`Outbox::to_predecessor`] datagrams go.
+    pub predecessor: Option<UnixDatagram>,
 }
 
 /// Which I/O driver runs the workers.
@@ -205,6 +236,22 @@ where
     C: Core,
     F: Fn(WorkerContext) -> C + Send + Sync + 'static,
 {
+    start_with(driver, workers, Inherit::default(), make_core)
+}
+
+/// [`start`] for a process that takes over from a running one: sockets it
+/// inherited replace binding, and datagrams of the old process's transactions
+/// are relayed to `inherit.predecessor`.
+pub fn start_with<C, F>(
+    driver: Driver,
+    workers: Vec<WorkerSpec>,
+    inherit: Inherit,
+    make_core: F,
+) -> io::Result<Pool>
+where
+    C: Core,
+    F: Fn(WorkerContext) -> C + Send + Sync + 'static,
+{
     let n = workers.len();
     if n == 0 {
         return Err(io::Error::new(
@@ -212,7 +259,12 @@ where
             "a worker pool needs at least one worker",
         ));
     }
-    let bound = bind_all(&workers)?;
+    let bound = bind_all(&workers, inherit.sockets)?;
+    // The pool keeps a handle on every socket: a later hand-over passes them on.
+    let sockets = bound
+        .iter()
+        .map(|socks| socks.iter().map(UdpSocket::try_clone).collect())
+        .collect::<io::Result<Vec<Vec<UdpSocket>>>>()?;
     let local_addrs = bound
         .iter()
         .map(|socks| socks.iter().map(UdpSocket::local_addr).collect())
@@ -230,7 +282,10 @@ where
             polls.push(Some(poll));
         }
     }
-    let shared = Arc::new(Shared::new(wakes));
+    if let Some(p) = &inherit.predecessor {
+        p.set_nonblocking(true)?;
+    }
+    let shared = Arc::new(Shared::with_predecessor(wakes, inherit.predecessor));
     let make_core = Arc::new(make_core);
 
     let (tx, rx) = mpsc::channel::<(usize, io::Result<()>)>();
@@ -239,6 +294,7 @@ where
         shared: Arc::clone(&shared),
         threads: Vec::with_capacity(n),
         local_addrs: local_addrs.clone(),
+        sockets,
     };
     let per_worker = workers.into_iter().zip(bound).zip(polls);
     for (index, ((spec, sockets), poll)) in per_worker.enumerate() {
@@ -276,8 +332,14 @@ where
     Ok(pool)
 }
 
-/// Binds every socket of every worker on the calling thread.
-fn bind_all(workers: &[WorkerSpec]) -> io::Result<Vec<Vec<UdpSocket>>> {
+/// Binds every socket of every worker on the calling thread, except those
+/// inherited (`inherited[worker][socket]`), which are used as they are.
+fn bind_all(
+    workers: &[WorkerSpec],
+    inherited: Vec<Vec<UdpSocket>>,
+) -> io::Result<Vec<Vec<UdpSocket>>> {
+    let mut inherited: Vec<std::vec::IntoIter<UdpSocket>> =
+        inherited.into_iter().map(Vec::into_iter).collect();
     // (requested address, port the kernel picked) of reuse_port groups bound to port 0.
     let mut groups: Vec<(SocketAddr, u16)> = Vec::new();
     let mut bound = Vec::with_capacity(workers.len());
@@ -290,6 +352,11 @@ fn bind_all(workers: &[WorkerSpec]) -> io::Result<Vec<Vec<UdpSocket>>> {
         }
         let mut socks = Vec::with_capacity(w.sockets.len());
         for spec in &w.sockets {
+            if let Some(sock) = inherited.get_mut(i).and_then(Iterator::next) {
+                sock.set_nonblocking(true)?;
+                socks.push(sock);
+                continue;
+            }
             let ephemeral_group = spec.reuse_port && spec.addr.port() == 0;
             let mut addr = spec.addr;
             let known = groups.iter().find(|(req, _)| *req == spec.addr);
@@ -441,6 +508,8 @@ pub struct Pool {
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<io::Result<()>>>,
     local_addrs: Vec<Vec<SocketAddr>>,
+    /// A handle on each worker's sockets (the workers own clones).
+    sockets: Vec<Vec<UdpSocket>>,
 }
 
 impl fmt::Debug for Pool {
@@ -486,6 +555,51 @@ impl Pool {
     /// status, metrics), which does not own the pool.
     pub fn monitor(&self) -> Monitor {
         Monitor {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Worker `worker`'s sockets by [`SocketId`] (empty if there is no such
+    /// worker): what a restart hands to the successor.
+    pub fn sockets(&self, worker: usize) -> &[UdpSocket] {
+        self.sockets.get(worker).map_or(&[], Vec::as_slice)
+    }
+
+    /// Restart hand-over: every worker stops reading its first `mute` sockets
+    /// (the successor reads them from now on), delivers what it already read,
+    /// and reports [`Core::handover`]. Returns the reports by worker once all
+    /// are in, or `TimedOut` after `timeout`. Sending, timers and handoffs go
+    /// on; [`Monitor::open_work`] tells when the workers are done.
+    pub fn handover(&self, mute: usize, timeout: Duration) -> io::Result<Vec<Vec<u8>>> {
+        let mute = u8::try_from(mute.max(1)).unwrap_or(u8::MAX);
+        for w in self.shared.workers.iter() {
+            w.handover.mute.store(mute, Ordering::Release);
+            w.wake.wake();
+        }
+        let deadline = Instant::now() + timeout;
+        let mut reports: Vec<Option<Vec<u8>>> = vec![None; self.workers()];
+        loop {
+            for (w, r) in self.shared.workers.iter().zip(reports.iter_mut()) {
+                if r.is_none() {
+                    *r = w.handover.report.lock().ok().and_then(|mut c| c.take());
+                }
+            }
+            if reports.iter().all(Option::is_some) {
+                return Ok(reports.into_iter().flatten().collect());
+            }
+            if Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "workers did not stop reading their sockets in time",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Feeds datagrams relayed by a successor to the workers.
+    pub fn injector(&self) -> Injector {
+        Injector {
             shared: Arc::clone(&self.shared),
         }
     }
@@ -567,6 +681,15 @@ impl Monitor {
     pub fn queue_capacity(&self) -> usize {
         shell::HANDOFF_QUEUE
     }
+
+    /// After [`Pool::handover`]: the workers' [`Core::open_work`], summed.
+    pub fn open_work(&self) -> u64 {
+        self.shared
+            .workers
+            .iter()
+            .map(|w| w.stats.open_work.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 impl Drop for Pool {
@@ -611,7 +734,7 @@ mod tests {
                 cpu: None,
             },
         ];
-        let bound = bind_all(&specs).unwrap();
+        let bound = bind_all(&specs, Vec::new()).unwrap();
         let port = |w: usize, s: usize| bound[w][s].local_addr().unwrap().port();
         assert_eq!(port(0, 0), port(1, 0));
         assert_ne!(port(0, 1), port(1, 1));

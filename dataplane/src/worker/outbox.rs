@@ -6,6 +6,9 @@ use super::SocketId;
 
 /// Marks a slot as a datagram to send rather than a handoff.
 const NO_TARGET: usize = usize::MAX;
+/// Set on the target of a datagram for the previous process (during a
+/// restart, [`super::handover`]); the low bits name its worker there.
+pub(crate) const PREDECESSOR: usize = 1 << (usize::BITS - 2);
 
 /// One queued datagram. Each slot keeps its own buffer so that a slot reused on the
 /// next turn already has the capacity the last message needed: once warm, queueing
@@ -90,9 +93,23 @@ impl Outbox {
         slot.data.extend_from_slice(data);
         slot.socket = socket;
         slot.addr = src;
-        // Guard the marker: an absurd index must stay a handoff (and be dropped as
-        // such by the driver), not turn into a send.
-        slot.target = worker.min(NO_TARGET - 1);
+        // Guard the markers: an absurd index must stay a handoff to a worker of
+        // this process (and be dropped as such by the driver), not turn into a
+        // send or a relay to the previous process.
+        slot.target = worker.min(PREDECESSOR - 1);
+        self.len += 1;
+    }
+
+    /// Queues a received datagram for worker `worker` of the previous process,
+    /// which still owns the transaction it belongs to (a restart hand-over):
+    /// the driver relays it there with `socket` and `src`. Dropped (and counted)
+    /// when no previous process is attached.
+    pub fn to_predecessor(&mut self, worker: u8, socket: SocketId, src: SocketAddr, data: &[u8]) {
+        let slot = self.next_slot();
+        slot.data.extend_from_slice(data);
+        slot.socket = socket;
+        slot.addr = src;
+        slot.target = PREDECESSOR | usize::from(worker);
         self.len += 1;
     }
 
@@ -114,7 +131,8 @@ impl Outbox {
             .map(|s| (s.socket, s.addr, s.data.as_slice()))
     }
 
-    /// The queued handoffs, in order: `(worker, socket, source, bytes)`.
+    /// The queued handoffs, in order: `(worker, socket, source, bytes)`; a
+    /// worker with [`PREDECESSOR`] set is one of the previous process's.
     pub fn handoffs(&self) -> impl Iterator<Item = (usize, SocketId, SocketAddr, &[u8])> {
         self.slots[..self.len]
             .iter()
@@ -209,6 +227,18 @@ mod tests {
         let mut out = Outbox::new();
         out.handoff(usize::MAX, 0, addr(1), b"x");
         assert_eq!(out.iter().count(), 0);
-        assert_eq!(out.handoffs().count(), 1);
+        let hs: Vec<_> = out.handoffs().collect();
+        assert_eq!(hs.len(), 1);
+        assert_eq!(hs[0].0 & PREDECESSOR, 0);
+    }
+
+    #[test]
+    fn predecessor_relays_are_handoffs_marked_as_such() {
+        let mut out = Outbox::new();
+        out.to_predecessor(3, 1, addr(2), b"late 200");
+        out.handoff(1, 0, addr(1), b"x");
+        assert_eq!(out.iter().count(), 0);
+        let targets: Vec<_> = out.handoffs().map(|h| h.0).collect();
+        assert_eq!(targets, vec![PREDECESSOR | 3, 1]);
     }
 }

@@ -5,14 +5,16 @@
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::os::unix::net::UnixDatagram;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam::queue::ArrayQueue;
 use crossbeam_utils::CachePadded;
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::outbox::PREDECESSOR;
 use super::{Core, Outbox, SocketId, SocketSpec, WorkerStats};
 
 /// Longest a driver sleeps, so that a stop request is noticed promptly even if its
@@ -101,6 +103,20 @@ pub(crate) struct StatCells {
     pub handoffs_in: AtomicU64,
     pub handoff_drops: AtomicU64,
     pub timers: AtomicU64,
+    /// Datagrams the successor relayed that did not fit the handoff queue
+    /// (written by the relay thread, hence a counter of its own).
+    pub relay_drops: AtomicU64,
+    /// [`Core::open_work`] once the worker handed its sockets over.
+    pub open_work: AtomicU64,
+}
+
+/// A restart hand-over request to one worker and its answer.
+#[derive(Default)]
+pub(crate) struct HandoverCell {
+    /// How many of the worker's first sockets to stop reading; 0: none asked.
+    pub mute: AtomicU8,
+    /// [`Core::handover`]'s report, set once the sockets are no longer read.
+    pub report: Mutex<Option<Vec<u8>>>,
 }
 
 /// Per-worker state other threads touch.
@@ -108,6 +124,7 @@ pub(crate) struct WorkerShared {
     pub queue: ArrayQueue<Handoff>,
     pub wake: Wake,
     pub stats: StatCells,
+    pub handover: HandoverCell,
 }
 
 /// State shared by all workers and the pool.
@@ -115,11 +132,19 @@ pub(crate) struct Shared {
     pub stop: AtomicBool,
     pub epoch: Instant,
     pub workers: Box<[CachePadded<WorkerShared>]>,
+    /// The previous process's relay socket during a restart (non-blocking).
+    pub predecessor: Option<UnixDatagram>,
 }
 
 impl Shared {
     /// One worker per wakeup handle.
+    #[cfg(test)]
     pub fn new(wakes: Vec<Wake>) -> Self {
+        Self::with_predecessor(wakes, None)
+    }
+
+    /// One worker per wakeup handle; `predecessor` receives relayed datagrams.
+    pub fn with_predecessor(wakes: Vec<Wake>, predecessor: Option<UnixDatagram>) -> Self {
         let workers = wakes
             .into_iter()
             .map(|wake| {
@@ -127,6 +152,7 @@ impl Shared {
                     queue: ArrayQueue::new(HANDOFF_QUEUE),
                     wake,
                     stats: StatCells::default(),
+                    handover: HandoverCell::default(),
                 })
             })
             .collect();
@@ -134,6 +160,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             epoch: Instant::now(),
             workers,
+            predecessor,
         }
     }
 
@@ -157,7 +184,7 @@ impl Shared {
             truncated: get(&s.truncated),
             handoffs_out: get(&s.handoffs_out),
             handoffs_in: get(&s.handoffs_in),
-            handoff_drops: get(&s.handoff_drops),
+            handoff_drops: get(&s.handoff_drops) + get(&s.relay_drops),
             timers: get(&s.timers),
         }
     }
@@ -208,6 +235,10 @@ pub(crate) struct Shell<C> {
     /// Workers that got a handoff this turn and still need a wakeup (deduplicated
     /// so a burst costs one eventfd write per target).
     to_wake: Vec<bool>,
+    /// The sockets were handed over: publish `open_work` every turn.
+    handed_over: bool,
+    /// Relay frame being written (datagrams for the previous process).
+    frame: Vec<u8>,
 }
 
 impl<C: Core> Shell<C> {
@@ -222,6 +253,36 @@ impl<C: Core> Shell<C> {
             shared,
             turns: 0,
             to_wake: vec![false; n],
+            handed_over: false,
+            frame: Vec::new(),
+        }
+    }
+
+    /// How many of its first sockets this worker was asked to stop reading
+    /// (a restart hand-over), until it has [`reported`](Shell::report_handover).
+    pub fn handover_requested(&self) -> Option<usize> {
+        if self.handed_over {
+            return None;
+        }
+        let me = self.shared.workers.get(self.index)?;
+        match me.handover.mute.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(usize::from(n)),
+        }
+    }
+
+    /// The driver no longer reads the handed-over sockets and has delivered
+    /// everything it read from them: the core reports what it still owns.
+    pub fn report_handover(&mut self, now: Instant) {
+        self.handed_over = true;
+        let report = self.core.handover(now);
+        if let Some(me) = self.shared.workers.get(self.index) {
+            // Published before the report, so nobody reads a stale 0.
+            let open = self.core.open_work() as u64;
+            me.stats.open_work.store(open, Ordering::Relaxed);
+            if let Ok(mut cell) = me.handover.report.lock() {
+                *cell = Some(report);
+            }
         }
     }
 
@@ -296,6 +357,10 @@ impl<C: Core> Shell<C> {
     pub fn route_handoffs(&mut self, out: &Outbox) {
         let mut any = false;
         for (target, socket, src, data) in out.handoffs() {
+            if target & PREDECESSOR != 0 {
+                self.relay(target & !PREDECESSOR, socket, src, data);
+                continue;
+            }
             let Some(w) = self.shared.workers.get(target) else {
                 self.counters.handoff_drops += 1;
                 continue;
@@ -319,6 +384,21 @@ impl<C: Core> Shell<C> {
                     self.shared.workers[i].wake.wake();
                 }
             }
+        }
+    }
+
+    /// Sends a datagram to the previous process's worker `worker`; without one,
+    /// or when its socket is full or gone, the datagram is dropped and counted.
+    fn relay(&mut self, worker: usize, socket: SocketId, src: SocketAddr, data: &[u8]) {
+        let Some(to) = self.shared.predecessor.as_ref() else {
+            self.counters.handoff_drops += 1;
+            return;
+        };
+        let worker = u8::try_from(worker).unwrap_or(u8::MAX);
+        super::handover::encode(worker, socket, src, data, &mut self.frame);
+        match to.send(&self.frame) {
+            Ok(_) => self.counters.handoffs_out += 1,
+            Err(_) => self.counters.handoff_drops += 1,
         }
     }
 
@@ -347,6 +427,9 @@ impl<C: Core> Shell<C> {
         set(&s.handoffs_in, c.handoffs_in);
         set(&s.handoff_drops, c.handoff_drops);
         set(&s.timers, c.timers);
+        if self.handed_over {
+            set(&s.open_work, self.core.open_work() as u64);
+        }
     }
 
     pub fn stopping(&self) -> bool {

@@ -255,6 +255,9 @@ struct State {
     sockets: Vec<UdpSocket>,
     mem: ManuallyDrop<Mem>,
     armed: Vec<bool>,
+    /// Sockets handed over to a successor: their receive is cancelled and
+    /// never re-armed.
+    muted: Vec<bool>,
     recv_errors: Vec<u32>,
     wake_armed: bool,
     /// Slot whose outbox the core is currently filling (never has sends pending).
@@ -288,6 +291,7 @@ impl Uring {
                     slots: vec![SendSlot::new()],
                 }),
                 armed: vec![false; n],
+                muted: vec![false; n],
                 recv_errors: vec![0; n],
                 wake_armed: false,
                 cur: 0,
@@ -315,7 +319,7 @@ impl Uring {
     /// (Re-)arms the multishot receives and the wakeup read that are not active.
     fn arm(&mut self, wake_fd: RawFd) -> io::Result<()> {
         for i in 0..self.st.sockets.len() {
-            if self.st.armed[i] {
+            if self.st.armed[i] || self.st.muted[i] {
                 continue;
             }
             if self.st.recv_errors[i] > MAX_RECV_ERRORS {
@@ -445,6 +449,30 @@ impl Uring {
         }
         mem.slots[*cur_slot].out.clear();
         Ok(())
+    }
+
+    /// Restart hand-over: cancels the receives on the first `k` sockets (their
+    /// completions still deliver what was read) and reports once none is
+    /// armed any more.
+    fn hand_over<C: Core>(&mut self, k: usize, now: Instant, shell: &mut Shell<C>) {
+        for i in 0..k.min(self.st.sockets.len()) {
+            if self.st.muted[i] {
+                continue;
+            }
+            self.st.muted[i] = true;
+            if self.st.armed[i] {
+                let e = opcode::AsyncCancel::new(tag(TAG_RECV, i as u64))
+                    .build()
+                    .user_data(tag(TAG_CANCEL, 0));
+                if Self::push(&mut self.ring, &e).is_err() {
+                    tracing::warn!(socket = i, "could not queue the cancel of a receive");
+                }
+            }
+        }
+        let reading = (0..k.min(self.st.sockets.len())).any(|i| self.st.armed[i]);
+        if !reading {
+            shell.report_handover(now);
+        }
     }
 
     /// Cancels the multishot receives and the wakeup read and waits (bounded) for
@@ -615,6 +643,9 @@ impl Io for Uring {
                 self.wait(shell.wait_time(Instant::now()))?;
                 let now = Instant::now();
                 self.reap(now, shell);
+                if let Some(k) = shell.handover_requested() {
+                    self.hand_over(k, now, shell);
+                }
                 let out = &mut self.st.mem.slots[self.st.cur].out;
                 shell.poll_handoffs(now, out);
                 shell.poll_timer(now, out);
