@@ -75,14 +75,16 @@ fn a_flooding_source_is_blocked_and_other_callers_pass(io: &str) {
         }
         sent
     });
-    // 25 calls/s = 75 requests/s (INVITE, ACK, BYE): under the limit.
-    let run = Uac::new(Scenario::Uac, sv.addr()).calls(200).rate(25).run();
+    // 10 calls/s = 30 requests/s (INVITE, ACK, BYE): well under the limit, so
+    // SIPp catching up after a stall on a loaded machine (a burst of the calls
+    // it owes) does not trip it either.
+    let run = Uac::new(Scenario::Uac, sv.addr()).calls(150).rate(10).run();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent = flooder.join().unwrap();
     let ok = run.stats.successful;
     assert!(
-        ok * 100 >= 200 * 98,
-        "{ok}/200 calls succeeded while flooded: {}",
+        ok * 100 >= 150 * 98,
+        "{ok}/150 calls succeeded while flooded: {}",
         run.errors()
     );
     let reached = invites(&sink, Duration::from_millis(500));
