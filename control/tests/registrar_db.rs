@@ -3,7 +3,8 @@
 //! in a private PostgreSQL and a private MariaDB, with SIPp clients that
 //! answer digest challenges (`-au` / `-ap`):
 //!
-//! - a wrong password gets 401 then 403, and nothing is stored;
+//! - a wrong password gets 401 then a fresh 401 (as Kamailio), and nothing
+//!   is stored;
 //! - the right one gets 401 then 200, and a row appears in `location`;
 //!   a re-REGISTER replaces it (one row, the new Call-ID);
 //! - a call from a caller of the registrar's domain without credentials
@@ -176,11 +177,11 @@ fn run_everything(db: KamailioDb) {
         .start();
     let mut bed = Bed { db, rt, sipvane };
 
-    // A wrong password: 401, then 403, and nothing stored.
+    // A wrong password: 401, then 401 again, and nothing stored.
     let phone_port = free_udp_port();
     let contact = format!("127.0.0.1:{phone_port}");
     let wrong = bed.register(
-        Scenario::RegisterForbidden,
+        Scenario::RegisterWrongPassword,
         "6001",
         "guess",
         &contact,

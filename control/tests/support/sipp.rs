@@ -53,8 +53,8 @@ pub enum Scenario {
     /// REGISTER -> 401 -> REGISTER with credentials -> 200 (`-key contact`,
     /// `-key expires`, `-au`, `-ap`).
     RegisterAuth,
-    /// As `RegisterAuth`, but the credentials get 403.
-    RegisterForbidden,
+    /// As `RegisterAuth`, but the credentials (a wrong password) get a new 401.
+    RegisterWrongPassword,
     /// INVITE -> 404 -> ACK (From a foreign domain).
     Uac404,
     /// INVITE -> 407 -> ACK -> INVITE with credentials -> 200 -> ACK -> BYE
@@ -84,7 +84,7 @@ impl Scenario {
             Scenario::Options => "options.xml",
             Scenario::Register => "register.xml",
             Scenario::RegisterAuth => "register_auth.xml",
-            Scenario::RegisterForbidden => "register_forbidden.xml",
+            Scenario::RegisterWrongPassword => "register_wrong_password.xml",
             Scenario::Uac404 => "uac_404.xml",
             Scenario::UacAuth => "uac_auth.xml",
             Scenario::Uas => "uas.xml",

@@ -125,7 +125,8 @@ impl Worker {
     }
 
     /// Answers a request whose credentials did not pass: a challenge
-    /// (`code` 401 or 407), 403, 400 or a handoff to the nonce's worker.
+    /// (`code` 401 or 407; again after a wrong password, as Kamailio), 400 or
+    /// a handoff to the nonce's worker.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn auth_refused(
         &mut self,
@@ -139,40 +140,40 @@ impl Worker {
         msg: &Message<'_>,
         out: &mut Outbox,
     ) {
-        match outcome {
-            AuthOutcome::Ok { .. } => {}
-            AuthOutcome::Challenge { stale } => {
-                reg::bump(&registrar.stats.challenges);
-                let values = auth::challenges(
-                    registrar,
-                    &mut self.nonce_counts,
-                    realm,
-                    self.index,
-                    stale,
-                    now,
-                );
-                let name: &[u8] = if code == 407 {
-                    b"Proxy-Authenticate"
-                } else {
-                    b"WWW-Authenticate"
-                };
-                let extra: Vec<(&[u8], &[u8])> =
-                    values.iter().map(|v| (name, v.as_slice())).collect();
-                self.reply_with(socket, src, msg, code, None, &extra, out);
-            }
-            AuthOutcome::Forbidden(w) => {
+        let (stale, warning) = match outcome {
+            AuthOutcome::Ok { .. } => return,
+            AuthOutcome::Challenge { stale } => (stale, None),
+            AuthOutcome::WrongCredentials(w) => {
                 reg::bump(&registrar.stats.auth_failures);
-                self.reply(socket, src, msg, 403, None, Some(w.as_bytes()), out);
+                (false, Some(w.as_bytes()))
             }
             AuthOutcome::Malformed(w) => {
                 reg::bump(&registrar.stats.auth_failures);
                 self.reply(socket, src, msg, 400, None, Some(w.as_bytes()), out);
+                return;
             }
             AuthOutcome::Handoff(w) => {
                 bump(&self.stats.handoffs);
                 out.handoff(w, socket | HANDED_OVER, src, msg.buf());
+                return;
             }
-        }
+        };
+        reg::bump(&registrar.stats.challenges);
+        let values = auth::challenges(
+            registrar,
+            &mut self.nonce_counts,
+            realm,
+            self.index,
+            stale,
+            now,
+        );
+        let name: &[u8] = if code == 407 {
+            b"Proxy-Authenticate"
+        } else {
+            b"WWW-Authenticate"
+        };
+        let extra: Vec<(&[u8], &[u8])> = values.iter().map(|v| (name, v.as_slice())).collect();
+        self.reply_with(socket, src, msg, code, warning, &extra, out);
     }
 
     /// Whether an initial request may go on: callers that claim to be one of

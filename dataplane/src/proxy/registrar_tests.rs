@@ -167,7 +167,12 @@ fn register_is_challenged_then_stored_and_listed() {
         "nope",
     );
     let s = feed(&mut w, t0, PHONE, &register("6001", 2, &wrong));
-    assert!(s[0].1.starts_with("SIP/2.0 403"), "{}", s[0].1);
+    // Challenged again, with a fresh nonce (Kamailio's auth_challenge).
+    assert!(s[0].1.starts_with("SIP/2.0 401"), "{}", s[0].1);
+    let again = header(&s[0].1, "WWW-Authenticate");
+    assert_eq!(again.len(), 1, "{}", s[0].1);
+    assert_ne!(again[0], challenge, "the same nonce again");
+    assert!(s[0].1.contains("wrong password"), "{}", s[0].1);
     assert!(reg.updates.is_empty(), "a refused REGISTER queued a change");
 
     let right = credentials(

@@ -18,8 +18,11 @@ pub enum AuthOutcome<'m> {
     /// No usable credentials for our realm: challenge (with `stale=true`
     /// when only the nonce was too old or already used).
     Challenge { stale: bool },
-    /// Credentials that do not prove the password (or name no account): 403.
-    Forbidden(&'static str),
+    /// Credentials that do not prove the password (or name no account):
+    /// challenged again with a fresh nonce, as Kamailio's default script
+    /// answers a failed `auth_check` (`auth_challenge`); the text goes into
+    /// a Warning header.
+    WrongCredentials(&'static str),
     /// The nonce was issued by this worker: hand the request over.
     Handoff(usize),
     /// Broken credentials: 400.
@@ -99,7 +102,7 @@ pub fn check<'m>(
     let domain = cfg.domain_of(c.realm, false).unwrap_or(cx.realm);
     let creds = reg.credentials.load();
     let Some(secret) = creds.get(&aor_key(user, domain)) else {
-        return AuthOutcome::Forbidden("Unknown user or wrong password");
+        return AuthOutcome::WrongCredentials("Unknown user or wrong password");
     };
     let ha1 = match (c.algorithm, with_domain) {
         (Algorithm::Md5, false) => &secret.ha1,
@@ -107,7 +110,7 @@ pub fn check<'m>(
         (Algorithm::Sha256, _) => &secret.ha1_sha256,
     };
     if ha1.is_empty() || !c.verify(msg.method_raw().unwrap_or(b""), ha1) {
-        return AuthOutcome::Forbidden("Unknown user or wrong password");
+        return AuthOutcome::WrongCredentials("Unknown user or wrong password");
     }
     if !counts.accept(&nonce, c.nonce_count(), now_s, cfg.nonce_ttl_s) {
         return AuthOutcome::Challenge { stale: true };
@@ -260,9 +263,9 @@ mod tests {
             assert!(run(&reg, &mut counts, &next, 0, t0).starts_with("Ok"));
         }
         let wrong = register(Algorithm::Md5, "6001", "guess", &nonce, 5);
-        assert!(run(&reg, &mut counts, &wrong, 0, t0).starts_with("Forbidden"));
+        assert!(run(&reg, &mut counts, &wrong, 0, t0).starts_with("WrongCredentials"));
         let unknown = register(Algorithm::Md5, "6002", "secret", &nonce, 5);
-        assert!(run(&reg, &mut counts, &unknown, 0, t0).starts_with("Forbidden"));
+        assert!(run(&reg, &mut counts, &unknown, 0, t0).starts_with("WrongCredentials"));
         // A wrong password does not consume the count: the right one still passes.
         let right = register(Algorithm::Md5, "6001", "secret", &nonce, 5);
         assert!(run(&reg, &mut counts, &right, 0, t0).starts_with("Ok"));
@@ -323,6 +326,6 @@ mod tests {
         let mut counts = NonceCounts::new(16);
         let nonce = nonce_of(&challenges(&reg, &mut counts, "example.com", 0, false, t0)[0]);
         let req = register(Algorithm::Sha256, "6001", "secret", &nonce, 1);
-        assert!(run(&reg, &mut counts, &req, 0, t0).starts_with("Forbidden"));
+        assert!(run(&reg, &mut counts, &req, 0, t0).starts_with("WrongCredentials"));
     }
 }
