@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build deb test demo bench bench-micro fuzz sim lint clean services-stop
+.PHONY: all deps build deb test demo bench bench-micro fuzz sim chaos lint clean services-stop
 
 all: build
 
@@ -63,6 +63,13 @@ SIM_SEED ?= 1000
 sim:
 	SIM_FLOWS=$(SIM_FLOWS) SIM_SEED=$(SIM_SEED) $(CARGO) test --profile ci -p dataplane --test sim \
 	  long_run -- --ignored --nocapture
+
+## chaos: one fault at a time on a backend during SIPp load through sipvane (kill -9,
+##        SIGSTOP/SIGCONT, answering 503); prints a table (target/chaos/table.md,
+##        docs/reliability.md). One scenario: make chaos CHAOS="stop"
+CHAOS ?=
+chaos: deps
+	@bash scripts/chaos.sh $(CHAOS)
 
 ## lint: formatting and clippy, warnings are errors
 lint:
