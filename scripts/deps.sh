@@ -9,7 +9,7 @@ set -euo pipefail
 # kamailio-{postgres,mysql}-modules ship Kamailio's schema files
 # (/usr/share/kamailio/{postgres,mysql}/*-create.sql) the accounting tests load.
 
-want=(sip-tester redis-server redis-tools postgresql postgresql-client mariadb-server \
+want=(sip-tester dnsmasq-base redis-server redis-tools postgresql postgresql-client mariadb-server \
       mariadb-client rtpengine-daemon kamailio kamailio-extra-modules \
       kamailio-postgres-modules kamailio-mysql-modules clang pkg-config \
       libssl-dev procps iproute2 valgrind \

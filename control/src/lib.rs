@@ -6,6 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod ctl;
+pub mod dns;
 pub mod events;
 pub mod import;
 pub mod media_health;

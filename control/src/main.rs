@@ -132,7 +132,22 @@ fn check_config(path: &Path) -> ExitCode {
 fn check_dispatcher_source(cfg: &Config) -> Vec<String> {
     match cfg.dispatcher.resolved_source() {
         Ok(Some(DispatcherSource::File(path))) => {
-            match control::source::file::load(&path, std::time::Instant::now(), None) {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return vec![format!("cannot start a runtime to resolve names: {e}")],
+            };
+            let dns = {
+                let _rt = rt.enter();
+                match control::dns::Resolver::new(&cfg.dns) {
+                    Ok(d) => d,
+                    Err(e) => return vec![e],
+                }
+            };
+            let now = std::time::Instant::now();
+            match rt.block_on(control::source::file::load(&path, now, &dns)) {
                 Ok(_) => Vec::new(),
                 Err(problems) => problems,
             }

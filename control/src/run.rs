@@ -42,6 +42,8 @@ pub struct Running {
     pub driver: Driver,
     /// Asks the control thread to re-read the dispatcher source.
     pub reload: ReloadHandle,
+    /// The control thread's DNS counters (`sipvane_dns_*`).
+    pub dns: Arc<crate::dns::DnsStats>,
     /// RTPEngine anchoring: engines, health, per-worker per-engine counters;
     /// `None` when `[rtpengine] engines` is empty.
     pub media: Option<Arc<MediaShared>>,
@@ -209,8 +211,18 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
     let proxy_cfg = Arc::new(proxy_config(cfg, workers)?);
     let epoch = Instant::now();
 
-    let (table, source) = rt
-        .block_on(source::reload::initial_load(&cfg.dispatcher, epoch))
+    let dns = {
+        // hickory's runtime handle is taken when the resolver is built.
+        let _rt = rt.enter();
+        Arc::new(crate::dns::Resolver::new(&cfg.dns).map_err(|e| anyhow!(e))?)
+    };
+    let source::reload::Loaded {
+        table,
+        source,
+        defs,
+        resolved,
+    } = rt
+        .block_on(source::reload::initial_load(&cfg.dispatcher, epoch, &dns))
         .map_err(|e| anyhow!(e))?;
     if table.sets().is_empty() {
         warn!("no dispatcher destinations: every initial request will get 503");
@@ -327,7 +339,8 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
         advertise = %proxy_cfg.advertise,
         "sipvane is running"
     );
-    let (reloader, reload) = Reloader::new(source, table.clone());
+    let dns_stats = dns.stats();
+    let (reloader, reload) = Reloader::new(source, table.clone(), dns, defs, resolved);
     let driver = pool.driver();
     let media = proxy_cfg.media.clone();
     let running = Running {
@@ -340,6 +353,7 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
         epoch,
         driver,
         reload,
+        dns: dns_stats,
         events,
         event_sinks,
         acc: acc.as_ref().map(|(_, w)| w.stats()),

@@ -93,6 +93,27 @@ impl Collector for Scrape {
             self.rates.answered_per_s,
         )?;
 
+        let dns = &r.dns;
+        for (name, help, v) in [
+            (
+                "dns_queries",
+                "DNS queries the control thread sent (NAPTR, SRV, A/AAAA).",
+                &dns.queries,
+            ),
+            (
+                "dns_failures",
+                "DNS queries that failed (timeout, server failure); answers that a name does not exist are not failures.",
+                &dns.failures,
+            ),
+            (
+                "dns_cache_hits",
+                "DNS questions answered from the control thread's cache.",
+                &dns.cache_hits,
+            ),
+        ] {
+            counter(&mut e, name, help, v.load(std::sync::atomic::Ordering::Relaxed))?;
+        }
+
         // Every proxy counter under its own name, replies as one family.
         let names = total.fields();
         let docs = Snapshot::docs();

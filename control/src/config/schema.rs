@@ -33,6 +33,8 @@ pub struct Config {
     pub registrar: RegistrarConfig,
     /// `[tcp]`: the TCP transport on `[proxy] listen` and its limits.
     pub tcp: TcpConfig,
+    /// `[dns]`: the control thread's resolver (RFC 3263).
+    pub dns: DnsConfig,
 }
 
 /// `[proxy]`
@@ -553,6 +555,52 @@ impl Default for MgmtConfig {
             token: String::new(),
         }
     }
+}
+
+/// `[dns]`: how the control thread resolves host names (dispatcher
+/// destinations; docs/configuration.md). Workers never resolve.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Servers as `IP:PORT` (or `IP`, port 53), asked over UDP (TCP when an
+    /// answer is truncated). Empty (default): the servers of /etc/resolv.conf.
+    pub servers: Vec<String>,
+    /// How long one query may take, in milliseconds. Default 2000.
+    pub timeout_ms: u64,
+    /// Answers are kept at least this long, whatever their TTL. Default 5.
+    pub min_ttl_s: u32,
+    /// Answers are kept at most this long, whatever their TTL. Default 3600.
+    pub max_ttl_s: u32,
+    /// How long "no such name / record" is kept. Default 30.
+    pub negative_ttl_s: u32,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            servers: Vec::new(),
+            timeout_ms: 2000,
+            min_ttl_s: 5,
+            max_ttl_s: 3600,
+            negative_ttl_s: 30,
+        }
+    }
+}
+
+impl DnsConfig {
+    /// `servers` as socket addresses (a bare IP means port 53).
+    pub fn server_addrs(&self) -> Result<Vec<SocketAddr>, String> {
+        self.servers.iter().map(|s| parse_dns_server(s)).collect()
+    }
+}
+
+/// One `[dns] servers` entry.
+pub fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+        .map_err(|_| {
+            format!("servers entries must be IP:PORT or IP, e.g. \"127.0.0.1:53\" (got \"{s}\")")
+        })
 }
 
 /// `[log]`

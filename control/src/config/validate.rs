@@ -18,6 +18,7 @@ impl Config {
         self.validate_mgmt_log(&mut v);
         self.validate_security(&mut v);
         self.validate_registrar(&mut v);
+        self.validate_dns(&mut v);
         v.problems
     }
 
@@ -392,6 +393,28 @@ impl Config {
                 format!(
                     "max_per_source ({}) must not exceed max_connections ({})",
                     t.max_per_source, t.max_connections
+                ),
+            );
+        }
+    }
+
+    fn validate_dns(&self, v: &mut Validator) {
+        let d = &self.dns;
+        let at = |k: &str| vec![key("dns"), key(k)];
+        for (i, s) in d.servers.iter().enumerate() {
+            if let Err(e) = parse_dns_server(s) {
+                v.err(vec![key("dns"), key("servers"), PathSeg::Index(i)], e);
+            }
+        }
+        if d.timeout_ms == 0 {
+            v.err(at("timeout_ms"), "timeout_ms must be ≥ 1".into());
+        }
+        if d.max_ttl_s < d.min_ttl_s {
+            v.err(
+                at("max_ttl_s"),
+                format!(
+                    "max_ttl_s ({}) must not be below min_ttl_s ({})",
+                    d.max_ttl_s, d.min_ttl_s
                 ),
             );
         }

@@ -6,22 +6,28 @@ use std::time::Instant;
 use dataplane::dispatch::list::{self, DestDef};
 use dataplane::dispatch::Table;
 
-/// Reads and parses a dispatcher list, resolving every destination.
+use super::resolve::{self, Expanded};
+use crate::dns::Resolver;
+
+/// Reads and parses a dispatcher list, resolving every destination through
+/// `dns`. Returns the table with the definitions as read and as resolved.
 /// Errors come back one per line as `FILE:LINE: problem`.
-pub fn load(path: &Path, epoch: Instant, previous: Option<&Table>) -> Result<Table, Vec<String>> {
+pub async fn load(
+    path: &Path,
+    epoch: Instant,
+    dns: &Resolver,
+) -> Result<(Table, Vec<DestDef>, Expanded), Vec<String>> {
     let shown = path.display().to_string();
     let text = read(path).map_err(|e| vec![e])?;
     let defs = parse_lines(path, &text)?;
-    let mut resolve = |uri: &str| super::resolve_uri(uri);
-    let built = match previous {
-        Some(old) => Table::rebuild(old, &defs, &mut resolve),
-        None => Table::build(&defs, epoch, &mut resolve),
-    };
-    built.map_err(|errs| {
+    let lines = |errs: Vec<list::ListError>| -> Vec<String> {
         errs.iter()
             .map(|e| format!("{shown}:{}: {}", e.line, e.message))
             .collect()
-    })
+    };
+    let expanded = resolve::expand(&defs, dns).await.map_err(lines)?;
+    let table = resolve::build(&expanded, epoch, None).map_err(lines)?;
+    Ok((table, defs, expanded))
 }
 
 /// Reads a dispatcher list; the error names the file.

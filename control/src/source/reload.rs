@@ -12,14 +12,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dataplane::dispatch::list::DestDef;
+use dataplane::dispatch::list::{DestDef, ListError};
 use dataplane::dispatch::{SharedTable, Table};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use super::db::{DbFetch, Resync, ResyncOutcome, RowDef};
 use super::file;
+use super::resolve::{self, Expanded};
 use crate::config::{DispatcherConfig, DispatcherSource};
+use crate::dns::Resolver;
+
+/// How soon a failed re-resolution is tried again (the table in service is
+/// kept meanwhile).
+const RE_RESOLVE_RETRY: Duration = Duration::from_secs(5);
 
 /// What a reload did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -77,21 +83,47 @@ pub struct Reloader {
     rx: mpsc::Receiver<oneshot::Sender<Result<ReloadReport, String>>>,
     /// The file text last looked at by the periodic check.
     last_text: Option<String>,
+    dns: Arc<Resolver>,
+    /// The definitions in service, as read and as resolved; re-resolved
+    /// when `resolved.refresh` comes.
+    defs: Vec<DestDef>,
+    resolved: Expanded,
 }
 
 enum Wake {
     Request(Option<oneshot::Sender<Result<ReloadReport, String>>>),
     Changed(Result<Vec<DestDef>, String>),
+    Refresh,
+}
+
+/// What the start-up load produced (see [`initial_load`]).
+pub struct Loaded {
+    pub table: Table,
+    pub source: ReloadSource,
+    /// The definitions as read and as resolved.
+    pub defs: Vec<DestDef>,
+    pub resolved: Expanded,
 }
 
 impl Reloader {
-    pub fn new(source: ReloadSource, table: SharedTable) -> (Reloader, ReloadHandle) {
+    /// The reloader of `table`, which was built from `defs` resolved as
+    /// `resolved` (names are resolved again before their answers expire).
+    pub fn new(
+        source: ReloadSource,
+        table: SharedTable,
+        dns: Arc<Resolver>,
+        defs: Vec<DestDef>,
+        resolved: Expanded,
+    ) -> (Reloader, ReloadHandle) {
         let (tx, rx) = mpsc::channel(16);
         let reloader = Reloader {
             source,
             table,
             rx,
             last_text: None,
+            dns,
+            defs,
+            resolved,
         };
         (reloader, ReloadHandle { tx })
     }
@@ -100,9 +132,11 @@ impl Reloader {
     /// dropped.
     pub async fn run(mut self) {
         loop {
+            let refresh = self.resolved.refresh;
             let wake = tokio::select! {
                 r = self.rx.recv() => Wake::Request(r),
                 c = periodic_change(&mut self.source, &mut self.last_text) => Wake::Changed(c),
+                _ = sleep_until(refresh) => Wake::Refresh,
             };
             match wake {
                 Wake::Request(None) => break,
@@ -112,9 +146,10 @@ impl Reloader {
                     let _ = reply.send(outcome);
                 }
                 Wake::Changed(Ok(defs)) => {
-                    let outcome = self.publish(&defs);
+                    let outcome = self.publish(&defs).await;
                     log_outcome(&outcome);
                 }
+                Wake::Refresh => self.re_resolve().await,
                 Wake::Changed(Err(e)) => {
                     log_outcome(&Err(e));
                 }
@@ -139,30 +174,74 @@ impl Reloader {
                 ResyncOutcome::Failed { error, .. } => return Err(error),
             },
         };
-        self.publish(&defs)
+        self.publish(&defs).await
     }
 
-    fn publish(&mut self, defs: &[DestDef]) -> Result<ReloadReport, String> {
+    /// Resolves `defs`, builds the successor table and publishes it.
+    async fn publish(&mut self, defs: &[DestDef]) -> Result<ReloadReport, String> {
+        let resolved = resolve::expand(defs, &self.dns)
+            .await
+            .map_err(|e| self.problems(&e))?;
+        let report = self.publish_resolved(&resolved)?;
+        self.defs = defs.to_vec();
+        self.resolved = resolved;
+        Ok(report)
+    }
+
+    fn publish_resolved(&self, resolved: &Expanded) -> Result<ReloadReport, String> {
         let old = self.table.load_full();
-        let new = Table::rebuild(&old, defs, &mut |uri: &str| super::resolve_uri(uri)).map_err(
-            |errs| {
-                errs.iter()
-                    .map(|e| match &self.source {
-                        ReloadSource::Database(_) => format!(
-                            "{}: dispatcher row id={}: {}",
-                            self.describe(),
-                            e.line,
-                            e.message
-                        ),
-                        _ => format!("{}:{}: {}", self.describe(), e.line, e.message),
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            },
-        )?;
+        let new =
+            resolve::build(resolved, old.epoch(), Some(&old)).map_err(|e| self.problems(&e))?;
         let report = diff(&old, &new, self.describe());
         self.table.store(Arc::new(new));
         Ok(report)
+    }
+
+    /// Resolves the definitions in service again (their answers are due for
+    /// refresh) and republishes the table when an answer changed, as a reload
+    /// does: destinations that persist keep their state and calls. A name
+    /// that no longer resolves keeps the table in service.
+    async fn re_resolve(&mut self) {
+        let resolved = match resolve::expand(&self.defs, &self.dns).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(
+                    error = %self.problems(&e),
+                    "dispatcher destinations did not resolve; keeping the current table"
+                );
+                self.resolved.refresh = Some(Instant::now() + RE_RESOLVE_RETRY);
+                return;
+            }
+        };
+        if resolved.defs == self.resolved.defs && resolved.addrs == self.resolved.addrs {
+            self.resolved.refresh = resolved.refresh;
+            return;
+        }
+        match self.publish_resolved(&resolved) {
+            Ok(r) => tracing::info!(
+                source = %r.source, sets = r.sets, destinations = r.destinations,
+                added = r.added, removed = r.removed,
+                "dispatcher destinations re-resolved: DNS answers changed"
+            ),
+            Err(e) => tracing::warn!(error = %e, "re-resolved table not published"),
+        }
+        self.resolved = resolved;
+    }
+
+    /// Build problems, one line each, named as the source names them.
+    fn problems(&self, errs: &[ListError]) -> String {
+        errs.iter()
+            .map(|e| match &self.source {
+                ReloadSource::Database(_) => format!(
+                    "{}: dispatcher row id={}: {}",
+                    self.describe(),
+                    e.line,
+                    e.message
+                ),
+                _ => format!("{}:{}: {}", self.describe(), e.line, e.message),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     fn describe(&self) -> String {
@@ -180,14 +259,29 @@ impl Reloader {
 pub async fn initial_load(
     cfg: &DispatcherConfig,
     epoch: Instant,
-) -> Result<(Table, ReloadSource), String> {
+    dns: &Resolver,
+) -> Result<Loaded, String> {
     let source = cfg.resolved_source()?;
     let url = match source {
-        None => return Ok((Table::empty(epoch), ReloadSource::None)),
+        None => {
+            return Ok(Loaded {
+                table: Table::empty(epoch),
+                source: ReloadSource::None,
+                defs: Vec::new(),
+                resolved: Expanded::default(),
+            })
+        }
         Some(DispatcherSource::File(path)) => {
-            let table = file::load(&path, epoch, None).map_err(|e| e.join("\n"))?;
+            let (table, defs, resolved) = file::load(&path, epoch, dns)
+                .await
+                .map_err(|e| e.join("\n"))?;
             let interval = cfg.reload_interval();
-            return Ok((table, ReloadSource::File { path, interval }));
+            return Ok(Loaded {
+                table,
+                source: ReloadSource::File { path, interval },
+                defs,
+                resolved,
+            });
         }
         Some(DispatcherSource::Postgres(url) | DispatcherSource::Mysql(url)) => url,
     };
@@ -197,13 +291,14 @@ pub async fn initial_load(
         super::db::initial_load(&url, &cfg.db_table, snapshot.as_deref(), timeout).await?;
     let defs = row_defs_to_dest_defs(&rows)?;
     let describe = super::db::describe_source(&url, &cfg.db_table);
-    let table =
-        Table::build(&defs, epoch, &mut |uri: &str| super::resolve_uri(uri)).map_err(|errs| {
-            errs.iter()
-                .map(|e| format!("{describe}: dispatcher row id={}: {}", e.line, e.message))
-                .collect::<Vec<_>>()
-                .join("\n")
-        })?;
+    let problems = |errs: Vec<ListError>| {
+        errs.iter()
+            .map(|e| format!("{describe}: dispatcher row id={}: {}", e.line, e.message))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let resolved = resolve::expand(&defs, dns).await.map_err(problems)?;
+    let table = resolve::build(&resolved, epoch, None).map_err(problems)?;
     let fetch = DbFetch {
         url,
         table: cfg.db_table.clone(),
@@ -219,7 +314,12 @@ pub async fn initial_load(
         resync = resync.with_snapshot(path);
     }
     tracing::info!(source = %describe, ?origin, destinations = defs.len(), "dispatcher loaded");
-    Ok((table, ReloadSource::Database(Box::new(resync))))
+    Ok(Loaded {
+        table,
+        source: ReloadSource::Database(Box::new(resync)),
+        defs,
+        resolved,
+    })
 }
 
 fn log_outcome(outcome: &Result<ReloadReport, String>) {
@@ -262,6 +362,14 @@ async fn periodic_change(
         ReloadSource::None | ReloadSource::File { interval: None, .. } => {
             std::future::pending().await
         }
+    }
+}
+
+/// Waits until `at`; forever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -321,7 +429,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sipvane-reload-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = list(&dir, "1 sip:127.0.0.1:5080\n1 sip:127.0.0.1:5081\n");
-        let table = dataplane::dispatch::shared(file::load(&path, Instant::now(), None).unwrap());
+        // IP literals only: the resolver never sends a query.
+        let dns = Arc::new(Resolver::new(&crate::dns::tests::no_server()).unwrap());
+        let (table, defs, resolved) = file::load(&path, Instant::now(), &dns).await.unwrap();
+        let table = dataplane::dispatch::shared(table);
         let kept = table
             .load()
             .find(1, "sip:127.0.0.1:5080")
@@ -336,6 +447,9 @@ mod tests {
                 interval: None,
             },
             table.clone(),
+            dns,
+            defs,
+            resolved,
         );
         let task = tokio::spawn(reloader.run());
 

@@ -36,6 +36,7 @@ macro_rules! on_both_drivers {
     };
 }
 
+pub mod dns;
 pub mod net;
 pub mod notify;
 pub mod process;
@@ -43,6 +44,8 @@ pub mod services;
 pub mod sipp;
 pub mod sipvane;
 
+#[allow(unused_imports)]
+pub use dns::{Dnsmasq, Record};
 #[allow(unused_imports)]
 pub use net::{
     assert_loopback, free_tcp_port, free_udp_addr, free_udp_port, free_udp_ports, localhost,
