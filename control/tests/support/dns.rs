@@ -1,5 +1,5 @@
 //! A private dnsmasq on 127.0.0.1:<free port> serving only the records a test
-//! gives it (`--no-resolv --no-hosts`: it never forwards a query anywhere),
+//! gives it under `sipvane.test` (`--no-resolv --no-hosts`: it never forwards a query anywhere),
 //! killed when the handle is dropped. Records change by [`Dnsmasq::serve`],
 //! which restarts it on the same port with the new records.
 
@@ -80,6 +80,9 @@ impl Dnsmasq {
             .arg("--no-resolv")
             .arg("--no-hosts")
             .arg("--no-poll")
+            // Authoritative for the test domain: an unknown name is NXDOMAIN,
+            // never forwarded (there is no upstream anyway).
+            .arg("--local=/sipvane.test/")
             .arg("--bind-interfaces")
             .arg("--listen-address=127.0.0.1")
             .arg(format!("--port={}", self.addr.port()))
