@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fuzzes the SIP parser (target `parse_message`), the RTPEngine ng reply
-# decoder (target `ng_reply`) and the TCP stream framer (`stream_framer`),
-# each for a bounded time.
+# decoder (target `ng_reply`), the TCP stream framer (`stream_framer`) and the
+# proxy core fed sequences of datagrams and time advances (`proxy_core`), each
+# for a bounded time.
 #
 #   scripts/fuzz.sh [SECONDS]        default 60 per target
 #
@@ -39,3 +40,6 @@ seeds=fuzz/seeds/ng_reply
 run_target ng_reply "$seeds"
 # TCP byte streams: framing by Content-Length with keep-alives, whole vs chunked.
 run_target stream_framer fuzz/seeds/stream_framer
+# The proxy core: programs of requests, responses, ng replies, replays and
+# time steps (fuzz/fuzz_targets/proxy_core.rs); no seeds, the corpus grows.
+run_target proxy_core
