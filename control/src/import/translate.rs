@@ -172,7 +172,7 @@ impl T<'_> {
             if m.name == "nathelper" || m.name == "nat_traversal" {
                 self.warn(
                     m.line,
-                    format!("module {}: NAT helpers (fix_nated_contact, set_contact_alias, NAT pings) are not carried over; sipvane answers to the received address and rport", m.name),
+                    format!("module {}: its script functions and NAT pings are not carried over; sipvane answers to the received address and rport, and with [registrar] fixes NATed REGISTER and INVITE Contacts itself (Contact ≠ source)", m.name),
                 );
             } else if !COVERED_MODULES.contains(&m.name.as_str()) {
                 self.warn(
