@@ -194,9 +194,9 @@ impl Worker {
     }
 
     /// The engine holding the session of the dialog `msg` belongs to.
-    pub(super) fn dialog_media_engine(&self, msg: &Message<'_>) -> Option<usize> {
+    pub(super) fn dialog_media_engine(&self, info: &DialogInfo<'_>) -> Option<usize> {
         self.media.as_ref()?;
-        let (key, ..) = self.dialog_key(msg)?;
+        let key = self.dialog_key_of(info);
         let d = self.dialogs.get(self.dialogs.find(&key)?)?;
         d.data.media.as_ref().map(|m| usize::from(m.engine))
     }

@@ -46,7 +46,7 @@ use smallvec::SmallVec;
 use crate::dialog::{DialogKey, DialogState, DialogTable};
 use crate::dispatch::{DestStats, SelectKey, Selector, SharedTable};
 use crate::sip::build::{self, NewVia, ReplyOpts, RequestEdits};
-use crate::sip::parse::RequestInfo;
+use crate::sip::parse::{DialogInfo, RequestInfo};
 use crate::sip::{parse, HeaderName, Message, Method, Via};
 use crate::txn::timer::TimerWheel;
 use crate::txn::{KeyHasher, LegacyKeyParts, TxnId, TxnKey, TxnTable};
@@ -406,24 +406,48 @@ fn annotate_received(via: &Via<'_>, src: SocketAddr) -> Option<(IpAddr, u16)> {
     }
 }
 
-/// An IP address as text, on the stack.
+/// An IP address as text, on the stack. IPv4 (every request of a typical
+/// trunk) is written digit by digit: `fmt` machinery cost ~1 300
+/// instructions per address, a tenth of a whole request's forwarding.
 fn ip_bytes(ip: IpAddr) -> SmallVec<[u8; 48]> {
     use std::io::Write;
     let mut v = SmallVec::new();
-    // Writing to a SmallVec cannot fail.
-    let _ = write!(v, "{ip}");
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    v.push(b'.');
+                }
+                if octet >= 100 {
+                    v.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    v.push(b'0' + octet / 10 % 10);
+                }
+                v.push(b'0' + octet % 10);
+            }
+        }
+        // Writing to a SmallVec cannot fail.
+        IpAddr::V6(_) => {
+            let _ = write!(v, "{ip}");
+        }
+    }
     v
 }
 
 /// "z9hG4bKsa" + a hash of the incoming branch and Call-ID.
 fn stateless_branch(branch: &[u8], call_id: &[u8]) -> SmallVec<[u8; 48]> {
     use std::hash::{BuildHasher, Hasher};
-    use std::io::Write;
     let mut h = ahash::RandomState::with_seeds(1, 2, 3, 4).build_hasher();
     h.write(branch);
     h.write(call_id);
     let mut v = SmallVec::new();
-    let _ = write!(v, "z9hG4bKsa{:016x}", h.finish());
+    v.extend_from_slice(b"z9hG4bKsa");
+    // Hex by hand: `write!` cost more than the hash.
+    let n = h.finish();
+    for shift in (0..16).rev() {
+        v.push(b"0123456789abcdef"[(n >> (shift * 4)) as usize & 0xf]);
+    }
     v
 }
 

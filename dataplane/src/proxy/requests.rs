@@ -344,17 +344,17 @@ impl Worker {
         // A re-INVITE with SDP of an anchored dialog goes to the engine
         // holding its session (the new offer may move either side's media).
         let pinned = if method == Method::Invite && in_dialog && has_sdp(msg) {
-            self.dialog_media_engine(msg)
+            self.dialog_media_engine(&info.common)
         } else {
             None
         };
         if in_dialog && method != Method::Bye && method != Method::Ack {
-            self.dialog_refreshed(now, msg);
+            self.dialog_refreshed(now, &info.common);
         }
         if method == Method::Bye && in_dialog {
             // Like Kamailio's dialog module, the BYE ends the dialog whatever
             // its reply: a BYE to a dead destination still frees its call slot.
-            self.dialog_ended(now, msg, out);
+            self.dialog_ended(now, &info.common, out);
         }
         let mut request = self.pool.get();
         let nated = self.nated_contact(msg, info, method, src);

@@ -428,3 +428,31 @@ fn trying_only_when_no_provisional_within_200_ms() {
     );
     assert_eq!(w.stats().snapshot().replies_1xx, 3);
 }
+
+#[test]
+fn ip_bytes_writes_what_display_writes() {
+    for ip in [
+        "0.0.0.0",
+        "127.0.0.1",
+        "10.20.100.255",
+        "192.168.9.99",
+        "255.255.255.255",
+        "::1",
+        "2001:db8::42",
+    ] {
+        let ip: IpAddr = ip.parse().unwrap();
+        assert_eq!(&ip_bytes(ip)[..], ip.to_string().as_bytes());
+    }
+}
+
+#[test]
+fn stateless_branch_is_the_cookie_and_sixteen_hex_digits() {
+    let b = stateless_branch(b"z9hG4bK-1", b"call@host");
+    assert_eq!(b.len(), 9 + 16);
+    assert!(b.starts_with(b"z9hG4bKsa"));
+    assert!(b[9..]
+        .iter()
+        .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    assert_eq!(b, stateless_branch(b"z9hG4bK-1", b"call@host"));
+    assert_ne!(b, stateless_branch(b"z9hG4bK-2", b"call@host"));
+}
