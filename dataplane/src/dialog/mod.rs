@@ -15,14 +15,14 @@
 //!
 //! | part | bytes |
 //! |---|---|
-//! | slab entry (key 16, generation 4, `Dialog<[u8; 32]>` 96) | 120 |
+//! | slab entry (key 16, generation 4, chain link 4, `Dialog<[u8; 32]>` 96) | 120 |
 //! | timer-wheel entry | 32 |
 //! | free-list slot | 4 |
-//! | hash index (≤ 50% load: 2–4 buckets × 25 B) | 50–100 |
-//! | **total** | **≈ 210–260** |
+//! | hash index (one 4-byte chain head per slot, rounded up to a power of two) | 4–8 |
+//! | **total** | **≈ 160–164** |
 //!
 //! `tests/txn_alloc.rs` measures it with a counting allocator for
-//! 100 000 dialogs (≈ 221 B) and asserts ≤ 512 B.
+//! 100 000 dialogs (≈ 161 B) and asserts ≤ 512 B.
 
 use std::fmt;
 use std::time::{Duration, Instant};
