@@ -85,13 +85,20 @@ impl Minter {
         record[10..12].copy_from_slice(&self.epoch.to_be_bytes());
         let tag = self.mac.hash(&record).to_be_bytes();
         let pad = self.enc.hash(&tag).as_bytes();
-        let mut out = SmallVec::new();
-        out.extend_from_slice(PREFIX);
-        push_hex(&mut out, &tag);
-        for (r, p) in record.iter().zip(pad) {
-            push_hex(&mut out, &[r ^ p]);
+        let mut raw = [0u8; TAG + RECORD];
+        raw[..TAG].copy_from_slice(&tag);
+        for ((s, r), p) in raw[TAG..].iter_mut().zip(record).zip(pad) {
+            *s = r ^ p;
         }
-        out
+        // Digits into an array, then one copy: a `push` per digit (bounds
+        // and capacity checks) cost ~800 instructions a branch.
+        let mut text = [0u8; LEN];
+        text[..PREFIX.len()].copy_from_slice(PREFIX);
+        for (pair, b) in text[PREFIX.len()..].chunks_exact_mut(2).zip(raw) {
+            pair[0] = HEX[usize::from(b >> 4)];
+            pair[1] = HEX[usize::from(b & 15)];
+        }
+        SmallVec::from_slice(&text)
     }
 
     /// Opens a branch this process (or one sharing its keys) sealed.
@@ -147,13 +154,6 @@ impl Minter {
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
-
-fn push_hex<A: smallvec::Array<Item = u8>>(out: &mut SmallVec<A>, bytes: &[u8]) {
-    for &b in bytes {
-        out.push(HEX[usize::from(b >> 4)]);
-        out.push(HEX[usize::from(b & 15)]);
-    }
-}
 
 fn nibble(c: u8) -> Option<u8> {
     match c {

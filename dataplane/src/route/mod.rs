@@ -389,13 +389,7 @@ pub fn uri_addr(uri: &Uri<'_>) -> Option<SocketAddr> {
 }
 
 /// An IP literal (IPv6 with or without brackets).
-pub fn parse_ip(host: &[u8]) -> Option<IpAddr> {
-    let h = match host {
-        [b'[', inner @ .., b']'] => inner,
-        _ => host,
-    };
-    std::str::from_utf8(h).ok()?.parse().ok()
-}
+pub use crate::sip::parse_ip;
 
 #[cfg(test)]
 mod tests;
