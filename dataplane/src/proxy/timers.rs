@@ -20,6 +20,12 @@ impl Worker {
             return;
         }
         let next = txn.next_deadline();
+        // Moved in place when it is still scheduled: no slot freed and taken.
+        if let (Some(t), Some(at)) = (txn.timer, next) {
+            if self.timers.reschedule(t, at) {
+                return;
+            }
+        }
         if let Some(t) = txn.timer.take() {
             self.timers.cancel(t);
         }

@@ -142,8 +142,14 @@ impl<T> TimerWheel<T> {
         let Some(idx) = self.live(id) else {
             return false;
         };
-        self.unlink(idx);
         let tick = self.tick_ceil(deadline);
+        if self.entries[idx as usize].tick == tick {
+            // Same deadline (a transaction rescheduled by a message that did
+            // not move its timers): already on the right list, or on a
+            // coarser one it cascades down from like any other entry.
+            return true;
+        }
+        self.unlink(idx);
         self.entries[idx as usize].tick = tick;
         self.link(idx, tick);
         true
