@@ -392,41 +392,7 @@ pub fn parse_ip(host: &[u8]) -> Option<IpAddr> {
         [b'[', inner @ .., b']'] => inner,
         h => h,
     };
-    if let Some(v4) = canonical_ipv4(h) {
-        return Some(IpAddr::V4(v4));
-    }
     core::str::from_utf8(h).ok()?.parse().ok()
-}
-
-/// A dotted quad in its canonical form (1–3 digits an octet, no leading
-/// zero), read by hand: the routing of every request reads several
-/// addresses, and `str::parse` cost ~200 instructions each. Anything else
-/// is left to `str::parse`, so what is accepted does not change.
-fn canonical_ipv4(h: &[u8]) -> Option<std::net::Ipv4Addr> {
-    let mut octets = [0u8; 4];
-    let (mut k, mut n, mut digits) = (0usize, 0u16, 0u8);
-    for &b in h {
-        match b {
-            b'0'..=b'9' => {
-                // A leading zero, or a fourth digit: not canonical.
-                if (digits == 1 && n == 0) || digits == 3 {
-                    return None;
-                }
-                n = n * 10 + u16::from(b - b'0');
-                digits += 1;
-            }
-            b'.' if digits > 0 && k < 3 => {
-                octets[k] = u8::try_from(n).ok()?;
-                (k, n, digits) = (k + 1, 0, 0);
-            }
-            _ => return None,
-        }
-    }
-    if digits == 0 || k != 3 {
-        return None;
-    }
-    octets[3] = u8::try_from(n).ok()?;
-    Some(std::net::Ipv4Addr::from(octets))
 }
 
 /// One Via entry (RFC 3261 §20.42): `SIP/2.0/transport sent-by *(;param)`.
