@@ -79,7 +79,8 @@ impl Worker {
             .txns
             .get(id)
             .and_then(|t| t.media.engine())
-            .and_then(|e| DialogMedia::new(e, call_id, from_tag));
+            .and_then(|e| DialogMedia::new(e, call_id, from_tag))
+            .map(Box::new);
         let data = DialogData {
             dest: dest.clone(),
             addr,
