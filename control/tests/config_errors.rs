@@ -324,7 +324,8 @@ fn registrar_settings() {
     assert_eq!(
         errors(
             "[registrar]\ndb_url = \"redis://x\"\nprefixes = [\"\"]\nmin_expires = 600\n\
-             max_expires = 60\nmax_contacts = 0\nalgorithms = [\"MD5-sess\"]\nlocation_table = \"a b\"\n"
+             max_expires = 60\nmax_contacts = 0\nalgorithms = [\"MD5-sess\"]\nlocation_table = \"a b\"\n\
+             max_branches = 33\n"
         ),
         vec![
             "sipvane.toml:1: domain must name at least one domain when db_url is set",
@@ -338,6 +339,7 @@ fn registrar_settings() {
             "sipvane.toml:7: unknown digest algorithm \"MD5-sess\"; expected MD5 or SHA-256",
             "sipvane.toml:8: location_table must be a table name (letters, digits, _, optionally \
              schema.table; got \"a b\")",
+            "sipvane.toml:9: max_branches must be 1..32 (got 33)",
         ]
     );
     let ok = Config::from_toml_str(

@@ -16,8 +16,8 @@
 //!   is stored with `received` = its real source and called there (NAT);
 //! - `sipvane ctl ul show` / `ul rm` and `/metrics` show and change the table;
 //! - unREGISTER (`Expires: 0`) and expiry remove the binding and its row;
-//! - with two bindings, a call the first one refuses (486) goes on to the
-//!   second (serial forking).
+//! - with two bindings (same q), a call rings both; one answers, the
+//!   other gets a CANCEL and the caller one 200 (parallel forking).
 //!
 //! One test per server runs every phase in sequence so each server starts once.
 
@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use db_support::{runtime, KamailioDb, MariaDb, Postgres};
 use support::{
-    free_udp_addr, free_udp_port, metric, metrics, Scenario, SippRun, Sipvane, Uac, Uas,
+    free_udp_addr, free_udp_port, metric, metrics, received_messages, Scenario, SippRun, Sipvane,
+    Uac, Uas,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -128,11 +129,24 @@ impl Bed {
 
     /// A call to `user` from `caller`, who answers the 407 with `password`.
     fn call_as(&self, caller: &str, password: &str, user: &str) -> SippRun {
+        self.call_as_with(caller, password, user, &[])
+    }
+
+    /// [`Bed::call_as`] logging what SIPp received (`msg.log`).
+    fn call_as_traced(&self, caller: &str, password: &str, user: &str) -> SippRun {
+        let trace = ["-trace_msg", "-message_file", "msg.log"];
+        self.call_as_with(caller, password, user, &trace)
+    }
+
+    fn call_as_with(&self, caller: &str, password: &str, user: &str, extra: &[&str]) -> SippRun {
         let mut uac = Uac::new(Scenario::UacAuth, self.sipvane.addr())
             .service(user)
             .timeout(Duration::from_secs(20));
         for a in ["-key", "caller", caller, "-au", caller, "-ap", password] {
             uac = uac.arg(a);
+        }
+        for a in extra {
+            uac = uac.arg(*a);
         }
         uac.run()
     }
@@ -353,14 +367,10 @@ fn run_everything(db: KamailioDb) {
     );
     bed.call(Scenario::Uac404, "6002").assert_all_succeeded(1);
 
-    // Serial forking: two phones of 6001; the most recent registration is
-    // tried first (same q), answers 486, and the call goes on to the other.
-    let (first_port, busy_port) = (free_udp_port(), free_udp_port());
-    for (i, port) in [first_port, busy_port].into_iter().enumerate() {
-        if i > 0 {
-            // `last_modified` has whole seconds: make the order certain.
-            std::thread::sleep(Duration::from_millis(1100));
-        }
+    // Parallel forking: two phones of 6001 (same q) both get the INVITE;
+    // one answers, the other (ringing) gets a CANCEL, the caller one 200.
+    let (answer_port, ring_port) = (free_udp_port(), free_udp_port());
+    for port in [answer_port, ring_port] {
         let contact = format!("127.0.0.1:{port}");
         bed.register(
             Scenario::RegisterAuth,
@@ -373,17 +383,33 @@ fn run_everything(db: KamailioDb) {
         .assert_all_succeeded(1);
     }
     assert_eq!(bed.wait_rows("6001", 2).len(), 2);
-    let answering = Uas::builder(Scenario::Uas).port(first_port).start();
-    let busy = Uas::builder(Scenario::Uas486).port(busy_port).start();
+    let answering = Uas::builder(Scenario::Uas).port(answer_port).start();
+    let ringing = Uas::builder(Scenario::UasCancel).port(ring_port).start();
     assert_eq!(
-        (answering.addr().port(), busy.addr().port()),
-        (first_port, busy_port),
+        (answering.addr().port(), ringing.addr().port()),
+        (answer_port, ring_port),
         "a phone's port was taken"
     );
-    bed.call_as("6002", "pw-6002", "6001")
-        .assert_all_succeeded(1);
-    assert_eq!(busy.wait_for_calls(1, WAIT).invites_received(), 1);
+    let caller = bed.call_as_traced("6002", "pw-6002", "6001");
+    caller.assert_all_succeeded(1);
     assert_eq!(answering.wait_for_calls(1, WAIT).invites_received(), 1);
+    let rang = ringing.wait_for_calls(1, WAIT);
+    assert_eq!(rang.invites_received(), 1);
+    assert_eq!(
+        rang.count("CANCEL", "Recv"),
+        1,
+        "the other phone was not cancelled"
+    );
+    let oks = received_messages(caller.log_dir(), "SIP/2.0 200");
+    assert_eq!(
+        oks.iter()
+            .filter(|m| m
+                .lines()
+                .any(|l| l.starts_with("CSeq:") && l.contains("INVITE")))
+            .count(),
+        1,
+        "the caller must get one 200 to its INVITE: {oks:?}"
+    );
 
     let counters = bed.sipvane.stop();
     assert!(counters.get("registrar_registers_ok") >= 3, "{counters:?}");

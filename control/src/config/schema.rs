@@ -477,6 +477,9 @@ pub struct RegistrarConfig {
     pub default_expires: u32,
     /// Contacts per user at most (503 beyond). Default 10.
     pub max_contacts: u32,
+    /// Bindings a call to a registered user rings at most (the best ones;
+    /// equal `q` in parallel). Default 4.
+    pub max_branches: u32,
     /// Digest algorithms offered, in order: `MD5`, `SHA-256`. SHA-256 needs
     /// the `password` column. Default `["MD5"]`.
     pub algorithms: Vec<String>,
@@ -510,6 +513,7 @@ impl Default for RegistrarConfig {
             max_expires: 3600,
             default_expires: 3600,
             max_contacts: 10,
+            max_branches: 4,
             algorithms: vec!["MD5".to_owned()],
             nonce_expires_s: 300,
             authenticate_calls: true,

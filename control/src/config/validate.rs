@@ -589,6 +589,13 @@ impl Config {
                 format!("max_contacts must be 1..1000 (got {})", r.max_contacts),
             );
         }
+        // Branch numbers travel in the sealed Via branch as one byte.
+        if !(1..=32).contains(&r.max_branches) {
+            v.err(
+                at("max_branches"),
+                format!("max_branches must be 1..32 (got {})", r.max_branches),
+            );
+        }
         if r.algorithms.is_empty() {
             v.err(
                 at("algorithms"),

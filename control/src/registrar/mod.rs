@@ -75,6 +75,7 @@ pub fn shared(cfg: &Config) -> Result<Option<Arc<Registrar>>> {
         max_expires: r.max_expires,
         default_expires: r.default_expires,
         max_contacts: r.max_contacts as usize,
+        max_branches: r.max_branches as usize,
         // Validation has refused unknown names.
         algorithms: r
             .algorithms

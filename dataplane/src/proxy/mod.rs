@@ -6,7 +6,8 @@
 //! One [`Worker`], its methods by concept: `requests` (flood limits, the
 //! routing decision of [`crate::route`], new transactions, forwarding),
 //! `responses` (branch matching, failover, relaying upstream), `cancel`
-//! (the caller's and abandoned attempts'), `dialogs`, `anchoring` (the
+//! (the caller's and abandoned attempts'), `fork` (requests to a registered
+//! user's bindings), `dialogs`, `anchoring` (the
 //! RTPEngine glue), `timers`, `replies`; `branch` mints the identifiers,
 //! `transaction` holds a proxied request's state.
 
@@ -17,6 +18,7 @@ pub mod config;
 mod dialogs;
 pub mod events;
 pub mod flood;
+mod fork;
 pub mod media;
 mod pool;
 pub mod predecessor;
@@ -28,6 +30,8 @@ pub mod stats;
 mod timers;
 mod transaction;
 
+#[cfg(test)]
+mod fork_tests;
 #[cfg(test)]
 mod lifetime_tests;
 #[cfg(test)]

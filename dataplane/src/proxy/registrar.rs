@@ -260,7 +260,7 @@ impl Worker {
 
     /// The live bindings of the registered user a request is for, best
     /// first (highest `q`, then the most recent), those with an address to
-    /// send to. Empty: not registered (404).
+    /// send to, at most `max_branches`. Empty: not registered (404).
     pub(super) fn locate(&self, now: Instant, info: &RequestInfo<'_>) -> Vec<BindingTarget> {
         let Some(registrar) = self.cfg.registrar.as_ref() else {
             return Vec::new();
@@ -279,8 +279,10 @@ impl Worker {
                     addr: b.target()?,
                     nated: b.received.is_some(),
                     contact: b.contact,
+                    q: b.q,
                 })
             })
+            .take(registrar.config.max_branches)
             .collect();
         reg::bump(if found.is_empty() {
             &registrar.stats.lookups_missing
@@ -288,45 +290,6 @@ impl Worker {
             &registrar.stats.lookups_found
         });
         found
-    }
-
-    /// Moves a transaction to a registered user to the user's next binding
-    /// (serial forking): the Request-URI becomes that binding's Contact.
-    /// False when none is left or the caller gave up.
-    pub(super) fn try_next_binding(&mut self, now: Instant, id: TxnId, out: &mut Outbox) -> bool {
-        let Some(txn) = self.txns.get_mut(id) else {
-            return false;
-        };
-        if txn.cancelled || txn.final_sent || txn.next_bindings.is_empty() {
-            return false;
-        }
-        let next = txn.next_bindings.remove(0);
-        let mut request = self.pool.get();
-        match parse(&txn.request) {
-            Ok(msg) => {
-                let rw = build::Rewrite {
-                    request_uri: Some(next.contact.as_bytes()),
-                    ..build::Rewrite::default()
-                };
-                build::rewrite_request(&msg, &rw, &mut request);
-            }
-            Err(_) => return false,
-        }
-        let old = std::mem::replace(&mut txn.request, request);
-        txn.target = Target {
-            addr: next.addr,
-            dest: None,
-        };
-        txn.located = if next.nated {
-            Located::Nated
-        } else {
-            Located::Direct
-        };
-        txn.attempt = txn.attempt.wrapping_add(1);
-        self.pool.put(old);
-        bump(&self.stats.failovers);
-        self.forward_attempt(now, id, out);
-        true
     }
 
     /// A response of a NATed registered callee with its Contact naming the

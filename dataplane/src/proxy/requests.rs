@@ -203,10 +203,9 @@ impl Worker {
             return;
         }
         let mut strict_route = false;
-        // The Contact of the registered user the request goes to.
-        let mut located: Option<Box<str>> = None;
+        // A request to a registered user: forked to its bindings.
+        let mut fork = None;
         let mut how = Located::No;
-        let mut next_bindings = Vec::new();
         let (target, pop_routes) = match decision {
             Decision::Reply { code, warning } => {
                 match code {
@@ -233,14 +232,11 @@ impl Worker {
                 return;
             }
             Decision::Location { pop_routes } => {
-                let mut found = self.locate(now, info);
-                if found.is_empty() {
+                let found = self.locate(now, info);
+                let Some(best) = found.first() else {
                     self.reply(socket, src, msg, 404, None, Some(b"Not registered"), out);
                     return;
-                }
-                let best = found.remove(0);
-                next_bindings = found;
-                located = Some(best.contact);
+                };
                 how = if best.nated {
                     Located::Nated
                 } else {
@@ -250,6 +246,7 @@ impl Worker {
                     addr: best.addr,
                     dest: None,
                 };
+                fork = Some(Worker::new_fork(found));
                 (target, pop_routes)
             }
             Decision::Relay {
@@ -365,13 +362,11 @@ impl Worker {
             }
             _ => None,
         };
-        let rewritten = located.is_some() || nated.is_some() || consumed_realm.is_some();
+        let rewritten = nated.is_some() || consumed_realm.is_some();
         if rewritten {
-            // The binding's Contact becomes the Request-URI (RFC 3261 §16.5);
-            // a NATed caller's Contact names where it really is; the
+            // A NATed caller's Contact names where it really is; the
             // credentials the caller proved itself with stay here.
             let rw = build::Rewrite {
-                request_uri: located.as_deref().map(str::as_bytes),
                 contact: nated.as_deref(),
                 consumed_realm,
             };
@@ -380,6 +375,11 @@ impl Worker {
             request.extend_from_slice(msg.buf());
         }
         let received = annotate_received(via, src);
+        let (fork, first_branches) = match fork {
+            Some((f, first)) => (Some(f), first),
+            None => (None, 0..0),
+        };
+        let forked = fork.is_some();
         let record_route = self.cfg.record_route
             && !in_dialog
             && matches!(method, Method::Invite | Method::Subscribe);
@@ -414,7 +414,7 @@ impl Worker {
             holds_call: false,
             makes_dialog: method == Method::Invite && !in_dialog,
             located: how,
-            next_bindings,
+            fork,
         };
         let id = match self.txns.insert(key, txn) {
             Ok(id) => {
@@ -443,6 +443,12 @@ impl Worker {
             // The INVITE waits in its transaction for the engine's SDP (and
             // its 100 Trying timer runs meanwhile).
             self.reschedule(id);
+            return;
+        }
+        if forked {
+            // Each binding's Contact becomes its branch's Request-URI (RFC
+            // 3261 §16.5).
+            self.fork_start(now, id, first_branches, out);
             return;
         }
         // The first attempt is written from the message as parsed on
@@ -536,7 +542,7 @@ impl Worker {
             request_uri: if txn.strict_route {
                 route::last_route_uri(req)
             } else {
-                None
+                Worker::fork_contact(txn, attempt)
             },
             pop_routes: txn.pop_routes,
             drop_last_route: txn.strict_route,

@@ -74,6 +74,10 @@ impl Worker {
             return;
         };
 
+        if txn.fork.is_some() {
+            self.fork_response(now, id, b.attempt, cseq_method, msg, code, out);
+            return;
+        }
         let abandoned = txn.abandoned.iter().position(|a| a.attempt == b.attempt);
         if cseq_method == Method::Cancel {
             let cancel = match abandoned {
@@ -145,12 +149,6 @@ impl Worker {
                 if send_ack {
                     self.send_ack(id, msg, out);
                 }
-                // A registered user's binding refused: the next one (RFC
-                // 3261 §16.7: a proxy may try other targets on any non-2xx
-                // final but a 6xx).
-                if code < 600 && self.try_next_binding(now, id, out) {
-                    return;
-                }
                 if self.cfg.failover_codes.contains(&code) {
                     if let Some(d) = self.txns.get(id).and_then(|t| t.target.dest.clone()) {
                         d.record_failure(now, &self.cfg.health);
@@ -216,9 +214,9 @@ impl Worker {
         self.txns.get(id).is_some_and(|t| t.set.is_some())
     }
 
-    /// Moves the transaction to its next candidate destination (of its
-    /// dispatcher set, or the registered user's next binding), if any is
-    /// left and failover is allowed. Returns whether it did.
+    /// Moves the transaction to its next candidate destination of its
+    /// dispatcher set, if any is left and failover is allowed. Returns
+    /// whether it did.
     pub(super) fn try_failover(&mut self, now: Instant, id: TxnId, out: &mut Outbox) -> bool {
         let Some(txn) = self.txns.get_mut(id) else {
             return false;
@@ -227,7 +225,7 @@ impl Worker {
             return false;
         }
         let Some((table, set_index)) = txn.set.clone() else {
-            return self.try_next_binding(now, id, out);
+            return false;
         };
         let Some(set) = table.sets().get(set_index) else {
             return false;

@@ -59,6 +59,9 @@ impl Worker {
         if !txn.abandoned.is_empty() {
             self.abandoned_timers(now, id, out);
         }
+        if self.txns.get(id).is_some_and(|t| t.fork.is_some()) {
+            self.fork_timers(now, id, out);
+        }
         let Some(txn) = self.txns.get_mut(id) else {
             return;
         };
@@ -95,12 +98,8 @@ impl Worker {
                         // try_failover rescheduled
                         return;
                     }
-                    let located = self.txns.get(id).is_some_and(|t| t.located != Located::No);
                     let code = if self.dispatched(id) && !proceeding {
                         503
-                    } else if located {
-                        // RFC 3261 §21.4.18: the user is registered but not reachable.
-                        480
                     } else {
                         408
                     };
@@ -152,6 +151,14 @@ impl Worker {
         for b in [txn.media_sdp, txn.held, txn.queued] {
             if b.capacity() > 0 {
                 self.pool.put(b);
+            }
+        }
+        if let Some(fork) = txn.fork {
+            let buffers = fork.legs.into_iter().map(|l| l.forwarded);
+            for b in buffers.chain([fork.best]) {
+                if b.capacity() > 0 {
+                    self.pool.put(b);
+                }
             }
         }
     }

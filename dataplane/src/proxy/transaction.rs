@@ -10,6 +10,7 @@ use smallvec::SmallVec;
 
 use crate::dispatch::{DestStats, Table};
 use crate::sip::Method;
+use crate::txn::fork::Fork;
 use crate::txn::timer::TimerId;
 use crate::txn::{
     ClientAction, ClientInvite, ClientNonInvite, Reliability, ServerAction, ServerInvite,
@@ -81,21 +82,70 @@ pub(crate) struct ProxyTxn {
     /// back for `dialog_timeout` with its call slot (found by the
     /// simulation, dataplane/tests/sim).
     pub makes_dialog: bool,
-    /// Sent to a registered user's binding (no answer then means 480).
+    /// Whether the response being relayed comes from a registered user's
+    /// binding, and whether that one is behind a NAT (`target.addr`).
     pub located: Located,
-    /// The user's other live bindings, best first: tried one after the
-    /// other when the current one fails (serial forking). Empty (no
-    /// allocation) for every other request.
-    pub next_bindings: Vec<BindingTarget>,
+    /// A request to a registered user, forked to its bindings: then
+    /// `client` stays `None` and each branch has its own. Boxed: most
+    /// transactions have none.
+    pub fork: Option<Box<Forked>>,
 }
 
 /// A registered user's binding as a target: where to send, the Contact that
-/// becomes the Request-URI, and whether the address is its NAT's.
+/// becomes the Request-URI, whether the address is its NAT's, and its `q`
+/// (equal ones ring in parallel).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct BindingTarget {
     pub addr: SocketAddr,
     pub contact: Box<str>,
     pub nated: bool,
+    pub q: u16,
+}
+
+/// A request forked to a registered user's bindings: the response context
+/// and one branch per binding. Branch `i` is sent as attempt `i` (its
+/// sealed Via branch names it).
+pub(crate) struct Forked {
+    pub state: Fork,
+    pub legs: Vec<ForkLeg>,
+    /// The best final response so far, answered once every branch ended.
+    pub best: Vec<u8>,
+}
+
+/// One branch of a forked request.
+pub(crate) struct ForkLeg {
+    pub target: BindingTarget,
+    /// The request as sent to it: retransmissions, CANCEL and ACK.
+    pub forwarded: Vec<u8>,
+    pub client: Option<ClientTx>,
+    pub cancel: Option<ClientTx>,
+    /// Given up on at fr_timer without any response: watched until then
+    /// (64·T1) so a late provisional gets a CANCEL and a late final an ACK.
+    pub watch_until: Option<Instant>,
+}
+
+impl Forked {
+    fn next_deadline(&self) -> Option<Instant> {
+        self.legs
+            .iter()
+            .flat_map(|l| {
+                [
+                    l.client.as_ref().and_then(ClientTx::next_deadline),
+                    l.cancel.as_ref().and_then(ClientTx::next_deadline),
+                    l.watch_until,
+                ]
+            })
+            .flatten()
+            .min()
+    }
+
+    fn is_finished(&self) -> bool {
+        self.legs.iter().all(|l| {
+            l.client.as_ref().is_none_or(ClientTx::is_terminated)
+                && l.cancel.as_ref().is_none_or(ClientTx::is_terminated)
+                && l.watch_until.is_none()
+        })
+    }
 }
 
 /// Whether a request went to a registered user's binding, and how.
@@ -153,6 +203,7 @@ impl ProxyTxn {
                 .iter()
                 .filter_map(|a| a.cancel.as_ref().and_then(ClientTx::next_deadline))
                 .min(),
+            self.fork.as_ref().and_then(|f| f.next_deadline()),
         ]
         .into_iter()
         .flatten()
@@ -165,6 +216,7 @@ impl ProxyTxn {
             && self.client.as_ref().is_none_or(ClientTx::is_terminated)
             && self.cancel.as_ref().is_none_or(ClientTx::is_terminated)
             && self.abandoned.is_empty()
+            && self.fork.as_ref().is_none_or(|f| f.is_finished())
     }
 }
 

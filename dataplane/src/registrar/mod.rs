@@ -43,6 +43,9 @@ pub struct RegistrarConfig {
     pub max_expires: u32,
     pub default_expires: u32,
     pub max_contacts: usize,
+    /// Branches a request to a registered user is forked to at most (its
+    /// best bindings; Kamailio tm's `max_branches`).
+    pub max_branches: usize,
     /// Offered in challenges, in this order.
     pub algorithms: Vec<Algorithm>,
     /// Seconds a nonce may be used.
@@ -216,6 +219,7 @@ pub fn test_config(started: Instant) -> RegistrarConfig {
         max_expires: 3600,
         default_expires: 3600,
         max_contacts: 3,
+        max_branches: 4,
         algorithms: vec![Algorithm::Md5],
         nonce_ttl_s: 300,
         nonce_key: NonceKey::new([9; 32]),

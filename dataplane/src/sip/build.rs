@@ -175,9 +175,6 @@ fn atomically(
 /// as the copy it forwards.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Rewrite<'a> {
-    /// The new Request-URI (a registered user's Contact as the new target,
-    /// RFC 3261 §16.5). Ignored for a response.
-    pub request_uri: Option<&'a [u8]>,
     /// The new URI of the first Contact (a NATed client's real address).
     pub contact: Option<&'a [u8]>,
     /// Drop the `Proxy-Authorization` lines with credentials for this realm:
@@ -192,17 +189,6 @@ pub struct Rewrite<'a> {
 pub fn rewrite_request(msg: &Message, rw: &Rewrite, out: &mut Vec<u8>) {
     let buf = msg.buf();
     let mut pos = 0;
-    if let (Some(uri), StartLine::Request { method_raw, .. }) = (rw.request_uri, msg.start_line()) {
-        let (start, end) = msg.start_line_range();
-        out.extend_from_slice(&buf[..start]);
-        out.extend_from_slice(method_raw);
-        out.push(b' ');
-        out.extend_from_slice(uri);
-        out.push(b' ');
-        out.extend_from_slice(msg.version());
-        out.extend_from_slice(CRLF);
-        pos = end;
-    }
     let contact_uri = rw
         .contact
         .and_then(|_| msg.values(HeaderName::Contact).next())
@@ -823,21 +809,20 @@ xyz";
     }
 
     #[test]
-    fn rewrite_request_replaces_target_and_contact() {
+    fn rewrite_request_replaces_the_contact() {
         let raw =
             b"INVITE sip:6001@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n\
             Contact: \"A\" <sip:a@192.168.1.2:5060;ob>;expires=60\r\nContent-Length: 0\r\n\r\n";
         let msg = crate::sip::parse(raw).unwrap();
         let mut out = Vec::new();
         let rw = Rewrite {
-            request_uri: Some(b"sip:6001@10.9.9.9:5070"),
             contact: Some(b"sip:a@203.0.113.5:4000;ob"),
             consumed_realm: None,
         };
         rewrite_request(&msg, &rw, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "INVITE sip:6001@10.9.9.9:5070 SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n\
+            "INVITE sip:6001@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\n\
              Contact: \"A\" <sip:a@203.0.113.5:4000;ob>;expires=60\r\nContent-Length: 0\r\n\r\n"
         );
         let mut same = Vec::new();
@@ -856,7 +841,6 @@ xyz";
         let msg = crate::sip::parse(raw).unwrap();
         let mut out = Vec::new();
         let rw = Rewrite {
-            request_uri: None,
             contact: Some(b"sip:6002@203.0.113.5:4000"),
             consumed_realm: Some(b"example.com"),
         };

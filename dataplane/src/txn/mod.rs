@@ -23,6 +23,7 @@
 //! (I, K): a finished transaction holds its slot for one configured time.
 
 pub mod client;
+pub mod fork;
 pub mod key;
 pub mod server;
 pub(crate) mod slab;
