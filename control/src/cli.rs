@@ -169,6 +169,10 @@ pub enum CtlCommand {
     /// Registered users (the registrar's location table), as kamctl ul.
     #[command(subcommand)]
     Ul(UlCommand),
+    /// Restart without dropping calls: the binary at the path sipvane was
+    /// started from (after an upgrade, the new one) takes over the sockets
+    /// and open transactions of the running process, which then drains.
+    Restart,
 }
 
 /// `sipvane ctl ul …`

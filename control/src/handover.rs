@@ -36,6 +36,54 @@ use dataplane::worker::{handover as frame, Injector, Pool};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+/// `sipvane ctl restart`: starts a new process that takes over this one.
+#[derive(Debug)]
+pub struct Restarter {
+    /// The binary this process was started from, as a path: after a package
+    /// upgrade it names the new binary.
+    exe: Option<std::path::PathBuf>,
+    args: Vec<std::ffi::OsString>,
+    /// Whether `[mgmt] handover_socket` is set.
+    enabled: bool,
+    /// The pid of the process this one handed over to (0: none yet).
+    pub handed_to: std::sync::atomic::AtomicU32,
+    /// A restart is under way.
+    pub busy: AtomicBool,
+}
+
+impl Restarter {
+    /// Captured at start: the binary's path and the command-line arguments.
+    pub fn new(enabled: bool) -> Restarter {
+        Restarter {
+            exe: std::env::current_exe().ok(),
+            args: std::env::args_os().skip(1).collect(),
+            enabled,
+            handed_to: std::sync::atomic::AtomicU32::new(0),
+            busy: AtomicBool::new(false),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Starts the binary at the path this process was started from, with the
+    /// same arguments and environment; it takes over through the hand-over
+    /// socket. Its output goes where this process's goes.
+    pub fn spawn(&self) -> std::io::Result<std::process::Child> {
+        let exe = self.exe.as_ref().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "this process's binary path is unknown",
+            )
+        })?;
+        std::process::Command::new(exe)
+            .args(&self.args)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+    }
+}
+
 /// The public and the private port of each worker are handed over.
 pub const SOCKETS_PER_WORKER: usize = 2;
 /// Largest JSON message or report accepted (a report is 16 bytes per open
@@ -371,6 +419,11 @@ fn read_message(conn: &mut UnixStream) -> std::io::Result<Vec<u8>> {
 }
 
 fn peer_uid(conn: &UnixStream) -> std::io::Result<u32> {
+    peer_cred(conn).map(|c| c.uid)
+}
+
+/// The credentials of the process at the other end of `conn` (SO_PEERCRED).
+pub fn peer_cred(conn: &UnixStream) -> std::io::Result<libc::ucred> {
     // SAFETY: all-zero is a valid ucred.
     let mut cred: libc::ucred = unsafe { mem::zeroed() };
     let mut len = mem::size_of::<libc::ucred>() as libc::socklen_t;
@@ -387,7 +440,7 @@ fn peer_uid(conn: &UnixStream) -> std::io::Result<u32> {
     if r != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok(cred.uid)
+    Ok(cred)
 }
 
 fn set_buffer(sock: &UnixDatagram, opt: libc::c_int, bytes: libc::c_int) -> std::io::Result<()> {

@@ -1,6 +1,7 @@
 //! `sipvane run`: turns a validated configuration into running workers and
 //! keeps the control thread until a signal asks it to stop.
 
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -62,6 +63,8 @@ pub struct Running {
     /// The registrar's database status when `[registrar] db_url` is set
     /// (the registrar itself is `proxy.registrar`).
     pub registrar_db: Option<Arc<crate::registrar::DbStatus>>,
+    /// `POST /restart`: starts the process that takes over this one.
+    pub restart: handover::Restarter,
 }
 
 /// Builds the proxy core's settings from the file's.
@@ -395,6 +398,7 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
         acc: acc.as_ref().map(|(_, w)| w.stats()),
         workers: pool.monitor(),
         registrar_db: registrar.as_ref().map(crate::registrar::Service::status),
+        restart: handover::Restarter::new(!cfg.mgmt.handover_socket.is_empty()),
     };
     Ok((pool, running, reloader, acc, registrar, succession))
 }
@@ -613,12 +617,20 @@ pub fn run(cfg: &Config) -> Result<()> {
             let mut hup = signal(SignalKind::hangup())?;
             // Workers and the management API are bound, and the signal handlers
             // are in place: tell systemd (Type=notify) the service is up.
-            crate::systemd::ready(&format!(
-                "{} workers on {}, management API on {}",
-                running.workers.workers(),
-                running.listen,
-                cfg.mgmt.listen
-            ));
+            crate::systemd::ready(
+                &format!(
+                    "{} workers on {}, management API on {}",
+                    running.workers.workers(),
+                    running.listen,
+                    cfg.mgmt.listen
+                ),
+                succession.is_some(),
+            );
+            if let Some(s) = &succession {
+                // The old process may exit now (and no sooner: under systemd
+                // the service would end with it before MAINPID moved here).
+                let _ = (&s.connection).write_all(b"R");
+            }
             loop {
                 tokio::select! {
                     r = tokio::signal::ctrl_c() => { r?; break; }
@@ -641,6 +653,9 @@ pub fn run(cfg: &Config) -> Result<()> {
                             Ok(None) => {}
                             Ok(Some(relay)) => {
                                 // The new process serves the API and probes from now on.
+                                if let Ok(cred) = peer_pid(&conn) {
+                                    running.restart.handed_to.store(cred, std::sync::atomic::Ordering::Relaxed);
+                                }
                                 watched.abort_all().await;
                                 handover_listener = None;
                                 handed = Some((relay, conn));
@@ -658,9 +673,12 @@ pub fn run(cfg: &Config) -> Result<()> {
         })
         .context("waiting for a signal")?;
     drop(handover_listener);
-    if let Some((relay, _connection)) = &handed {
+    let mut failure = failure;
+    if let Some((relay, connection)) = &handed {
         // The successor notifies systemd itself; this process only drains.
-        drain(&rt, &pool, &running, relay)?;
+        if let Err(e) = drain(&rt, &pool, &running, relay, connection) {
+            failure = Some(format!("{e:#}"));
+        }
     } else {
         crate::systemd::stopping();
     }
@@ -799,7 +817,10 @@ fn drain(
     pool: &worker::Pool,
     running: &Running,
     relay: &std::os::unix::net::UnixDatagram,
+    successor: &std::os::unix::net::UnixStream,
 ) -> Result<()> {
+    successor.set_nonblocking(true)?;
+    let mut ready = false;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let thread = handover::relay_thread(
         relay.try_clone().context("relay socket")?,
@@ -822,7 +843,21 @@ fn drain(
                     break;
                 }
                 _ = tick.tick() => {
+                    if !ready {
+                        let mut byte = [0u8; 1];
+                        match (&*successor).read(&mut byte) {
+                            Ok(0) => return Err(std::io::Error::other(
+                                "the new process exited before it was ready: the SIP sockets are no longer read",
+                            )),
+                            Ok(_) => ready = true,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
                     let open = running.workers.open_work();
+                    if !ready && started.elapsed() < limit {
+                        continue;
+                    }
                     if open == 0 {
                         info!(after = ?started.elapsed(), "every handed-over transaction has ended");
                         break;
@@ -839,6 +874,11 @@ fn drain(
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = thread.join();
     result.context("draining")
+}
+
+/// The process at the other end of a Unix socket.
+fn peer_pid(conn: &std::os::unix::net::UnixStream) -> std::io::Result<u32> {
+    handover::peer_cred(conn).map(|c| c.pid as u32)
 }
 
 /// Per-process secret from the OS random source: keys of the transaction and

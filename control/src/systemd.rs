@@ -16,9 +16,19 @@ pub fn enabled() -> bool {
     std::env::var_os("NOTIFY_SOCKET").is_some_and(|s| !s.is_empty())
 }
 
-/// `READY=1` with a one-line `STATUS=`.
-pub fn ready(status: &str) {
-    send(&[NotifyState::Ready, NotifyState::Status(status)]);
+/// `READY=1` with a one-line `STATUS=`; a process that took over from the
+/// service's main process (a restart hand-over) also says `MAINPID=` itself,
+/// which the unit's `NotifyAccess=all` accepts.
+pub fn ready(status: &str, took_over: bool) {
+    let pid = std::process::id();
+    match took_over {
+        true => send(&[
+            NotifyState::MainPid(pid),
+            NotifyState::Ready,
+            NotifyState::Status(status),
+        ]),
+        false => send(&[NotifyState::Ready, NotifyState::Status(status)]),
+    }
 }
 
 /// `STOPPING=1`: shutdown has begun.

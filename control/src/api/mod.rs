@@ -8,6 +8,7 @@ pub mod model;
 mod dispatcher;
 mod metrics;
 mod registrations;
+mod restart;
 mod status;
 
 use std::net::SocketAddr;
@@ -103,6 +104,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/metrics", get(metrics::metrics))
         .route("/registrations", get(registrations::list))
         .route("/registrations/remove", post(registrations::remove))
+        .route("/restart", post(restart::restart))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(middleware::from_fn_with_state(Arc::clone(&state), auth))
         .with_state(state)

@@ -264,3 +264,10 @@ pub struct RemovedRegistration {
     /// Live bindings removed.
     pub removed: u64,
 }
+
+/// `POST /restart`: the process that handed over and the one serving now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartReply {
+    pub old_pid: u32,
+    pub new_pid: u32,
+}

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::api::model::{
     Dialogs, Dispatcher, ErrorStats, Health, Registrations, RemoveRegistration,
-    RemovedRegistration, SetStateReply, SetStateRequest, Status,
+    RemovedRegistration, RestartReply, SetStateReply, SetStateRequest, Status,
 };
 use crate::cli::{CtlArgs, CtlCommand, DispatcherCommand, TopArgs, UlCommand};
 use client::Client;
@@ -47,6 +47,7 @@ pub fn main(args: &CtlArgs) -> ExitCode {
             })
         }
         CtlCommand::Ul(UlCommand::Rm { aor }) => ul_rm(&client, args.json, aor),
+        CtlCommand::Restart => restart(&client, args.json),
     };
     match result {
         Ok(code) => code,
@@ -80,6 +81,22 @@ fn show<T: serde::de::DeserializeOwned>(
         return print(&(r.pretty() + "\n"));
     }
     print(&render(&r.decode(path)?))
+}
+
+fn restart(client: &Client, json: bool) -> Result<ExitCode, String> {
+    let path = "/restart";
+    let r = client.post::<()>(path, None)?;
+    if !r.ok() {
+        return Err(r.error(path));
+    }
+    if json {
+        return print(&(r.pretty() + "\n"));
+    }
+    let v: RestartReply = r.decode(path)?;
+    print(&format!(
+        "pid {} took over from pid {}, which exits once its open transactions end\n",
+        v.new_pid, v.old_pid
+    ))
 }
 
 fn reload(client: &Client, json: bool) -> Result<ExitCode, String> {

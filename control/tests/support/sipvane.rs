@@ -24,9 +24,17 @@ pub struct SipvaneBuilder {
     extra_toml: String,
     mgmt_token: String,
     env: Vec<(String, String)>,
+    binary: Option<std::path::PathBuf>,
 }
 
 impl SipvaneBuilder {
+    /// Runs this binary instead of the one cargo built (e.g. a copy that a
+    /// test replaces, as a package upgrade does).
+    pub fn binary(mut self, path: &std::path::Path) -> Self {
+        self.binary = Some(path.to_path_buf());
+        self
+    }
+
     /// An environment variable for the sipvane process (e.g. a test hook).
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
@@ -111,7 +119,7 @@ impl SipvaneBuilder {
             );
             let cfg_path = dir.file("sipvane.toml");
             std::fs::write(&cfg_path, &cfg).expect("write sipvane.toml");
-            let child = spawn(&dir, &self.env, None, LOG);
+            let child = spawn(&dir, &self.env, self.binary.as_deref(), LOG);
             let addr = localhost(port);
             let mut s = Sipvane {
                 child,
@@ -252,6 +260,7 @@ impl Sipvane {
             extra_toml: String::new(),
             mgmt_token: String::new(),
             env: Vec::new(),
+            binary: None,
         }
     }
 
