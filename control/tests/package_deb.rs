@@ -13,6 +13,9 @@
 //!   runs under strace, and every syscall it makes, every socket family and
 //!   every memory mapping is checked against the unit's `SystemCallFilter=`,
 //!   `RestrictAddressFamilies=` and `MemoryDenyWriteExecute=`;
+//! - an upgrade under load: `dpkg -i` of a newer version while that daemon
+//!   carries SIPp's 500 calls/s; postinst's `sipvane ctl restart` hands over
+//!   to the new binary and no call fails;
 //! - `dpkg -r`, then `dpkg --purge`, and what each leaves behind.
 //!
 //! The package is built before the tests run: `make test` packages the binaries
@@ -428,6 +431,7 @@ fn deb_installs_runs_as_its_unit_says_and_purges() {
     }
 
     foreground_run(&exec_start, &exec_reload, &families, &allowed);
+    upgrade_under_load(&exec_start, &deb);
 
     // Remove: the files go, the configuration stays.
     dpkg_ok(&["-r", "sipvane"]);
@@ -716,6 +720,253 @@ fn foreground_run(
         families,
         allowed,
     );
+}
+
+/// A process the test did not start itself (the one the upgrade started):
+/// SIGTERMed by `stop`, SIGKILLed on drop so a failed test leaves nothing.
+struct Adopted(u32);
+
+impl Adopted {
+    /// SIGTERM, then its exit (as `systemctl stop`); false if it outlives 20 s.
+    fn stop(&self) -> bool {
+        // SAFETY: plain kill(2) on a pid this test was told about.
+        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Path::new(&format!("/proc/{}", self.0)).exists() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+}
+
+impl Drop for Adopted {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+    }
+}
+
+/// The installed package with a higher version: the same files, repacked.
+fn newer_package(deb: &Path, dir: &ScratchDir) -> (PathBuf, String) {
+    let tree = dir.file("newer");
+    run(
+        Command::new("dpkg-deb").arg("-R").arg(deb).arg(&tree),
+        "dpkg-deb -R",
+    );
+    let control = tree.join("DEBIAN/control");
+    let text = std::fs::read_to_string(&control).unwrap();
+    let old = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: "))
+        .expect("Version in DEBIAN/control")
+        .to_string();
+    let new = format!("{old}+upgrade1");
+    std::fs::write(
+        &control,
+        text.replace(&format!("Version: {old}\n"), &format!("Version: {new}\n")),
+    )
+    .unwrap();
+    run(
+        Command::new("dpkg").args(["--compare-versions", &new, "gt", &old]),
+        "dpkg --compare-versions",
+    );
+    let out = dir.file("sipvane-newer.deb");
+    run(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-b"])
+            .arg(&tree)
+            .arg(&out),
+        "dpkg-deb -b",
+    );
+    (out, new)
+}
+
+/// `dpkg -i` of a newer package while the daemon (as the unit runs it, with
+/// the packaged configuration on test SIP ports) carries 500 calls/s:
+/// postinst's `sipvane ctl restart` makes the running process start the new
+/// `/usr/bin/sipvane`, which takes over the sockets and says `MAINPID=`; the
+/// old process drains and exits 0, and no call fails.
+fn upgrade_under_load(exec_start: &[String], deb: &Path) {
+    let dir = ScratchDir::new("upgrade");
+    let (newer, version) = newer_package(deb, &dir);
+    let mut uas = Uas::builder(Scenario::UasSlow)
+        .answer_delay(Duration::from_millis(600))
+        .arg("-buff_size")
+        .arg("4194304")
+        .start();
+    let list = dir.file("dispatcher.list");
+    std::fs::write(&list, format!("1 sip:{}\n", uas.addr())).unwrap();
+
+    // The packaged configuration with the SIP side on test ports; the
+    // management API stays on its default, where postinst's ctl looks.
+    let mgmt = localhost(9060);
+    assert!(
+        TcpStream::connect_timeout(&mgmt, Duration::from_secs(1)).is_err(),
+        "something already listens on {mgmt}, the packaged [mgmt] listen"
+    );
+    let sip = localhost(free_udp_port());
+    let mut conf = std::fs::read_to_string(CONF).unwrap();
+    for (from, to) in [
+        ("listen = \"127.0.0.1:5060\"", format!("listen = \"{sip}\"")),
+        (
+            "private_port_base = 0",
+            format!("private_port_base = {}", free_udp_port()),
+        ),
+        (
+            &format!("list = \"{LIST}\""),
+            format!("list = \"{}\"", list.display()),
+        ),
+    ] {
+        assert_eq!(conf.matches(from).count(), 1, "{from} in {CONF}");
+        conf = conf.replace(from, &to);
+    }
+    assert!(conf.contains("handover_socket = \"/run/sipvane/handover.sock\""));
+    let cfg = dir.file("sipvane.toml");
+    std::fs::write(&cfg, conf).unwrap();
+    for f in [&cfg, &list] {
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    // The unit's RuntimeDirectory=sipvane, as systemd creates it.
+    let runtime = Path::new("/run/sipvane");
+    let _ = std::fs::remove_dir_all(runtime);
+    run(
+        Command::new("install")
+            .args(["-d", "-o", "sipvane", "-g", "sipvane", "-m", "0750"])
+            .arg(runtime),
+        "install -d /run/sipvane",
+    );
+    struct RemoveRuntime;
+    impl Drop for RemoveRuntime {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all("/run/sipvane");
+        }
+    }
+    let _runtime = RemoveRuntime;
+
+    let mut argv = exec_start.to_vec();
+    let c = argv
+        .iter()
+        .position(|a| a == "-c")
+        .expect("ExecStart has -c");
+    argv[c + 1] = cfg.display().to_string();
+    let mut notify = NotifySocket::bind(dir.path());
+    let log = std::fs::File::create(dir.file("journal.log")).unwrap();
+    let mut old = ChildGuard::spawn(
+        Command::new("setpriv")
+            .args([
+                "--reuid",
+                "sipvane",
+                "--regid",
+                "sipvane",
+                "--clear-groups",
+                "--",
+            ])
+            .args(&argv)
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .env("LANG", "C.UTF-8")
+            .env("HOME", "/var/lib/sipvane")
+            .env("NOTIFY_SOCKET", notify.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log),
+    )
+    .expect("spawn the daemon");
+    let journal = || dir.read("journal.log");
+    assert!(
+        notify.wait_for("READY=1", 1, Duration::from_secs(30), |_| {}),
+        "no READY=1; log:\n{}",
+        journal()
+    );
+    let old_pid = old.id().unwrap();
+
+    const CALLS: u32 = 6000;
+    let mut uac = Uac::new(Scenario::Uac, sip)
+        .calls(CALLS)
+        .rate(500)
+        .hold(Duration::from_secs(2))
+        .arg("-buff_size")
+        .arg("4194304")
+        .timeout(Duration::from_secs(120))
+        .spawn();
+    let seen = uas.wait_until(Duration::from_secs(30), |s| s.invites_received() >= 1000);
+    assert!(seen.invites_received() >= 1000, "{seen:?}");
+
+    dpkg_ok(&["-i", newer.to_str().unwrap()]);
+    let installed = stdout(
+        Command::new("dpkg-query").args(["-W", "-f", "${Version}", "sipvane"]),
+        "dpkg-query",
+    );
+    assert_eq!(installed.trim(), version);
+    assert!(
+        !uac.is_finished(),
+        "the load ended before the upgrade: nothing tested it"
+    );
+
+    // postinst's ctl restart: a new process, which says it is the main one.
+    assert!(
+        notify.wait_for("READY=1", 2, Duration::from_secs(30), |_| {}),
+        "no second READY=1 ({:?}); log:\n{}",
+        notify.messages(),
+        journal()
+    );
+    let new_pid: u32 = notify
+        .messages()
+        .iter()
+        .flat_map(|m| m.lines())
+        .find_map(|l| l.strip_prefix("MAINPID="))
+        .unwrap_or_else(|| panic!("no MAINPID=: {:?}", notify.messages()))
+        .parse()
+        .unwrap();
+    let new = Adopted(new_pid);
+    assert_ne!(new_pid, old_pid);
+    // It runs the upgraded file, as the unit's user; the old one the
+    // replaced (deleted) file.
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{new_pid}/exe")).unwrap(),
+        PathBuf::from("/usr/bin/sipvane")
+    );
+    let old_exe = std::fs::read_link(format!("/proc/{old_pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    assert!(old_exe.ends_with("(deleted)"), "{old_exe}");
+    let status = std::fs::read_to_string(format!("/proc/{new_pid}/status")).unwrap();
+    let uid = stdout(Command::new("id").args(["-u", "sipvane"]), "id");
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uids.split_whitespace().skip(1).collect::<Vec<_>>(),
+        vec![uid.trim(); 4],
+        "{uids}"
+    );
+
+    let exit = old.wait_timeout(Duration::from_secs(90));
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "the old process did not exit 0 ({exit:?}); log:\n{}",
+        journal()
+    );
+    let calls = uac.wait();
+    calls.assert_all_succeeded(u64::from(CALLS));
+    assert_eq!(
+        http_get(mgmt, "/health").0,
+        200,
+        "the new process serves the API"
+    );
+    assert!(new.stop(), "the new process did not stop on SIGTERM");
+    let j = journal();
+    assert!(j.contains("took over the SIP sockets"), "{j}");
+    let counters: Vec<&str> = j
+        .lines()
+        .filter(|l| l.starts_with("sipvane: counters "))
+        .collect();
+    assert_eq!(counters.len(), 2, "{j}");
+    uas.stop();
 }
 
 /// What the daemon did, from its execve on, against the unit's sandbox.
