@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build deb test demo bench bench-micro fuzz sim chaos lint clean services-stop
+.PHONY: all deps build deb test demo bench bench-micro fuzz sim chaos soak lint clean services-stop
 
 all: build
 
@@ -70,6 +70,14 @@ sim:
 CHAOS ?=
 chaos: deps
 	@bash scripts/chaos.sh $(CHAOS)
+
+## soak: SOAK_MINUTES (30) of steady SIPp load (50 calls/s, 3 s each, 2 REGISTER/s) through
+##       sipvane with RTPEngine, Redis events, PostgreSQL acc, HEP and the registrar on;
+##       samples every 10 s to target/soak/samples.csv (+ soak.svg), then failed calls,
+##       lost events/rows and an RSS verdict (scripts/soak.sh, docs/reliability.md)
+SOAK_MINUTES ?= 30
+soak: deps
+	@SOAK_MINUTES=$(SOAK_MINUTES) bash scripts/soak.sh
 
 ## lint: formatting and clippy, warnings are errors
 lint:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages sipvane's tests, demo, benchmarks and Debian
 # package (make deb: dpkg-dev; its test: systemd-analyze, strace, setpriv) use.
-# make chaos reads the management API with curl and jq.
+# make chaos reads the management API with curl and jq; make soak sinks HEP with socat.
 # Idempotent: does nothing when everything is present. Services that Debian
 # would start on install (redis, postgres, mariadb, rtpengine) are kept from
 # starting on their default ports: the test harness starts private copies on
@@ -13,7 +13,7 @@ set -euo pipefail
 want=(sip-tester dnsmasq-base redis-server redis-tools postgresql postgresql-client mariadb-server \
       mariadb-client rtpengine-daemon kamailio kamailio-extra-modules \
       kamailio-postgres-modules kamailio-mysql-modules clang pkg-config \
-      libssl-dev procps iproute2 valgrind jq curl \
+      libssl-dev procps iproute2 valgrind jq curl socat \
       dpkg-dev adduser systemd init-system-helpers strace util-linux)
 case "${1:-}" in
   --minimal) want=(sip-tester procps) ;;

@@ -9,6 +9,8 @@
 #     uac_cancel   INVITE -> 180 -> CANCEL -> 200 + 487 -> ACK
 #     options      OPTIONS -> 200 (one per "call": -m N sends N)
 #     register     REGISTER -> 200
+#     register_auth REGISTER -> 401 -> REGISTER with digest (-au USER -ap PASSWORD) -> 200;
+#                  -s USER, -key contact HOST:PORT, -key expires SECONDS
 #   Server roles (ADDR = where to listen, ip:port):
 #     uas          INVITE -> 100, 180, 200/SDP -> ACK; BYE -> 200; echoes Record-Route
 #     uas_503      INVITE -> 503 -> ACK
@@ -75,7 +77,7 @@ common=(-ci "$loop")                # the control socket stays on loopback too
 [ -t 0 ] || common+=(-nostdin)      # no keyboard when run from scripts/CI
 
 case "$role" in
-  uac|uac_cancel|options|register)
+  uac|uac_cancel|options|register|register_auth)
     local_ip="${SIPP_LOCAL_IP:-$loop}"
     extra=(-i "$local_ip" -bind_local)
     [ -n "${SIPP_LOCAL_PORT:-}" ] && extra+=(-p "$SIPP_LOCAL_PORT")
