@@ -64,9 +64,11 @@ sim:
 	SIM_FLOWS=$(SIM_FLOWS) SIM_SEED=$(SIM_SEED) $(CARGO) test --profile ci -p dataplane --test sim \
 	  long_run -- --ignored --nocapture
 
-## chaos: one fault at a time on a backend during SIPp load through sipvane (kill -9,
-##        SIGSTOP/SIGCONT, answering 503); prints a table (target/chaos/table.md,
-##        docs/reliability.md). One scenario: make chaos CHAOS="stop"
+## chaos: one fault at a time during SIPp load through sipvane: a backend killed (-9),
+##        frozen (SIGSTOP/SIGCONT) or answering 503; an RTPEngine killed and restarted,
+##        Redis killed and restarted, PostgreSQL (dispatcher + acc) stopped for 30 s;
+##        prints a table (target/chaos/table.md, docs/reliability.md).
+##        One scenario: make chaos CHAOS="stop" (kill9 stop 503 rtpengine redis db)
 CHAOS ?=
 chaos: deps
 	@bash scripts/chaos.sh $(CHAOS)

@@ -184,7 +184,8 @@ stat_col() { # CSV COLUMN: last row's value of a SIPp -trace_stat column
                          { v = $c } END { print v + 0 }' "$1"
 }
 counters=(calls_answered calls_failed timeouts failovers table_full dialogs_full overload_rejects
-          no_destination parse_errors event_queue_dropped worker_event_drops hep_sent hep_dropped
+          no_destination parse_errors event_queue_dropped events_dropped_buffer_full events_redis_errors
+          worker_event_drops hep_sent hep_dropped
           acc_rows acc_rows_written acc_rows_spooled acc_rows_dropped rtpengine_timeouts
           rtpengine_errors rtpengine_rejected)
 echo "t_s,rss_kib,pss_kib,fds,threads,transactions_open,dialogs_active,$(IFS=,; echo "${counters[*]}"),redis_llen,uac_ok,uac_failed,reg_ok,reg_failed" \
@@ -260,7 +261,7 @@ read -r rss0 rss_warm rss_end rss_max t_warm < <(awk -F, -v rc="$rss_col" -v tc=
 fds0=$(sed -n 2p "$out/samples.csv" | cut -d, -f"$(col fds)")
 fds_end=$(get fds)
 drops=0
-for c in table_full dialogs_full event_queue_dropped worker_event_drops hep_dropped acc_rows_dropped; do
+for c in table_full dialogs_full event_queue_dropped events_dropped_buffer_full worker_event_drops hep_dropped acc_rows_dropped; do
   drops=$((drops + $(get "$c")))
 done
 

@@ -53,6 +53,9 @@ pub struct Running {
     /// The export queue when `[events] redis_url` is set; control tasks push
     /// their own events (dst_up / dst_down) here.
     pub events: Option<EventQueue>,
+    /// The Redis exporter's counters (`sipvane_events_*`) when `[events]
+    /// redis_url` is set.
+    pub events_exporter: Option<Arc<crate::events::ExporterStats>>,
     /// Each worker's call-event queue (empty when neither `[events]` nor
     /// `[acc]` is on).
     pub event_sinks: Vec<Arc<EventSink>>,
@@ -394,6 +397,8 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
         reload,
         dns: dns_stats,
         events,
+        // Set by `run` when it builds the exporter.
+        events_exporter: None,
         event_sinks,
         acc: acc.as_ref().map(|(_, w)| w.stats()),
         workers: pool.monitor(),
@@ -484,11 +489,17 @@ pub fn run(cfg: &Config) -> Result<()> {
     // Passed on at the next hand-over (the API task owns `mgmt`).
     let mgmt_handle = mgmt.try_clone().ok();
     let handover_listener = handover::listen(std::path::Path::new(&cfg.mgmt.handover_socket));
+    let mut running = running;
+    let exporter = match &running.events {
+        Some(queue) => Some(
+            Exporter::new(ExporterConfig::from(&cfg.events), queue.clone()).context("[events]")?,
+        ),
+        None => None,
+    };
+    running.events_exporter = exporter.as_ref().map(Exporter::stats);
     let running = Arc::new(running);
-    let (exporter_stop, exporter) = match &running.events {
-        Some(queue) => {
-            let exporter = Exporter::new(ExporterConfig::from(&cfg.events), queue.clone())
-                .context("[events]")?;
+    let (exporter_stop, exporter) = match exporter {
+        Some(exporter) => {
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let task = rt.spawn(exporter.run(async move {
                 let _ = stop_rx.await;

@@ -646,10 +646,12 @@ fn taken_mgmt_port_stops_sipvane() {
     drop(holder);
 }
 
-/// With `[events]` on, the event queues show in /metrics and /errors/stats.
+/// With `[events]` on, the event queues and the Redis exporter show in
+/// /metrics and /errors/stats; a Redis outage shows as `connected` 0, errors
+/// and buffered events, and its end as a reconnect with nothing dropped.
 #[test]
 fn event_queues_are_reported() {
-    let redis = redis_support::RedisServer::start();
+    let mut redis = redis_support::RedisServer::start_persistent();
     let mut uas = Uas::start(Scenario::Uas, free_udp_addr());
     let mut sipvane = Sipvane::builder("api-events")
         .destination(format!("1 sip:{}", uas.addr()))
@@ -693,6 +695,42 @@ fn event_queues_are_reported() {
     }
     let e: ErrorStats = get(mgmt, "/errors/stats");
     assert_eq!(e.drops.events, 0);
+    let metric = |name: &str| {
+        let (code, m) = http("GET", mgmt, "/metrics", None, None);
+        assert_eq!(code, 200);
+        sample(&m, name).unwrap_or_else(|| panic!("no {name} in {m}"))
+    };
+    let sent = metric("sipvane_events_sent_total");
+    assert!(sent >= 30.0, "{sent} events sent");
+    assert_eq!(metric("sipvane_events_connected"), 1.0);
+    assert_eq!(metric("sipvane_events_buffered"), 0.0);
+    assert_eq!(metric("sipvane_events_dropped_buffer_full_total"), 0.0);
+
+    // Redis down: calls go on, their events wait in the exporter's buffer.
+    redis.kill();
+    Uac::new(Scenario::Uac, sipvane.addr())
+        .calls(5)
+        .rate(50)
+        .timeout(RUN_LIMIT)
+        .run()
+        .assert_all_succeeded(5);
+    assert!(
+        eventually(SETTLE, || metric("sipvane_events_connected") == 0.0
+            && metric("sipvane_events_buffered") >= 15.0),
+        "a Redis outage does not show in /metrics"
+    );
+    assert!(metric("sipvane_events_redis_errors_total") >= 1.0);
+
+    // Back: the buffer drains into Redis, counted as a reconnect.
+    redis.restart();
+    assert!(
+        eventually(SETTLE, || metric("sipvane_events_buffered") == 0.0
+            && metric("sipvane_events_connected") == 1.0),
+        "the exporter never caught up after Redis came back"
+    );
+    assert!(metric("sipvane_events_reconnects_total") >= 1.0);
+    assert_eq!(metric("sipvane_events_sent_total"), sent + 15.0);
+    assert_eq!(metric("sipvane_events_dropped_buffer_full_total"), 0.0);
     uas.stop();
     sipvane.stop();
 }

@@ -242,6 +242,40 @@ impl Scrape {
                 queue.dropped(),
             )?;
         }
+        if let Some(x) = &self.running.events_exporter {
+            let x = x.snapshot();
+            counter(e, "events_sent", "Call events Redis acknowledged.", x.sent)?;
+            counter(
+                e,
+                "events_dropped_buffer_full",
+                "Call events dropped, oldest first, because Redis was slow or down longer than [events] buffer holds.",
+                x.dropped_buffer_full,
+            )?;
+            counter(
+                e,
+                "events_redis_errors",
+                "Failed connections to Redis and failed writes (the events stay buffered).",
+                x.redis_errors,
+            )?;
+            counter(
+                e,
+                "events_reconnects",
+                "Connections to Redis established again after a failure.",
+                x.reconnects,
+            )?;
+            gauge(
+                e,
+                "events_buffered",
+                "Call events the exporter holds now, waiting for Redis.",
+                x.buffered,
+            )?;
+            gauge(
+                e,
+                "events_connected",
+                "1 while the exporter is connected to Redis.",
+                u64::from(x.connected),
+            )?;
+        }
         // The workers' queues exist when `[events]` or `[acc]` is on.
         let sinks = &self.running.event_sinks;
         if sinks.is_empty() {

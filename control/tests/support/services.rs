@@ -53,6 +53,8 @@ pub struct Service {
     env: BTreeMap<String, String>,
     /// RTPEngine's media port range.
     media_ports: Option<(u16, u16)>,
+    /// The port settings it was started with, for `restart`.
+    start_env: Vec<(&'static str, String)>,
 }
 
 fn script() -> PathBuf {
@@ -69,61 +71,102 @@ impl Service {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join("services")
             .join(format!("{}-{}-{n}", kind.name(), std::process::id()));
-        let mut cmd = Command::new("bash");
-        cmd.arg(script()).arg("start").arg(kind.name()).arg(&dir);
         let mut media_ports = None;
-        let port = match kind {
+        let (port, start_env) = match kind {
             ServiceKind::Redis => {
                 let p = free_tcp_port();
-                cmd.env("SIPVANE_TEST_REDIS_PORT", p.to_string());
-                p
+                (p, vec![("SIPVANE_TEST_REDIS_PORT", p.to_string())])
             }
             ServiceKind::Postgres => {
                 let p = free_tcp_port();
-                cmd.env("SIPVANE_TEST_PG_PORT", p.to_string());
-                p
+                (p, vec![("SIPVANE_TEST_PG_PORT", p.to_string())])
             }
             ServiceKind::Mariadb => {
                 let p = free_tcp_port();
-                cmd.env("SIPVANE_TEST_MYSQL_PORT", p.to_string());
-                p
+                (p, vec![("SIPVANE_TEST_MYSQL_PORT", p.to_string())])
             }
             ServiceKind::Rtpengine => {
                 let p = free_udp_port();
                 // A media port window of its own (rtpengine skips ports in use anyway).
                 let min = 30000 + (std::process::id() + n * 7) % 20 * 100;
                 media_ports = u16::try_from(min).ok().map(|m| (m, m + 99));
-                cmd.env("SIPVANE_TEST_RTPENGINE_PORT", p.to_string())
-                    .env("SIPVANE_TEST_RTP_PORT_MIN", min.to_string())
-                    .env("SIPVANE_TEST_RTP_PORT_MAX", (min + 99).to_string());
-                p
+                let env = vec![
+                    ("SIPVANE_TEST_RTPENGINE_PORT", p.to_string()),
+                    ("SIPVANE_TEST_RTP_PORT_MIN", min.to_string()),
+                    ("SIPVANE_TEST_RTP_PORT_MAX", (min + 99).to_string()),
+                ];
+                (p, env)
             }
         };
+        let mut svc = Service {
+            kind,
+            dir,
+            port,
+            env: BTreeMap::new(),
+            media_ports,
+            start_env,
+        };
+        svc.launch();
+        svc
+    }
+
+    /// `services.sh start` with this service's ports; panics when it does not start.
+    fn launch(&mut self) {
+        let mut cmd = Command::new("bash");
+        cmd.arg(script())
+            .arg("start")
+            .arg(self.kind.name())
+            .arg(&self.dir);
+        cmd.envs(self.start_env.iter().map(|(k, v)| (k, v)));
         let out = cmd
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", script().display()));
         let stdout = String::from_utf8_lossy(&out.stdout);
-        let env: BTreeMap<String, String> = stdout
+        self.env = stdout
             .lines()
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let svc = Service {
-            kind,
-            dir,
-            port,
-            env,
-            media_ports,
-        };
         assert!(
-            out.status.success() && svc.env.contains_key(kind.url_key()),
+            out.status.success() && self.env.contains_key(self.kind.url_key()),
             "{} did not start ({}):\n{}{}",
-            kind.name(),
+            self.kind.name(),
             out.status,
             stdout,
             String::from_utf8_lossy(&out.stderr)
         );
-        svc
+    }
+
+    /// Kills the service with SIGKILL (a crash: no clean shutdown) and waits
+    /// until it is gone.
+    pub fn kill(&self) {
+        let pid: libc::pid_t = std::fs::read_to_string(self.dir.join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {}", self.dir.display()));
+        // SAFETY: a plain syscall on a process this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        // Gone, or a zombie (reaped late by whoever adopted it): either way
+        // its sockets are closed.
+        while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.trim_start().starts_with('Z'))
+        }) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {pid} survived SIGKILL"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Starts a killed service again on the same ports, with empty state (its
+    /// directory is made afresh: an RTPEngine has forgotten its sessions, a
+    /// database its data). Only after [`kill`](Self::kill).
+    pub fn restart(&mut self) {
+        self.launch();
     }
 
     /// Which service this is.
