@@ -66,9 +66,9 @@ sim:
 
 ## chaos: one fault at a time during SIPp load through sipvane: a backend killed (-9),
 ##        frozen (SIGSTOP/SIGCONT) or answering 503; an RTPEngine killed and restarted,
-##        Redis killed and restarted, PostgreSQL (dispatcher + acc) stopped for 30 s;
-##        prints a table (target/chaos/table.md, docs/reliability.md).
-##        One scenario: make chaos CHAOS="stop" (kill9 stop 503 rtpengine redis db)
+##        Redis killed and restarted, PostgreSQL or MariaDB (dispatcher + acc) stopped
+##        for 30 s; prints a table (target/chaos/table.md, docs/reliability.md). One
+##        scenario: make chaos CHAOS="stop" (kill9 stop 503 rtpengine redis db db-mysql)
 CHAOS ?=
 chaos: deps
 	@bash scripts/chaos.sh $(CHAOS)

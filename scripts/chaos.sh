@@ -15,6 +15,7 @@
 #   db         destinations read from PostgreSQL's dispatcher table (every 2 s) and
 #              accounting to the same PostgreSQL; it is stopped at FAULT_AT s and
 #              started again DB_DOWN_S (30) s later; the run lasts 12 s past that
+#   db-mysql   the same with MariaDB
 #
 # Each scenario: sipvane (2 workers, default settings: fr_timer 2 s, probing every
 # 5 s, failure_threshold 3) in front of two SIPp UAS backends A and B, round-robin;
@@ -32,7 +33,7 @@
 #   RSS before / after     sipvane's resident memory when the load starts and ends (KiB)
 # For the dependency scenarios "out after" / "back after" are the time until sipvane
 # sees the dependency down / up again (rtpengine: /status engine up; redis:
-# sipvane_events_connected; db: sipvane_acc_db_up), and a line of detail follows
+# sipvane_events_connected; db, db-mysql: sipvane_acc_db_up), and a line of detail follows
 # the table (counters: rejected calls, timeouts, spooled and replayed rows, ...).
 #
 # The behaviours the table illustrates are asserted by tests, not by this script:
@@ -54,7 +55,7 @@ restore_at="${RESTORE_AT:-20}"
 db_down="${DB_DOWN_S:-30}"
 port0="${CHAOS_PORT:-26060}"
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(kill9 stop 503 rtpengine redis db)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(kill9 stop 503 rtpengine redis db db-mysql)
 
 die() { echo "chaos.sh: $*" >&2; exit 1; }
 command -v sipp >/dev/null || die "sipp not found: run \`make deps\`"
@@ -62,6 +63,7 @@ command -v jq >/dev/null || die "jq not found: run \`make deps\`"
 command -v curl >/dev/null || die "curl not found: run \`make deps\`"
 command -v redis-server >/dev/null || die "redis-server not found: run \`make deps\`"
 command -v psql >/dev/null || die "psql not found: run \`make deps\`"
+command -v mariadbd >/dev/null || die "mariadbd not found: run \`make deps\`"
 
 bin="${SIPVANE_BIN:-}"
 if [ -z "$bin" ]; then
@@ -122,6 +124,24 @@ pg_start_again() { # the data directory services.sh made, same options
     start >>"$dir/pg_ctl.log" 2>&1
 }
 pg_stop() { as_pg "$(pg_bin)/pg_ctl" -D "$(cat "$dir/pg/datadir")" -m fast -w -t 30 stop >>"$dir/pg_ctl.log" 2>&1; }
+my_sql() { mariadb --no-defaults -h 127.0.0.1 -P "$my_port" -usipvane -psipvane sipvane "$@"; }
+my_stop() { # a clean shutdown (SIGTERM), waited for
+  local pid; pid=$(cat "$dir/my/pid")
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  return 1
+}
+my_start_again() { # the data directory services.sh made, same options
+  local user; user="$(id -un)"
+  setsid mariadbd --no-defaults --datadir="$dir/my/data" --socket="$dir/my/mysqld.sock" \
+    --port="$my_port" --bind-address=127.0.0.1 --user="$user" --pid-file="$dir/my/mariadbd.pid" \
+    --log-error="$dir/my/mariadbd.err" --skip-name-resolve --skip-log-bin \
+    --innodb-buffer-pool-size=32M --innodb-flush-log-at-trx-commit=0 \
+    --max-connections=200 </dev/null >/dev/null 2>&1 &
+  echo $! >"$dir/my/pid"
+  for _ in $(seq 300); do my_sql -e 'SELECT 1' >/dev/null 2>&1 && return 0; sleep 0.1; done
+  return 1
+}
 redis_start() { # AOF with fsync always: what Redis acknowledged survives kill -9
   redis-server --port "$redis_port" --bind 127.0.0.1 --protected-mode yes --save '' \
     --appendonly yes --appendfsync always --dir "$dir/redis" --unixsocket '' \
@@ -152,7 +172,7 @@ dep_up() {
       curl -s -m 2 "http://$mgmt/status" |
         jq -r --arg a "$rtp_b" '[.rtpengine[] | select(.address == $a) | .up][0] | if . == null then "?" else tostring end' 2>/dev/null || echo "?" ;;
     redis) case "$(metric "$(metrics)" sipvane_events_connected)" in 1) echo true ;; 0) echo false ;; *) echo "?" ;; esac ;;
-    db) case "$(metric "$(metrics)" sipvane_acc_db_up)" in 1) echo true ;; 0) echo false ;; *) echo "?" ;; esac ;;
+    db|db-mysql) case "$(metric "$(metrics)" sipvane_acc_db_up)" in 1) echo true ;; 0) echo false ;; *) echo "?" ;; esac ;;
     *) b_usable ;;
   esac
 }
@@ -170,7 +190,7 @@ run() {
   local sv_port=$base priv=$((base + 1)) a_addr="127.0.0.1:$((base + 10))"
   b_addr="127.0.0.1:$((base + 11))"
   mgmt="127.0.0.1:$((base + 5))"
-  redis_port=$((base + 12)) pg_port=$((base + 13)) rtp_b=""
+  redis_port=$((base + 12)) pg_port=$((base + 13)) my_port=$((base + 16)) rtp_b=""
   local run_secs=$secs fault=$fault_at restore=$restore_at extra=""
   printf '1 sip:%s\n1 sip:%s\n' "$a_addr" "$b_addr" >"$dir/dispatcher.list"
   local source="list = \"$dir/dispatcher.list\""
@@ -200,6 +220,23 @@ list = \"sipvane:chaos\"" ;;
         -f "$schema/dispatcher-create.sql" \
         -c "INSERT INTO dispatcher (setid, destination) VALUES (1, 'sip:$a_addr'), (1, 'sip:$b_addr')" \
         >/dev/null || die "db: schema not loaded"
+      source="source = \"$url\"
+reload_interval_s = 2
+snapshot_path = \"$dir/dispatcher.snapshot\""
+      extra="[acc]
+db_url = \"$url\"
+spool_dir = \"$dir/spool\"
+cdrs = true"
+      restore=$((fault + db_down))
+      [ "$run_secs" -ge $((restore + 12)) ] || run_secs=$((restore + 12)) ;;
+    db-mysql)
+      SIPVANE_TEST_MYSQL_PORT=$my_port svc_start mariadb "$dir/my"
+      local url; url=$(sed -n 's/^SIPVANE_TEST_MYSQL_URL=//p' "$dir/my.env")
+      local schema=/usr/share/kamailio/mysql
+      cat "$schema/standard-create.sql" "$schema/acc-create.sql" "$schema/dispatcher-create.sql" |
+        my_sql || die "db-mysql: schema not loaded"
+      my_sql -e "INSERT INTO dispatcher (setid, destination) VALUES (1, 'sip:$a_addr'), (1, 'sip:$b_addr')" ||
+        die "db-mysql: dispatcher rows not loaded"
       source="source = \"$url\"
 reload_interval_s = 2
 snapshot_path = \"$dir/dispatcher.snapshot\""
@@ -259,6 +296,7 @@ EOT
         rtpengine) kill -9 "$(cat "$dir/rtp-b/pid")" ;;
         redis) kill -9 "$redis_pid"; wait "$redis_pid" 2>/dev/null || true ;;
         db) pg_stop || die "db: PostgreSQL did not stop (see $dir/pg_ctl.log)" ;;
+        db-mysql) my_stop || die "db-mysql: MariaDB did not stop" ;;
       esac
     fi
     if [ $faulted = 1 ] && [ "$out_after" = - ] && is_out; then
@@ -277,6 +315,7 @@ EOT
             bash scripts/services.sh start rtpengine "$dir/rtp-b" >/dev/null || die "rtpengine did not restart" ;;
         redis) redis_start ;;
         db) pg_start_again || die "db: PostgreSQL did not start again (see $dir/pg_ctl.log)" ;;
+        db-mysql) my_start_again || die "db-mysql: MariaDB did not start again (see $dir/my/mariadbd.err)" ;;
       esac
     fi
     if [ $restored = 1 ] && [ "$back_after" = - ] && is_back; then
@@ -308,18 +347,22 @@ EOT
       got=$(redis-cli -p "$redis_port" --raw LRANGE sipvane:chaos 0 -1 | grep -c '"type":"call_' || true)
       lost=$((want - got))
       detail="$got call events in Redis of $want built; $(metric "$x" sipvane_events_redis_errors_total) Redis errors, $(metric "$x" sipvane_events_reconnects_total) reconnects, dropped $(metric "$x" sipvane_events_dropped_buffer_full_total) (buffer full) + $(metric "$x" sipvane_event_queue_dropped_total) (queue full)" ;;
-    db)
+    db|db-mysql)
       for _ in $(seq 60); do
         x=$(metrics)
         [ "$(metric "$x" sipvane_acc_spool_rows)" = 0 ] && [ "$(metric "$x" sipvane_acc_pending_rows)" = 0 ] && break
         sleep 0.5
       done
-      local url rows_db answered
-      url=$(sed -n 's/^SIPVANE_TEST_PG_URL=//p' "$dir/pg.env")
+      local rows_db answered
       answered=$(metric "$x" sipvane_calls_answered_total)
-      rows_db=$(psql "$url" -tA -c "SELECT (SELECT COUNT(*) FROM acc) + (SELECT COUNT(*) FROM acc_cdrs) + (SELECT COUNT(*) FROM missed_calls)")
+      local count="SELECT (SELECT COUNT(*) FROM acc) + (SELECT COUNT(*) FROM acc_cdrs) + (SELECT COUNT(*) FROM missed_calls)"
+      if [ "$sc" = db ]; then
+        rows_db=$(psql "$(sed -n 's/^SIPVANE_TEST_PG_URL=//p' "$dir/pg.env")" -tA -c "$count")
+      else
+        rows_db=$(my_sql -N -e "$count")
+      fi
       lost=$(( $(metric "$x" sipvane_acc_rows_total) - rows_db ))
-      detail="$rows_db acc/CDR/missed rows in PostgreSQL of $(metric "$x" sipvane_acc_rows_total) built ($answered answered calls); $(metric "$x" sipvane_acc_rows_spooled_total) spooled, $(metric "$x" sipvane_acc_rows_replayed_total) replayed, $(metric "$x" sipvane_acc_rows_dropped_total) dropped; destinations kept while the dispatcher table was unreachable ($(metric "$x" sipvane_no_destination_total) calls without one)" ;;
+      detail="$rows_db acc/CDR/missed rows in the database of $(metric "$x" sipvane_acc_rows_total) built ($answered answered calls); $(metric "$x" sipvane_acc_rows_spooled_total) spooled, $(metric "$x" sipvane_acc_rows_replayed_total) replayed, $(metric "$x" sipvane_acc_rows_dropped_total) dropped; destinations kept while the dispatcher table was unreachable ($(metric "$x" sipvane_no_destination_total) calls without one)" ;;
   esac
   local failovers
   failovers=$(metric "$x" sipvane_failovers_total)
@@ -338,7 +381,7 @@ trap 'cleanup; services_stop' EXIT
 
 i=0
 for sc in "${scenarios[@]}"; do
-  case $sc in kill9|stop|503|rtpengine|redis|db) ;; *) die "unknown scenario '$sc' (kill9, stop, 503, rtpengine, redis, db)" ;; esac
+  case $sc in kill9|stop|503|rtpengine|redis|db|db-mysql) ;; *) die "unknown scenario '$sc' (kill9, stop, 503, rtpengine, redis, db, db-mysql)" ;; esac
   run "$sc" "$i"
   i=$((i + 1))
 done
