@@ -18,6 +18,11 @@ impl Worker {
             bump(&self.stats.stray_responses);
             return;
         };
+        if self.natping.is_some()
+            && self.nat_ping_reply(socket, src, msg, via.branch.unwrap_or(b""), out)
+        {
+            return;
+        }
         let b = match self.minter.open(via.branch.unwrap_or(b"")) {
             Ok(b) if b.epoch == self.minter.epoch() => b,
             // A response to a request the process this one took over from
