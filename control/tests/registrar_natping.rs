@@ -4,9 +4,11 @@
 //! SIPp UAS on that port receives OPTIONS pings and answers them, and the
 //! binding stays; once the phone is gone (SIPp stopped) the binding is
 //! removed after `nat_ping_max_misses` unanswered pings, and so is its row.
+//! On both I/O drivers (the pings leave from a timer, on the public socket).
 
 #[path = "support/db.rs"]
 mod db_support;
+#[macro_use]
 mod support;
 
 use std::time::{Duration, Instant};
@@ -14,8 +16,9 @@ use std::time::{Duration, Instant};
 use db_support::{runtime, KamailioDb, Postgres};
 use support::{free_udp_addr, free_udp_port, metric, metrics, Scenario, Sipvane, Uac, Uas};
 
-#[test]
-fn nated_phones_are_pinged_and_dropped_when_they_stop_answering() {
+on_both_drivers!(nated_phones_are_pinged_and_dropped_when_they_stop_answering);
+
+fn nated_phones_are_pinged_and_dropped_when_they_stop_answering(io: &str) {
     support::require_sipp();
     let rt = runtime();
     let db = KamailioDb::Pg(rt.block_on(Postgres::start()));
@@ -35,6 +38,7 @@ fn nated_phones_are_pinged_and_dropped_when_they_stop_answering() {
     );
     let pbx = Uas::builder(Scenario::Uas).addr(free_udp_addr()).start();
     let mut sipvane = Sipvane::builder("registrar-natping")
+        .io(io)
         .workers(2)
         .destination(format!("1 sip:{}", pbx.addr()))
         .toml(&format!(
