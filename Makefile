@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build deb test demo bench bench-micro fuzz sim chaos soak lint clean services-stop
+.PHONY: all deps build deb test demo bench bench-registrar bench-micro fuzz sim chaos soak lint clean services-stop
 
 all: build
 
@@ -47,6 +47,12 @@ bench: deps
 	BENCH_RATES=$(BENCH_RATES) BENCH_STEP_MS=$(BENCH_STEP_MS) bash scripts/bench.sh
 	MODE=callgrind PROXIES=sipvane,kamailio bash perf/stat.sh 1000 200
 	$(CARGO) bench -p dataplane --bench call_memory
+
+## bench-registrar: REGISTER/s per core, sipvane's registrar next to Kamailio's
+##        on the same PostgreSQL (scripts/bench_registrar.sh; target/bench/registrar.txt)
+bench-registrar: deps
+	$(CARGO) build --release -p control
+	bash scripts/bench_registrar.sh
 
 ## bench-micro: parser micro-benchmarks (criterion)
 bench-micro: deps

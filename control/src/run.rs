@@ -771,6 +771,8 @@ pub fn run(cfg: &Config) -> Result<()> {
             ("registers_refused", get(&s.registers_refused)),
             ("lookups_found", get(&s.lookups_found)),
             ("lookups_missing", get(&s.lookups_missing)),
+            ("nat_pings", get(&s.nat_pings)),
+            ("nat_ping_removals", get(&s.nat_ping_removals)),
         ] {
             line.push(format!("registrar_{n}={v}"));
         }

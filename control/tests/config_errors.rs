@@ -325,7 +325,7 @@ fn registrar_settings() {
         errors(
             "[registrar]\ndb_url = \"redis://x\"\nprefixes = [\"\"]\nmin_expires = 600\n\
              max_expires = 60\nmax_contacts = 0\nalgorithms = [\"MD5-sess\"]\nlocation_table = \"a b\"\n\
-             max_branches = 33\n"
+             max_branches = 33\nnat_ping_interval_s = 3601\nnat_ping_max_misses = 0\n"
         ),
         vec![
             "sipvane.toml:1: domain must name at least one domain when db_url is set",
@@ -340,6 +340,8 @@ fn registrar_settings() {
             "sipvane.toml:8: location_table must be a table name (letters, digits, _, optionally \
              schema.table; got \"a b\")",
             "sipvane.toml:9: max_branches must be 1..32 (got 33)",
+            "sipvane.toml:10: nat_ping_interval_s must be 0 (off) .. 3600 (got 3601)",
+            "sipvane.toml:11: nat_ping_max_misses must be 1..100 (got 0)",
         ]
     );
     let ok = Config::from_toml_str(

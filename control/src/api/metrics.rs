@@ -399,7 +399,7 @@ impl Scrape {
         };
         let s = &r.stats;
         let get = dataplane::registrar::RegistrarStats::get;
-        let counters: [(&str, &str, u64); 7] = [
+        let counters: [(&str, &str, u64); 9] = [
             (
                 "registrar_registers_ok",
                 "REGISTERs answered 200.",
@@ -434,6 +434,16 @@ impl Scrape {
                 "registrar_lookups_missing",
                 "Requests to registered users without a live binding (404).",
                 get(&s.lookups_missing),
+            ),
+            (
+                "registrar_nat_pings",
+                "OPTIONS keep-alives sent to bindings behind a NAT.",
+                get(&s.nat_pings),
+            ),
+            (
+                "registrar_nat_ping_removals",
+                "Bindings behind a NAT removed for leaving their keep-alives unanswered.",
+                get(&s.nat_ping_removals),
             ),
         ];
         for (name, help, v) in counters {

@@ -480,6 +480,12 @@ pub struct RegistrarConfig {
     /// Bindings a call to a registered user rings at most (the best ones;
     /// equal `q` in parallel). Default 4.
     pub max_branches: u32,
+    /// Seconds between OPTIONS keep-alives to NATed bindings; 0: none.
+    /// Default 30.
+    pub nat_ping_interval_s: u32,
+    /// Keep-alives in a row a NATed binding may leave unanswered before it
+    /// is removed. Default 3.
+    pub nat_ping_max_misses: u32,
     /// Digest algorithms offered, in order: `MD5`, `SHA-256`. SHA-256 needs
     /// the `password` column. Default `["MD5"]`.
     pub algorithms: Vec<String>,
@@ -514,6 +520,8 @@ impl Default for RegistrarConfig {
             default_expires: 3600,
             max_contacts: 10,
             max_branches: 4,
+            nat_ping_interval_s: 30,
+            nat_ping_max_misses: 3,
             algorithms: vec!["MD5".to_owned()],
             nonce_expires_s: 300,
             authenticate_calls: true,

@@ -596,6 +596,24 @@ impl Config {
                 format!("max_branches must be 1..32 (got {})", r.max_branches),
             );
         }
+        if r.nat_ping_interval_s > 3600 {
+            v.err(
+                at("nat_ping_interval_s"),
+                format!(
+                    "nat_ping_interval_s must be 0 (off) .. 3600 (got {})",
+                    r.nat_ping_interval_s
+                ),
+            );
+        }
+        if !(1..=100).contains(&r.nat_ping_max_misses) {
+            v.err(
+                at("nat_ping_max_misses"),
+                format!(
+                    "nat_ping_max_misses must be 1..100 (got {})",
+                    r.nat_ping_max_misses
+                ),
+            );
+        }
         if r.algorithms.is_empty() {
             v.err(
                 at("algorithms"),

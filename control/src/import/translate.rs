@@ -172,7 +172,7 @@ impl T<'_> {
             if m.name == "nathelper" || m.name == "nat_traversal" {
                 self.warn(
                     m.line,
-                    format!("module {}: its script functions and NAT pings are not carried over; sipvane answers to the received address and rport, and with [registrar] fixes NATed REGISTER and INVITE Contacts itself (Contact ≠ source)", m.name),
+                    format!("module {}: its script functions and ping settings are not carried over; sipvane answers to the received address and rport, and with [registrar] fixes NATed REGISTER and INVITE Contacts itself (Contact ≠ source) and pings NATed bindings (nat_ping_interval_s, default 30)", m.name),
                 );
             } else if !COVERED_MODULES.contains(&m.name.as_str()) {
                 self.warn(

@@ -76,6 +76,8 @@ pub fn shared(cfg: &Config) -> Result<Option<Arc<Registrar>>> {
         default_expires: r.default_expires,
         max_contacts: r.max_contacts as usize,
         max_branches: r.max_branches as usize,
+        nat_ping_interval_s: r.nat_ping_interval_s,
+        nat_ping_max_misses: r.nat_ping_max_misses,
         // Validation has refused unknown names.
         algorithms: r
             .algorithms

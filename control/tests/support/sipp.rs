@@ -53,6 +53,10 @@ pub enum Scenario {
     /// REGISTER -> 401 -> REGISTER with credentials -> 200 (`-key contact`,
     /// `-key expires`, `-au`, `-ap`).
     RegisterAuth,
+    /// As `RegisterAuth` for the users of an injection file (`-inf`,
+    /// `USER;[authentication username=USER password=PASSWORD]` lines;
+    /// `-key contact`, `-key expires`).
+    RegisterUsers,
     /// As `RegisterAuth`, but the credentials (a wrong password) get a new 401.
     RegisterWrongPassword,
     /// INVITE -> 404 -> ACK (From a foreign domain).
@@ -84,6 +88,7 @@ impl Scenario {
             Scenario::Options => "options.xml",
             Scenario::Register => "register.xml",
             Scenario::RegisterAuth => "register_auth.xml",
+            Scenario::RegisterUsers => "register_users.xml",
             Scenario::RegisterWrongPassword => "register_wrong_password.xml",
             Scenario::Uac404 => "uac_404.xml",
             Scenario::UacAuth => "uac_auth.xml",

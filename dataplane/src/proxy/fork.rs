@@ -40,11 +40,13 @@ impl Worker {
         legs: std::ops::Range<usize>,
         out: &mut Outbox,
     ) {
+        let mut unsent: SmallVec<[usize; 4]> = SmallVec::new();
         for i in legs {
             let Ok(attempt) = u8::try_from(i) else { break };
             let mut fwd = self.pool.get();
             if !self.write_forward(id, attempt, None, &mut fwd) {
                 self.pool.put(fwd);
+                unsent.push(i);
                 continue;
             }
             let timers = self.cfg.timers;
@@ -61,16 +63,16 @@ impl Worker {
             bump(&self.stats.tx_datagrams);
             let old = std::mem::replace(&mut leg.forwarded, fwd);
             leg.client = Some(ClientTx::new(method, now, &timers));
-            if old.capacity() > 0 {
-                self.pool.put(old);
-            }
-            if i > 0 {
-                // Each further binding is one more try at the same call.
-                bump(&self.stats.failovers);
-            }
+            self.pool.put(old);
         }
         if let Some(txn) = self.txns.get_mut(id) {
             txn.sent_at = now;
+        }
+        // A branch that could not be written ends as if it never answered,
+        // so the fork still comes to an answer.
+        for i in unsent {
+            let step = self.fork_state(id, |f| f.on_timeout(i));
+            self.apply_step_without_response(now, id, step, out);
         }
         self.reschedule(id);
     }
@@ -308,6 +310,8 @@ impl Worker {
     ) {
         self.cancel_legs(now, id, &step.cancel, out);
         if !step.start.is_empty() {
+            // The next group of bindings: one more try at the same call.
+            bump(&self.stats.failovers);
             self.fork_start(now, id, step.start, out);
         }
         match step.finish {

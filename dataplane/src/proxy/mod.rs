@@ -20,6 +20,7 @@ pub mod events;
 pub mod flood;
 mod fork;
 pub mod media;
+mod natping;
 mod pool;
 pub mod predecessor;
 mod registrar;
@@ -157,6 +158,9 @@ pub struct Worker {
     hep: Option<crate::hep::Tap>,
     /// Nonce counts of the nonces this worker issued (replay protection).
     nonce_counts: crate::registrar::nonce::NonceCounts,
+    /// NAT keep-alive pings of its share of the NATed bindings; `None`
+    /// when off.
+    natping: Option<crate::registrar::natping::NatPing>,
 }
 
 impl Worker {
@@ -171,6 +175,7 @@ impl Worker {
         let (cfg_flood, flood_seed) = (cfg.flood, cfg.key_seed);
         let cfg_max_nonces = cfg.registrar.as_ref().map_or(1, |r| r.config.max_nonces);
         let record_route = format!("sip:{}:{};lr", cfg.advertise, private_port).into_bytes();
+        let natping = Worker::new_nat_ping(&cfg, index, now);
         let media = cfg
             .media
             .as_ref()
@@ -204,6 +209,7 @@ impl Worker {
             flood: cfg_flood.map(|l| FloodGuard::new(l, flood_seed, now)),
             hep: None,
             nonce_counts: crate::registrar::nonce::NonceCounts::new(cfg_max_nonces),
+            natping,
         }
     }
 
@@ -293,6 +299,9 @@ impl Core for Worker {
             }
             bump(&self.stats.dialogs_expired);
         }
+        if self.natping.is_some() {
+            self.nat_ping_round(now, out);
+        }
         if let Some(media) = self.media.as_mut() {
             if media.next_deadline().is_some_and(|d| d <= now) {
                 let mut failed = std::mem::take(&mut self.media_failed);
@@ -319,6 +328,7 @@ impl Core for Worker {
             self.timers.next_deadline(),
             self.dialogs.next_deadline(),
             self.media.as_ref().and_then(Media::next_deadline),
+            self.natping.as_ref().map(|p| p.next_deadline()),
         ]
         .into_iter()
         .flatten()

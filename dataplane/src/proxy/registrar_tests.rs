@@ -526,3 +526,93 @@ fn a_nated_callees_answer_names_its_source() {
         relayed.1
     );
 }
+
+#[test]
+fn nated_bindings_are_pinged_and_removed_when_they_stop_answering() {
+    let t0 = Instant::now();
+    let mut rc = test_config(t0);
+    rc.nat_ping_interval_s = 10;
+    rc.nat_ping_max_misses = 2;
+    let reg = Registrar::shared(rc, 64);
+    reg.credentials
+        .store(config(t0, false).1.credentials.load_full());
+    let cfg = ProxyConfig {
+        registrar: Some(reg.clone()),
+        ..ProxyConfig::default()
+    };
+    let mut w = worker(cfg, &format!("1 sip:{DEST}\n"), t0);
+    // 6002 at the address its Contact names: not pinged.
+    registered(&mut w, &reg, t0, "6002", "pw2");
+    let nat = "203.0.113.9:40000";
+    let reg_from_nat = |cseq: u32, auth: &str| {
+        String::from_utf8(register("6001", cseq, auth))
+            .unwrap()
+            .replace(
+                &format!("<sip:6001@{PHONE}>"),
+                "<sip:6001@192.168.1.5:5060>",
+            )
+    };
+    let s = feed(&mut w, t0, nat, reg_from_nat(1, "").as_bytes());
+    let challenge = header(&s[0].1, "WWW-Authenticate")[0].to_owned();
+    let auth = credentials(
+        "Authorization",
+        &challenge,
+        "REGISTER",
+        "sip:example.com",
+        "6001",
+        "pw1",
+    );
+    let s = feed(&mut w, t0, nat, reg_from_nat(2, &auth).as_bytes());
+    assert!(s[0].1.starts_with("SIP/2.0 200"), "{}", s[0].1);
+    publish(&reg);
+
+    let tick = |w: &mut Worker, secs: u64| {
+        let mut out = Outbox::new();
+        w.on_timer(t0 + Duration::from_secs(secs), &mut out);
+        sent(&out)
+    };
+    assert!(tick(&mut w, 5).is_empty(), "not due yet");
+    let s = tick(&mut w, 10);
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(s[0].0, nat.parse().unwrap());
+    assert!(
+        s[0].1
+            .starts_with("OPTIONS sip:6001@192.168.1.5:5060 SIP/2.0\r\n"),
+        "{}",
+        s[0].1
+    );
+    // It answers: alive. A second copy of the answer is a stray.
+    let pong = super::tests::answer(&s[0].1, 200, "p");
+    assert!(feed(&mut w, t0, nat, &pong).is_empty());
+    feed(&mut w, t0, nat, &pong);
+    assert_eq!(w.stats().snapshot().stray_responses, 1);
+    // Then it stays silent: two misses and it is gone.
+    for secs in [20, 30] {
+        assert_eq!(tick(&mut w, secs).len(), 1);
+    }
+    assert!(tick(&mut w, 40).is_empty(), "removed, not pinged");
+    assert_eq!(
+        crate::registrar::RegistrarStats::get(&reg.stats.nat_ping_removals),
+        1
+    );
+    assert_eq!(
+        crate::registrar::RegistrarStats::get(&reg.stats.nat_pings),
+        3
+    );
+    publish(&reg);
+    let t = t0 + Duration::from_secs(40);
+    let s = feed(
+        &mut w,
+        t,
+        "10.0.0.7:5060",
+        &invite("a", "6001", "z9hG4bK-np", ""),
+    );
+    assert!(s[0].1.starts_with("SIP/2.0 404"), "{}", s[0].1);
+    let s = feed(
+        &mut w,
+        t,
+        "10.0.0.7:5060",
+        &invite("a", "6002", "z9hG4bK-np2", ""),
+    );
+    assert!(s.iter().any(|(_, m)| m.starts_with("INVITE")), "{s:?}");
+}

@@ -24,6 +24,9 @@ impl Worker {
                 }
             },
         };
+        if self.natping.is_some() && self.nat_ping_reply(socket, src, msg, branch, out) {
+            return;
+        }
         let b = match self.minter.open(branch) {
             Ok(b) if b.epoch == self.minter.epoch() => b,
             // A response to a request the process this one took over from

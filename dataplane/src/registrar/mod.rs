@@ -16,6 +16,7 @@
 pub mod auth;
 pub mod digest;
 pub mod location;
+pub mod natping;
 pub mod nonce;
 pub mod register;
 
@@ -46,6 +47,11 @@ pub struct RegistrarConfig {
     /// Branches a request to a registered user is forked to at most (its
     /// best bindings; Kamailio tm's `max_branches`).
     pub max_branches: usize,
+    /// Seconds between OPTIONS pings of NATed bindings; 0: none.
+    pub nat_ping_interval_s: u32,
+    /// Pings in a row a NATed binding may leave unanswered before it is
+    /// removed.
+    pub nat_ping_max_misses: u32,
     /// Offered in challenges, in this order.
     pub algorithms: Vec<Algorithm>,
     /// Seconds a nonce may be used.
@@ -138,6 +144,10 @@ pub struct RegistrarStats {
     pub lookups_found: AtomicU64,
     /// Requests to `prefixes` users with no live binding (404).
     pub lookups_missing: AtomicU64,
+    /// OPTIONS keep-alives sent to NATed bindings.
+    pub nat_pings: AtomicU64,
+    /// NATed bindings removed for leaving their pings unanswered.
+    pub nat_ping_removals: AtomicU64,
 }
 
 impl RegistrarStats {
@@ -220,6 +230,8 @@ pub fn test_config(started: Instant) -> RegistrarConfig {
         default_expires: 3600,
         max_contacts: 3,
         max_branches: 4,
+        nat_ping_interval_s: 0,
+        nat_ping_max_misses: 3,
         algorithms: vec![Algorithm::Md5],
         nonce_ttl_s: 300,
         nonce_key: NonceKey::new([9; 32]),
