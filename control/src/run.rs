@@ -4,14 +4,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use dataplane::dispatch::{Algorithm, HealthPolicy, SharedTable};
 use dataplane::proxy::media::{MediaConfig, MediaPolicy, MediaShared};
 use dataplane::proxy::{self, ProxyConfig, ProxyStats, SetRule, UnknownDomain, Worker};
 use dataplane::txn::TimerConfig;
-use dataplane::worker::{self, Driver, SocketSpec, WorkerSpec};
+use dataplane::worker::{self, Driver, SocketSpec, TcpSpec, WorkerSpec};
 use tracing::{error, info, warn};
 
 use crate::api;
@@ -62,6 +62,17 @@ pub struct Running {
     /// The registrar's database status when `[registrar] db_url` is set
     /// (the registrar itself is `proxy.registrar`).
     pub registrar_db: Option<Arc<crate::registrar::DbStatus>>,
+}
+
+/// A worker's TCP limits from `[tcp]`.
+fn tcp_limits(t: &crate::config::TcpConfig) -> dataplane::transport::Limits {
+    dataplane::transport::Limits {
+        max_message: t.max_message as usize,
+        header_timeout: Duration::from_secs(u64::from(t.header_timeout_s)),
+        idle_timeout: Duration::from_secs(u64::from(t.idle_timeout_s)),
+        max_per_source: t.max_per_source,
+        max_connections: t.max_connections as usize,
+    }
 }
 
 /// Builds the proxy core's settings from the file's.
@@ -305,6 +316,10 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
             .chain(media_socket(&proxy_cfg))
             .collect(),
             cpu: Some(i % cpus),
+            tcp: cfg.tcp.enabled.then(|| TcpSpec {
+                addr: listen,
+                limits: tcp_limits(&cfg.tcp),
+            }),
         })
         .collect();
 

@@ -315,6 +315,7 @@ impl Worker {
         let old = std::mem::replace(&mut txn.request, request);
         txn.target = Target {
             addr: next.addr,
+            socket: SOCK_PRIVATE,
             dest: None,
         };
         txn.located = if next.nated {

@@ -190,6 +190,9 @@ pub struct Flows<T> {
     per_source: AHashMap<IpAddr, u32>,
     /// Outbound connections by destination: the per-worker pool.
     pool: AHashMap<SocketAddr, FlowId>,
+    /// Inbound connections by peer address (unique: the kernel allows one
+    /// connection per address pair), so replies find the request's connection.
+    by_peer: AHashMap<SocketAddr, FlowId>,
     inbound: usize,
 }
 
@@ -202,6 +205,7 @@ impl<T> Flows<T> {
             free: Vec::new(),
             per_source: AHashMap::new(),
             pool: AHashMap::new(),
+            by_peer: AHashMap::new(),
             inbound: 0,
         }
     }
@@ -244,7 +248,18 @@ impl<T> Flows<T> {
         self.check_inbound(peer)?;
         *self.per_source.entry(peer.ip()).or_insert(0) += 1;
         self.inbound += 1;
-        Ok(self.insert(now, peer, false, io))
+        let id = self.insert(now, peer, false, io);
+        self.by_peer.insert(peer, id);
+        Ok(id)
+    }
+
+    /// The connection a message for `peer` goes over: the inbound one from that
+    /// address, else the pooled outbound one to it.
+    pub fn find(&self, peer: SocketAddr) -> Option<FlowId> {
+        self.by_peer
+            .get(&peer)
+            .or_else(|| self.pool.get(&peer))
+            .copied()
     }
 
     /// Adds an outbound connection to `dst` (being connected) to the pool; a
@@ -334,6 +349,9 @@ impl<T> Flows<T> {
             }
         } else {
             self.inbound -= 1;
+            if self.by_peer.get(&conn.peer) == Some(&id) {
+                self.by_peer.remove(&conn.peer);
+            }
             let ip = conn.peer.ip();
             if let Some(n) = self.per_source.get_mut(&ip) {
                 *n -= 1;
@@ -413,10 +431,14 @@ mod tests {
         t.accept(now, addr(2, 1), ()).unwrap();
         assert_eq!(t.accept(now, addr(3, 1), ()), Err(Refused::Full));
         // Outbound connections do not count against inbound limits.
-        t.connect(now, addr(9, 5060), ());
+        let out = t.connect(now, addr(9, 5060), ());
         assert_eq!(t.len(), 4);
+        assert_eq!(t.find(addr(9, 5060)), Some(out));
+        assert_eq!(t.find(addr(1, 1)), Some(a1));
+        assert_eq!(t.find(addr(1, 9)), None);
         assert_eq!(t.inbound(), 3);
         t.remove(a1);
+        assert_eq!(t.find(addr(1, 1)), None);
         assert_eq!(t.check_inbound(addr(1, 3)), Ok(()));
         t.accept(now, addr(1, 3), ()).unwrap();
         assert_eq!(t.per_source.get(&addr(1, 0).ip()), Some(&2));
