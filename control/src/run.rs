@@ -296,6 +296,14 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
         .map(|_| Arc::new(ProxyStats::default()))
         .collect();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let proxy_from = cfg
+        .tcp
+        .proxy_protocol_from
+        .iter()
+        .map(|c| {
+            crate::config::parse_cidr(c).map_err(|e| anyhow!("tcp.proxy_protocol_from: {c}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let specs = (0..workers)
         .map(|i| WorkerSpec {
             sockets: vec![
@@ -319,6 +327,7 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
             tcp: cfg.tcp.enabled.then(|| TcpSpec {
                 addr: listen,
                 limits: tcp_limits(&cfg.tcp),
+                proxy_from: proxy_from.clone(),
             }),
         })
         .collect();

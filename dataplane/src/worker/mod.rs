@@ -330,7 +330,7 @@ where
         let spawned = std::thread::Builder::new()
             .name(format!("sipvane-w{index}"))
             .spawn(move || {
-                let tcp = spec.tcp.map(|t| (listener, t.limits));
+                let tcp = spec.tcp.map(|t| (listener, t.limits, t.proxy_from));
                 worker_main(ctx, spec.cpu, sockets, tcp, poll, shared, &*make_core, tx)
             });
         match spawned {
@@ -479,7 +479,11 @@ impl Drop for RunningGuard<'_> {
 }
 
 /// The TCP side a worker starts with: its listener (if bound) and limits.
-type TcpSetup = Option<(Option<std::net::TcpListener>, crate::transport::Limits)>;
+type TcpSetup = Option<(
+    Option<std::net::TcpListener>,
+    crate::transport::Limits,
+    Vec<crate::route::Cidr>,
+)>;
 
 /// Body of a worker thread. `poll` is set for the epoll driver, `None` for io_uring.
 #[allow(clippy::too_many_arguments)]
@@ -507,7 +511,7 @@ where
         }
     }
     let streams = match tcp
-        .map(|(l, limits)| stream::Streams::new(l, limits))
+        .map(|(l, limits, proxy_from)| stream::Streams::new(l, limits, proxy_from))
         .transpose()
     {
         Ok(s) => s,

@@ -22,6 +22,8 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::shell::Shell;
 use super::{Core, Outbox, SOCK_TCP, SOCK_TCP_OUT};
+use crate::route::Cidr;
+use crate::transport::proxy_protocol::{Rest, Step};
 use crate::transport::{CloseReason, Conn, FlowId, Flows, Frame, FrameError, Limits, PONG};
 
 /// Token of the listener in the streams' own `Poll` (connections use their slot index).
@@ -47,6 +49,9 @@ pub struct TcpSpec {
     pub addr: SocketAddr,
     /// Limits of this worker's connections.
     pub limits: Limits,
+    /// Sources whose connections start with a PROXY header (`[tcp]
+    /// proxy_protocol_from`).
+    pub proxy_from: Vec<Cidr>,
 }
 
 /// TCP counters of one worker (cumulative, except `open`).
@@ -98,13 +103,19 @@ pub(crate) struct Streams {
     expired: Vec<(FlowId, CloseReason)>,
     /// Destinations whose connect failed, reported to the core next turn.
     failed: Vec<SocketAddr>,
+    /// Sources that must start with a PROXY header (everyone else must not).
+    proxy_from: Vec<Cidr>,
     /// Outbound connections opened and maybe still connecting: the sweep checks
     /// these for `CONNECT_TIMEOUT` without a scan over every connection.
     connecting: Vec<FlowId>,
 }
 
 impl Streams {
-    pub fn new(listener: Option<StdTcpListener>, limits: Limits) -> io::Result<Self> {
+    pub fn new(
+        listener: Option<StdTcpListener>,
+        limits: Limits,
+        proxy_from: Vec<Cidr>,
+    ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let listener = match listener {
             Some(l) => {
@@ -129,6 +140,7 @@ impl Streams {
             expired: Vec::new(),
             failed: Vec::new(),
             connecting: Vec::new(),
+            proxy_from,
         })
     }
 
@@ -242,7 +254,8 @@ impl Streams {
                     return;
                 }
             };
-            if self.flows.check_inbound(peer).is_err() {
+            let proxied = crate::route::trust::contains(&self.proxy_from, peer.ip());
+            if self.flows.check_inbound(peer, proxied).is_err() {
                 // Dropping the stream closes it at once.
                 shell.counters.tcp.refused += 1;
                 continue;
@@ -254,7 +267,7 @@ impl Streams {
                 connecting: None,
                 queued: false,
             };
-            let Ok(id) = self.flows.accept(now, peer, sock) else {
+            let Ok(id) = self.flows.accept(now, peer, sock, proxied) else {
                 shell.counters.tcp.refused += 1;
                 continue;
             };
@@ -301,31 +314,40 @@ impl Streams {
                 }
             };
             conn.touch(now);
-            let peer = conn.peer;
-            let Conn { framer, io, .. } = conn;
             let data = self.buf.get(..n).unwrap_or_default();
-            let mut pings = 0u32;
-            let mut messages = 0u64;
-            let fed = framer.feed(now, data, |f| match f {
-                Frame::Message(m) => {
-                    messages += 1;
-                    shell.deliver(now, SOCK_TCP, peer, m, out);
+            let Some(mut preamble) = conn.preamble.take() else {
+                if let Err(reason) = frame(now, conn, data, shell, out) {
+                    return self.close(id, reason, shell);
                 }
-                Frame::Ping => pings += 1,
-            });
-            shell.counters.tcp.messages_in += messages;
-            for _ in 0..pings {
-                if queue(io, PONG).is_err() {
-                    return self.close(id, CloseReason::Error, shell);
+                continue;
+            };
+            let (source, rest) = match preamble.feed(data) {
+                Ok(Step::Wait) => {
+                    conn.preamble = Some(preamble);
+                    continue;
+                }
+                Ok(Step::Done { source, rest }) => (source, rest),
+                Err(e) => {
+                    tracing::debug!(peer = %conn.peer, error = %e, "tcp connection refused");
+                    return self.close(id, CloseReason::ProxyHeader, shell);
+                }
+            };
+            if preamble.required() {
+                // The client's address stands for the connection from now on.
+                let client = source.unwrap_or(conn.peer);
+                if self.flows.readdress(id, client).is_err() {
+                    shell.counters.tcp.refused += 1;
+                    return self.close(id, CloseReason::Refused, shell);
                 }
             }
-            if let Err(e) = fed {
-                let reason = match e {
-                    FrameError::Oversize => CloseReason::Oversize,
-                    FrameError::MissingContentLength | FrameError::BadContentLength => {
-                        CloseReason::Framing
-                    }
-                };
+            let Some(conn) = self.flows.get_mut(id) else {
+                return;
+            };
+            let rest = match &rest {
+                Rest::Data(at) => data.get(*at..).unwrap_or_default(),
+                Rest::Buffered(bytes) => bytes,
+            };
+            if let Err(reason) = frame(now, conn, rest, shell, out) {
                 return self.close(id, reason, shell);
             }
         }
@@ -483,6 +505,36 @@ impl Streams {
         }
         shell.counters.tcp.open = 0;
     }
+}
+
+/// Frames `data` from connection `conn`: messages to the core (as from the
+/// connection's peer), pongs queued; `Err` closes the connection.
+fn frame<C: Core>(
+    now: Instant,
+    conn: &mut Conn<Sock>,
+    data: &[u8],
+    shell: &mut Shell<C>,
+    out: &mut Outbox,
+) -> Result<(), CloseReason> {
+    let peer = conn.peer;
+    let Conn { framer, io, .. } = conn;
+    let mut pings = 0u32;
+    let mut messages = 0u64;
+    let fed = framer.feed(now, data, |f| match f {
+        Frame::Message(m) => {
+            messages += 1;
+            shell.deliver(now, SOCK_TCP, peer, m, out);
+        }
+        Frame::Ping => pings += 1,
+    });
+    shell.counters.tcp.messages_in += messages;
+    for _ in 0..pings {
+        queue(io, PONG).map_err(|_| CloseReason::Error)?;
+    }
+    fed.map_err(|e| match e {
+        FrameError::Oversize => CloseReason::Oversize,
+        FrameError::MissingContentLength | FrameError::BadContentLength => CloseReason::Framing,
+    })
 }
 
 /// Writes `data` now if nothing is queued, else (or for what the kernel did not
