@@ -3,7 +3,7 @@
 # package (make deb: dpkg-dev; its test: systemd-analyze, strace, setpriv) use.
 # make chaos reads the management API with curl and jq; make soak sinks HEP with socat.
 # Idempotent: does nothing when everything is present. Services that Debian
-# would start on install (redis, postgres, mariadb, rtpengine) are kept from
+# would start on install (redis, postgres, mariadb, rtpengine, haproxy) are kept from
 # starting on their default ports: the test harness starts private copies on
 # loopback and stops them when it ends.
 set -euo pipefail
@@ -14,7 +14,7 @@ want=(sip-tester dnsmasq-base redis-server redis-tools postgresql postgresql-cli
       mariadb-client rtpengine-daemon kamailio kamailio-extra-modules \
       kamailio-postgres-modules kamailio-mysql-modules clang pkg-config \
       libssl-dev procps iproute2 valgrind jq curl socat \
-      dpkg-dev adduser systemd init-system-helpers strace util-linux)
+      dpkg-dev adduser systemd init-system-helpers strace util-linux haproxy)
 case "${1:-}" in
   --minimal) want=(sip-tester procps) ;;
   --deb) want=(dpkg-dev) ;;

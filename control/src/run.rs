@@ -5,14 +5,14 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 use dataplane::dispatch::{Algorithm, HealthPolicy, SharedTable};
 use dataplane::proxy::media::{MediaConfig, MediaPolicy, MediaShared};
 use dataplane::proxy::{self, ProxyConfig, ProxyStats, SetRule, UnknownDomain, Worker};
 use dataplane::txn::TimerConfig;
-use dataplane::worker::{self, Driver, SocketSpec, WorkerSpec};
+use dataplane::worker::{self, Driver, SocketSpec, TcpSpec, WorkerSpec};
 use tracing::{error, info, warn};
 
 use crate::api;
@@ -68,6 +68,17 @@ pub struct Running {
     pub registrar_db: Option<Arc<crate::registrar::DbStatus>>,
     /// `POST /restart`: starts the process that takes over this one.
     pub restart: handover::Restarter,
+}
+
+/// A worker's TCP limits from `[tcp]`.
+fn tcp_limits(t: &crate::config::TcpConfig) -> dataplane::transport::Limits {
+    dataplane::transport::Limits {
+        max_message: t.max_message as usize,
+        header_timeout: Duration::from_secs(u64::from(t.header_timeout_s)),
+        idle_timeout: Duration::from_secs(u64::from(t.idle_timeout_s)),
+        max_per_source: t.max_per_source,
+        max_connections: t.max_connections as usize,
+    }
 }
 
 /// Builds the proxy core's settings from the file's.
@@ -291,6 +302,14 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
         .map(|_| Arc::new(ProxyStats::default()))
         .collect();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let proxy_from = cfg
+        .tcp
+        .proxy_protocol_from
+        .iter()
+        .map(|c| {
+            crate::config::parse_cidr(c).map_err(|e| anyhow!("tcp.proxy_protocol_from: {c}: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let specs = (0..workers)
         .map(|i| WorkerSpec {
             sockets: vec![
@@ -311,6 +330,11 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
             .chain(media_socket(&proxy_cfg))
             .collect(),
             cpu: Some(i % cpus),
+            tcp: cfg.tcp.enabled.then(|| TcpSpec {
+                addr: listen,
+                limits: tcp_limits(&cfg.tcp),
+                proxy_from: proxy_from.clone(),
+            }),
         })
         .collect();
 

@@ -78,6 +78,10 @@ impl<C: Core> Core for Supervised<C> {
         self.core.next_deadline()
     }
 
+    fn on_connect_failed(&mut self, now: Instant, dst: SocketAddr, out: &mut Outbox) {
+        self.core.on_connect_failed(now, dst, out);
+    }
+
     fn take_hep_tap(&mut self) -> Option<dataplane::hep::Tap> {
         self.core.take_hep_tap()
     }

@@ -175,6 +175,7 @@ fn echo(c: &mut Criterion) {
                 ..SocketSpec::new(any)
             }],
             cpu: None,
+            tcp: None,
         }];
         let Ok(pool) = start(driver, specs, |_| Echo) else {
             eprintln!("{driver} unavailable, skipped");

@@ -87,6 +87,7 @@ fn parse_accessors_and_writers_allocate_nothing() {
         via: NewVia {
             host: b"192.0.2.1",
             port: 5062,
+            tcp: false,
             branch: b"z9hG4bK-sipvane-0-12345",
         },
         request_uri: Some(b"sip:+15551234567@10.0.0.20:5060"),

@@ -123,6 +123,7 @@ fn edits() -> RequestEdits<'static> {
         via: NewVia {
             host: b"192.0.2.200",
             port: 5061,
+            tcp: false,
             branch: b"z9hG4bKsipvane1",
         },
         request_uri: None,

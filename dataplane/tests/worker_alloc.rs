@@ -57,6 +57,7 @@ fn no_alloc_when_warm(driver: Driver) {
     let specs = vec![WorkerSpec {
         sockets: vec![SocketSpec::reuse_port(any), SocketSpec::new(any)],
         cpu: None,
+        tcp: None,
     }];
     let pool = start(driver, specs, |_| Echo).unwrap();
     let addrs = pool.local_addrs(0).to_vec();

@@ -32,6 +32,7 @@ fn specs(n: usize) -> Vec<WorkerSpec> {
         .map(|_| WorkerSpec {
             sockets: vec![SocketSpec::reuse_port(any()), SocketSpec::new(any())],
             cpu: None,
+            tcp: None,
         })
         .collect()
 }
@@ -396,6 +397,7 @@ fn burst(driver: Driver) {
             ..SocketSpec::new(any())
         }],
         cpu: None,
+        tcp: None,
     }];
     let pool = start(driver, specs, |_| Stall { stalled: false }).unwrap();
     let to = pool.local_addrs(0)[0];
@@ -520,6 +522,7 @@ fn bind_conflict_is_reported_with_address(driver: Driver) {
     let specs = vec![WorkerSpec {
         sockets: vec![SocketSpec::new(addr)],
         cpu: None,
+        tcp: None,
     }];
     let err = start(driver, specs, |_| Idle).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
@@ -533,6 +536,7 @@ fn pinning_failure_is_not_fatal(driver: Driver) {
     let specs = vec![WorkerSpec {
         sockets: vec![SocketSpec::new(any())],
         cpu: Some(100_000),
+        tcp: None,
     }];
     let pool = start(driver, specs, |_| Idle).unwrap();
     pool.stop().unwrap();

@@ -68,6 +68,7 @@ fuzz_target!(|data: &[u8]| {
         via: NewVia {
             host: b"192.0.2.1",
             port: 5060,
+            tcp: false,
             branch: b"z9hG4bKfuzz",
         },
         request_uri: None,

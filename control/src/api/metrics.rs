@@ -222,6 +222,75 @@ impl Scrape {
                 labelled_counter(&mut m, &label(i), get(w))?;
             }
         }
+        Self::encode_tcp(e, &workers)
+    }
+
+    /// TCP connections and messages per worker.
+    fn encode_tcp(
+        e: &mut DescriptorEncoder,
+        workers: &[dataplane::worker::WorkerStats],
+    ) -> fmt::Result {
+        let label = |i: usize| [("worker", i.to_string())];
+        let mut m = e.encode_descriptor(
+            "worker_tcp_connections_open",
+            "TCP connections the worker holds (accepted and opened).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (i, w) in workers.iter().enumerate() {
+            m.encode_family(&label(i))?.encode_gauge(&w.tcp.open)?;
+        }
+        type Field = fn(&dataplane::worker::TcpStats) -> u64;
+        let counters: [(&str, &str, Field); 6] = [
+            (
+                "worker_tcp_accepted",
+                "Inbound TCP connections accepted.",
+                |t| t.accepted,
+            ),
+            (
+                "worker_tcp_refused",
+                "Inbound TCP connections closed at once (tcp.max_connections / tcp.max_per_source).",
+                |t| t.refused,
+            ),
+            (
+                "worker_tcp_connected",
+                "Outbound TCP connections established.",
+                |t| t.connected,
+            ),
+            (
+                "worker_tcp_messages_received",
+                "SIP messages received over TCP.",
+                |t| t.messages_in,
+            ),
+            (
+                "worker_tcp_messages_sent",
+                "SIP messages written to TCP connections.",
+                |t| t.messages_out,
+            ),
+            (
+                "worker_tcp_no_connection",
+                "Messages dropped because the connection they were to leave on had closed.",
+                |t| t.no_connection,
+            ),
+        ];
+        for (name, help, get) in counters {
+            let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (i, w) in workers.iter().enumerate() {
+                labelled_counter(&mut m, &label(i), get(&w.tcp))?;
+            }
+        }
+        let mut m = e.encode_descriptor(
+            "worker_tcp_closed",
+            "TCP connections closed, by reason: peer, error, framing (no or bad Content-Length), oversize (tcp.max_message), slowloris (tcp.header_timeout_s), idle (tcp.idle_timeout_s), connect_failed, backlog (peer not reading).",
+            None,
+            MetricType::Counter,
+        )?;
+        for (i, w) in workers.iter().enumerate() {
+            for r in dataplane::transport::CloseReason::ALL {
+                let labels = [("worker", i.to_string()), ("reason", r.as_str().to_owned())];
+                labelled_counter(&mut m, &labels, w.tcp.closed[r.index()])?;
+            }
+        }
         Ok(())
     }
 

@@ -85,6 +85,9 @@ pub struct WorkerStatus {
     pub handoffs_out: u64,
     #[serde(default)]
     pub handoffs_in: u64,
+    /// TCP connections it holds now (accepted and opened).
+    #[serde(default)]
+    pub tcp_connections: u64,
 }
 
 /// `GET /dispatcher`.

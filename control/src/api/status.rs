@@ -151,6 +151,7 @@ pub(super) async fn status(State(st): State<Arc<ApiState>>) -> Json<Status> {
                 handoff_queue: queues.get(i).copied().unwrap_or(0),
                 handoffs_out: w.handoffs_out,
                 handoffs_in: w.handoffs_in,
+                tcp_connections: w.tcp.open,
             }
         })
         .collect();

@@ -660,6 +660,11 @@ pub struct TcpConfig {
     pub max_per_source: u32,
     /// Inbound connections per worker. Default 16384.
     pub max_connections: u32,
+    /// IPs or CIDRs of load balancers (HAProxy `send-proxy`/`send-proxy-v2`) whose
+    /// connections start with a PROXY v1 or v2 header naming the client, whose
+    /// address then stands for the connection. From anyone else a PROXY header
+    /// closes the connection. Default: none.
+    pub proxy_protocol_from: Vec<String>,
 }
 
 impl Default for TcpConfig {
@@ -671,6 +676,7 @@ impl Default for TcpConfig {
             idle_timeout_s: 300,
             max_per_source: 256,
             max_connections: 16_384,
+            proxy_protocol_from: Vec::new(),
         }
     }
 }

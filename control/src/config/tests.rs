@@ -96,8 +96,15 @@ fn tcp_limits_are_checked() {
             "t.toml:4: max_per_source (9) must not exceed max_connections (8)",
         ]
     );
+    assert_eq!(
+        errors("[tcp]\nproxy_protocol_from = [\"10.0.0.0/8\", \"haproxy\"]\n"),
+        vec![
+            "t.toml:2: proxy_protocol_from entries must be IP addresses or CIDRs like \"10.0.0.0/8\" (got \"haproxy\")",
+        ]
+    );
     let c = Config::from_toml_str("[tcp]\nenabled = false\n", "t.toml").unwrap();
     assert!(!c.tcp.enabled);
+    assert!(c.tcp.proxy_protocol_from.is_empty());
     assert_eq!(c.tcp.max_message, 65_535);
     assert!(Config::default().tcp.enabled);
 }

@@ -387,6 +387,16 @@ impl Config {
                 v.err(at(k), format!("{k} must be ≥ 1"));
             }
         }
+        for (i, c) in t.proxy_protocol_from.iter().enumerate() {
+            if parse_cidr(c).is_err() {
+                v.err(
+                    vec![key("tcp"), key("proxy_protocol_from"), PathSeg::Index(i)],
+                    format!(
+                        "proxy_protocol_from entries must be IP addresses or CIDRs like \"10.0.0.0/8\" (got \"{c}\")"
+                    ),
+                );
+            }
+        }
         if t.max_per_source > t.max_connections {
             v.err(
                 at("max_per_source"),

@@ -206,15 +206,18 @@ impl Prober {
             }
             let state = t.stats.state();
             t.last_state = state;
-            let probe = match state {
-                DestState::Disabled => false,
-                DestState::Inactive | DestState::Probing => true,
-                DestState::Active => match self.cfg.mode {
-                    ProbingMode::All => true,
-                    ProbingMode::Flagged => d.flags & FLAG_PROBING != 0,
-                    ProbingMode::Inactive => false,
-                },
-            };
+            // OPTIONS go over UDP only: a TCP destination is not probed
+            // (it keeps its state; failed calls still take it out).
+            let probe = !d.tcp
+                && match state {
+                    DestState::Disabled => false,
+                    DestState::Inactive | DestState::Probing => true,
+                    DestState::Active => match self.cfg.mode {
+                        ProbingMode::All => true,
+                        ProbingMode::Flagged => d.flags & FLAG_PROBING != 0,
+                        ProbingMode::Inactive => false,
+                    },
+                };
             // (Nothing is pending here: the round began by expiring every probe.)
             if !probe {
                 continue;

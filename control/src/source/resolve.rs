@@ -16,8 +16,20 @@ use dataplane::sip::Uri;
 use crate::dns::rfc3263::Transport;
 use crate::dns::{Resolution, Resolver};
 
-/// Transports a dispatcher destination may use (the workers relay over UDP).
-pub const DESTINATION_TRANSPORTS: &[Transport] = &[Transport::Udp];
+/// Transports a dispatcher destination may use: TCP when its URI says
+/// `;transport=tcp` (the workers decide the transport from the URI alone), UDP
+/// otherwise — never one chosen by NAPTR that the URI does not name.
+pub fn destination_transports(uri: &str) -> &'static [Transport] {
+    let tcp = Uri::parse(uri.as_bytes())
+        .ok()
+        .and_then(|u| u.param(b"transport").flatten())
+        .is_some_and(|t| t.eq_ignore_ascii_case(b"tcp"));
+    if tcp {
+        &[Transport::Tcp]
+    } else {
+        &[Transport::Udp]
+    }
+}
 
 /// Definitions as the table is built from them: SRV names expanded, each with
 /// its address.
@@ -34,7 +46,10 @@ pub async fn expand(defs: &[DestDef], dns: &Resolver) -> Result<Expanded, Vec<Li
     let mut out = Expanded::default();
     let mut errors = Vec::new();
     for def in defs {
-        match dns.resolve_uri(&def.uri, DESTINATION_TRANSPORTS).await {
+        match dns
+            .resolve_uri(&def.uri, destination_transports(&def.uri))
+            .await
+        {
             Ok(res) => {
                 if let Some(at) = res.refresh {
                     out.refresh = Some(out.refresh.map_or(at, |t| t.min(at)));

@@ -20,7 +20,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::net::{assert_loopback, free_udp_port, localhost, wait_for_udp_listener};
+use super::net::{
+    assert_loopback, free_udp_port, localhost, wait_for_tcp_listener, wait_for_udp_listener,
+};
 use super::process::{require_binary, ChildGuard, WorkDir};
 
 /// Panic message when SIPp is missing.
@@ -325,6 +327,7 @@ pub struct Uac {
     timeout: Duration,
     local_port: Option<u16>,
     args: Vec<OsString>,
+    transport: &'static str,
 }
 
 impl Uac {
@@ -345,7 +348,15 @@ impl Uac {
             timeout: Duration::from_secs(30),
             local_port: None,
             args: Vec::new(),
+            transport: "u1",
         }
+    }
+
+    /// SIPp transport (`-t`): `u1` (UDP, the default), `t1` (one TCP
+    /// connection), `tn` (one TCP connection per call).
+    pub fn transport(mut self, t: &'static str) -> Self {
+        self.transport = t;
+        self
     }
 
     /// Total calls (`-m`); SIPp exits after them. At least 1.
@@ -419,7 +430,12 @@ impl Uac {
             .args(["-m", &self.calls.to_string(), "-r", &self.rate.to_string()])
             .args(["-d", &self.hold_ms.to_string()])
             .args(["-timeout", &format!("{secs}s"), "-timeout_error"])
+            .args(["-t", self.transport])
             .arg("-trace_error_codes");
+        if self.transport == "tn" {
+            // SIPp refuses to start if its default socket limit exceeds `ulimit -n`.
+            cmd.args(["-max_socket", "4096"]);
+        }
         if let Some(rp) = self.rate_period_ms {
             cmd.args(["-rp", &rp.to_string()]);
         }
@@ -540,9 +556,16 @@ pub struct UasBuilder {
     answer_delay: Option<Duration>,
     lifetime: Duration,
     args: Vec<OsString>,
+    tcp: bool,
 }
 
 impl UasBuilder {
+    /// Listen on TCP (`-t t1`) instead of UDP.
+    pub fn tcp(mut self) -> Self {
+        self.tcp = true;
+        self
+    }
+
     /// Listen address (loopback; default `127.0.0.1:<free port>`).
     pub fn addr(mut self, addr: SocketAddr) -> Self {
         assert_loopback(addr);
@@ -636,6 +659,7 @@ impl Uas {
             answer_delay: None,
             lifetime: Duration::from_secs(300),
             args: Vec::new(),
+            tcp: false,
         }
     }
 
@@ -661,6 +685,9 @@ impl Uas {
         let secs = self.cfg.lifetime.as_secs().max(1);
         // -aa: answer in-dialog INFO/NOTIFY/UPDATE 200 instead of failing the call.
         cmd.arg("-aa").args(["-timeout", &format!("{secs}s")]);
+        if self.cfg.tcp {
+            cmd.args(["-t", "t1"]);
+        }
         if let Some(d) = self.cfg.answer_delay {
             cmd.args(["-recv_timeout", &d.as_millis().max(1).to_string()]);
         }
@@ -678,7 +705,12 @@ impl Uas {
                     dir.read("err.log")
                 ));
             }
-            if wait_for_udp_listener(self.addr, Duration::from_millis(50)) {
+            let listening = if self.cfg.tcp {
+                wait_for_tcp_listener(self.addr, Duration::from_millis(50))
+            } else {
+                wait_for_udp_listener(self.addr, Duration::from_millis(50))
+            };
+            if listening {
                 // "Bound" only says someone holds the port: make sure SIPp did
                 // not just fail to bind it and exit.
                 std::thread::sleep(Duration::from_millis(50));

@@ -393,6 +393,8 @@ pub struct Destination {
     pub uri: String,
     /// Resolved next-hop address.
     pub addr: SocketAddr,
+    /// Reached over TCP (`;transport=tcp` in the URI).
+    pub tcp: bool,
     /// Kamailio flags as configured.
     pub flags: u32,
     /// Priority as configured (higher first).
@@ -610,6 +612,8 @@ impl Table {
                 set: def.set,
                 uri: def.uri.clone(),
                 addr,
+                tcp: crate::sip::Uri::parse(def.uri.as_bytes())
+                    .is_ok_and(|u| crate::route::uri_tcp(&u)),
                 flags: def.flags,
                 priority: def.priority,
                 attrs: def.attrs.clone(),

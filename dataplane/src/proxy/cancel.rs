@@ -58,9 +58,15 @@ impl Worker {
         if build::cancel_for(&fwd, &mut self.scratch).is_err() {
             return;
         }
-        out.send(SOCK_PRIVATE, txn.target.addr, &self.scratch);
+        out.send(txn.target.socket, txn.target.addr, &self.scratch);
         bump(&self.stats.tx_datagrams);
-        txn.cancel = Some(ClientTx::new(Method::Cancel, now, &self.cfg.timers));
+        let reliable = txn.target.socket == SOCK_TCP_OUT;
+        txn.cancel = Some(ClientTx::new(
+            Method::Cancel,
+            now,
+            &self.cfg.timers,
+            reliable,
+        ));
     }
 
     /// A response from an attempt given up without a final: CANCEL it once
@@ -81,14 +87,15 @@ impl Worker {
         let Some(a) = txn.abandoned.get(i) else {
             return;
         };
-        let (attempt, addr, cancelled) = (a.attempt, a.addr, a.cancel.is_some());
+        let (attempt, addr, socket, cancelled) = (a.attempt, a.addr, a.socket, a.cancel.is_some());
         match code {
             100..=199 if !cancelled => {
-                if self.send_attempt_cancel(id, attempt, addr, out) {
+                if self.send_attempt_cancel(id, attempt, (socket, addr), out) {
                     bump(&self.stats.abandoned_cancels);
                     let timers = self.cfg.timers;
+                    let reliable = socket == SOCK_TCP_OUT;
                     if let Some(a) = self.txns.get_mut(id).and_then(|t| t.abandoned.get_mut(i)) {
-                        a.cancel = Some(ClientTx::new(Method::Cancel, now, &timers));
+                        a.cancel = Some(ClientTx::new(Method::Cancel, now, &timers, reliable));
                     }
                 }
             }
@@ -111,7 +118,8 @@ impl Worker {
                     }
                     None => {
                         let dest = self.attempt_dest(id, addr);
-                        self.call_answered(now, id, msg, code, Some(Target { addr, dest }));
+                        let target = Target { addr, socket, dest };
+                        self.call_answered(now, id, msg, code, Some(target));
                         self.cancel_current(now, id, out);
                     }
                 }
@@ -119,7 +127,7 @@ impl Worker {
                 self.forget_abandoned(id, attempt);
             }
             _ => {
-                self.ack_old_attempt(id, attempt, msg, src, out);
+                self.ack_old_attempt(id, attempt, msg, (socket, src), out);
                 self.forget_abandoned(id, attempt);
             }
         }
@@ -163,16 +171,16 @@ impl Worker {
             return;
         };
         txn.abandoned.retain(|a| a.until > now);
-        let mut resend: SmallVec<[(u8, SocketAddr); 2]> = SmallVec::new();
+        let mut resend: SmallVec<[(u8, SocketId, SocketAddr); 2]> = SmallVec::new();
         for a in txn.abandoned.iter_mut() {
             if let Some(c) = a.cancel.as_mut() {
                 if c.on_timer(now) == transaction::ClientTimer::Retransmit {
-                    resend.push((a.attempt, a.addr));
+                    resend.push((a.attempt, a.socket, a.addr));
                 }
             }
         }
-        for (attempt, addr) in resend {
-            self.send_attempt_cancel(id, attempt, addr, out);
+        for (attempt, socket, addr) in resend {
+            self.send_attempt_cancel(id, attempt, (socket, addr), out);
         }
     }
 
@@ -183,7 +191,7 @@ impl Worker {
         &mut self,
         id: TxnId,
         attempt: u8,
-        addr: SocketAddr,
+        (socket, addr): (SocketId, SocketAddr),
         out: &mut Outbox,
     ) -> bool {
         let mut fwd = self.pool.get();
@@ -196,7 +204,7 @@ impl Worker {
         }
         self.pool.put(fwd);
         if built {
-            out.send(SOCK_PRIVATE, addr, &self.scratch);
+            out.send(socket, addr, &self.scratch);
             bump(&self.stats.tx_datagrams);
         }
         built

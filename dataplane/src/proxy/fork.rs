@@ -62,7 +62,7 @@ impl Worker {
             out.send(SOCK_PRIVATE, leg.target.addr, &fwd);
             bump(&self.stats.tx_datagrams);
             let old = std::mem::replace(&mut leg.forwarded, fwd);
-            leg.client = Some(ClientTx::new(method, now, &timers));
+            leg.client = Some(ClientTx::new(method, now, &timers, false));
             self.pool.put(old);
         }
         if let Some(txn) = self.txns.get_mut(id) {
@@ -261,8 +261,10 @@ impl Worker {
         let Some(leg) = txn.fork.as_ref().and_then(|f| f.legs.get(i)) else {
             return;
         };
+        // Registered contacts are reached over UDP (docs/registrar.md).
         txn.target = Target {
             addr: leg.target.addr,
+            socket: SOCK_PRIVATE,
             dest: None,
         };
         txn.located = if leg.target.nated {
@@ -359,7 +361,7 @@ impl Worker {
     fn start_leg_cancel(&mut self, now: Instant, id: TxnId, i: usize, out: &mut Outbox) {
         let timers = self.cfg.timers;
         if let Some(leg) = self.leg_mut(id, i) {
-            leg.cancel = Some(ClientTx::new(Method::Cancel, now, &timers));
+            leg.cancel = Some(ClientTx::new(Method::Cancel, now, &timers, false));
         }
         self.send_leg_cancel(id, i, out);
     }

@@ -55,7 +55,7 @@ use crate::sip::parse::{DialogInfo, RequestInfo};
 use crate::sip::{parse, HeaderName, Message, Method, Via};
 use crate::txn::timer::TimerWheel;
 use crate::txn::{KeyHasher, LegacyKeyParts, TxnId, TxnKey, TxnTable};
-use crate::worker::{Core, Outbox, SocketId};
+use crate::worker::{Core, Outbox, SocketId, SOCK_TCP, SOCK_TCP_OUT};
 
 use crate::route::{self, parse_ip, Decision};
 use branch::{Branch, Minter, Rejected};
@@ -152,6 +152,9 @@ pub struct Worker {
     media_failed: Vec<Done<'static>>,
     /// Whether the datagram being handled was handed over by another worker.
     handed_over: bool,
+    /// Whether the message being handled came over one of this worker's TCP
+    /// connections (never handed to another worker: replies leave on it).
+    from_stream: bool,
     /// Per-source rate limits; `None` when off.
     flood: Option<FloodGuard>,
     /// HEP capture, handed to the driver when it starts; `None` when off.
@@ -206,6 +209,7 @@ impl Worker {
             stats,
             events: None,
             handed_over: false,
+            from_stream: false,
             flood: cfg_flood.map(|l| FloodGuard::new(l, flood_seed, now)),
             hep: None,
             nonce_counts: crate::registrar::nonce::NonceCounts::new(cfg_max_nonces),
@@ -255,6 +259,7 @@ impl Core for Worker {
         bump(&self.stats.rx_datagrams);
         self.handed_over = socket & HANDED_OVER != 0;
         let socket = socket & !HANDED_OVER;
+        self.from_stream = socket == SOCK_TCP && !self.handed_over;
         if socket == SOCK_MEDIA {
             if let Some(media) = self.media.as_mut() {
                 if let Some(done) = media.on_datagram(now, src, data, out) {
@@ -321,6 +326,10 @@ impl Core for Worker {
 
     fn open_work(&self) -> usize {
         self.txns.len()
+    }
+
+    fn on_connect_failed(&mut self, now: Instant, dst: SocketAddr, out: &mut Outbox) {
+        self.connect_failed(now, dst, out);
     }
 
     fn next_deadline(&self) -> Option<Instant> {
@@ -419,6 +428,26 @@ fn annotate_received(via: &Via<'_>, src: SocketAddr) -> Option<(IpAddr, u16)> {
         Some((src.ip(), src.port()))
     } else {
         None
+    }
+}
+
+/// The socket a request to a next hop leaves from: the worker's private UDP
+/// port, or its TCP connection pool.
+fn target_socket(tcp: bool) -> SocketId {
+    if tcp {
+        SOCK_TCP_OUT
+    } else {
+        SOCK_PRIVATE
+    }
+}
+
+/// The socket a hop-by-hop message answering something from `socket` leaves
+/// from: the same TCP connection, else the private UDP port.
+fn reply_socket(socket: SocketId) -> SocketId {
+    if socket == SOCK_TCP {
+        SOCK_TCP
+    } else {
+        SOCK_PRIVATE
     }
 }
 

@@ -101,7 +101,8 @@ impl Worker {
                 info,
                 method,
                 trusted: &|| self.cfg.is_trusted_ip(src.ip()) || table.has_addr(src),
-                handed_over: self.handed_over,
+                // A message from a TCP connection stays on the worker owning it.
+                handed_over: self.handed_over || self.from_stream,
             },
             &self.cfg,
             self.index,
@@ -244,6 +245,7 @@ impl Worker {
                 };
                 let target = Target {
                     addr: best.addr,
+                    socket: SOCK_PRIVATE,
                     dest: None,
                 };
                 fork = Some(Worker::new_fork(found));
@@ -251,6 +253,7 @@ impl Worker {
             }
             Decision::Relay {
                 to,
+                tcp,
                 pop_routes,
                 strict,
             } => {
@@ -258,6 +261,7 @@ impl Worker {
                 (
                     Target {
                         addr: to,
+                        socket: target_socket(tcp),
                         dest: None,
                     },
                     pop_routes,
@@ -315,6 +319,7 @@ impl Worker {
                 let Some(dest) = set.get(first) else { return };
                 let target = Target {
                     addr: dest.addr,
+                    socket: target_socket(dest.tcp),
                     dest: Some(dest.stats.clone()),
                 };
                 set_table = Some((table.clone(), set_index));
@@ -387,7 +392,7 @@ impl Worker {
             method,
             upstream: src,
             upstream_socket: socket,
-            server: ServerTx::new(method, now, &self.cfg.timers),
+            server: ServerTx::new(method, now, &self.cfg.timers, socket == SOCK_TCP),
             request,
             forwarded: self.pool.get(),
             last_response: self.pool.get(),
@@ -487,9 +492,10 @@ impl Worker {
         if !ok {
             return;
         }
-        out.send(SOCK_PRIVATE, txn.target.addr, &txn.forwarded);
+        out.send(txn.target.socket, txn.target.addr, &txn.forwarded);
         bump(&self.stats.tx_datagrams);
-        txn.client = Some(ClientTx::new(txn.method, now, &self.cfg.timers));
+        let reliable = txn.target.socket == SOCK_TCP_OUT;
+        txn.client = Some(ClientTx::new(txn.method, now, &self.cfg.timers, reliable));
         txn.sent_at = now;
         self.reschedule(id);
     }
@@ -537,6 +543,7 @@ impl Worker {
             via: NewVia {
                 host: self.cfg.advertise.as_bytes(),
                 port: self.private_port(),
+                tcp: txn.target.socket == SOCK_TCP_OUT,
                 branch: &branch,
             },
             request_uri: if txn.strict_route {
@@ -574,12 +581,13 @@ impl Worker {
     ) {
         let via = &info.common.via;
         let decision = self.decide(msg, info, Method::Ack, src);
-        let (dst, pop_routes, strict) = match decision {
+        let (dst, tcp, pop_routes, strict) = match decision {
             Decision::Relay {
                 to,
+                tcp,
                 pop_routes,
                 strict,
-            } => (to, pop_routes, strict),
+            } => (to, tcp, pop_routes, strict),
             Decision::Handoff(w) => {
                 bump(&self.stats.handoffs);
                 out.handoff(w, socket | HANDED_OVER, src, msg.buf());
@@ -600,6 +608,7 @@ impl Worker {
             via: NewVia {
                 host: self.cfg.advertise.as_bytes(),
                 port: self.private_port(),
+                tcp,
                 branch: &branch,
             },
             request_uri: if strict {
@@ -618,7 +627,7 @@ impl Worker {
         };
         self.scratch.clear();
         if build::forward_request(msg, &edits, &mut self.scratch).is_ok() {
-            out.send(SOCK_PRIVATE, dst, &self.scratch);
+            out.send(target_socket(tcp), dst, &self.scratch);
             bump(&self.stats.tx_datagrams);
             bump(&self.stats.stateless_forwards);
         }

@@ -104,7 +104,7 @@ impl Worker {
                 self.cancel_current(now, id, out);
                 self.relay_response(now, id, msg, code, out);
             } else if txn.method == Method::Invite && code >= 300 {
-                self.ack_old_attempt(id, b.attempt, msg, src, out);
+                self.ack_old_attempt(id, b.attempt, msg, (reply_socket(socket), src), out);
             }
             return;
         }
@@ -248,6 +248,7 @@ impl Worker {
             }
             txn.target = Target {
                 addr: dest.addr,
+                socket: target_socket(dest.tcp),
                 dest: Some(dest.stats.clone()),
             };
             txn.attempt = txn.attempt.wrapping_add(1);
@@ -466,7 +467,7 @@ impl Worker {
         };
         self.scratch.clear();
         if build::ack_for(&fwd, resp, &mut self.scratch).is_ok() {
-            out.send(SOCK_PRIVATE, txn.target.addr, &self.scratch);
+            out.send(txn.target.socket, txn.target.addr, &self.scratch);
             bump(&self.stats.tx_datagrams);
         }
     }
@@ -479,7 +480,7 @@ impl Worker {
         id: TxnId,
         attempt: u8,
         resp: &Message<'_>,
-        src: SocketAddr,
+        (socket, src): (SocketId, SocketAddr),
         out: &mut Outbox,
     ) {
         let mut old = self.pool.get();
@@ -487,7 +488,7 @@ impl Worker {
             if let Ok(fwd) = parse(&old) {
                 self.scratch.clear();
                 if build::ack_for(&fwd, resp, &mut self.scratch).is_ok() {
-                    out.send(SOCK_PRIVATE, src, &self.scratch);
+                    out.send(socket, src, &self.scratch);
                     bump(&self.stats.tx_datagrams);
                 }
             }

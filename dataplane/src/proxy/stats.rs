@@ -65,6 +65,7 @@ counters! {
     calls_cancelled: "INVITEs cancelled by the caller.",
     failovers: "Times a request was moved to the next destination.",
     timeouts: "Client transactions that timed out (fr_timer / fr_inv_timer).",
+    connect_failures: "Attempts failed at once because their TCP connection could not be opened.",
     no_destination: "Requests answered 503 because no destination was usable.",
     overload_rejects: "New INVITEs answered 503 + Retry-After at the overload watermark.",
     table_full: "Requests answered 503 because the transaction table was full.",

@@ -50,7 +50,7 @@ impl Worker {
                 if let Ok(fwd) = parse(&txn.forwarded) {
                     self.scratch.clear();
                     if build::cancel_for(&fwd, &mut self.scratch).is_ok() {
-                        out.send(SOCK_PRIVATE, txn.target.addr, &self.scratch);
+                        out.send(txn.target.socket, txn.target.addr, &self.scratch);
                         bump(&self.stats.tx_datagrams);
                     }
                 }
@@ -68,7 +68,7 @@ impl Worker {
         let client_event = txn.client.as_mut().map(|c| c.on_timer(now));
         match client_event {
             Some(ClientTimer::Retransmit) => {
-                out.send(SOCK_PRIVATE, txn.target.addr, &txn.forwarded);
+                out.send(txn.target.socket, txn.target.addr, &txn.forwarded);
                 bump(&self.stats.tx_datagrams);
             }
             Some(ClientTimer::Timeout { proceeding }) => {
@@ -79,6 +79,7 @@ impl Worker {
                     txn.abandoned.push(Abandoned {
                         attempt: txn.attempt,
                         addr: txn.target.addr,
+                        socket: txn.target.socket,
                         until,
                         cancel: None,
                     });
@@ -87,28 +88,72 @@ impl Worker {
                     // fr_inv_timer: stop the ringing destination.
                     self.send_cancel(now, id, out);
                 }
-                let Some(txn) = self.txns.get(id) else { return };
-                if txn.cancelled {
-                    self.reply_final(now, id, 487, None, out);
-                } else {
-                    if let Some(d) = txn.target.dest.clone() {
-                        d.record_failure(now, &self.cfg.health);
-                    }
-                    if !proceeding && self.try_failover(now, id, out) {
-                        // try_failover rescheduled
-                        return;
-                    }
-                    let code = if self.dispatched(id) && !proceeding {
-                        503
-                    } else {
-                        408
-                    };
-                    self.reply_final(now, id, code, Some(b"Destination did not answer"), out);
+                if self.attempt_failed(now, id, proceeding, out) {
+                    // try_failover rescheduled
+                    return;
                 }
             }
             Some(ClientTimer::None) | None => {}
         }
         self.reschedule(id);
+    }
+
+    /// The current attempt got no final response (fr_timer, fr_inv_timer, or
+    /// its TCP connection could not be opened): fail over, or answer the
+    /// caller. True when a failover was sent (and the transaction rescheduled).
+    fn attempt_failed(
+        &mut self,
+        now: Instant,
+        id: TxnId,
+        proceeding: bool,
+        out: &mut Outbox,
+    ) -> bool {
+        let Some(txn) = self.txns.get(id) else {
+            return false;
+        };
+        if txn.cancelled {
+            self.reply_final(now, id, 487, None, out);
+            return false;
+        }
+        if let Some(d) = txn.target.dest.clone() {
+            d.record_failure(now, &self.cfg.health);
+        }
+        if !proceeding && self.try_failover(now, id, out) {
+            return true;
+        }
+        let code = if self.dispatched(id) && !proceeding {
+            503
+        } else {
+            408
+        };
+        self.reply_final(now, id, code, Some(b"Destination did not answer"), out);
+        false
+    }
+
+    /// A TCP connection to `dst` could not be opened: every attempt that was
+    /// waiting on it fails now, like an fr_timer expiry, instead of waiting
+    /// for fr_timer (nothing reached the destination).
+    pub(super) fn connect_failed(&mut self, now: Instant, dst: SocketAddr, out: &mut Outbox) {
+        let waiting: SmallVec<[TxnId; 8]> = self
+            .txns
+            .iter()
+            .filter(|(_, t)| {
+                t.target.socket == SOCK_TCP_OUT
+                    && t.target.addr == dst
+                    && t.client.as_ref().is_some_and(ClientTx::is_pending)
+            })
+            .map(|(id, _)| id)
+            .collect();
+        for id in waiting {
+            bump(&self.stats.connect_failures);
+            if let Some(txn) = self.txns.get_mut(id) {
+                // Nothing was sent: nothing to retransmit, cancel or ACK.
+                txn.client = None;
+            }
+            if !self.attempt_failed(now, id, false, out) {
+                self.reschedule(id);
+            }
+        }
     }
 
     /// Sends what the server side asked for: the last response again, or the

@@ -21,6 +21,8 @@ use crate::worker::SocketId;
 /// Where the current attempt goes.
 pub(crate) struct Target {
     pub addr: SocketAddr,
+    /// `SOCK_PRIVATE` (UDP) or `SOCK_TCP_OUT`.
+    pub socket: SocketId,
     /// The dispatcher destination, when the target was selected from a set
     /// (loose-routed in-dialog requests have none).
     pub dest: Option<Arc<DestStats>>,
@@ -163,6 +165,7 @@ pub(crate) enum Located {
 pub(crate) struct Abandoned {
     pub attempt: u8,
     pub addr: SocketAddr,
+    pub socket: SocketId,
     /// Watched until then (64·T1 after it was given up, RFC 3261 Timer B).
     pub until: Instant,
     /// The CANCEL sent once it rang.
@@ -189,6 +192,14 @@ impl MediaLeg {
                 Some(usize::from(engine))
             }
         }
+    }
+}
+
+fn reliability(reliable: bool) -> Reliability {
+    if reliable {
+        Reliability::Reliable
+    } else {
+        Reliability::Unreliable
     }
 }
 
@@ -239,11 +250,13 @@ pub(crate) enum Upstream {
 }
 
 impl ServerTx {
-    pub fn new(method: Method, now: Instant, cfg: &TimerConfig) -> ServerTx {
+    /// `reliable`: the request came over TCP (no response retransmissions).
+    pub fn new(method: Method, now: Instant, cfg: &TimerConfig, reliable: bool) -> ServerTx {
+        let r = reliability(reliable);
         if method == Method::Invite {
-            ServerTx::Invite(ServerInvite::new(now, cfg, Reliability::Unreliable))
+            ServerTx::Invite(ServerInvite::new(now, cfg, r))
         } else {
-            ServerTx::NonInvite(ServerNonInvite::new(now, cfg, Reliability::Unreliable))
+            ServerTx::NonInvite(ServerNonInvite::new(now, cfg, r))
         }
     }
 
@@ -353,9 +366,11 @@ pub(crate) enum ClientTimer {
 }
 
 impl ClientTx {
-    pub fn new(method: Method, now: Instant, cfg: &TimerConfig) -> ClientTx {
+    /// `reliable`: the request goes over TCP (no retransmissions).
+    pub fn new(method: Method, now: Instant, cfg: &TimerConfig, reliable: bool) -> ClientTx {
+        let r = reliability(reliable);
         if method == Method::Invite {
-            ClientTx::Invite(ClientInvite::new(now, cfg, Reliability::Unreliable))
+            ClientTx::Invite(ClientInvite::new(now, cfg, r))
         } else if method == Method::Cancel {
             // A CANCEL must get through or the destination rings on: it is
             // retransmitted for RFC 3261 Timer F (64·T1), not fr_timer (how
@@ -366,9 +381,9 @@ impl ClientTx {
                 fr_timer: 64 * cfg.t1,
                 ..*cfg
             };
-            ClientTx::NonInvite(ClientNonInvite::new(now, &cfg, Reliability::Unreliable))
+            ClientTx::NonInvite(ClientNonInvite::new(now, &cfg, r))
         } else {
-            ClientTx::NonInvite(ClientNonInvite::new(now, cfg, Reliability::Unreliable))
+            ClientTx::NonInvite(ClientNonInvite::new(now, cfg, r))
         }
     }
 

@@ -59,6 +59,8 @@ pub enum Decision {
     /// becomes the Request-URI and leaves the route set.
     Relay {
         to: SocketAddr,
+        /// The next hop's URI says `;transport=tcp`.
+        tcp: bool,
         pop_routes: usize,
         strict: bool,
     },
@@ -172,6 +174,7 @@ pub fn decide(
                 return match uri_addr(&next) {
                     Some(to) => Decision::Relay {
                         to,
+                        tcp: uri_tcp(&next),
                         pop_routes: pop,
                         strict: false,
                     },
@@ -208,6 +211,7 @@ pub fn decide(
             if let Some(to) = uri_addr(ruri) {
                 return Decision::Relay {
                     to,
+                    tcp: uri_tcp(ruri),
                     pop_routes,
                     strict: false,
                 };
@@ -242,14 +246,14 @@ fn in_dialog_decision(
         (None, _) if !(req.trusted)() => return reply(404, "Not here"),
         (None, _) => (None, 0),
     };
-    let to = match next {
+    let (to, tcp) = match next {
         Some(uri) => {
             if cfg.owner_of(uri.host, uri.port).is_some() {
                 // Two of our own entries in a row: forwarding would loop.
                 return reply(482, "Route points back at sipvane");
             }
             match uri_addr(&uri) {
-                Some(a) => a,
+                Some(a) => (a, uri_tcp(&uri)),
                 None => return reply(503, "Route host is not an IP address"),
             }
         }
@@ -260,7 +264,7 @@ fn in_dialog_decision(
                 return reply(404, "Not here");
             }
             match uri_addr(ruri) {
-                Some(a) => a,
+                Some(a) => (a, uri_tcp(ruri)),
                 None => return reply(503, "Request-URI host is not an IP address"),
             }
         }
@@ -271,6 +275,7 @@ fn in_dialog_decision(
     debug_assert!(pop_routes <= routes);
     Decision::Relay {
         to,
+        tcp,
         pop_routes,
         strict: false,
     }
@@ -310,6 +315,7 @@ fn strict_route(
     }
     Decision::Relay {
         to,
+        tcp: uri_tcp(&next),
         pop_routes: 0,
         strict: true,
     }
@@ -386,6 +392,13 @@ pub fn uri_addr(uri: &Uri<'_>) -> Option<SocketAddr> {
         5060
     };
     Some(SocketAddr::new(ip, uri.port.unwrap_or(default)))
+}
+
+/// Whether a URI asks for TCP (`;transport=tcp`, any case).
+pub fn uri_tcp(uri: &Uri<'_>) -> bool {
+    uri.param(b"transport")
+        .flatten()
+        .is_some_and(|t| t.eq_ignore_ascii_case(b"tcp"))
 }
 
 /// An IP literal (IPv6 with or without brackets).

@@ -123,6 +123,7 @@ fn preloaded_route_follow_applies_to_trusted_sources_only() {
         decide_with(&c, &raw, true),
         Decision::Relay {
             to: addr("198.51.100.1:5060"),
+            tcp: false,
             pop_routes: 1,
             strict: false
         }
@@ -141,6 +142,7 @@ fn in_dialog_foreign_top_route_is_refused_unless_trusted() {
         decide_with(&cfg(), &raw, true),
         Decision::Relay {
             to: addr("203.0.113.7:5060"),
+            tcp: false,
             pop_routes: 0,
             strict: false
         }
@@ -155,6 +157,7 @@ fn in_dialog_without_route_is_refused_unless_trusted() {
         decide_with(&cfg(), &raw, true),
         Decision::Relay {
             to: addr("203.0.113.7:5060"),
+            tcp: false,
             pop_routes: 0,
             strict: false
         }
@@ -173,6 +176,7 @@ fn in_dialog_through_our_record_route_reaches_known_targets_only() {
         decide_with(&cfg(), &to_pbx, false),
         Decision::Relay {
             to: addr("10.0.0.5:5080"),
+            tcp: false,
             pop_routes: 1,
             strict: false
         }
@@ -253,6 +257,7 @@ fn unknown_domain_is_relayed_for_trusted_sources_only() {
         decide_with(&relay, &raw, true),
         Decision::Relay {
             to: addr("203.0.113.7:5060"),
+            tcp: false,
             pop_routes: 0,
             strict: false
         }
@@ -309,6 +314,7 @@ fn a_strict_router_puts_our_record_route_in_the_request_uri() {
         decide_with(&cfg(), &raw, false),
         Decision::Relay {
             to: addr("10.0.0.5:5080"),
+            tcp: false,
             pop_routes: 0,
             strict: true
         }
@@ -326,6 +332,7 @@ fn a_strict_router_puts_our_record_route_in_the_request_uri() {
         decide_with(&cfg(), &raw, false),
         Decision::Relay {
             to: addr("10.0.0.5:5090"),
+            tcp: false,
             pop_routes: 0,
             strict: true
         }

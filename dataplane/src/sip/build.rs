@@ -14,12 +14,15 @@ use super::header::{params, split_comma, CSeq, HeaderName, NameAddr};
 use super::method::Method;
 use super::parse::{Header, Message, StartLine};
 
-/// The Via a proxy pushes: `Via: SIP/2.0/UDP host:port;branch=...;rport`.
+/// The Via a proxy pushes: `Via: SIP/2.0/UDP host:port;branch=...;rport`
+/// (`SIP/2.0/TCP` when the request leaves over TCP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewVia<'a> {
     /// Host or IP; an IPv6 address must come with its brackets.
     pub host: &'a [u8],
     pub port: u16,
+    /// The next hop is reached over TCP.
+    pub tcp: bool,
     /// Full branch, including the `z9hG4bK` magic cookie.
     pub branch: &'a [u8],
 }
@@ -264,7 +267,11 @@ pub fn forward_request(
         out.extend_from_slice(e.request_uri.unwrap_or(uri));
         out.extend_from_slice(b" SIP/2.0\r\n");
 
-        out.extend_from_slice(b"Via: SIP/2.0/UDP ");
+        out.extend_from_slice(if e.via.tcp {
+            b"Via: SIP/2.0/TCP "
+        } else {
+            b"Via: SIP/2.0/UDP "
+        });
         out.extend_from_slice(e.via.host);
         out.push(b':');
         put_num(out, u64::from(e.via.port));
@@ -793,6 +800,7 @@ xyz";
             via: NewVia {
                 host: b"192.0.2.1",
                 port: 5062,
+                tcp: false,
                 branch: b"z9hG4bKnew",
             },
             request_uri: None,

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use ahash::AHashMap;
 
 use super::framer::Framer;
+use super::proxy_protocol::Preamble;
 
 /// Limits of one worker's stream connections (`[tcp]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +95,7 @@ pub enum CloseReason {
     Framing,
     /// A message over `max_message`.
     Oversize,
-    /// A header not completed within `header_timeout`.
+    /// A header (or PROXY header) not completed within `header_timeout`.
     Slowloris,
     /// No traffic for `idle_timeout`.
     Idle,
@@ -102,11 +103,16 @@ pub enum CloseReason {
     ConnectFailed,
     /// Sending queued more than the connection may buffer.
     Backlog,
+    /// A missing or malformed PROXY header from `proxy_protocol_from`, or one
+    /// from anyone else.
+    ProxyHeader,
+    /// The client named by a PROXY header holds `max_per_source` connections.
+    Refused,
 }
 
 impl CloseReason {
     /// Every reason, in metric order.
-    pub const ALL: [CloseReason; 8] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::Peer,
         CloseReason::Error,
         CloseReason::Framing,
@@ -115,6 +121,8 @@ impl CloseReason {
         CloseReason::Idle,
         CloseReason::ConnectFailed,
         CloseReason::Backlog,
+        CloseReason::ProxyHeader,
+        CloseReason::Refused,
     ];
 
     /// The metric label.
@@ -128,6 +136,8 @@ impl CloseReason {
             CloseReason::Idle => "idle",
             CloseReason::ConnectFailed => "connect_failed",
             CloseReason::Backlog => "backlog",
+            CloseReason::ProxyHeader => "proxy_header",
+            CloseReason::Refused => "refused",
         }
     }
 
@@ -140,7 +150,7 @@ impl CloseReason {
 /// One connection.
 #[derive(Debug)]
 pub struct Conn<T> {
-    /// The peer's address.
+    /// The peer's address: the client's once a PROXY header named it.
     pub peer: SocketAddr,
     /// We connected to the peer (a pooled outbound connection).
     pub outbound: bool,
@@ -148,7 +158,14 @@ pub struct Conn<T> {
     pub framer: Framer,
     /// The driver's part (socket, write queue, ...).
     pub io: T,
+    /// Inbound connections until their first SIP byte: the PROXY header expected
+    /// (from `proxy_protocol_from`) or refused (from anyone else).
+    pub preamble: Option<Preamble>,
     last_activity: Instant,
+    opened: Instant,
+    /// Counted in `per_source` (a connection from a PROXY sender is counted under
+    /// its client's address once the header named it).
+    counted: bool,
 }
 
 impl<T> Conn<T> {
@@ -159,6 +176,14 @@ impl<T> Conn<T> {
 
     /// Why this connection should be closed at `now`, if it should.
     pub fn expired(&self, now: Instant, limits: &Limits) -> Option<CloseReason> {
+        // A PROXY header expected or begun is a header too.
+        let preamble = self
+            .preamble
+            .as_ref()
+            .is_some_and(|p| p.required() || p.pending() > 0);
+        if preamble && now.saturating_duration_since(self.opened) >= limits.header_timeout {
+            return Some(CloseReason::Slowloris);
+        }
         if self
             .framer
             .header_since()
@@ -190,6 +215,9 @@ pub struct Flows<T> {
     per_source: AHashMap<IpAddr, u32>,
     /// Outbound connections by destination: the per-worker pool.
     pool: AHashMap<SocketAddr, FlowId>,
+    /// Inbound connections by peer address (unique: the kernel allows one
+    /// connection per address pair), so replies find the request's connection.
+    by_peer: AHashMap<SocketAddr, FlowId>,
     inbound: usize,
 }
 
@@ -202,6 +230,7 @@ impl<T> Flows<T> {
             free: Vec::new(),
             per_source: AHashMap::new(),
             pool: AHashMap::new(),
+            by_peer: AHashMap::new(),
             inbound: 0,
         }
     }
@@ -227,11 +256,20 @@ impl<T> Flows<T> {
     }
 
     /// Whether an inbound connection from `peer` would be admitted now (checked
-    /// before the driver accepts, or right after to close it at once).
-    pub fn check_inbound(&self, peer: SocketAddr) -> Result<(), Refused> {
+    /// before the driver accepts, or right after to close it at once). `proxied`:
+    /// `peer` sends a PROXY header (`proxy_protocol_from`), so the per-source limit
+    /// applies to the client it names, not to the balancer carrying everyone.
+    pub fn check_inbound(&self, peer: SocketAddr, proxied: bool) -> Result<(), Refused> {
         if self.inbound >= self.limits.max_connections {
             return Err(Refused::Full);
         }
+        if !proxied {
+            self.check_source(peer)?;
+        }
+        Ok(())
+    }
+
+    fn check_source(&self, peer: SocketAddr) -> Result<(), Refused> {
         let held = self.per_source.get(&peer.ip()).copied().unwrap_or(0);
         if held >= self.limits.max_per_source {
             return Err(Refused::PerSource);
@@ -239,12 +277,62 @@ impl<T> Flows<T> {
         Ok(())
     }
 
-    /// Admits an accepted connection from `peer`.
-    pub fn accept(&mut self, now: Instant, peer: SocketAddr, io: T) -> Result<FlowId, Refused> {
-        self.check_inbound(peer)?;
-        *self.per_source.entry(peer.ip()).or_insert(0) += 1;
+    /// Admits an accepted connection from `peer` (`proxied`: see
+    /// [`check_inbound`](Flows::check_inbound); the connection must then start with
+    /// a PROXY header, anyone else's must not).
+    pub fn accept(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        io: T,
+        proxied: bool,
+    ) -> Result<FlowId, Refused> {
+        self.check_inbound(peer, proxied)?;
+        if !proxied {
+            *self.per_source.entry(peer.ip()).or_insert(0) += 1;
+        }
         self.inbound += 1;
-        Ok(self.insert(now, peer, false, io))
+        let id = self.insert(now, peer, false, io);
+        if let Some(conn) = self.get_mut(id) {
+            conn.counted = !proxied;
+            conn.preamble = Some(Preamble::new(proxied));
+        }
+        self.by_peer.insert(peer, id);
+        Ok(id)
+    }
+
+    /// The PROXY header of connection `id` named `client` (or named none:
+    /// `client` is then the balancer's own address): from now on it is the
+    /// connection's peer, replies to it find this connection, and it counts
+    /// against `client`'s per-source limit.
+    pub fn readdress(&mut self, id: FlowId, client: SocketAddr) -> Result<(), Refused> {
+        let Some(conn) = self.get(id) else {
+            return Ok(());
+        };
+        if conn.outbound || conn.counted {
+            return Ok(());
+        }
+        let old = conn.peer;
+        self.check_source(client)?;
+        *self.per_source.entry(client.ip()).or_insert(0) += 1;
+        if self.by_peer.get(&old) == Some(&id) {
+            self.by_peer.remove(&old);
+        }
+        self.by_peer.insert(client, id);
+        if let Some(conn) = self.get_mut(id) {
+            conn.peer = client;
+            conn.counted = true;
+        }
+        Ok(())
+    }
+
+    /// The connection a message for `peer` goes over: the inbound one from that
+    /// address, else the pooled outbound one to it.
+    pub fn find(&self, peer: SocketAddr) -> Option<FlowId> {
+        self.by_peer
+            .get(&peer)
+            .or_else(|| self.pool.get(&peer))
+            .copied()
     }
 
     /// Adds an outbound connection to `dst` (being connected) to the pool; a
@@ -266,7 +354,10 @@ impl<T> Flows<T> {
             outbound,
             framer: Framer::new(self.limits.max_message),
             io,
+            preamble: None,
             last_activity: now,
+            opened: now,
+            counted: false,
         };
         if let Some(index) = self.free.pop() {
             if let Some(slot) = self.slots.get_mut(index as usize) {
@@ -334,8 +425,11 @@ impl<T> Flows<T> {
             }
         } else {
             self.inbound -= 1;
+            if self.by_peer.get(&conn.peer) == Some(&id) {
+                self.by_peer.remove(&conn.peer);
+            }
             let ip = conn.peer.ip();
-            if let Some(n) = self.per_source.get_mut(&ip) {
+            if let Some(n) = self.per_source.get_mut(&ip).filter(|_| conn.counted) {
                 *n -= 1;
                 if *n == 0 {
                     self.per_source.remove(&ip);
@@ -388,10 +482,10 @@ mod tests {
     fn stale_tokens_never_reach_a_reused_slot() {
         let now = Instant::now();
         let mut t = Flows::new(limits());
-        let a = t.accept(now, addr(1, 1000), "a").unwrap();
+        let a = t.accept(now, addr(1, 1000), "a", false).unwrap();
         assert_eq!(t.get(a).map(|c| c.io), Some("a"));
         assert_eq!(t.remove(a).map(|c| c.io), Some("a"));
-        let b = t.accept(now, addr(2, 1000), "b").unwrap();
+        let b = t.accept(now, addr(2, 1000), "b", false).unwrap();
         assert_eq!(a.index(), b.index(), "the slot is reused");
         assert!(t.get(a).is_none());
         assert!(t.get_mut(a).is_none());
@@ -407,18 +501,25 @@ mod tests {
     fn per_source_and_total_limits() {
         let now = Instant::now();
         let mut t = Flows::new(limits());
-        let a1 = t.accept(now, addr(1, 1), ()).unwrap();
-        t.accept(now, addr(1, 2), ()).unwrap();
-        assert_eq!(t.accept(now, addr(1, 3), ()), Err(Refused::PerSource));
-        t.accept(now, addr(2, 1), ()).unwrap();
-        assert_eq!(t.accept(now, addr(3, 1), ()), Err(Refused::Full));
+        let a1 = t.accept(now, addr(1, 1), (), false).unwrap();
+        t.accept(now, addr(1, 2), (), false).unwrap();
+        assert_eq!(
+            t.accept(now, addr(1, 3), (), false),
+            Err(Refused::PerSource)
+        );
+        t.accept(now, addr(2, 1), (), false).unwrap();
+        assert_eq!(t.accept(now, addr(3, 1), (), false), Err(Refused::Full));
         // Outbound connections do not count against inbound limits.
-        t.connect(now, addr(9, 5060), ());
+        let out = t.connect(now, addr(9, 5060), ());
         assert_eq!(t.len(), 4);
+        assert_eq!(t.find(addr(9, 5060)), Some(out));
+        assert_eq!(t.find(addr(1, 1)), Some(a1));
+        assert_eq!(t.find(addr(1, 9)), None);
         assert_eq!(t.inbound(), 3);
         t.remove(a1);
-        assert_eq!(t.check_inbound(addr(1, 3)), Ok(()));
-        t.accept(now, addr(1, 3), ()).unwrap();
+        assert_eq!(t.find(addr(1, 1)), None);
+        assert_eq!(t.check_inbound(addr(1, 3), false), Ok(()));
+        t.accept(now, addr(1, 3), (), false).unwrap();
         assert_eq!(t.per_source.get(&addr(1, 0).ip()), Some(&2));
         for id in t.ids() {
             t.remove(id);
@@ -426,6 +527,49 @@ mod tests {
         assert!(t.is_empty());
         assert!(t.per_source.is_empty(), "no entry is left at zero");
         assert_eq!(t.inbound(), 0);
+    }
+
+    #[test]
+    fn proxied_connections_count_under_their_client() {
+        let now = Instant::now();
+        let mut t = Flows::new(limits());
+        let lb = addr(7, 1);
+        // The balancer's own address is not limited per source...
+        let a = t.accept(now, lb, (), true).unwrap();
+        let b = t.accept(now, addr(7, 2), (), true).unwrap();
+        assert!(t.get(a).unwrap().preamble.as_ref().unwrap().required());
+        assert!(t.per_source.is_empty());
+        // ...its clients are, once their headers named them.
+        t.readdress(a, addr(1, 1)).unwrap();
+        t.readdress(b, addr(1, 2)).unwrap();
+        assert_eq!(t.find(addr(1, 1)), Some(a));
+        assert_eq!(t.find(lb), None);
+        assert_eq!(t.get(a).unwrap().peer, addr(1, 1));
+        let c = t.accept(now, addr(7, 3), (), true).unwrap();
+        assert_eq!(t.readdress(c, addr(1, 3)), Err(Refused::PerSource));
+        assert_eq!(t.accept(now, addr(7, 4), (), true), Err(Refused::Full));
+        t.remove(c);
+        t.remove(a);
+        assert_eq!(t.per_source.get(&addr(1, 0).ip()), Some(&1));
+        t.remove(b);
+        assert!(t.per_source.is_empty());
+        assert_eq!(t.inbound(), 0);
+    }
+
+    #[test]
+    fn a_missing_proxy_header_is_slowloris() {
+        let t0 = Instant::now();
+        let lim = Limits {
+            header_timeout: Duration::from_secs(10),
+            ..Limits::default()
+        };
+        let mut t = Flows::new(lim);
+        let proxied = t.accept(t0, addr(7, 1), (), true).unwrap();
+        let quiet = t.accept(t0, addr(1, 1), (), false).unwrap();
+        let mut out = Vec::new();
+        t.expired(t0 + Duration::from_secs(10), &mut out);
+        assert_eq!(out, vec![(proxied, CloseReason::Slowloris)]);
+        assert!(t.get(quiet).is_some());
     }
 
     #[test]
@@ -454,9 +598,9 @@ mod tests {
             ..Limits::default()
         };
         let mut t = Flows::new(lim);
-        let slow = t.accept(t0, addr(1, 1), ()).unwrap();
-        let idle = t.accept(t0, addr(1, 2), ()).unwrap();
-        let busy = t.accept(t0, addr(1, 3), ()).unwrap();
+        let slow = t.accept(t0, addr(1, 1), (), false).unwrap();
+        let idle = t.accept(t0, addr(1, 2), (), false).unwrap();
+        let busy = t.accept(t0, addr(1, 3), (), false).unwrap();
         // The slow one starts a header and trickles bytes (each resets only the idle clock).
         let c = t.get_mut(slow).unwrap();
         c.framer.feed(t0, b"INVITE sip:", |_| {}).unwrap();

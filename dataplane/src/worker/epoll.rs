@@ -6,10 +6,12 @@ use std::net::UdpSocket as StdUdpSocket;
 use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use super::shell::Shell;
-use super::{Core, Io, Outbox, SocketId};
+use super::stream::Streams;
+use super::{Core, Io, Outbox, SocketId, SOCK_TCP, SOCK_TCP_OUT};
 
 /// Largest UDP payload (IPv6 without jumbograms), so nothing is ever truncated.
 const RECV_BUF: usize = 64 * 1024;
@@ -19,6 +21,8 @@ const RECV_BATCH: usize = 256;
 const FLUSH_AT: usize = 64;
 /// Token of the worker's `mio::Waker`.
 pub(crate) const WAKE: Token = Token(usize::MAX);
+/// Token of the TCP side's own epoll fd (see `stream`).
+const STREAMS: Token = Token(usize::MAX - 1);
 
 pub(crate) struct Epoll {
     poll: Poll,
@@ -30,12 +34,18 @@ pub(crate) struct Epoll {
     muted: Vec<bool>,
     buf: Box<[u8]>,
     out: Outbox,
+    /// TCP listener and connections; `None` without TCP.
+    streams: Option<Streams>,
 }
 
 impl Epoll {
     /// `poll` already carries the worker's `mio::Waker` (token `WAKE`), created on
     /// the starting thread so that other workers can wake this one from the outset.
-    pub fn new(sockets: Vec<StdUdpSocket>, poll: Poll) -> io::Result<Self> {
+    pub fn new(
+        sockets: Vec<StdUdpSocket>,
+        streams: Option<Streams>,
+        poll: Poll,
+    ) -> io::Result<Self> {
         let mut socks = Vec::with_capacity(sockets.len());
         for (i, s) in sockets.into_iter().enumerate() {
             let mut s = UdpSocket::from_std(s);
@@ -43,7 +53,12 @@ impl Epoll {
                 .register(&mut s, Token(i), Interest::READABLE)?;
             socks.push(s);
         }
+        if let Some(st) = &streams {
+            poll.registry()
+                .register(&mut SourceFd(&st.fd()), STREAMS, Interest::READABLE)?;
+        }
         Ok(Epoll {
+            streams,
             poll,
             events: Events::with_capacity(256),
             // Sockets may already hold datagrams queued before registration.
@@ -60,7 +75,8 @@ impl Io for Epoll {
     fn run<C: Core>(&mut self, shell: &mut Shell<C>) -> io::Result<()> {
         while !shell.stopping() {
             let now = Instant::now();
-            let timeout = if self.readable.iter().any(|r| *r) {
+            let busy = self.streams.as_ref().is_some_and(Streams::busy);
+            let timeout = if busy || self.readable.iter().any(|r| *r) {
                 Duration::ZERO
             } else {
                 shell.wait_time(now)
@@ -75,6 +91,11 @@ impl Io for Epoll {
                     // Edge-triggered; the waker needs no draining. Handoffs are
                     // polled every turn anyway.
                     WAKE => {}
+                    STREAMS => {
+                        if let Some(st) = self.streams.as_mut() {
+                            st.wake();
+                        }
+                    }
                     Token(i) => {
                         if let Some(r) = self.readable.get_mut(i) {
                             *r = !self.muted.get(i).copied().unwrap_or(true);
@@ -95,14 +116,21 @@ impl Io for Epoll {
             }
             for i in 0..self.sockets.len() {
                 if self.readable[i] {
+                    let (socks, streams) = (&self.sockets, self.streams.as_mut());
                     self.readable[i] =
-                        !drain_socket(&self.sockets, i, &mut self.buf, now, shell, &mut self.out);
+                        !drain_socket(socks, streams, i, &mut self.buf, now, shell, &mut self.out);
                 }
+            }
+            if let Some(st) = self.streams.as_mut() {
+                st.turn(now, shell, &mut self.out);
             }
             shell.poll_handoffs(now, &mut self.out);
             shell.poll_timer(now, &mut self.out);
-            flush(&self.sockets, shell, &mut self.out);
+            flush(&self.sockets, self.streams.as_mut(), shell, &mut self.out);
             shell.end_turn(now);
+        }
+        if let Some(st) = self.streams.as_mut() {
+            st.shutdown(shell);
         }
         Ok(())
     }
@@ -111,6 +139,7 @@ impl Io for Epoll {
 /// Reads up to `RECV_BATCH` datagrams from socket `i`; `true` once it would block.
 fn drain_socket<C: Core>(
     sockets: &[UdpSocket],
+    mut streams: Option<&mut Streams>,
     i: usize,
     buf: &mut [u8],
     now: Instant,
@@ -128,7 +157,7 @@ fn drain_socket<C: Core>(
                 let data = buf.get(..len).unwrap_or(buf);
                 shell.deliver(now, id, src, data, out);
                 if out.len() >= FLUSH_AT {
-                    flush(sockets, shell, out);
+                    flush(sockets, streams.as_deref_mut(), shell, out);
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
@@ -144,12 +173,25 @@ fn drain_socket<C: Core>(
 
 /// Sends every queued datagram (never blocking: `EAGAIN` drops and counts) and
 /// routes the handoffs.
-fn flush<C: Core>(sockets: &[UdpSocket], shell: &mut Shell<C>, out: &mut Outbox) {
+fn flush<C: Core>(
+    sockets: &[UdpSocket],
+    mut streams: Option<&mut Streams>,
+    shell: &mut Shell<C>,
+    out: &mut Outbox,
+) {
     if out.is_empty() {
         return;
     }
     shell.capture_sends(out);
+    let now = Instant::now();
     for (socket, dst, data) in out.iter() {
+        if socket == SOCK_TCP || socket == SOCK_TCP_OUT {
+            match streams.as_deref_mut() {
+                Some(st) => st.send(now, socket, dst, data, shell),
+                None => shell.counters.tcp.no_connection += 1,
+            }
+            continue;
+        }
         let result = match sockets.get(usize::from(socket)) {
             Some(s) => s.send_to(data, dst).map(drop),
             // An id the core made up; `ErrorKind` alone avoids an allocation.

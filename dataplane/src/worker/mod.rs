@@ -15,6 +15,7 @@ mod epoll;
 pub mod handover;
 mod outbox;
 mod shell;
+mod stream;
 mod uring;
 
 use std::fmt;
@@ -36,11 +37,21 @@ pub(crate) fn outbox_predecessor_flag() -> usize {
     outbox::PREDECESSOR
 }
 pub use outbox::Outbox;
+pub use stream::{TcpSpec, TcpStats};
 
 use shell::{EventFd, Shared, Shell, Wake};
 
-/// Index into a worker's socket list (0 = public `SO_REUSEPORT`, 1 = private, ...).
+/// Index into a worker's socket list (0 = public `SO_REUSEPORT`, 1 = private, ...),
+/// or one of the TCP pseudo-sockets below.
 pub type SocketId = u8;
+
+/// Messages from the worker's TCP connections arrive as from this socket, with the
+/// peer's address; a send to it goes over the existing connection with that peer
+/// (never a new one: a reply whose connection closed is dropped and counted).
+pub const SOCK_TCP: SocketId = 0x70;
+/// A send to it goes over the worker's pooled TCP connection to the destination,
+/// opening one if there is none.
+pub const SOCK_TCP_OUT: SocketId = 0x71;
 
 /// A sans-IO state machine run by one worker thread. It never touches sockets or
 /// clocks: the driver passes `now` and the received bytes in, and sends what the
@@ -58,6 +69,11 @@ pub trait Core: 'static {
     );
     /// Called when `now >= next_deadline()`.
     fn on_timer(&mut self, now: Instant, out: &mut Outbox);
+    /// A TCP connection to `dst` (opened for a [`SOCK_TCP_OUT`] send) could not be
+    /// established; what was sent on it is lost. The default ignores it.
+    fn on_connect_failed(&mut self, now: Instant, dst: SocketAddr, out: &mut Outbox) {
+        let _ = (now, dst, out);
+    }
     /// The next instant `on_timer` should run, if any.
     fn next_deadline(&self) -> Option<Instant>;
     /// The HEP capture sender the driver should feed with every datagram received
@@ -174,6 +190,8 @@ pub struct WorkerSpec {
     pub sockets: Vec<SocketSpec>,
     /// CPU to pin the thread to; failure to pin is logged, not fatal.
     pub cpu: Option<usize>,
+    /// TCP listener and limits; `None`: no TCP (no listener, no outbound connections).
+    pub tcp: Option<TcpSpec>,
 }
 
 /// Passed to the core factory on the worker thread.
@@ -220,6 +238,8 @@ pub struct WorkerStats {
     pub handoff_drops: u64,
     /// `Core::on_timer` calls.
     pub timers: u64,
+    /// TCP connections and messages.
+    pub tcp: TcpStats,
 }
 
 /// Internal seam between the shared loop bookkeeping and one driver's syscalls.
@@ -265,6 +285,7 @@ where
         .iter()
         .map(|socks| socks.iter().map(UdpSocket::try_clone).collect())
         .collect::<io::Result<Vec<Vec<UdpSocket>>>>()?;
+    let listeners = bind_listeners(&workers, &bound)?;
     let local_addrs = bound
         .iter()
         .map(|socks| socks.iter().map(UdpSocket::local_addr).collect())
@@ -296,8 +317,8 @@ where
         local_addrs: local_addrs.clone(),
         sockets,
     };
-    let per_worker = workers.into_iter().zip(bound).zip(polls);
-    for (index, ((spec, sockets), poll)) in per_worker.enumerate() {
+    let per_worker = workers.into_iter().zip(bound).zip(polls).zip(listeners);
+    for (index, (((spec, sockets), poll), listener)) in per_worker.enumerate() {
         let ctx = WorkerContext {
             index,
             workers: n,
@@ -308,7 +329,10 @@ where
         let tx = tx.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("sipvane-w{index}"))
-            .spawn(move || worker_main(ctx, spec.cpu, sockets, poll, shared, &*make_core, tx));
+            .spawn(move || {
+                let tcp = spec.tcp.map(|t| (listener, t.limits, t.proxy_from));
+                worker_main(ctx, spec.cpu, sockets, tcp, poll, shared, &*make_core, tx)
+            });
         match spawned {
             Ok(h) => pool.threads.push(h),
             Err(e) => {
@@ -330,6 +354,28 @@ where
     }
     tracing::info!(driver = %resolved, workers = n, "worker pool started");
     Ok(pool)
+}
+
+/// Binds the TCP listener of every worker that has one (on the port of its first
+/// UDP socket when the spec's port is 0).
+fn bind_listeners(
+    workers: &[WorkerSpec],
+    udp: &[Vec<UdpSocket>],
+) -> io::Result<Vec<Option<std::net::TcpListener>>> {
+    workers
+        .iter()
+        .zip(udp)
+        .map(|(w, socks)| {
+            let Some(tcp) = &w.tcp else { return Ok(None) };
+            let mut addr = tcp.addr;
+            if addr.port() == 0 {
+                if let Some(s) = socks.first() {
+                    addr.set_port(s.local_addr()?.port());
+                }
+            }
+            stream::bind_listener(addr).map(Some)
+        })
+        .collect()
 }
 
 /// Binds every socket of every worker on the calling thread, except those
@@ -432,11 +478,20 @@ impl Drop for RunningGuard<'_> {
     }
 }
 
+/// The TCP side a worker starts with: its listener (if bound) and limits.
+type TcpSetup = Option<(
+    Option<std::net::TcpListener>,
+    crate::transport::Limits,
+    Vec<crate::route::Cidr>,
+)>;
+
 /// Body of a worker thread. `poll` is set for the epoll driver, `None` for io_uring.
+#[allow(clippy::too_many_arguments)]
 fn worker_main<C, F>(
     ctx: WorkerContext,
     cpu: Option<usize>,
     sockets: Vec<UdpSocket>,
+    tcp: TcpSetup,
     poll: Option<mio::Poll>,
     shared: Arc<Shared>,
     make_core: &F,
@@ -455,8 +510,19 @@ where
             tracing::warn!(worker = index, cpu = id, "could not pin worker to CPU");
         }
     }
+    let streams = match tcp
+        .map(|(l, limits, proxy_from)| stream::Streams::new(l, limits, proxy_from))
+        .transpose()
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let msg = format!("tcp setup failed: {e}");
+            let _ = ready.send((index, Err(io::Error::new(e.kind(), msg))));
+            return Err(e);
+        }
+    };
     match poll {
-        None => match uring::Uring::new(sockets) {
+        None => match uring::Uring::new(sockets, streams) {
             Ok(io) => serve(io, ctx, shared, make_core, ready),
             Err(e) => {
                 let msg = format!("io_uring setup failed: {e}");
@@ -464,7 +530,7 @@ where
                 Err(e)
             }
         },
-        Some(poll) => match epoll::Epoll::new(sockets, poll) {
+        Some(poll) => match epoll::Epoll::new(sockets, streams, poll) {
             Ok(io) => serve(io, ctx, shared, make_core, ready),
             Err(e) => {
                 let msg = format!("epoll setup failed: {e}");
@@ -728,10 +794,12 @@ mod tests {
             WorkerSpec {
                 sockets: vec![SocketSpec::reuse_port(any), SocketSpec::new(any)],
                 cpu: None,
+                tcp: None,
             },
             WorkerSpec {
                 sockets: vec![SocketSpec::reuse_port(any), SocketSpec::new(any)],
                 cpu: None,
+                tcp: None,
             },
         ];
         let bound = bind_all(&specs, Vec::new()).unwrap();

@@ -15,7 +15,7 @@ use crossbeam_utils::CachePadded;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::outbox::PREDECESSOR;
-use super::{Core, Outbox, SocketId, SocketSpec, WorkerStats};
+use super::{Core, Outbox, SocketId, SocketSpec, TcpStats, WorkerStats};
 
 /// Longest a driver sleeps, so that a stop request is noticed promptly even if its
 /// wakeup were lost.
@@ -108,6 +108,56 @@ pub(crate) struct StatCells {
     pub relay_drops: AtomicU64,
     /// [`Core::open_work`] once the worker handed its sockets over.
     pub open_work: AtomicU64,
+    /// Written whole once per turn by the worker (a seqlock-free copy: a reader
+    /// may see counters from two adjacent turns, which is fine for metrics).
+    pub tcp: TcpCells,
+}
+
+/// [`TcpStats`] as atomics.
+#[derive(Default)]
+pub(crate) struct TcpCells {
+    open: AtomicU64,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    connected: AtomicU64,
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+    no_connection: AtomicU64,
+    closed: [AtomicU64; crate::transport::CloseReason::ALL.len()],
+}
+
+impl TcpCells {
+    fn store(&self, t: &TcpStats) {
+        let set = |cell: &AtomicU64, v: u64| cell.store(v, Ordering::Relaxed);
+        set(&self.open, t.open);
+        set(&self.accepted, t.accepted);
+        set(&self.refused, t.refused);
+        set(&self.connected, t.connected);
+        set(&self.messages_in, t.messages_in);
+        set(&self.messages_out, t.messages_out);
+        set(&self.no_connection, t.no_connection);
+        for (cell, v) in self.closed.iter().zip(t.closed) {
+            set(cell, v);
+        }
+    }
+
+    fn load(&self) -> TcpStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut closed = [0; crate::transport::CloseReason::ALL.len()];
+        for (v, cell) in closed.iter_mut().zip(&self.closed) {
+            *v = get(cell);
+        }
+        TcpStats {
+            open: get(&self.open),
+            accepted: get(&self.accepted),
+            refused: get(&self.refused),
+            connected: get(&self.connected),
+            messages_in: get(&self.messages_in),
+            messages_out: get(&self.messages_out),
+            no_connection: get(&self.no_connection),
+            closed,
+        }
+    }
 }
 
 /// A restart hand-over request to one worker and its answer.
@@ -186,12 +236,13 @@ impl Shared {
             handoffs_in: get(&s.handoffs_in),
             handoff_drops: get(&s.handoff_drops) + get(&s.relay_drops),
             timers: get(&s.timers),
+            tcp: s.tcp.load(),
         }
     }
 }
 
 /// Local tallies, published once per turn.
-#[derive(Default, Debug, Clone, Copy)]
+#[derive(Default, Debug, Clone)]
 pub(crate) struct Counters {
     pub datagrams_in: u64,
     pub datagrams_out: u64,
@@ -204,6 +255,7 @@ pub(crate) struct Counters {
     pub handoffs_in: u64,
     pub handoff_drops: u64,
     pub timers: u64,
+    pub tcp: TcpStats,
 }
 
 impl Counters {
@@ -430,6 +482,7 @@ impl<C: Core> Shell<C> {
         if self.handed_over {
             set(&s.open_work, self.core.open_work() as u64);
         }
+        s.tcp.store(&c.tcp);
     }
 
     pub fn stopping(&self) -> bool {

@@ -20,7 +20,8 @@ use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 use socket2::SockAddr;
 
 use super::shell::{sockaddr_from_bytes, Shell};
-use super::{Core, Io, Outbox, SocketId};
+use super::stream::Streams;
+use super::{Core, Io, Outbox, SocketId, SOCK_TCP, SOCK_TCP_OUT};
 
 const SQ_ENTRIES: u32 = 1024;
 const CQ_ENTRIES: u32 = 8192;
@@ -43,6 +44,8 @@ const TAG_RECV: u64 = 1;
 const TAG_SEND: u64 = 2;
 const TAG_WAKE: u64 = 3;
 const TAG_CANCEL: u64 = 4;
+/// The `PollAdd` on the TCP side's own epoll fd (see `stream`).
+const TAG_STREAMS: u64 = 5;
 const PAYLOAD_MASK: u64 = (1 << TAG_SHIFT) - 1;
 
 fn tag(kind: u64, payload: u64) -> u64 {
@@ -82,6 +85,7 @@ fn build_ring() -> io::Result<IoUring> {
         (opcode::SendMsg::CODE, "SENDMSG"),
         (opcode::Read::CODE, "READ"),
         (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+        (opcode::PollAdd::CODE, "POLL_ADD"),
     ] {
         if !probe.is_supported(code) {
             return Err(io::Error::new(
@@ -262,6 +266,10 @@ struct State {
     wake_armed: bool,
     /// Slot whose outbox the core is currently filling (never has sends pending).
     cur: usize,
+    /// TCP listener and connections; `None` without TCP.
+    streams: Option<Streams>,
+    /// A `PollAdd` on the streams' fd is in flight.
+    streams_armed: bool,
 }
 
 pub(crate) struct Uring {
@@ -270,8 +278,10 @@ pub(crate) struct Uring {
 }
 
 impl Uring {
-    pub fn new(sockets: Vec<UdpSocket>) -> io::Result<Self> {
-        Self::with_buffers(sockets, BUF_COUNT, BUF_SIZE)
+    pub fn new(sockets: Vec<UdpSocket>, streams: Option<Streams>) -> io::Result<Self> {
+        let mut u = Self::with_buffers(sockets, BUF_COUNT, BUF_SIZE)?;
+        u.st.streams = streams;
+        Ok(u)
     }
 
     /// `buf_count` must be a power of two.
@@ -295,6 +305,8 @@ impl Uring {
                 recv_errors: vec![0; n],
                 wake_armed: false,
                 cur: 0,
+                streams: None,
+                streams_armed: false,
             },
         })
     }
@@ -343,6 +355,13 @@ impl Uring {
             Self::push(&mut self.ring, &e)?;
             self.st.wake_armed = true;
         }
+        if let (Some(st), false) = (&self.st.streams, self.st.streams_armed) {
+            let e = opcode::PollAdd::new(Fd(st.fd()), libc::POLLIN as u32)
+                .build()
+                .user_data(tag(TAG_STREAMS, 0));
+            Self::push(&mut self.ring, &e)?;
+            self.st.streams_armed = true;
+        }
         Ok(())
     }
 
@@ -379,6 +398,7 @@ impl Uring {
             sockets,
             mem,
             cur: cur_slot,
+            streams,
             ..
         } = &mut self.st;
         let slot = &mut mem.slots[cur];
@@ -392,7 +412,16 @@ impl Uring {
         slot.addrs.clear();
         slot.iovs.clear();
         slot.hdrs.clear();
+        let now = Instant::now();
         for (socket, dst, data) in slot.out.iter() {
+            if socket == SOCK_TCP || socket == SOCK_TCP_OUT {
+                // Stream writes are plain non-blocking syscalls (see `stream`).
+                match streams.as_mut() {
+                    Some(st) => st.send(now, socket, dst, data, shell),
+                    None => shell.counters.tcp.no_connection += 1,
+                }
+                continue;
+            }
             let Some(sock) = sockets.get(usize::from(socket)) else {
                 shell.counters.sent(
                     // An id the core made up; `ErrorKind` alone avoids an allocation.
@@ -487,6 +516,12 @@ impl Uring {
                 let _ = Self::push(&mut self.ring, &e);
             }
         }
+        if self.st.streams_armed {
+            let e = opcode::AsyncCancel::new(tag(TAG_STREAMS, 0))
+                .build()
+                .user_data(tag(TAG_CANCEL, 0));
+            let _ = Self::push(&mut self.ring, &e);
+        }
         if self.st.wake_armed {
             // Completing the read is simpler and surer than cancelling it.
             match wake_fd {
@@ -506,6 +541,7 @@ impl Uring {
         loop {
             let busy = self.st.armed.iter().any(|a| *a)
                 || self.st.wake_armed
+                || self.st.streams_armed
                 || self.st.mem.slots.iter().any(|s| s.pending > 0);
             if !busy {
                 return true;
@@ -544,6 +580,12 @@ impl State {
                 self.wake_armed = false;
                 if res < 0 && res != -libc::ECANCELED {
                     tracing::debug!(error = %os_err(-res), "eventfd read failed");
+                }
+            }
+            TAG_STREAMS => {
+                self.streams_armed = false;
+                if let Some(st) = self.streams.as_mut() {
+                    st.wake();
                 }
             }
             _ => {}
@@ -627,6 +669,7 @@ impl State {
                 }
             }
             TAG_WAKE => self.wake_armed = false,
+            TAG_STREAMS => self.streams_armed = false,
             _ => {}
         }
     }
@@ -640,13 +683,22 @@ impl Io for Uring {
         let result = (|| {
             while !shell.stopping() {
                 self.arm(wake_fd)?;
-                self.wait(shell.wait_time(Instant::now()))?;
+                let busy = self.st.streams.as_ref().is_some_and(Streams::busy);
+                let wait = if busy {
+                    Duration::ZERO
+                } else {
+                    shell.wait_time(Instant::now())
+                };
+                self.wait(wait)?;
                 let now = Instant::now();
                 self.reap(now, shell);
                 if let Some(k) = shell.handover_requested() {
                     self.hand_over(k, now, shell);
                 }
                 let out = &mut self.st.mem.slots[self.st.cur].out;
+                if let Some(st) = self.st.streams.as_mut() {
+                    st.turn(now, shell, out);
+                }
                 shell.poll_handoffs(now, out);
                 shell.poll_timer(now, out);
                 self.flush(shell)?;
@@ -654,6 +706,9 @@ impl Io for Uring {
             }
             Ok(())
         })();
+        if let Some(st) = self.st.streams.as_mut() {
+            st.shutdown(shell);
+        }
         if !self.quiesce(Some(wake_fd)) {
             tracing::warn!(
                 worker = shell.index,
@@ -668,6 +723,7 @@ impl Drop for Uring {
     fn drop(&mut self) {
         let quiet = !self.st.armed.iter().any(|a| *a)
             && !self.st.wake_armed
+            && !self.st.streams_armed
             && !self.st.mem.slots.iter().any(|s| s.pending > 0);
         if quiet || self.quiesce(None) {
             // SAFETY: nothing in flight references `mem` any more; dropped once.

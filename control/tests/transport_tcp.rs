@@ -1,0 +1,230 @@
+//! TCP end to end (issue 11): real SIPp callers and callees over TCP and UDP,
+//! the real `sipvane` binary in between, on both I/O drivers.
+
+#[macro_use]
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{
+    api_get, free_tcp_port, free_udp_addr, localhost, metrics, Scenario, Sipvane, Uac, Uas,
+};
+
+const SETTLE: Duration = Duration::from_secs(5);
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+on_both_drivers!(
+    tcp_callers_reach_tcp_backends,
+    udp_caller_reaches_tcp_backend,
+    tcp_caller_reaches_udp_backend,
+    refused_tcp_connect_fails_over_at_once,
+);
+
+/// The sum over every label set of a metric (`name{...} value` lines).
+fn metric_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// File descriptors process `pid` holds open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .count()
+}
+
+/// Waits until process `pid` holds no more file descriptors than `want` again:
+/// connections close asynchronously, so one reading proves nothing; a leak keeps
+/// the count above `want` until the deadline. (Not "equal": the count taken
+/// before may include a transient descriptor, such as the harness's API
+/// connection still closing.)
+fn wait_for_fds(pid: u32, want: usize) {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let n = open_fds(pid);
+        if n <= want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} file descriptors open, {want} before the calls"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// TCP connections of all workers, from `GET /status`.
+fn tcp_connections(sipvane: &Sipvane) -> u64 {
+    let body = api_get(sipvane, "/status");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+    v["worker_detail"]
+        .as_array()
+        .expect("worker_detail")
+        .iter()
+        .map(|w| w["tcp_connections"].as_u64().expect("tcp_connections"))
+        .sum()
+}
+
+/// One TCP connection per call from the callers (`-t tn`), pooled per-worker
+/// connections to two TCP callees (`-t t1`, `;transport=tcp`); ACK and BYE follow
+/// the Record-Route back over TCP.
+fn tcp_callers_reach_tcp_backends(io: &str) {
+    let mut a = Uas::builder(Scenario::Uas).tcp().start();
+    let mut b = Uas::builder(Scenario::Uas).tcp().start();
+    let mut sipvane = Sipvane::builder("tcp")
+        .io(io)
+        .workers(2)
+        .algorithm("round-robin")
+        .destination(format!("1 sip:{};transport=tcp", a.addr()))
+        .destination(format!("1 sip:{};transport=tcp", b.addr()))
+        .start();
+    let fds = open_fds(sipvane.pid());
+    let run = Uac::new(Scenario::Uac, sipvane.addr())
+        .transport("tn")
+        .calls(1000)
+        .rate(200)
+        .timeout(RUN_LIMIT)
+        .run();
+    run.assert_all_succeeded(1000);
+
+    a.wait_until(SETTLE, |s| s.invites_received() > 0);
+    b.wait_until(SETTLE, |s| s.invites_received() > 0);
+    let m = metrics(&sipvane);
+    let (fa, fb) = (a.stop(), b.stop());
+    assert_eq!(fa.invites_received() + fb.invites_received(), 1000);
+    for f in [&fa, &fb] {
+        assert!(f.invites_received() > 0, "{f:?}");
+        assert_eq!(f.count("ACK", "Recv"), f.invites_received(), "{f:?}");
+        assert_eq!(f.count("BYE", "Recv"), f.invites_received(), "{f:?}");
+        assert_eq!(f.failed, 0, "{f:?}");
+    }
+    // One connection per call came in; the callees were reached over a few pooled ones.
+    assert_eq!(
+        metric_sum(&m, "sipvane_worker_tcp_accepted_total"),
+        1000,
+        "{m}"
+    );
+    let connected = metric_sum(&m, "sipvane_worker_tcp_connected_total");
+    assert!(
+        (2..=4).contains(&connected),
+        "{connected} outbound connections\n{m}"
+    );
+    assert_eq!(metric_sum(&m, "sipvane_worker_tcp_refused_total"), 0);
+    assert_eq!(metric_sum(&m, "sipvane_worker_tcp_no_connection_total"), 0);
+    // The callers' connections ended with their calls, the pooled ones with the
+    // callees: every socket is closed again.
+    wait_for_fds(sipvane.pid(), fds);
+    assert_eq!(tcp_connections(&sipvane), 0);
+    let c = sipvane.stop();
+    assert_eq!(c.get("initial_invites"), 1000);
+    assert_eq!(c.get("calls_answered"), 1000);
+    assert_eq!(c.get("dialogs_ended"), 1000);
+    assert_eq!(c.get("failovers"), 0);
+    assert_eq!(c.get("timeouts"), 0);
+    assert_eq!(c.get("parse_errors"), 0);
+}
+
+/// A UDP caller (SIPp retransmits on that leg) and a TCP callee: the Via towards
+/// the callee says TCP, ACK and BYE reach it over the pooled connection.
+fn udp_caller_reaches_tcp_backend(io: &str) {
+    let mut a = Uas::builder(Scenario::Uas).tcp().start();
+    let mut sipvane = Sipvane::builder("udp2tcp")
+        .io(io)
+        .destination(format!("1 sip:{};transport=tcp", a.addr()))
+        .start();
+    let run = Uac::new(Scenario::Uac, sipvane.addr())
+        .calls(200)
+        .rate(100)
+        .timeout(RUN_LIMIT)
+        .run();
+    run.assert_all_succeeded(200);
+    let fa = a.wait_until(SETTLE, |s| s.count("BYE", "Recv") >= 200);
+    let m = metrics(&sipvane);
+    assert_eq!(fa.invites_received(), 200, "{fa:?}");
+    assert_eq!(fa.count("ACK", "Recv"), 200, "{fa:?}");
+    assert_eq!(fa.count("BYE", "Recv"), 200, "{fa:?}");
+    assert_eq!(
+        metric_sum(&m, "sipvane_worker_tcp_accepted_total"),
+        0,
+        "{m}"
+    );
+    assert!(
+        metric_sum(&m, "sipvane_worker_tcp_connected_total") >= 1,
+        "{m}"
+    );
+    // The pooled connection stays open (tcp.idle_timeout_s) and shows in /status.
+    assert!(tcp_connections(&sipvane) >= 1);
+    a.stop();
+    let c = sipvane.stop();
+    assert_eq!(c.get("calls_answered"), 200);
+    assert_eq!(c.get("dialogs_ended"), 200);
+}
+
+/// A TCP caller on one connection (`-t t1`) and a UDP callee: responses go back
+/// over the caller's connection, the callee sees UDP.
+fn tcp_caller_reaches_udp_backend(io: &str) {
+    let mut a = Uas::start(Scenario::Uas, free_udp_addr());
+    let mut sipvane = Sipvane::builder("tcp2udp")
+        .io(io)
+        .destination(format!("1 sip:{}", a.addr()))
+        .start();
+    let run = Uac::new(Scenario::Uac, sipvane.addr())
+        .transport("t1")
+        .calls(200)
+        .rate(100)
+        .timeout(RUN_LIMIT)
+        .run();
+    run.assert_all_succeeded(200);
+    let fa = a.wait_until(SETTLE, |s| s.count("BYE", "Recv") >= 200);
+    let m = metrics(&sipvane);
+    assert_eq!(fa.invites_received(), 200, "{fa:?}");
+    assert_eq!(fa.count("BYE", "Recv"), 200, "{fa:?}");
+    assert_eq!(
+        metric_sum(&m, "sipvane_worker_tcp_accepted_total"),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "sipvane_worker_tcp_connected_total"),
+        0,
+        "{m}"
+    );
+    a.stop();
+    let c = sipvane.stop();
+    assert_eq!(c.get("calls_answered"), 200);
+    assert_eq!(c.get("dialogs_ended"), 200);
+}
+
+/// A TCP destination nobody listens on: the refused connect is reported to the
+/// core, which fails the attempt over at once (no fr_timer wait, no timeout).
+fn refused_tcp_connect_fails_over_at_once(io: &str) {
+    let dead = localhost(free_tcp_port());
+    let mut good = Uas::builder(Scenario::Uas).tcp().start();
+    let mut sipvane = Sipvane::builder("tcpdead")
+        .io(io)
+        .workers(1)
+        .algorithm("round-robin")
+        .destination(format!("1 sip:{dead};transport=tcp"))
+        .destination(format!("1 sip:{};transport=tcp", good.addr()))
+        .start();
+    let run = Uac::new(Scenario::Uac, sipvane.addr())
+        .calls(20)
+        .rate(20)
+        .timeout(RUN_LIMIT)
+        .run();
+    run.assert_all_succeeded(20);
+    let m = metrics(&sipvane);
+    let refused = metric_sum(&m, "sipvane_connect_failures_total");
+    assert!(refused >= 1, "{m}");
+    good.stop();
+    let c = sipvane.stop();
+    assert_eq!(c.get("calls_answered"), 20);
+    assert_eq!(c.get("failovers"), refused);
+    assert_eq!(
+        c.get("timeouts"),
+        0,
+        "failover came from the refused connect, not fr_timer"
+    );
+}
