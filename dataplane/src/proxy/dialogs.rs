@@ -79,8 +79,7 @@ impl Worker {
             .txns
             .get(id)
             .and_then(|t| t.media.engine())
-            .and_then(|e| DialogMedia::new(e, call_id, from_tag))
-            .map(Box::new);
+            .and_then(|e| DialogMedia::new(e, call_id, from_tag));
         let data = DialogData {
             dest: dest.clone(),
             addr,

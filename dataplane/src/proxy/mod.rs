@@ -87,9 +87,7 @@ struct DialogData {
     dest: Option<Arc<DestStats>>,
     addr: SocketAddr,
     call_id: Option<Box<str>>,
-    /// Boxed: ~100 bytes (ids inline) that only anchored calls use; every
-    /// dialog would otherwise carry them.
-    media: Option<Box<DialogMedia>>,
+    media: Option<DialogMedia>,
     /// RFC 4028 session interval (s) the dialog's 2xx set; 0: none.
     session_expires: u32,
 }
