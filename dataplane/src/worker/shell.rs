@@ -354,7 +354,22 @@ impl<C: Core> Shell<C> {
         self.core.on_datagram(now, socket, src, data, out);
     }
 
+    /// HEP capture is on: stream connections need their local address.
+    #[inline]
+    pub fn capturing(&self) -> bool {
+        self.hep.is_some()
+    }
+
+    /// Captures one SIP message of a TCP connection (HEP), from `src` to `dst`.
+    #[inline]
+    pub fn capture_stream(&mut self, src: SocketAddr, dst: SocketAddr, data: &[u8]) {
+        if let Some(tap) = self.hep.as_mut() {
+            tap.stream(src, dst, data);
+        }
+    }
+
     /// Captures the datagrams about to be sent (HEP); call once before each flush.
+    /// Stream sends are captured by `stream` once queued on their connection.
     #[inline]
     pub fn capture_sends(&mut self, out: &Outbox) {
         if let Some(tap) = self.hep.as_mut() {
