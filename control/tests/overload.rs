@@ -82,7 +82,7 @@ fn busy_destination(stop: Arc<AtomicBool>) -> (SocketAddr, std::thread::JoinHand
 
 fn invite(from: SocketAddr, n: u32) -> String {
     format!(
-        "INVITE sip:900@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-ov{n};rport\r\n\
+        "INVITE sip:900@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-ov{n};rport;oc;oc-algo=\"loss\"\r\n\
          Max-Forwards: 70\r\nFrom: <sip:flood@{from}>;tag=f{n}\r\nTo: <sip:900@127.0.0.1>\r\n\
          Call-ID: overload-{n}@test\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
     )
@@ -113,7 +113,20 @@ struct Answers {
     shed: AtomicU64,
     /// 503s that carried `Retry-After: RETRY_AFTER_S`.
     shed_with_retry_after: AtomicU64,
+    /// 503s whose Via told the caller (it offered RFC 7339 `oc`) to hold
+    /// back 100 % of its requests.
+    shed_with_oc_100: AtomicU64,
+    /// The highest `oc` loss value of any other response.
+    max_oc_other: AtomicU64,
     other: AtomicU64,
+}
+
+/// The `oc=N` loss value in the top Via of a response, if any.
+fn oc_loss(msg: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(msg).ok()?;
+    let via = text.lines().find(|l| l.starts_with("Via:"))?;
+    via.split(';')
+        .find_map(|p| p.trim().strip_prefix("oc=")?.parse().ok())
 }
 
 /// Sends INVITEs as fast as one thread can (bounded), and ACKs every final.
@@ -149,6 +162,12 @@ fn flood(target: SocketAddr, answers: Arc<Answers>) -> Vec<std::thread::JoinHand
             let Some(code) = status_code(msg) else {
                 continue;
             };
+            let oc = oc_loss(msg);
+            if code != 503 {
+                answers
+                    .max_oc_other
+                    .fetch_max(oc.unwrap_or(0), Ordering::Relaxed);
+            }
             let counter = match code {
                 100..=199 => continue,
                 486 => &answers.busy,
@@ -158,6 +177,9 @@ fn flood(target: SocketAddr, answers: Arc<Answers>) -> Vec<std::thread::JoinHand
                         answers
                             .shed_with_retry_after
                             .fetch_add(1, Ordering::Relaxed);
+                    }
+                    if oc == Some(100) {
+                        answers.shed_with_oc_100.fetch_add(1, Ordering::Relaxed);
                     }
                     &answers.shed
                 }
@@ -170,6 +192,26 @@ fn flood(target: SocketAddr, answers: Arc<Answers>) -> Vec<std::thread::JoinHand
         }
     });
     vec![sender, receiver]
+}
+
+/// An OPTIONS whose Via offers RFC 7339 overload control; the answer.
+fn options_offering_oc(target: SocketAddr) -> String {
+    let sock = bind("127.0.0.1");
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let me = sock.local_addr().unwrap();
+    let req = format!(
+        "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-ocq;oc;oc-algo=\"loss\"\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:q@{me}>;tag=q\r\nTo: <sip:127.0.0.1>\r\n\
+         Call-ID: oc-options@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..3 {
+        sock.send_to(req.as_bytes(), target).unwrap();
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            return String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+    }
+    panic!("no answer to OPTIONS after the flood");
 }
 
 /// Datagrams the kernel dropped because a receive buffer of a UDP socket
@@ -257,6 +299,7 @@ fn overload_sheds_stays_responsive_and_recovers(io: &str) {
         std::thread::sleep(Duration::from_millis(200));
     }
     let drained_after = flood_stopped.elapsed();
+    let idle_oc = options_offering_oc(sv.addr());
     let after = Uac::new(Scenario::Uac, sv.addr()).calls(100).rate(50).run();
     after.assert_all_succeeded(100);
 
@@ -269,16 +312,21 @@ fn overload_sheds_stays_responsive_and_recovers(io: &str) {
     let busy_answers = answers.busy.load(Ordering::Relaxed);
     let shed = answers.shed.load(Ordering::Relaxed);
     let shed_ra = answers.shed_with_retry_after.load(Ordering::Relaxed);
+    let shed_oc = answers.shed_with_oc_100.load(Ordering::Relaxed);
+    let max_oc_other = answers.max_oc_other.load(Ordering::Relaxed);
     let other = answers.other.load(Ordering::Relaxed);
     println!(
         "overload [{io}]: {sent} INVITEs offered in {FLOOD_FOR:?}; admitted {} (486 from the \
          destination: {busy_answers}), shed 503 {shed} (overload_rejects {}), other {other}, \
          not answered {} (the kernel dropped {dropped} at sipvane's socket); OPTIONS answered {pongs}/{pings}; \
          transactions max {txns_max}/{MAX_TRANSACTIONS}; RSS {rss_before} -> max {rss_max} KiB; \
-         transactions drained {drained_after:?} after the flood; 100/100 calls after",
+         transactions drained {drained_after:?} after the flood; 100/100 calls after; \
+         RFC 7339: {shed_oc} 503s said oc=100, other answers up to oc={max_oc_other}, \
+         overload_feedback {}",
         c.get("initial_invites"),
         c.get("overload_rejects"),
         sent.saturating_sub(busy_answers + shed + other),
+        c.get("overload_feedback"),
     );
 
     // Shedding happened, statelessly and with Retry-After, and it was the
@@ -287,6 +335,15 @@ fn overload_sheds_stays_responsive_and_recovers(io: &str) {
     assert!(
         shed > 0 && shed_ra == shed,
         "{shed} 503s, {shed_ra} with Retry-After: {RETRY_AFTER_S}"
+    );
+    // RFC 7339: the flooding caller offered `oc`, so every 503 told it to
+    // hold back everything, answers admitted on the way up told it to slow
+    // down, and once the table drained it is told control is off.
+    assert_eq!(shed_oc, shed, "{shed} 503s, {shed_oc} with oc=100");
+    assert!(c.get("overload_feedback") >= shed_oc, "{c:?}");
+    assert!(
+        idle_oc.contains(";oc=0;oc-algo=\"loss\";oc-validity=0;oc-seq="),
+        "after the flood: {idle_oc}"
     );
     assert_eq!(c.get("table_full"), 0, "the table filled up: {c:?}");
     assert_eq!(c.get("no_destination"), 0, "{c:?}");

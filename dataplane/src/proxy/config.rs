@@ -61,6 +61,9 @@ pub struct ProxyConfig {
     pub overload_transactions: usize,
     pub max_dialogs: usize,
     pub retry_after_s: u32,
+    /// RFC 7339 feedback to upstream clients that offer `oc` in their Via;
+    /// `None`: their `oc` is ignored.
+    pub overload_control: Option<OverloadControl>,
     pub record_route: bool,
     /// Domains served; empty means every domain.
     pub domains: Vec<String>,
@@ -98,6 +101,16 @@ pub struct ProxyConfig {
     pub predecessor: Option<Arc<super::predecessor::Predecessor>>,
 }
 
+/// RFC 7339 loss-based overload control towards upstream clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverloadControl {
+    /// Open transactions from which the loss percentage told to clients
+    /// grows (0 % here, 100 % at `overload_transactions`).
+    pub start_transactions: usize,
+    /// `oc-validity` of a non-zero value, in milliseconds.
+    pub validity_ms: u32,
+}
+
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
@@ -115,6 +128,10 @@ impl Default for ProxyConfig {
             overload_transactions: 58982,
             max_dialogs: 262144,
             retry_after_s: 5,
+            overload_control: Some(OverloadControl {
+                start_transactions: 44236,
+                validity_ms: 500,
+            }),
             record_route: true,
             domains: Vec::new(),
             unknown_domain: UnknownDomain::Relay,

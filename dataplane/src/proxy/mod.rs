@@ -21,6 +21,7 @@ pub mod flood;
 mod fork;
 pub mod media;
 mod natping;
+mod overload;
 mod pool;
 pub mod predecessor;
 mod registrar;
@@ -162,6 +163,8 @@ pub struct Worker {
     /// NAT keep-alive pings of its share of the NATed bindings; `None`
     /// when off.
     natping: Option<crate::registrar::natping::NatPing>,
+    /// Wall clock for RFC 7339 `oc-seq`.
+    oc_clock: overload::SeqClock,
 }
 
 impl Worker {
@@ -212,6 +215,7 @@ impl Worker {
             hep: None,
             nonce_counts: crate::registrar::nonce::NonceCounts::new(cfg_max_nonces),
             natping,
+            oc_clock: overload::SeqClock::new(now),
         }
     }
 
@@ -255,6 +259,7 @@ impl Core for Worker {
         out: &mut Outbox,
     ) {
         bump(&self.stats.rx_datagrams);
+        self.oc_clock.now = now;
         self.handed_over = socket & HANDED_OVER != 0;
         let socket = socket & !HANDED_OVER;
         self.from_stream = socket == SOCK_TCP && !self.handed_over;
@@ -285,6 +290,7 @@ impl Core for Worker {
     }
 
     fn on_timer(&mut self, now: Instant, out: &mut Outbox) {
+        self.oc_clock.now = now;
         let mut expired = std::mem::take(&mut self.expired);
         expired.clear();
         self.timers.expire(now, &mut expired);

@@ -419,6 +419,8 @@ impl Worker {
             holds_call: false,
             makes_dialog: method == Method::Invite && !in_dialog,
             located: how,
+            oc: self.cfg.overload_control.is_some()
+                && crate::sip::overload::offers_loss(via.params),
             fork,
         };
         let id = match self.txns.insert(key, txn) {
