@@ -157,6 +157,8 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
                 validity_ms: cfg.proxy.overload_control_validity_ms,
             }
         }),
+        shed_backlog: (cfg.proxy.shed_backlog_ms > 0)
+            .then(|| std::time::Duration::from_millis(u64::from(cfg.proxy.shed_backlog_ms))),
         record_route: cfg.proxy.record_route,
         domains: cfg.proxy.domains.clone(),
         unknown_domain: match cfg.proxy.unknown_domain {

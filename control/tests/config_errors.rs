@@ -32,8 +32,8 @@ fn unknown_key() {
         "sipvane.toml:5: unknown key \"listne\" in [proxy]; expected one of listen, workers, \
          private_port_base, advertise, io, domains, unknown_domain, max_transactions, \
          max_dialogs, overload_watermark, retry_after_s, overload_control, \
-         overload_control_start, overload_control_validity_ms, balance, record_route, \
-         server_header, dialog_timeout_s"
+         overload_control_start, overload_control_validity_ms, shed_backlog_ms, balance, \
+         record_route, server_header, dialog_timeout_s"
     );
 }
 

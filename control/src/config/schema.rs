@@ -77,6 +77,9 @@ pub struct ProxyConfig {
     pub overload_control_start: f64,
     /// `oc-validity` (milliseconds) of a non-zero loss value. Default 500.
     pub overload_control_validity_ms: u32,
+    /// New INVITEs get 503 + Retry-After while a worker's receive queue has
+    /// stood this long (it cannot keep up); 0 = off. Default 100.
+    pub shed_backlog_ms: u32,
     /// How new calls are spread over workers. Default `callid`.
     pub balance: Balance,
     /// Insert Record-Route on initial requests. Default true.
@@ -107,6 +110,7 @@ impl Default for ProxyConfig {
             overload_control: true,
             overload_control_start: 0.75,
             overload_control_validity_ms: 500,
+            shed_backlog_ms: 100,
             balance: Balance::Callid,
             record_route: true,
             server_header: "sipvane".to_owned(),

@@ -121,6 +121,15 @@ impl Config {
                 ),
             );
         }
+        if p.shed_backlog_ms > 60_000 {
+            v.err(
+                at("shed_backlog_ms"),
+                format!(
+                    "shed_backlog_ms must be from 0 (off) to 60000 (got {})",
+                    p.shed_backlog_ms
+                ),
+            );
+        }
         if p.dialog_timeout_s == 0 {
             v.err(
                 at("dialog_timeout_s"),

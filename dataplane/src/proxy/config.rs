@@ -64,6 +64,10 @@ pub struct ProxyConfig {
     /// RFC 7339 feedback to upstream clients that offer `oc` in their Via;
     /// `None`: their `oc` is ignored.
     pub overload_control: Option<OverloadControl>,
+    /// New INVITEs get 503 + Retry-After while the worker's public socket
+    /// has held a receive backlog for this long (it cannot keep up: answering
+    /// 503 costs a fraction of relaying a call); `None`: off.
+    pub shed_backlog: Option<Duration>,
     pub record_route: bool,
     /// Domains served; empty means every domain.
     pub domains: Vec<String>,
@@ -132,6 +136,7 @@ impl Default for ProxyConfig {
                 start_transactions: 44236,
                 validity_ms: 500,
             }),
+            shed_backlog: Some(Duration::from_millis(100)),
             record_route: true,
             domains: Vec::new(),
             unknown_domain: UnknownDomain::Relay,

@@ -165,6 +165,8 @@ pub struct Worker {
     natping: Option<crate::registrar::natping::NatPing>,
     /// Wall clock for RFC 7339 `oc-seq`.
     oc_clock: overload::SeqClock,
+    /// The receive queue has stood for `shed_backlog`: new INVITEs are shed.
+    backlogged: bool,
 }
 
 impl Worker {
@@ -216,6 +218,7 @@ impl Worker {
             nonce_counts: crate::registrar::nonce::NonceCounts::new(cfg_max_nonces),
             natping,
             oc_clock: overload::SeqClock::new(now),
+            backlogged: false,
         }
     }
 
@@ -330,6 +333,13 @@ impl Core for Worker {
 
     fn open_work(&self) -> usize {
         self.txns.len()
+    }
+
+    fn on_backlog(&mut self, now: Instant, since: Option<Instant>) {
+        self.backlogged = match (self.cfg.shed_backlog, since) {
+            (Some(after), Some(since)) => now.saturating_duration_since(since) >= after,
+            _ => false,
+        };
     }
 
     fn on_connect_failed(&mut self, now: Instant, dst: SocketAddr, out: &mut Outbox) {

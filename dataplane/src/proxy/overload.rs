@@ -262,4 +262,66 @@ mod tests {
         assert!(r.starts_with("SIP/2.0 200 "), "{r}");
         assert!(!top_via(r).contains("oc="), "{r}");
     }
+
+    #[test]
+    fn a_standing_receive_queue_sheds_new_invites_only() {
+        let t0 = Instant::now();
+        let cfg = ProxyConfig {
+            shed_backlog: Some(std::time::Duration::from_millis(100)),
+            ..ProxyConfig::default()
+        };
+        let mut w = worker(cfg, &format!("1 sip:{DEST}\n"), t0);
+        let caller = CALLER.parse().unwrap();
+        let mut out = Outbox::new();
+        let t1 = t0 + std::time::Duration::from_millis(50);
+        // A backlog younger than shed_backlog sheds nothing.
+        w.on_backlog(t1, Some(t0));
+        w.on_datagram(t1, SOCK_PUBLIC, caller, &invite_oc(1, false), &mut out);
+        assert_eq!(sent(&out)[0].0, DEST.parse().unwrap(), "relayed");
+        // One standing for 100 ms does: 503 + Retry-After, counted.
+        let t2 = t0 + std::time::Duration::from_millis(100);
+        w.on_backlog(t2, Some(t0));
+        out.clear();
+        w.on_datagram(t2, SOCK_PUBLIC, caller, &invite_oc(2, false), &mut out);
+        let r = to_caller(&out);
+        assert!(r.starts_with("SIP/2.0 503 "), "{r}");
+        assert!(r.contains("Retry-After: 5\r\n"), "{r}");
+        assert_eq!(w.stats().snapshot().backlog_rejects, 1);
+        // The first call's transaction still gets its answer through.
+        out.clear();
+        let fwd = {
+            let mut o = Outbox::new();
+            w.on_datagram(t2, SOCK_PUBLIC, caller, &invite_oc(1, false), &mut o);
+            o
+        };
+        assert!(sent(&fwd)
+            .iter()
+            .all(|(_, m)| !m.starts_with("SIP/2.0 503")));
+        // Drained: relayed again.
+        w.on_backlog(t2, None);
+        w.on_datagram(t2, SOCK_PUBLIC, caller, &invite_oc(3, false), &mut out);
+        assert_eq!(sent(&out).last().unwrap().0, DEST.parse().unwrap());
+        assert_eq!(w.stats().snapshot().backlog_rejects, 1);
+    }
+
+    #[test]
+    fn backlog_shedding_off() {
+        let t0 = Instant::now();
+        let cfg = ProxyConfig {
+            shed_backlog: None,
+            ..ProxyConfig::default()
+        };
+        let mut w = worker(cfg, &format!("1 sip:{DEST}\n"), t0);
+        let mut out = Outbox::new();
+        let t1 = t0 + std::time::Duration::from_secs(10);
+        w.on_backlog(t1, Some(t0));
+        w.on_datagram(
+            t1,
+            SOCK_PUBLIC,
+            CALLER.parse().unwrap(),
+            &invite_oc(1, false),
+            &mut out,
+        );
+        assert_eq!(sent(&out)[0].0, DEST.parse().unwrap());
+    }
 }

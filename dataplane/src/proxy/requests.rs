@@ -277,6 +277,11 @@ impl Worker {
                     self.reply_unavailable(socket, src, msg, b"Overloaded", out);
                     return;
                 }
+                if method == Method::Invite && self.backlogged {
+                    bump(&self.stats.backlog_rejects);
+                    self.reply_unavailable(socket, src, msg, b"Overloaded", out);
+                    return;
+                }
                 anchor = method == Method::Invite
                     && self.media.as_ref().is_some_and(|m| {
                         rule_media.unwrap_or_else(|| m.shared().anchors_set(set_id))
