@@ -21,6 +21,7 @@ pub mod flood;
 mod fork;
 pub mod media;
 mod natping;
+mod overload;
 mod parked;
 mod pool;
 pub mod predecessor;
@@ -171,6 +172,10 @@ pub struct Worker {
     names: Option<parked::Names>,
     /// A parked request is being routed again.
     resuming: bool,
+    /// Wall clock for RFC 7339 `oc-seq`.
+    oc_clock: overload::SeqClock,
+    /// The receive queue has stood for `shed_backlog`: new INVITEs are shed.
+    backlogged: bool,
 }
 
 impl Worker {
@@ -224,6 +229,8 @@ impl Worker {
             natping,
             names: names.map(parked::Names::new),
             resuming: false,
+            oc_clock: overload::SeqClock::new(now),
+            backlogged: false,
         }
     }
 
@@ -271,6 +278,7 @@ impl Core for Worker {
             return;
         }
         bump(&self.stats.rx_datagrams);
+        self.oc_clock.now = now;
         self.handed_over = socket & HANDED_OVER != 0;
         let socket = socket & !HANDED_OVER;
         self.from_stream = socket == SOCK_TCP && !self.handed_over;
@@ -301,6 +309,7 @@ impl Core for Worker {
     }
 
     fn on_timer(&mut self, now: Instant, out: &mut Outbox) {
+        self.oc_clock.now = now;
         let mut expired = std::mem::take(&mut self.expired);
         expired.clear();
         self.timers.expire(now, &mut expired);
@@ -345,6 +354,13 @@ impl Core for Worker {
 
     fn open_work(&self) -> usize {
         self.txns.len()
+    }
+
+    fn on_backlog(&mut self, now: Instant, since: Option<Instant>) {
+        self.backlogged = match (self.cfg.shed_backlog, since) {
+            (Some(after), Some(since)) => now.saturating_duration_since(since) >= after,
+            _ => false,
+        };
     }
 
     fn on_connect_failed(&mut self, now: Instant, dst: SocketAddr, out: &mut Outbox) {
