@@ -47,6 +47,9 @@ pub struct Running {
     pub reload: ReloadHandle,
     /// The control thread's DNS counters (`sipvane_dns_*`).
     pub dns: Arc<crate::dns::DnsStats>,
+    /// The control thread's resolver (it also answers the workers' questions
+    /// about next hops named by host names, `proxy.names`).
+    pub resolver: Arc<crate::dns::Resolver>,
     /// RTPEngine anchoring: engines, health, per-worker per-engine counters;
     /// `None` when `[rtpengine] engines` is empty.
     pub media: Option<Arc<MediaShared>>,
@@ -201,6 +204,14 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
         }),
         // Set by `start` when this process takes over from a running one.
         predecessor: None,
+        names: Some(dataplane::proxy::NameSettings {
+            bridge: Arc::new(dataplane::route::names::NameBridge::new(
+                workers,
+                (cfg.dns.max_parked as usize).max(16),
+            )),
+            max_parked: cfg.dns.max_parked as usize,
+            max_wait: std::time::Duration::from_millis(cfg.dns.max_wait_ms),
+        }),
     })
 }
 
@@ -416,7 +427,16 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
         advertise = %proxy_cfg.advertise,
         "sipvane is running"
     );
+    if let Some(names) = &proxy_cfg.names {
+        // An answer wakes its worker like a handed-over datagram would.
+        let injector = pool.injector();
+        let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+        names.bridge.on_answer(move |w| {
+            injector.inject(w, dataplane::proxy::SOCK_NAMES, nowhere, &[]);
+        });
+    }
     let dns_stats = dns.stats();
+    let resolver = dns.clone();
     let (reloader, reload) = Reloader::new(source, table.clone(), dns, defs, resolved);
     let driver = pool.driver();
     let media = proxy_cfg.media.clone();
@@ -431,6 +451,7 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
         driver,
         reload,
         dns: dns_stats,
+        resolver,
         events,
         // Set by `run` when it builds the exporter.
         events_exporter: None,
@@ -599,6 +620,15 @@ pub fn run(cfg: &Config) -> Result<()> {
             // stops the process (supervise.rs).
             let mut watched = Watched::default();
             watched.spawn("reload", reloader.run());
+            if let Some(names) = &running.proxy.names {
+                let negative = std::time::Duration::from_secs(u64::from(cfg.dns.negative_ttl_s));
+                let serve = crate::dns::workers::serve(
+                    names.bridge.clone(),
+                    running.resolver.clone(),
+                    negative,
+                );
+                watched.spawn("next-hop names", serve);
+            }
             if let (Some(m), Some(every)) = (running.media.clone(), cfg.rtpengine.ping_interval()) {
                 for i in 0..m.config.engines.len() {
                     let (t, r) = (cfg.rtpengine.timeout(), cfg.rtpengine.retries);

@@ -594,7 +594,8 @@ impl Default for MgmtConfig {
 }
 
 /// `[dns]`: how the control thread resolves host names (dispatcher
-/// destinations; docs/configuration.md). Workers never resolve.
+/// destinations, and the next hops of relayed requests; docs/configuration.md).
+/// Workers never resolve.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
@@ -609,6 +610,12 @@ pub struct DnsConfig {
     pub max_ttl_s: u32,
     /// How long "no such name / record" is kept. Default 30.
     pub negative_ttl_s: u32,
+    /// Requests a worker keeps parked while their next hop's host name is
+    /// resolved; more get 503. Default 256.
+    pub max_parked: u32,
+    /// Longest a parked request waits for its answer (ms); then 503.
+    /// Default 4000.
+    pub max_wait_ms: u64,
 }
 
 impl Default for DnsConfig {
@@ -619,6 +626,8 @@ impl Default for DnsConfig {
             min_ttl_s: 5,
             max_ttl_s: 3600,
             negative_ttl_s: 30,
+            max_parked: 256,
+            max_wait_ms: 4000,
         }
     }
 }

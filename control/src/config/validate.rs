@@ -444,6 +444,12 @@ impl Config {
         if d.timeout_ms == 0 {
             v.err(at("timeout_ms"), "timeout_ms must be ≥ 1".into());
         }
+        if d.max_parked == 0 {
+            v.err(at("max_parked"), "max_parked must be ≥ 1".into());
+        }
+        if d.max_wait_ms == 0 {
+            v.err(at("max_wait_ms"), "max_wait_ms must be ≥ 1".into());
+        }
         if d.max_ttl_s < d.min_ttl_s {
             v.err(
                 at("max_ttl_s"),

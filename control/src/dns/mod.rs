@@ -10,6 +10,7 @@
 
 pub mod cache;
 pub mod rfc3263;
+pub mod workers;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -63,6 +64,32 @@ pub struct Resolution {
     /// When to resolve again (the earliest refresh time of the answers used);
     /// `None` for IP literals.
     pub refresh: Option<Instant>,
+}
+
+/// Why a URI did not resolve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DnsError {
+    /// Which name failed and why.
+    pub message: String,
+    /// The server failed or did not answer (a later try may work); `false`:
+    /// the name or the records it needs do not exist, or the URI cannot be
+    /// used here at all.
+    pub temporary: bool,
+}
+
+impl std::fmt::Display for DnsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<String> for DnsError {
+    fn from(message: String) -> DnsError {
+        DnsError {
+            message,
+            temporary: false,
+        }
+    }
 }
 
 /// The control thread's resolver. Shared (`Arc`) by the tasks that resolve.
@@ -127,7 +154,7 @@ impl Resolver {
         &self,
         uri: &str,
         supported: &[Transport],
-    ) -> Result<Resolution, String> {
+    ) -> Result<Resolution, DnsError> {
         let target = Target::from_uri(uri)?;
         let supports = |t: Transport| {
             if supported.contains(&t) {
@@ -208,7 +235,7 @@ impl Resolver {
         names: &[(String, Transport)],
         fallback: Transport,
         refresh: &mut Refresh,
-    ) -> Result<Resolution, String> {
+    ) -> Result<Resolution, DnsError> {
         for (name, transport) in names {
             let records = match self.query(Kind::Srv, name, refresh).await? {
                 Some(Records::Srv(r)) => r,
@@ -232,7 +259,9 @@ impl Resolver {
                 }
             }
             if targets.is_empty() {
-                return Err(last_error.unwrap_or_else(|| format!("{name}: no usable SRV target")));
+                return Err(
+                    last_error.unwrap_or_else(|| format!("{name}: no usable SRV target").into())
+                );
             }
             return Ok(Resolution {
                 targets,
@@ -250,7 +279,7 @@ impl Resolver {
         port: u16,
         transport: Transport,
         refresh: &mut Refresh,
-    ) -> Result<Resolution, String> {
+    ) -> Result<Resolution, DnsError> {
         let ips = self.ips(host, refresh).await?;
         Ok(Resolution {
             targets: ips
@@ -268,10 +297,10 @@ impl Resolver {
         })
     }
 
-    async fn ips(&self, host: &str, refresh: &mut Refresh) -> Result<Vec<IpAddr>, String> {
+    async fn ips(&self, host: &str, refresh: &mut Refresh) -> Result<Vec<IpAddr>, DnsError> {
         match self.query(Kind::Ip, host, refresh).await? {
             Some(Records::Ip(ips)) if !ips.is_empty() => Ok(ips),
-            _ => Err(format!("{host}: no A/AAAA record")),
+            _ => Err(format!("{host}: no A/AAAA record").into()),
         }
     }
 
@@ -282,7 +311,7 @@ impl Resolver {
         kind: Kind,
         name: &str,
         refresh: &mut Refresh,
-    ) -> Result<Option<Records>, String> {
+    ) -> Result<Option<Records>, DnsError> {
         let now = Instant::now();
         let stale = {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -318,7 +347,10 @@ impl Resolver {
                         );
                         Ok(e.records)
                     }
-                    None => Err(format!("{name}: {} lookup failed: {why}", kind.as_str())),
+                    None => Err(DnsError {
+                        message: format!("{name}: {} lookup failed: {why}", kind.as_str()),
+                        temporary: true,
+                    }),
                 };
             }
         };
@@ -445,7 +477,8 @@ pub(crate) mod tests {
         let e = dns
             .resolve_uri("sip:127.0.0.1;transport=tcp", &[Transport::Udp])
             .await
-            .unwrap_err();
+            .unwrap_err()
+            .message;
         assert!(e.contains("transport tcp is not supported"), "{e}");
         assert!(dns
             .resolve_uri("nonsense", &[Transport::Udp])
@@ -461,6 +494,8 @@ pub(crate) mod tests {
             .resolve_uri("sip:pbx.sipvane.test:5060", &[Transport::Udp])
             .await
             .unwrap_err();
+        assert!(e.temporary);
+        let e = e.message;
         assert!(e.contains("pbx.sipvane.test: A/AAAA lookup failed"), "{e}");
         assert_eq!(dns.stats.queries.load(Ordering::Relaxed), 1);
         assert_eq!(dns.stats.failures.load(Ordering::Relaxed), 1);

@@ -13,6 +13,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::Hasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -114,6 +115,13 @@ pub struct Prober {
     round: u64,
     /// Makes branches and Call-IDs unique across restarts.
     instance: u64,
+    /// Seals each branch to its probe number and destination address (key
+    /// from OS randomness): a reply with a guessed or replayed branch — say
+    /// from a peer that saw one probe and counts on — is ignored, so no
+    /// forged reply keeps a dead destination up.
+    seal_key: (u64, u64),
+    /// Replies ignored because their branch's seal was wrong.
+    forged: u64,
 }
 
 fn key(stats: &Arc<DestStats>) -> usize {
@@ -138,10 +146,17 @@ impl Prober {
             next_probe: 0,
             round: 0,
             instance,
+            seal_key: random_key(),
+            forged: 0,
         }
     }
 
     /// The effective settings (thresholds clamped, timeout capped).
+    /// Replies ignored because their branch's seal did not verify.
+    pub fn forged(&self) -> u64 {
+        self.forged
+    }
+
     pub fn config(&self) -> &ProbeConfig {
         &self.cfg
     }
@@ -227,7 +242,8 @@ impl Prober {
             };
             let n = self.next_probe;
             self.next_probe += 1;
-            let bytes = build_probe(&self.cfg, sent_by, &d.uri, self.instance, n);
+            let seal = seal_of(self.seal_key, self.instance, n, d.addr);
+            let bytes = build_probe(&self.cfg, sent_by, &d.uri, (self.instance, n, seal));
             out.push(Transmit {
                 to: d.addr,
                 bytes: bytes.clone(),
@@ -258,7 +274,7 @@ impl Prober {
         };
         let Some(code) = msg.status() else { return };
         let Ok(via) = msg.top_via() else { return };
-        let Some(n) = via
+        let Some((n, seal)) = via
             .branch
             .and_then(|b| b.strip_prefix(BRANCH_PREFIX.as_bytes()))
             .and_then(|rest| parse_branch(rest, self.instance))
@@ -269,6 +285,14 @@ impl Prober {
             .cseq()
             .is_ok_and(|c| c.method_raw == self.cfg.method.as_bytes());
         if !method_ok {
+            return;
+        }
+        let Some(to) = self.pending.get(&n).map(|p| p.to) else {
+            return;
+        };
+        if seal != seal_of(self.seal_key, self.instance, n, to) {
+            self.forged += 1;
+            tracing::debug!(%to, "probe reply with a forged branch ignored");
             return;
         }
         let Some(p) = self.pending.get_mut(&n) else {
@@ -388,12 +412,13 @@ impl Prober {
     }
 }
 
-/// The probe for destination `uri`, probe number `n`.
-fn build_probe(cfg: &ProbeConfig, sent_by: &str, uri: &str, instance: u64, n: u64) -> Vec<u8> {
+/// The probe for destination `uri`: (instance, probe number, seal).
+fn build_probe(cfg: &ProbeConfig, sent_by: &str, uri: &str, id: (u64, u64, u64)) -> Vec<u8> {
     let m = &cfg.method;
+    let (instance, n, seal) = id;
     format!(
         "{m} {uri} SIP/2.0\r\n\
-         Via: SIP/2.0/UDP {sent_by};branch={BRANCH_PREFIX}{instance:x}.{n:x};rport\r\n\
+         Via: SIP/2.0/UDP {sent_by};branch={BRANCH_PREFIX}{instance:x}.{n:x}.{seal:016x};rport\r\n\
          Max-Forwards: 70\r\n\
          From: <{from}>;tag={instance:x}\r\n\
          To: <{uri}>\r\n\
@@ -405,14 +430,39 @@ fn build_probe(cfg: &ProbeConfig, sent_by: &str, uri: &str, instance: u64, n: u6
     .into_bytes()
 }
 
-/// The probe number from the branch after the prefix: `<instance hex>.<n hex>`.
-fn parse_branch(rest: &[u8], instance: u64) -> Option<u64> {
+/// The probe number and seal from the branch after the prefix:
+/// `<instance hex>.<n hex>.<seal hex>`.
+fn parse_branch(rest: &[u8], instance: u64) -> Option<(u64, u64)> {
     let s = std::str::from_utf8(rest).ok()?;
-    let (i, n) = s.split_once('.')?;
-    if u64::from_str_radix(i, 16).ok()? != instance {
+    let mut parts = s.split('.');
+    let (i, n, seal) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || u64::from_str_radix(i, 16).ok()? != instance {
         return None;
     }
-    u64::from_str_radix(n, 16).ok()
+    Some((
+        u64::from_str_radix(n, 16).ok()?,
+        u64::from_str_radix(seal, 16).ok()?,
+    ))
+}
+
+/// The seal of probe `n` of `instance` to `to`.
+fn seal_of(key: (u64, u64), instance: u64, n: u64, to: SocketAddr) -> u64 {
+    let mut h = siphasher::sip::SipHasher24::new_with_keys(key.0, key.1);
+    h.write_u64(instance);
+    h.write_u64(n);
+    match to.ip() {
+        std::net::IpAddr::V4(ip) => h.write(&ip.octets()),
+        std::net::IpAddr::V6(ip) => h.write(&ip.octets()),
+    }
+    h.write_u16(to.port());
+    h.finish()
+}
+
+/// A key from the OS-seeded hasher keys (std's `RandomState`).
+fn random_key() -> (u64, u64) {
+    use std::hash::BuildHasher;
+    let r = std::collections::hash_map::RandomState::new();
+    (r.hash_one(1u8), r.hash_one(2u8))
 }
 
 #[cfg(test)]
@@ -613,6 +663,70 @@ mod tests {
         assert_eq!(p.pending(), 0);
         p.handle(t0, &good, &mut ch);
         assert!(ch.is_empty());
+    }
+
+    /// The branch of a reply, and the reply with its branch replaced.
+    fn with_branch(reply: &[u8], f: impl Fn(&str) -> String) -> Vec<u8> {
+        let text = String::from_utf8(reply.to_vec()).unwrap();
+        let start = text.find("branch=").unwrap() + "branch=".len();
+        let end = start + text[start..].find(';').unwrap();
+        let forged = f(&text[start..end]);
+        format!("{}{}{}", &text[..start], forged, &text[end..]).into_bytes()
+    }
+
+    #[test]
+    fn forged_replies_never_bring_a_destination_up() {
+        let t0 = Instant::now();
+        let t = table(
+            "1 sip:a
+1 sip:b
+",
+            t0,
+        );
+        let mut p = prober(ProbingMode::All);
+        let mut now = t0;
+        // a is down after three unanswered rounds.
+        for _ in 0..3 {
+            round(&mut p, now, &t);
+            now += Duration::from_secs(5);
+            p.poll(now, &mut Vec::new(), &mut Vec::new());
+        }
+        assert_eq!(state(&t, "sip:a"), DestState::Probing);
+        // An attacker who sees b's probes (or guesses) forges 200s for a's:
+        // same instance and probe number, any other seal; or b's own branch
+        // (b's seal) with a's probe number.
+        for _ in 0..3 {
+            let (out, _) = round(&mut p, now, &t);
+            let a_probe = reply(&out[0].bytes, 200);
+            let b_probe = reply(&out[1].bytes, 200);
+            let a_n = |b: &str| b.split('.').nth(1).unwrap().to_owned();
+            let b_branch = with_branch(&b_probe, |b| b.to_owned());
+            let b_seal = String::from_utf8(b_branch).unwrap();
+            let b_seal = b_seal
+                .split("branch=")
+                .nth(1)
+                .unwrap()
+                .split(['.', ';'])
+                .nth(2)
+                .unwrap()
+                .to_owned();
+            let mut ch = Vec::new();
+            for forged in [
+                with_branch(&a_probe, |b| {
+                    let flipped = if b.ends_with('0') { '1' } else { '0' };
+                    format!("{}{flipped}", &b[..b.len() - 1])
+                }),
+                with_branch(&a_probe, |b| format!("z9hG4bK-spabc.{}.{b_seal}", a_n(b))),
+                with_branch(&a_probe, |b| format!("z9hG4bK-spabc.{}.0", a_n(b))),
+            ] {
+                p.handle(now, &forged, &mut ch);
+            }
+            assert!(ch.is_empty(), "{ch:?}");
+            now += Duration::from_secs(5);
+            p.poll(now, &mut Vec::new(), &mut ch);
+        }
+        assert_eq!(state(&t, "sip:a"), DestState::Probing);
+        assert!(p.forged() >= 9, "{}", p.forged());
     }
 
     #[test]

@@ -103,6 +103,9 @@ pub struct ProxyConfig {
     /// The process this one took over from (a restart), while it drains;
     /// `None`: a plain start.
     pub predecessor: Option<Arc<super::predecessor::Predecessor>>,
+    /// Host names in Request-URI / Route / Contact, resolved by the control
+    /// thread; `None`: names get 503.
+    pub names: Option<super::NameSettings>,
 }
 
 /// RFC 7339 loss-based overload control towards upstream clients.
@@ -153,6 +156,7 @@ impl Default for ProxyConfig {
             flood: None,
             registrar: None,
             predecessor: None,
+            names: None,
         }
     }
 }

@@ -22,6 +22,7 @@ mod fork;
 pub mod media;
 mod natping;
 mod overload;
+mod parked;
 mod pool;
 pub mod predecessor;
 mod registrar;
@@ -36,6 +37,8 @@ mod transaction;
 mod fork_tests;
 #[cfg(test)]
 mod lifetime_tests;
+#[cfg(test)]
+mod parked_tests;
 #[cfg(test)]
 mod registrar_tests;
 #[cfg(test)]
@@ -64,6 +67,7 @@ pub use config::{Ownership, ProxyConfig, SetRule, UnknownDomain};
 use events::{CallEvent, EventSink};
 use flood::{FloodGuard, Verdict};
 use media::{Done, Media, MediaPolicy, Outcome, SOCK_MEDIA};
+pub use parked::{NameSettings, SOCK_NAMES};
 use pool::BufPool;
 use registrar::Caller;
 use stats::{bump, count_reply};
@@ -163,6 +167,11 @@ pub struct Worker {
     /// NAT keep-alive pings of its share of the NATed bindings; `None`
     /// when off.
     natping: Option<crate::registrar::natping::NatPing>,
+    /// Host names of next hops: cache, parked requests; `None` when the
+    /// configuration has no resolver.
+    names: Option<parked::Names>,
+    /// A parked request is being routed again.
+    resuming: bool,
     /// Wall clock for RFC 7339 `oc-seq`.
     oc_clock: overload::SeqClock,
     /// The receive queue has stood for `shed_backlog`: new INVITEs are shed.
@@ -182,6 +191,7 @@ impl Worker {
         let cfg_max_nonces = cfg.registrar.as_ref().map_or(1, |r| r.config.max_nonces);
         let record_route = format!("sip:{}:{};lr", cfg.advertise, private_port).into_bytes();
         let natping = Worker::new_nat_ping(&cfg, index, now);
+        let names = cfg.names.clone();
         let media = cfg
             .media
             .as_ref()
@@ -217,6 +227,8 @@ impl Worker {
             hep: None,
             nonce_counts: crate::registrar::nonce::NonceCounts::new(cfg_max_nonces),
             natping,
+            names: names.map(parked::Names::new),
+            resuming: false,
             oc_clock: overload::SeqClock::new(now),
             backlogged: false,
         }
@@ -261,6 +273,10 @@ impl Core for Worker {
         data: &[u8],
         out: &mut Outbox,
     ) {
+        if socket == SOCK_NAMES {
+            self.take_answers(now, out);
+            return;
+        }
         bump(&self.stats.rx_datagrams);
         self.oc_clock.now = now;
         self.handed_over = socket & HANDED_OVER != 0;
@@ -314,6 +330,11 @@ impl Core for Worker {
         if self.natping.is_some() {
             self.nat_ping_round(now, out);
         }
+        if self.names.is_some() {
+            // Answers whose wakeup was lost are read here at the latest.
+            self.take_answers(now, out);
+            self.expire_parked(now, out);
+        }
         if let Some(media) = self.media.as_mut() {
             if media.next_deadline().is_some_and(|d| d <= now) {
                 let mut failed = std::mem::take(&mut self.media_failed);
@@ -352,6 +373,7 @@ impl Core for Worker {
             self.dialogs.next_deadline(),
             self.media.as_ref().and_then(Media::next_deadline),
             self.natping.as_ref().map(|p| p.next_deadline()),
+            self.names.as_ref().and_then(parked::Names::next_deadline),
         ]
         .into_iter()
         .flatten()

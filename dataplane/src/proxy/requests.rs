@@ -28,6 +28,19 @@ impl Worker {
                 }
             }
         }
+        self.route_request(now, socket, src, msg, out);
+    }
+
+    /// A request past the flood limits and Call-ID steering (also a parked
+    /// request routed again once its name resolved).
+    pub(super) fn route_request(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        msg: &Message<'_>,
+        out: &mut Outbox,
+    ) {
         bump(&self.stats.requests);
         let method = msg.method().unwrap_or(Method::Other);
         // Parsed once here; the routing decision works from it.
@@ -89,6 +102,7 @@ impl Worker {
     /// only where the policy needs it.
     pub(super) fn decide(
         &self,
+        now: Instant,
         msg: &Message<'_>,
         info: &RequestInfo<'_>,
         method: Method,
@@ -115,6 +129,7 @@ impl Worker {
                         .as_ref()
                         .is_some_and(|r| r.location.is_target(ip))
             },
+            &|uri| self.lookup_name(uri, now),
         )
     }
 
@@ -191,7 +206,7 @@ impl Worker {
         let mut candidates: SmallVec<[u16; 16]> = SmallVec::new();
         let mut set_table = None;
         let mut anchor = false;
-        let decision = self.decide(msg, info, method, src);
+        let decision = self.decide(now, msg, info, method, src);
         let caller = if matches!(
             decision,
             Decision::Dispatch { .. } | Decision::Location { .. }
@@ -213,6 +228,7 @@ impl Worker {
                     400 => bump(&self.stats.bad_requests),
                     482 | 483 => bump(&self.stats.loops),
                     403 | 404 => bump(&self.stats.relay_denied),
+                    478 => bump(&self.stats.dns_unresolvable),
                     _ => {}
                 }
                 let warning = warning.map(str::as_bytes);
@@ -226,6 +242,10 @@ impl Worker {
             Decision::Handoff(w) => {
                 bump(&self.stats.handoffs);
                 out.handoff(w, socket | HANDED_OVER, src, msg.buf());
+                return;
+            }
+            Decision::Resolve => {
+                self.park(now, socket, src, msg, out);
                 return;
             }
             Decision::Register => {
@@ -579,7 +599,7 @@ impl Worker {
     /// its route set, under the same policy as every other request.
     pub(super) fn relay_stateless(
         &mut self,
-        _now: Instant,
+        now: Instant,
         socket: SocketId,
         src: SocketAddr,
         msg: &Message<'_>,
@@ -587,7 +607,7 @@ impl Worker {
         out: &mut Outbox,
     ) {
         let via = &info.common.via;
-        let decision = self.decide(msg, info, Method::Ack, src);
+        let decision = self.decide(now, msg, info, Method::Ack, src);
         let (dst, tcp, pop_routes, strict) = match decision {
             Decision::Relay {
                 to,
@@ -598,6 +618,10 @@ impl Worker {
             Decision::Handoff(w) => {
                 bump(&self.stats.handoffs);
                 out.handoff(w, socket | HANDED_OVER, src, msg.buf());
+                return;
+            }
+            Decision::Resolve => {
+                self.park(now, socket, src, msg, out);
                 return;
             }
             // An ACK is never answered: what has nowhere to go is dropped.

@@ -16,6 +16,7 @@
 //!   trusted network (`dialog_targets = "known"`); anything else gets 404 or
 //!   403, never a datagram to an address the peer picked.
 
+pub mod names;
 pub mod trust;
 
 use std::net::{IpAddr, SocketAddr};
@@ -25,6 +26,7 @@ use crate::proxy::config::{Ownership, ProxyConfig, UnknownDomain};
 use crate::sip::parse::RequestInfo;
 use crate::sip::{HeaderName, Message, Method, Uri};
 
+pub use names::{Lookup, Resolved};
 pub use trust::{Cidr, DialogTargets, PreloadedRoute};
 
 /// A request as the decision sees it.
@@ -53,6 +55,9 @@ pub enum Decision {
     Options,
     /// Another worker owns the dialog it belongs to.
     Handoff(usize),
+    /// The next hop is a host name the worker does not know yet (the
+    /// `names` lookup said [`Lookup::Unknown`]): park the request and ask.
+    Resolve,
     /// Relay to a next hop the route set or Request-URI names, after
     /// dropping `pop_routes` leading Route entries. `strict`: the previous
     /// hop was a strict router (RFC 3261 §16.4) — the last Route entry
@@ -86,14 +91,20 @@ const fn reply(code: u16, warning: &'static str) -> Decision {
     }
 }
 
+/// How the decision learns the address of a next hop named by a host name.
+pub type Names<'a> = &'a dyn Fn(&Uri<'_>) -> Lookup;
+
 /// Decides what `req` gets. `known_target` says whether an address is one an
 /// untrusted peer's in-dialog request may be relayed to (a dispatcher
-/// destination or a trusted network).
+/// destination or a trusted network); it is asked after a name is resolved
+/// too, so resolving never widens the relay policy. `names`: what the
+/// worker knows of a next hop's host name.
 pub fn decide(
     req: Request<'_, '_, '_>,
     cfg: &ProxyConfig,
     worker: usize,
     known_target: &dyn Fn(IpAddr) -> bool,
+    names: Names<'_>,
 ) -> Decision {
     let msg = req.msg;
     let in_dialog = req.info.common.to.tag.is_some();
@@ -121,7 +132,7 @@ pub fn decide(
         if let Some(Ownership::Worker(w)) = cfg.owner_of(ruri.host, ruri.port) {
             // Our own Record-Route in the Request-URI: the previous hop
             // routes strictly. Its real target is the last Route entry.
-            return strict_route(req, cfg, worker, w, routes, first, known_target);
+            return strict_route(req, cfg, worker, w, routes, first, known_target, names);
         }
     }
     if in_dialog {
@@ -147,7 +158,13 @@ pub fn decide(
     }
 
     if in_dialog {
-        return in_dialog_decision(req, cfg, routes, first, second, first_owner, known_target);
+        return in_dialog_decision(
+            req,
+            cfg,
+            (routes, first, second, first_owner),
+            known_target,
+            names,
+        );
     }
 
     // ---- initial request: the route set is the caller's wish, not ours.
@@ -171,14 +188,14 @@ pub fn decide(
                 if cfg.owner_of(next.host, next.port).is_some() {
                     return reply(482, "Route points back at sipvane");
                 }
-                return match uri_addr(&next) {
-                    Some(to) => Decision::Relay {
+                return match next_hop(&next, names) {
+                    Ok((to, tcp)) => Decision::Relay {
                         to,
-                        tcp: uri_tcp(&next),
+                        tcp,
                         pop_routes: pop,
                         strict: false,
                     },
-                    None => reply(503, "Route host is not an IP address"),
+                    Err(d) => d,
                 };
             }
             pop_routes = pop;
@@ -208,14 +225,15 @@ pub fn decide(
         // A plain proxy would forward to the Request-URI host; only a trusted
         // source may ask that of us.
         if cfg.unknown_domain == UnknownDomain::Relay && (req.trusted)() {
-            if let Some(to) = uri_addr(ruri) {
-                return Decision::Relay {
+            return match next_hop(ruri, names) {
+                Ok((to, tcp)) => Decision::Relay {
                     to,
-                    tcp: uri_tcp(ruri),
+                    tcp,
                     pop_routes,
                     strict: false,
-                };
-            }
+                },
+                Err(d) => d,
+            };
         }
         return reply(404, "Domain not served here");
     }
@@ -228,14 +246,15 @@ pub fn decide(
 }
 
 /// Loose routing of a request inside a dialog (RFC 3261 §16.4, §16.6 step 6).
+/// `route_set`: how many Route entries, the first two, and who owns the first.
+type RouteSet<'u> = (usize, Option<Uri<'u>>, Option<Uri<'u>>, Option<Ownership>);
+
 fn in_dialog_decision(
     req: Request<'_, '_, '_>,
     cfg: &ProxyConfig,
-    routes: usize,
-    first: Option<Uri<'_>>,
-    second: Option<Uri<'_>>,
-    first_owner: Option<Ownership>,
+    (routes, first, second, first_owner): RouteSet<'_>,
     known_target: &dyn Fn(IpAddr) -> bool,
+    names: Names<'_>,
 ) -> Decision {
     let (next, pop_routes) = match (first, first_owner) {
         // Through our own Record-Route: the next entry, else the remote target.
@@ -252,9 +271,9 @@ fn in_dialog_decision(
                 // Two of our own entries in a row: forwarding would loop.
                 return reply(482, "Route points back at sipvane");
             }
-            match uri_addr(&uri) {
-                Some(a) => (a, uri_tcp(&uri)),
-                None => return reply(503, "Route host is not an IP address"),
+            match next_hop(&uri, names) {
+                Ok(hop) => hop,
+                Err(d) => return d,
             }
         }
         None => {
@@ -263,9 +282,9 @@ fn in_dialog_decision(
                 // Addressed to sipvane itself with no route on: nowhere to go.
                 return reply(404, "Not here");
             }
-            match uri_addr(ruri) {
-                Some(a) => (a, uri_tcp(ruri)),
-                None => return reply(503, "Request-URI host is not an IP address"),
+            match next_hop(ruri, names) {
+                Ok(hop) => hop,
+                Err(d) => return d,
             }
         }
     };
@@ -284,6 +303,7 @@ fn in_dialog_decision(
 /// RFC 3261 §16.4: the Request-URI is a Record-Route value of ours (worker
 /// `owner`'s), so the last Route entry is the real Request-URI; the next hop
 /// is the first remaining Route entry, else that URI.
+#[allow(clippy::too_many_arguments)]
 fn strict_route(
     req: Request<'_, '_, '_>,
     cfg: &ProxyConfig,
@@ -292,6 +312,7 @@ fn strict_route(
     routes: usize,
     first: Option<Uri<'_>>,
     known_target: &dyn Fn(IpAddr) -> bool,
+    names: Names<'_>,
 ) -> Decision {
     if owner != worker && owner < cfg.private_ports.len() && !req.handed_over {
         return Decision::Handoff(owner);
@@ -307,17 +328,33 @@ fn strict_route(
     if cfg.owner_of(next.host, next.port).is_some() {
         return reply(482, "Route points back at sipvane");
     }
-    let Some(to) = uri_addr(&next) else {
-        return reply(503, "Route host is not an IP address");
+    let (to, tcp) = match next_hop(&next, names) {
+        Ok(hop) => hop,
+        Err(d) => return d,
     };
     if cfg.dialog_targets == DialogTargets::Known && !known_target(to.ip()) && !(req.trusted)() {
         return reply(403, "Relay denied");
     }
     Decision::Relay {
         to,
-        tcp: uri_tcp(&next),
+        tcp,
         pop_routes: 0,
         strict: true,
+    }
+}
+
+/// The address and transport of a next hop: an IP literal as written, a
+/// host name as the worker's cache knows it. A name that does not resolve
+/// gets Kamailio's answer (478 Unresolvable destination); a DNS failure 503.
+fn next_hop(uri: &Uri<'_>, names: Names<'_>) -> Result<(SocketAddr, bool), Decision> {
+    if let Some(a) = uri_addr(uri) {
+        return Ok((a, uri_tcp(uri)));
+    }
+    match names(uri) {
+        Lookup::Known(Resolved::Found { to, tcp }) => Ok((to, tcp)),
+        Lookup::Known(Resolved::NoSuchName) => Err(reply(478, "Unresolvable destination")),
+        Lookup::Known(Resolved::Failed) => Err(reply(503, "DNS lookup failed")),
+        Lookup::Unknown => Err(Decision::Resolve),
     }
 }
 

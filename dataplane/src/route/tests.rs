@@ -42,7 +42,25 @@ fn decide_with(cfg: &ProxyConfig, raw: &[u8], trusted: bool) -> Decision {
         cfg,
         0,
         &|ip| ip == pbx || cfg.is_trusted_ip(ip),
+        &test_names,
     )
+}
+
+/// What the tests' worker knows of names: `pbx1.test` is the PBX (and
+/// `pbx1.test;transport=tcp` over TCP), `evil.test` a foreign host,
+/// `gone.test` does not exist, `broken.test`'s server failed; anything
+/// else has not been asked yet.
+fn test_names(uri: &Uri<'_>) -> Lookup {
+    let key = names::name_key(uri);
+    let found = |to: &str, tcp| Lookup::Known(Resolved::Found { to: addr(to), tcp });
+    match &key[..] {
+        b"sip:pbx1.test" => found("10.0.0.5:5070", false),
+        b"sip:pbx1.test;transport=tcp" => found("10.0.0.5:5070", true),
+        b"sip:evil.test" => found("203.0.113.7:5060", false),
+        b"sip:gone.test" => Lookup::Known(Resolved::NoSuchName),
+        b"sip:broken.test" => Lookup::Known(Resolved::Failed),
+        _ => Lookup::Unknown,
+    }
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -234,6 +252,7 @@ fn in_dialog_route_of_another_worker_is_handed_over_once() {
         &cfg(),
         0,
         &|_| true,
+        &test_names,
     );
     assert!(
         matches!(again, Decision::Relay { pop_routes: 1, .. }),
@@ -421,4 +440,72 @@ fn steering_leaves_our_record_route_to_the_routing_decision() {
         steer_of(&request("sip:100@127.0.0.1", &[], false, "INVITE"), 1),
         None
     );
+}
+
+#[test]
+fn in_dialog_names_resolve_through_the_cache_and_park_when_unknown() {
+    // The backend's Contact was `sip:pbx1.test`: the caller's BYE names it.
+    let bye = |ruri: &str| request(ruri, &["sip:127.0.0.1:5061;lr"], true, "BYE");
+    assert_eq!(
+        decide_with(&cfg(), &bye("sip:b@pbx1.test"), false),
+        Decision::Relay {
+            to: addr("10.0.0.5:5070"),
+            tcp: false,
+            pop_routes: 1,
+            strict: false
+        }
+    );
+    assert!(matches!(
+        decide_with(&cfg(), &bye("sip:b@PBX1.test;transport=TCP"), false),
+        Decision::Relay { tcp: true, .. }
+    ));
+    assert_eq!(
+        decide_with(&cfg(), &bye("sip:b@new.test"), false),
+        Decision::Resolve
+    );
+    assert!(matches!(
+        decide_with(&cfg(), &bye("sip:b@gone.test"), false),
+        Decision::Reply { code: 478, .. }
+    ));
+    assert!(matches!(
+        decide_with(&cfg(), &bye("sip:b@broken.test"), false),
+        Decision::Reply { code: 503, .. }
+    ));
+    // A name in the next Route entry (a backend's own Record-Route).
+    let via_name = request(
+        "sip:b@10.0.0.5",
+        &["sip:127.0.0.1:5061;lr", "sip:pbx1.test;lr"],
+        true,
+        "BYE",
+    );
+    assert!(matches!(
+        decide_with(&cfg(), &via_name, false),
+        Decision::Relay { pop_routes: 1, .. }
+    ));
+}
+
+#[test]
+fn a_resolved_name_is_still_held_to_the_relay_policy() {
+    // `evil.test` resolves to a foreign host: an untrusted peer gets 403,
+    // exactly as with the address written out.
+    let raw = request("sip:b@evil.test", &["sip:127.0.0.1:5061;lr"], true, "BYE");
+    assert!(is_refusal(decide_with(&cfg(), &raw, false)));
+    assert!(matches!(
+        decide_with(&cfg(), &raw, true),
+        Decision::Relay { .. }
+    ));
+    // Strict routing to a name: the same check.
+    let strict = request("sip:127.0.0.1:5061;lr", &["sip:b@evil.test"], true, "BYE");
+    assert!(is_refusal(decide_with(&cfg(), &strict, false)));
+    let strict = request("sip:127.0.0.1:5061;lr", &["sip:b@pbx1.test"], true, "BYE");
+    assert!(matches!(
+        decide_with(&cfg(), &strict, false),
+        Decision::Relay { strict: true, .. }
+    ));
+    // An initial request never resolves what an untrusted caller names.
+    let initial = request("sip:100@127.0.0.1", &["sip:evil.test;lr"], false, "INVITE");
+    assert!(matches!(
+        decide_with(&cfg(), &initial, false),
+        Decision::Dispatch { .. }
+    ));
 }
