@@ -472,6 +472,9 @@ impl<C: Core> Shell<C> {
     /// Publishes counters and the heartbeat; call once per loop turn.
     pub fn end_turn(&mut self, now: Instant) {
         self.turns += 1;
+        if let Some(tap) = self.hep.as_mut() {
+            tap.poll(now);
+        }
         let Some(w) = self.shared.workers.get(self.index) else {
             return;
         };
