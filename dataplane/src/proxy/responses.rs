@@ -325,6 +325,7 @@ impl Worker {
         body: Option<&[u8]>,
         out: &mut Outbox,
     ) {
+        let oc = self.oc_feedback();
         let Some(txn) = self.txns.get_mut(id) else {
             return;
         };
@@ -344,6 +345,9 @@ impl Worker {
         };
         if built.is_err() {
             return;
+        }
+        if txn.oc {
+            overload::stamp(&self.stats, oc, &mut txn.last_response);
         }
         out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
         bump(&self.stats.tx_datagrams);
@@ -365,6 +369,7 @@ impl Worker {
         out: &mut Outbox,
     ) {
         let retry = (code == 503).then_some(self.cfg.retry_after_s);
+        let oc = self.oc_feedback();
         let Some(txn) = self.txns.get_mut(id) else {
             return;
         };
@@ -395,6 +400,9 @@ impl Worker {
         };
         if !built {
             return;
+        }
+        if txn.oc {
+            overload::stamp(&self.stats, oc, &mut txn.last_response);
         }
         out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
         bump(&self.stats.tx_datagrams);
