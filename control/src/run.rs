@@ -477,10 +477,12 @@ pub struct Succession {
 /// The workers' HEP settings; `None` when `[hep] collector` is empty (off).
 fn hep_config(cfg: &Config) -> Option<Arc<dataplane::hep::HepConfig>> {
     let h = &cfg.hep;
-    let collector = h.collector_addr()?;
-    info!(%collector, agent_id = h.agent_id, sample = h.sample, "HEP capture on");
+    let (transport, collector) = h.collector_addr()?;
+    info!(%collector, ?transport, agent_id = h.agent_id, sample = h.sample, "HEP capture on");
     Some(Arc::new(dataplane::hep::HepConfig {
         collector,
+        transport,
+        queue_bytes: h.queue_bytes,
         agent_id: h.agent_id,
         password: (!h.password.is_empty()).then(|| h.password.clone()),
         sample: h.sample,

@@ -302,17 +302,21 @@ fn acc_errors() {
 fn bad_hep_values() {
     assert_eq!(
         one_error("[hep]\ncollector = \"127.0.0.1:9060\"\n"),
-        "sipvane.toml:2: collector must be udp:IP:PORT, e.g. \"udp:10.0.0.5:9060\" \
-         (got \"127.0.0.1:9060\")"
+        "sipvane.toml:2: collector must be udp:IP:PORT or tcp:IP:PORT, e.g. \
+         \"udp:10.0.0.5:9060\" (got \"127.0.0.1:9060\")"
     );
     assert_eq!(
-        one_error("[hep]\ncollector = \"tcp:127.0.0.1:9060\"\n"),
-        "sipvane.toml:2: a TCP collector is not supported yet; use udp:IP:PORT \
-         (got \"tcp:127.0.0.1:9060\")"
+        one_error("[hep]\ncollector = \"tcp:homer.example:9060\"\n"),
+        "sipvane.toml:2: collector must be udp:IP:PORT or tcp:IP:PORT, e.g. \
+         \"udp:10.0.0.5:9060\" (got \"tcp:homer.example:9060\")"
     );
     assert_eq!(
         one_error("\n[hep]\ncollector = \"udp:127.0.0.1:9060\"\nsample = 1.5\n"),
         "sipvane.toml:4: sample must be between 0.0 and 1.0 (got 1.5)"
+    );
+    assert_eq!(
+        one_error("[hep]\ncollector = \"tcp:127.0.0.1:9060\"\nqueue_bytes = 1000\n"),
+        "sipvane.toml:3: queue_bytes must be between 65536 and 1073741824 (got 1000)"
     );
 }
 

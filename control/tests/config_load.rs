@@ -374,14 +374,21 @@ fn acc_section_alone_is_valid_and_keeps_defaults() {
 
 #[test]
 fn hep_section_alone_is_valid_and_keeps_defaults() {
+    use dataplane::hep::Transport;
     let c = load("[hep]\ncollector = \"udp:127.0.0.1:9060\"\n");
     assert_eq!(c.hep.collector, "udp:127.0.0.1:9060");
     assert_eq!(
         c.hep.collector_addr(),
-        Some("127.0.0.1:9060".parse().unwrap())
+        Some((Transport::Udp, "127.0.0.1:9060".parse().unwrap()))
+    );
+    let tcp = load("[hep]\ncollector = \"tcp:[::1]:9061\"\n");
+    assert_eq!(
+        tcp.hep.collector_addr(),
+        Some((Transport::Tcp, "[::1]:9061".parse().unwrap()))
     );
     assert_eq!((c.hep.agent_id, c.hep.password.as_str()), (2001, ""));
     assert_eq!(c.hep.sample, 1.0);
+    assert_eq!(c.hep.queue_bytes, 4 << 20);
     assert_eq!(c.proxy, Config::default().proxy);
     // Capture is off by default.
     assert_eq!(Config::default().hep.collector_addr(), None);

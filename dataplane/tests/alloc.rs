@@ -135,6 +135,8 @@ fn hep_capture_allocates_nothing_once_warm() {
     let collector = UdpSocket::bind("127.0.0.1:0").unwrap();
     let cfg = Arc::new(HepConfig {
         collector: collector.local_addr().unwrap(),
+        transport: dataplane::hep::Transport::Udp,
+        queue_bytes: 0,
         agent_id: 1,
         password: Some("pw".into()),
         sample: 1.0,
@@ -155,4 +157,62 @@ fn hep_capture_allocates_nothing_once_warm() {
     let s = stats.snapshot();
     assert_eq!((s.hep_sent, s.hep_dropped), (102, 0));
     drop(collector);
+}
+
+/// The same with a TCP collector: once connected and warm, queueing captures
+/// and writing them out each turn allocates nothing (the queue keeps its
+/// buffer).
+#[test]
+fn hep_tcp_capture_allocates_nothing_once_warm() {
+    use dataplane::hep::{HepConfig, Tap, Transport};
+    use dataplane::proxy::ProxyStats;
+    use std::io::Read;
+    use std::net::{SocketAddr, TcpListener};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = Arc::new(HepConfig {
+        collector: listener.local_addr().unwrap(),
+        transport: Transport::Tcp,
+        queue_bytes: dataplane::hep::tcp::QUEUE_BYTES,
+        agent_id: 1,
+        password: None,
+        sample: 1.0,
+    });
+    // The collector reads everything until the tap is dropped.
+    let reader = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut sink = Vec::new();
+        conn.read_to_end(&mut sink).unwrap();
+        sink.len()
+    });
+    let stats = Arc::new(ProxyStats::default());
+    let local: SocketAddr = "127.0.0.1:5060".parse().unwrap();
+    let peer: SocketAddr = "127.0.0.1:6000".parse().unwrap();
+    let mut tap = Tap::new(cfg, vec![local], stats.clone()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while stats.snapshot().hep_sent < 20 && Instant::now() < deadline {
+        tap.received(0, peer, INVITE);
+        tap.stream(peer, local, INVITE);
+        tap.poll(Instant::now());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(stats.snapshot().hep_sent >= 20, "connected and sending");
+    let (n, ()) = allocations(|| {
+        for _ in 0..50 {
+            tap.received(0, peer, INVITE);
+            tap.stream(peer, local, INVITE);
+            tap.poll(Instant::now());
+        }
+    });
+    assert_eq!(n, 0, "allocations while capturing");
+    drop(tap);
+    let bytes = reader.join().unwrap();
+    let s = stats.snapshot();
+    assert_eq!(s.hep_dropped, 0);
+    assert!(
+        bytes > 100 * INVITE.len(),
+        "{bytes} bytes reached the collector"
+    );
 }

@@ -144,6 +144,12 @@ impl Collector for Scrape {
         )?;
         gauge(
             &mut e,
+            "hep_collector_connections",
+            "Workers connected to their TCP HEP collector now (hep_connects - hep_disconnects).",
+            total.hep_connects.saturating_sub(total.hep_disconnects),
+        )?;
+        gauge(
+            &mut e,
             "transactions_open",
             "Proxy transactions open now, summed over workers (the overload watermark counts them per worker).",
             self.running

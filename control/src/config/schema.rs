@@ -439,7 +439,7 @@ impl Default for AccConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HepConfig {
-    /// `udp:IP:PORT`; empty (default): capture off.
+    /// `udp:IP:PORT` or `tcp:IP:PORT`; empty (default): capture off.
     pub collector: String,
     /// Capture agent id (HEP chunk 0x000c). Default 2001.
     pub agent_id: u32,
@@ -448,6 +448,9 @@ pub struct HepConfig {
     /// Fraction of calls captured, 0.0 to 1.0, decided by a hash of the Call-ID so
     /// a call is captured whole or not at all. Default 1.0.
     pub sample: f64,
+    /// TCP collector only: bytes of captures each worker holds while the
+    /// collector is slow or away; more are dropped (counted). Default 4 MiB.
+    pub queue_bytes: usize,
 }
 
 impl Default for HepConfig {
@@ -457,15 +460,22 @@ impl Default for HepConfig {
             agent_id: 2001,
             password: String::new(),
             sample: 1.0,
+            queue_bytes: dataplane::hep::tcp::QUEUE_BYTES,
         }
     }
 }
 
 impl HepConfig {
-    /// The collector address of a `udp:IP:PORT` value; `None` for anything else
-    /// (and for the empty value: capture off).
-    pub fn collector_addr(&self) -> Option<SocketAddr> {
-        self.collector.strip_prefix("udp:")?.parse().ok()
+    /// The transport and address of a `udp:IP:PORT` or `tcp:IP:PORT` value;
+    /// `None` for anything else (and for the empty value: capture off).
+    pub fn collector_addr(&self) -> Option<(dataplane::hep::Transport, SocketAddr)> {
+        use dataplane::hep::Transport;
+        let (transport, addr) = match self.collector.split_once(':')? {
+            ("udp", a) => (Transport::Udp, a),
+            ("tcp", a) => (Transport::Tcp, a),
+            _ => return None,
+        };
+        Some((transport, addr.parse().ok()?))
     }
 }
 

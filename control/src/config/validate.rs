@@ -373,17 +373,28 @@ impl Config {
         let h = &self.hep;
         let at = |k: &str| vec![key("hep"), key(k)];
         if !h.collector.is_empty() && h.collector_addr().is_none() {
-            let why = if h.collector.starts_with("tcp:") {
-                "a TCP collector is not supported yet; use udp:IP:PORT"
-            } else {
-                "collector must be udp:IP:PORT, e.g. \"udp:10.0.0.5:9060\""
-            };
-            v.err(at("collector"), format!("{why} (got \"{}\")", h.collector));
+            v.err(
+                at("collector"),
+                format!(
+                    "collector must be udp:IP:PORT or tcp:IP:PORT, e.g. \"udp:10.0.0.5:9060\" (got \"{}\")",
+                    h.collector
+                ),
+            );
         }
         if !(0.0..=1.0).contains(&h.sample) {
             v.err(
                 at("sample"),
                 format!("sample must be between 0.0 and 1.0 (got {})", h.sample),
+            );
+        }
+        // At least one packet of the largest size fits; at most 1 GiB per worker.
+        if !(65_536..=1 << 30).contains(&h.queue_bytes) {
+            v.err(
+                at("queue_bytes"),
+                format!(
+                    "queue_bytes must be between 65536 and 1073741824 (got {})",
+                    h.queue_bytes
+                ),
             );
         }
     }

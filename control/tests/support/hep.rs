@@ -110,9 +110,9 @@ impl Kamailio {
         Self::launch(false)
     }
 
-    /// Also accepts HEP3 on a TCP listener: Kamailio's core reads HEP3 packets
-    /// from a TCP connection when `tcp_accept_hep3` is set and hands them to
-    /// `sipcapture` like UDP ones.
+    /// Also accepts HEP3 on a TCP listener: Kamailio's core (5.6 included)
+    /// reads HEP3 packets from a TCP connection when `tcp_accept_hep3` is set
+    /// and hands them to `sipcapture` like UDP ones.
     pub fn start_tcp() -> Kamailio {
         Self::launch(true)
     }
@@ -134,9 +134,20 @@ impl Kamailio {
         .expect(
             "kamailio's sipcapture and db_postgres modules (kamailio, kamailio-postgres-modules)",
         );
-        let transport = match tcp {
-            Some(t) => format!("tcp_accept_hep3=yes\ntcp_children=1\nlisten=tcp:{t}"),
-            None => "disable_tcp=yes".to_string(),
+        // Over TCP the core frames the HEP3 packets (`tcp_accept_hep3`; a HEP3
+        // packet has no Content-Length, so without `tcp_accept_no_cl` the core
+        // closes the connection after the first one) and hands each to the
+        // non-SIP hook, where `sipcapture` takes it with `nonsip_hook`.
+        // The event route decides whether the packet is taken (1).
+        let (transport, hook, hook_route) = match tcp {
+            Some(t) => (
+                format!(
+                    "tcp_accept_hep3=yes\ntcp_accept_no_cl=yes\ntcp_children=1\nlisten=tcp:{t}"
+                ),
+                "modparam(\"sipcapture\", \"nonsip_hook\", 1)",
+                "event_route[sipcapture:request] {\n    return 1;\n}",
+            ),
+            None => ("disable_tcp=yes".to_string(), "", ""),
         };
         let cfg = format!(
             r#"#!KAMAILIO
@@ -154,6 +165,7 @@ modparam("sipcapture", "db_url", "{url}")
 modparam("sipcapture", "table_name", "sip_capture")
 modparam("sipcapture", "capture_on", 1)
 modparam("sipcapture", "hep_capture_on", 1)
+{hook}
 request_route {{
     sip_capture();
     drop;
@@ -162,6 +174,7 @@ onreply_route {{
     sip_capture();
     drop;
 }}
+{hook_route}
 "#,
             url = db.url()
         );
@@ -350,5 +363,81 @@ pub fn assert_complete(calls: &Calls) {
             "call {cid}: missing {:?}",
             want.difference(got).collect::<Vec<_>>()
         );
+    }
+}
+
+/// A TCP collector of the test: accepts sipvane's connections and splits each
+/// byte stream into HEP3 packets by their length field.
+pub struct TcpCollector {
+    pub addr: SocketAddr,
+    /// Packets received so far.
+    pub received: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<Vec<Vec<u8>>>>,
+}
+
+impl TcpCollector {
+    /// Listens on `addr` (a free port when `None`).
+    pub fn start(addr: Option<SocketAddr>) -> TcpCollector {
+        use std::io::Read;
+        let listener = std::net::TcpListener::bind(addr.unwrap_or_else(|| localhost(0))).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (flag, count) = (stop.clone(), received.clone());
+        let thread = thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut conns: Vec<(std::net::TcpStream, Vec<u8>)> = Vec::new();
+            let mut buf = vec![0u8; 65_536];
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                while let Ok((s, _)) = listener.accept() {
+                    s.set_nonblocking(true).unwrap();
+                    conns.push((s, Vec::new()));
+                }
+                let mut idle = true;
+                conns.retain_mut(|(s, pending)| loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => break false,
+                        Ok(n) => {
+                            idle = false;
+                            pending.extend_from_slice(&buf[..n]);
+                            while pending.len() >= 6 {
+                                assert_eq!(&pending[..4], b"HEP3", "stream out of step");
+                                let len = usize::from(u16::from_be_bytes([pending[4], pending[5]]));
+                                if pending.len() < len {
+                                    break;
+                                }
+                                got.push(pending.drain(..len).collect());
+                                count.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break true,
+                        Err(_) => break false,
+                    }
+                });
+                if idle {
+                    thread::sleep(Duration::from_millis(5));
+                }
+            }
+            got
+        });
+        TcpCollector {
+            addr,
+            received,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Closes the listener and every connection; returns what was received.
+    pub fn finish(mut self) -> Vec<Vec<u8>> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
     }
 }

@@ -1,29 +1,45 @@
 //! HEPv3 capture to a Homer collector (docs/capture.md).
 //!
 //! [`codec`] is the pure encoder/decoder. [`Tap`] is the per-worker sender the
-//! worker shell drives: every SIP datagram received on, or sent from, one of the
-//! worker's SIP sockets is encoded into one reused buffer and sent with a
-//! non-blocking `send` on the worker's own UDP socket connected to the collector.
-//! A full socket buffer or any error drops that capture and counts it; capture
-//! never blocks the worker and, once warm, never allocates.
+//! worker shell drives: every SIP message received on, or sent from, one of the
+//! worker's SIP sockets or TCP connections is encoded into one reused buffer and
+//! either sent with a non-blocking `send` on the worker's own UDP socket
+//! connected to the collector, or queued for the worker's own TCP connection to
+//! it ([`tcp`]), written once per turn. A full socket buffer or queue, or any
+//! error, drops that capture and counts it; capture never blocks the worker and,
+//! once warm, never allocates.
 
 pub mod codec;
+pub mod tcp;
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::proxy::stats::{bump, ProxyStats};
 use crate::worker::SocketId;
 
 pub use codec::{decode, encode, Capture};
 
+/// How captures reach the collector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// One datagram per packet.
+    Udp,
+    /// Packets back to back on a connection per worker.
+    Tcp,
+}
+
 /// What `[hep]` configures.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HepConfig {
-    /// The collector (UDP).
+    /// The collector.
     pub collector: SocketAddr,
+    /// UDP or TCP to the collector.
+    pub transport: Transport,
+    /// TCP only: bytes of captures each worker queues at most.
+    pub queue_bytes: usize,
     /// Capture agent id (chunk 0x000c).
     pub agent_id: u32,
     /// Auth key chunk (0x000e); `None` leaves it out.
@@ -53,10 +69,16 @@ impl HepConfig {
     }
 }
 
+/// Where a worker's captures go.
+enum Sink {
+    Udp(UdpSocket),
+    Tcp(tcp::TcpLink),
+}
+
 /// One worker's capture sender.
 pub struct Tap {
     cfg: Arc<HepConfig>,
-    socket: UdpSocket,
+    sink: Sink,
     /// Local address of each captured socket, by [`SocketId`]; sockets past the end
     /// (e.g. the RTPEngine ng socket) are not captured.
     local: Vec<SocketAddr>,
@@ -65,27 +87,43 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// A non-blocking UDP socket connected to the collector. `local` lists the
-    /// addresses of the SIP sockets to capture, by socket id.
+    /// A non-blocking UDP socket connected to the collector, or a TCP link that
+    /// connects on the first [`poll`](Tap::poll). `local` lists the addresses of
+    /// the SIP sockets to capture, by socket id.
     pub fn new(
         cfg: Arc<HepConfig>,
         local: Vec<SocketAddr>,
         stats: Arc<ProxyStats>,
     ) -> io::Result<Tap> {
-        let bind: SocketAddr = match cfg.collector {
-            SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        let sink = match cfg.transport {
+            Transport::Udp => {
+                let bind: SocketAddr = match cfg.collector {
+                    SocketAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+                    SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+                };
+                let socket = UdpSocket::bind(bind)?;
+                socket.connect(cfg.collector)?;
+                socket.set_nonblocking(true)?;
+                Sink::Udp(socket)
+            }
+            Transport::Tcp => Sink::Tcp(tcp::TcpLink::new(cfg.collector, cfg.queue_bytes)),
         };
-        let socket = UdpSocket::bind(bind)?;
-        socket.connect(cfg.collector)?;
-        socket.set_nonblocking(true)?;
         Ok(Tap {
             cfg,
-            socket,
+            sink,
             local,
             buf: Vec::with_capacity(65_536),
             stats,
         })
+    }
+
+    /// Writes what a TCP collector has queued and keeps its connection up; call
+    /// once per worker turn (nothing to do for UDP).
+    #[inline]
+    pub fn poll(&mut self, now: Instant) {
+        if let Sink::Tcp(link) = &mut self.sink {
+            link.poll(now, &self.stats);
+        }
     }
 
     /// A datagram received on `socket` from `src`.
@@ -142,12 +180,29 @@ impl Tap {
             payload: data,
         };
         self.buf.clear();
-        let ok = encode(&c, &mut self.buf).is_ok() && self.socket.send(&self.buf).is_ok();
-        bump(if ok {
-            &self.stats.hep_sent
-        } else {
-            &self.stats.hep_dropped
-        });
+        if encode(&c, &mut self.buf).is_err() {
+            return bump(&self.stats.hep_dropped);
+        }
+        match &mut self.sink {
+            Sink::Udp(socket) => bump(if socket.send(&self.buf).is_ok() {
+                &self.stats.hep_sent
+            } else {
+                &self.stats.hep_dropped
+            }),
+            // Counted as sent once written whole (`TcpLink::poll`).
+            Sink::Tcp(link) => {
+                if !link.push(&self.buf) {
+                    bump(&self.stats.hep_dropped);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Tap {
+    /// A stopping worker gives what is still queued one last non-blocking write.
+    fn drop(&mut self) {
+        self.poll(Instant::now());
     }
 }
 
@@ -189,6 +244,8 @@ mod tests {
     fn cfg(collector: SocketAddr, sample: f64) -> Arc<HepConfig> {
         Arc::new(HepConfig {
             collector,
+            transport: Transport::Udp,
+            queue_bytes: tcp::QUEUE_BYTES,
             agent_id: 7,
             password: Some("pw".into()),
             sample,

@@ -98,7 +98,10 @@ counters! {
     dialogs_expired: "Dialogs forgotten after dialog_timeout.",
     dialogs_full: "Dialogs not tracked because the dialog table was full.",
     hep_sent: "SIP messages sent to the HEP collector ([hep]).",
-    hep_dropped: "SIP messages not captured because the HEP send failed or would block (or the packet exceeded 64 KiB).",
+    hep_dropped: "SIP messages not captured: the HEP send failed or would block, a TCP collector's queue was full or its connection broke mid-packet, or the packet exceeded 64 KiB.",
+    hep_connects: "Connections to a TCP HEP collector established (connected now: connects - disconnects).",
+    hep_connect_failures: "Connection attempts to a TCP HEP collector that failed (retried with backoff).",
+    hep_disconnects: "Established TCP HEP collector connections lost.",
 }
 
 /// One worker's counters on a cache line of their own.

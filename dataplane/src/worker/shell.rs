@@ -504,6 +504,9 @@ impl<C: Core> Shell<C> {
     /// public socket keeps a backlog; call once per loop turn.
     pub fn end_turn(&mut self, now: Instant) {
         self.turns += 1;
+        if let Some(tap) = self.hep.as_mut() {
+            tap.poll(now);
+        }
         if let Some(fd) = self.backlog_fd {
             let backlogged = self.turn_datagrams >= BACKLOG_CHECK_AT && socket_nonempty(fd);
             self.backlog_since = match (backlogged, self.backlog_since) {
