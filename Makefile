@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build deb test demo bench bench-registrar bench-micro fuzz sim chaos soak lint clean services-stop
+.PHONY: all deps build deb test demo bench bench-registrar bench-overload bench-micro fuzz sim chaos soak lint clean services-stop
 
 all: build
 
@@ -53,6 +53,12 @@ bench: deps
 bench-registrar: deps
 	$(CARGO) build --release -p control
 	bash scripts/bench_registrar.sh
+
+## bench-overload: the built-in generator offers 3x what one CPU-capped worker
+##        sustains, with backlog shedding on and off (perf/overload.sh, needs
+##        root for the cgroup; table in target/bench/overload.txt)
+bench-overload: deps
+	bash perf/overload.sh
 
 ## bench-micro: parser micro-benchmarks (criterion)
 bench-micro: deps

@@ -5,7 +5,8 @@
 # Environment: PROFILE (cargo profile, default "release": symbols for
 # flamegraphs), WORKERS (sipvane workers, default 1), IO (uring | epoll,
 # default auto), EXTRA_TOML (appended to sipvane's configuration, e.g. a
-# [hep] section to measure capture).
+# [hep] section to measure capture), PROXY_TOML (more keys of its [proxy]
+# section).
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PROFILE="${PROFILE:-release}"
@@ -63,6 +64,7 @@ listen = "127.0.0.1:$port"
 workers = $WORKERS
 io = "$IO"
 private_port_base = $((port + 1))
+${PROXY_TOML:-}
 [dispatcher]
 list = "$work/dispatcher.list"
 [mgmt]

@@ -78,7 +78,7 @@ pub struct ProxyConfig {
     /// `oc-validity` (milliseconds) of a non-zero loss value. Default 500.
     pub overload_control_validity_ms: u32,
     /// New INVITEs get 503 + Retry-After while a worker's receive queue has
-    /// stood this long (it cannot keep up); 0 = off. Default 100.
+    /// stayed at least a quarter full this long (it cannot keep up); 0 = off. Default 100.
     pub shed_backlog_ms: u32,
     /// How new calls are spread over workers. Default `callid`.
     pub balance: Balance,

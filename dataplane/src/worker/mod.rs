@@ -77,9 +77,9 @@ pub trait Core: 'static {
     /// The next instant `on_timer` should run, if any.
     fn next_deadline(&self) -> Option<Instant>;
     /// Called once per loop turn: `since` is when the worker's public socket
-    /// last started to stay non-empty across busy turns (it cannot keep up
-    /// with what arrives), `None` when its queue is drained. The default
-    /// ignores it.
+    /// started to keep its receive queue at least a quarter full across busy
+    /// turns (it cannot keep up with what arrives), `None` once it is below
+    /// that. The default ignores it.
     fn on_backlog(&mut self, now: Instant, since: Option<Instant>) {
         let _ = (now, since);
     }
