@@ -148,6 +148,17 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
         overload_transactions: ((max_transactions as f64) * cfg.proxy.overload_watermark) as usize,
         max_dialogs: cfg.proxy.max_dialogs as usize,
         retry_after_s: cfg.proxy.retry_after_s,
+        overload_control: cfg.proxy.overload_control.then_some({
+            dataplane::proxy::config::OverloadControl {
+                start_transactions: ((max_transactions as f64)
+                    * cfg.proxy.overload_watermark
+                    * cfg.proxy.overload_control_start)
+                    as usize,
+                validity_ms: cfg.proxy.overload_control_validity_ms,
+            }
+        }),
+        shed_backlog: (cfg.proxy.shed_backlog_ms > 0)
+            .then(|| std::time::Duration::from_millis(u64::from(cfg.proxy.shed_backlog_ms))),
         record_route: cfg.proxy.record_route,
         domains: cfg.proxy.domains.clone(),
         unknown_domain: match cfg.proxy.unknown_domain {

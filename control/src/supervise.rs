@@ -82,6 +82,10 @@ impl<C: Core> Core for Supervised<C> {
         self.core.on_connect_failed(now, dst, out);
     }
 
+    fn on_backlog(&mut self, now: Instant, since: Option<Instant>) {
+        self.core.on_backlog(now, since);
+    }
+
     fn take_hep_tap(&mut self) -> Option<dataplane::hep::Tap> {
         self.core.take_hep_tap()
     }

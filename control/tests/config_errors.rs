@@ -31,8 +31,9 @@ fn unknown_key() {
         one_error("# sipvane\n\n[proxy]\nlisten = \"0.0.0.0:5060\"\nlistne = \"1.2.3.4:5060\"\n"),
         "sipvane.toml:5: unknown key \"listne\" in [proxy]; expected one of listen, workers, \
          private_port_base, advertise, io, domains, unknown_domain, max_transactions, \
-         max_dialogs, overload_watermark, retry_after_s, balance, record_route, server_header, \
-         dialog_timeout_s"
+         max_dialogs, overload_watermark, retry_after_s, overload_control, \
+         overload_control_start, overload_control_validity_ms, shed_backlog_ms, balance, \
+         record_route, server_header, dialog_timeout_s"
     );
 }
 
@@ -351,4 +352,15 @@ fn registrar_settings() {
     )
     .unwrap();
     assert_eq!(ok.registrar.domain, vec!["a.example", "b.example"]);
+}
+
+#[test]
+fn overload_control_bounds() {
+    assert_eq!(
+        errors("[proxy]\noverload_control_start = 1.0\noverload_control_validity_ms = 0\n"),
+        vec![
+            "sipvane.toml:2: overload_control_start must be a fraction from 0 to below 1 (got 1)",
+            "sipvane.toml:3: overload_control_validity_ms must be from 1 to 3600000 (got 0)",
+        ]
+    );
 }

@@ -1,7 +1,9 @@
 //! Overload end to end: a caller offers new calls as fast as a test thread
 //! can send them — far more than one worker completes — to a destination
 //! that answers every INVITE `486 Busy Here`. sipvane must shed the excess
-//! with a stateless `503` + `Retry-After` at the overload watermark, keep
+//! with a stateless `503` + `Retry-After` — at the transaction-table
+//! watermark (a small table), or (a table too big to fill) because its
+//! receive queue stands for `shed_backlog_ms` (CPU overload) — keep
 //! answering OPTIONS and the management API meanwhile, keep its memory
 //! bounded (the transaction table never grows past `max_transactions`), and
 //! once the load is gone and the finished transactions have expired, complete
@@ -34,6 +36,20 @@ use support::{Scenario, Sipvane, Uac, Uas};
 const MAX_TRANSACTIONS: u64 = 2000;
 const WATERMARK: f64 = 0.5;
 const RETRY_AFTER_S: u32 = 7;
+
+/// What makes sipvane shed in a run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Policy {
+    /// `max_transactions = MAX_TRANSACTIONS`, watermark `WATERMARK`, backlog
+    /// shedding off.
+    Table,
+    /// `BACKLOG_TABLE` slots (the flood does not fill them) and backlog
+    /// shedding at its default.
+    Backlog,
+}
+
+/// Transaction slots in the backlog run.
+const BACKLOG_TABLE: u64 = 40_000;
 
 /// The flood: at most this many INVITEs, for at most this long.
 const FLOOD_INVITES: u32 = 400_000;
@@ -82,7 +98,7 @@ fn busy_destination(stop: Arc<AtomicBool>) -> (SocketAddr, std::thread::JoinHand
 
 fn invite(from: SocketAddr, n: u32) -> String {
     format!(
-        "INVITE sip:900@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-ov{n};rport\r\n\
+        "INVITE sip:900@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bK-ov{n};rport;oc;oc-algo=\"loss\"\r\n\
          Max-Forwards: 70\r\nFrom: <sip:flood@{from}>;tag=f{n}\r\nTo: <sip:900@127.0.0.1>\r\n\
          Call-ID: overload-{n}@test\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
     )
@@ -113,7 +129,20 @@ struct Answers {
     shed: AtomicU64,
     /// 503s that carried `Retry-After: RETRY_AFTER_S`.
     shed_with_retry_after: AtomicU64,
+    /// 503s whose Via told the caller (it offered RFC 7339 `oc`) to hold
+    /// back 100 % of its requests.
+    shed_with_oc_100: AtomicU64,
+    /// The highest `oc` loss value of any other response.
+    max_oc_other: AtomicU64,
     other: AtomicU64,
+}
+
+/// The `oc=N` loss value in the top Via of a response, if any.
+fn oc_loss(msg: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(msg).ok()?;
+    let via = text.lines().find(|l| l.starts_with("Via:"))?;
+    via.split(';')
+        .find_map(|p| p.trim().strip_prefix("oc=")?.parse().ok())
 }
 
 /// Sends INVITEs as fast as one thread can (bounded), and ACKs every final.
@@ -149,6 +178,12 @@ fn flood(target: SocketAddr, answers: Arc<Answers>) -> Vec<std::thread::JoinHand
             let Some(code) = status_code(msg) else {
                 continue;
             };
+            let oc = oc_loss(msg);
+            if code != 503 {
+                answers
+                    .max_oc_other
+                    .fetch_max(oc.unwrap_or(0), Ordering::Relaxed);
+            }
             let counter = match code {
                 100..=199 => continue,
                 486 => &answers.busy,
@@ -158,6 +193,9 @@ fn flood(target: SocketAddr, answers: Arc<Answers>) -> Vec<std::thread::JoinHand
                         answers
                             .shed_with_retry_after
                             .fetch_add(1, Ordering::Relaxed);
+                    }
+                    if oc == Some(100) {
+                        answers.shed_with_oc_100.fetch_add(1, Ordering::Relaxed);
                     }
                     &answers.shed
                 }
@@ -170,6 +208,26 @@ fn flood(target: SocketAddr, answers: Arc<Answers>) -> Vec<std::thread::JoinHand
         }
     });
     vec![sender, receiver]
+}
+
+/// An OPTIONS whose Via offers RFC 7339 overload control; the answer.
+fn options_offering_oc(target: SocketAddr) -> String {
+    let sock = bind("127.0.0.1");
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let me = sock.local_addr().unwrap();
+    let req = format!(
+        "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-ocq;oc;oc-algo=\"loss\"\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:q@{me}>;tag=q\r\nTo: <sip:127.0.0.1>\r\n\
+         Call-ID: oc-options@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..3 {
+        sock.send_to(req.as_bytes(), target).unwrap();
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            return String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+    }
+    panic!("no answer to OPTIONS after the flood");
 }
 
 /// Datagrams the kernel dropped because a receive buffer of a UDP socket
@@ -199,6 +257,27 @@ fn transactions(sv: &Sipvane) -> u64 {
 }
 
 fn overload_sheds_stays_responsive_and_recovers(io: &str) {
+    overload_run(io, Policy::Table);
+}
+
+fn cpu_overload_sheds_by_receive_backlog(io: &str) {
+    overload_run(io, Policy::Backlog);
+}
+
+fn overload_run(io: &str, policy: Policy) {
+    let (table, proxy_toml) = match policy {
+        Policy::Table => (
+            MAX_TRANSACTIONS,
+            format!(
+                "max_transactions = {MAX_TRANSACTIONS}\noverload_watermark = {WATERMARK}\n\
+                 retry_after_s = {RETRY_AFTER_S}\nshed_backlog_ms = 0"
+            ),
+        ),
+        Policy::Backlog => (
+            BACKLOG_TABLE,
+            format!("max_transactions = {BACKLOG_TABLE}\nretry_after_s = {RETRY_AFTER_S}"),
+        ),
+    };
     let mut uas = Uas::start(Scenario::Uas, free_udp_addr());
     let stop_busy = Arc::new(AtomicBool::new(false));
     let (busy, busy_thread) = busy_destination(stop_busy.clone());
@@ -207,9 +286,7 @@ fn overload_sheds_stays_responsive_and_recovers(io: &str) {
         .workers(1)
         .destination(format!("1 sip:{}", uas.addr()))
         .destination(format!("2 sip:{busy}"))
-        .proxy_toml(&format!(
-            "max_transactions = {MAX_TRANSACTIONS}\noverload_watermark = {WATERMARK}\nretry_after_s = {RETRY_AFTER_S}"
-        ))
+        .proxy_toml(&proxy_toml)
         .toml("[[dispatcher.rules]]\nprefix = \"9\"\nset = 2")
         .start();
 
@@ -257,6 +334,7 @@ fn overload_sheds_stays_responsive_and_recovers(io: &str) {
         std::thread::sleep(Duration::from_millis(200));
     }
     let drained_after = flood_stopped.elapsed();
+    let idle_oc = options_offering_oc(sv.addr());
     let after = Uac::new(Scenario::Uac, sv.addr()).calls(100).rate(50).run();
     after.assert_all_succeeded(100);
 
@@ -269,44 +347,74 @@ fn overload_sheds_stays_responsive_and_recovers(io: &str) {
     let busy_answers = answers.busy.load(Ordering::Relaxed);
     let shed = answers.shed.load(Ordering::Relaxed);
     let shed_ra = answers.shed_with_retry_after.load(Ordering::Relaxed);
+    let shed_oc = answers.shed_with_oc_100.load(Ordering::Relaxed);
+    let max_oc_other = answers.max_oc_other.load(Ordering::Relaxed);
     let other = answers.other.load(Ordering::Relaxed);
     println!(
-        "overload [{io}]: {sent} INVITEs offered in {FLOOD_FOR:?}; admitted {} (486 from the \
+        "overload [{io}, {policy:?}]: {sent} INVITEs offered in {FLOOD_FOR:?}; admitted {} (486 from the \
          destination: {busy_answers}), shed 503 {shed} (overload_rejects {}), other {other}, \
          not answered {} (the kernel dropped {dropped} at sipvane's socket); OPTIONS answered {pongs}/{pings}; \
-         transactions max {txns_max}/{MAX_TRANSACTIONS}; RSS {rss_before} -> max {rss_max} KiB; \
-         transactions drained {drained_after:?} after the flood; 100/100 calls after",
+         transactions max {txns_max}/{table}; RSS {rss_before} -> max {rss_max} KiB; \
+         transactions drained {drained_after:?} after the flood; 100/100 calls after; \
+         RFC 7339: {shed_oc} 503s said oc=100, other answers up to oc={max_oc_other}, \
+         overload_feedback {}, backlog_rejects {}",
         c.get("initial_invites"),
         c.get("overload_rejects"),
         sent.saturating_sub(busy_answers + shed + other),
+        c.get("overload_feedback"),
+        c.get("backlog_rejects"),
     );
 
     // Shedding happened, statelessly and with Retry-After, and it was the
-    // watermark that shed (not a full table or a dead destination).
-    assert!(c.get("overload_rejects") > 0, "nothing was shed: {c:?}");
+    // policy under test that shed (not a full table or a dead destination).
+    match policy {
+        Policy::Table => {
+            assert!(c.get("overload_rejects") > 0, "nothing was shed: {c:?}");
+            assert_eq!(c.get("backlog_rejects"), 0, "{c:?}");
+            // RFC 7339: the flooding caller offered `oc`, so every 503 told
+            // it to hold back everything, answers admitted on the way up told
+            // it to slow down.
+            assert_eq!(shed_oc, shed, "{shed} 503s, {shed_oc} with oc=100");
+            assert!(c.get("overload_feedback") >= shed_oc, "{c:?}");
+        }
+        Policy::Backlog => {
+            assert!(c.get("backlog_rejects") > 0, "nothing was shed: {c:?}");
+        }
+    }
     assert!(
         shed > 0 && shed_ra == shed,
         "{shed} 503s, {shed_ra} with Retry-After: {RETRY_AFTER_S}"
+    );
+    // Once the table drained, the `oc` caller is told control is off.
+    assert!(
+        idle_oc.contains(";oc=0;oc-algo=\"loss\";oc-validity=0;oc-seq="),
+        "after the flood: {idle_oc}"
     );
     assert_eq!(c.get("table_full"), 0, "the table filled up: {c:?}");
     assert_eq!(c.get("no_destination"), 0, "{c:?}");
     // Admitted calls went through (shedding is not refusing everything).
     assert!(busy_answers > 0 && reached_busy > 0, "no call was admitted");
     assert!(
-        txns_max <= MAX_TRANSACTIONS,
-        "{txns_max} transactions open, the table holds {MAX_TRANSACTIONS}"
+        txns_max <= table,
+        "{txns_max} transactions open, the table holds {table}"
     );
     assert!(
         pongs > 0,
         "no OPTIONS answered during the overload ({pings} tried)"
     );
-    // Bounded memory: a handful of MiB over the settled process, not a queue
-    // of everything offered (one INVITE is ~330 bytes; the flood offered
-    // ~100 MiB and more).
+    // Bounded memory: a handful of MiB over the settled process plus what
+    // the open transactions hold (their pooled buffers: up to ~8 KiB each),
+    // not a queue of everything offered (one INVITE is ~330 bytes; the flood
+    // offered ~100 MiB and more).
+    let bound = rss_before + 32 * 1024 + txns_max * 8;
     assert!(
-        rss_max < rss_before + 32 * 1024,
-        "RSS grew from {rss_before} KiB to {rss_max} KiB under overload"
+        rss_max < bound,
+        "RSS grew from {rss_before} KiB to {rss_max} KiB under overload \
+         ({txns_max} transactions; bound {bound} KiB)"
     );
 }
 
-on_both_drivers!(overload_sheds_stays_responsive_and_recovers);
+on_both_drivers!(
+    overload_sheds_stays_responsive_and_recovers,
+    cpu_overload_sheds_by_receive_backlog
+);

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use dataplane::dispatch::{parse_list, shared, SharedTable, Table};
 use dataplane::proxy::media::{MediaConfig, MediaPolicy, MediaShared, SOCK_MEDIA};
+use dataplane::proxy::config::OverloadControl;
 use dataplane::proxy::{ProxyConfig, ProxyStats, Worker, HANDED_OVER, SOCK_PRIVATE, SOCK_PUBLIC};
 use dataplane::rtpengine::NgFlags;
 use dataplane::sip::build::{self, ReplyOpts};
@@ -130,6 +131,10 @@ impl World {
         let mut cfg = ProxyConfig {
             max_transactions: MAX_TRANSACTIONS,
             overload_transactions: MAX_TRANSACTIONS * 3 / 4,
+            overload_control: Some(OverloadControl {
+                start_transactions: MAX_TRANSACTIONS / 4,
+                validity_ms: 500,
+            }),
             max_dialogs: MAX_DIALOGS,
             dialog_timeout: Duration::from_secs(300),
             media: Some(Arc::new(MediaShared::new(media, 1, 7))),
@@ -250,8 +255,10 @@ fn request(c: &mut Cursor) -> Option<(u8, SocketAddr, Vec<u8>)> {
         2 => SOCK_PRIVATE,
         _ => SOCK_PUBLIC | HANDED_OVER,
     };
+    // Half the calls' callers offer RFC 7339 overload control.
+    let oc = if call % 2 == 0 { ";oc;oc-algo=\"loss\"" } else { "" };
     let msg = format!(
-        "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKfz{branch};rport\r\n\
+        "{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKfz{branch};rport{oc}\r\n\
          {route}Max-Forwards: {}\r\nFrom: <sip:a@127.0.0.1>;tag=f{call}\r\nTo: <sip:100@127.0.0.1>{to_tag}\r\n\
          Call-ID: c{call}@fuzz\r\nCSeq: {cseq} {method}\r\nContact: <sip:a@{}>\r\n{ctype}\
          Content-Length: {}\r\n\r\n{body}",

@@ -68,6 +68,18 @@ pub struct ProxyConfig {
     pub overload_watermark: f64,
     /// Retry-After (seconds) sent with overload 503s. Default 5.
     pub retry_after_s: u32,
+    /// RFC 7339 loss-based overload control feedback (`oc` Via parameters) to
+    /// upstream clients that offer it. Default true.
+    pub overload_control: bool,
+    /// Fraction of the shedding point (`max_transactions × overload_watermark`)
+    /// from which the loss percentage told to those clients grows (0 % below,
+    /// 100 % at the shedding point). Default 0.75.
+    pub overload_control_start: f64,
+    /// `oc-validity` (milliseconds) of a non-zero loss value. Default 500.
+    pub overload_control_validity_ms: u32,
+    /// New INVITEs get 503 + Retry-After while a worker's receive queue has
+    /// stood this long (it cannot keep up); 0 = off. Default 100.
+    pub shed_backlog_ms: u32,
     /// How new calls are spread over workers. Default `callid`.
     pub balance: Balance,
     /// Insert Record-Route on initial requests. Default true.
@@ -95,6 +107,10 @@ impl Default for ProxyConfig {
             max_dialogs: 262_144,
             overload_watermark: 0.9,
             retry_after_s: 5,
+            overload_control: true,
+            overload_control_start: 0.75,
+            overload_control_validity_ms: 500,
+            shed_backlog_ms: 100,
             balance: Balance::Callid,
             record_route: true,
             server_header: "sipvane".to_owned(),

@@ -105,6 +105,31 @@ impl Config {
                 ),
             );
         }
+        let s = p.overload_control_start;
+        if !(0.0..1.0).contains(&s) {
+            v.err(
+                at("overload_control_start"),
+                format!("overload_control_start must be a fraction from 0 to below 1 (got {s})"),
+            );
+        }
+        if !(1..=3_600_000).contains(&p.overload_control_validity_ms) {
+            v.err(
+                at("overload_control_validity_ms"),
+                format!(
+                    "overload_control_validity_ms must be from 1 to 3600000 (got {})",
+                    p.overload_control_validity_ms
+                ),
+            );
+        }
+        if p.shed_backlog_ms > 60_000 {
+            v.err(
+                at("shed_backlog_ms"),
+                format!(
+                    "shed_backlog_ms must be from 0 (off) to 60000 (got {})",
+                    p.shed_backlog_ms
+                ),
+            );
+        }
         if p.dialog_timeout_s == 0 {
             v.err(
                 at("dialog_timeout_s"),

@@ -11,6 +11,8 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 pub const PROTO_SIP: u8 = 1;
 /// IP protocol number of UDP (chunk 0x0002).
 pub const IPPROTO_UDP: u8 = 17;
+/// IP protocol number of TCP (chunk 0x0002).
+pub const IPPROTO_TCP: u8 = 6;
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -41,7 +43,7 @@ pub struct Capture<'a> {
     pub src: SocketAddr,
     /// Receiver of the captured datagram.
     pub dst: SocketAddr,
-    /// IP protocol number (17 for UDP).
+    /// IP protocol number (17 UDP, 6 TCP).
     pub ip_proto: u8,
     /// Wall-clock capture time: seconds since the Unix epoch.
     pub ts_sec: u32,

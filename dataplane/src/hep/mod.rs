@@ -92,7 +92,7 @@ impl Tap {
     #[inline]
     pub fn received(&mut self, socket: SocketId, src: SocketAddr, data: &[u8]) {
         if let Some(&local) = self.local.get(usize::from(socket)) {
-            self.capture(src, local, data);
+            self.capture(src, local, codec::IPPROTO_UDP, data);
         }
     }
 
@@ -100,11 +100,19 @@ impl Tap {
     #[inline]
     pub fn sent(&mut self, socket: SocketId, dst: SocketAddr, data: &[u8]) {
         if let Some(&local) = self.local.get(usize::from(socket)) {
-            self.capture(local, dst, data);
+            self.capture(local, dst, codec::IPPROTO_UDP, data);
         }
     }
 
-    fn capture(&mut self, src: SocketAddr, dst: SocketAddr, data: &[u8]) {
+    /// One SIP message framed from, or queued on, a TCP connection: `src` and
+    /// `dst` are the connection's ends in that direction (the client named by a
+    /// PROXY header stands for the peer).
+    #[inline]
+    pub fn stream(&mut self, src: SocketAddr, dst: SocketAddr, data: &[u8]) {
+        self.capture(src, dst, codec::IPPROTO_TCP, data);
+    }
+
+    fn capture(&mut self, src: SocketAddr, dst: SocketAddr, ip_proto: u8, data: &[u8]) {
         // Keepalives and garbage are not SIP messages; a message without a Call-ID
         // is captured only when everything is.
         if data.iter().all(|b| b.is_ascii_whitespace()) {
@@ -124,7 +132,7 @@ impl Tap {
         let c = Capture {
             src,
             dst,
-            ip_proto: codec::IPPROTO_UDP,
+            ip_proto,
             ts_sec: now.as_secs() as u32,
             ts_usec: now.subsec_micros(),
             proto_type: codec::PROTO_SIP,
@@ -232,6 +240,14 @@ mod tests {
         assert_eq!((d.src, d.dst), (local, peer));
         let s = stats.snapshot();
         assert_eq!((s.hep_sent, s.hep_dropped), (2, 0));
+        // A TCP message: the connection's ends, protocol 6.
+        tap.stream(peer, local, msg);
+        let n = collector.recv(&mut buf).unwrap();
+        let d = decode(&buf[..n]).unwrap();
+        assert_eq!(
+            (d.src, d.dst, d.ip_proto),
+            (peer, local, codec::IPPROTO_TCP)
+        );
     }
 
     #[test]

@@ -61,6 +61,13 @@ pub struct ProxyConfig {
     pub overload_transactions: usize,
     pub max_dialogs: usize,
     pub retry_after_s: u32,
+    /// RFC 7339 feedback to upstream clients that offer `oc` in their Via;
+    /// `None`: their `oc` is ignored.
+    pub overload_control: Option<OverloadControl>,
+    /// New INVITEs get 503 + Retry-After while the worker's public socket
+    /// has held a receive backlog for this long (it cannot keep up: answering
+    /// 503 costs a fraction of relaying a call); `None`: off.
+    pub shed_backlog: Option<Duration>,
     pub record_route: bool,
     /// Domains served; empty means every domain.
     pub domains: Vec<String>,
@@ -98,6 +105,16 @@ pub struct ProxyConfig {
     pub predecessor: Option<Arc<super::predecessor::Predecessor>>,
 }
 
+/// RFC 7339 loss-based overload control towards upstream clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverloadControl {
+    /// Open transactions from which the loss percentage told to clients
+    /// grows (0 % here, 100 % at `overload_transactions`).
+    pub start_transactions: usize,
+    /// `oc-validity` of a non-zero value, in milliseconds.
+    pub validity_ms: u32,
+}
+
 impl Default for ProxyConfig {
     fn default() -> Self {
         ProxyConfig {
@@ -115,6 +132,11 @@ impl Default for ProxyConfig {
             overload_transactions: 58982,
             max_dialogs: 262144,
             retry_after_s: 5,
+            overload_control: Some(OverloadControl {
+                start_transactions: 44236,
+                validity_ms: 500,
+            }),
+            shed_backlog: Some(Duration::from_millis(100)),
             record_route: true,
             domains: Vec::new(),
             unknown_domain: UnknownDomain::Relay,

@@ -21,6 +21,7 @@ pub mod flood;
 mod fork;
 pub mod media;
 mod natping;
+mod overload;
 mod pool;
 pub mod predecessor;
 mod registrar;
@@ -165,6 +166,10 @@ pub struct Worker {
     /// NAT keep-alive pings of its share of the NATed bindings; `None`
     /// when off.
     natping: Option<crate::registrar::natping::NatPing>,
+    /// Wall clock for RFC 7339 `oc-seq`.
+    oc_clock: overload::SeqClock,
+    /// The receive queue has stood for `shed_backlog`: new INVITEs are shed.
+    backlogged: bool,
 }
 
 impl Worker {
@@ -219,6 +224,8 @@ impl Worker {
                 crate::registrar::answered::MAX_ANSWERS,
             ),
             natping,
+            oc_clock: overload::SeqClock::new(now),
+            backlogged: false,
         }
     }
 
@@ -262,6 +269,7 @@ impl Core for Worker {
         out: &mut Outbox,
     ) {
         bump(&self.stats.rx_datagrams);
+        self.oc_clock.now = now;
         self.handed_over = socket & HANDED_OVER != 0;
         let socket = socket & !HANDED_OVER;
         self.from_stream = socket == SOCK_TCP && !self.handed_over;
@@ -292,6 +300,7 @@ impl Core for Worker {
     }
 
     fn on_timer(&mut self, now: Instant, out: &mut Outbox) {
+        self.oc_clock.now = now;
         let mut expired = std::mem::take(&mut self.expired);
         expired.clear();
         self.timers.expire(now, &mut expired);
@@ -331,6 +340,13 @@ impl Core for Worker {
 
     fn open_work(&self) -> usize {
         self.txns.len()
+    }
+
+    fn on_backlog(&mut self, now: Instant, since: Option<Instant>) {
+        self.backlogged = match (self.cfg.shed_backlog, since) {
+            (Some(after), Some(since)) => now.saturating_duration_since(since) >= after,
+            _ => false,
+        };
     }
 
     fn on_connect_failed(&mut self, now: Instant, dst: SocketAddr, out: &mut Outbox) {

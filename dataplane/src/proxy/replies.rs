@@ -54,6 +54,7 @@ impl Worker {
             extra_headers,
             server: Some(self.cfg.server_header.as_bytes()),
         };
+        let oc = self.oc_for(self.offers_oc(req));
         self.scratch.clear();
         if build::reply(
             req,
@@ -64,6 +65,7 @@ impl Worker {
         )
         .is_ok()
         {
+            overload::stamp(&self.stats, oc, &mut self.scratch);
             out.send(socket, src, &self.scratch);
             bump(&self.stats.tx_datagrams);
             count_reply(&self.stats, code);
@@ -105,8 +107,10 @@ impl Worker {
             extra_headers: &extra,
             ..ReplyOpts::default()
         };
+        let oc = self.oc_for(self.offers_oc(req));
         self.scratch.clear();
         if build::reply(req, 200, b"OK", &opts, &mut self.scratch).is_ok() {
+            overload::stamp(&self.stats, oc, &mut self.scratch);
             out.send(socket, src, &self.scratch);
             bump(&self.stats.tx_datagrams);
             count_reply(&self.stats, 200);

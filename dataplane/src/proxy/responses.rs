@@ -349,6 +349,7 @@ impl Worker {
         body: Option<&[u8]>,
         out: &mut Outbox,
     ) {
+        let oc = self.oc_feedback();
         let Some(txn) = self.txns.get_mut(id) else {
             return;
         };
@@ -368,6 +369,9 @@ impl Worker {
         };
         if built.is_err() {
             return;
+        }
+        if txn.oc {
+            overload::stamp(&self.stats, oc, &mut txn.last_response);
         }
         out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
         bump(&self.stats.tx_datagrams);
@@ -389,6 +393,7 @@ impl Worker {
         out: &mut Outbox,
     ) {
         let retry = (code == 503).then_some(self.cfg.retry_after_s);
+        let oc = self.oc_feedback();
         let Some(txn) = self.txns.get_mut(id) else {
             return;
         };
@@ -419,6 +424,9 @@ impl Worker {
         };
         if !built {
             return;
+        }
+        if txn.oc {
+            overload::stamp(&self.stats, oc, &mut txn.last_response);
         }
         out.send(txn.upstream_socket, txn.upstream, &txn.last_response);
         bump(&self.stats.tx_datagrams);

@@ -68,6 +68,8 @@ counters! {
     connect_failures: "Attempts failed at once because their TCP connection could not be opened.",
     no_destination: "Requests answered 503 because no destination was usable.",
     overload_rejects: "New INVITEs answered 503 + Retry-After at the overload watermark.",
+    overload_feedback: "Responses that asked an RFC 7339 client (oc in its Via) to send less: oc above 0.",
+    backlog_rejects: "New INVITEs answered 503 + Retry-After because the worker's receive queue stood for shed_backlog_ms (CPU overload).",
     table_full: "Requests answered 503 because the transaction table was full.",
     replies_1xx: "Provisional replies sent upstream (local and relayed).",
     replies_2xx: "2xx replies sent upstream.",

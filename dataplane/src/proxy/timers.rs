@@ -160,6 +160,7 @@ impl Worker {
     /// INVITE's delayed `100 Trying` (built from the request as received and
     /// kept as the response to resend).
     pub(super) fn send_upstream(&mut self, id: TxnId, what: Upstream, out: &mut Outbox) {
+        let oc = self.oc_feedback();
         let Some(txn) = self.txns.get_mut(id) else {
             return;
         };
@@ -174,6 +175,9 @@ impl Worker {
                 let opts = ReplyOpts::default();
                 if build::reply(&req, 100, b"Trying", &opts, &mut txn.last_response).is_err() {
                     return;
+                }
+                if txn.oc {
+                    overload::stamp(&self.stats, oc, &mut txn.last_response);
                 }
                 count_reply(&self.stats, 100);
             }

@@ -87,6 +87,9 @@ pub(crate) struct ProxyTxn {
     /// Whether the response being relayed comes from a registered user's
     /// binding, and whether that one is behind a NAT (`target.addr`).
     pub located: Located,
+    /// The client offered RFC 7339 overload control in its Via: every
+    /// response to it carries sipvane's feedback.
+    pub oc: bool,
     /// A request to a registered user, forked to its bindings: then
     /// `client` stays `None` and each branch has its own. Boxed: most
     /// transactions have none.

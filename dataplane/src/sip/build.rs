@@ -12,7 +12,7 @@ use super::chars::{offset_in, trim_lws_end};
 use super::error::{BuildError, ParseError};
 use super::header::{params, split_comma, CSeq, HeaderName, NameAddr};
 use super::method::Method;
-use super::parse::{Header, Message, StartLine};
+use super::parse::{Header, Message, StartLine, FORWARD_HEADROOM, MAX_HEADERS};
 
 /// The Via a proxy pushes: `Via: SIP/2.0/UDP host:port;branch=...;rport`
 /// (`SIP/2.0/TCP` when the request leaves over TCP).
@@ -248,6 +248,9 @@ pub fn forward_request(
     else {
         return Err(BuildError::NotARequest);
     };
+    if msg.headers().len() > MAX_HEADERS - FORWARD_HEADROOM {
+        return Err(ParseError::TooManyHeaders.into());
+    }
     let max_forwards = match msg.max_forwards()? {
         Some(0) => return Err(BuildError::TooManyHops),
         Some(n) => Some(n - 1),

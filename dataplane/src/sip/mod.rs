@@ -12,6 +12,7 @@ mod chars;
 pub mod error;
 pub mod header;
 pub mod method;
+pub mod overload;
 pub mod parse;
 pub mod uri;
 

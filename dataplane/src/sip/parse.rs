@@ -20,6 +20,12 @@ use super::uri::Uri;
 
 /// Most header lines a message may have.
 pub const MAX_HEADERS: usize = 256;
+
+/// Header lines a proxy may add to a request it relays (Via, Record-Route
+/// and a missing Max-Forwards): a request that leaves no room for them is
+/// refused, so what sipvane sends always parses again (here and at the
+/// next hop with the same limit).
+pub const FORWARD_HEADROOM: usize = 3;
 /// Longest header, including its continuation lines and line ends.
 pub const MAX_HEADER_LEN: usize = 8192;
 /// Longest start line.
@@ -564,6 +570,9 @@ impl<'a> Message<'a> {
         if !self.version.eq_ignore_ascii_case(b"SIP/2.0") {
             return Err(ParseError::UnsupportedVersion);
         }
+        if self.headers.len() > MAX_HEADERS - FORWARD_HEADROOM {
+            return Err(ParseError::TooManyHeaders);
+        }
         let ruri = self.ruri()?;
         if ruri.headers.is_some() {
             return Err(ParseError::HeadersInRequestUri);
@@ -830,6 +839,21 @@ v=0\n";
         let mut m2 = m[..m.len() - 2].to_vec();
         m2.extend_from_slice(b"X: y\r\n\r\n");
         assert_eq!(parse(&m2).err(), Some(ParseError::TooManyHeaders));
+        // A request a proxy could not relay without passing the limit
+        // (fuzzing found forward_request writing 258 headers).
+        let mut r = b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+From: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n"
+            .to_vec();
+        for _ in 0..MAX_HEADERS - FORWARD_HEADROOM - 5 {
+            r.extend_from_slice(b"X: y\r\n");
+        }
+        let ok = [r.as_slice(), b"\r\n"].concat();
+        assert!(parse(&ok).unwrap().validate_request().is_ok());
+        let full = [r.as_slice(), b"X: y\r\n\r\n"].concat();
+        assert_eq!(
+            parse(&full).unwrap().validate_request(),
+            Err(ParseError::TooManyHeaders)
+        );
 
         let mut m = b"OPTIONS sip:a@b SIP/2.0\r\nX: ".to_vec();
         m.extend_from_slice(&vec![b'a'; MAX_HEADER_LEN]);

@@ -73,6 +73,9 @@ impl Epoll {
 
 impl Io for Epoll {
     fn run<C: Core>(&mut self, shell: &mut Shell<C>) -> io::Result<()> {
+        if let Some(public) = self.sockets.first() {
+            shell.watch_backlog(std::os::fd::AsRawFd::as_raw_fd(public));
+        }
         while !shell.stopping() {
             let now = Instant::now();
             let busy = self.streams.as_ref().is_some_and(Streams::busy);

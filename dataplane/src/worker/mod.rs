@@ -76,6 +76,13 @@ pub trait Core: 'static {
     }
     /// The next instant `on_timer` should run, if any.
     fn next_deadline(&self) -> Option<Instant>;
+    /// Called once per loop turn: `since` is when the worker's public socket
+    /// last started to stay non-empty across busy turns (it cannot keep up
+    /// with what arrives), `None` when its queue is drained. The default
+    /// ignores it.
+    fn on_backlog(&mut self, now: Instant, since: Option<Instant>) {
+        let _ = (now, since);
+    }
     /// The HEP capture sender the driver should feed with every datagram received
     /// from and sent on the worker's sockets; taken once when the driver starts.
     /// `None` (the default) captures nothing and costs one `Option` check.

@@ -291,6 +291,27 @@ pub(crate) struct Shell<C> {
     handed_over: bool,
     /// Relay frame being written (datagrams for the previous process).
     frame: Vec<u8>,
+    /// The public socket, watched for a standing receive queue.
+    backlog_fd: Option<RawFd>,
+    /// Datagrams delivered this turn.
+    turn_datagrams: u32,
+    /// Since when busy turns have ended with the public socket still
+    /// holding datagrams.
+    backlog_since: Option<Instant>,
+}
+
+/// A turn that delivered fewer datagrams than this is not a backlog (and
+/// costs no `ioctl`): the queue drained as fast as it filled.
+const BACKLOG_CHECK_AT: u32 = 16;
+
+/// Whether a UDP socket's receive queue holds a datagram (`FIONREAD` is the
+/// size of the next one; a zero-length datagram reads as empty, which only
+/// delays the signal).
+pub(crate) fn socket_nonempty(fd: RawFd) -> bool {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int through the pointer, which is valid.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    r == 0 && n > 0
 }
 
 impl<C: Core> Shell<C> {
@@ -307,7 +328,16 @@ impl<C: Core> Shell<C> {
             to_wake: vec![false; n],
             handed_over: false,
             frame: Vec::new(),
+            backlog_fd: None,
+            turn_datagrams: 0,
+            backlog_since: None,
         }
+    }
+
+    /// Watch `fd` (the public socket) for a standing receive queue; see
+    /// [`Core::on_backlog`].
+    pub fn watch_backlog(&mut self, fd: RawFd) {
+        self.backlog_fd = Some(fd);
     }
 
     /// How many of its first sockets this worker was asked to stop reading
@@ -348,13 +378,29 @@ impl<C: Core> Shell<C> {
         out: &mut Outbox,
     ) {
         self.counters.datagrams_in += 1;
+        self.turn_datagrams += 1;
         if let Some(tap) = self.hep.as_mut() {
             tap.received(socket, src, data);
         }
         self.core.on_datagram(now, socket, src, data, out);
     }
 
+    /// HEP capture is on: stream connections need their local address.
+    #[inline]
+    pub fn capturing(&self) -> bool {
+        self.hep.is_some()
+    }
+
+    /// Captures one SIP message of a TCP connection (HEP), from `src` to `dst`.
+    #[inline]
+    pub fn capture_stream(&mut self, src: SocketAddr, dst: SocketAddr, data: &[u8]) {
+        if let Some(tap) = self.hep.as_mut() {
+            tap.stream(src, dst, data);
+        }
+    }
+
     /// Captures the datagrams about to be sent (HEP); call once before each flush.
+    /// Stream sends are captured by `stream` once queued on their connection.
     #[inline]
     pub fn capture_sends(&mut self, out: &Outbox) {
         if let Some(tap) = self.hep.as_mut() {
@@ -454,9 +500,20 @@ impl<C: Core> Shell<C> {
         }
     }
 
-    /// Publishes counters and the heartbeat; call once per loop turn.
+    /// Publishes counters and the heartbeat, and tells the core whether its
+    /// public socket keeps a backlog; call once per loop turn.
     pub fn end_turn(&mut self, now: Instant) {
         self.turns += 1;
+        if let Some(fd) = self.backlog_fd {
+            let backlogged = self.turn_datagrams >= BACKLOG_CHECK_AT && socket_nonempty(fd);
+            self.backlog_since = match (backlogged, self.backlog_since) {
+                (false, _) => None,
+                (true, None) => Some(now),
+                (true, since) => since,
+            };
+            self.core.on_backlog(now, self.backlog_since);
+        }
+        self.turn_datagrams = 0;
         let Some(w) = self.shared.workers.get(self.index) else {
             return;
         };
@@ -550,6 +607,22 @@ pub(crate) fn sockaddr_from_bytes(b: &[u8]) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sees_a_receive_queue() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(!socket_nonempty(rx.as_raw_fd()));
+        tx.send_to(b"x", rx.local_addr().unwrap()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !socket_nonempty(rx.as_raw_fd()) {
+            assert!(Instant::now() < deadline, "loopback datagram never queued");
+            std::thread::yield_now();
+        }
+        let mut buf = [0u8; 8];
+        rx.recv_from(&mut buf).unwrap();
+        assert!(!socket_nonempty(rx.as_raw_fd()));
+    }
 
     fn raw(addr: SocketAddr) -> Vec<u8> {
         let sa = socket2::SockAddr::from(addr);

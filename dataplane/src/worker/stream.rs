@@ -84,6 +84,34 @@ pub(crate) struct Sock {
     connecting: Option<Instant>,
     /// On the ready list (so it is queued once, without searching the list).
     queued: bool,
+    /// Our end of the connection, looked up on first use (HEP capture only).
+    local: Option<SocketAddr>,
+}
+
+impl Sock {
+    fn new(stream: TcpStream, connecting: Option<Instant>) -> Sock {
+        Sock {
+            stream,
+            wbuf: Vec::new(),
+            connecting,
+            queued: false,
+            local: None,
+        }
+    }
+
+    /// Our end of the connection (for an outbound one, bound at `connect`).
+    fn local(&mut self, peer: SocketAddr) -> SocketAddr {
+        *self.local.get_or_insert_with(|| {
+            self.stream.local_addr().unwrap_or_else(|_| {
+                // Only on a socket already broken: an address of the right family.
+                let ip: std::net::IpAddr = match peer {
+                    SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+                    SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+                };
+                SocketAddr::new(ip, 0)
+            })
+        })
+    }
 }
 
 pub(crate) struct Streams {
@@ -261,12 +289,7 @@ impl Streams {
                 continue;
             }
             let _ = stream.set_nodelay(true);
-            let sock = Sock {
-                stream,
-                wbuf: Vec::new(),
-                connecting: None,
-                queued: false,
-            };
+            let sock = Sock::new(stream, None);
             let Ok(id) = self.flows.accept(now, peer, sock, proxied) else {
                 shell.counters.tcp.refused += 1;
                 continue;
@@ -421,19 +444,20 @@ impl Streams {
         };
         conn.touch(now);
         match queue(&mut conn.io, data) {
-            Ok(()) => shell.counters.tcp.messages_out += 1,
+            Ok(()) => {
+                shell.counters.tcp.messages_out += 1;
+                if shell.capturing() {
+                    let local = conn.io.local(conn.peer);
+                    shell.capture_stream(local, conn.peer, data);
+                }
+            }
             Err(reason) => self.close(id, reason, shell),
         }
     }
 
     fn connect(&mut self, now: Instant, dst: SocketAddr) -> io::Result<FlowId> {
         let stream = TcpStream::connect(dst)?;
-        let sock = Sock {
-            stream,
-            wbuf: Vec::new(),
-            connecting: Some(now),
-            queued: false,
-        };
+        let sock = Sock::new(stream, Some(now));
         let id = self.flows.connect(now, dst, sock);
         let registered = match self.flows.get_mut(id) {
             Some(conn) => self.poll.registry().register(
@@ -518,11 +542,15 @@ fn frame<C: Core>(
 ) -> Result<(), CloseReason> {
     let peer = conn.peer;
     let Conn { framer, io, .. } = conn;
+    let local = shell.capturing().then(|| io.local(peer));
     let mut pings = 0u32;
     let mut messages = 0u64;
     let fed = framer.feed(now, data, |f| match f {
         Frame::Message(m) => {
             messages += 1;
+            if let Some(local) = local {
+                shell.capture_stream(peer, local, m);
+            }
             shell.deliver(now, SOCK_TCP, peer, m, out);
         }
         Frame::Ping => pings += 1,

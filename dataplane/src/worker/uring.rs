@@ -680,6 +680,9 @@ impl Io for Uring {
         let wake_fd = shell
             .wake_fd()
             .ok_or_else(|| io::Error::other("io_uring worker without a wakeup eventfd"))?;
+        if let Some(public) = self.st.sockets.first() {
+            shell.watch_backlog(public.as_raw_fd());
+        }
         let result = (|| {
             while !shell.stopping() {
                 self.arm(wake_fd)?;
