@@ -328,7 +328,7 @@ impl Worker {
                     return;
                 };
                 if let Ok(m) = parse(&best) {
-                    self.relay_response(now, id, &m, code, out);
+                    self.relay_final(now, id, &m, code, out);
                 }
                 self.pool.put(best);
             }

@@ -108,6 +108,32 @@ fn refusals_are_chosen_from_once_all_bindings_answered() {
 }
 
 #[test]
+fn a_503_chosen_for_the_caller_goes_as_500() {
+    // RFC 3261 §16.7 step 6: every binding answered 503.
+    let t0 = Instant::now();
+    let mut w = two_phones(t0, "");
+    let s = feed(&mut w, t0, CALLER, &invite("a", "6001", "z9hG4bK-p5", ""));
+    let first = invite_to(&s, PHONE);
+    let second = invite_to(&s, SECOND);
+    feed(&mut w, t0, PHONE, &answer(&first, 503, "t1"));
+    let s = feed(&mut w, t0, SECOND, &answer(&second, 503, "t2"));
+    let to_caller: Vec<_> = s.iter().filter(|(a, _)| *a == addr(CALLER)).collect();
+    assert_eq!(to_caller.len(), 1, "{s:?}");
+    assert!(
+        to_caller[0]
+            .1
+            .starts_with("SIP/2.0 500 Server Internal Error\r\n"),
+        "{s:?}"
+    );
+    // A 503 that is not the best answer changes nothing else.
+    let s = feed(&mut w, t0, CALLER, &invite("a", "6001", "z9hG4bK-p6", ""));
+    let (first, second) = (invite_to(&s, PHONE), invite_to(&s, SECOND));
+    feed(&mut w, t0, PHONE, &answer(&first, 503, "t1"));
+    let s = feed(&mut w, t0, SECOND, &answer(&second, 486, "t2"));
+    assert!(has(&s, CALLER, "SIP/2.0 486"), "{s:?}");
+}
+
+#[test]
 fn a_6xx_cancels_the_others_and_is_the_answer() {
     let t0 = Instant::now();
     let mut w = two_phones(t0, "");

@@ -69,7 +69,7 @@ use flood::{FloodGuard, Verdict};
 use media::{Done, Media, MediaPolicy, Outcome, SOCK_MEDIA};
 pub use parked::{NameSettings, SOCK_NAMES};
 use pool::BufPool;
-use registrar::Caller;
+use registrar::{Caller, StatelessAnswer};
 use stats::{bump, count_reply};
 pub use stats::{Counters, ProxyStats, Snapshot};
 use transaction::{
@@ -164,6 +164,9 @@ pub struct Worker {
     hep: Option<crate::hep::Tap>,
     /// Nonce counts of the nonces this worker issued (replay protection).
     nonce_counts: crate::registrar::nonce::NonceCounts,
+    /// The registrar's answers without a transaction (challenges, REGISTER
+    /// answers; UDP), repeated for retransmissions.
+    answered: crate::registrar::answered::Answered<TxnKey, StatelessAnswer>,
     /// NAT keep-alive pings of its share of the NATed bindings; `None`
     /// when off.
     natping: Option<crate::registrar::natping::NatPing>,
@@ -226,6 +229,10 @@ impl Worker {
             flood: cfg_flood.map(|l| FloodGuard::new(l, flood_seed, now)),
             hep: None,
             nonce_counts: crate::registrar::nonce::NonceCounts::new(cfg_max_nonces),
+            answered: crate::registrar::answered::Answered::new(
+                crate::registrar::answered::ANSWER_TTL,
+                crate::registrar::answered::MAX_ANSWERS,
+            ),
             natping,
             names: names.map(parked::Names::new),
             resuming: false,

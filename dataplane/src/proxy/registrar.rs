@@ -8,6 +8,14 @@ use crate::registrar::auth::{self, AuthOutcome, Context};
 use crate::registrar::{self as reg, register};
 use crate::sip::{NameAddr, Uri};
 
+/// An answer the registrar sent without a transaction (a challenge, a 403,
+/// the answer to a REGISTER), kept for the request's retransmissions.
+pub(super) struct StatelessAnswer {
+    socket: SocketId,
+    dst: SocketAddr,
+    response: Box<[u8]>,
+}
+
 /// What [`Worker::caller_allowed`] decided about an initial request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Caller {
@@ -21,8 +29,60 @@ pub(super) enum Caller {
 }
 
 impl Worker {
-    /// Answers a REGISTER for one of the registrar's domains.
+    /// Sends again the answer a retransmitted request got (true), when it
+    /// was one the registrar made without a transaction: a challenge, or
+    /// the answer to a REGISTER. A second challenge would carry another
+    /// nonce (a client that already answered the first sees an unexpected
+    /// 401 — SIPp fails the call), and a REGISTER whose nonce count the
+    /// original used up would be challenged instead of answered.
+    pub(super) fn repeat_answer(&mut self, now: Instant, key: &TxnKey, out: &mut Outbox) -> bool {
+        let Some(a) = self.answered.get(key, now) else {
+            return false;
+        };
+        // To where the first answer went (its Via), as a transaction would.
+        out.send(a.socket, a.dst, &a.response);
+        bump(&self.stats.retransmissions_absorbed);
+        bump(&self.stats.tx_datagrams);
+        true
+    }
+
+    /// Keeps the answer just built in `scratch` (cleared before the request
+    /// was handled) for the request's retransmissions; nothing on TCP,
+    /// where there are none.
+    fn keep_answer(&mut self, now: Instant, key: TxnKey, socket: SocketId, src: SocketAddr) {
+        if socket == SOCK_TCP || self.from_stream || self.scratch.is_empty() {
+            return;
+        }
+        let answer = StatelessAnswer {
+            socket,
+            dst: src,
+            response: self.scratch.as_slice().into(),
+        };
+        self.answered.insert(key, answer, now);
+    }
+
+    /// Answers a REGISTER for one of the registrar's domains; `key`: its
+    /// server transaction key (its retransmissions get the same answer).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn handle_register(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        msg: &Message<'_>,
+        info: &RequestInfo<'_>,
+        key: TxnKey,
+        out: &mut Outbox,
+    ) {
+        if self.repeat_answer(now, &key, out) {
+            return;
+        }
+        self.scratch.clear();
+        self.answer_register(now, socket, src, msg, info, out);
+        self.keep_answer(now, key, socket, src);
+    }
+
+    fn answer_register(
         &mut self,
         now: Instant,
         socket: SocketId,
@@ -56,29 +116,45 @@ impl Worker {
             realm: domain,
             worker: self.index,
             workers: self.workers,
-            handed_over: self.handed_over,
             now,
         };
         let to_user = to.user.unwrap_or(b"");
-        match auth::check(
+        let matches_to = match auth::check(
             &registrar,
             &mut self.nonce_counts,
             msg,
             HeaderName::Authorization,
             &cx,
         ) {
-            AuthOutcome::Ok { user } if user == to_user => {}
-            AuthOutcome::Ok { .. } => {
-                reg::bump(&registrar.stats.auth_failures);
-                let w = b"Authentication user differs from the To user";
-                self.reply(socket, src, msg, 403, None, Some(w), out);
-                return;
-            }
+            AuthOutcome::Ok { user } => user == to_user,
             outcome => {
                 self.auth_refused(now, &registrar, outcome, domain, 401, socket, src, msg, out);
                 return;
             }
+        };
+        if matches_to {
+            self.register_authenticated(now, &registrar, domain, to_user, socket, src, msg, out);
+        } else {
+            reg::bump(&registrar.stats.auth_failures);
+            let w = b"Authentication user differs from the To user";
+            self.reply(socket, src, msg, 403, None, Some(w), out);
         }
+    }
+
+    /// The bindings' updates and the answer of a REGISTER whose credentials
+    /// passed and name its To user.
+    #[allow(clippy::too_many_arguments)]
+    fn register_authenticated(
+        &mut self,
+        now: Instant,
+        registrar: &reg::Registrar,
+        domain: &str,
+        to_user: &[u8],
+        socket: SocketId,
+        src: SocketAddr,
+        msg: &Message<'_>,
+        out: &mut Outbox,
+    ) {
         let aor = reg::aor_key(to_user, domain);
         let current = registrar.location.lookup(&aor);
         let now_unix = registrar.config.unix(now);
@@ -182,7 +258,31 @@ impl Worker {
     /// themselves (From user = digest user, 403 otherwise). Trusted sources
     /// and dispatcher destinations are exempt.
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn caller_allowed(
+        &mut self,
+        now: Instant,
+        socket: SocketId,
+        src: SocketAddr,
+        msg: &Message<'_>,
+        info: &RequestInfo<'_>,
+        key: TxnKey,
+        out: &mut Outbox,
+    ) -> Caller {
+        // Retransmissions of a request answered here (407, 403): the same
+        // answer. An allowed request has a transaction that absorbs them.
+        if self.repeat_answer(now, &key, out) {
+            return Caller::Answered;
+        }
+        self.scratch.clear();
+        let caller = self.check_caller(now, socket, src, msg, info, out);
+        if caller == Caller::Answered {
+            self.keep_answer(now, key, socket, src);
+        }
+        caller
+    }
+
+    fn check_caller(
         &mut self,
         now: Instant,
         socket: SocketId,
@@ -212,7 +312,6 @@ impl Worker {
             realm,
             worker: self.index,
             workers: self.workers,
-            handed_over: self.handed_over,
             now,
         };
         let header = HeaderName::ProxyAuthorization;

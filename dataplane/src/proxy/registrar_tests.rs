@@ -88,7 +88,7 @@ fn register_with(phone: &str, user: &str, cseq: u32, auth: &str, params: &str) -
         format!("reg-{user}-{phone}")
     };
     format!(
-        "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP {phone};branch=z9hG4bK-r{cseq}\r\n\
+        "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP {phone};branch=z9hG4bK-{user}-r{cseq}\r\n\
          Max-Forwards: 70\r\nFrom: <sip:{user}@example.com>;tag=r\r\nTo: <sip:{user}@example.com>\r\n\
          Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:{user}@{phone}>{params}\r\n{auth}\
          Content-Length: 0\r\n\r\n"
@@ -390,6 +390,96 @@ fn credentials_for_another_workers_nonce_are_handed_to_it() {
     let handed: Vec<_> = out.handoffs().collect();
     assert_eq!(handed.len(), 1, "{:?}", sent(&out));
     assert_eq!(handed[0].0, 1);
+}
+
+#[test]
+fn credentials_steered_to_another_worker_still_reach_the_nonces_worker() {
+    // A phone reusing its nonce under another Call-ID: the Call-ID steers
+    // the request to worker 0 (handed over), the nonce is worker 1's.
+    let t0 = Instant::now();
+    let (mut cfg, _reg) = config(t0, false);
+    cfg.private_ports = vec![5061, 5062];
+    let mut w0 = worker(cfg.clone(), &format!("1 sip:{DEST}\n"), t0);
+    let table = w0.table.clone();
+    let mut w1 = Worker::new(1, Arc::new(cfg), table, Arc::new(ProxyStats::default()), t0);
+    let s = feed(&mut w1, t0, PHONE, &register("6001", 1, ""));
+    let challenge = header(&s[0].1, "WWW-Authenticate")[0].to_owned();
+    let auth = credentials(
+        "Authorization",
+        &challenge,
+        "REGISTER",
+        "sip:example.com",
+        "6001",
+        "pw1",
+    );
+    let mut out = Outbox::new();
+    w0.on_datagram(
+        t0,
+        SOCK_PUBLIC | HANDED_OVER,
+        PHONE.parse().unwrap(),
+        &register("6001", 2, &auth),
+        &mut out,
+    );
+    let handed: Vec<_> = out.handoffs().collect();
+    assert_eq!(handed.len(), 1, "{:?}", sent(&out));
+    assert_eq!(handed[0].0, 1);
+}
+
+#[test]
+fn a_retransmitted_register_gets_its_answer_again() {
+    // The load test's 1 in 10 000: SIPp retransmits an authenticated
+    // REGISTER whose 200 it did not get in time; its nonce count was used
+    // by the original, so the retransmission got a fresh 401 (stale).
+    let t0 = Instant::now();
+    let (cfg, reg) = config(t0, false);
+    let mut w = worker(cfg, &format!("1 sip:{DEST}\n"), t0);
+    let s = feed(&mut w, t0, PHONE, &register("6001", 1, ""));
+    let challenge = header(&s[0].1, "WWW-Authenticate")[0].to_owned();
+    let auth = credentials(
+        "Authorization",
+        &challenge,
+        "REGISTER",
+        "sip:example.com",
+        "6001",
+        "pw1",
+    );
+    let req = register("6001", 2, &auth);
+    let first = feed(&mut w, t0, PHONE, &req);
+    assert!(first[0].1.starts_with("SIP/2.0 200"), "{}", first[0].1);
+    assert_eq!(reg.updates.len(), 1);
+    let t1 = t0 + Duration::from_millis(500);
+    let again = feed(&mut w, t1, PHONE, &req);
+    assert_eq!(again, first, "the same 200, to the same place");
+    assert_eq!(reg.updates.len(), 1, "applied once");
+    // Until Timer J (32 s); the credentials stay used for new requests.
+    let t2 = t0 + Duration::from_secs(31);
+    assert_eq!(feed(&mut w, t2, PHONE, &req), first);
+    let other = feed(&mut w, t0, PHONE, &register("6001", 3, &auth));
+    assert!(other[0].1.contains("stale=true"), "{}", other[0].1);
+    let late = feed(&mut w, t0 + Duration::from_secs(33), PHONE, &req);
+    assert!(late[0].1.starts_with("SIP/2.0 401"), "{}", late[0].1);
+}
+
+#[test]
+fn a_retransmitted_register_gets_the_same_challenge() {
+    // What the load test saw: SIPp retransmits the first REGISTER, answers
+    // the first 401 and then gets a second one with another nonce while it
+    // waits for the 200 (an unexpected message: the call fails).
+    let t0 = Instant::now();
+    let (cfg, _reg) = config(t0, false);
+    let mut w = worker(cfg, &format!("1 sip:{DEST}\n"), t0);
+    let req = register("6001", 1, "");
+    let first = feed(&mut w, t0, PHONE, &req);
+    assert!(first[0].1.starts_with("SIP/2.0 401"), "{}", first[0].1);
+    let again = feed(&mut w, t0 + Duration::from_secs(2), PHONE, &req);
+    assert_eq!(again, first, "the same nonce");
+    // A new request (another branch) gets a nonce of its own.
+    let other = feed(&mut w, t0, PHONE, &register("6001", 2, ""));
+    assert_ne!(
+        header(&other[0].1, "WWW-Authenticate"),
+        header(&first[0].1, "WWW-Authenticate")
+    );
+    assert_eq!(w.stats().snapshot().retransmissions_absorbed, 1);
 }
 
 #[test]

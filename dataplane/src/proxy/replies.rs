@@ -69,6 +69,9 @@ impl Worker {
             out.send(socket, src, &self.scratch);
             bump(&self.stats.tx_datagrams);
             count_reply(&self.stats, code);
+        } else {
+            // Nothing was sent: the REGISTER path keeps no half answer.
+            self.scratch.clear();
         }
     }
 

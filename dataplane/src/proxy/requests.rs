@@ -211,7 +211,7 @@ impl Worker {
             decision,
             Decision::Dispatch { .. } | Decision::Location { .. }
         ) {
-            self.caller_allowed(now, socket, src, msg, info, out)
+            self.caller_allowed(now, socket, src, msg, info, key, out)
         } else {
             Caller::Allowed
         };
@@ -249,7 +249,7 @@ impl Worker {
                 return;
             }
             Decision::Register => {
-                self.handle_register(now, socket, src, msg, info, out);
+                self.handle_register(now, socket, src, msg, info, key, out);
                 return;
             }
             Decision::Location { pop_routes } => {

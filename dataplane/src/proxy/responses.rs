@@ -172,7 +172,7 @@ impl Worker {
                     // Any other final answer proves the destination alive.
                     d.record_success();
                 }
-                self.relay_response(now, id, msg, code, out);
+                self.relay_final(now, id, msg, code, out);
             }
         }
         self.reschedule(id);
@@ -313,6 +313,30 @@ impl Worker {
             }
         }
         self.relay_response_body(now, id, msg, code, None, out);
+    }
+
+    /// Relays the final (non-2xx) response chosen for the caller; a 503
+    /// goes as 500 (RFC 3261 §16.7 step 6): the next hop being unavailable
+    /// does not mean sipvane is, and a 503 would make the caller stop
+    /// sending anything to sipvane (§21.5.4).
+    pub(super) fn relay_final(
+        &mut self,
+        now: Instant,
+        id: TxnId,
+        msg: &Message<'_>,
+        code: u16,
+        out: &mut Outbox,
+    ) {
+        if code == 503 {
+            let mut remapped = Vec::with_capacity(msg.buf().len());
+            if with_status_500(msg.buf(), &mut remapped) {
+                if let Ok(m) = parse(&remapped) {
+                    self.relay_response(now, id, &m, 500, out);
+                    return;
+                }
+            }
+        }
+        self.relay_response(now, id, msg, code, out);
     }
 
     /// Relays a response upstream, with its body replaced when `body` is given.
@@ -601,5 +625,36 @@ mod tests {
         ] {
             assert_eq!(top_branch(&via), None, "{via}");
         }
+    }
+}
+
+/// `resp` with its status line replaced by `500 Server Internal Error`
+/// (everything else kept), into `out`; false when it has no status line.
+fn with_status_500(resp: &[u8], out: &mut Vec<u8>) -> bool {
+    let Some(eol) = memchr::memmem::find(resp, b"\r\n") else {
+        return false;
+    };
+    out.extend_from_slice(b"SIP/2.0 500 Server Internal Error");
+    out.extend_from_slice(&resp[eol..]);
+    true
+}
+
+#[cfg(test)]
+mod remap_tests {
+    use super::*;
+
+    #[test]
+    fn a_503_becomes_a_500_with_the_same_headers() {
+        let mut out = Vec::new();
+        let r = b"SIP/2.0 503 Service Unavailable\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\r\n\
+                  Retry-After: 5\r\nContent-Length: 0\r\n\r\n";
+        assert!(with_status_500(r, &mut out));
+        let m = parse(&out).unwrap();
+        assert_eq!(m.status(), Some(500));
+        assert_eq!(
+            m.header(HeaderName::Via),
+            Some(&b"SIP/2.0/UDP a;branch=z9hG4bK1"[..])
+        );
+        assert!(!with_status_500(b"SIP/2.0 503", &mut Vec::new()));
     }
 }

@@ -5,6 +5,7 @@
 //! - [`digest`]: credentials, responses and challenges (RFC 7616 / 8760).
 //! - [`nonce`]: stateless HMAC nonces and per-worker nonce-count tracking.
 //! - [`auth`]: the check a worker runs on a request, with its outcome.
+//! - [`answered`]: answers to authenticated REGISTERs, for their retransmissions.
 //! - [`register`]: what a REGISTER changes and what its 200 lists (pure).
 //! - [`location`]: the shared table (one writer, snapshot readers).
 //!
@@ -13,6 +14,7 @@
 //! [`Registrar::updates`] to [`Registrar::location`], expires bindings and
 //! writes them back to `location`.
 
+pub mod answered;
 pub mod auth;
 pub mod digest;
 pub mod location;
