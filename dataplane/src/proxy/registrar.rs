@@ -258,7 +258,6 @@ impl Worker {
     /// themselves (From user = digest user, 403 otherwise). Trusted sources
     /// and dispatcher destinations are exempt.
     #[allow(clippy::too_many_arguments)]
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn caller_allowed(
         &mut self,
         now: Instant,
