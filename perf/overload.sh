@@ -7,7 +7,7 @@
 # this machine's cores with it — can offer three times the worker's capacity.
 #   1. capacity C (default settings): a short ladder of offered rates; C is
 #      the highest at which ≥ 99 % of calls completed;
-#   2. overload, for each policy (backlog shedding at its default, then off,
+#   2. overload, for each policy (backlog shedding at 100 ms, then off — the default —
 #      each on a fresh sipvane): 3 × C offered for OVERLOAD_S seconds while
 #      OPTIONS and GET /health are sampled every 0.5 s and the RSS is read;
 #   3. recovery: right after, C / 2 offered in 1-second windows; the time from
@@ -127,8 +127,8 @@ run_policy() { # NAME PROXY_TOML
   rm -f "$work/dispatcher.list"
 }
 
-run_policy "backlog shedding (default)" ""
-run_policy "shedding off" "shed_backlog_ms = 0"
+run_policy "backlog shedding (100 ms)" "shed_backlog_ms = 100"
+run_policy "shedding off (default)" "shed_backlog_ms = 0"
 
 {
   echo "| policy | CPU cap | capacity C (calls/s, ≥ 99 % ok) | offered 3×C | calls started | completed | 503 | timed out | backlog_rejects | OPTIONS answered | /health ok | RSS | back to 0 % failed at C/2 |"

@@ -44,7 +44,7 @@ enum Policy {
     /// shedding off.
     Table,
     /// `BACKLOG_TABLE` slots (the flood does not fill them) and backlog
-    /// shedding at its default.
+    /// shedding at 100 ms.
     Backlog,
 }
 
@@ -275,7 +275,9 @@ fn overload_run(io: &str, policy: Policy) {
         ),
         Policy::Backlog => (
             BACKLOG_TABLE,
-            format!("max_transactions = {BACKLOG_TABLE}\nretry_after_s = {RETRY_AFTER_S}"),
+            format!(
+                "max_transactions = {BACKLOG_TABLE}\nretry_after_s = {RETRY_AFTER_S}\nshed_backlog_ms = 100"
+            ),
         ),
     };
     let mut uas = Uas::start(Scenario::Uas, free_udp_addr());

@@ -78,7 +78,9 @@ pub struct ProxyConfig {
     /// `oc-validity` (milliseconds) of a non-zero loss value. Default 500.
     pub overload_control_validity_ms: u32,
     /// New INVITEs get 503 + Retry-After while a worker's receive queue has
-    /// stayed at least a quarter full this long (it cannot keep up); 0 = off. Default 100.
+    /// stayed at least a quarter full this long (it cannot keep up); 0 = off. Default 0
+    /// (off: it would also shed other callers while `[security.flood]` drops a flooding
+    /// source); 100 is a good value.
     pub shed_backlog_ms: u32,
     /// How new calls are spread over workers. Default `callid`.
     pub balance: Balance,
@@ -110,7 +112,7 @@ impl Default for ProxyConfig {
             overload_control: true,
             overload_control_start: 0.75,
             overload_control_validity_ms: 500,
-            shed_backlog_ms: 100,
+            shed_backlog_ms: 0,
             balance: Balance::Callid,
             record_route: true,
             server_header: "sipvane".to_owned(),

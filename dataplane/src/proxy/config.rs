@@ -139,7 +139,7 @@ impl Default for ProxyConfig {
                 start_transactions: 44236,
                 validity_ms: 500,
             }),
-            shed_backlog: Some(Duration::from_millis(100)),
+            shed_backlog: None,
             record_route: true,
             domains: Vec::new(),
             unknown_domain: UnknownDomain::Relay,
