@@ -457,8 +457,21 @@ impl Uac {
     }
 
     /// Runs to completion (or to the hard timeout) and returns what happened.
-    pub fn run(self) -> SippRun {
-        self.spawn().wait()
+    /// A port picked for it (not one the test fixed) that another test took
+    /// between being found free and SIPp binding it is replaced (twice at most).
+    pub fn run(mut self) -> SippRun {
+        let mut tries = if self.local_port.is_none() { 3 } else { 1 };
+        loop {
+            let retry = self.clone();
+            let run = self.spawn().wait();
+            tries -= 1;
+            let lost_race =
+                run.stats.total_calls == 0 && run.errors().contains("Unable to bind main socket");
+            if !lost_race || tries == 0 {
+                return run;
+            }
+            self = retry;
+        }
     }
 }
 
