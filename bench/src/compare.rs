@@ -55,6 +55,11 @@ pub struct CompareArgs {
     /// Load generator.
     #[arg(long, value_enum, default_value_t = Generator::Native)]
     pub generator: Generator,
+    /// Transport of the callers' leg (the backends stay on UDP). `tcp` needs
+    /// `--generator sipp`: SIPp then places every call over one connection
+    /// (`-t t1`, a trunk), and Kamailio listens on TCP as well.
+    #[arg(long, value_enum, default_value_t = Transport::Udp)]
+    pub transport: Transport,
     /// sipvane worker threads.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -184,6 +189,13 @@ pub enum Generator {
     Sipp,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
 /// One measured step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
@@ -228,12 +240,19 @@ pub struct Results {
     pub command: String,
     pub machine: String,
     pub generator: String,
+    /// Transport of the callers' leg (older results: UDP).
+    #[serde(default = "udp")]
+    pub transport: Transport,
     pub rows: Vec<Row>,
     /// Memory per active call (`--hold-calls`).
     #[serde(default)]
     pub hold: Vec<HoldRow>,
     /// sipvane counters printed at its exit (overload sheds, drops, ...).
     pub sipvane_counters: Option<String>,
+}
+
+fn udp() -> Transport {
+    Transport::Udp
 }
 
 const DEFAULT_KAMAILIO_CFG: &str = include_str!("../kamailio/kamailio.cfg");
@@ -506,6 +525,19 @@ fn start_proxy(
                     .arg(a.children.max(1).to_string())
                     .arg("-l")
                     .arg(format!("udp:127.0.0.1:{port}"))
+                    .args(match a.transport {
+                        Transport::Udp => vec![],
+                        // The same port on TCP; WITH_TCP turns TCP on in the
+                        // cfg with as many TCP workers as UDP receivers.
+                        Transport::Tcp => vec![
+                            "-l".to_string(),
+                            format!("tcp:127.0.0.1:{port}"),
+                            "-A".to_string(),
+                            "WITH_TCP".to_string(),
+                            "-A".to_string(),
+                            format!("TCP_CHILDREN={}", a.children.max(1)),
+                        ],
+                    })
                     .arg("-Y")
                     .arg(&dir)
                     .arg("-P")
@@ -630,6 +662,7 @@ fn load(
         Generator::Sipp => sipp::run(
             &a.sipp_scenarios,
             target,
+            a.transport,
             rate,
             calls,
             a.concurrency,
@@ -646,6 +679,9 @@ pub fn run(a: &CompareArgs) -> Result<()> {
     }
     if a.rates.len() > 32 || a.step_ms > 600_000 {
         bail!("at most 32 steps of at most 600 s each");
+    }
+    if a.transport == Transport::Tcp && a.generator != Generator::Sipp {
+        bail!("--transport tcp needs --generator sipp (the native generator speaks UDP only)");
     }
     let work = match &a.work_dir {
         Some(d) => d.clone(),
@@ -753,6 +789,7 @@ pub fn run(a: &CompareArgs) -> Result<()> {
             Generator::Native => "sipvane-bench uac".into(),
             Generator::Sipp => "sipp".into(),
         },
+        transport: a.transport,
         rows,
         sipvane_counters,
     };
@@ -807,6 +844,13 @@ fn table_row(r: &Row) -> String {
 /// The Markdown table printed at the end (and pasted into docs/benchmarks.md).
 pub fn table(res: &Results) -> String {
     let mut s = String::new();
+    if res.transport == Transport::Tcp {
+        let _ = writeln!(
+            s,
+            "Callers over TCP (one connection, {}), backends over UDP.\n",
+            res.generator
+        );
+    }
     let _ = writeln!(
         s,
         "| proxy    | offered cps | achieved cps | completed | failed | CPU µs/call | of which sys | p50 setup µs | p99 setup µs | memory MiB |"
