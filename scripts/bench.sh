@@ -18,7 +18,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 bin="${BIN_DIR:-target/release}"
-rates="${BENCH_RATES:-500,1000,2000}"
+rates="${BENCH_RATES:-500,1000,2000,5000,10000,20000}"
 step="${BENCH_STEP_MS:-3000}"
 proxies="${BENCH_PROXIES:-sipvane,sipvane-hep,sipvane-acc,kamailio}"
 pgdir="$repo/.tmp/bench/postgres"
