@@ -18,6 +18,8 @@ on_both_drivers!(
     udp_caller_reaches_tcp_backend,
     tcp_caller_reaches_udp_backend,
     refused_tcp_connect_fails_over_at_once,
+    large_invite_to_udp_backend_goes_over_tcp,
+    large_invite_falls_back_to_udp_without_tcp,
 );
 
 /// The sum over every label set of a metric (`name{...} value` lines).
@@ -227,4 +229,61 @@ fn refused_tcp_connect_fails_over_at_once(io: &str) {
         0,
         "failover came from the refused connect, not fr_timer"
     );
+}
+
+/// RFC 3261 §18.1.1: a UDP caller's INVITE of ~1 800 bytes to a destination
+/// listed without `;transport=tcp` reaches it over TCP ([tcp] udp_mtu = 1300):
+/// the callee listens on TCP only, so nothing else could reach it. Small
+/// in-dialog requests follow the callee's Contact (`transport=tcp`).
+fn large_invite_to_udp_backend_goes_over_tcp(io: &str) {
+    let mut a = Uas::builder(Scenario::Uas).tcp().start();
+    let mut sipvane = Sipvane::builder("mtu2tcp")
+        .io(io)
+        .destination(format!("1 sip:{}", a.addr()))
+        .start();
+    let run = Uac::new(Scenario::UacLarge, sipvane.addr())
+        .calls(50)
+        .rate(50)
+        .timeout(RUN_LIMIT)
+        .run();
+    run.assert_all_succeeded(50);
+    let fa = a.wait_until(SETTLE, |s| s.count("BYE", "Recv") >= 50);
+    assert_eq!(fa.invites_received(), 50, "{fa:?}");
+    let m = metrics(&sipvane);
+    assert_eq!(metric_sum(&m, "sipvane_udp_mtu_switches_total"), 50, "{m}");
+    assert_eq!(metric_sum(&m, "sipvane_udp_mtu_fallbacks_total"), 0, "{m}");
+    assert!(
+        metric_sum(&m, "sipvane_worker_tcp_connected_total") >= 1,
+        "{m}"
+    );
+    a.stop();
+    let c = sipvane.stop();
+    assert_eq!(c.get("calls_answered"), 50);
+    assert_eq!(c.get("failovers"), 0);
+}
+
+/// The same INVITE to a UDP-only callee: TCP is refused, so each INVITE goes
+/// over UDP after all (no failover, no timeout) and every call completes.
+fn large_invite_falls_back_to_udp_without_tcp(io: &str) {
+    let mut a = Uas::start(Scenario::Uas, free_udp_addr());
+    let mut sipvane = Sipvane::builder("mtufallback")
+        .io(io)
+        .destination(format!("1 sip:{}", a.addr()))
+        .start();
+    let run = Uac::new(Scenario::UacLarge, sipvane.addr())
+        .calls(20)
+        .rate(20)
+        .timeout(RUN_LIMIT)
+        .run();
+    run.assert_all_succeeded(20);
+    let fa = a.wait_until(SETTLE, |s| s.count("BYE", "Recv") >= 20);
+    assert_eq!(fa.invites_received(), 20, "{fa:?}");
+    let m = metrics(&sipvane);
+    assert_eq!(metric_sum(&m, "sipvane_udp_mtu_switches_total"), 20, "{m}");
+    assert_eq!(metric_sum(&m, "sipvane_udp_mtu_fallbacks_total"), 20, "{m}");
+    a.stop();
+    let c = sipvane.stop();
+    assert_eq!(c.get("calls_answered"), 20);
+    assert_eq!(c.get("failovers"), 0);
+    assert_eq!(c.get("timeouts"), 0);
 }
