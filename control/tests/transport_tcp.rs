@@ -287,3 +287,113 @@ fn large_invite_falls_back_to_udp_without_tcp(io: &str) {
     assert_eq!(c.get("failovers"), 0);
     assert_eq!(c.get("timeouts"), 0);
 }
+
+/// A `;transport=tcp` destination played by a plain TCP listener of the test,
+/// answering every OPTIONS it reads with 200 until stopped; counts the probes.
+struct TcpResponder {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    probes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TcpResponder {
+    fn start(listener: std::net::TcpListener) -> TcpResponder {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let probes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, p) = (stop.clone(), probes.clone());
+        listener.set_nonblocking(true).expect("nonblocking");
+        let thread = std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(120);
+            while !s.load(Ordering::Relaxed) && Instant::now() < end {
+                let Ok((mut c, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(n) if n > 0 => req.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                let text = String::from_utf8_lossy(&req).into_owned();
+                if !text.starts_with("OPTIONS ") || !text.contains("Via: SIP/2.0/TCP ") {
+                    continue;
+                }
+                p.fetch_add(1, Ordering::Relaxed);
+                let mut resp = String::from("SIP/2.0 200 OK\r\n");
+                for l in text.lines() {
+                    let lower = l.to_ascii_lowercase();
+                    if ["via:", "from:", "to:", "call-id:", "cseq:"]
+                        .iter()
+                        .any(|h| lower.starts_with(h))
+                    {
+                        resp.push_str(l);
+                        resp.push_str("\r\n");
+                    }
+                }
+                resp.push_str("Content-Length: 0\r\n\r\n");
+                let _ = c.write_all(resp.as_bytes());
+            }
+        });
+        TcpResponder {
+            stop,
+            probes,
+            thread: Some(thread),
+        }
+    }
+
+    fn probes(&self) -> usize {
+        self.probes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops answering and closes the listener: connections are refused.
+    fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// OPTIONS probing of a TCP destination goes over TCP; a destination that
+/// refuses the connection is taken down by its failed probes and brought back
+/// when it answers again.
+#[test]
+fn tcp_destinations_are_probed_over_tcp() {
+    let wait = Duration::from_secs(30);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let uri = format!("sip:{addr};transport=tcp");
+    let responder = TcpResponder::start(listener);
+    let mut sipvane = Sipvane::builder("tcpprobe")
+        .destination(format!("1 {uri}"))
+        .toml("ping_interval_s = 1")
+        .start();
+    let end = Instant::now() + wait;
+    while responder.probes() < 2 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(responder.probes() >= 2, "no OPTIONS over TCP arrived");
+    responder.stop();
+    assert!(
+        sipvane.wait_for_log("probe connection failed", 1, wait),
+        "refused probes did not take the destination down:\n{}",
+        sipvane.log()
+    );
+    // Answering again (same port): probes bring it back.
+    let listener = std::net::TcpListener::bind(addr).expect("rebind the destination's port");
+    let responder = TcpResponder::start(listener);
+    assert!(
+        sipvane.wait_for_log("probe answered 200", 1, wait),
+        "answered probes did not bring it back:\n{}",
+        sipvane.log()
+    );
+    responder.stop();
+    sipvane.stop();
+}
