@@ -6,9 +6,13 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{
-    api_get, free_tcp_port, free_udp_addr, localhost, metrics, Scenario, Sipvane, Uac, Uas,
-};
+use support::tcp::{open_fds, tcp_connections, wait_for_fds};
+use support::{free_tcp_port, free_udp_addr, localhost, metrics, Scenario, Sipvane, Uac, Uas};
+
+/// The sum of a metric over all its label sets.
+fn metric_sum(text: &str, name: &str) -> u64 {
+    support::tcp::metric_sum(text, name, None)
+}
 
 const SETTLE: Duration = Duration::from_secs(5);
 const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -21,53 +25,6 @@ on_both_drivers!(
     large_invite_to_udp_backend_goes_over_tcp,
     large_invite_falls_back_to_udp_without_tcp,
 );
-
-/// The sum over every label set of a metric (`name{...} value` lines).
-fn metric_sum(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
-/// File descriptors process `pid` holds open.
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("read /proc/PID/fd")
-        .count()
-}
-
-/// Waits until process `pid` holds no more file descriptors than `want` again:
-/// connections close asynchronously, so one reading proves nothing; a leak keeps
-/// the count above `want` until the deadline. (Not "equal": the count taken
-/// before may include a transient descriptor, such as the harness's API
-/// connection still closing.)
-fn wait_for_fds(pid: u32, want: usize) {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let n = open_fds(pid);
-        if n <= want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{n} file descriptors open, {want} before the calls"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// TCP connections of all workers, from `GET /status`.
-fn tcp_connections(sipvane: &Sipvane) -> u64 {
-    let body = api_get(sipvane, "/status");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
-    v["worker_detail"]
-        .as_array()
-        .expect("worker_detail")
-        .iter()
-        .map(|w| w["tcp_connections"].as_u64().expect("tcp_connections"))
-        .sum()
-}
 
 /// One TCP connection per call from the callers (`-t tn`), pooled per-worker
 /// connections to two TCP callees (`-t t1`, `;transport=tcp`); ACK and BYE follow
@@ -117,7 +74,7 @@ fn tcp_callers_reach_tcp_backends(io: &str) {
     assert_eq!(metric_sum(&m, "sipvane_worker_tcp_no_connection_total"), 0);
     // The callers' connections ended with their calls, the pooled ones with the
     // callees: every socket is closed again.
-    wait_for_fds(sipvane.pid(), fds);
+    wait_for_fds(sipvane.pid(), fds, SETTLE);
     assert_eq!(tcp_connections(&sipvane), 0);
     let c = sipvane.stop();
     assert_eq!(c.get("initial_invites"), 1000);

@@ -493,6 +493,11 @@ impl RunningUac {
         SippStats::read(self.dir.path())
     }
 
+    /// SIGKILL, as if the caller's host vanished: its connections are reset.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+    }
+
     /// True once SIPp has exited.
     pub fn is_finished(&mut self) -> bool {
         !self.child.is_running()
