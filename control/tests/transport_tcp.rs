@@ -24,6 +24,7 @@ on_both_drivers!(
     refused_tcp_connect_fails_over_at_once,
     large_invite_to_udp_backend_goes_over_tcp,
     large_invite_falls_back_to_udp_without_tcp,
+    callee_bye_reaches_a_tcp_caller_behind_nat_over_its_connection,
 );
 
 /// One TCP connection per call from the callers (`-t tn`), pooled per-worker
@@ -353,4 +354,33 @@ fn tcp_destinations_are_probed_over_tcp() {
     );
     responder.stop();
     sipvane.stop();
+}
+
+/// A TCP caller whose Contact names an address it does not send from and
+/// nobody listens on (behind a NAT): the callee's BYE (Request-URI = that
+/// Contact) comes back through sipvane's Record-Route, whose flow token sends
+/// it over the caller's connection. Without it the BYE would go to the
+/// Contact, be refused, and the caller would never hear of it.
+fn callee_bye_reaches_a_tcp_caller_behind_nat_over_its_connection(io: &str) {
+    let mut callee = Uas::start(Scenario::UasBye, free_udp_addr());
+    let mut sipvane = Sipvane::builder("tcpflow")
+        .io(io)
+        .workers(2)
+        .destination(format!("1 sip:{}", callee.addr()))
+        .start();
+    let run = Uac::new(Scenario::UacNatBye, sipvane.addr())
+        .transport("t1")
+        .calls(50)
+        .rate(25)
+        .timeout(RUN_LIMIT)
+        .run();
+    run.assert_all_succeeded(50);
+    let st = callee.wait_until(SETTLE, |s| s.count("200", "Recv") >= 50);
+    assert_eq!(st.count("200", "Recv"), 50, "{st:?}");
+    let m = metrics(&sipvane);
+    assert_eq!(metric_sum(&m, "sipvane_connect_failures_total"), 0, "{m}");
+    callee.stop();
+    let c = sipvane.stop();
+    assert_eq!(c.get("calls_answered"), 50);
+    assert_eq!(c.get("dialogs_ended"), 50);
 }

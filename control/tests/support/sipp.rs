@@ -48,6 +48,9 @@ pub enum Scenario {
     Uac,
     /// As `Uac` with an INVITE of ~1 800 bytes (ICE candidates in the SDP).
     UacLarge,
+    /// INVITE (Contact: an unreachable 127.0.0.99:9, as behind a NAT) ->
+    /// 200 -> ACK; then the callee's BYE -> 200.
+    UacNatBye,
     /// INVITE -> 180 -> CANCEL -> 200 + 487 -> ACK.
     UacCancel,
     /// OPTIONS -> 200.
@@ -70,6 +73,9 @@ pub enum Scenario {
     UacAuth,
     /// INVITE -> 100, 180, 200/SDP -> ACK; BYE -> 200; echoes Record-Route.
     Uas,
+    /// INVITE -> 180, 200 (with SDP, Record-Route echoed) -> ACK; then it
+    /// hangs up: BYE along the route set -> 200.
+    UasBye,
     /// INVITE -> 503 -> ACK.
     Uas503,
     /// INVITE -> 486 Busy Here -> ACK.
@@ -89,6 +95,7 @@ impl Scenario {
         match self {
             Scenario::Uac => "uac.xml",
             Scenario::UacLarge => "uac_large.xml",
+            Scenario::UacNatBye => "uac_nat_bye.xml",
             Scenario::UacCancel => "uac_cancel.xml",
             Scenario::Options => "options.xml",
             Scenario::Register => "register.xml",
@@ -98,6 +105,7 @@ impl Scenario {
             Scenario::Uac404 => "uac_404.xml",
             Scenario::UacAuth => "uac_auth.xml",
             Scenario::Uas => "uas.xml",
+            Scenario::UasBye => "uas_bye.xml",
             Scenario::Uas503 => "uas_503.xml",
             Scenario::Uas486 => "uas_486.xml",
             Scenario::UasSlow => "uas_slow.xml",
@@ -116,6 +124,7 @@ impl Scenario {
         matches!(
             self,
             Scenario::Uas
+                | Scenario::UasBye
                 | Scenario::Uas503
                 | Scenario::Uas486
                 | Scenario::UasSlow

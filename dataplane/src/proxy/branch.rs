@@ -139,6 +139,17 @@ impl Minter {
         })
     }
 
+    /// 64 bits of keyed hash of `data`, separated by `domain` from the other
+    /// uses of the key (flow tokens, [`crate::proxy::flow_token`]).
+    pub fn mac(&self, domain: &[u8], data: &[u8]) -> u64 {
+        use std::hash::Hasher;
+        let mut h = self.mac;
+        h.write(domain);
+        h.write_u8(0);
+        h.write(data);
+        h.finish()
+    }
+
     /// The To-tag of a reply sipvane makes to a request: unguessable (64 bits
     /// of keyed hash, RFC 3261 §19.3) and the same for a retransmission of the
     /// request, so a caller sees one dialog however often it asks.

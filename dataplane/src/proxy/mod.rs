@@ -18,6 +18,7 @@ pub mod config;
 mod dialogs;
 pub mod events;
 pub mod flood;
+mod flow_token;
 mod fork;
 pub mod media;
 mod natping;

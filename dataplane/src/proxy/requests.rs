@@ -108,6 +108,20 @@ impl Worker {
         method: Method,
         src: SocketAddr,
     ) -> Decision {
+        if let Some(tag) = info.common.to.tag {
+            let ours = |u: &crate::sip::Uri<'_>| {
+                self.cfg.owner_of(u.host, u.port) == Some(Ownership::Worker(self.index))
+            };
+            if let Some(peer) = flow_token::target(&self.minter, msg, tag, ours) {
+                // Towards a caller on a TCP connection, through our Record-Route.
+                return Decision::Relay {
+                    to: peer,
+                    tcp: true,
+                    pop_routes: 1,
+                    strict: false,
+                };
+            }
+        }
         let table = self.table.load();
         route::decide(
             route::Request {
@@ -585,6 +599,12 @@ impl Worker {
             epoch: self.minter.epoch(),
         });
         let received_ip = txn.received.map(|(ip, _)| ip_bytes(ip));
+        // A caller on a TCP connection: in-dialog requests towards it come
+        // back over that connection (flow token), not to its Contact.
+        let flow_rr = (txn.record_route && txn.upstream_socket == SOCK_TCP).then(|| {
+            let tag = req.from().ok().and_then(|f| f.tag).unwrap_or_default();
+            flow_token::record_route(&self.minter, &self.record_route, txn.upstream, tag)
+        });
         let edits = RequestEdits {
             via: NewVia {
                 host: self.cfg.advertise.as_bytes(),
@@ -599,7 +619,10 @@ impl Worker {
             },
             pop_routes: txn.pop_routes,
             drop_last_route: txn.strict_route,
-            record_route: txn.record_route.then_some(self.record_route.as_slice()),
+            record_route: match &flow_rr {
+                Some(rr) => Some(rr.as_slice()),
+                None => txn.record_route.then_some(self.record_route.as_slice()),
+            },
             received: match (&received_ip, txn.received) {
                 (Some(ip), Some((_, port))) => Some((ip.as_slice(), port)),
                 _ => None,

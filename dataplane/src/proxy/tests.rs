@@ -546,3 +546,79 @@ fn a_request_over_the_udp_mtu_goes_over_tcp_and_back_to_udp_if_refused() {
     let s: Vec<_> = out.iter().map(|(sock, a, _)| (sock, a)).collect();
     assert_eq!(s, vec![(SOCK_PRIVATE, dest)]);
 }
+
+#[test]
+fn in_dialog_requests_towards_a_tcp_caller_follow_its_flow_token() {
+    let t0 = Instant::now();
+    let mut w = worker(ProxyConfig::default(), &format!("1 sip:{DEST}\n"), t0);
+    let caller: SocketAddr = CALLER.parse().unwrap();
+    let dest: SocketAddr = DEST.parse().unwrap();
+    let mut out = Outbox::new();
+    // The INVITE arrives over the caller's TCP connection.
+    w.on_datagram(t0, SOCK_TCP, caller, &invite("z9hG4bK-fl"), &mut out);
+    let s = sent(&out);
+    assert_eq!(s.len(), 1);
+    let rr_line = s[0]
+        .1
+        .lines()
+        .find(|l| l.starts_with("Record-Route:"))
+        .unwrap()
+        .to_owned();
+    assert!(
+        rr_line.starts_with("Record-Route: <sip:127.0.0.1:5061;lr;sv-flow="),
+        "{rr_line}"
+    );
+    let rr = rr_line.trim_start_matches("Record-Route: ");
+    // The callee hangs up: its BYE's Request-URI is the caller's Contact, a
+    // private address nobody can reach; the token sends it over the flow.
+    let bye = |to_tag: &str, from_tag: &str| {
+        format!(
+            "BYE sip:a@192.168.1.20:5070;transport=tcp SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {DEST};branch=z9hG4bK-bye{to_tag}\r\n\
+             Route: {rr}\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:100@127.0.0.1>;tag={from_tag}\r\n\
+             To: <sip:a@127.0.0.1>;tag={to_tag}\r\n\
+             Call-ID: z9hG4bK-fl@t\r\n\
+             CSeq: 2 BYE\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+        .into_bytes()
+    };
+    out.clear();
+    w.on_datagram(t0, SOCK_PRIVATE, dest, &bye("f1", "callee1"), &mut out);
+    let s: Vec<_> = out
+        .iter()
+        .map(|(sock, a, b)| (sock, a, b.to_vec()))
+        .collect();
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!((s[0].0, s[0].1), (SOCK_TCP_OUT, caller));
+    let fwd = String::from_utf8_lossy(&s[0].2).into_owned();
+    assert!(
+        fwd.starts_with("BYE sip:a@192.168.1.20:5070;transport=tcp "),
+        "{fwd}"
+    );
+    assert!(
+        !fwd.contains("sv-flow"),
+        "our Route entry is popped:\n{fwd}"
+    );
+    // The caller's own BYE (To-tag = the callee's) is not sent back to it.
+    out.clear();
+    let mut own = bye("callee1", "f1");
+    own = String::from_utf8(own)
+        .unwrap()
+        .replace(
+            "BYE sip:a@192.168.1.20:5070;transport=tcp",
+            &format!("BYE sip:b@{DEST}"),
+        )
+        .into_bytes();
+    w.on_datagram(t0, SOCK_TCP, caller, &own, &mut out);
+    let s: Vec<_> = out.iter().map(|(_, a, _)| a).collect();
+    assert_eq!(s, vec![dest]);
+    // A UDP caller gets the plain Record-Route.
+    out.clear();
+    w.on_datagram(t0, SOCK_PUBLIC, caller, &invite("z9hG4bK-udp"), &mut out);
+    assert!(sent(&out)[0]
+        .1
+        .contains("Record-Route: <sip:127.0.0.1:5061;lr>\r\n"));
+}
