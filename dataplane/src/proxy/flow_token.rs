@@ -54,7 +54,7 @@ pub fn record_route(
 /// whose caller's From-tag is `tag`.
 pub fn open(minter: &Minter, token: &[u8], tag: &[u8]) -> Option<SocketAddr> {
     let mut bytes: SmallVec<[u8; 32]> = SmallVec::new();
-    if token.len() % 2 != 0 || token.len() > 64 {
+    if !token.len().is_multiple_of(2) || token.len() > 64 {
         return None;
     }
     for pair in token.chunks_exact(2) {
