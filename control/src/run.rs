@@ -47,6 +47,9 @@ pub struct Running {
     pub reload: ReloadHandle,
     /// The control thread's DNS counters (`sipvane_dns_*`).
     pub dns: Arc<crate::dns::DnsStats>,
+    /// OPTIONS probe replies ignored because their sealed branch did not
+    /// verify (`sipvane_probe_forged_replies`).
+    pub probe_forged: Arc<std::sync::atomic::AtomicU64>,
     /// The control thread's resolver (it also answers the workers' questions
     /// about next hops named by host names, `proxy.names`).
     pub resolver: Arc<crate::dns::Resolver>,
@@ -457,6 +460,7 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
         driver,
         reload,
         dns: dns_stats,
+        probe_forged: Arc::default(),
         resolver,
         events,
         // Set by `run` when it builds the exporter.
@@ -661,6 +665,7 @@ pub fn run(cfg: &Config) -> Result<()> {
                             running.listen,
                             running.proxy.advertise.clone(),
                             running.events.clone(),
+                            running.probe_forged.clone(),
                         ),
                     );
                 }

@@ -412,3 +412,54 @@ fn reloaded_destinations_are_probed_and_removed_ones_forgotten() {
     assert!(s.count("OPTIONS", "Recv") >= 4, "{s:?}");
     sipvane.stop();
 }
+
+/// A reply to a probe whose sealed branch was altered (an off-path forger)
+/// is ignored and counted in `/metrics`; the genuine reply is not counted.
+#[test]
+fn forged_probe_replies_are_counted_in_metrics() {
+    let dest = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    support::assert_loopback(dest.local_addr().unwrap());
+    dest.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let addr = dest.local_addr().expect("addr");
+    let mut sipvane = Sipvane::builder("probe-forged")
+        .destination(format!("1 sip:{addr}"))
+        .toml("ping_interval_s = 1")
+        .start();
+    let end = Instant::now() + WAIT;
+    let mut buf = [0u8; 65536];
+    let (probe, from) = loop {
+        assert!(Instant::now() < end, "no probe within {WAIT:?}");
+        if let Ok((n, from)) = dest.recv_from(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if m.starts_with("OPTIONS ") {
+                break (m, from);
+            }
+        }
+    };
+    let reply = probe.replacen("OPTIONS sip:", "SIP/2.0 200 OK\r\nX-Was: sip:", 1);
+    let start = reply.find("branch=").unwrap() + "branch=".len();
+    let stop = start + reply[start..].find(';').unwrap();
+    let branch = &reply[start..stop];
+    let flipped = if branch.ends_with('0') { '1' } else { '0' };
+    let forged = format!(
+        "{}{}{flipped}{}",
+        &reply[..start],
+        &branch[..branch.len() - 1],
+        &reply[stop..]
+    );
+    dest.send_to(forged.as_bytes(), from).unwrap();
+    dest.send_to(reply.as_bytes(), from).unwrap();
+    let counted = loop {
+        let n = support::metric(
+            &support::metrics(&sipvane),
+            "sipvane_probe_forged_replies_total",
+        );
+        if n >= 1 || Instant::now() >= end {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    sipvane.stop();
+    assert_eq!(counted, 1, "one forged reply, one genuine");
+}

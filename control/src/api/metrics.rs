@@ -113,6 +113,12 @@ impl Collector for Scrape {
         ] {
             counter(&mut e, name, help, v.load(std::sync::atomic::Ordering::Relaxed))?;
         }
+        counter(
+            &mut e,
+            "probe_forged_replies",
+            "OPTIONS probe replies ignored because their sealed branch did not verify (forged or stale).",
+            r.probe_forged.load(std::sync::atomic::Ordering::Relaxed),
+        )?;
 
         // Every proxy counter under its own name, replies as one family.
         let names = total.fields();

@@ -12,6 +12,8 @@
 pub mod core;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dataplane::dispatch::SharedTable;
@@ -54,6 +56,7 @@ pub async fn run(
     listen: SocketAddr,
     advertise: String,
     events: Option<EventQueue>,
+    forged: Arc<AtomicU64>,
 ) {
     let mut prober = Prober::new(cfg, instance_id());
     let v4 = bind(listen, false, &advertise, &mut prober).await;
@@ -98,6 +101,8 @@ pub async fn run(
             }
         }
         prober.poll(now.into_std(), &mut out, &mut changes);
+        // The prober is the only writer; /metrics reads this copy.
+        forged.store(prober.forged(), Ordering::Relaxed);
         for t in out.drain(..) {
             if t.tcp {
                 tokio::spawn(tcp_probe(t.to, t.bytes, timeout, tcp_tx.clone()));
