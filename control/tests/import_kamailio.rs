@@ -249,6 +249,8 @@ fn registrar_auth_and_acc_become_sections() {
     // Kamailio's "no limit" keeps sipvane's.
     assert_eq!(r.max_contacts, 10);
     assert_eq!(r.nonce_expires_s, 60);
+    // nathelper's natping_interval and the core's max_branches.
+    assert_eq!((r.nat_ping_interval_s, r.max_branches), (20, 8));
     // [acc]: the database, the table, failed transactions, the extra
     // columns sipvane has a source for.
     let a = &i.config.acc;
@@ -282,8 +284,13 @@ fn registrar_auth_and_acc_become_sections() {
     i.warns("registrar-auth-acc.cfg", 64, "max_contacts 0");
     // Carried over as they are: the loadmodules, usrloc db_mode 2,
     // calculate_ha1 with the password column.
-    for line in [29, 30, 35, 36, 37, 43, 56, 57] {
+    for line in [29, 30, 35, 36, 37, 43, 56, 57, 68, 69, 71] {
         i.silent_about(line);
+    }
+    i.warns("registrar-auth-acc.cfg", 67, "module nathelper");
+    i.warns("registrar-auth-acc.cfg", 70, "sipping_from");
+    for key in ["nat_ping_interval_s = 20", "max_branches = 8"] {
+        assert!(i.toml.lines().any(|l| l == key), "no {key} in:\n{}", i.toml);
     }
 }
 
@@ -327,6 +334,7 @@ fn rtpengine_and_nat() {
 
     i.warns("rtpengine-nat.cfg", 12, "listen=udp:eth0:5060");
     i.warns("rtpengine-nat.cfg", 22, "module nathelper");
+    // No registrar modules: nothing for the pings to keep open.
     i.warns("rtpengine-nat.cfg", 33, "natping_interval");
     i.warns("rtpengine-nat.cfg", 43, "nat_uac_test()");
     i.warns("rtpengine-nat.cfg", 85, "fix_nated_contact()");

@@ -1,5 +1,5 @@
 //! The modparams of Kamailio's registrar role (`registrar`, `usrloc`, `auth`,
-//! `auth_db`) and of `acc`, carried over into `[registrar]` and `[acc]`. What
+//! `auth_db`, `nathelper`'s keep-alive) and of `acc`, carried over into `[registrar]` and `[acc]`. What
 //! the route blocks name (realm, tables, prefixes) is read by
 //! [`super::routing`]; [`finish`] then drops a `[registrar]` that could not
 //! start (no database, no domain) with a warning.
@@ -18,6 +18,7 @@ pub fn modparam(t: &mut Translation, src: &Source, module: &str, mp: &ModParam) 
         "auth" => m.auth(),
         "auth_db" => m.auth_db(),
         "acc" => m.acc(),
+        "nathelper" => m.nathelper(),
         _ => false,
     }
 }
@@ -152,6 +153,30 @@ impl M<'_> {
             // sipvane always writes `domain`; rows without one are read as
             // the first domain.
             "use_domain" => {}
+            _ => return false,
+        }
+        true
+    }
+
+    /// The keep-alive settings, when there is a registrar whose NATed
+    /// bindings they would keep open (sipvane pings them with OPTIONS).
+    fn nathelper(&mut self) -> bool {
+        if !self.t.registrar {
+            return false;
+        }
+        match self.mp.name.as_str() {
+            "natping_interval" => {
+                let Some(n) = self.int() else { return true };
+                if n > 3600 {
+                    self.warn(format!("natping_interval {n}: sipvane pings at most every 3600 s; not carried over"));
+                    return true;
+                }
+                self.t.config.registrar.nat_ping_interval_s = n;
+                self.set("registrar.nat_ping_interval_s");
+            }
+            // sipvane pings only NATed bindings, always with OPTIONS (what
+            // sipping_bflag asks Kamailio for).
+            "ping_nated_only" | "sipping_bflag" => {}
             _ => return false,
         }
         true

@@ -172,7 +172,7 @@ impl T<'_> {
             if m.name == "nathelper" || m.name == "nat_traversal" {
                 self.warn(
                     m.line,
-                    format!("module {}: its script functions and ping settings are not carried over; sipvane answers to the received address and rport, and with [registrar] fixes NATed REGISTER and INVITE Contacts itself (Contact ≠ source) and pings NATed bindings (nat_ping_interval_s, default 30)", m.name),
+                    format!("module {}: its script functions are not carried over; sipvane answers to the received address and rport, and with [registrar] fixes NATed REGISTER and INVITE Contacts itself (Contact ≠ source) and pings NATed bindings with OPTIONS (natping_interval becomes nat_ping_interval_s, default 30)", m.name),
                 );
             } else if !COVERED_MODULES.contains(&m.name.as_str()) {
                 self.warn(
@@ -301,6 +301,17 @@ impl T<'_> {
                         self.set("proxy.server_header");
                     }
                 }
+                // tm's branch limit; sipvane's applies to calls to registered users.
+                "max_branches" if self.out.registrar => match value.parse::<u32>() {
+                    Ok(n @ 1..=32) => {
+                        self.out.config.registrar.max_branches = n;
+                        self.set("registrar.max_branches");
+                    }
+                    _ => self.warn(
+                        p.line,
+                        format!("max_branches={value}: sipvane forks a call to at most 1..32 bindings; not carried over"),
+                    ),
+                },
                 name if IGNORED_CORE.contains(&name) => {
                     self.out.ignored.insert(name.to_owned());
                 }
@@ -398,7 +409,7 @@ impl T<'_> {
             "tm" => self.tm(mp),
             "dispatcher" => self.dispatcher(mp),
             "rtpengine" => self.rtpengine(mp),
-            "auth" | "auth_db" | "usrloc" | "registrar" | "acc" => {
+            "auth" | "auth_db" | "usrloc" | "registrar" | "acc" | "nathelper" => {
                 super::registrar::modparam(&mut self.out, self.src, module, mp)
             }
             _ => false,
