@@ -15,6 +15,7 @@
 
 use smallvec::SmallVec;
 
+use super::build::put_num;
 use super::header::{params, split_comma};
 use super::parse::parse;
 use super::HeaderName;
@@ -116,18 +117,6 @@ fn write_params(out: &mut SmallVec<[u8; 256]>, fb: &Feedback) {
     put_num(out, fb.seq_us / 1_000_000, 1);
     out.push(b'.');
     put_num(out, fb.seq_us % 1_000_000, 6);
-}
-
-/// The decimal digits of `n`, zero-padded to at least `width`.
-fn put_num(out: &mut SmallVec<[u8; 256]>, mut n: u64, width: usize) {
-    let mut tmp = [b'0'; 20];
-    let mut i = tmp.len();
-    while n > 0 || tmp.len() - i < width {
-        i -= 1;
-        tmp[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
-    out.extend_from_slice(&tmp[i..]);
 }
 
 #[cfg(test)]
