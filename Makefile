@@ -37,14 +37,17 @@ demo: deps build
 
 ## bench: sipvane, sipvane with HEP capture, sipvane with accounting (private
 ##        PostgreSQL) and Kamailio under a short bounded ladder of offered loads
-##        (scripts/bench.sh: table on stdout, JSON and SVG in target/bench/),
+##        up to saturation (scripts/bench.sh: table on stdout with calls/s at
+##        saturation per worker, JSON and SVG in target/bench/), the same with
+##        callers over TCP, one trunk over 1 then 2 workers (perf/saturation.sh),
 ##        user-space instructions per call of sipvane and Kamailio under callgrind
 ##        (perf/stat.sh), then heap bytes per active call in the core (call_memory)
-BENCH_RATES ?= 500,1000,2000
+BENCH_RATES ?= 500,1000,2000,5000,10000,20000
 BENCH_STEP_MS ?= 3000
 bench: deps
 	$(CARGO) build --release -p control -p bench
 	BENCH_RATES=$(BENCH_RATES) BENCH_STEP_MS=$(BENCH_STEP_MS) bash scripts/bench.sh
+	bash perf/saturation.sh
 	MODE=callgrind PROXIES=sipvane,kamailio bash perf/stat.sh 1000 200
 	$(CARGO) bench -p dataplane --bench call_memory
 

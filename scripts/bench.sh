@@ -9,13 +9,16 @@
 # Then, on each proxy started afresh, BENCH_HOLD_CALLS (20000) calls held up at once:
 # memory per active call.
 #
+# Then the same ladder with the callers over TCP (SIPp, one connection, as a
+# trunk) through sipvane and Kamailio, backends on UDP: BENCH_TCP_RATES.
+#
 # Environment: BENCH_RATES (e.g. 500,1000,2000), BENCH_STEP_MS, BENCH_HOLD_CALLS, BIN_DIR (where
 # sipvane and sipvane-bench are; default target/release), BENCH_PROXIES.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 bin="${BIN_DIR:-target/release}"
-rates="${BENCH_RATES:-500,1000,2000}"
+rates="${BENCH_RATES:-500,1000,2000,5000,10000,20000}"
 step="${BENCH_STEP_MS:-3000}"
 proxies="${BENCH_PROXIES:-sipvane,sipvane-hep,sipvane-acc,kamailio}"
 pgdir="$repo/.tmp/bench/postgres"
@@ -38,3 +41,11 @@ psql "$url" -q -v ON_ERROR_STOP=1 -c "DROP TABLE IF EXISTS version, acc, missed_
 rows=$(psql "$url" -tA -c "SELECT COUNT(*) FROM acc")
 echo "bench.sh: the sipvane-acc run wrote $rows acc rows"
 case ",$proxies," in *,sipvane-acc,*) [ "$rows" -gt 0 ] || { echo "bench.sh: no acc row written" >&2; exit 1; } ;; esac
+
+case ",$proxies," in
+  *,kamailio,*) tcp_proxies=sipvane,kamailio ;;
+  *) tcp_proxies=sipvane ;;
+esac
+"$bin/sipvane-bench" compare --sipvane "$bin/sipvane" --generator sipp --transport tcp \
+  --rates "${BENCH_TCP_RATES:-500,1000}" --step-ms "$step" --proxies "$tcp_proxies" \
+  --json target/bench/compare-tcp.json

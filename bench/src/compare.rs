@@ -55,6 +55,11 @@ pub struct CompareArgs {
     /// Load generator.
     #[arg(long, value_enum, default_value_t = Generator::Native)]
     pub generator: Generator,
+    /// Transport of the callers' leg (the backends stay on UDP). `tcp` needs
+    /// `--generator sipp`: SIPp then places every call over one connection
+    /// (`-t t1`, a trunk), and Kamailio listens on TCP as well.
+    #[arg(long, value_enum, default_value_t = Transport::Udp)]
+    pub transport: Transport,
     /// sipvane worker threads.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
@@ -184,6 +189,13 @@ pub enum Generator {
     Sipp,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
 /// One measured step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
@@ -228,12 +240,28 @@ pub struct Results {
     pub command: String,
     pub machine: String,
     pub generator: String,
+    /// sipvane workers and Kamailio receivers of the run (older results: 1).
+    #[serde(default = "one")]
+    pub workers: usize,
+    #[serde(default = "one")]
+    pub children: usize,
+    /// Transport of the callers' leg (older results: UDP).
+    #[serde(default = "udp")]
+    pub transport: Transport,
     pub rows: Vec<Row>,
     /// Memory per active call (`--hold-calls`).
     #[serde(default)]
     pub hold: Vec<HoldRow>,
     /// sipvane counters printed at its exit (overload sheds, drops, ...).
     pub sipvane_counters: Option<String>,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn udp() -> Transport {
+    Transport::Udp
 }
 
 const DEFAULT_KAMAILIO_CFG: &str = include_str!("../kamailio/kamailio.cfg");
@@ -506,6 +534,19 @@ fn start_proxy(
                     .arg(a.children.max(1).to_string())
                     .arg("-l")
                     .arg(format!("udp:127.0.0.1:{port}"))
+                    .args(match a.transport {
+                        Transport::Udp => vec![],
+                        // The same port on TCP; WITH_TCP turns TCP on in the
+                        // cfg with as many TCP workers as UDP receivers.
+                        Transport::Tcp => vec![
+                            "-l".to_string(),
+                            format!("tcp:127.0.0.1:{port}"),
+                            "-A".to_string(),
+                            "WITH_TCP".to_string(),
+                            "-A".to_string(),
+                            format!("TCP_CHILDREN={}", a.children.max(1)),
+                        ],
+                    })
                     .arg("-Y")
                     .arg(&dir)
                     .arg("-P")
@@ -630,6 +671,7 @@ fn load(
         Generator::Sipp => sipp::run(
             &a.sipp_scenarios,
             target,
+            a.transport,
             rate,
             calls,
             a.concurrency,
@@ -646,6 +688,9 @@ pub fn run(a: &CompareArgs) -> Result<()> {
     }
     if a.rates.len() > 32 || a.step_ms > 600_000 {
         bail!("at most 32 steps of at most 600 s each");
+    }
+    if a.transport == Transport::Tcp && a.generator != Generator::Sipp {
+        bail!("--transport tcp needs --generator sipp (the native generator speaks UDP only)");
     }
     let work = match &a.work_dir {
         Some(d) => d.clone(),
@@ -753,6 +798,9 @@ pub fn run(a: &CompareArgs) -> Result<()> {
             Generator::Native => "sipvane-bench uac".into(),
             Generator::Sipp => "sipp".into(),
         },
+        transport: a.transport,
+        workers: a.workers.max(1),
+        children: a.children.max(1),
         rows,
         sipvane_counters,
     };
@@ -807,6 +855,13 @@ fn table_row(r: &Row) -> String {
 /// The Markdown table printed at the end (and pasted into docs/benchmarks.md).
 pub fn table(res: &Results) -> String {
     let mut s = String::new();
+    if res.transport == Transport::Tcp {
+        let _ = writeln!(
+            s,
+            "Callers over TCP (one connection, {}), backends over UDP.\n",
+            res.generator
+        );
+    }
     let _ = writeln!(
         s,
         "| proxy    | offered cps | achieved cps | completed | failed | CPU µs/call | of which sys | p50 setup µs | p99 setup µs | memory MiB |"
@@ -821,6 +876,32 @@ pub fn table(res: &Results) -> String {
         .collect();
     if !ratios.is_empty() {
         let _ = writeln!(s, "\nsipvane/Kamailio CPU per call: {}", ratios.join("; "));
+    }
+    let sat: Vec<String> = [Proxy::Sipvane, Proxy::Kamailio]
+        .into_iter()
+        .filter_map(|p| {
+            let (cps, capped) = saturation(res, p)?;
+            let per = match p {
+                Proxy::Kamailio => res.children,
+                _ => res.workers,
+            };
+            let unit = match p {
+                Proxy::Kamailio => "receiver",
+                _ => "worker",
+            };
+            let bound = if capped { "" } else { " or more" };
+            Some(format!(
+                "{p} {:.0}{bound} per {unit} ({cps:.0} with {per})",
+                cps / per as f64
+            ))
+        })
+        .collect();
+    if !sat.is_empty() {
+        let _ = writeln!(
+            s,
+            "calls/s at saturation (highest step with < 1 % failed): {}",
+            sat.join("; ")
+        );
     }
     for v in [Proxy::SipvaneHep, Proxy::SipvaneAcc] {
         let costs: Vec<String> = ratios_between(res, v, Proxy::Sipvane)
@@ -874,6 +955,24 @@ fn latency(us: u64, resolution: u64) -> String {
 }
 
 /// sipvane CPU per call ÷ Kamailio's, per offered rate both completed calls at.
+/// Calls per second `p` achieved at its highest step with under 1 % of the
+/// calls failed, and whether a higher step failed more (the figure is then the
+/// saturation; otherwise only a lower bound: the ladder stopped first).
+pub fn saturation(res: &Results, p: Proxy) -> Option<(f64, bool)> {
+    let ok = |r: &Row| r.started > 0 && (r.failed as f64) < 0.01 * r.started as f64;
+    let mine: Vec<&Row> = res.rows.iter().filter(|r| r.proxy == p).collect();
+    let best = mine
+        .iter()
+        .filter(|r| ok(r))
+        .map(|r| r.achieved_cps)
+        .max_by(f64::total_cmp)?;
+    let top_ok = mine
+        .iter()
+        .max_by(|a, b| a.offered_cps.total_cmp(&b.offered_cps))
+        .is_some_and(|r| ok(r));
+    Some((best, !top_ok))
+}
+
 pub fn ratios(res: &Results) -> Vec<(f64, f64)> {
     ratios_between(res, Proxy::Sipvane, Proxy::Kamailio)
 }
@@ -953,4 +1052,65 @@ pub fn replot(json: &Path, svg: Option<&Path>) -> Result<()> {
         crate::plot::write_svg(&res, svg)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(proxy: Proxy, offered: f64, achieved: f64, started: u64, failed: u64) -> Row {
+        Row {
+            proxy,
+            offered_cps: offered,
+            achieved_cps: achieved,
+            started,
+            completed: started - failed,
+            failed,
+            failed_by_reason: Default::default(),
+            cpu_s: 0.0,
+            cpu_user_s: 0.0,
+            cpu_sys_s: 0.0,
+            cpu_us_per_call: None,
+            p50_us: 0,
+            p99_us: 0,
+            latency_resolution_us: 1,
+            mem_kib: 0,
+        }
+    }
+
+    fn results(rows: Vec<Row>) -> Results {
+        Results {
+            date_utc: String::new(),
+            command: String::new(),
+            machine: String::new(),
+            generator: String::new(),
+            workers: 2,
+            children: 1,
+            transport: Transport::Udp,
+            rows,
+            hold: vec![],
+            sipvane_counters: None,
+        }
+    }
+
+    #[test]
+    fn saturation_is_the_highest_step_under_one_percent_failed() {
+        let res = results(vec![
+            row(Proxy::Sipvane, 1000.0, 1000.0, 4000, 0),
+            row(Proxy::Sipvane, 5000.0, 5000.0, 20000, 0),
+            row(Proxy::Kamailio, 1000.0, 1000.0, 4000, 0),
+            row(Proxy::Kamailio, 5000.0, 4990.0, 20000, 199),
+            row(Proxy::Kamailio, 10000.0, 8151.0, 40000, 7395),
+        ]);
+        // The top step failed: Kamailio's figure is its saturation.
+        assert_eq!(saturation(&res, Proxy::Kamailio), Some((4990.0, true)));
+        // Every step passed: only a lower bound.
+        assert_eq!(saturation(&res, Proxy::Sipvane), Some((5000.0, false)));
+        assert_eq!(saturation(&res, Proxy::SipvaneHep), None);
+        let t = table(&res);
+        assert!(
+            t.contains("sipvane 2500 or more per worker (5000 with 2); kamailio 4990 per receiver"),
+            "{t}"
+        );
+    }
 }

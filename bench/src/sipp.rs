@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::compare::Transport;
 use crate::uac::UacReport;
 
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     scenarios: &Path,
     target: SocketAddr,
+    transport: Transport,
     rate: f64,
     calls: u64,
     concurrency: usize,
@@ -52,6 +54,11 @@ pub fn run(
             "-bind_local",
             "-nostdin",
         ])
+        // TCP: every call over one connection, as a trunk sends them.
+        .args(match transport {
+            Transport::Udp => ["-t", "u1"],
+            Transport::Tcp => ["-t", "t1"],
+        })
         .args(["-r", &format!("{}", rate.round().max(1.0) as u64)])
         .args(["-m", &calls.to_string(), "-l", &concurrency.to_string()])
         .args(["-recv_timeout", &timeout.as_millis().to_string()])

@@ -391,3 +391,60 @@ fn compare_drives_sipvane_with_sipp_as_generator() {
     assert_eq!(row["latency_resolution_us"], 1000, "{row}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn compare_runs_callers_over_tcp_through_sipvane_and_kamailio() {
+    let dir = scratch("compare-tcp");
+    let json = dir.join("result.json");
+    let scenarios = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sipp-scenarios");
+    let out = Command::new(BENCH)
+        .args(["compare", "--generator", "sipp", "--transport", "tcp"])
+        .args(["--rates", "50", "--step-ms", "1000", "--quiet"])
+        .args(["--timeout-ms", "10000"])
+        .arg("--sipvane")
+        .arg(sipvane_binary())
+        .arg("--sipp-scenarios")
+        .arg(&scenarios)
+        .arg("--json")
+        .arg(&json)
+        .arg("--work-dir")
+        .arg(dir.join("work"))
+        .output()
+        .expect("run sipvane-bench compare --transport tcp");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "compare failed: {:?}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Callers over TCP"), "{stdout}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json written"))
+            .expect("valid JSON");
+    assert_eq!(v["transport"], "tcp", "{v}");
+    // SIPp -t t1 connects to the proxy's TCP port: a proxy without a TCP
+    // listener would complete nothing.
+    for proxy in ["sipvane", "kamailio"] {
+        let row = v["rows"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["proxy"] == proxy))
+            .unwrap_or_else(|| panic!("no {proxy} row: {v}"));
+        assert_eq!(row["completed"], 50, "{proxy}: {row}");
+        assert_eq!(row["failed"], 0, "{proxy}: {row}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn compare_refuses_tcp_with_the_native_generator() {
+    let out = Command::new(BENCH)
+        .args(["compare", "--transport", "tcp", "--rates", "50", "--quiet"])
+        .arg("--sipvane")
+        .arg(sipvane_binary())
+        .output()
+        .expect("run sipvane-bench compare");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--generator sipp"), "{err}");
+}

@@ -160,6 +160,12 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
                 validity_ms: cfg.proxy.overload_control_validity_ms,
             }
         }),
+        // Only with a TCP side to switch to.
+        udp_mtu: if cfg.tcp.enabled {
+            cfg.tcp.udp_mtu as usize
+        } else {
+            0
+        },
         shed_backlog: (cfg.proxy.shed_backlog_ms > 0)
             .then(|| std::time::Duration::from_millis(u64::from(cfg.proxy.shed_backlog_ms))),
         record_route: cfg.proxy.record_route,

@@ -6,9 +6,13 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{
-    api_get, free_tcp_port, free_udp_addr, localhost, metrics, Scenario, Sipvane, Uac, Uas,
-};
+use support::tcp::{open_fds, tcp_connections, wait_for_fds};
+use support::{free_tcp_port, free_udp_addr, localhost, metrics, Scenario, Sipvane, Uac, Uas};
+
+/// The sum of a metric over all its label sets.
+fn metric_sum(text: &str, name: &str) -> u64 {
+    support::tcp::metric_sum(text, name, None)
+}
 
 const SETTLE: Duration = Duration::from_secs(5);
 const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -18,54 +22,9 @@ on_both_drivers!(
     udp_caller_reaches_tcp_backend,
     tcp_caller_reaches_udp_backend,
     refused_tcp_connect_fails_over_at_once,
+    large_invite_to_udp_backend_goes_over_tcp,
+    large_invite_falls_back_to_udp_without_tcp,
 );
-
-/// The sum over every label set of a metric (`name{...} value` lines).
-fn metric_sum(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
-/// File descriptors process `pid` holds open.
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .expect("read /proc/PID/fd")
-        .count()
-}
-
-/// Waits until process `pid` holds no more file descriptors than `want` again:
-/// connections close asynchronously, so one reading proves nothing; a leak keeps
-/// the count above `want` until the deadline. (Not "equal": the count taken
-/// before may include a transient descriptor, such as the harness's API
-/// connection still closing.)
-fn wait_for_fds(pid: u32, want: usize) {
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let n = open_fds(pid);
-        if n <= want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{n} file descriptors open, {want} before the calls"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// TCP connections of all workers, from `GET /status`.
-fn tcp_connections(sipvane: &Sipvane) -> u64 {
-    let body = api_get(sipvane, "/status");
-    let v: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
-    v["worker_detail"]
-        .as_array()
-        .expect("worker_detail")
-        .iter()
-        .map(|w| w["tcp_connections"].as_u64().expect("tcp_connections"))
-        .sum()
-}
 
 /// One TCP connection per call from the callers (`-t tn`), pooled per-worker
 /// connections to two TCP callees (`-t t1`, `;transport=tcp`); ACK and BYE follow
@@ -115,7 +74,7 @@ fn tcp_callers_reach_tcp_backends(io: &str) {
     assert_eq!(metric_sum(&m, "sipvane_worker_tcp_no_connection_total"), 0);
     // The callers' connections ended with their calls, the pooled ones with the
     // callees: every socket is closed again.
-    wait_for_fds(sipvane.pid(), fds);
+    wait_for_fds(sipvane.pid(), fds, SETTLE);
     assert_eq!(tcp_connections(&sipvane), 0);
     let c = sipvane.stop();
     assert_eq!(c.get("initial_invites"), 1000);
@@ -227,4 +186,171 @@ fn refused_tcp_connect_fails_over_at_once(io: &str) {
         0,
         "failover came from the refused connect, not fr_timer"
     );
+}
+
+/// RFC 3261 §18.1.1: a UDP caller's INVITE of ~1 800 bytes to a destination
+/// listed without `;transport=tcp` reaches it over TCP ([tcp] udp_mtu = 1300):
+/// the callee listens on TCP only, so nothing else could reach it. Small
+/// in-dialog requests follow the callee's Contact (`transport=tcp`).
+fn large_invite_to_udp_backend_goes_over_tcp(io: &str) {
+    let mut a = Uas::builder(Scenario::Uas).tcp().start();
+    let mut sipvane = Sipvane::builder("mtu2tcp")
+        .io(io)
+        .destination(format!("1 sip:{}", a.addr()))
+        .start();
+    let run = Uac::new(Scenario::UacLarge, sipvane.addr())
+        .calls(50)
+        .rate(50)
+        .timeout(RUN_LIMIT)
+        .run();
+    run.assert_all_succeeded(50);
+    let fa = a.wait_until(SETTLE, |s| s.count("BYE", "Recv") >= 50);
+    assert_eq!(fa.invites_received(), 50, "{fa:?}");
+    let m = metrics(&sipvane);
+    assert_eq!(metric_sum(&m, "sipvane_udp_mtu_switches_total"), 50, "{m}");
+    assert_eq!(metric_sum(&m, "sipvane_udp_mtu_fallbacks_total"), 0, "{m}");
+    assert!(
+        metric_sum(&m, "sipvane_worker_tcp_connected_total") >= 1,
+        "{m}"
+    );
+    a.stop();
+    let c = sipvane.stop();
+    assert_eq!(c.get("calls_answered"), 50);
+    assert_eq!(c.get("failovers"), 0);
+}
+
+/// The same INVITE to a UDP-only callee: TCP is refused, so each INVITE goes
+/// over UDP after all (no failover, no timeout) and every call completes.
+fn large_invite_falls_back_to_udp_without_tcp(io: &str) {
+    let mut a = Uas::start(Scenario::Uas, free_udp_addr());
+    let mut sipvane = Sipvane::builder("mtufallback")
+        .io(io)
+        .destination(format!("1 sip:{}", a.addr()))
+        .start();
+    let run = Uac::new(Scenario::UacLarge, sipvane.addr())
+        .calls(20)
+        .rate(20)
+        .timeout(RUN_LIMIT)
+        .run();
+    run.assert_all_succeeded(20);
+    let fa = a.wait_until(SETTLE, |s| s.count("BYE", "Recv") >= 20);
+    assert_eq!(fa.invites_received(), 20, "{fa:?}");
+    let m = metrics(&sipvane);
+    assert_eq!(metric_sum(&m, "sipvane_udp_mtu_switches_total"), 20, "{m}");
+    assert_eq!(metric_sum(&m, "sipvane_udp_mtu_fallbacks_total"), 20, "{m}");
+    a.stop();
+    let c = sipvane.stop();
+    assert_eq!(c.get("calls_answered"), 20);
+    assert_eq!(c.get("failovers"), 0);
+    assert_eq!(c.get("timeouts"), 0);
+}
+
+/// A `;transport=tcp` destination played by a plain TCP listener of the test,
+/// answering every OPTIONS it reads with 200 until stopped; counts the probes.
+struct TcpResponder {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    probes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TcpResponder {
+    fn start(listener: std::net::TcpListener) -> TcpResponder {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let probes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, p) = (stop.clone(), probes.clone());
+        listener.set_nonblocking(true).expect("nonblocking");
+        let thread = std::thread::spawn(move || {
+            let end = Instant::now() + Duration::from_secs(120);
+            while !s.load(Ordering::Relaxed) && Instant::now() < end {
+                let Ok((mut c, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                let _ = c.set_nonblocking(false);
+                let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(n) if n > 0 => req.extend_from_slice(&buf[..n]),
+                        _ => break,
+                    }
+                }
+                let text = String::from_utf8_lossy(&req).into_owned();
+                if !text.starts_with("OPTIONS ") || !text.contains("Via: SIP/2.0/TCP ") {
+                    continue;
+                }
+                p.fetch_add(1, Ordering::Relaxed);
+                let mut resp = String::from("SIP/2.0 200 OK\r\n");
+                for l in text.lines() {
+                    let lower = l.to_ascii_lowercase();
+                    if ["via:", "from:", "to:", "call-id:", "cseq:"]
+                        .iter()
+                        .any(|h| lower.starts_with(h))
+                    {
+                        resp.push_str(l);
+                        resp.push_str("\r\n");
+                    }
+                }
+                resp.push_str("Content-Length: 0\r\n\r\n");
+                let _ = c.write_all(resp.as_bytes());
+            }
+        });
+        TcpResponder {
+            stop,
+            probes,
+            thread: Some(thread),
+        }
+    }
+
+    fn probes(&self) -> usize {
+        self.probes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stops answering and closes the listener: connections are refused.
+    fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// OPTIONS probing of a TCP destination goes over TCP; a destination that
+/// refuses the connection is taken down by its failed probes and brought back
+/// when it answers again.
+#[test]
+fn tcp_destinations_are_probed_over_tcp() {
+    let wait = Duration::from_secs(30);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let uri = format!("sip:{addr};transport=tcp");
+    let responder = TcpResponder::start(listener);
+    let mut sipvane = Sipvane::builder("tcpprobe")
+        .destination(format!("1 {uri}"))
+        .toml("ping_interval_s = 1")
+        .start();
+    let end = Instant::now() + wait;
+    while responder.probes() < 2 && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(responder.probes() >= 2, "no OPTIONS over TCP arrived");
+    responder.stop();
+    assert!(
+        sipvane.wait_for_log("probe connection failed", 1, wait),
+        "refused probes did not take the destination down:\n{}",
+        sipvane.log()
+    );
+    // Answering again (same port): probes bring it back.
+    let listener = std::net::TcpListener::bind(addr).expect("rebind the destination's port");
+    let responder = TcpResponder::start(listener);
+    assert!(
+        sipvane.wait_for_log("probe answered 200", 1, wait),
+        "answered probes did not bring it back:\n{}",
+        sipvane.log()
+    );
+    responder.stop();
+    sipvane.stop();
 }

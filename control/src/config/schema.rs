@@ -704,6 +704,10 @@ pub struct TcpConfig {
     /// address then stands for the connection. From anyone else a PROXY header
     /// closes the connection. Default: none.
     pub proxy_protocol_from: Vec<String>,
+    /// RFC 3261 §18.1.1: a request to a UDP next hop larger than this many bytes
+    /// is sent over TCP to the same address and port (over UDP after all if that
+    /// connection is refused). 0: never. Default 1300. Kamailio's `udp_mtu`.
+    pub udp_mtu: u32,
 }
 
 impl Default for TcpConfig {
@@ -716,6 +720,7 @@ impl Default for TcpConfig {
             max_per_source: 256,
             max_connections: 16_384,
             proxy_protocol_from: Vec::new(),
+            udp_mtu: 1300,
         }
     }
 }

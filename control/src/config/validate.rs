@@ -434,6 +434,15 @@ impl Config {
                 );
             }
         }
+        if t.udp_mtu != 0 && !(576..=65_535).contains(&t.udp_mtu) {
+            v.err(
+                at("udp_mtu"),
+                format!(
+                    "udp_mtu must be 0 (never switch to TCP) or from 576 to 65535 bytes (got {})",
+                    t.udp_mtu
+                ),
+            );
+        }
         if t.max_per_source > t.max_connections {
             v.err(
                 at("max_per_source"),

@@ -56,6 +56,10 @@ pub struct ProbeConfig {
 pub struct Transmit {
     pub to: SocketAddr,
     pub bytes: Vec<u8>,
+    /// Over a TCP connection of its own (a `;transport=tcp` destination): the
+    /// reply comes back on it; a connection that cannot be opened is a failed
+    /// probe ([`Prober::connect_failed`]).
+    pub tcp: bool,
 }
 
 /// A state change the prober made; the driver logs it and emits `dst_up` /
@@ -93,6 +97,7 @@ struct Target {
 struct Pending {
     target: usize,
     to: SocketAddr,
+    tcp: bool,
     bytes: Vec<u8>,
     sent: Instant,
     deadline: Instant,
@@ -221,18 +226,15 @@ impl Prober {
             }
             let state = t.stats.state();
             t.last_state = state;
-            // OPTIONS go over UDP only: a TCP destination is not probed
-            // (it keeps its state; failed calls still take it out).
-            let probe = !d.tcp
-                && match state {
-                    DestState::Disabled => false,
-                    DestState::Inactive | DestState::Probing => true,
-                    DestState::Active => match self.cfg.mode {
-                        ProbingMode::All => true,
-                        ProbingMode::Flagged => d.flags & FLAG_PROBING != 0,
-                        ProbingMode::Inactive => false,
-                    },
-                };
+            let probe = match state {
+                DestState::Disabled => false,
+                DestState::Inactive | DestState::Probing => true,
+                DestState::Active => match self.cfg.mode {
+                    ProbingMode::All => true,
+                    ProbingMode::Flagged => d.flags & FLAG_PROBING != 0,
+                    ProbingMode::Inactive => false,
+                },
+            };
             // (Nothing is pending here: the round began by expiring every probe.)
             if !probe {
                 continue;
@@ -243,20 +245,23 @@ impl Prober {
             let n = self.next_probe;
             self.next_probe += 1;
             let seal = seal_of(self.seal_key, self.instance, n, d.addr);
-            let bytes = build_probe(&self.cfg, sent_by, &d.uri, (self.instance, n, seal));
+            let bytes = build_probe(&self.cfg, sent_by, &d.uri, d.tcp, (self.instance, n, seal));
             out.push(Transmit {
                 to: d.addr,
                 bytes: bytes.clone(),
+                tcp: d.tcp,
             });
             self.pending.insert(
                 n,
                 Pending {
                     target: k,
                     to: d.addr,
+                    tcp: d.tcp,
                     bytes,
                     sent: now,
                     deadline: now + self.cfg.timeout,
-                    retransmit: Some((now + T1, T1)),
+                    // Reliable transport: never retransmitted (RFC 3261 §17.1.2.2).
+                    retransmit: (!d.tcp).then_some((now + T1, T1)),
                 },
             );
         }
@@ -329,6 +334,7 @@ impl Prober {
                     out.push(Transmit {
                         to: p.to,
                         bytes: p.bytes.clone(),
+                        tcp: false,
                     });
                     let wait = (wait * 2).min(T2);
                     p.retransmit = Some((now + wait, wait));
@@ -344,6 +350,23 @@ impl Prober {
             .flat_map(|p| [Some(p.deadline), p.retransmit.map(|(at, _)| at)])
             .flatten()
             .min()
+    }
+
+    /// The TCP connection for the probes to `to` could not be opened (refused,
+    /// or not up within the probe timeout): each is a failed probe now.
+    pub fn connect_failed(&mut self, to: SocketAddr, changes: &mut Vec<Change>) {
+        let failed: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.tcp && p.to == to)
+            .map(|(&n, _)| n)
+            .collect();
+        for n in failed {
+            if let Some(p) = self.pending.remove(&n) {
+                let reason = Cow::Borrowed("probe connection failed");
+                self.outcome(p.target, false, Duration::ZERO, reason, changes);
+            }
+        }
     }
 
     fn expire(&mut self, now: Instant, all: bool, changes: &mut Vec<Change>) {
@@ -413,12 +436,21 @@ impl Prober {
 }
 
 /// The probe for destination `uri`: (instance, probe number, seal).
-fn build_probe(cfg: &ProbeConfig, sent_by: &str, uri: &str, id: (u64, u64, u64)) -> Vec<u8> {
+fn build_probe(
+    cfg: &ProbeConfig,
+    sent_by: &str,
+    uri: &str,
+    tcp: bool,
+    id: (u64, u64, u64),
+) -> Vec<u8> {
     let m = &cfg.method;
     let (instance, n, seal) = id;
+    // Over TCP the reply returns on the probe's connection whatever the Via
+    // says (RFC 3261 §18.2.2); the UDP sent-by names sipvane all the same.
+    let transport = if tcp { "TCP" } else { "UDP" };
     format!(
         "{m} {uri} SIP/2.0\r\n\
-         Via: SIP/2.0/UDP {sent_by};branch={BRANCH_PREFIX}{instance:x}.{n:x}.{seal:016x};rport\r\n\
+         Via: SIP/2.0/{transport} {sent_by};branch={BRANCH_PREFIX}{instance:x}.{n:x}.{seal:016x};rport\r\n\
          Max-Forwards: 70\r\n\
          From: <{from}>;tag={instance:x}\r\n\
          To: <{uri}>\r\n\
@@ -542,6 +574,39 @@ mod tests {
         assert_eq!(msg.from().unwrap().uri, b"sip:sipvane@localhost");
         assert_eq!(msg.top_via().unwrap().host, b"127.0.0.1");
         assert_eq!(out[0].to, SocketAddr::from(([127, 0, 0, 1], 5061)));
+    }
+
+    #[test]
+    fn tcp_destinations_are_probed_over_tcp_without_retransmissions() {
+        let t0 = Instant::now();
+        let t = table("1 sip:a;transport=tcp\n1 sip:b\n", t0);
+        let mut p = prober(ProbingMode::All);
+        let (out, _) = round(&mut p, t0, &t);
+        assert_eq!(out.len(), 2);
+        let tcp = out.iter().find(|o| o.tcp).expect("a TCP probe");
+        let text = String::from_utf8_lossy(&tcp.bytes);
+        assert!(text.contains("Via: SIP/2.0/TCP 127.0.0.1:4000;"), "{text}");
+        // Only the UDP probe is retransmitted.
+        let (mut o, mut ch) = (Vec::new(), Vec::new());
+        p.poll(t0 + T1, &mut o, &mut ch);
+        assert_eq!(o.len(), 1);
+        assert!(!o[0].tcp);
+        // The reply on the connection counts like a UDP one.
+        p.handle(t0 + 10 * MS, &reply(&tcp.bytes, 200), &mut ch);
+        assert!(ch.is_empty(), "active stays active");
+        assert_eq!(state(&t, "sip:a;transport=tcp"), DestState::Active);
+        // A connection that cannot be opened fails the probe at once:
+        // probing_threshold (3 here) rounds of refusals take it down.
+        for r in 1..=3u32 {
+            let now = t0 + Duration::from_secs(10 * u64::from(r));
+            let (out, _) = round(&mut p, now, &t);
+            let tcp = out.iter().find(|o| o.tcp).unwrap().to;
+            p.connect_failed(tcp, &mut ch);
+        }
+        assert_eq!(state(&t, "sip:a;transport=tcp"), DestState::Probing);
+        let down: Vec<_> = ch.iter().filter(|c| c.uri.contains("tcp")).collect();
+        assert_eq!(down.len(), 1, "{ch:?}");
+        assert_eq!(down[0].reason, "probe connection failed");
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //!
 //! [`core`] is the sans-IO state machine; [`run`] is its thin tokio shell: one
 //! UDP socket per address family on the listen address (ephemeral port), a
-//! round every `ping_interval_s`, replies read as they come. Every state change
+//! round every `ping_interval_s`, replies read as they come. A probe of a
+//! `;transport=tcp` destination opens a TCP connection of its own (a task that
+//! connects, writes the OPTIONS, reads the replies and closes), so a
+//! destination that refuses connections fails its probes. Every state change
 //! is logged and, when events are on, pushed as `dst_up` / `dst_down`.
 
 pub mod core;
@@ -12,7 +15,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use dataplane::dispatch::SharedTable;
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::Config;
@@ -62,6 +67,10 @@ pub async fn run(
     let mut next_round = Instant::now();
     let (mut buf4, mut buf6) = (vec![0u8; 65_535], vec![0u8; 65_535]);
     let (mut out, mut changes) = (Vec::new(), Vec::new());
+    // What the TCP probe tasks learn; bounded: a full channel drops the news
+    // and the probe times out instead.
+    let (tcp_tx, mut tcp_rx) = mpsc::channel::<TcpNews>(1024);
+    let timeout = prober.config().timeout;
     loop {
         let wake = prober
             .next_deadline()
@@ -73,6 +82,10 @@ pub async fn run(
             },
             n = recv(v6.as_ref(), &mut buf6) => if let Some(n) = n {
                 prober.handle(Instant::now().into_std(), buf6.get(..n).unwrap_or_default(), &mut changes);
+            },
+            Some(news) = tcp_rx.recv() => match news {
+                TcpNews::Reply(bytes) => prober.handle(Instant::now().into_std(), &bytes, &mut changes),
+                TcpNews::ConnectFailed(to) => prober.connect_failed(to, &mut changes),
             },
         }
         let now = Instant::now();
@@ -86,6 +99,10 @@ pub async fn run(
         }
         prober.poll(now.into_std(), &mut out, &mut changes);
         for t in out.drain(..) {
+            if t.tcp {
+                tokio::spawn(tcp_probe(t.to, t.bytes, timeout, tcp_tx.clone()));
+                continue;
+            }
             let sock = if t.to.is_ipv6() { &v6 } else { &v4 };
             if let Some(s) = sock {
                 if let Err(e) = s.send_to(&t.bytes, t.to).await {
@@ -96,6 +113,61 @@ pub async fn run(
         }
         for c in changes.drain(..) {
             report(&c, events.as_ref(), clock.unix_ms(now.into_std()));
+        }
+    }
+}
+
+/// What a TCP probe task reports to the prober.
+enum TcpNews {
+    /// A message read from the probe's connection.
+    Reply(Vec<u8>),
+    /// The connection could not be opened within the probe timeout.
+    ConnectFailed(SocketAddr),
+}
+
+/// One probe over a TCP connection of its own: connect, send, hand every
+/// message read back to the prober until a final reply, the timeout or EOF.
+async fn tcp_probe(to: SocketAddr, bytes: Vec<u8>, timeout: Duration, news: mpsc::Sender<TcpNews>) {
+    let deadline = Instant::now() + timeout;
+    let mut stream = match tokio::time::timeout_at(deadline, TcpStream::connect(to)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%to, error = %e, "TCP probe: connect refused or failed");
+            let _ = news.try_send(TcpNews::ConnectFailed(to));
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%to, "probe connection not up within the probe timeout");
+            let _ = news.try_send(TcpNews::ConnectFailed(to));
+            return;
+        }
+    };
+    if tokio::time::timeout_at(deadline, stream.write_all(&bytes))
+        .await
+        .map_or(true, |r| r.is_err())
+    {
+        // Not sent: the prober's timeout fails it.
+        return;
+    }
+    let mut framer = dataplane::transport::Framer::new(65_535);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => n,
+            _ => return,
+        };
+        let mut done = false;
+        let fed = framer.feed(std::time::Instant::now(), &buf[..n], |f| {
+            if let dataplane::transport::Frame::Message(m) = f {
+                done |= dataplane::sip::parse(m)
+                    .ok()
+                    .and_then(|m| m.status())
+                    .is_some_and(|c| c >= 200);
+                let _ = news.try_send(TcpNews::Reply(m.to_vec()));
+            }
+        });
+        if fed.is_err() || done {
+            return;
         }
     }
 }

@@ -43,6 +43,7 @@ pub mod process;
 pub mod services;
 pub mod sipp;
 pub mod sipvane;
+pub mod tcp;
 
 #[allow(unused_imports)]
 pub use dns::{Dnsmasq, Record};

@@ -46,6 +46,8 @@ pub fn scenarios_dir() -> PathBuf {
 pub enum Scenario {
     /// INVITE/SDP -> [100] [180] 200 -> ACK -> hold -> BYE -> 200, following Record-Route.
     Uac,
+    /// As `Uac` with an INVITE of ~1 800 bytes (ICE candidates in the SDP).
+    UacLarge,
     /// INVITE -> 180 -> CANCEL -> 200 + 487 -> ACK.
     UacCancel,
     /// OPTIONS -> 200.
@@ -86,6 +88,7 @@ impl Scenario {
     pub fn file_name(self) -> &'static str {
         match self {
             Scenario::Uac => "uac.xml",
+            Scenario::UacLarge => "uac_large.xml",
             Scenario::UacCancel => "uac_cancel.xml",
             Scenario::Options => "options.xml",
             Scenario::Register => "register.xml",
@@ -488,6 +491,11 @@ impl RunningUac {
     /// Current counters (periodic dump, at most ~1 s old).
     pub fn stats(&self) -> SippStats {
         SippStats::read(self.dir.path())
+    }
+
+    /// SIGKILL, as if the caller's host vanished: its connections are reset.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
     }
 
     /// True once SIPp has exited.

@@ -68,6 +68,9 @@ pub struct ProxyConfig {
     /// has held a receive backlog for this long (it cannot keep up: answering
     /// 503 costs a fraction of relaying a call); `None`: off.
     pub shed_backlog: Option<Duration>,
+    /// RFC 3261 §18.1.1: a request to a UDP next hop larger than this many
+    /// bytes goes over TCP to the same address and port; 0: never.
+    pub udp_mtu: usize,
     pub record_route: bool,
     /// Domains served; empty means every domain.
     pub domains: Vec<String>,
@@ -140,6 +143,7 @@ impl Default for ProxyConfig {
                 validity_ms: 500,
             }),
             shed_backlog: None,
+            udp_mtu: 1300,
             record_route: true,
             domains: Vec::new(),
             unknown_domain: UnknownDomain::Relay,

@@ -73,7 +73,8 @@ use registrar::{Caller, StatelessAnswer};
 use stats::{bump, count_reply};
 pub use stats::{Counters, ProxyStats, Snapshot};
 use transaction::{
-    Abandoned, BindingTarget, ClientTx, Located, MediaLeg, ProxyTxn, ServerTx, Target, Upstream,
+    Abandoned, BindingTarget, ClientTx, Located, MediaLeg, MtuSwitch, ProxyTxn, ServerTx, Target,
+    Upstream,
 };
 
 /// The worker's socket on the shared public port.

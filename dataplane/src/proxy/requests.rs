@@ -446,6 +446,7 @@ impl Worker {
             located: how,
             oc: self.cfg.overload_control.is_some()
                 && crate::sip::overload::offers_loss(via.params),
+            mtu: MtuSwitch::No,
             fork,
         };
         let id = match self.txns.insert(key, txn) {
@@ -511,7 +512,25 @@ impl Worker {
         let mut fwd = std::mem::take(&mut txn.forwarded);
         fwd.clear();
         let attempt = txn.attempt;
-        let ok = self.write_forward(id, attempt, received, &mut fwd);
+        let mut ok = self.write_forward(id, attempt, received, &mut fwd);
+        let Some(txn) = self.txns.get_mut(id) else {
+            return;
+        };
+        // RFC 3261 §18.1.1: too large for UDP goes over TCP to the same
+        // address and port (the Via then says TCP: written again).
+        if ok
+            && self.cfg.udp_mtu > 0
+            && fwd.len() > self.cfg.udp_mtu
+            && txn.target.socket == SOCK_PRIVATE
+            && txn.mtu == MtuSwitch::No
+            && txn.fork.is_none()
+        {
+            txn.target.socket = SOCK_TCP_OUT;
+            txn.mtu = MtuSwitch::ToTcp;
+            bump(&self.stats.udp_mtu_switches);
+            fwd.clear();
+            ok = self.write_forward(id, attempt, received, &mut fwd);
+        }
         let Some(txn) = self.txns.get_mut(id) else {
             return;
         };

@@ -251,6 +251,7 @@ impl Worker {
                 socket: target_socket(dest.tcp),
                 dest: Some(dest.stats.clone()),
             };
+            txn.mtu = MtuSwitch::No;
             txn.attempt = txn.attempt.wrapping_add(1);
             bump(&self.stats.failovers);
             self.forward_attempt(now, id, out);

@@ -66,6 +66,8 @@ counters! {
     failovers: "Times a request was moved to the next destination.",
     timeouts: "Client transactions that timed out (fr_timer / fr_inv_timer).",
     connect_failures: "Attempts failed at once because their TCP connection could not be opened.",
+    udp_mtu_switches: "Requests to a UDP next hop sent over TCP instead because they were larger than [tcp] udp_mtu (RFC 3261 §18.1.1).",
+    udp_mtu_fallbacks: "Of those, requests sent over UDP after all because the next hop refused the TCP connection.",
     no_destination: "Requests answered 503 because no destination was usable.",
     overload_rejects: "New INVITEs answered 503 + Retry-After at the overload watermark.",
     overload_feedback: "Responses that asked an RFC 7339 client (oc in its Via) to send less: oc above 0.",

@@ -456,3 +456,93 @@ fn stateless_branch_is_the_cookie_and_sixteen_hex_digits() {
     assert_eq!(b, stateless_branch(b"z9hG4bK-1", b"call@host"));
     assert_ne!(b, stateless_branch(b"z9hG4bK-2", b"call@host"));
 }
+
+/// An INVITE carrying `pad` bytes of SDP-like body.
+fn large_invite(branch: &str, pad: usize) -> Vec<u8> {
+    let body = "a=x\r\n".repeat(pad / 5);
+    format!(
+        "INVITE sip:100@127.0.0.1:5060 SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {CALLER};branch={branch}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:a@127.0.0.1>;tag=f1\r\n\
+         To: <sip:100@127.0.0.1>\r\n\
+         Call-ID: {branch}@t\r\n\
+         CSeq: 1 INVITE\r\n\
+         Content-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_request_over_the_udp_mtu_goes_over_tcp_and_back_to_udp_if_refused() {
+    let t0 = Instant::now();
+    let mut w = worker(ProxyConfig::default(), &format!("1 sip:{DEST}\n"), t0);
+    let dest: SocketAddr = DEST.parse().unwrap();
+    let mut out = Outbox::new();
+    // Small: UDP, as the destination says.
+    w.on_datagram(
+        t0,
+        SOCK_PUBLIC,
+        CALLER.parse().unwrap(),
+        &invite("z9hG4bK-s"),
+        &mut out,
+    );
+    let s: Vec<_> = out
+        .iter()
+        .map(|(sock, a, b)| (sock, a, b.to_vec()))
+        .collect();
+    assert_eq!(s.len(), 1);
+    assert_eq!((s[0].0, s[0].1), (SOCK_PRIVATE, dest));
+    assert!(String::from_utf8_lossy(&s[0].2).contains("Via: SIP/2.0/UDP 127.0.0.1"));
+
+    // Over 1300 bytes: the same destination over TCP, the Via says so.
+    out.clear();
+    let big = large_invite("z9hG4bK-b", 1400);
+    w.on_datagram(t0, SOCK_PUBLIC, CALLER.parse().unwrap(), &big, &mut out);
+    let s: Vec<_> = out
+        .iter()
+        .map(|(sock, a, b)| (sock, a, b.to_vec()))
+        .collect();
+    assert_eq!(s.len(), 1);
+    assert_eq!((s[0].0, s[0].1), (SOCK_TCP_OUT, dest));
+    let tcp_copy = String::from_utf8_lossy(&s[0].2).into_owned();
+    assert!(
+        tcp_copy.contains("Via: SIP/2.0/TCP 127.0.0.1"),
+        "{tcp_copy}"
+    );
+    assert_eq!(w.stats().snapshot().udp_mtu_switches, 1);
+
+    // Nobody listens on TCP there: the same attempt goes over UDP instead
+    // of failing the call over (same branch: nothing was sent on TCP).
+    out.clear();
+    w.on_connect_failed(t0, dest, &mut out);
+    let s: Vec<_> = out
+        .iter()
+        .map(|(sock, a, b)| (sock, a, b.to_vec()))
+        .collect();
+    assert_eq!(s.len(), 1, "resent once");
+    assert_eq!((s[0].0, s[0].1), (SOCK_PRIVATE, dest));
+    let udp_copy = String::from_utf8_lossy(&s[0].2).into_owned();
+    assert_eq!(
+        udp_copy,
+        tcp_copy.replacen("SIP/2.0/TCP 127.0.0.1", "SIP/2.0/UDP 127.0.0.1", 1)
+    );
+    let st = w.stats().snapshot();
+    assert_eq!(
+        (st.udp_mtu_fallbacks, st.connect_failures, st.failovers),
+        (1, 0, 0)
+    );
+
+    // udp_mtu = 0: never switched.
+    let cfg = ProxyConfig {
+        udp_mtu: 0,
+        ..ProxyConfig::default()
+    };
+    let mut w = worker(cfg, &format!("1 sip:{DEST}\n"), t0);
+    out.clear();
+    w.on_datagram(t0, SOCK_PUBLIC, CALLER.parse().unwrap(), &big, &mut out);
+    let s: Vec<_> = out.iter().map(|(sock, a, _)| (sock, a)).collect();
+    assert_eq!(s, vec![(SOCK_PRIVATE, dest)]);
+}

@@ -145,11 +145,21 @@ impl Worker {
             .map(|(id, _)| id)
             .collect();
         for id in waiting {
-            bump(&self.stats.connect_failures);
             if let Some(txn) = self.txns.get_mut(id) {
                 // Nothing was sent: nothing to retransmit, cancel or ACK.
                 txn.client = None;
+                if txn.mtu == MtuSwitch::ToTcp {
+                    // A UDP next hop without TCP: the large request goes over
+                    // UDP after all (same attempt, same branch) rather than
+                    // failing the call; fragmentation beats no call.
+                    txn.target.socket = SOCK_PRIVATE;
+                    txn.mtu = MtuSwitch::Refused;
+                    bump(&self.stats.udp_mtu_fallbacks);
+                    self.forward_attempt(now, id, out);
+                    continue;
+                }
             }
+            bump(&self.stats.connect_failures);
             if !self.attempt_failed(now, id, false, out) {
                 self.reschedule(id);
             }

@@ -18,6 +18,19 @@ use crate::txn::{
 };
 use crate::worker::SocketId;
 
+/// RFC 3261 §18.1.1 for the current attempt: a request too large for UDP
+/// goes over TCP, unless the next hop refused TCP for it already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) enum MtuSwitch {
+    /// Sent on the target's own transport.
+    #[default]
+    No,
+    /// A UDP target reached over TCP because the request is too large.
+    ToTcp,
+    /// The switch was refused (no TCP listener): UDP after all.
+    Refused,
+}
+
 /// Where the current attempt goes.
 pub(crate) struct Target {
     pub addr: SocketAddr,
@@ -90,6 +103,8 @@ pub(crate) struct ProxyTxn {
     /// The client offered RFC 7339 overload control in its Via: every
     /// response to it carries sipvane's feedback.
     pub oc: bool,
+    /// Whether the current attempt left UDP for TCP because of its size.
+    pub mtu: MtuSwitch,
     /// A request to a registered user, forked to its bindings: then
     /// `client` stays `None` and each branch has its own. Boxed: most
     /// transactions have none.
