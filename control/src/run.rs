@@ -12,7 +12,7 @@ use dataplane::dispatch::{Algorithm, HealthPolicy, SharedTable};
 use dataplane::proxy::media::{MediaConfig, MediaPolicy, MediaShared};
 use dataplane::proxy::{self, ProxyConfig, ProxyStats, SetRule, UnknownDomain, Worker};
 use dataplane::txn::TimerConfig;
-use dataplane::worker::{self, Driver, SocketSpec, TcpSpec, WorkerSpec};
+use dataplane::worker::{self, Driver, SocketSpec, TcpSpec, TlsSpec, WorkerSpec};
 use tracing::{error, info, warn};
 
 use crate::api;
@@ -341,6 +341,22 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
             crate::config::parse_cidr(c).map_err(|e| anyhow!("tcp.proxy_protocol_from: {c}: {e}"))
         })
         .collect::<Result<Vec<_>>>()?;
+    // One server configuration for every worker: a reload swaps it for all.
+    let tls = match cfg.tls.listen_addr() {
+        Some(addr) => {
+            let server = dataplane::transport::tls::load_server(
+                std::path::Path::new(&cfg.tls.certificate),
+                std::path::Path::new(&cfg.tls.private_key),
+            )
+            .map_err(|e| anyhow!("tls: {e}"))?;
+            info!(%addr, "TLS listener");
+            Some(TlsSpec {
+                addr,
+                server: dataplane::transport::tls::TlsServer::new(server),
+            })
+        }
+        None => None,
+    };
     let specs = (0..workers)
         .map(|i| WorkerSpec {
             sockets: vec![
@@ -365,6 +381,7 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
                 addr: listen,
                 limits: tcp_limits(&cfg.tcp),
                 proxy_from: proxy_from.clone(),
+                tls: tls.clone(),
             }),
         })
         .collect();

@@ -42,12 +42,12 @@ fn unknown_section_and_top_level_key() {
     assert_eq!(
         one_error("[log]\nlevel = \"info\"\n\n[dispatch]\nalgorithm = 4\n"),
         "sipvane.toml:4: unknown section [dispatch]; expected one of proxy, dispatcher, \
-         rtpengine, events, acc, hep, mgmt, log, security, registrar, tcp"
+         rtpengine, events, acc, hep, mgmt, log, security, registrar, tcp, tls"
     );
     assert_eq!(
         one_error("\nlisten = \"0.0.0.0:5060\"\n"),
         "sipvane.toml:2: unknown key \"listen\" outside any section; expected a section: \
-         proxy, dispatcher, rtpengine, events, acc, hep, mgmt, log, security, registrar, tcp"
+         proxy, dispatcher, rtpengine, events, acc, hep, mgmt, log, security, registrar, tcp, tls"
     );
 }
 
@@ -367,4 +367,52 @@ fn overload_control_bounds() {
             "sipvane.toml:3: overload_control_validity_ms must be from 1 to 3600000 (got 0)",
         ]
     );
+}
+
+#[test]
+fn tls_files_and_listen() {
+    let dir = std::env::temp_dir().join(format!("sipvane-tls-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("missing.crt");
+    let text = format!(
+        "[tls]\nlisten = \"127.0.0.1\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+        missing.display(),
+        missing.display()
+    );
+    let e = one_error(&text);
+    assert!(
+        e.starts_with(&format!(
+            "sipvane.toml:3: {}: cannot read",
+            missing.display()
+        )),
+        "{e}"
+    );
+    // Not PEM at all.
+    let junk = dir.join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let text = format!(
+        "[tls]\nlisten = \"127.0.0.1\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+        junk.display(),
+        junk.display()
+    );
+    assert_eq!(
+        one_error(&text),
+        format!(
+            "sipvane.toml:3: {}: no CERTIFICATE in the file",
+            junk.display()
+        )
+    );
+    assert_eq!(
+        errors("[tls]\nlisten = \"127.0.0.1:0\"\ncertificate = \"a\"\nprivate_key = \"b\"\n")[0],
+        "sipvane.toml:2: listen port must not be 0"
+    );
+    assert_eq!(
+        errors("[tls]\nlisten = \"nowhere\"\n"),
+        [
+            "sipvane.toml:1: certificate (a PEM file) is required when listen is set",
+            "sipvane.toml:1: private_key (a PEM file) is required when listen is set",
+            "sipvane.toml:2: listen must be an IP or IP:PORT such as \"0.0.0.0\" or \"0.0.0.0:5061\" (got \"nowhere\")",
+        ]
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

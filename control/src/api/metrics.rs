@@ -252,8 +252,17 @@ impl Scrape {
         for (i, w) in workers.iter().enumerate() {
             m.encode_family(&label(i))?.encode_gauge(&w.tcp.open)?;
         }
+        let mut m = e.encode_descriptor(
+            "worker_tls_connections_open",
+            "TLS connections the worker holds (part of worker_tcp_connections_open).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (i, w) in workers.iter().enumerate() {
+            m.encode_family(&label(i))?.encode_gauge(&w.tcp.tls_open)?;
+        }
         type Field = fn(&dataplane::worker::TcpStats) -> u64;
-        let counters: [(&str, &str, Field); 6] = [
+        let counters: [(&str, &str, Field); 8] = [
             (
                 "worker_tcp_accepted",
                 "Inbound TCP connections accepted.",
@@ -284,6 +293,16 @@ impl Scrape {
                 "Messages dropped because the connection they were to leave on had closed.",
                 |t| t.no_connection,
             ),
+            (
+                "worker_tls_accepted",
+                "Inbound TLS connections accepted (part of worker_tcp_accepted).",
+                |t| t.tls_accepted,
+            ),
+            (
+                "tls_handshake_failures",
+                "TLS handshakes that failed (a client rejecting the certificate, not speaking TLS, ...).",
+                |t| t.tls_handshake_failures,
+            ),
         ];
         for (name, help, get) in counters {
             let mut m = e.encode_descriptor(name, help, None, MetricType::Counter)?;
@@ -293,7 +312,7 @@ impl Scrape {
         }
         let mut m = e.encode_descriptor(
             "worker_tcp_closed",
-            "TCP connections closed, by reason: peer, error, framing (no or bad Content-Length), oversize (tcp.max_message), slowloris (tcp.header_timeout_s), idle (tcp.idle_timeout_s), connect_failed, backlog (peer not reading).",
+            "TCP connections closed, by reason: peer, error, framing (no or bad Content-Length), oversize (tcp.max_message), slowloris (tcp.header_timeout_s), idle (tcp.idle_timeout_s), connect_failed, backlog (peer not reading), proxy_header, refused, tls (a failed TLS handshake or record).",
             None,
             MetricType::Counter,
         )?;

@@ -88,6 +88,9 @@ pub struct WorkerStatus {
     /// TCP connections it holds now (accepted and opened).
     #[serde(default)]
     pub tcp_connections: u64,
+    /// TLS connections open (part of `tcp_connections`).
+    #[serde(default)]
+    pub tls_connections: u64,
 }
 
 /// `GET /dispatcher`.

@@ -152,6 +152,7 @@ pub(super) async fn status(State(st): State<Arc<ApiState>>) -> Json<Status> {
                 handoffs_out: w.handoffs_out,
                 handoffs_in: w.handoffs_in,
                 tcp_connections: w.tcp.open,
+                tls_connections: w.tcp.tls_open,
             }
         })
         .collect();

@@ -497,7 +497,7 @@ pub(super) fn pretty_got(what: &str) -> String {
 }
 
 pub(super) const SECTIONS: &str =
-    "proxy, dispatcher, rtpengine, events, acc, hep, mgmt, log, security, registrar, tcp";
+    "proxy, dispatcher, rtpengine, events, acc, hep, mgmt, log, security, registrar, tcp, tls";
 
 /// Rewords a serde/toml deserialisation message for the key at `path`.
 pub(super) fn describe_de_error(msg: &str, path: &[PathSeg], is_table: bool) -> String {

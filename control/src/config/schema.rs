@@ -33,6 +33,8 @@ pub struct Config {
     pub registrar: RegistrarConfig,
     /// `[tcp]`: the TCP transport on `[proxy] listen` and its limits.
     pub tcp: TcpConfig,
+    /// `[tls]`: SIP over TLS on its own port.
+    pub tls: TlsConfig,
     /// `[dns]`: the control thread's resolver (RFC 3263).
     pub dns: DnsConfig,
 }
@@ -720,6 +722,35 @@ impl Default for TcpConfig {
             proxy_protocol_from: Vec::new(),
             udp_mtu: 1300,
         }
+    }
+}
+
+/// `[tls]` (docs/transports.md): a TLS listener on every worker, beside TCP,
+/// sharing `[tcp]`'s limits.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// `IP` (port 5061) or `IP:PORT` of the TLS listener. Empty (default): no TLS.
+    pub listen: String,
+    /// PEM file with the server certificate (and its chain, leaf first).
+    pub certificate: String,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub private_key: String,
+}
+
+impl TlsConfig {
+    /// The listener address (`None`: TLS off, or a bad value `validate` reports).
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        if self.listen.is_empty() {
+            return None;
+        }
+        if let Ok(a) = self.listen.parse::<SocketAddr>() {
+            return Some(a);
+        }
+        let ip = self.listen.trim_start_matches('[').trim_end_matches(']');
+        ip.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, 5061))
     }
 }
 

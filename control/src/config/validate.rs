@@ -10,6 +10,7 @@ impl Config {
         let mut v = Validator::default();
         self.validate_proxy(&mut v);
         self.validate_tcp(&mut v);
+        self.validate_tls(&mut v);
         self.validate_dispatcher(&mut v);
         self.validate_rtpengine(&mut v);
         self.validate_events(&mut v);
@@ -450,6 +451,56 @@ impl Config {
                     t.max_per_source, t.max_connections
                 ),
             );
+        }
+    }
+
+    /// Also loads the certificate and key: a file that is missing, not PEM, or a
+    /// key that does not fit the certificate is reported at its key's line.
+    fn validate_tls(&self, v: &mut Validator) {
+        let t = &self.tls;
+        let at = |k: &str| vec![key("tls"), key(k)];
+        if t.listen.is_empty() {
+            return;
+        }
+        match t.listen_addr() {
+            None => v.err(
+                at("listen"),
+                format!(
+                    "listen must be an IP or IP:PORT such as \"0.0.0.0\" or \"0.0.0.0:5061\" (got \"{}\")",
+                    t.listen
+                ),
+            ),
+            Some(a) if a.port() == 0 => v.err(at("listen"), "listen port must not be 0".into()),
+            Some(_) if !self.tcp.enabled => v.err(
+                at("listen"),
+                "TLS needs [tcp] enabled = true (it shares its connection handling)".into(),
+            ),
+            Some(_) => {}
+        }
+        for k in ["certificate", "private_key"] {
+            let value = if k == "certificate" {
+                &t.certificate
+            } else {
+                &t.private_key
+            };
+            if value.is_empty() {
+                v.err(
+                    at(k),
+                    format!("{k} (a PEM file) is required when listen is set"),
+                );
+            }
+        }
+        if t.certificate.is_empty() || t.private_key.is_empty() {
+            return;
+        }
+        use dataplane::transport::tls;
+        let cert = std::path::Path::new(&t.certificate);
+        if let Err(e) = tls::load_certs(cert) {
+            v.err(at("certificate"), e);
+            return;
+        }
+        if let Err(e) = tls::load_server(cert, std::path::Path::new(&t.private_key)) {
+            v.err(at("private_key"), e);
         }
     }
 

@@ -348,7 +348,7 @@ fn strict_route(
 /// gets Kamailio's answer (478 Unresolvable destination); a DNS failure 503.
 fn next_hop(uri: &Uri<'_>, names: Names<'_>) -> Result<(SocketAddr, bool), Decision> {
     if let Some(a) = uri_addr(uri) {
-        return Ok((a, uri_tcp(uri)));
+        return Ok((a, uri_tcp(uri) || uri_tls(uri)));
     }
     match names(uri) {
         Lookup::Known(Resolved::Found { to, tcp }) => Ok((to, tcp)),
@@ -436,6 +436,14 @@ pub fn uri_tcp(uri: &Uri<'_>) -> bool {
     uri.param(b"transport")
         .flatten()
         .is_some_and(|t| t.eq_ignore_ascii_case(b"tcp"))
+}
+
+/// Whether a URI asks for TLS (`;transport=tls`, any case): an in-dialog next
+/// hop that is a TLS client reached over its connection (a stream, as for TCP).
+pub fn uri_tls(uri: &Uri<'_>) -> bool {
+    uri.param(b"transport")
+        .flatten()
+        .is_some_and(|t| t.eq_ignore_ascii_case(b"tls"))
 }
 
 /// An IP literal (IPv6 with or without brackets).

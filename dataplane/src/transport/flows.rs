@@ -108,11 +108,14 @@ pub enum CloseReason {
     ProxyHeader,
     /// The client named by a PROXY header holds `max_per_source` connections.
     Refused,
+    /// A TLS handshake or record failed (also counted as `tls_handshake_failures`
+    /// when it was the handshake).
+    Tls,
 }
 
 impl CloseReason {
     /// Every reason, in metric order.
-    pub const ALL: [CloseReason; 10] = [
+    pub const ALL: [CloseReason; 11] = [
         CloseReason::Peer,
         CloseReason::Error,
         CloseReason::Framing,
@@ -123,6 +126,7 @@ impl CloseReason {
         CloseReason::Backlog,
         CloseReason::ProxyHeader,
         CloseReason::Refused,
+        CloseReason::Tls,
     ];
 
     /// The metric label.
@@ -138,6 +142,7 @@ impl CloseReason {
             CloseReason::Backlog => "backlog",
             CloseReason::ProxyHeader => "proxy_header",
             CloseReason::Refused => "refused",
+            CloseReason::Tls => "tls",
         }
     }
 
@@ -161,6 +166,8 @@ pub struct Conn<T> {
     /// Inbound connections until their first SIP byte: the PROXY header expected
     /// (from `proxy_protocol_from`) or refused (from anyone else).
     pub preamble: Option<Preamble>,
+    /// A TLS handshake not finished yet: it must finish within `header_timeout`.
+    pub handshaking: bool,
     last_activity: Instant,
     opened: Instant,
     /// Counted in `per_source` (a connection from a PROXY sender is counted under
@@ -181,7 +188,9 @@ impl<T> Conn<T> {
             .preamble
             .as_ref()
             .is_some_and(|p| p.required() || p.pending() > 0);
-        if preamble && now.saturating_duration_since(self.opened) >= limits.header_timeout {
+        if (preamble || self.handshaking)
+            && now.saturating_duration_since(self.opened) >= limits.header_timeout
+        {
             return Some(CloseReason::Slowloris);
         }
         if self
@@ -355,6 +364,7 @@ impl<T> Flows<T> {
             framer: Framer::new(self.limits.max_message),
             io,
             preamble: None,
+            handshaking: false,
             last_activity: now,
             opened: now,
             counted: false,

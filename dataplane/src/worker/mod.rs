@@ -37,7 +37,7 @@ pub(crate) fn outbox_predecessor_flag() -> usize {
     outbox::PREDECESSOR
 }
 pub use outbox::Outbox;
-pub use stream::{TcpSpec, TcpStats};
+pub use stream::{TcpSpec, TcpStats, TlsSpec};
 
 use shell::{EventFd, Shared, Shell, Wake};
 
@@ -337,7 +337,11 @@ where
         let spawned = std::thread::Builder::new()
             .name(format!("sipvane-w{index}"))
             .spawn(move || {
-                let tcp = spec.tcp.map(|t| (listener, t.limits, t.proxy_from));
+                let (listener, tls_listener) = listener;
+                let tcp = spec.tcp.map(|t| {
+                    let tls = tls_listener.zip(t.tls.map(|t| t.server));
+                    (listener, t.limits, t.proxy_from, tls)
+                });
                 worker_main(ctx, spec.cpu, sockets, tcp, poll, shared, &*make_core, tx)
             });
         match spawned {
@@ -363,24 +367,29 @@ where
     Ok(pool)
 }
 
+type Listeners = (Option<std::net::TcpListener>, Option<std::net::TcpListener>);
+
 /// Binds the TCP listener of every worker that has one (on the port of its first
-/// UDP socket when the spec's port is 0).
-fn bind_listeners(
-    workers: &[WorkerSpec],
-    udp: &[Vec<UdpSocket>],
-) -> io::Result<Vec<Option<std::net::TcpListener>>> {
+/// UDP socket when the spec's port is 0), and its TLS listener.
+fn bind_listeners(workers: &[WorkerSpec], udp: &[Vec<UdpSocket>]) -> io::Result<Vec<Listeners>> {
     workers
         .iter()
         .zip(udp)
         .map(|(w, socks)| {
-            let Some(tcp) = &w.tcp else { return Ok(None) };
+            let Some(tcp) = &w.tcp else {
+                return Ok((None, None));
+            };
+            let tls = match &tcp.tls {
+                Some(t) => Some(stream::bind_listener(t.addr)?),
+                None => None,
+            };
             let mut addr = tcp.addr;
             if addr.port() == 0 {
                 if let Some(s) = socks.first() {
                     addr.set_port(s.local_addr()?.port());
                 }
             }
-            stream::bind_listener(addr).map(Some)
+            Ok((Some(stream::bind_listener(addr)?), tls))
         })
         .collect()
 }
@@ -490,6 +499,7 @@ type TcpSetup = Option<(
     Option<std::net::TcpListener>,
     crate::transport::Limits,
     Vec<crate::route::Cidr>,
+    Option<(std::net::TcpListener, crate::transport::tls::TlsServer)>,
 )>;
 
 /// Body of a worker thread. `poll` is set for the epoll driver, `None` for io_uring.
@@ -518,7 +528,7 @@ where
         }
     }
     let streams = match tcp
-        .map(|(l, limits, proxy_from)| stream::Streams::new(l, limits, proxy_from))
+        .map(|(l, limits, proxy_from, tls)| stream::Streams::new(l, limits, proxy_from, tls))
         .transpose()
     {
         Ok(s) => s,

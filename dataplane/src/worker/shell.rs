@@ -123,6 +123,9 @@ pub(crate) struct TcpCells {
     messages_in: AtomicU64,
     messages_out: AtomicU64,
     no_connection: AtomicU64,
+    tls_handshake_failures: AtomicU64,
+    tls_accepted: AtomicU64,
+    tls_open: AtomicU64,
     closed: [AtomicU64; crate::transport::CloseReason::ALL.len()],
 }
 
@@ -136,6 +139,9 @@ impl TcpCells {
         set(&self.messages_in, t.messages_in);
         set(&self.messages_out, t.messages_out);
         set(&self.no_connection, t.no_connection);
+        set(&self.tls_handshake_failures, t.tls_handshake_failures);
+        set(&self.tls_accepted, t.tls_accepted);
+        set(&self.tls_open, t.tls_open);
         for (cell, v) in self.closed.iter().zip(t.closed) {
             set(cell, v);
         }
@@ -155,6 +161,9 @@ impl TcpCells {
             messages_in: get(&self.messages_in),
             messages_out: get(&self.messages_out),
             no_connection: get(&self.no_connection),
+            tls_handshake_failures: get(&self.tls_handshake_failures),
+            tls_accepted: get(&self.tls_accepted),
+            tls_open: get(&self.tls_open),
             closed,
         }
     }

@@ -1,4 +1,4 @@
-//! TCP for both drivers: a worker's listener and connections, kept in a mio `Poll`
+//! TCP and TLS for both drivers: a worker's listener and connections, kept in a mio `Poll`
 //! of their own whose file descriptor the driver watches (the epoll driver registers
 //! it in its `Poll`, the io_uring driver keeps a `PollAdd` on it). Framing, limits,
 //! timeouts and flow tokens are the sans-IO `transport` module; this is only the
@@ -11,6 +11,11 @@
 //! connection to the destination or open one (non-blocking connect; bytes wait in
 //! the connection's write queue until it is up). A failed connect is reported to the
 //! core ([`Core::on_connect_failed`]) so the transaction fails over at once.
+//!
+//! A connection from the TLS listener carries a [`TlsSession`]: bytes read go
+//! through it before the framer, bytes sent through it before the socket. To the
+//! core it is a stream connection like a TCP one (replies and in-dialog requests
+//! to its peer use it).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -24,10 +29,13 @@ use super::shell::Shell;
 use super::{Core, Outbox, SOCK_TCP, SOCK_TCP_OUT};
 use crate::route::Cidr;
 use crate::transport::proxy_protocol::{Rest, Step};
+use crate::transport::tls::{TlsServer, TlsSession};
 use crate::transport::{CloseReason, Conn, FlowId, Flows, Frame, FrameError, Limits, PONG};
 
 /// Token of the listener in the streams' own `Poll` (connections use their slot index).
 const LISTENER: Token = Token(usize::MAX - 1);
+/// Token of the TLS listener.
+const TLS_LISTENER: Token = Token(usize::MAX - 2);
 /// Bytes read per `read` call.
 const READ_BUF: usize = 64 * 1024;
 /// Reads per connection per turn before the others get a go (it stays on the ready list).
@@ -52,6 +60,17 @@ pub struct TcpSpec {
     /// Sources whose connections start with a PROXY header (`[tcp]
     /// proxy_protocol_from`).
     pub proxy_from: Vec<Cidr>,
+    /// The TLS listener (`[tls]`), whose connections share these limits.
+    pub tls: Option<TlsSpec>,
+}
+
+/// The worker's TLS listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSpec {
+    /// Address of the `SO_REUSEPORT` listener.
+    pub addr: SocketAddr,
+    /// Certificates for new handshakes (swapped on reload).
+    pub server: TlsServer,
 }
 
 /// TCP counters of one worker (cumulative, except `open`).
@@ -71,6 +90,13 @@ pub struct TcpStats {
     pub messages_out: u64,
     /// Sends dropped: no connection to the peer (a reply whose connection closed).
     pub no_connection: u64,
+    /// TLS connections open now (part of `open`).
+    pub tls_open: u64,
+    /// TLS connections accepted (part of `accepted`).
+    pub tls_accepted: u64,
+    /// TLS handshakes that failed (bad client hello, client rejecting our
+    /// certificate, ...); also closed as `tls`.
+    pub tls_handshake_failures: u64,
     /// Connections closed, by [`CloseReason::index`].
     pub closed: [u64; CloseReason::ALL.len()],
 }
@@ -86,6 +112,8 @@ pub(crate) struct Sock {
     queued: bool,
     /// Our end of the connection, looked up on first use (HEP capture only).
     local: Option<SocketAddr>,
+    /// The TLS session of a connection from the TLS listener.
+    tls: Option<Box<TlsSession>>,
 }
 
 impl Sock {
@@ -96,6 +124,7 @@ impl Sock {
             connecting,
             queued: false,
             local: None,
+            tls: None,
         }
     }
 
@@ -119,6 +148,11 @@ pub(crate) struct Streams {
     events: Events,
     listener: Option<TcpListener>,
     accept_pending: bool,
+    tls_listener: Option<(TcpListener, TlsServer)>,
+    tls_accept_pending: bool,
+    /// Plaintext out of TLS records (reused) and records to send.
+    plain: Vec<u8>,
+    tls_out: Vec<u8>,
     flows: Flows<Sock>,
     /// Connections that may have unread bytes (edge-triggered readiness not yet
     /// drained): only these are read, never a scan over all connections.
@@ -143,6 +177,7 @@ impl Streams {
         listener: Option<StdTcpListener>,
         limits: Limits,
         proxy_from: Vec<Cidr>,
+        tls: Option<(StdTcpListener, TlsServer)>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let listener = match listener {
@@ -154,7 +189,20 @@ impl Streams {
             }
             None => None,
         };
+        let tls_listener = match tls {
+            Some((l, server)) => {
+                let mut l = TcpListener::from_std(l);
+                poll.registry()
+                    .register(&mut l, TLS_LISTENER, Interest::READABLE)?;
+                Some((l, server))
+            }
+            None => None,
+        };
         Ok(Streams {
+            tls_accept_pending: tls_listener.is_some(),
+            tls_listener,
+            plain: Vec::new(),
+            tls_out: Vec::new(),
             poll,
             events: Events::with_capacity(256),
             accept_pending: listener.is_some(),
@@ -184,7 +232,11 @@ impl Streams {
 
     /// Work is waiting: the driver must not sleep.
     pub fn busy(&self) -> bool {
-        self.pending || self.accept_pending || !self.ready.is_empty() || !self.failed.is_empty()
+        self.pending
+            || self.accept_pending
+            || self.tls_accept_pending
+            || !self.ready.is_empty()
+            || !self.failed.is_empty()
     }
 
     /// One turn: readiness, accepts, reads (messages to the core), failed
@@ -194,7 +246,10 @@ impl Streams {
             self.poll_events(now, shell);
         }
         if self.accept_pending {
-            self.accept(now, shell);
+            self.accept(now, false, shell);
+        }
+        if self.tls_accept_pending {
+            self.accept(now, true, shell);
         }
         let mut ready = std::mem::take(&mut self.ready);
         for id in ready.drain(..) {
@@ -237,6 +292,10 @@ impl Streams {
                 self.accept_pending = true;
                 continue;
             }
+            if token == TLS_LISTENER {
+                self.tls_accept_pending = true;
+                continue;
+            }
             let Some(id) = self.flows.at(token.0) else {
                 continue;
             };
@@ -258,42 +317,65 @@ impl Streams {
         }
     }
 
-    fn accept<C: Core>(&mut self, now: Instant, shell: &mut Shell<C>) {
-        if self.listener.is_none() {
-            self.accept_pending = false;
-            return;
-        }
+    /// Accepts from the TCP listener, or the TLS one (`tls`).
+    fn accept<C: Core>(&mut self, now: Instant, tls: bool, shell: &mut Shell<C>) {
         for _ in 0..ACCEPTS_PER_TURN {
-            let Some(listener) = self.listener.as_ref() else {
-                return;
+            let listener = match tls {
+                false => self.listener.as_ref(),
+                true => self.tls_listener.as_ref().map(|(l, _)| l),
             };
-            let (stream, peer) = match listener.accept() {
+            let accepted = match listener {
+                Some(l) => l.accept(),
+                None => Err(io::ErrorKind::WouldBlock.into()),
+            };
+            let (stream, peer) = match accepted {
                 Ok(s) => s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.accept_pending = false;
-                    return;
-                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: retried at the next sweep (or the next
-                    // connection's readiness) rather than spinning on it every turn.
-                    tracing::debug!(error = %e, "tcp accept failed");
-                    self.accept_pending = false;
+                    // WouldBlock: drained. EMFILE and friends: retried at the next
+                    // sweep (or the next connection's readiness) rather than
+                    // spinning on it every turn.
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        tracing::debug!(error = %e, "tcp accept failed");
+                    }
+                    match tls {
+                        false => self.accept_pending = false,
+                        true => self.tls_accept_pending = false,
+                    }
                     return;
                 }
             };
-            let proxied = crate::route::trust::contains(&self.proxy_from, peer.ip());
+            // PROXY headers are for the plain TCP listener only.
+            let proxied = !tls && crate::route::trust::contains(&self.proxy_from, peer.ip());
             if self.flows.check_inbound(peer, proxied).is_err() {
                 // Dropping the stream closes it at once.
                 shell.counters.tcp.refused += 1;
                 continue;
             }
             let _ = stream.set_nodelay(true);
-            let sock = Sock::new(stream, None);
+            let mut sock = Sock::new(stream, None);
+            if let Some((_, server)) = self.tls_listener.as_ref().filter(|_| tls) {
+                match server.session() {
+                    Ok(session) => sock.tls = Some(Box::new(session)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "tls session setup failed");
+                        shell.counters.tcp.refused += 1;
+                        continue;
+                    }
+                }
+            }
             let Ok(id) = self.flows.accept(now, peer, sock, proxied) else {
                 shell.counters.tcp.refused += 1;
                 continue;
             };
+            if tls {
+                if let Some(conn) = self.flows.get_mut(id) {
+                    conn.preamble = None;
+                    conn.handshaking = true;
+                }
+                shell.counters.tcp.tls_accepted += 1;
+                shell.counters.tcp.tls_open += 1;
+            }
             if let Some(conn) = self.flows.get_mut(id) {
                 let r = self.poll.registry().register(
                     &mut conn.io.stream,
@@ -337,9 +419,29 @@ impl Streams {
                 }
             };
             conn.touch(now);
-            let data = self.buf.get(..n).unwrap_or_default();
+            let mut data = self.buf.get(..n).unwrap_or_default();
+            if let Some(tls) = conn.io.tls.as_mut() {
+                self.plain.clear();
+                let fed = tls.feed(data, &mut self.plain);
+                conn.handshaking = tls.handshaking();
+                // Handshake records, or the alert telling the peer why not.
+                self.tls_out.clear();
+                tls.output(&mut self.tls_out);
+                let sent = queue_raw(&mut conn.io, &self.tls_out);
+                if let Err(e) = fed {
+                    tracing::debug!(peer = %conn.peer, error = %e.error, "tls failed");
+                    if e.handshake {
+                        shell.counters.tcp.tls_handshake_failures += 1;
+                    }
+                    return self.close(id, CloseReason::Tls, shell);
+                }
+                if let Err(reason) = sent {
+                    return self.close(id, reason, shell);
+                }
+                data = &self.plain;
+            }
             let Some(mut preamble) = conn.preamble.take() else {
-                if let Err(reason) = frame(now, conn, data, shell, out) {
+                if let Err(reason) = frame(now, conn, data, &mut self.tls_out, shell, out) {
                     return self.close(id, reason, shell);
                 }
                 continue;
@@ -370,7 +472,7 @@ impl Streams {
                 Rest::Data(at) => data.get(*at..).unwrap_or_default(),
                 Rest::Buffered(bytes) => bytes,
             };
-            if let Err(reason) = frame(now, conn, rest, shell, out) {
+            if let Err(reason) = frame(now, conn, rest, &mut self.tls_out, shell, out) {
                 return self.close(id, reason, shell);
             }
         }
@@ -443,7 +545,7 @@ impl Streams {
             return;
         };
         conn.touch(now);
-        match queue(&mut conn.io, data) {
+        match queue(&mut conn.io, data, &mut self.tls_out) {
             Ok(()) => {
                 shell.counters.tcp.messages_out += 1;
                 if shell.capturing() {
@@ -499,6 +601,7 @@ impl Streams {
         self.expired = expired;
         // An accept that failed (EMFILE) left connections in the backlog.
         self.accept_pending |= self.listener.is_some();
+        self.tls_accept_pending |= self.tls_listener.is_some();
     }
 
     fn close<C: Core>(&mut self, id: FlowId, reason: CloseReason, shell: &mut Shell<C>) {
@@ -516,6 +619,9 @@ impl Streams {
             self.failed.push(conn.peer);
         }
         let _ = self.poll.registry().deregister(&mut conn.io.stream);
+        if conn.io.tls.is_some() {
+            shell.counters.tcp.tls_open = shell.counters.tcp.tls_open.saturating_sub(1);
+        }
         shell.counters.tcp.closed[reason.index()] += 1;
         tracing::debug!(peer = %conn.peer, reason = reason.as_str(), "tcp connection closed");
     }
@@ -528,6 +634,7 @@ impl Streams {
             }
         }
         shell.counters.tcp.open = 0;
+        shell.counters.tcp.tls_open = 0;
     }
 }
 
@@ -537,6 +644,7 @@ fn frame<C: Core>(
     now: Instant,
     conn: &mut Conn<Sock>,
     data: &[u8],
+    scratch: &mut Vec<u8>,
     shell: &mut Shell<C>,
     out: &mut Outbox,
 ) -> Result<(), CloseReason> {
@@ -557,7 +665,7 @@ fn frame<C: Core>(
     });
     shell.counters.tcp.messages_in += messages;
     for _ in 0..pings {
-        queue(io, PONG).map_err(|_| CloseReason::Error)?;
+        queue(io, PONG, scratch).map_err(|_| CloseReason::Error)?;
     }
     fed.map_err(|e| match e {
         FrameError::Oversize => CloseReason::Oversize,
@@ -565,9 +673,24 @@ fn frame<C: Core>(
     })
 }
 
+/// Sends `data` on the connection: encrypted first on a TLS one (`scratch`
+/// holds the records).
+fn queue(sock: &mut Sock, data: &[u8], scratch: &mut Vec<u8>) -> Result<(), CloseReason> {
+    let Some(tls) = sock.tls.as_mut() else {
+        return queue_raw(sock, data);
+    };
+    if sock.wbuf.len() + data.len() > MAX_BACKLOG {
+        return Err(CloseReason::Backlog);
+    }
+    tls.write(data).map_err(|_| CloseReason::Error)?;
+    scratch.clear();
+    tls.output(scratch);
+    queue_raw(sock, scratch)
+}
+
 /// Writes `data` now if nothing is queued, else (or for what the kernel did not
 /// take) queues it behind the rest.
-fn queue(sock: &mut Sock, data: &[u8]) -> Result<(), CloseReason> {
+fn queue_raw(sock: &mut Sock, data: &[u8]) -> Result<(), CloseReason> {
     if sock.connecting.is_none() && sock.wbuf.is_empty() {
         let mut written = 0;
         while written < data.len() {

@@ -1,0 +1,221 @@
+//! TLS end to end (issue 11): Python's `ssl` module (OpenSSL, a TLS stack
+//! independent of sipvane's rustls) as the caller over TLS, a SIPp UDP callee,
+//! the real `sipvane` binary in between, on both I/O drivers. Certificates are
+//! made by `openssl` in the test: a CA, a server certificate it signed for
+//! `sip.test`, and a second CA the server certificate does not chain to.
+
+#[macro_use]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::{free_tcp_port, metrics, Scenario, Sipvane, Uas};
+
+const SETTLE: Duration = Duration::from_secs(5);
+
+on_both_drivers!(
+    python_tls_caller_completes_options_and_a_call,
+    client_trusting_another_ca_fails_fast_and_is_counted,
+);
+
+/// The sum over every label set of a metric (`name{...} value` lines).
+fn metric_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// `openssl req -x509` with `args`; panics with its stderr on failure.
+fn openssl_req(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .arg("ec_paramgen_curve:prime256v1")
+        .args(["-nodes", "-days", "2"])
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Certs {
+    dir: PathBuf,
+}
+
+impl Certs {
+    /// `ca.crt` signing `server.crt`/`server.key` (for `sip.test`), and an
+    /// unrelated `other-ca.crt`.
+    fn new(tag: &str) -> Certs {
+        let dir = std::env::temp_dir().join(format!("sipvane-tls-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("cert dir");
+        let p = |f: &str| dir.join(f).to_str().expect("utf-8 path").to_owned();
+        for ca in ["ca", "other-ca"] {
+            let (key, crt) = (p(&format!("{ca}.key")), p(&format!("{ca}.crt")));
+            openssl_req(&[
+                "-subj",
+                "/CN=sipvane test CA",
+                "-keyout",
+                &key,
+                "-out",
+                &crt,
+            ]);
+        }
+        openssl_req(&[
+            "-subj",
+            "/CN=sip.test",
+            "-addext",
+            "subjectAltName=DNS:sip.test",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-CA",
+            &p("ca.crt"),
+            "-CAkey",
+            &p("ca.key"),
+            "-keyout",
+            &p("server.key"),
+            "-out",
+            &p("server.crt"),
+        ]);
+        Certs { dir }
+    }
+
+    fn path(&self, f: &str) -> String {
+        self.dir.join(f).to_str().expect("utf-8 path").to_owned()
+    }
+
+    /// The `[tls]` section for a listener on `port`.
+    fn toml(&self, port: u16) -> String {
+        format!(
+            "[tls]\nlisten = \"127.0.0.1:{port}\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+            self.path("server.crt"),
+            self.path("server.key")
+        )
+    }
+}
+
+impl Drop for Certs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs the Python TLS client; returns its output lines.
+fn python_client(tls_port: u16, ca: &str, mode: &str, sip_port: u16) -> Vec<String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls_sip_client.py");
+    let out = Command::new("timeout")
+        .arg("30")
+        .arg("python3")
+        .arg(script)
+        .args(["127.0.0.1", &tls_port.to_string(), ca, "sip.test", mode])
+        .arg(sip_port.to_string())
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "client failed: {}\nstdout: {stdout}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout.lines().map(str::to_owned).collect()
+}
+
+/// OPTIONS, then INVITE → 200 → ACK → BYE → 200 along the Record-Route, all over
+/// the one TLS connection, to a SIPp callee over UDP.
+fn python_tls_caller_completes_options_and_a_call(io: &str) {
+    let certs = Certs::new(&format!("call-{io}"));
+    let mut uas = Uas::builder(Scenario::Uas).start();
+    let tls_port = free_tcp_port();
+    let mut sipvane = Sipvane::builder("tls")
+        .io(io)
+        .workers(2)
+        .destination(format!("1 sip:{}", uas.addr()))
+        .toml(&certs.toml(tls_port))
+        .start();
+    let lines = python_client(
+        tls_port,
+        &certs.path("ca.crt"),
+        "call",
+        sipvane.addr().port(),
+    );
+    let find = |step: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("{step} ")))
+            .unwrap_or_else(|| panic!("no {step} in {lines:?}"))
+            .to_owned()
+    };
+    assert_eq!(find("OPTIONS"), "200", "{lines:?}");
+    assert_eq!(find("INVITE"), "200", "{lines:?}");
+    assert!(!find("RECORD-ROUTE").is_empty(), "{lines:?}");
+    assert_eq!(find("BYE"), "200", "{lines:?}");
+    uas.wait_until(SETTLE, |s| s.count("BYE", "Recv") > 0);
+    let m = metrics(&sipvane);
+    let f = uas.stop();
+    assert_eq!(f.invites_received(), 1, "{f:?}");
+    assert_eq!(f.count("ACK", "Recv"), 1, "{f:?}");
+    assert_eq!(f.count("BYE", "Recv"), 1, "{f:?}");
+    assert_eq!(
+        metric_sum(&m, "sipvane_worker_tls_accepted_total"),
+        1,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "sipvane_tls_handshake_failures_total"),
+        0,
+        "{m}"
+    );
+    let c = sipvane.stop();
+    assert_eq!(c.get("calls_answered"), 1);
+    assert_eq!(c.get("dialogs_ended"), 1);
+}
+
+/// A client verifying against a CA that did not sign the server certificate
+/// gets a clear verification error at once (no hang), and sipvane counts a
+/// failed handshake.
+fn client_trusting_another_ca_fails_fast_and_is_counted(io: &str) {
+    let certs = Certs::new(&format!("other-{io}"));
+    let tls_port = free_tcp_port();
+    let uas = free_tcp_port();
+    let sipvane = Sipvane::builder("tls-bad-ca")
+        .io(io)
+        .destination(format!("1 sip:127.0.0.1:{uas}"))
+        .toml(&certs.toml(tls_port))
+        .start();
+    let started = Instant::now();
+    let lines = python_client(
+        tls_port,
+        &certs.path("other-ca.crt"),
+        "options",
+        sipvane.addr().port(),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let line = lines.join("\n");
+    assert!(line.starts_with("HANDSHAKE-ERROR"), "{line}");
+    assert!(line.contains("CERTIFICATE_VERIFY_FAILED"), "{line}");
+    // The client's alert reaches sipvane asynchronously.
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let m = metrics(&sipvane);
+        if metric_sum(&m, "sipvane_tls_handshake_failures_total") == 1 {
+            assert!(m.contains("reason=\"tls\""), "{m}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "handshake failure not counted\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

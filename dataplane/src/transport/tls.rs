@@ -1,0 +1,339 @@
+//! TLS on a stream connection, sans-IO: rustls' `ServerConnection` fed with the
+//! bytes the driver read, giving back the plaintext for the framer and the
+//! bytes to send (handshake records, encrypted messages, alerts). The driver
+//! keeps one [`TlsSession`] per TLS connection beside its socket; nothing here
+//! touches a socket. Certificates are loaded from PEM files by [`load_server`].
+
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ServerConfig, ServerConnection};
+
+/// The server configuration new handshakes use; swapped whole on reload, so
+/// established sessions keep theirs.
+#[derive(Clone)]
+pub struct TlsServer(pub Arc<ArcSwap<ServerConfig>>);
+
+impl TlsServer {
+    pub fn new(config: ServerConfig) -> Self {
+        TlsServer(Arc::new(ArcSwap::from_pointee(config)))
+    }
+
+    /// New handshakes from now on use `config`.
+    pub fn replace(&self, config: ServerConfig) {
+        self.0.store(Arc::new(config));
+    }
+
+    /// A session for a freshly accepted connection.
+    pub fn session(&self) -> Result<TlsSession, rustls::Error> {
+        Ok(TlsSession {
+            conn: ServerConnection::new(self.0.load_full())?,
+        })
+    }
+}
+
+impl std::fmt::Debug for TlsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsServer")
+    }
+}
+
+impl PartialEq for TlsServer {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for TlsServer {}
+
+/// A certificate chain and key from PEM files, as a server configuration
+/// (TLS 1.2 and 1.3, ring provider). The error names the file and what is
+/// wrong with it.
+pub fn load_server(certificate: &Path, private_key: &Path) -> Result<ServerConfig, String> {
+    let certs = load_certs(certificate)?;
+    let key = load_key(private_key)?;
+    ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            format!(
+                "{}: private key does not fit the certificate in {}: {e}",
+                private_key.display(),
+                certificate.display()
+            )
+        })
+}
+
+/// The crypto provider: ring, as chosen for the project (no aws-lc, no C
+/// toolchain beyond ring's). rustls 0.23.48 deprecates it for lacking
+/// post-quantum key exchange; classical ECDHE is what SIP peers offer.
+#[allow(deprecated)]
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
+}
+
+/// The certificates of a PEM file (leaf first); at least one.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read_pem(path)?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no CERTIFICATE in the file", path.display()));
+    }
+    Ok(certs)
+}
+
+fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    let pem = read_pem(path)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .map_err(|e| format!("{}: bad PEM: {e}", path.display()))?
+        .ok_or_else(|| format!("{}: no PRIVATE KEY in the file", path.display()))
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+pub struct TlsError {
+    /// It failed before the handshake completed (counted as a handshake failure).
+    pub handshake: bool,
+    pub error: rustls::Error,
+}
+
+/// One TLS connection's state.
+pub struct TlsSession {
+    conn: ServerConnection,
+}
+
+impl TlsSession {
+    /// The handshake is still going on.
+    pub fn handshaking(&self) -> bool {
+        self.conn.is_handshaking()
+    }
+
+    /// The name the client asked for (SNI), if any.
+    pub fn server_name(&self) -> Option<&str> {
+        self.conn.server_name()
+    }
+
+    /// Feeds bytes read from the socket; the plaintext they carry is appended to
+    /// `plain`. After an `Err` the connection must be closed once [`Self::output`]
+    /// (holding the alert for the peer) has been sent.
+    pub fn feed(&mut self, mut data: &[u8], plain: &mut Vec<u8>) -> Result<(), TlsError> {
+        while !data.is_empty() {
+            let handshake = self.conn.is_handshaking();
+            let fail = |error| TlsError { handshake, error };
+            // Only fails when its buffer is full, which draining below prevents.
+            let n = self
+                .conn
+                .read_tls(&mut data)
+                .map_err(|e| fail(rustls::Error::General(e.to_string())))?;
+            let state = self.conn.process_new_packets().map_err(fail)?;
+            let want = state.plaintext_bytes_to_read();
+            if want > 0 {
+                let at = plain.len();
+                plain.resize(at + want, 0);
+                let got = self
+                    .conn
+                    .reader()
+                    .read(plain.get_mut(at..).unwrap_or_default())
+                    .unwrap_or(0);
+                plain.truncate(at + got);
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Encrypts `plain` for sending (held until the handshake completes).
+    pub fn write(&mut self, plain: &[u8]) -> io::Result<()> {
+        self.conn.writer().write_all(plain)
+    }
+
+    /// Appends what must be sent to the peer now to `out`.
+    pub fn output(&mut self, out: &mut Vec<u8>) {
+        while self.conn.wants_write() {
+            match self.conn.write_tls(out) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+    use std::path::PathBuf;
+
+    /// A CA (`NAME-ca.crt`) and a certificate for `sip.test` it signed
+    /// (`NAME.crt`, `NAME.key`), made by `openssl` (which the integration tests
+    /// need anyway) in `dir`. Returns (CA, certificate, key).
+    fn make_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+        let ca = dir.join(format!("{name}-ca.crt"));
+        let ca_key = dir.join(format!("{name}-ca.key"));
+        let cert = dir.join(format!("{name}.crt"));
+        let key = dir.join(format!("{name}.key"));
+        let req = |subj: &str, key: &Path, out: &Path, extra: &[&std::ffi::OsStr]| {
+            let ok = std::process::Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+                .arg("ec_paramgen_curve:prime256v1")
+                .args(["-nodes", "-days", "2", "-subj", subj])
+                .args(extra)
+                .arg("-keyout")
+                .arg(key)
+                .arg("-out")
+                .arg(out)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("openssl")
+                .success();
+            assert!(ok);
+        };
+        req("/CN=test CA", &ca_key, &ca, &[]);
+        let args: Vec<std::ffi::OsString> = vec![
+            "-addext".into(),
+            "subjectAltName=DNS:sip.test".into(),
+            "-addext".into(),
+            "basicConstraints=critical,CA:FALSE".into(),
+            "-CA".into(),
+            ca.clone().into(),
+            "-CAkey".into(),
+            ca_key.into(),
+        ];
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        req("/CN=sip.test", &key, &cert, &args);
+        (ca, cert, key)
+    }
+
+    fn tmpdir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("sipvane-tls-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn client(ca: &Path) -> ClientConnection {
+        let mut roots = RootCertStore::empty();
+        for c in load_certs(ca).unwrap() {
+            roots.add(c).unwrap();
+        }
+        let cfg = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        ClientConnection::new(Arc::new(cfg), ServerName::try_from("sip.test").unwrap()).unwrap()
+    }
+
+    /// Client → server bytes through the session; server → client back.
+    fn pump(
+        c: &mut ClientConnection,
+        s: &mut TlsSession,
+        plain: &mut Vec<u8>,
+    ) -> Result<(), TlsError> {
+        for _ in 0..10 {
+            let mut to_server = Vec::new();
+            while c.wants_write() {
+                c.write_tls(&mut to_server).unwrap();
+            }
+            s.feed(&to_server, plain)?;
+            let mut to_client = Vec::new();
+            s.output(&mut to_client);
+            if to_server.is_empty() && to_client.is_empty() {
+                break;
+            }
+            let mut rd = to_client.as_slice();
+            while !rd.is_empty() {
+                c.read_tls(&mut rd).unwrap();
+                if c.process_new_packets().is_err() {
+                    // The client's alert still goes to the server.
+                    let mut alert = Vec::new();
+                    while c.wants_write() {
+                        c.write_tls(&mut alert).unwrap();
+                    }
+                    return s.feed(&alert, plain);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn handshake_then_messages_both_ways() {
+        let dir = tmpdir("pair");
+        let (ca, cert, key) = make_cert(&dir, "a");
+        let server = TlsServer::new(load_server(&cert, &key).unwrap());
+        let mut s = server.session().unwrap();
+        let mut c = client(&ca);
+        let mut plain = Vec::new();
+        c.writer().write_all(b"OPTIONS sip:x SIP/2.0\r\n").unwrap();
+        pump(&mut c, &mut s, &mut plain).unwrap();
+        assert!(!s.handshaking());
+        assert_eq!(s.server_name(), Some("sip.test"));
+        assert_eq!(plain, b"OPTIONS sip:x SIP/2.0\r\n");
+        s.write(b"SIP/2.0 200 OK\r\n").unwrap();
+        let mut out = Vec::new();
+        s.output(&mut out);
+        c.read_tls(&mut out.as_slice()).unwrap();
+        c.process_new_packets().unwrap();
+        let mut got = [0u8; 64];
+        let n = c.reader().read(&mut got).unwrap();
+        assert_eq!(&got[..n], b"SIP/2.0 200 OK\r\n");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_client_trusting_another_ca_fails_the_handshake() {
+        let dir = tmpdir("other");
+        let (_, cert, key) = make_cert(&dir, "a");
+        let (other, _, _) = make_cert(&dir, "b");
+        let server = TlsServer::new(load_server(&cert, &key).unwrap());
+        let mut s = server.session().unwrap();
+        let mut c = client(&other);
+        let mut plain = Vec::new();
+        let e = pump(&mut c, &mut s, &mut plain).unwrap_err();
+        assert!(e.handshake, "{e:?}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let dir = tmpdir("garbage");
+        let (_, cert, key) = make_cert(&dir, "a");
+        let server = TlsServer::new(load_server(&cert, &key).unwrap());
+        let mut s = server.session().unwrap();
+        let e = s
+            .feed(b"OPTIONS sip:x SIP/2.0\r\n\r\n", &mut Vec::new())
+            .unwrap_err();
+        assert!(e.handshake);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn bad_files_are_named() {
+        let dir = tmpdir("bad");
+        let (_, cert, key) = make_cert(&dir, "a");
+        let (_, _, other_key) = make_cert(&dir, "b");
+        let e = load_server(&dir.join("nope.crt"), &key).unwrap_err();
+        assert!(e.contains("nope.crt: cannot read"), "{e}");
+        let e = load_server(&key, &key).unwrap_err();
+        assert!(e.contains("no CERTIFICATE"), "{e}");
+        let e = load_server(&cert, &cert).unwrap_err();
+        assert!(e.contains("no PRIVATE KEY"), "{e}");
+        let e = load_server(&cert, &other_key).unwrap_err();
+        assert!(e.contains("does not fit"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
