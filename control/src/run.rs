@@ -464,6 +464,11 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
     let dns_stats = dns.stats();
     let resolver = dns.clone();
     let (reloader, reload) = Reloader::new(source, table.clone(), dns, defs, resolved);
+    let reloader = reloader.with_tls(tls.map(|t| crate::source::reload::TlsReload {
+        server: t.server,
+        certificate: cfg.tls.certificate.clone().into(),
+        private_key: cfg.tls.private_key.clone().into(),
+    }));
     let driver = pool.driver();
     let media = proxy_cfg.media.clone();
     let running = Running {

@@ -18,6 +18,7 @@ const SETTLE: Duration = Duration::from_secs(5);
 on_both_drivers!(
     python_tls_caller_completes_options_and_a_call,
     client_trusting_another_ca_fails_fast_and_is_counted,
+    certificate_reload_keeps_connections,
 );
 
 /// The sum over every label set of a metric (`name{...} value` lines).
@@ -67,9 +68,18 @@ impl Certs {
                 &crt,
             ]);
         }
+        let certs = Certs { dir };
+        certs.issue("sip.test", "server");
+        certs
+    }
+
+    /// A certificate for `sip.test` (subject CN `cn`) signed by `ca.crt`, as
+    /// `NAME.crt` / `NAME.key`.
+    fn issue(&self, cn: &str, name: &str) {
+        let p = |f: &str| self.path(f);
         openssl_req(&[
             "-subj",
-            "/CN=sip.test",
+            &format!("/CN={cn}"),
             "-addext",
             "subjectAltName=DNS:sip.test",
             "-addext",
@@ -79,11 +89,10 @@ impl Certs {
             "-CAkey",
             &p("ca.key"),
             "-keyout",
-            &p("server.key"),
+            &p(&format!("{name}.key")),
             "-out",
-            &p("server.crt"),
+            &p(&format!("{name}.crt")),
         ]);
-        Certs { dir }
     }
 
     fn path(&self, f: &str) -> String {
@@ -218,4 +227,61 @@ fn client_trusting_another_ca_fails_fast_and_is_counted(io: &str) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// SIGHUP and `ctl reload` re-read the certificate files: a connection opened
+/// after the reload sees the new certificate, one opened before still works.
+fn certificate_reload_keeps_connections(io: &str) {
+    use std::io::{BufRead, BufReader, Write};
+    let certs = Certs::new(&format!("reload-{io}"));
+    let tls_port = free_tcp_port();
+    let mut sipvane = Sipvane::builder("tls-reload")
+        .io(io)
+        .destination(format!("1 sip:127.0.0.1:{}", free_tcp_port()))
+        .toml(&certs.toml(tls_port))
+        .start();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls_reload_client.py");
+    let mut child = Command::new("timeout")
+        .arg("30")
+        .arg("python3")
+        .arg(script)
+        .args(["127.0.0.1", &tls_port.to_string(), &certs.path("ca.crt")])
+        .arg("sip.test")
+        .arg(sipvane.addr().port().to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut next = || lines.next().expect("client output").expect("client output");
+    assert_eq!(next(), "OLD sip.test");
+    assert_eq!(next(), "OPTIONS1 200");
+    // The files are replaced in place (as certbot or an operator does), then SIGHUP.
+    certs.issue("sip.test renewed", "server");
+    sipvane.signal(libc::SIGHUP);
+    assert!(
+        sipvane.wait_for_log("TLS certificate reloaded", 1, SETTLE),
+        "{}",
+        sipvane.log()
+    );
+    writeln!(child.stdin.as_mut().expect("stdin")).expect("write stdin");
+    assert_eq!(next(), "NEW sip.test renewed");
+    assert_eq!(next(), "OPTIONS1 200");
+    assert_eq!(next(), "OPTIONS2 200");
+    assert!(child.wait().expect("client exit").success());
+    // A reload that cannot read the files keeps the certificate in service.
+    std::fs::write(certs.path("server.key"), "not a key\n").expect("write");
+    sipvane.signal(libc::SIGHUP);
+    assert!(
+        sipvane.wait_for_log("TLS certificate not reloaded", 1, SETTLE),
+        "{}",
+        sipvane.log()
+    );
+    let lines = python_client(
+        tls_port,
+        &certs.path("ca.crt"),
+        "options",
+        sipvane.addr().port(),
+    );
+    assert_eq!(lines, ["OPTIONS 200"]);
 }

@@ -88,6 +88,32 @@ pub struct Reloader {
     /// when `resolved.refresh` comes.
     defs: Vec<DestDef>,
     resolved: Expanded,
+    /// TLS certificates re-read on every requested reload (SIGHUP, `ctl reload`).
+    tls: Option<TlsReload>,
+}
+
+/// Where the TLS listener's certificate and key come from, and the server
+/// configuration the workers' new handshakes use.
+pub struct TlsReload {
+    pub server: dataplane::transport::tls::TlsServer,
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
+impl TlsReload {
+    /// Re-reads the files; new handshakes use them from now on, established
+    /// connections keep theirs. On error the certificate in service stays.
+    fn reload(&self) {
+        match dataplane::transport::tls::load_server(&self.certificate, &self.private_key) {
+            Ok(cfg) => {
+                self.server.replace(cfg);
+                tracing::info!(certificate = %self.certificate.display(), "TLS certificate reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificate not reloaded, the previous one stays");
+            }
+        }
+    }
 }
 
 enum Wake {
@@ -124,8 +150,15 @@ impl Reloader {
             dns,
             defs,
             resolved,
+            tls: None,
         };
         (reloader, ReloadHandle { tx })
+    }
+
+    /// Also reloads TLS certificates on every requested reload.
+    pub fn with_tls(mut self, tls: Option<TlsReload>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Serves reload requests and the periodic schedule until every handle is
@@ -141,6 +174,9 @@ impl Reloader {
             match wake {
                 Wake::Request(None) => break,
                 Wake::Request(Some(reply)) => {
+                    if let Some(tls) = &self.tls {
+                        tls.reload();
+                    }
                     let outcome = self.reload_now().await;
                     log_outcome(&outcome);
                     let _ = reply.send(outcome);
