@@ -344,11 +344,7 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
     // One server configuration for every worker: a reload swaps it for all.
     let tls = match cfg.tls.listen_addr() {
         Some(addr) => {
-            let server = dataplane::transport::tls::load_server(
-                std::path::Path::new(&cfg.tls.certificate),
-                std::path::Path::new(&cfg.tls.private_key),
-            )
-            .map_err(|e| anyhow!("tls: {e}"))?;
+            let server = cfg.tls.load().map_err(|e| anyhow!("tls: {e}"))?;
             info!(%addr, "TLS listener");
             Some(TlsSpec {
                 addr,
@@ -466,8 +462,7 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
     let (reloader, reload) = Reloader::new(source, table.clone(), dns, defs, resolved);
     let reloader = reloader.with_tls(tls.map(|t| crate::source::reload::TlsReload {
         server: t.server,
-        certificate: cfg.tls.certificate.clone().into(),
-        private_key: cfg.tls.private_key.clone().into(),
+        config: cfg.tls.clone(),
     }));
     let driver = pool.driver();
     let media = proxy_cfg.media.clone();

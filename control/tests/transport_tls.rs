@@ -20,6 +20,7 @@ on_both_drivers!(
     client_trusting_another_ca_fails_fast_and_is_counted,
     certificate_reload_keeps_connections,
     rustls_caller_completes_options_and_a_call,
+    sni_chooses_the_certificate,
 );
 
 /// The sum over every label set of a metric (`name{...} value` lines).
@@ -77,12 +78,17 @@ impl Certs {
     /// A certificate for `sip.test` (subject CN `cn`) signed by `ca.crt`, as
     /// `NAME.crt` / `NAME.key`.
     fn issue(&self, cn: &str, name: &str) {
+        self.issue_for("sip.test", cn, name);
+    }
+
+    /// As `issue`, for DNS name `dns`.
+    fn issue_for(&self, dns: &str, cn: &str, name: &str) {
         let p = |f: &str| self.path(f);
         openssl_req(&[
             "-subj",
             &format!("/CN={cn}"),
             "-addext",
-            "subjectAltName=DNS:sip.test",
+            &format!("subjectAltName=DNS:{dns}"),
             "-addext",
             "basicConstraints=critical,CA:FALSE",
             "-CA",
@@ -118,12 +124,23 @@ impl Drop for Certs {
 
 /// Runs the Python TLS client; returns its output lines.
 fn python_client(tls_port: u16, ca: &str, mode: &str, sip_port: u16) -> Vec<String> {
+    python_client_named(tls_port, ca, "sip.test", mode, sip_port)
+}
+
+/// As `python_client`, asking for (and verifying) server name `name`.
+fn python_client_named(
+    tls_port: u16,
+    ca: &str,
+    name: &str,
+    mode: &str,
+    sip_port: u16,
+) -> Vec<String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls_sip_client.py");
     let out = Command::new("timeout")
         .arg("30")
         .arg("python3")
         .arg(script)
-        .args(["127.0.0.1", &tls_port.to_string(), ca, "sip.test", mode])
+        .args(["127.0.0.1", &tls_port.to_string(), ca, name, mode])
         .arg(sip_port.to_string())
         .output()
         .expect("run python3");
@@ -459,4 +476,31 @@ fn rustls_caller_completes_options_and_a_call(io: &str) {
     let c = sipvane.stop();
     assert_eq!(c.get("calls_answered"), 1);
     assert_eq!(c.get("dialogs_ended"), 1);
+}
+
+/// `[[tls.sni]]`: a client asking for `pbx.test` gets that certificate, one
+/// asking for `sip.test` (or anything else) the default one.
+fn sni_chooses_the_certificate(io: &str) {
+    let certs = Certs::new(&format!("sni-{io}"));
+    certs.issue_for("pbx.test", "pbx.test", "pbx");
+    let tls_port = free_tcp_port();
+    let sipvane = Sipvane::builder("tls-sni")
+        .io(io)
+        .destination(format!("1 sip:127.0.0.1:{}", free_tcp_port()))
+        .toml(&format!(
+            "{}\n[[tls.sni]]\nnames = [\"PBX.test\"]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+            certs.toml(tls_port),
+            certs.path("pbx.crt"),
+            certs.path("pbx.key")
+        ))
+        .start();
+    let ca = certs.path("ca.crt");
+    let sip_port = sipvane.addr().port();
+    for name in ["pbx.test", "sip.test"] {
+        let lines = python_client_named(tls_port, &ca, name, "options", sip_port);
+        assert_eq!(lines, ["OPTIONS 200"], "{name}");
+    }
+    // An unknown name gets the default certificate, which is not for it.
+    let lines = python_client_named(tls_port, &ca, "other.test", "options", sip_port);
+    assert!(lines.join(" ").contains("HANDSHAKE-ERROR"), "{lines:?}");
 }

@@ -736,9 +736,42 @@ pub struct TlsConfig {
     pub certificate: String,
     /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
     pub private_key: String,
+    /// `[[tls.sni]]`: certificates for clients asking for other names (SNI);
+    /// `certificate` serves everyone else.
+    pub sni: Vec<TlsSniConfig>,
+}
+
+/// `[[tls.sni]]`
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSniConfig {
+    /// Server names (exact, case-insensitive) this certificate is for.
+    pub names: Vec<String>,
+    /// PEM certificate (chain) file.
+    pub certificate: String,
+    /// PEM private key file.
+    pub private_key: String,
 }
 
 impl TlsConfig {
+    /// Loads every certificate as the server configuration.
+    pub fn load(&self) -> Result<dataplane::transport::tls::ServerConfig, String> {
+        let sni: Vec<dataplane::transport::tls::SniCert<'_>> = self
+            .sni
+            .iter()
+            .map(|e| dataplane::transport::tls::SniCert {
+                names: &e.names,
+                certificate: Path::new(&e.certificate),
+                private_key: Path::new(&e.private_key),
+            })
+            .collect();
+        dataplane::transport::tls::load_server_sni(
+            Path::new(&self.certificate),
+            Path::new(&self.private_key),
+            &sni,
+        )
+    }
+
     /// The listener address (`None`: TLS off, or a bad value `validate` reports).
     pub fn listen_addr(&self) -> Option<SocketAddr> {
         if self.listen.is_empty() {

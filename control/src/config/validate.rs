@@ -502,6 +502,23 @@ impl Config {
         if let Err(e) = tls::load_server(cert, std::path::Path::new(&t.private_key)) {
             v.err(at("private_key"), e);
         }
+        for (i, e) in t.sni.iter().enumerate() {
+            let at = |k: &str| vec![key("tls"), key("sni"), PathSeg::Index(i), key(k)];
+            if e.names.is_empty() {
+                v.err(
+                    at("names"),
+                    "names must list at least one server name".into(),
+                );
+            }
+            let cert = std::path::Path::new(&e.certificate);
+            if let Err(err) = tls::load_certs(cert) {
+                v.err(at("certificate"), err);
+                continue;
+            }
+            if let Err(err) = tls::load_server(cert, std::path::Path::new(&e.private_key)) {
+                v.err(at("private_key"), err);
+            }
+        }
     }
 
     fn validate_dns(&self, v: &mut Validator) {

@@ -96,18 +96,18 @@ pub struct Reloader {
 /// configuration the workers' new handshakes use.
 pub struct TlsReload {
     pub server: dataplane::transport::tls::TlsServer,
-    pub certificate: PathBuf,
-    pub private_key: PathBuf,
+    /// `[tls]` as loaded at start (the files are re-read, not the configuration).
+    pub config: crate::config::TlsConfig,
 }
 
 impl TlsReload {
     /// Re-reads the files; new handshakes use them from now on, established
     /// connections keep theirs. On error the certificate in service stays.
     fn reload(&self) {
-        match dataplane::transport::tls::load_server(&self.certificate, &self.private_key) {
+        match self.config.load() {
             Ok(cfg) => {
                 self.server.replace(cfg);
-                tracing::info!(certificate = %self.certificate.display(), "TLS certificate reloaded");
+                tracing::info!(certificate = %self.config.certificate, "TLS certificate reloaded");
             }
             Err(e) => {
                 tracing::error!(error = %e, "TLS certificate not reloaded, the previous one stays");

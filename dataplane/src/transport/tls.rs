@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ServerConfig, ServerConnection};
+use rustls::sign::CertifiedKey;
+pub use rustls::ServerConfig;
+use rustls::ServerConnection;
 
 /// The server configuration new handshakes use; swapped whole on reload, so
 /// established sessions keep theirs.
@@ -53,20 +55,73 @@ impl Eq for TlsServer {}
 /// (TLS 1.2 and 1.3, ring provider). The error names the file and what is
 /// wrong with it.
 pub fn load_server(certificate: &Path, private_key: &Path) -> Result<ServerConfig, String> {
-    let certs = load_certs(certificate)?;
-    let key = load_key(private_key)?;
-    ServerConfig::builder_with_provider(provider())
+    load_server_sni(certificate, private_key, &[])
+}
+
+/// A certificate chosen when the client asks for one of `names` (SNI).
+pub struct SniCert<'a> {
+    pub names: &'a [String],
+    pub certificate: &'a Path,
+    pub private_key: &'a Path,
+}
+
+/// As [`load_server`], with certificates chosen by the name the client asks
+/// for (exact, case-insensitive); the first pair serves every other client.
+pub fn load_server_sni(
+    certificate: &Path,
+    private_key: &Path,
+    sni: &[SniCert<'_>],
+) -> Result<ServerConfig, String> {
+    let provider = provider();
+    let default = certified(certificate, private_key, &provider)?;
+    let mut by_name = std::collections::HashMap::new();
+    for e in sni {
+        let key = Arc::new(certified(e.certificate, e.private_key, &provider)?);
+        for n in e.names {
+            by_name.insert(n.to_ascii_lowercase(), key.clone());
+        }
+    }
+    let resolver = Resolver {
+        default: Arc::new(default),
+        by_name,
+    };
+    Ok(ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            format!(
-                "{}: private key does not fit the certificate in {}: {e}",
-                private_key.display(),
-                certificate.display()
-            )
-        })
+        .with_cert_resolver(Arc::new(resolver)))
+}
+
+fn certified(
+    certificate: &Path,
+    private_key: &Path,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<CertifiedKey, String> {
+    let certs = load_certs(certificate)?;
+    let key = load_key(private_key)?;
+    CertifiedKey::from_der(certs, key, provider).map_err(|e| {
+        format!(
+            "{}: private key does not fit the certificate in {}: {e}",
+            private_key.display(),
+            certificate.display()
+        )
+    })
+}
+
+/// Picks the certificate for a client hello by its server name.
+#[derive(Debug)]
+struct Resolver {
+    default: Arc<CertifiedKey>,
+    by_name: std::collections::HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl rustls::server::ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let chosen = hello
+            .server_name()
+            .and_then(|n| self.by_name.get(&n.to_ascii_lowercase()));
+        Some(chosen.unwrap_or(&self.default).clone())
+    }
 }
 
 /// The crypto provider: ring, as chosen for the project (no aws-lc, no C
