@@ -179,7 +179,7 @@ pub use forward::{
     forward_request, forward_response, forward_response_with_body, rewrite_request, Rewrite,
 };
 pub use hop::{ack_for, cancel_for};
-pub use reply::{reason_phrase, reply};
+pub use reply::{reason_phrase, reply, MAX_WARNING};
 
 #[cfg(test)]
 mod tests;

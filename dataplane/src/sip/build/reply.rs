@@ -89,7 +89,9 @@ pub fn reply(
         }
         if let Some(text) = o.warning {
             out.extend_from_slice(b"Warning: 399 sipvane \"");
-            for &b in text {
+            // Bounded: escaping may double it, and the reply must stay within
+            // the header length limit (fuzzing: a 5 KiB text of quotes).
+            for &b in text.iter().take(MAX_WARNING) {
                 match b {
                     b'"' | b'\\' => out.extend_from_slice(&[b'\\', b]),
                     0..=0x1f | 0x7f => out.push(b' '),
@@ -201,3 +203,6 @@ fn known_reason(code: u16) -> Option<&'static [u8]> {
         _ => return None,
     })
 }
+
+/// Longest Warning text written (before escaping).
+pub const MAX_WARNING: usize = 1024;

@@ -393,3 +393,18 @@ fn reason_phrases() {
     assert_eq!(reason_phrase(499), b"Client Error");
     assert_eq!(reason_phrase(42), b"Unknown");
 }
+
+#[test]
+fn a_long_warning_is_cut_so_the_reply_parses() {
+    let m = parse(INVITE).unwrap();
+    let quotes = vec![b'"'; 5000];
+    let opts = ReplyOpts {
+        warning: Some(&quotes),
+        ..ReplyOpts::default()
+    };
+    let mut out = Vec::new();
+    reply(&m, 400, b"Bad Request", &opts, &mut out).unwrap();
+    let r = parse(&out).expect("reply parses (fuzzing found HeaderTooLong)");
+    let w = r.header_by_name(b"Warning").unwrap();
+    assert_eq!(w.len(), "399 sipvane \"\"".len() + 2 * MAX_WARNING);
+}
