@@ -13,7 +13,7 @@ impl Worker {
         msg: &Message<'_>,
         out: &mut Outbox,
     ) {
-        if self.flood.is_some()
+        if self.cfg.flood.is_some()
             && !self.handed_over
             && self.over_flood_limit(now, socket, src, msg, out)
         {
@@ -157,7 +157,7 @@ impl Worker {
         msg: &Message<'_>,
         out: &mut Outbox,
     ) -> bool {
-        let Some(guard) = self.flood.as_mut() else {
+        let Some(guard) = self.cfg.flood.as_deref() else {
             return false;
         };
         let Verdict::Blocked { started } = guard.check(src.ip(), now) else {
