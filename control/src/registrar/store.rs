@@ -307,10 +307,12 @@ impl Store {
 const WRITE_CHUNK: usize = 500;
 
 /// A `location` row's text columns as a binding; `None` for a row sipvane
-/// cannot use (unparsable expiry or an empty contact).
+/// cannot use (unparsable expiry, an empty contact, control characters in
+/// `path`).
 fn row_to_binding(v: &[String]) -> Option<LocationRow> {
     let field = |i: usize| v.get(i).map(String::as_str).unwrap_or("");
-    if field(2).is_empty() {
+    // A path with a line break would add header lines to every call.
+    if field(2).is_empty() || !dataplane::registrar::path::sane(field(4)) {
         return None;
     }
     let received: Option<SocketAddr> = match field(3) {

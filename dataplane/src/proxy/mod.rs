@@ -41,6 +41,8 @@ mod lifetime_tests;
 #[cfg(test)]
 mod parked_tests;
 #[cfg(test)]
+mod path_tests;
+#[cfg(test)]
 mod registrar_tests;
 #[cfg(test)]
 mod security_tests;

@@ -158,12 +158,13 @@ impl Worker {
         let aor = reg::aor_key(to_user, domain);
         let current = registrar.location.lookup(&aor);
         let now_unix = registrar.config.unix(now);
+        let trusted = self.cfg.is_trusted_ip(src.ip());
         let result = register::process(
             &registrar.config,
             msg,
             &aor,
             current.as_deref().unwrap_or(&[]),
-            src,
+            (src, trusted),
             now_unix,
         );
         let accepted = match result {
@@ -375,8 +376,9 @@ impl Worker {
             .filter_map(|b| {
                 Some(BindingTarget {
                     addr: b.target()?,
-                    nated: b.received.is_some(),
+                    nated: b.nated(),
                     contact: b.contact,
+                    path: b.path,
                     q: b.q,
                 })
             })

@@ -619,6 +619,7 @@ impl Worker {
             },
             pop_routes: txn.pop_routes,
             drop_last_route: txn.strict_route,
+            push_route: Worker::fork_path(txn, attempt),
             record_route: match &flow_rr {
                 Some(rr) => Some(rr.as_slice()),
                 None => txn.record_route.then_some(self.record_route.as_slice()),
@@ -691,6 +692,7 @@ impl Worker {
             },
             pop_routes,
             drop_last_route: strict,
+            push_route: None,
             record_route: None,
             received: match (&received_ip, received) {
                 (Some(ip), Some((_, port))) => Some((ip.as_slice(), port)),
