@@ -86,7 +86,8 @@ hep_port=$((port0 + 12)) reg_port=$((port0 + 13))
 svc="$out/services"
 export SIPVANE_TEST_REDIS_PORT=$((port0 + 20)) SIPVANE_TEST_PG_PORT=$((port0 + 21))
 export SIPVANE_TEST_RTPENGINE_PORT=$((port0 + 22))
-export SIPVANE_TEST_RTP_PORT_MIN=40000 SIPVANE_TEST_RTP_PORT_MAX=41999
+# Room for ~5 000 calls held at once (4 ports each: RTP + RTCP on both legs).
+export SIPVANE_TEST_RTP_PORT_MIN=40000 SIPVANE_TEST_RTP_PORT_MAX=59999
 events_list="sipvane:soak:events"
 
 pids=()
