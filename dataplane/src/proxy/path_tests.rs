@@ -149,3 +149,24 @@ fn a_trusted_edge_may_name_another_first_hop() {
         .expect("forwarded");
     assert_eq!(*to, "10.0.0.9:5060".parse().unwrap());
 }
+
+#[test]
+fn the_200_lists_the_path_for_a_client_that_supports_it() {
+    let t0 = Instant::now();
+    let (cfg, reg) = config(t0, false);
+    let mut w = worker(cfg, &format!("1 sip:{DEST}\n"), t0);
+    let path = "<sip:10.0.0.2:5060;lr>,<sip:10.0.0.3;lr>";
+    let ok = register_through(&mut w, &reg, t0, EDGE, path, "Supported: path\r\n");
+    assert_eq!(header(&ok, "Path"), vec![path], "{ok}");
+    assert_eq!(
+        header(&ok, "Contact"),
+        vec![format!("<{CONTACT}>;expires=3600")]
+    );
+    // Without `Supported: path`: accepted and stored, the Path not listed.
+    let (cfg, reg) = config(t0, false);
+    let mut w = worker(cfg, &format!("1 sip:{DEST}\n"), t0);
+    let ok = register_through(&mut w, &reg, t0, EDGE, path, "Supported: timer\r\n");
+    assert!(header(&ok, "Path").is_empty(), "{ok}");
+    let b = &reg.location.lookup("6001@example.com").unwrap()[0];
+    assert_eq!(&*b.path, path);
+}

@@ -194,9 +194,17 @@ impl Worker {
         }
         reg::bump(&registrar.stats.registers_ok);
         let contacts = register::contact_values(&accepted.bindings, now_unix);
+        // RFC 3327 §5.3: the Path the registrar stored, for a client that
+        // understands it (Kamailio's default path_mode 2: not listed, and
+        // the REGISTER still accepted, for one that does not).
+        let path = reg::path::supported(msg)
+            .then(|| reg::path::of_register(msg).ok())
+            .flatten()
+            .filter(|p| !p.is_empty());
         let extra: Vec<(&[u8], &[u8])> = contacts
             .iter()
             .map(|c| (&b"Contact"[..], c.as_slice()))
+            .chain(path.iter().map(|p| (&b"Path"[..], p.as_bytes())))
             .collect();
         self.reply_with(socket, src, msg, 200, None, &extra, out);
     }
