@@ -88,13 +88,15 @@ CHAOS ?=
 chaos: deps
 	@bash scripts/chaos.sh $(CHAOS)
 
-## soak: SOAK_MINUTES (30) of steady SIPp load (50 calls/s, 3 s each, 2 REGISTER/s) through
-##       sipvane with RTPEngine, Redis events, PostgreSQL acc, HEP and the registrar on;
-##       samples every 10 s to target/soak/samples.csv (+ soak.svg), then failed calls,
-##       lost events/rows and an RSS verdict (scripts/soak.sh, docs/reliability.md)
+## soak: SOAK_MINUTES (30) of steady SIPp load (SOAK_RATE calls/s, default 50, 3 s each,
+##       2 REGISTER/s) through sipvane with RTPEngine, Redis events, PostgreSQL acc, HEP and
+##       the registrar on; samples every 10 s to target/soak/samples.csv (+ soak.svg), then
+##       failed calls, lost events/rows and an RSS verdict (scripts/soak.sh,
+##       docs/reliability.md). perf/soak-saturation.sh finds the rate this setup saturates at.
 SOAK_MINUTES ?= 30
+SOAK_RATE ?= 50
 soak: deps
-	@SOAK_MINUTES=$(SOAK_MINUTES) bash scripts/soak.sh
+	@SOAK_MINUTES=$(SOAK_MINUTES) SOAK_RATE=$(SOAK_RATE) bash scripts/soak.sh
 
 ## lint: formatting and clippy, warnings are errors
 lint:

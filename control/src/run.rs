@@ -203,14 +203,19 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
             crate::config::DialogTargets::Any => dataplane::route::DialogTargets::Any,
         },
         registrar: crate::registrar::shared(cfg)?,
-        flood: (cfg.security.flood.per_source_rps > 0).then(|| {
-            dataplane::proxy::flood::FloodLimits {
-                per_source_rps: cfg.security.flood.per_source_rps,
-                block: std::time::Duration::from_secs(u64::from(cfg.security.flood.block_s)),
-                drop: cfg.security.flood.action == crate::config::FloodAction::Drop,
-                max_sources: cfg.security.flood.max_sources as usize,
-            }
-        }),
+        flood: match cfg.security.flood.per_source_rps {
+            0 => None,
+            rps => Some(Arc::new(dataplane::proxy::flood::FloodGuard::new(
+                dataplane::proxy::flood::FloodLimits {
+                    per_source_rps: rps,
+                    block: std::time::Duration::from_secs(u64::from(cfg.security.flood.block_s)),
+                    drop: cfg.security.flood.action == crate::config::FloodAction::Drop,
+                    max_sources: cfg.security.flood.max_sources as usize,
+                },
+                random_seed()?,
+                std::time::Instant::now(),
+            ))),
+        },
         // Set by `start` when this process takes over from a running one.
         predecessor: None,
         names: Some(dataplane::proxy::NameSettings {

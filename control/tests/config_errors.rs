@@ -448,3 +448,15 @@ fn tls_ca_must_load() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn flood_limits_out_of_range() {
+    assert_eq!(
+        errors("[security.flood]\nper_source_rps = 2000000\nblock_s = 0\nmax_sources = 0\n"),
+        vec![
+            "sipvane.toml:2: per_source_rps must be ≤ 1000000",
+            "sipvane.toml:3: block_s must be ≥ 1 when per_source_rps is set",
+            "sipvane.toml:4: max_sources must be ≥ 1",
+        ]
+    );
+}

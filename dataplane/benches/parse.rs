@@ -106,6 +106,7 @@ fn build(c: &mut Criterion) {
         request_uri: Some(b"sip:+15551234567@10.0.0.20:5060"),
         pop_routes: 0,
         drop_last_route: false,
+        push_route: None,
         record_route: Some(b"sip:192.0.2.1:5062;lr;w=0"),
         received: Some((b"203.0.113.99", 40000)),
         body: None,

@@ -75,6 +75,7 @@ fuzz_target!(|data: &[u8]| {
         request_uri: None,
         pop_routes: m.values(HeaderName::Route).count().min(2),
         drop_last_route: false,
+        push_route: None,
         record_route: Some(b"sip:192.0.2.1;lr"),
         received: Some((b"198.51.100.7", 5070)),
         body: None,

@@ -581,6 +581,13 @@ impl Config {
                 "block_s must be ≥ 1 when per_source_rps is set".into(),
             );
         }
+        if sec.flood.per_source_rps > 1_000_000 {
+            // The rate is kept in whole microseconds per request.
+            v.err(
+                at("per_source_rps"),
+                "per_source_rps must be ≤ 1000000".into(),
+            );
+        }
         if sec.flood.max_sources == 0 {
             v.err(at("max_sources"), "max_sources must be ≥ 1".into());
         }

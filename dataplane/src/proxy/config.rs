@@ -99,8 +99,8 @@ pub struct ProxyConfig {
     pub trusted_sources: Vec<Cidr>,
     pub preloaded_route: PreloadedRoute,
     pub dialog_targets: DialogTargets,
-    /// Per-source request rate limit; `None`: off.
-    pub flood: Option<super::flood::FloodLimits>,
+    /// Per-source request rate limit, one table for all workers; `None`: off.
+    pub flood: Option<Arc<super::flood::FloodGuard>>,
     /// Registrar, authentication and location; `None`: off.
     pub registrar: Option<Arc<crate::registrar::Registrar>>,
     /// The process this one took over from (a restart), while it drains;

@@ -83,6 +83,12 @@ impl Worker {
         Some(leg.target.contact.as_bytes())
     }
 
+    /// The Path a branch's request carries as pre-loaded Route lines.
+    pub(super) fn fork_path(txn: &ProxyTxn, attempt: u8) -> Option<&[u8]> {
+        let leg = txn.fork.as_ref()?.legs.get(usize::from(attempt))?;
+        (!leg.target.path.is_empty()).then_some(leg.target.path.as_bytes())
+    }
+
     /// A response (or a response to our CANCEL) on branch `attempt`.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn fork_response(

@@ -41,6 +41,8 @@ mod lifetime_tests;
 #[cfg(test)]
 mod parked_tests;
 #[cfg(test)]
+mod path_tests;
+#[cfg(test)]
 mod registrar_tests;
 #[cfg(test)]
 mod security_tests;
@@ -66,7 +68,7 @@ use crate::route::{self, parse_ip, Decision};
 use branch::{Branch, Minter, Rejected};
 pub use config::{Ownership, ProxyConfig, SetRule, UnknownDomain};
 use events::{CallEvent, EventSink};
-use flood::{FloodGuard, Verdict};
+use flood::Verdict;
 use media::{Done, Media, MediaPolicy, Outcome, SOCK_MEDIA};
 pub use parked::{NameSettings, SOCK_NAMES};
 use pool::BufPool;
@@ -161,7 +163,6 @@ pub struct Worker {
     /// connections (never handed to another worker: replies leave on it).
     from_stream: bool,
     /// Per-source rate limits; `None` when off.
-    flood: Option<FloodGuard>,
     /// HEP capture, handed to the driver when it starts; `None` when off.
     hep: Option<crate::hep::Tap>,
     /// Nonce counts of the nonces this worker issued (replay protection).
@@ -192,7 +193,6 @@ impl Worker {
         now: Instant,
     ) -> Worker {
         let private_port = cfg.private_ports.get(index).copied().unwrap_or(0);
-        let (cfg_flood, flood_seed) = (cfg.flood, cfg.key_seed);
         let cfg_max_nonces = cfg.registrar.as_ref().map_or(1, |r| r.config.max_nonces);
         let record_route = format!("sip:{}:{};lr", cfg.advertise, private_port).into_bytes();
         let natping = Worker::new_nat_ping(&cfg, index, now);
@@ -228,7 +228,6 @@ impl Worker {
             events: None,
             handed_over: false,
             from_stream: false,
-            flood: cfg_flood.map(|l| FloodGuard::new(l, flood_seed, now)),
             hep: None,
             nonce_counts: crate::registrar::nonce::NonceCounts::new(cfg_max_nonces),
             answered: crate::registrar::answered::Answered::new(

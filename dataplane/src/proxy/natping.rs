@@ -42,7 +42,7 @@ impl Worker {
                 continue;
             }
             for b in bindings.iter().filter(|b| b.expires > now_unix) {
-                if let Some(to) = b.received {
+                if let Some(to) = b.received.filter(|_| b.nated()) {
                     watched.push((aor.clone(), b.contact.clone(), to));
                 }
             }

@@ -158,12 +158,13 @@ impl Worker {
         let aor = reg::aor_key(to_user, domain);
         let current = registrar.location.lookup(&aor);
         let now_unix = registrar.config.unix(now);
+        let trusted = self.cfg.is_trusted_ip(src.ip());
         let result = register::process(
             &registrar.config,
             msg,
             &aor,
             current.as_deref().unwrap_or(&[]),
-            src,
+            (src, trusted),
             now_unix,
         );
         let accepted = match result {
@@ -193,9 +194,17 @@ impl Worker {
         }
         reg::bump(&registrar.stats.registers_ok);
         let contacts = register::contact_values(&accepted.bindings, now_unix);
+        // RFC 3327 §5.3: the Path the registrar stored, for a client that
+        // understands it (Kamailio's default path_mode 2: not listed, and
+        // the REGISTER still accepted, for one that does not).
+        let path = reg::path::supported(msg)
+            .then(|| reg::path::of_register(msg).ok())
+            .flatten()
+            .filter(|p| !p.is_empty());
         let extra: Vec<(&[u8], &[u8])> = contacts
             .iter()
             .map(|c| (&b"Contact"[..], c.as_slice()))
+            .chain(path.iter().map(|p| (&b"Path"[..], p.as_bytes())))
             .collect();
         self.reply_with(socket, src, msg, 200, None, &extra, out);
     }
@@ -375,8 +384,9 @@ impl Worker {
             .filter_map(|b| {
                 Some(BindingTarget {
                     addr: b.target()?,
-                    nated: b.received.is_some(),
+                    nated: b.nated(),
                     contact: b.contact,
+                    path: b.path,
                     q: b.q,
                 })
             })

@@ -39,7 +39,7 @@ pub(super) fn config(t0: Instant, auth_calls: bool) -> (ProxyConfig, Arc<Registr
 }
 
 /// The `name: Digest …` credentials answering `challenge` for `method`.
-fn credentials(
+pub(super) fn credentials(
     name: &str,
     challenge: &str,
     method: &str,
@@ -116,14 +116,14 @@ pub(super) fn feed(
     sent(&out)
 }
 
-fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
+pub(super) fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
     msg.lines()
         .filter_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
         .collect()
 }
 
 /// What the control thread does every few milliseconds.
-fn publish(reg: &Registrar) {
+pub(super) fn publish(reg: &Registrar) {
     let updates: Vec<_> = std::iter::from_fn(|| reg.updates.pop()).collect();
     reg.location.apply(updates);
 }

@@ -13,7 +13,7 @@ impl Worker {
         msg: &Message<'_>,
         out: &mut Outbox,
     ) {
-        if self.flood.is_some()
+        if self.cfg.flood.is_some()
             && !self.handed_over
             && self.over_flood_limit(now, socket, src, msg, out)
         {
@@ -159,7 +159,7 @@ impl Worker {
         msg: &Message<'_>,
         out: &mut Outbox,
     ) -> bool {
-        let Some(guard) = self.flood.as_mut() else {
+        let Some(guard) = self.cfg.flood.as_deref() else {
             return false;
         };
         let Verdict::Blocked { started } = guard.check(src.ip(), now) else {
@@ -623,6 +623,7 @@ impl Worker {
             },
             pop_routes: txn.pop_routes,
             drop_last_route: txn.strict_route,
+            push_route: Worker::fork_path(txn, attempt),
             record_route: match &flow_rr {
                 Some(rr) => Some(rr.as_slice()),
                 None => txn.record_route.then_some(self.record_route.as_slice()),
@@ -697,6 +698,7 @@ impl Worker {
             },
             pop_routes,
             drop_last_route: strict,
+            push_route: None,
             record_route: None,
             received: match (&received_ip, received) {
                 (Some(ip), Some((_, port))) => Some((ip.as_slice(), port)),

@@ -112,12 +112,15 @@ pub(crate) struct ProxyTxn {
 }
 
 /// A registered user's binding as a target: where to send, the Contact that
-/// becomes the Request-URI, whether the address is its NAT's, and its `q`
-/// (equal ones ring in parallel).
+/// becomes the Request-URI, its Path (pushed as Route lines), whether the
+/// address is its NAT's, and its `q` (equal ones ring in parallel).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct BindingTarget {
     pub addr: SocketAddr,
     pub contact: Box<str>,
+    /// The binding's Path values (RFC 3327), the pre-loaded route set of
+    /// its branch; empty: none.
+    pub path: Box<str>,
     pub nated: bool,
     pub q: u16,
 }

@@ -45,14 +45,26 @@ pub struct Binding {
 }
 
 impl Binding {
-    /// Where a request for this binding is sent: the NAT source when one was
-    /// recorded, else the Contact's own address (IP literals only; workers
-    /// resolve no names).
+    /// Where a request for this binding is sent: the REGISTER's source when
+    /// it was recorded (NAT, or a Path hop that may not be used), else the
+    /// first Path hop, else the Contact's own address (IP literals only;
+    /// workers resolve no names).
     pub fn target(&self) -> Option<SocketAddr> {
-        self.received.or_else(|| {
-            let uri = crate::sip::Uri::parse(self.contact.as_bytes()).ok()?;
-            crate::route::uri_addr(&uri)
-        })
+        if self.received.is_some() {
+            return self.received;
+        }
+        if !self.path.is_empty() {
+            return super::path::first_hop(&self.path);
+        }
+        let uri = crate::sip::Uri::parse(self.contact.as_bytes()).ok()?;
+        crate::route::uri_addr(&uri)
+    }
+
+    /// Whether the binding sits behind a NAT sipvane handles (pings, the
+    /// Contact of its answers): it has a `received` and no Path (behind a
+    /// Path the edge handles NAT).
+    pub fn nated(&self) -> bool {
+        self.received.is_some() && self.path.is_empty()
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`auth`]: the check a worker runs on a request, with its outcome.
 //! - [`answered`]: answers to authenticated REGISTERs, for their retransmissions.
 //! - [`register`]: what a REGISTER changes and what its 200 lists (pure).
+//! - [`path`]: Path (RFC 3327): the route set of bindings behind an edge proxy.
 //! - [`location`]: the shared table (one writer, snapshot readers).
 //!
 //! The control thread owns the database: it fills [`Registrar::credentials`]
@@ -20,6 +21,7 @@ pub mod digest;
 pub mod location;
 pub mod natping;
 pub mod nonce;
+pub mod path;
 pub mod register;
 
 use std::collections::HashMap;

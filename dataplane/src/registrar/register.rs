@@ -35,15 +35,18 @@ const fn refuse(code: u16, warning: &'static str) -> Refused {
 
 /// Processes the Contact headers of `msg` for `aor` (`user@domain`).
 /// `current`: the AOR's bindings as published; `src`: where the REGISTER
-/// came from; `now_unix`: the wall clock in seconds.
+/// came from and whether it is a trusted source (a Path it names may then
+/// start elsewhere, [`super::path::received`]); `now_unix`: the wall clock
+/// in seconds.
 pub fn process(
     cfg: &RegistrarConfig,
     msg: &Message<'_>,
     aor: &str,
     current: &[Binding],
-    src: SocketAddr,
+    src: (SocketAddr, bool),
     now_unix: u64,
 ) -> Result<Accepted, Refused> {
+    let (src, trusted_src) = src;
     let header_expires = match msg.header(HeaderName::Expires) {
         Some(v) => Some(parse_u32(v).ok_or(refuse(400, "Bad Expires"))?),
         None => None,
@@ -80,13 +83,7 @@ pub fn process(
             bindings: Vec::new(),
         });
     }
-    let path = msg
-        .headers()
-        .iter()
-        .filter(|h| h.name == HeaderName::Other && h.raw_name.eq_ignore_ascii_case(b"Path"))
-        .map(|h| String::from_utf8_lossy(h.value.trim_ascii()))
-        .collect::<Vec<_>>()
-        .join(",");
+    let path = super::path::of_register(msg).map_err(|w| refuse(400, w))?;
     let user_agent = msg
         .header(HeaderName::UserAgent)
         .map(|v| String::from_utf8_lossy(v.trim_ascii()).into_owned())
@@ -142,8 +139,15 @@ pub fn process(
         let expires = expires.min(cfg.max_expires);
         // NAT (Kamailio nat_uac_test 1/2/16 in one rule): when the Contact does
         // not name the address the REGISTER came from, requests go to the source.
-        let contact_addr = crate::route::uri_addr(&uri);
-        let received = (contact_addr != Some(src)).then_some(src);
+        // Through a Path the first hop takes the Contact's place: NAT is the
+        // edge's business (RFC 3327, Kamailio's lookup()), but the same rule
+        // decides whether its address may be used.
+        let received = if path.is_empty() {
+            let contact_addr = crate::route::uri_addr(&uri);
+            (contact_addr != Some(src)).then_some(src)
+        } else {
+            super::path::received(&path, src, trusted_src)
+        };
         let ruid = match existing {
             Some(i) => list[i].ruid.clone(),
             None => ruid(cfg.ruid_seed, aor, &contact, call_id, now_unix),
@@ -308,7 +312,7 @@ mod tests {
             &msg,
             "6001@example.com",
             current,
-            src.parse().unwrap(),
+            (src.parse().unwrap(), false),
             NOW,
         )
     }
@@ -444,6 +448,47 @@ mod tests {
             "10.0.0.1:5060"
         )
         .is_ok());
+    }
+
+    #[test]
+    fn a_path_replaces_the_contact_as_the_target() {
+        let with_path = |path: &str| {
+            String::from_utf8(req(&["<sip:6001@192.168.1.5:5060>"], None, 1))
+                .unwrap()
+                .replace("User-Agent", &format!("Path: {path}\r\nUser-Agent"))
+                .into_bytes()
+        };
+        let edge = "10.0.0.2:5060";
+        // Sent by the edge its first hop names: requests go there, no NAT.
+        let a = run(&with_path("<sip:10.0.0.2:5060;lr>"), &[], edge).unwrap();
+        let b = &a.bindings[0];
+        assert_eq!(&*b.path, "<sip:10.0.0.2:5060;lr>");
+        assert_eq!((b.received, b.nated()), (None, false));
+        assert_eq!(b.target(), Some(edge.parse().unwrap()));
+        // A Path naming another address than the sender: the sender.
+        let a = run(&with_path("<sip:192.0.2.50;lr>"), &[], edge).unwrap();
+        let b = &a.bindings[0];
+        assert_eq!(b.target(), Some(edge.parse().unwrap()));
+        assert!(!b.nated(), "behind a Path NAT is the edge's business");
+        // ... unless the sender is trusted.
+        let raw = with_path("<sip:192.0.2.50;lr>");
+        let msg = crate::sip::parse(&raw).unwrap();
+        let a = process(
+            &cfg(),
+            &msg,
+            "6001@example.com",
+            &[],
+            (edge.parse().unwrap(), true),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            a.bindings[0].target(),
+            Some("192.0.2.50:5060".parse().unwrap())
+        );
+        // A malformed Path refuses the REGISTER.
+        let r = run(&with_path("sip:10.0.0.2;lr"), &[], edge).unwrap_err();
+        assert_eq!((r.code, r.warning), (400, "Bad Path"));
     }
 
     #[test]

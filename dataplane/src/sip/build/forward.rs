@@ -132,7 +132,28 @@ pub fn forward_request(
         let mut via_done = false;
         let mut mf_done = false;
         let mut verbatim = Verbatim::new(buf);
-        for h in msg.headers() {
+        let mut push = e.push_route;
+        // With no Route entry left the pushed line follows the last Via.
+        let push_after = if kept_end > e.pop_routes {
+            None
+        } else {
+            msg.headers()
+                .iter()
+                .rposition(|h| h.name == HeaderName::Via)
+        };
+        for (i, h) in msg.headers().iter().enumerate() {
+            if h.name == HeaderName::Route && kept_end > e.pop_routes {
+                if let Some(route) = push.take() {
+                    verbatim.flush(out);
+                    put_header(out, b"Route", route);
+                }
+            }
+            if push_after.is_some_and(|v| i > v) {
+                if let Some(route) = push.take() {
+                    verbatim.flush(out);
+                    put_header(out, b"Route", route);
+                }
+            }
             match h.name {
                 HeaderName::Via if !via_done => {
                     via_done = true;
@@ -184,6 +205,10 @@ pub fn forward_request(
             }
         }
         verbatim.flush(out);
+        if let Some(route) = push {
+            // Nothing after the last Via, or no Via (a hop-by-hop copy).
+            put_header(out, b"Route", route);
+        }
         let body = e.body.unwrap_or(msg.body());
         put_content_length(out, body.len());
         out.extend_from_slice(body);

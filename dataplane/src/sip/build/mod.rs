@@ -40,6 +40,11 @@ pub struct RequestEdits<'a> {
     /// Drop the last Route entry too (strict routing, RFC 3261 §16.4: it
     /// became the Request-URI).
     pub drop_last_route: bool,
+    /// Route entries to push in front of the kept ones (a pre-loaded route
+    /// set: a registered binding's Path, RFC 3327), written as one
+    /// `Route:` line before the first Route line, or after the last Via
+    /// when no Route is left (as Kamailio's `lookup()` places it).
+    pub push_route: Option<&'a [u8]>,
     /// Insert `Record-Route: <URI>` on top; the caller includes `;lr`.
     /// A value already in `<>` is written as is.
     pub record_route: Option<&'a [u8]>,

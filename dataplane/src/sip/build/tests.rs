@@ -28,6 +28,7 @@ fn edits() -> RequestEdits<'static> {
         request_uri: None,
         pop_routes: 0,
         drop_last_route: false,
+        push_route: None,
         record_route: None,
         received: None,
         body: None,
@@ -408,4 +409,45 @@ fn a_long_warning_is_cut_so_the_reply_parses() {
     let r = parse(&out).expect("reply parses (fuzzing found HeaderTooLong)");
     let w = r.header_by_name(b"Warning").unwrap();
     assert_eq!(w.len(), "399 sipvane \"\"".len() + 2 * MAX_WARNING);
+}
+
+#[test]
+fn a_pushed_route_set_goes_in_front_of_the_kept_routes() {
+    let m = parse(INVITE).unwrap();
+    let path = b"<sip:10.9.9.9:5070;lr>,<sip:edge2.example;lr>";
+    let mut out = Vec::new();
+    let e = RequestEdits {
+        pop_routes: 1,
+        push_route: Some(path),
+        ..edits()
+    };
+    forward_request(&m, &e, &mut out).unwrap();
+    let f = parse(&out).unwrap();
+    assert_eq!(
+        f.values(HeaderName::Route).collect::<Vec<_>>(),
+        vec![
+            &b"<sip:10.9.9.9:5070;lr>"[..],
+            b"<sip:edge2.example;lr>",
+            b"<sip:p2.example.com;lr>",
+            b"<sip:p3.example.com;lr>"
+        ],
+        "{}",
+        text(&out)
+    );
+    // Every Route popped (the request was routed to us): after the last Via.
+    let mut out = Vec::new();
+    let e = RequestEdits {
+        pop_routes: 3,
+        push_route: Some(path),
+        ..edits()
+    };
+    forward_request(&m, &e, &mut out).unwrap();
+    let s = text(&out);
+    let f = parse(&out).unwrap();
+    assert_eq!(f.values(HeaderName::Route).count(), 2);
+    assert!(
+        s.contains("Via: SIP/2.0/TCP 10.0.0.2;branch=z9hG4bKb\r\nRoute: <sip:10.9.9.9:5070;lr>,<sip:edge2.example;lr>\r\nMax-Forwards: 9\r\n"),
+        "{s}"
+    );
+    assert_eq!(f.body(), b"xyz");
 }
