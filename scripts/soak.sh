@@ -42,7 +42,8 @@
 # SOAK_HOLD_MS (3000), SOAK_REG_RATE (2), SOAK_SAMPLE_S (10), SOAK_WARMUP_PCT (50),
 # SOAK_RSS_BOUND_PCT (5), SOAK_PORT (first of a run of free ports, default 27060),
 # SIPVANE_BIN (default target/release/sipvane, else target/ci/sipvane), SOAK_OUT
-# (output directory, default target/soak).
+# (output directory, default target/soak), SOAK_SERVICES_DIR (the services' data,
+# default a directory in /dev/shm, removed at the end).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -83,7 +84,11 @@ cp "$bin" "$out/sipvane"
 sv_port=$port0 priv=$((port0 + 1)) mgmt="127.0.0.1:$((port0 + 5))"
 a_addr="127.0.0.1:$((port0 + 10))" b_addr="127.0.0.1:$((port0 + 11))"
 hep_port=$((port0 + 12)) reg_port=$((port0 + 13))
-svc="$out/services"
+# The services' data and logs (PostgreSQL, Redis, RTPEngine) live in RAM: on a
+# VM whose disk other jobs keep busy, writeback throttling stalled RTPEngine's
+# synchronous log writes for seconds (ng timeouts, calls rejected) and
+# PostgreSQL's commits (rows spooled). The soak measures sipvane, not the disk.
+svc="${SOAK_SERVICES_DIR:-/dev/shm/sipvane-soak-$$}"
 export SIPVANE_TEST_REDIS_PORT=$((port0 + 20)) SIPVANE_TEST_PG_PORT=$((port0 + 21))
 export SIPVANE_TEST_RTPENGINE_PORT=$((port0 + 22))
 # Room for ~5 000 calls held at once (4 ports each: RTP + RTCP on both legs).
@@ -100,6 +105,9 @@ cleanup() {
   for s in rtpengine redis postgres; do
     bash scripts/services.sh stop "$s" "$svc/$s" >/dev/null 2>&1 || true
   done
+  # Keep RTPEngine's log with the results; the rest of the RAM copy goes.
+  cp "$svc/rtpengine/rtpengine.log" "$out/" 2>/dev/null || true
+  [ -n "${SOAK_SERVICES_DIR:-}" ] || rm -rf "$svc"
 }
 trap cleanup EXIT
 

@@ -7,6 +7,7 @@ mod net;
 mod plot;
 mod procstat;
 mod sipp;
+mod tls_uac;
 mod uac;
 mod uas;
 
@@ -44,6 +45,8 @@ enum Cmd {
         #[arg(long)]
         svg: Option<PathBuf>,
     },
+    /// Place calls over TLS (rustls), one trunk connection per thread.
+    TlsUac(Box<tls_uac::TlsUacArgs>),
     /// Send OPTIONS until answered; print the status code (exit 0 on 200).
     Ping {
         /// host:port
@@ -127,6 +130,7 @@ fn main() {
             max_run: Duration::from_secs(a.max_seconds),
         }),
         Cmd::Compare(a) => compare::run(&a),
+        Cmd::TlsUac(a) => tls_uac::run(&a),
         Cmd::Plot { json, svg } => compare::replot(&json, svg.as_deref()),
         Cmd::Ping { target, timeout_ms } => resolve(&target).and_then(|t| {
             match compare::options_ping(t, Duration::from_millis(timeout_ms)) {

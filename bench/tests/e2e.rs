@@ -194,13 +194,13 @@ fn sipvane_binary() -> PathBuf {
     bin
 }
 
-#[test]
-fn uac_through_sipvane_follows_record_route() {
-    let (_a, a) = uas(&[]);
-    let (_b, b) = uas(&[]);
-    let dir = scratch("through-sipvane");
+/// Starts sipvane (one worker, I/O driver `io`) in `dir` with `backends` as
+/// set 1 and `extra` appended to its configuration; its SIP port once it
+/// answers OPTIONS.
+fn start_sipvane(dir: &Path, io: &str, backends: &[&str], extra: &str) -> (Guard, u16) {
     let list = dir.join("dispatcher.list");
-    std::fs::write(&list, format!("1 sip:{a}\n1 sip:{b}\n")).expect("write list");
+    let lines: String = backends.iter().map(|b| format!("1 sip:{b}\n")).collect();
+    std::fs::write(&list, lines).expect("write list");
     let port = loop {
         let p = free_port();
         if p < u16::MAX && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
@@ -211,20 +211,17 @@ fn uac_through_sipvane_follows_record_route() {
     std::fs::write(
         &cfg,
         format!(
-            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = 1\nio = \"epoll\"\n\
+            "[proxy]\nlisten = \"127.0.0.1:{port}\"\nworkers = 1\nio = \"{io}\"\n\
              private_port_base = {}\n[dispatcher]\nlist = \"{}\"\n\
-             [mgmt]\nlisten = \"127.0.0.1:{}\"\n",
+             [mgmt]\nlisten = \"127.0.0.1:{}\"\n{extra}",
             port + 1,
             list.display(),
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .expect("a free TCP port")
+            free_tcp_port()
         ),
     )
     .expect("write config");
     let log = std::fs::File::create(dir.join("sipvane.log")).expect("log");
-    let mut sipvane = Guard(
+    let sipvane = Guard(
         Command::new(sipvane_binary())
             .args(["run", "-c"])
             .arg(&cfg)
@@ -236,6 +233,41 @@ fn uac_through_sipvane_follows_record_route() {
     );
     let target = format!("127.0.0.1:{port}");
     assert_eq!(options(&target), Some(200), "sipvane answers OPTIONS");
+    (sipvane, port)
+}
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free TCP port")
+}
+
+/// SIGTERM: sipvane prints its counters and exits; the counters line.
+fn stop_sipvane(mut sipvane: Guard, dir: &Path) -> String {
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(sipvane.0.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end && matches!(sipvane.0.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(dir.join("sipvane.log")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("sipvane: counters "))
+        .unwrap_or_else(|| panic!("no counters in sipvane's log:\n{text}"))
+        .to_owned()
+        + " "
+}
+
+#[test]
+fn uac_through_sipvane_follows_record_route() {
+    let (_a, a) = uas(&[]);
+    let (_b, b) = uas(&[]);
+    let dir = scratch("through-sipvane");
+    let (sipvane, port) = start_sipvane(&dir, "epoll", &[&a, &b], "");
+    let target = format!("127.0.0.1:{port}");
     let r = uac(
         &target,
         &[
@@ -254,25 +286,107 @@ fn uac_through_sipvane_follows_record_route() {
     // sipvane then could not end the dialog: see dialogs_ended below).
     assert_eq!(r["ok"], 300, "{r}");
     assert_eq!(r["failed"], 0, "{r}");
-    // SIGTERM: sipvane prints its counters and exits.
-    // SAFETY: kill(2) on our own child.
-    unsafe {
-        libc::kill(sipvane.0.id() as libc::pid_t, libc::SIGTERM);
-    }
-    let end = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < end && matches!(sipvane.0.try_wait(), Ok(None)) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let text = std::fs::read_to_string(dir.join("sipvane.log")).unwrap_or_default();
-    let counters = text
-        .lines()
-        .find_map(|l| l.strip_prefix("sipvane: counters "))
-        .unwrap_or_else(|| panic!("no counters in sipvane's log:\n{text}"));
+    let counters = stop_sipvane(sipvane, &dir);
     for want in [
         "dialogs_created=300 ",
         "dialogs_ended=300 ",
         "calls_answered=300 ",
     ] {
+        assert!(counters.contains(want), "{want} in {counters}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `openssl req -x509` with `args`; panics with its stderr on failure.
+fn openssl_req(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .arg("ec_paramgen_curve:prime256v1")
+        .args(["-nodes", "-days", "2"])
+        .args(args)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `tls-uac` (rustls) places calls over TLS through sipvane to UDP backends:
+/// OPTIONS, then INVITE … BYE along the Record-Route set on each connection;
+/// against another CA it fails at the handshake, quickly and clearly. Both
+/// I/O drivers.
+#[test]
+fn tls_uac_places_calls_through_sipvane_over_tls() {
+    for io in ["epoll", "uring"] {
+        tls_uac_through_sipvane(io);
+    }
+}
+
+fn tls_uac_through_sipvane(io: &str) {
+    let (_a, a) = uas(&[]);
+    let dir = scratch(&format!("tls-uac-{io}"));
+    let p = |f: &str| dir.join(f).to_str().expect("utf-8 path").to_owned();
+    for ca in ["ca", "other-ca"] {
+        openssl_req(&[
+            "-subj",
+            "/CN=sipvane-bench test CA",
+            "-keyout",
+            &p(&format!("{ca}.key")),
+            "-out",
+            &p(&format!("{ca}.crt")),
+        ]);
+    }
+    openssl_req(&[
+        "-subj",
+        "/CN=sip.test",
+        "-addext",
+        "subjectAltName=DNS:sip.test",
+        "-addext",
+        "basicConstraints=critical,CA:FALSE",
+        "-CA",
+        &p("ca.crt"),
+        "-CAkey",
+        &p("ca.key"),
+        "-keyout",
+        &p("server.key"),
+        "-out",
+        &p("server.crt"),
+    ]);
+    let tls_port = free_tcp_port();
+    let (sipvane, port) = start_sipvane(
+        &dir,
+        io,
+        &[&a],
+        &format!(
+            "[tcp]\nenabled = true\n[tls]\nlisten = \"127.0.0.1:{tls_port}\"\n\
+             certificate = \"{}\"\nprivate_key = \"{}\"\n",
+            p("server.crt"),
+            p("server.key")
+        ),
+    );
+    let tls_uac = |ca: &str| {
+        Command::new(BENCH)
+            .args(["tls-uac", &format!("127.0.0.1:{tls_port}"), "--ca", ca])
+            .args(["--domain", &format!("127.0.0.1:{port}")])
+            .args(["--calls", "200", "--rate", "200", "--connections", "2"])
+            .args(["--timeout-ms", "5000", "--json"])
+            .output()
+            .expect("run sipvane-bench tls-uac")
+    };
+    let out = tls_uac(&p("ca.crt"));
+    let r = json_of(&out);
+    assert_eq!(r["ok"], 200, "{r}");
+    assert_eq!(r["failed"], 0, "{r}");
+    let started = Instant::now();
+    let bad = tls_uac(&p("other-ca.crt"));
+    assert!(!bad.status.success());
+    let why = String::from_utf8_lossy(&bad.stdout);
+    assert!(why.contains("invalid peer certificate"), "{why}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let counters = stop_sipvane(sipvane, &dir);
+    for want in ["dialogs_ended=200 ", "calls_answered=200 "] {
         assert!(counters.contains(want), "{want} in {counters}");
     }
     let _ = std::fs::remove_dir_all(&dir);

@@ -175,6 +175,7 @@ fn run_everything(db: KamailioDb) {
             ],
         ),
     );
+    bulk_write_back(&rt, &db.url());
     let pbx = Uas::builder(Scenario::Uas)
         .addr(free_udp_addr())
         .traced()
@@ -417,6 +418,83 @@ fn run_everything(db: KamailioDb) {
     assert!(counters.get("registrar_registers_ok") >= 3, "{counters:?}");
     assert!(counters.get("registrar_challenges") >= 5, "{counters:?}");
     drop(bed);
+}
+
+/// The location write-back with more AORs than one statement takes (the store
+/// writes them in chunks of 500): every binding is there after the first write,
+/// and a second write that removes some AORs and shrinks others leaves exactly
+/// what it says.
+fn bulk_write_back(rt: &tokio::runtime::Runtime, url: &str) {
+    use control::registrar::store::Store;
+    use dataplane::registrar::{Binding, Bindings};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let binding = |i: usize, k: usize| Binding {
+        contact: format!("sip:bulk{i}@127.0.0.{}:5060", k + 1).into(),
+        received: (k == 1).then(|| "127.0.0.9:40000".parse().unwrap()),
+        path: "".into(),
+        expires: now + 600,
+        q: 1000,
+        call_id: format!("bulk-{i}-{k}").into(),
+        cseq: 1,
+        user_agent: "bulk".into(),
+        ruid: format!("bulk-{i}-{k}").into(),
+        last_modified: now,
+    };
+    let aor = |i: usize| -> Box<str> { format!("bulk{i}@example.com").into() };
+    let n = 1_200;
+    // Every other AOR has two contacts: 1 800 rows.
+    let first: Vec<(Box<str>, Option<Bindings>)> = (0..n)
+        .map(|i| {
+            (
+                aor(i),
+                Some((0..1 + i % 2).map(|k| binding(i, k)).collect()),
+            )
+        })
+        .collect();
+    // Then every third AOR is gone and every other one keeps one contact.
+    let second: Vec<(Box<str>, Option<Bindings>)> = (0..n)
+        .map(|i| {
+            (
+                aor(i),
+                (i % 3 != 0).then(|| [binding(i, 0)].into_iter().collect()),
+            )
+        })
+        .collect();
+    rt.block_on(async {
+        let mut store = Store::new(
+            url,
+            Duration::from_secs(20),
+            "subscriber",
+            "location",
+            1_000,
+        )
+        .unwrap();
+        let bulk = |rows: Vec<control::registrar::store::LocationRow>| {
+            rows.into_iter()
+                .filter(|r| r.username.starts_with("bulk"))
+                .collect::<Vec<_>>()
+        };
+        store.write(&first).await.expect("first bulk write");
+        let rows = bulk(store.location(now).await.unwrap());
+        assert_eq!(rows.len(), 1_800);
+        assert!(rows
+            .iter()
+            .any(|r| r.username == "bulk1" && r.binding == binding(1, 1)));
+        store.write(&second).await.expect("second bulk write");
+        let rows = bulk(store.location(now).await.unwrap());
+        assert_eq!(rows.len(), 800);
+        assert!(rows
+            .iter()
+            .all(|r| r.binding.contact.ends_with("@127.0.0.1:5060")));
+        assert!(!rows.iter().any(|r| r.username == "bulk3"));
+        // Leave the table as the rest of the test expects it.
+        let gone: Vec<(Box<str>, Option<Bindings>)> = (0..n).map(|i| (aor(i), None)).collect();
+        store.write(&gone).await.expect("clearing write");
+        assert!(bulk(store.location(now).await.unwrap()).is_empty());
+    });
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! the real `sipvane` binary in between, on both I/O drivers. Certificates are
 //! made by `openssl` in the test: a CA, a server certificate it signed for
 //! `sip.test`, and a second CA the server certificate does not chain to.
+//! The rustls caller is `sipvane-bench tls-uac` (bench/tests/e2e.rs).
 
 #[macro_use]
 mod support;
@@ -19,7 +20,6 @@ on_both_drivers!(
     python_tls_caller_completes_options_and_a_call,
     client_trusting_another_ca_fails_fast_and_is_counted,
     certificate_reload_keeps_connections,
-    rustls_caller_completes_options_and_a_call,
     sni_chooses_the_certificate,
 );
 
@@ -302,180 +302,6 @@ fn certificate_reload_keeps_connections(io: &str) {
         sipvane.addr().port(),
     );
     assert_eq!(lines, ["OPTIONS 200"]);
-}
-
-/// A SIP caller on rustls (the client side of the stack sipvane serves with).
-struct RustlsCaller {
-    tls: rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>,
-    buf: Vec<u8>,
-    lport: u16,
-    sip_port: u16,
-}
-
-impl RustlsCaller {
-    fn connect(tls_port: u16, ca: &str, sip_port: u16) -> RustlsCaller {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in dataplane::transport::tls::load_certs(Path::new(ca)).expect("CA") {
-            roots.add(c).expect("CA cert");
-        }
-        let cfg =
-            rustls::ClientConfig::builder_with_provider(dataplane::transport::tls::provider())
-                .with_safe_default_protocol_versions()
-                .expect("versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from("sip.test").expect("name");
-        let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).expect("client");
-        let sock = std::net::TcpStream::connect(("127.0.0.1", tls_port)).expect("connect");
-        sock.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let lport = sock.local_addr().expect("local").port();
-        RustlsCaller {
-            tls: rustls::StreamOwned::new(conn, sock),
-            buf: Vec::new(),
-            lport,
-            sip_port,
-        }
-    }
-
-    fn send(
-        &mut self,
-        method: &str,
-        uri: &str,
-        cseq: u32,
-        to: &str,
-        routes: &[String],
-        body: &str,
-    ) {
-        use std::io::Write;
-        let mut m = format!(
-            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:{};rport;branch=z9hG4bKrl{cseq}{method}\r\n\
-             Max-Forwards: 70\r\nFrom: <sip:caller@127.0.0.1>;tag=rustls\r\nTo: {to}\r\n\
-             Call-ID: rustls-{}\r\nCSeq: {cseq} {method}\r\n\
-             Contact: <sip:caller@127.0.0.1:{};transport=tls>\r\n",
-            self.lport, self.lport, self.lport
-        );
-        for r in routes {
-            m.push_str(&format!("Route: {r}\r\n"));
-        }
-        if !body.is_empty() {
-            m.push_str("Content-Type: application/sdp\r\n");
-        }
-        m.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-        self.tls.write_all(m.as_bytes()).expect("send");
-        self.tls.flush().expect("flush");
-    }
-
-    /// The next final response (provisional ones skipped).
-    fn final_response(&mut self) -> String {
-        use std::io::Read;
-        loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-                let len = header(&head, &["content-length", "l"])
-                    .first()
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(0);
-                if self.buf.len() >= end + 4 + len {
-                    let msg = String::from_utf8_lossy(&self.buf[..end + 4 + len]).into_owned();
-                    self.buf.drain(..end + 4 + len);
-                    let code: u16 = msg
-                        .split(' ')
-                        .nth(1)
-                        .and_then(|c| c.parse().ok())
-                        .unwrap_or(0);
-                    assert!(msg.starts_with("SIP/2.0 "), "unexpected request: {msg}");
-                    if code >= 200 {
-                        return msg;
-                    }
-                    continue;
-                }
-            }
-            let mut chunk = [0u8; 16384];
-            let n = self.tls.read(&mut chunk).expect("read");
-            assert!(n > 0, "connection closed by sipvane");
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-}
-
-/// The values of the header named by any of `names` (lower case) in `msg`.
-fn header(msg: &str, names: &[&str]) -> Vec<String> {
-    let head = msg.split("\r\n\r\n").next().unwrap_or_default();
-    head.lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(k, _)| names.contains(&k.trim().to_ascii_lowercase().as_str()))
-        .map(|(_, v)| v.trim().to_owned())
-        .collect()
-}
-
-fn status(msg: &str) -> &str {
-    msg.split(' ').nth(1).unwrap_or_default()
-}
-
-/// As the Python caller, on rustls: OPTIONS, then a call to a SIPp UDP callee
-/// with ACK and BYE along the Record-Route, on one TLS connection.
-fn rustls_caller_completes_options_and_a_call(io: &str) {
-    let certs = Certs::new(&format!("rustls-{io}"));
-    let mut uas = Uas::builder(Scenario::Uas).start();
-    let tls_port = free_tcp_port();
-    let mut sipvane = Sipvane::builder("tls-rustls")
-        .io(io)
-        .destination(format!("1 sip:{}", uas.addr()))
-        .toml(&certs.toml(tls_port))
-        .start();
-    let sip_port = sipvane.addr().port();
-    let mut c = RustlsCaller::connect(tls_port, &certs.path("ca.crt"), sip_port);
-    let target = format!("sip:127.0.0.1:{}", c.sip_port);
-    c.send("OPTIONS", &target, 1, &format!("<{target}>"), &[], "");
-    assert_eq!(status(&c.final_response()), "200");
-    let to = format!("<sip:service@127.0.0.1:{sip_port}>");
-    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
-    c.send(
-        "INVITE",
-        &format!("sip:service@127.0.0.1:{sip_port}"),
-        2,
-        &to,
-        &[],
-        sdp,
-    );
-    let ok = c.final_response();
-    assert_eq!(status(&ok), "200", "{ok}");
-    let to_tag = header(&ok, &["to", "t"])[0]
-        .split(";tag=")
-        .nth(1)
-        .expect("to tag")
-        .to_owned();
-    let to = format!("{to};tag={to_tag}");
-    let mut routes: Vec<String> = header(&ok, &["record-route"])
-        .iter()
-        .flat_map(|v| {
-            v.split(',')
-                .map(|r| r.trim().to_owned())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    routes.reverse();
-    assert!(!routes.is_empty(), "{ok}");
-    let contact = header(&ok, &["contact", "m"])[0].clone();
-    let contact = contact
-        .trim_start_matches('<')
-        .split('>')
-        .next()
-        .expect("contact")
-        .to_owned();
-    c.send("ACK", &contact, 2, &to, &routes, "");
-    c.send("BYE", &contact, 3, &to, &routes, "");
-    assert_eq!(status(&c.final_response()), "200");
-    uas.wait_until(SETTLE, |s| s.count("BYE", "Recv") > 0);
-    let f = uas.stop();
-    assert_eq!(f.invites_received(), 1, "{f:?}");
-    assert_eq!(f.count("ACK", "Recv"), 1, "{f:?}");
-    assert_eq!(f.count("BYE", "Recv"), 1, "{f:?}");
-    let c = sipvane.stop();
-    assert_eq!(c.get("calls_answered"), 1);
-    assert_eq!(c.get("dialogs_ended"), 1);
 }
 
 /// `[[tls.sni]]`: a client asking for `pbx.test` gets that certificate, one

@@ -350,7 +350,8 @@ impl Worker {
         body: Option<&[u8]>,
         out: &mut Outbox,
     ) {
-        let oc = self.oc_feedback();
+        // Feedback only for a client that offered overload control.
+        let oc = self.oc_for(self.txns.get(id).is_some_and(|t| t.oc));
         let Some(txn) = self.txns.get_mut(id) else {
             return;
         };
