@@ -60,6 +60,9 @@ pub enum Scenario {
     /// REGISTER -> 401 -> REGISTER with credentials -> 200 (`-key contact`,
     /// `-key expires`, `-au`, `-ap`).
     RegisterAuth,
+    /// As `RegisterAuth` through an edge proxy: `Path: <sip:LOCAL_IP:LOCAL_PORT;lr>`
+    /// (SIPp's own address) and `Supported: path`.
+    RegisterPath,
     /// As `RegisterAuth` for the users of an injection file (`-inf`,
     /// `USER;[authentication username=USER password=PASSWORD]` lines;
     /// `-key contact`, `-key expires`).
@@ -100,6 +103,7 @@ impl Scenario {
             Scenario::Options => "options.xml",
             Scenario::Register => "register.xml",
             Scenario::RegisterAuth => "register_auth.xml",
+            Scenario::RegisterPath => "register_path.xml",
             Scenario::RegisterUsers => "register_users.xml",
             Scenario::RegisterWrongPassword => "register_wrong_password.xml",
             Scenario::Uac404 => "uac_404.xml",
