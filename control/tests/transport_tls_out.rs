@@ -206,3 +206,47 @@ fn tls_destination_needs_a_ca() {
         "{err}"
     );
 }
+
+/// OPTIONS probes of a TLS destination go over TLS (the control thread runs
+/// the same rustls client session): the good destination answers them over
+/// TLS and stays up; one whose certificate another CA signed fails every
+/// probe at the handshake and is taken down ("probe connection failed").
+#[test]
+fn tls_destinations_are_probed_over_tls() {
+    let wait = Duration::from_secs(30);
+    let certs = CertDir::new("probe");
+    certs.issue("ca", "IP:127.0.0.1", "srv");
+    certs.issue("other-ca", "IP:127.0.0.1", "stranger");
+    let good = PyTlsUas::start(&certs, "srv");
+    let bad = PyTlsUas::start(&certs, "stranger");
+    let sipvane = Sipvane::builder("tlsout-probe")
+        .destination(format!("1 sip:{};transport=tls", good.addr()))
+        .destination(format!("1 sip:{};transport=tls", bad.addr()))
+        .toml("ping_interval_s = 1")
+        .toml(&ca_toml(&certs))
+        .start();
+    assert!(
+        good.wait_for(|_| good.received("OPTIONS") >= 2, wait),
+        "{:?}",
+        good.lines()
+    );
+    assert!(good
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("VIA OPTIONS "))
+        .all(|l| l.contains("SIP/2.0/TLS ")));
+    assert!(
+        sipvane.wait_for_log("probe connection failed", 1, wait),
+        "{}",
+        sipvane.log()
+    );
+    let log = sipvane.log();
+    let good_uri = good.addr().to_string();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("destination down") && l.contains(&good_uri)),
+        "{log}"
+    );
+    assert_eq!(bad.received("OPTIONS"), 0, "{:?}", bad.lines());
+    assert!(bad.handshake_failures() >= 1, "{:?}", bad.lines());
+}
