@@ -277,6 +277,17 @@ impl Worker {
                 } else {
                     Located::Direct
                 };
+                // A phone behind a NAT gets its media through the engine
+                // whatever the sets' anchoring says (Kamailio's
+                // rtpengine_manage() under nat_uac_test): its SDP names an
+                // address the other side cannot reach.
+                anchor = method == Method::Invite
+                    && found.iter().any(|b| b.nated)
+                    && self
+                        .media
+                        .as_ref()
+                        .is_some_and(|m| m.shared().anchors_any())
+                    && has_sdp(msg);
                 let target = Target {
                     addr: best.addr,
                     socket: SOCK_PRIVATE,

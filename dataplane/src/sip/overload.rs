@@ -146,7 +146,9 @@ mod tests {
         assert!(!offers_loss(b";oc;oc-algo=\"rate\""), "rate only");
         assert!(!offers_loss(b";branch=x;rport"));
         assert!(!offers_loss(b""));
-        assert!(!offers_loss(b";branch=z9hG4bKsv0o;received=10.0.0.1;rport=5060"));
+        assert!(!offers_loss(
+            b";branch=z9hG4bKsv0o;received=10.0.0.1;rport=5060"
+        ));
         assert!(offers_loss(b" ; Oc ; branch=x"), "any case, white space");
     }
 
