@@ -791,3 +791,62 @@ fn a_caller_cancelling_while_the_offer_is_out_gets_487() {
     );
     assert!(!s.iter().any(|(_, _, t)| t.starts_with("INVITE ")), "{s:?}");
 }
+
+#[test]
+fn a_call_from_a_nated_phone_is_anchored_whatever_the_sets_say() {
+    let t0 = Instant::now();
+    let mut w = registrar_worker(t0, None);
+    // 6002 of the registrar's domain calls the PBX (set 1, not anchored by
+    // the sets) from behind a NAT: its Contact names a private address.
+    let nat = "203.0.113.7:41000";
+    let invite = |to: &str, branch: &str| {
+        String::from_utf8(invite_with_sdp(branch))
+            .unwrap()
+            .replacen(
+                "INVITE sip:100@127.0.0.1:5060",
+                &format!("INVITE sip:{to}@example.com"),
+                1,
+            )
+            .replace(
+                &format!("Via: SIP/2.0/UDP {CALLER}"),
+                &format!("Via: SIP/2.0/UDP {nat}"),
+            )
+            .replace("From: <sip:a@127.0.0.1>", "From: <sip:6002@example.com>")
+            .replace(
+                "CSeq: 1 INVITE\r\n",
+                "CSeq: 1 INVITE\r\nContact: <sip:6002@192.168.1.9:5060>\r\n",
+            )
+            .into_bytes()
+    };
+    let mut out = Outbox::new();
+    w.on_datagram(
+        t0,
+        SOCK_PUBLIC,
+        addr(nat),
+        &invite("1000", "z9hG4bK-n4"),
+        &mut out,
+    );
+    let ng = ng_to_engine(&out);
+    assert_eq!(ng.len(), 1, "not anchored: {:?}", sent(&out));
+    assert!(ng[0].1.contains("7:command5:offer"), "{}", ng[0].1);
+    out.clear();
+    let reply = ng_reply(&ng[0].1, Some(ENGINE_OFFER_SDP));
+    w.on_datagram(t0, SOCK_MEDIA, addr(ENGINE), &reply, &mut out);
+    let s = sent(&out);
+    let (_, to, fwd) = s
+        .iter()
+        .find(|(_, _, t)| t.starts_with("INVITE "))
+        .expect("forwarded")
+        .clone();
+    assert_eq!(to, addr(DEST));
+    assert_eq!(body_of(&fwd), ENGINE_OFFER_SDP);
+    assert!(fwd.contains(&format!("Contact: <sip:6002@{nat}>")), "{fwd}");
+
+    // The same phone calling from its own address (no NAT): the sets decide.
+    let direct = String::from_utf8(invite("1000", "z9hG4bK-n5"))
+        .unwrap()
+        .replace("192.168.1.9:5060", nat);
+    out.clear();
+    w.on_datagram(t0, SOCK_PUBLIC, addr(nat), direct.as_bytes(), &mut out);
+    assert!(ng_to_engine(&out).is_empty(), "{:?}", sent(&out));
+}
