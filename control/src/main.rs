@@ -142,7 +142,7 @@ fn check_dispatcher_source(cfg: &Config) -> Vec<String> {
             let dns = {
                 let _rt = rt.enter();
                 match control::dns::Resolver::new(&cfg.dns) {
-                    Ok(d) => d,
+                    Ok(d) => d.with_tls(!cfg.tls.ca.is_empty()),
                     Err(e) => return vec![e],
                 }
             };

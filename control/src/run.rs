@@ -271,7 +271,8 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
     let dns = {
         // hickory's runtime handle is taken when the resolver is built.
         let _rt = rt.enter();
-        Arc::new(crate::dns::Resolver::new(&cfg.dns).map_err(|e| anyhow!(e))?)
+        let dns = crate::dns::Resolver::new(&cfg.dns).map_err(|e| anyhow!(e))?;
+        Arc::new(dns.with_tls(!cfg.tls.ca.is_empty()))
     };
     let source::reload::Loaded {
         table,
@@ -358,6 +359,14 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
         }
         None => None,
     };
+    // Verifies TLS destinations (`[tls] ca`); validation loaded it already.
+    let tls_client = match cfg.tls.ca.as_str() {
+        "" => None,
+        ca => Some(
+            dataplane::transport::tls::load_client(std::path::Path::new(ca))
+                .map_err(|e| anyhow!("tls.ca: {e}"))?,
+        ),
+    };
     let specs = (0..workers)
         .map(|i| WorkerSpec {
             sockets: vec![
@@ -383,6 +392,7 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
                 limits: tcp_limits(&cfg.tcp),
                 proxy_from: proxy_from.clone(),
                 tls: tls.clone(),
+                tls_client: tls_client.clone(),
             }),
         })
         .collect();

@@ -418,6 +418,38 @@ fn tls_files_and_listen() {
 }
 
 #[test]
+fn tls_ca_must_load() {
+    let dir = std::env::temp_dir().join(format!("sipvane-tls-ca-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("missing-ca.pem");
+    let e = one_error(&format!("[tls]\nca = \"{}\"\n", missing.display()));
+    assert!(
+        e.starts_with(&format!(
+            "sipvane.toml:2: {}: cannot read",
+            missing.display()
+        )),
+        "{e}"
+    );
+    let junk = dir.join("junk-ca.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    assert_eq!(
+        one_error(&format!("[tls]\nca = \"{}\"\n", junk.display())),
+        format!(
+            "sipvane.toml:2: {}: no CERTIFICATE in the file",
+            junk.display()
+        )
+    );
+    assert_eq!(
+        one_error(&format!(
+            "[tcp]\nenabled = false\n[tls]\nca = \"{}\"\n",
+            junk.display()
+        )),
+        "sipvane.toml:4: TLS destinations need [tcp] enabled = true (they share its connection handling)"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
 fn flood_limits_out_of_range() {
     assert_eq!(
         errors("[security.flood]\nper_source_rps = 2000000\nblock_s = 0\nmax_sources = 0\n"),

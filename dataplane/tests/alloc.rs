@@ -88,6 +88,7 @@ fn parse_accessors_and_writers_allocate_nothing() {
             host: b"192.0.2.1",
             port: 5062,
             tcp: false,
+            tls: false,
             branch: b"z9hG4bK-sipvane-0-12345",
         },
         request_uri: Some(b"sip:+15551234567@10.0.0.20:5060"),

@@ -426,7 +426,7 @@ proptest! {
         let m = parse(&bytes).unwrap();
         let pop = pop.min(spec.routes.len());
         let e = RequestEdits {
-            via: NewVia { host: b"[2001:db8::5]", port: 5070, tcp: false, branch: b"z9hG4bKfwd" },
+            via: NewVia { host: b"[2001:db8::5]", port: 5070, tcp: false, tls: false, branch: b"z9hG4bKfwd" },
             request_uri: None,
             pop_routes: pop,
             drop_last_route: false,

@@ -124,6 +124,7 @@ fn edits() -> RequestEdits<'static> {
             host: b"192.0.2.200",
             port: 5061,
             tcp: false,
+            tls: false,
             branch: b"z9hG4bKsipvane1",
         },
         request_uri: None,

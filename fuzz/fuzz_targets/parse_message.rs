@@ -69,6 +69,7 @@ fuzz_target!(|data: &[u8]| {
             host: b"192.0.2.1",
             port: 5060,
             tcp: false,
+            tls: false,
             branch: b"z9hG4bKfuzz",
         },
         request_uri: None,

@@ -262,7 +262,7 @@ impl Scrape {
             m.encode_family(&label(i))?.encode_gauge(&w.tcp.tls_open)?;
         }
         type Field = fn(&dataplane::worker::TcpStats) -> u64;
-        let counters: [(&str, &str, Field); 8] = [
+        let counters: [(&str, &str, Field); 10] = [
             (
                 "worker_tcp_accepted",
                 "Inbound TCP connections accepted.",
@@ -302,6 +302,16 @@ impl Scrape {
                 "tls_handshake_failures",
                 "TLS handshakes that failed (a client rejecting the certificate, not speaking TLS, ...).",
                 |t| t.tls_handshake_failures,
+            ),
+            (
+                "worker_tls_connected",
+                "Outbound TLS connections established (handshake done) to TLS destinations.",
+                |t| t.tls_connected,
+            ),
+            (
+                "tls_out_handshake_failures",
+                "TLS handshakes with destinations that failed (certificate not signed by tls.ca or not for the destination's name, not TLS, ...); the request fails over at once.",
+                |t| t.tls_out_handshake_failures,
             ),
         ];
         for (name, help, get) in counters {

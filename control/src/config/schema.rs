@@ -739,6 +739,10 @@ pub struct TlsConfig {
     /// `[[tls.sni]]`: certificates for clients asking for other names (SNI);
     /// `certificate` serves everyone else.
     pub sni: Vec<TlsSniConfig>,
+    /// PEM bundle of the CA certificates TLS destinations (`sips:` or
+    /// `;transport=tls` dispatcher URIs) are verified against. Required when
+    /// there is one.
+    pub ca: String,
 }
 
 /// `[[tls.sni]]`

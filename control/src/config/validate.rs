@@ -459,6 +459,19 @@ impl Config {
     fn validate_tls(&self, v: &mut Validator) {
         let t = &self.tls;
         let at = |k: &str| vec![key("tls"), key(k)];
+        if !t.ca.is_empty() {
+            if !self.tcp.enabled {
+                v.err(
+                    at("ca"),
+                    "TLS destinations need [tcp] enabled = true (they share its connection handling)"
+                        .into(),
+                );
+            } else if let Err(e) =
+                dataplane::transport::tls::load_client(std::path::Path::new(&t.ca))
+            {
+                v.err(at("ca"), e);
+            }
+        }
         if t.listen.is_empty() {
             return;
         }

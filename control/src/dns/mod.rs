@@ -101,6 +101,9 @@ pub struct Resolver {
     max_ttl: Duration,
     negative_ttl: Duration,
     stats: Arc<DnsStats>,
+    /// TLS destinations can be reached (`[tls] ca` is set): without it a
+    /// `sips:` / `;transport=tls` destination is an error at its line.
+    tls: bool,
 }
 
 impl std::fmt::Debug for Resolver {
@@ -141,7 +144,19 @@ impl Resolver {
             max_ttl: Duration::from_secs(u64::from(cfg.max_ttl_s)),
             negative_ttl: Duration::from_secs(u64::from(cfg.negative_ttl_s)),
             stats: Arc::new(DnsStats::default()),
+            tls: false,
         })
+    }
+
+    /// With `tls`, TLS destinations are accepted (`[tls] ca` is configured).
+    pub fn with_tls(mut self, tls: bool) -> Resolver {
+        self.tls = tls;
+        self
+    }
+
+    /// TLS destinations are accepted.
+    pub fn tls(&self) -> bool {
+        self.tls
     }
 
     pub fn stats(&self) -> Arc<DnsStats> {

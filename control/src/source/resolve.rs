@@ -17,14 +17,16 @@ use crate::dns::rfc3263::Transport;
 use crate::dns::{Resolution, Resolver};
 
 /// Transports a dispatcher destination may use: TCP when its URI says
-/// `;transport=tcp` (the workers decide the transport from the URI alone), UDP
-/// otherwise — never one chosen by NAPTR that the URI does not name.
+/// `;transport=tcp`, TLS for `;transport=tls` or a `sips:` URI (the workers
+/// decide the transport from the URI alone), UDP otherwise — never one chosen
+/// by NAPTR that the URI does not name.
 pub fn destination_transports(uri: &str) -> &'static [Transport] {
-    let tcp = Uri::parse(uri.as_bytes())
-        .ok()
-        .and_then(|u| u.param(b"transport").flatten())
-        .is_some_and(|t| t.eq_ignore_ascii_case(b"tcp"));
-    if tcp {
+    let Ok(u) = Uri::parse(uri.as_bytes()) else {
+        return &[Transport::Udp];
+    };
+    if dataplane::route::uri_secure(&u) {
+        &[Transport::Tls]
+    } else if dataplane::route::uri_tcp(&u) {
         &[Transport::Tcp]
     } else {
         &[Transport::Udp]
@@ -46,6 +48,16 @@ pub async fn expand(defs: &[DestDef], dns: &Resolver) -> Result<Expanded, Vec<Li
     let mut out = Expanded::default();
     let mut errors = Vec::new();
     for def in defs {
+        if destination_transports(&def.uri) == [Transport::Tls] && !dns.tls() {
+            errors.push(ListError::new(
+                def.line,
+                format!(
+                    "TLS destination '{}' needs [tls] ca (the PEM CA bundle its certificate is verified against)",
+                    def.uri
+                ),
+            ));
+            continue;
+        }
         match dns
             .resolve_uri(&def.uri, destination_transports(&def.uri))
             .await

@@ -44,6 +44,7 @@ pub mod services;
 pub mod sipp;
 pub mod sipvane;
 pub mod tcp;
+pub mod tls;
 
 #[allow(unused_imports)]
 pub use dns::{Dnsmasq, Record};

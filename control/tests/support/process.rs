@@ -87,6 +87,11 @@ impl ChildGuard {
         })
     }
 
+    /// The child's stdout, when spawned with `Stdio::piped()` (once).
+    pub fn stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut()?.stdout.take()
+    }
+
     /// Process id (while it has not been reaped).
     pub fn id(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -395,6 +395,8 @@ pub struct Destination {
     pub addr: SocketAddr,
     /// Reached over TCP (`;transport=tcp` in the URI).
     pub tcp: bool,
+    /// Reached over TLS (`;transport=tls` or a `sips:` URI).
+    pub tls: bool,
     /// Kamailio flags as configured.
     pub flags: u32,
     /// Priority as configured (higher first).
@@ -614,6 +616,8 @@ impl Table {
                 addr,
                 tcp: crate::sip::Uri::parse(def.uri.as_bytes())
                     .is_ok_and(|u| crate::route::uri_tcp(&u)),
+                tls: crate::sip::Uri::parse(def.uri.as_bytes())
+                    .is_ok_and(|u| crate::route::uri_secure(&u)),
                 flags: def.flags,
                 priority: def.priority,
                 attrs: def.attrs.clone(),

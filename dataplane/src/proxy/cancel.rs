@@ -60,7 +60,7 @@ impl Worker {
         }
         out.send(txn.target.socket, txn.target.addr, &self.scratch);
         bump(&self.stats.tx_datagrams);
-        let reliable = txn.target.socket == SOCK_TCP_OUT;
+        let reliable = stream_out(txn.target.socket);
         txn.cancel = Some(ClientTx::new(
             Method::Cancel,
             now,
@@ -93,7 +93,7 @@ impl Worker {
                 if self.send_attempt_cancel(id, attempt, (socket, addr), out) {
                     bump(&self.stats.abandoned_cancels);
                     let timers = self.cfg.timers;
-                    let reliable = socket == SOCK_TCP_OUT;
+                    let reliable = stream_out(socket);
                     if let Some(a) = self.txns.get_mut(id).and_then(|t| t.abandoned.get_mut(i)) {
                         a.cancel = Some(ClientTx::new(Method::Cancel, now, &timers, reliable));
                     }

@@ -62,7 +62,7 @@ use crate::sip::parse::{DialogInfo, RequestInfo};
 use crate::sip::{parse, HeaderName, Message, Method, Via};
 use crate::txn::timer::TimerWheel;
 use crate::txn::{KeyHasher, LegacyKeyParts, TxnId, TxnKey, TxnTable};
-use crate::worker::{Core, Outbox, SocketId, SOCK_TCP, SOCK_TCP_OUT};
+use crate::worker::{Core, Outbox, SocketId, SOCK_TCP, SOCK_TCP_OUT, SOCK_TLS_OUT};
 
 use crate::route::{self, parse_ip, Decision};
 use branch::{Branch, Minter, Rejected};
@@ -375,6 +375,10 @@ impl Core for Worker {
         self.connect_failed(now, dst, out);
     }
 
+    fn tls_peer(&self, dst: SocketAddr) -> crate::transport::tls::TlsPeer {
+        self.tls_peer_of(dst)
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         [
             self.timers.next_deadline(),
@@ -386,6 +390,28 @@ impl Core for Worker {
         .into_iter()
         .flatten()
         .min()
+    }
+}
+
+impl Worker {
+    /// Who a new TLS connection to `dst` is to: the TLS destination at that
+    /// address (its URI's host name, or its IP address matched against IP
+    /// SANs); any other next hop (an in-dialog request to a TLS Contact) by
+    /// its IP address. Runs once per connection opened, so a scan is fine.
+    fn tls_peer_of(&self, dst: SocketAddr) -> crate::transport::tls::TlsPeer {
+        let table = self.table.load();
+        let dest = table
+            .iter()
+            .map(|(_, d)| d)
+            .find(|d| d.tls && d.addr == dst);
+        let name = dest
+            .and_then(|d| crate::sip::Uri::parse(d.uri.as_bytes()).ok())
+            .filter(|u| parse_ip(u.host).is_none())
+            .map(|u| String::from_utf8_lossy(u.host).into_owned());
+        crate::transport::tls::TlsPeer {
+            name: name.unwrap_or_else(|| dst.ip().to_string()),
+            verify: true,
+        }
     }
 }
 
@@ -483,6 +509,32 @@ fn target_socket(tcp: bool) -> SocketId {
     } else {
         SOCK_PRIVATE
     }
+}
+
+/// The socket a request to a dispatcher destination leaves from: its
+/// transport's connection pool, or the private UDP port.
+fn dest_socket(dest: &crate::dispatch::Destination) -> SocketId {
+    if dest.tls {
+        SOCK_TLS_OUT
+    } else {
+        target_socket(dest.tcp)
+    }
+}
+
+/// The socket a relayed request leaves from: TLS, TCP or UDP as its next
+/// hop's URI says.
+fn relay_socket(tcp: bool, tls: bool) -> SocketId {
+    if tls {
+        SOCK_TLS_OUT
+    } else {
+        target_socket(tcp)
+    }
+}
+
+/// Whether `socket` is an outbound connection pool (a reliable transport:
+/// no retransmissions, RFC 3261 §17.1.1.2).
+fn stream_out(socket: SocketId) -> bool {
+    socket == SOCK_TCP_OUT || socket == SOCK_TLS_OUT
 }
 
 /// The socket a hop-by-hop message answering something from `socket` leaves

@@ -117,6 +117,8 @@ impl Worker {
                 return Decision::Relay {
                     to: peer,
                     tcp: true,
+                    // Its connection, TCP or TLS, is found by its address.
+                    tls: false,
                     pop_routes: 1,
                     strict: false,
                 };
@@ -304,6 +306,7 @@ impl Worker {
             Decision::Relay {
                 to,
                 tcp,
+                tls,
                 pop_routes,
                 strict,
             } => {
@@ -311,7 +314,7 @@ impl Worker {
                 (
                     Target {
                         addr: to,
-                        socket: target_socket(tcp),
+                        socket: relay_socket(tcp, tls),
                         dest: None,
                     },
                     pop_routes,
@@ -375,7 +378,7 @@ impl Worker {
                 let Some(dest) = set.get(first) else { return };
                 let target = Target {
                     addr: dest.addr,
-                    socket: target_socket(dest.tcp),
+                    socket: dest_socket(dest),
                     dest: Some(dest.stats.clone()),
                 };
                 set_table = Some((table.clone(), set_index));
@@ -584,7 +587,7 @@ impl Worker {
         }
         out.send(txn.target.socket, txn.target.addr, &txn.forwarded);
         bump(&self.stats.tx_datagrams);
-        let reliable = txn.target.socket == SOCK_TCP_OUT;
+        let reliable = stream_out(txn.target.socket);
         txn.client = Some(ClientTx::new(txn.method, now, &self.cfg.timers, reliable));
         txn.sent_at = now;
         self.reschedule(id);
@@ -640,6 +643,7 @@ impl Worker {
                 host: self.cfg.advertise.as_bytes(),
                 port: self.private_port(),
                 tcp: txn.target.socket == SOCK_TCP_OUT,
+                tls: txn.target.socket == SOCK_TLS_OUT,
                 branch: &branch,
             },
             request_uri: if txn.strict_route {
@@ -681,13 +685,14 @@ impl Worker {
     ) {
         let via = &info.common.via;
         let decision = self.decide(now, msg, info, Method::Ack, src);
-        let (dst, tcp, pop_routes, strict) = match decision {
+        let (dst, tcp, tls, pop_routes, strict) = match decision {
             Decision::Relay {
                 to,
                 tcp,
+                tls,
                 pop_routes,
                 strict,
-            } => (to, tcp, pop_routes, strict),
+            } => (to, tcp, tls, pop_routes, strict),
             Decision::Handoff(w) => {
                 bump(&self.stats.handoffs);
                 out.handoff(w, socket | HANDED_OVER, src, msg.buf());
@@ -713,6 +718,7 @@ impl Worker {
                 host: self.cfg.advertise.as_bytes(),
                 port: self.private_port(),
                 tcp,
+                tls,
                 branch: &branch,
             },
             request_uri: if strict {
@@ -732,7 +738,7 @@ impl Worker {
         };
         self.scratch.clear();
         if build::forward_request(msg, &edits, &mut self.scratch).is_ok() {
-            out.send(target_socket(tcp), dst, &self.scratch);
+            out.send(relay_socket(tcp, tls), dst, &self.scratch);
             bump(&self.stats.tx_datagrams);
             bump(&self.stats.stateless_forwards);
         }

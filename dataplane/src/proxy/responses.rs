@@ -248,7 +248,7 @@ impl Worker {
             }
             txn.target = Target {
                 addr: dest.addr,
-                socket: target_socket(dest.tcp),
+                socket: dest_socket(dest),
                 dest: Some(dest.stats.clone()),
             };
             txn.mtu = MtuSwitch::No;

@@ -138,7 +138,7 @@ impl Worker {
             .txns
             .iter()
             .filter(|(_, t)| {
-                t.target.socket == SOCK_TCP_OUT
+                stream_out(t.target.socket)
                     && t.target.addr == dst
                     && t.client.as_ref().is_some_and(ClientTx::is_pending)
             })

@@ -64,8 +64,12 @@ pub enum Decision {
     /// becomes the Request-URI and leaves the route set.
     Relay {
         to: SocketAddr,
-        /// The next hop's URI says `;transport=tcp`.
+        /// The next hop's URI says `;transport=tcp` or `;transport=tls`
+        /// (a stream connection).
         tcp: bool,
+        /// The next hop's URI says `;transport=tls` or is a `sips:` URI: a
+        /// new connection to it runs TLS and our Via says TLS.
+        tls: bool,
         pop_routes: usize,
         strict: bool,
     },
@@ -189,9 +193,10 @@ pub fn decide(
                     return reply(482, "Route points back at sipvane");
                 }
                 return match next_hop(&next, names) {
-                    Ok((to, tcp)) => Decision::Relay {
+                    Ok((to, tcp, tls)) => Decision::Relay {
                         to,
                         tcp,
+                        tls,
                         pop_routes: pop,
                         strict: false,
                     },
@@ -226,9 +231,10 @@ pub fn decide(
         // source may ask that of us.
         if cfg.unknown_domain == UnknownDomain::Relay && (req.trusted)() {
             return match next_hop(ruri, names) {
-                Ok((to, tcp)) => Decision::Relay {
+                Ok((to, tcp, tls)) => Decision::Relay {
                     to,
                     tcp,
+                    tls,
                     pop_routes,
                     strict: false,
                 },
@@ -265,7 +271,7 @@ fn in_dialog_decision(
         (None, _) if !(req.trusted)() => return reply(404, "Not here"),
         (None, _) => (None, 0),
     };
-    let (to, tcp) = match next {
+    let (to, tcp, tls) = match next {
         Some(uri) => {
             if cfg.owner_of(uri.host, uri.port).is_some() {
                 // Two of our own entries in a row: forwarding would loop.
@@ -295,6 +301,7 @@ fn in_dialog_decision(
     Decision::Relay {
         to,
         tcp,
+        tls,
         pop_routes,
         strict: false,
     }
@@ -328,7 +335,7 @@ fn strict_route(
     if cfg.owner_of(next.host, next.port).is_some() {
         return reply(482, "Route points back at sipvane");
     }
-    let (to, tcp) = match next_hop(&next, names) {
+    let (to, tcp, tls) = match next_hop(&next, names) {
         Ok(hop) => hop,
         Err(d) => return d,
     };
@@ -338,20 +345,23 @@ fn strict_route(
     Decision::Relay {
         to,
         tcp,
+        tls,
         pop_routes: 0,
         strict: true,
     }
 }
 
-/// The address and transport of a next hop: an IP literal as written, a
-/// host name as the worker's cache knows it. A name that does not resolve
-/// gets Kamailio's answer (478 Unresolvable destination); a DNS failure 503.
-fn next_hop(uri: &Uri<'_>, names: Names<'_>) -> Result<(SocketAddr, bool), Decision> {
+/// The address and transport (stream, TLS) of a next hop: an IP literal as
+/// written, a host name as the worker's cache knows it. A name that does not
+/// resolve gets Kamailio's answer (478 Unresolvable destination); a DNS
+/// failure 503.
+fn next_hop(uri: &Uri<'_>, names: Names<'_>) -> Result<(SocketAddr, bool, bool), Decision> {
+    let tls = uri_secure(uri);
     if let Some(a) = uri_addr(uri) {
-        return Ok((a, uri_tcp(uri) || uri_tls(uri)));
+        return Ok((a, uri_tcp(uri) || tls, tls));
     }
     match names(uri) {
-        Lookup::Known(Resolved::Found { to, tcp }) => Ok((to, tcp)),
+        Lookup::Known(Resolved::Found { to, tcp }) => Ok((to, tcp || tls, tls)),
         Lookup::Known(Resolved::NoSuchName) => Err(reply(478, "Unresolvable destination")),
         Lookup::Known(Resolved::Failed) => Err(reply(503, "DNS lookup failed")),
         Lookup::Unknown => Err(Decision::Resolve),
@@ -444,6 +454,12 @@ pub fn uri_tls(uri: &Uri<'_>) -> bool {
     uri.param(b"transport")
         .flatten()
         .is_some_and(|t| t.eq_ignore_ascii_case(b"tls"))
+}
+
+/// Whether a destination is reached over TLS: `;transport=tls` or a `sips:`
+/// URI (RFC 3261 §26.2.2: sips means TLS on every hop).
+pub fn uri_secure(uri: &Uri<'_>) -> bool {
+    uri_tls(uri) || uri.scheme.eq_ignore_ascii_case(b"sips")
 }
 
 /// An IP literal (IPv6 with or without brackets).

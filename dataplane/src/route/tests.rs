@@ -142,6 +142,7 @@ fn preloaded_route_follow_applies_to_trusted_sources_only() {
         Decision::Relay {
             to: addr("198.51.100.1:5060"),
             tcp: false,
+            tls: false,
             pop_routes: 1,
             strict: false
         }
@@ -161,6 +162,7 @@ fn in_dialog_foreign_top_route_is_refused_unless_trusted() {
         Decision::Relay {
             to: addr("203.0.113.7:5060"),
             tcp: false,
+            tls: false,
             pop_routes: 0,
             strict: false
         }
@@ -176,6 +178,7 @@ fn in_dialog_without_route_is_refused_unless_trusted() {
         Decision::Relay {
             to: addr("203.0.113.7:5060"),
             tcp: false,
+            tls: false,
             pop_routes: 0,
             strict: false
         }
@@ -195,6 +198,7 @@ fn in_dialog_through_our_record_route_reaches_known_targets_only() {
         Decision::Relay {
             to: addr("10.0.0.5:5080"),
             tcp: false,
+            tls: false,
             pop_routes: 1,
             strict: false
         }
@@ -277,6 +281,7 @@ fn unknown_domain_is_relayed_for_trusted_sources_only() {
         Decision::Relay {
             to: addr("203.0.113.7:5060"),
             tcp: false,
+            tls: false,
             pop_routes: 0,
             strict: false
         }
@@ -334,6 +339,7 @@ fn a_strict_router_puts_our_record_route_in_the_request_uri() {
         Decision::Relay {
             to: addr("10.0.0.5:5080"),
             tcp: false,
+            tls: false,
             pop_routes: 0,
             strict: true
         }
@@ -352,6 +358,7 @@ fn a_strict_router_puts_our_record_route_in_the_request_uri() {
         Decision::Relay {
             to: addr("10.0.0.5:5090"),
             tcp: false,
+            tls: false,
             pop_routes: 0,
             strict: true
         }
@@ -451,6 +458,7 @@ fn in_dialog_names_resolve_through_the_cache_and_park_when_unknown() {
         Decision::Relay {
             to: addr("10.0.0.5:5070"),
             tcp: false,
+            tls: false,
             pop_routes: 1,
             strict: false
         }

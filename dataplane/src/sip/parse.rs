@@ -857,6 +857,7 @@ From: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n"
                 host: b"192.0.2.1",
                 port: 5060,
                 tcp: false,
+                tls: false,
                 branch: b"z9hG4bKx",
             },
             request_uri: None,

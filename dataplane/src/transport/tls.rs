@@ -1,18 +1,22 @@
-//! TLS on a stream connection, sans-IO: rustls' `ServerConnection` fed with the
-//! bytes the driver read, giving back the plaintext for the framer and the
-//! bytes to send (handshake records, encrypted messages, alerts). The driver
-//! keeps one [`TlsSession`] per TLS connection beside its socket; nothing here
-//! touches a socket. Certificates are loaded from PEM files by [`load_server`].
+//! TLS on a stream connection, sans-IO: rustls' `ServerConnection` (accepted
+//! connections) or `ClientConnection` (connections we open to TLS
+//! destinations) fed with the bytes the driver read, giving back the plaintext
+//! for the framer and the bytes to send (handshake records, encrypted
+//! messages, alerts). The driver keeps one [`TlsSession`] per TLS connection
+//! beside its socket; nothing here touches a socket. Certificates are loaded
+//! from PEM files by [`load_server`], the CAs destinations are verified
+//! against by [`load_client`].
 
 use std::io::{self, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::sign::CertifiedKey;
 pub use rustls::ServerConfig;
-use rustls::ServerConnection;
+use rustls::{ClientConfig, ClientConnection, Connection, RootCertStore, ServerConnection};
 
 /// The server configuration new handshakes use; swapped whole on reload, so
 /// established sessions keep theirs.
@@ -32,8 +36,136 @@ impl TlsServer {
     /// A session for a freshly accepted connection.
     pub fn session(&self) -> Result<TlsSession, rustls::Error> {
         Ok(TlsSession {
-            conn: ServerConnection::new(self.0.load_full())?,
+            conn: Connection::Server(ServerConnection::new(self.0.load_full())?),
         })
+    }
+}
+
+/// How sipvane opens TLS connections to destinations: verifying their
+/// certificate against `[tls] ca`, or (a set with `verify = false`) not at all.
+#[derive(Clone)]
+pub struct TlsClient {
+    verify: Arc<ClientConfig>,
+    trust_all: Arc<ClientConfig>,
+}
+
+/// Who a TLS connection we open is to: the name its certificate must carry (a
+/// DNS name, or an IP address matched against the IP SANs) and whether it is
+/// verified at all.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsPeer {
+    pub name: String,
+    pub verify: bool,
+}
+
+impl TlsClient {
+    /// A session for a connection to `peer`; an unusable name (neither a DNS
+    /// name nor an IP address) is an error.
+    pub fn session(&self, peer: &TlsPeer) -> Result<TlsSession, String> {
+        let host = peer.name.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| format!("{}: not a TLS server name: {e}", peer.name))?;
+        let config = if peer.verify {
+            &self.verify
+        } else {
+            &self.trust_all
+        };
+        let conn = ClientConnection::new(config.clone(), name).map_err(|e| e.to_string())?;
+        Ok(TlsSession {
+            conn: Connection::Client(conn),
+        })
+    }
+}
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsClient")
+    }
+}
+
+impl PartialEq for TlsClient {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.verify, &other.verify)
+    }
+}
+
+impl Eq for TlsClient {}
+
+/// The client side from a PEM bundle of CA certificates (`[tls] ca`): TLS 1.2
+/// and 1.3, ring provider, no client certificate.
+pub fn load_client(ca: &Path) -> Result<TlsClient, String> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: not a usable CA certificate: {e}", ca.display()))?;
+    }
+    let provider = provider();
+    let verify = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let trust_all = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(TrustAll(provider)))
+        .with_no_client_auth();
+    Ok(TlsClient {
+        verify: Arc::new(verify),
+        trust_all: Arc::new(trust_all),
+    })
+}
+
+/// Accepts any certificate (a destination set with `verify = false`); the
+/// handshake signatures are still checked, so the session is encrypted to
+/// whoever holds the presented key.
+#[derive(Debug)]
+struct TrustAll(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for TrustAll {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -165,7 +297,7 @@ pub struct TlsError {
 
 /// One TLS connection's state.
 pub struct TlsSession {
-    conn: ServerConnection,
+    conn: Connection,
 }
 
 impl TlsSession {
@@ -176,7 +308,10 @@ impl TlsSession {
 
     /// The name the client asked for (SNI), if any.
     pub fn server_name(&self) -> Option<&str> {
-        self.conn.server_name()
+        match &self.conn {
+            Connection::Server(s) => s.server_name(),
+            Connection::Client(_) => None,
+        }
     }
 
     /// Feeds bytes read from the socket; the plaintext they carry is appended to
@@ -389,6 +524,124 @@ mod tests {
         assert!(e.contains("no PRIVATE KEY"), "{e}");
         let e = load_server(&cert, &other_key).unwrap_err();
         assert!(e.contains("does not fit"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// One session's output fed to the other until both are quiet.
+    fn pump_sessions(
+        c: &mut TlsSession,
+        s: &mut TlsSession,
+        at_client: &mut Vec<u8>,
+        at_server: &mut Vec<u8>,
+    ) -> Result<(), (bool, TlsError)> {
+        for _ in 0..10 {
+            let mut to_server = Vec::new();
+            c.output(&mut to_server);
+            let fed = s.feed(&to_server, at_server);
+            let mut to_client = Vec::new();
+            s.output(&mut to_client);
+            fed.map_err(|e| (false, e))?;
+            if to_server.is_empty() && to_client.is_empty() {
+                return Ok(());
+            }
+            c.feed(&to_client, at_client).map_err(|e| (true, e))?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn client_verifies_the_server_against_the_ca() {
+        let dir = tmpdir("client");
+        let (ca, cert, key) = make_cert(&dir, "a");
+        let server = TlsServer::new(load_server(&cert, &key).unwrap());
+        let client = load_client(&ca).unwrap();
+        let peer = TlsPeer {
+            name: "sip.test".into(),
+            verify: true,
+        };
+        let mut c = client.session(&peer).unwrap();
+        let mut s = server.session().unwrap();
+        c.write(b"INVITE sip:x SIP/2.0\r\n").unwrap();
+        let (mut at_c, mut at_s) = (Vec::new(), Vec::new());
+        pump_sessions(&mut c, &mut s, &mut at_c, &mut at_s).unwrap();
+        assert!(!c.handshaking() && !s.handshaking());
+        assert_eq!(s.server_name(), Some("sip.test"));
+        assert_eq!(at_s, b"INVITE sip:x SIP/2.0\r\n");
+        s.write(b"SIP/2.0 200 OK\r\n").unwrap();
+        pump_sessions(&mut c, &mut s, &mut at_c, &mut at_s).unwrap();
+        assert_eq!(at_c, b"SIP/2.0 200 OK\r\n");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn client_refuses_a_server_of_another_ca_or_name() {
+        let dir = tmpdir("client-bad");
+        let (_, cert, key) = make_cert(&dir, "a");
+        let (other, _, _) = make_cert(&dir, "b");
+        let server = TlsServer::new(load_server(&cert, &key).unwrap());
+        let fails = |ca: &Path, name: &str, verify: bool| {
+            let peer = TlsPeer {
+                name: name.into(),
+                verify,
+            };
+            let mut c = load_client(ca).unwrap().session(&peer).unwrap();
+            let mut s = server.session().unwrap();
+            pump_sessions(&mut c, &mut s, &mut Vec::new(), &mut Vec::new())
+        };
+        // Another CA: the client's handshake fails.
+        let (at_client, e) = fails(&other, "sip.test", true).unwrap_err();
+        assert!(at_client && e.handshake, "{e:?}");
+        // Our CA, but the certificate is not for this name (or IP).
+        let (at_client, e) = fails(&dir.join("a-ca.crt"), "other.test", true).unwrap_err();
+        assert!(at_client && e.handshake, "{e:?}");
+        let (at_client, _) = fails(&dir.join("a-ca.crt"), "127.0.0.1", true).unwrap_err();
+        assert!(at_client);
+        // Not verified at all (a set with verify = false): it connects.
+        fails(&other, "127.0.0.1", false).unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn client_matches_an_ip_san() {
+        let dir = tmpdir("client-ip");
+        let (ca, _, _) = make_cert(&dir, "a");
+        let (cert, key) = (dir.join("ip.crt"), dir.join("ip.key"));
+        let ok = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .arg("ec_paramgen_curve:prime256v1")
+            .args(["-nodes", "-days", "2", "-subj", "/CN=ip"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-CA")
+            .arg(&ca)
+            .arg("-CAkey")
+            .arg(dir.join("a-ca.key"))
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let server = TlsServer::new(load_server(&cert, &key).unwrap());
+        let client = load_client(&ca).unwrap();
+        for (name, good) in [("127.0.0.1", true), ("127.0.0.2", false)] {
+            let peer = TlsPeer {
+                name: name.into(),
+                verify: true,
+            };
+            let mut c = client.session(&peer).unwrap();
+            let mut s = server.session().unwrap();
+            let r = pump_sessions(&mut c, &mut s, &mut Vec::new(), &mut Vec::new());
+            assert_eq!(r.is_ok(), good, "{name}: {r:?}");
+            assert_eq!(c.handshaking(), !good);
+        }
+        assert!(load_client(&dir.join("nope.crt"))
+            .err()
+            .unwrap()
+            .contains("cannot read"));
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -11,7 +11,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::shell::Shell;
 use super::stream::Streams;
-use super::{Core, Io, Outbox, SocketId, SOCK_TCP, SOCK_TCP_OUT};
+use super::{is_stream, Core, Io, Outbox, SocketId};
 
 /// Largest UDP payload (IPv6 without jumbograms), so nothing is ever truncated.
 const RECV_BUF: usize = 64 * 1024;
@@ -188,7 +188,7 @@ fn flush<C: Core>(
     shell.capture_sends(out);
     let now = Instant::now();
     for (socket, dst, data) in out.iter() {
-        if socket == SOCK_TCP || socket == SOCK_TCP_OUT {
+        if is_stream(socket) {
             match streams.as_deref_mut() {
                 Some(st) => st.send(now, socket, dst, data, shell),
                 None => shell.counters.tcp.no_connection += 1,

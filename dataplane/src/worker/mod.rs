@@ -52,6 +52,14 @@ pub const SOCK_TCP: SocketId = 0x70;
 /// A send to it goes over the worker's pooled TCP connection to the destination,
 /// opening one if there is none.
 pub const SOCK_TCP_OUT: SocketId = 0x71;
+/// As [`SOCK_TCP_OUT`] for a TLS destination: a new connection runs the TLS
+/// client handshake (verified as [`Core::tls_peer`] says) before the message.
+pub const SOCK_TLS_OUT: SocketId = 0x72;
+
+/// A socket id the stream side sends on (a connection, not a UDP socket).
+pub fn is_stream(socket: SocketId) -> bool {
+    matches!(socket, SOCK_TCP | SOCK_TCP_OUT | SOCK_TLS_OUT)
+}
 
 /// A sans-IO state machine run by one worker thread. It never touches sockets or
 /// clocks: the driver passes `now` and the received bytes in, and sends what the
@@ -73,6 +81,15 @@ pub trait Core: 'static {
     /// established; what was sent on it is lost. The default ignores it.
     fn on_connect_failed(&mut self, now: Instant, dst: SocketAddr, out: &mut Outbox) {
         let _ = (now, dst, out);
+    }
+    /// Who a new TLS connection to `dst` (for a [`SOCK_TLS_OUT`] send) is to:
+    /// the name its certificate must carry and whether it is verified. The
+    /// default: the IP address, verified.
+    fn tls_peer(&self, dst: SocketAddr) -> crate::transport::tls::TlsPeer {
+        crate::transport::tls::TlsPeer {
+            name: dst.ip().to_string(),
+            verify: true,
+        }
     }
     /// The next instant `on_timer` should run, if any.
     fn next_deadline(&self) -> Option<Instant>;
@@ -340,7 +357,7 @@ where
                 let (listener, tls_listener) = listener;
                 let tcp = spec.tcp.map(|t| {
                     let tls = tls_listener.zip(t.tls.map(|t| t.server));
-                    (listener, t.limits, t.proxy_from, tls)
+                    (listener, t.limits, t.proxy_from, tls, t.tls_client)
                 });
                 worker_main(ctx, spec.cpu, sockets, tcp, poll, shared, &*make_core, tx)
             });
@@ -500,6 +517,7 @@ type TcpSetup = Option<(
     crate::transport::Limits,
     Vec<crate::route::Cidr>,
     Option<(std::net::TcpListener, crate::transport::tls::TlsServer)>,
+    Option<crate::transport::tls::TlsClient>,
 )>;
 
 /// Body of a worker thread. `poll` is set for the epoll driver, `None` for io_uring.
@@ -528,7 +546,9 @@ where
         }
     }
     let streams = match tcp
-        .map(|(l, limits, proxy_from, tls)| stream::Streams::new(l, limits, proxy_from, tls))
+        .map(|(l, limits, proxy_from, tls, client)| {
+            stream::Streams::new(l, limits, proxy_from, tls, client)
+        })
         .transpose()
     {
         Ok(s) => s,

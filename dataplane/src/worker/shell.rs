@@ -124,6 +124,8 @@ pub(crate) struct TcpCells {
     messages_out: AtomicU64,
     no_connection: AtomicU64,
     tls_handshake_failures: AtomicU64,
+    tls_connected: AtomicU64,
+    tls_out_handshake_failures: AtomicU64,
     tls_accepted: AtomicU64,
     tls_open: AtomicU64,
     closed: [AtomicU64; crate::transport::CloseReason::ALL.len()],
@@ -140,6 +142,11 @@ impl TcpCells {
         set(&self.messages_out, t.messages_out);
         set(&self.no_connection, t.no_connection);
         set(&self.tls_handshake_failures, t.tls_handshake_failures);
+        set(&self.tls_connected, t.tls_connected);
+        set(
+            &self.tls_out_handshake_failures,
+            t.tls_out_handshake_failures,
+        );
         set(&self.tls_accepted, t.tls_accepted);
         set(&self.tls_open, t.tls_open);
         for (cell, v) in self.closed.iter().zip(t.closed) {
@@ -162,6 +169,8 @@ impl TcpCells {
             messages_out: get(&self.messages_out),
             no_connection: get(&self.no_connection),
             tls_handshake_failures: get(&self.tls_handshake_failures),
+            tls_connected: get(&self.tls_connected),
+            tls_out_handshake_failures: get(&self.tls_out_handshake_failures),
             tls_accepted: get(&self.tls_accepted),
             tls_open: get(&self.tls_open),
             closed,

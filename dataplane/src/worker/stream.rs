@@ -16,6 +16,12 @@
 //! through it before the framer, bytes sent through it before the socket. To the
 //! core it is a stream connection like a TCP one (replies and in-dialog requests
 //! to its peer use it).
+//!
+//! A send to [`SOCK_TLS_OUT`] without a pooled connection opens one whose
+//! `Sock` carries a client [`TlsSession`] (`[tls] ca`, the name and verification
+//! the core gives for the destination): the ClientHello waits in the write queue
+//! with the message behind it, and a handshake that fails (certificate not
+//! trusted, not TLS, ...) is a failed connect, so the transaction fails over.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -26,10 +32,10 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
 use super::shell::Shell;
-use super::{Core, Outbox, SOCK_TCP, SOCK_TCP_OUT};
+use super::{Core, Outbox, SOCK_TCP, SOCK_TCP_OUT, SOCK_TLS_OUT};
 use crate::route::Cidr;
 use crate::transport::proxy_protocol::{Rest, Step};
-use crate::transport::tls::{TlsServer, TlsSession};
+use crate::transport::tls::{TlsClient, TlsServer, TlsSession};
 use crate::transport::{CloseReason, Conn, FlowId, Flows, Frame, FrameError, Limits, PONG};
 
 /// Token of the listener in the streams' own `Poll` (connections use their slot index).
@@ -62,6 +68,9 @@ pub struct TcpSpec {
     pub proxy_from: Vec<Cidr>,
     /// The TLS listener (`[tls]`), whose connections share these limits.
     pub tls: Option<TlsSpec>,
+    /// How connections to TLS destinations are verified (`[tls] ca`); without
+    /// it a send to [`SOCK_TLS_OUT`] fails as a failed connect.
+    pub tls_client: Option<TlsClient>,
 }
 
 /// The worker's TLS listener.
@@ -97,6 +106,12 @@ pub struct TcpStats {
     /// TLS handshakes that failed (bad client hello, client rejecting our
     /// certificate, ...); also closed as `tls`.
     pub tls_handshake_failures: u64,
+    /// Outbound TLS connections established (handshake done; part of `connected`
+    /// is the TCP connect).
+    pub tls_connected: u64,
+    /// Outbound TLS handshakes that failed (destination's certificate not
+    /// trusted or not for its name, not TLS, ...); also closed as `tls`.
+    pub tls_out_handshake_failures: u64,
     /// Connections closed, by [`CloseReason::index`].
     pub closed: [u64; CloseReason::ALL.len()],
 }
@@ -150,6 +165,7 @@ pub(crate) struct Streams {
     accept_pending: bool,
     tls_listener: Option<(TcpListener, TlsServer)>,
     tls_accept_pending: bool,
+    tls_client: Option<TlsClient>,
     /// Plaintext out of TLS records (reused) and records to send.
     plain: Vec<u8>,
     tls_out: Vec<u8>,
@@ -178,6 +194,7 @@ impl Streams {
         limits: Limits,
         proxy_from: Vec<Cidr>,
         tls: Option<(StdTcpListener, TlsServer)>,
+        tls_client: Option<TlsClient>,
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let listener = match listener {
@@ -201,6 +218,7 @@ impl Streams {
         Ok(Streams {
             tls_accept_pending: tls_listener.is_some(),
             tls_listener,
+            tls_client,
             plain: Vec::new(),
             tls_out: Vec::new(),
             poll,
@@ -423,6 +441,9 @@ impl Streams {
             if let Some(tls) = conn.io.tls.as_mut() {
                 self.plain.clear();
                 let fed = tls.feed(data, &mut self.plain);
+                if conn.handshaking && !tls.handshaking() && conn.outbound {
+                    shell.counters.tcp.tls_connected += 1;
+                }
                 conn.handshaking = tls.handshaking();
                 // Handshake records, or the alert telling the peer why not.
                 self.tls_out.clear();
@@ -430,7 +451,9 @@ impl Streams {
                 let sent = queue_raw(&mut conn.io, &self.tls_out);
                 if let Err(e) = fed {
                     tracing::debug!(peer = %conn.peer, error = %e.error, "tls failed");
-                    if e.handshake {
+                    if e.handshake && conn.outbound {
+                        shell.counters.tcp.tls_out_handshake_failures += 1;
+                    } else if e.handshake {
                         shell.counters.tcp.tls_handshake_failures += 1;
                     }
                     return self.close(id, CloseReason::Tls, shell);
@@ -516,7 +539,8 @@ impl Streams {
     }
 
     /// Sends `data` for the core: `socket` is [`SOCK_TCP`] (existing connection to
-    /// `dst` only) or [`SOCK_TCP_OUT`] (pooled or new connection to `dst`).
+    /// `dst` only), [`SOCK_TCP_OUT`] or [`SOCK_TLS_OUT`] (pooled or new
+    /// connection to `dst`).
     pub fn send<C: Core>(
         &mut self,
         now: Instant,
@@ -527,15 +551,17 @@ impl Streams {
     ) {
         let id = match self.flows.find(dst) {
             Some(id) => id,
-            None if socket == SOCK_TCP_OUT => match self.connect(now, dst) {
-                Ok(id) => id,
-                Err(e) => {
-                    tracing::debug!(%dst, error = %e, "tcp connect failed");
-                    shell.counters.tcp.closed[CloseReason::ConnectFailed.index()] += 1;
-                    self.failed.push(dst);
-                    return;
+            None if socket == SOCK_TCP_OUT || socket == SOCK_TLS_OUT => {
+                match self.connect(now, dst, socket == SOCK_TLS_OUT, shell) {
+                    Ok(id) => id,
+                    Err(e) => {
+                        tracing::debug!(%dst, error = %e, "tcp connect failed");
+                        shell.counters.tcp.closed[CloseReason::ConnectFailed.index()] += 1;
+                        self.failed.push(dst);
+                        return;
+                    }
                 }
-            },
+            }
             None => {
                 shell.counters.tcp.no_connection += 1;
                 return;
@@ -557,10 +583,42 @@ impl Streams {
         }
     }
 
-    fn connect(&mut self, now: Instant, dst: SocketAddr) -> io::Result<FlowId> {
+    /// Opens a connection to `dst`; with `tls`, its client session is set up
+    /// and the ClientHello queued.
+    fn connect<C: Core>(
+        &mut self,
+        now: Instant,
+        dst: SocketAddr,
+        tls: bool,
+        shell: &mut Shell<C>,
+    ) -> io::Result<FlowId> {
+        let session = match tls {
+            false => None,
+            true => {
+                let Some(client) = &self.tls_client else {
+                    return Err(io::Error::other("TLS destination but no [tls] ca"));
+                };
+                let peer = shell.core.tls_peer(dst);
+                let mut session = client.session(&peer).map_err(io::Error::other)?;
+                self.tls_out.clear();
+                session.output(&mut self.tls_out);
+                Some(Box::new(session))
+            }
+        };
         let stream = TcpStream::connect(dst)?;
-        let sock = Sock::new(stream, Some(now));
+        let mut sock = Sock::new(stream, Some(now));
+        if let Some(session) = session {
+            sock.tls = Some(session);
+            // Sent once connected; the handshake must finish within the
+            // header timeout, as an inbound one.
+            queue_raw(&mut sock, &self.tls_out).map_err(|_| io::Error::other("queue"))?;
+            shell.counters.tcp.tls_open += 1;
+        }
+        let handshaking = sock.tls.is_some();
         let id = self.flows.connect(now, dst, sock);
+        if let Some(conn) = self.flows.get_mut(id) {
+            conn.handshaking = handshaking;
+        }
         let registered = match self.flows.get_mut(id) {
             Some(conn) => self.poll.registry().register(
                 &mut conn.io.stream,
@@ -570,7 +628,11 @@ impl Streams {
             None => Ok(()),
         };
         if let Err(e) = registered {
-            self.flows.remove(id);
+            if let Some(conn) = self.flows.remove(id) {
+                if conn.io.tls.is_some() {
+                    shell.counters.tcp.tls_open = shell.counters.tcp.tls_open.saturating_sub(1);
+                }
+            }
             return Err(e);
         }
         self.connecting.push(id);
@@ -615,7 +677,9 @@ impl Streams {
             }
             r => r,
         };
-        if reason == CloseReason::ConnectFailed {
+        // An outbound TLS connection closed before its handshake finished
+        // (refused, timed out, closed by the peer) carried nothing either.
+        if reason == CloseReason::ConnectFailed || (conn.outbound && conn.handshaking) {
             self.failed.push(conn.peer);
         }
         let _ = self.poll.registry().deregister(&mut conn.io.stream);

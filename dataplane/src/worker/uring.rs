@@ -21,7 +21,7 @@ use socket2::SockAddr;
 
 use super::shell::{sockaddr_from_bytes, Shell};
 use super::stream::Streams;
-use super::{Core, Io, Outbox, SocketId, SOCK_TCP, SOCK_TCP_OUT};
+use super::{is_stream, Core, Io, Outbox, SocketId};
 
 const SQ_ENTRIES: u32 = 1024;
 const CQ_ENTRIES: u32 = 8192;
@@ -414,7 +414,7 @@ impl Uring {
         slot.hdrs.clear();
         let now = Instant::now();
         for (socket, dst, data) in slot.out.iter() {
-            if socket == SOCK_TCP || socket == SOCK_TCP_OUT {
+            if is_stream(socket) {
                 // Stream writes are plain non-blocking syscalls (see `stream`).
                 match streams.as_mut() {
                     Some(st) => st.send(now, socket, dst, data, shell),

@@ -99,7 +99,9 @@ pub fn forward_request(
         out.extend_from_slice(e.request_uri.unwrap_or(uri));
         out.extend_from_slice(b" SIP/2.0\r\n");
 
-        out.extend_from_slice(if e.via.tcp {
+        out.extend_from_slice(if e.via.tls {
+            b"Via: SIP/2.0/TLS "
+        } else if e.via.tcp {
             b"Via: SIP/2.0/TCP "
         } else {
             b"Via: SIP/2.0/UDP "

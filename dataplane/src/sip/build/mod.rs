@@ -15,7 +15,7 @@ use super::method::Method;
 use super::parse::{Header, Message, StartLine, FORWARD_HEADROOM, MAX_HEADERS};
 
 /// The Via a proxy pushes: `Via: SIP/2.0/UDP host:port;branch=...;rport`
-/// (`SIP/2.0/TCP` when the request leaves over TCP).
+/// (`SIP/2.0/TCP` or `SIP/2.0/TLS` when the request leaves over a connection).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewVia<'a> {
     /// Host or IP; an IPv6 address must come with its brackets.
@@ -23,6 +23,8 @@ pub struct NewVia<'a> {
     pub port: u16,
     /// The next hop is reached over TCP.
     pub tcp: bool,
+    /// The next hop is reached over TLS (`SIP/2.0/TLS`; wins over `tcp`).
+    pub tls: bool,
     /// Full branch, including the `z9hG4bK` magic cookie.
     pub branch: &'a [u8],
 }

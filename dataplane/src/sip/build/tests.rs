@@ -22,6 +22,7 @@ fn edits() -> RequestEdits<'static> {
             host: b"192.0.2.1",
             port: 5062,
             tcp: false,
+            tls: false,
             branch: b"z9hG4bKnew",
         },
         request_uri: None,

@@ -1,0 +1,168 @@
+//! Outbound TLS (issue 11): dispatcher destinations with `;transport=tls` (or
+//! `sips:`) are reached over TLS, verified against `[tls] ca`. The callee is
+//! Python's `ssl` module (OpenSSL, a TLS stack independent of sipvane's
+//! rustls); the caller a SIPp UAC over UDP; the real `sipvane` binary in
+//! between, on both I/O drivers.
+
+#[macro_use]
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use support::tls::{CertDir, PyTlsUas};
+use support::{metrics, Scenario, Sipvane, Uac};
+
+const SETTLE: Duration = Duration::from_secs(5);
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+on_both_drivers!(
+    udp_caller_reaches_a_tls_destination,
+    untrusted_destination_fails_over_at_once,
+);
+
+/// The sum over every label set of a metric (`name{...} value` lines).
+fn metric_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// `[tls] ca` only: no TLS listener, outbound TLS.
+fn ca_toml(certs: &CertDir) -> String {
+    format!("[tls]\nca = \"{}\"\n", certs.path("ca.crt"))
+}
+
+/// 20 calls from a UDP caller to a TLS callee whose certificate (IP SAN
+/// 127.0.0.1) is signed by `[tls] ca`: INVITE, ACK and BYE reach it over TLS,
+/// each with our Via saying TLS.
+fn udp_caller_reaches_a_tls_destination(io: &str) {
+    let certs = CertDir::new(&format!("ok-{io}"));
+    certs.issue("ca", "IP:127.0.0.1", "srv");
+    let uas = PyTlsUas::start(&certs, "srv");
+    let mut sipvane = Sipvane::builder("tlsout")
+        .io(io)
+        .workers(2)
+        .destination(format!("1 sip:{};transport=tls", uas.addr()))
+        .toml(&ca_toml(&certs))
+        .start();
+    let run = Uac::new(Scenario::Uac, sipvane.addr())
+        .calls(20)
+        .rate(20)
+        .timeout(RUN_LIMIT)
+        .run();
+    run.assert_all_succeeded(20);
+    assert!(
+        uas.wait_for(|_| uas.received("BYE") >= 20, SETTLE),
+        "{:?}",
+        uas.lines()
+    );
+    assert_eq!(uas.received("INVITE"), 20, "{:?}", uas.lines());
+    assert_eq!(uas.received("ACK"), 20, "{:?}", uas.lines());
+    assert_eq!(uas.handshake_failures(), 0, "{:?}", uas.lines());
+    for method in ["INVITE", "ACK", "BYE"] {
+        let vias: Vec<String> = uas
+            .lines()
+            .into_iter()
+            .filter_map(|l| l.strip_prefix(&format!("VIA {method} ")).map(str::to_owned))
+            .collect();
+        assert_eq!(vias.len(), 20, "{method}: {vias:?}");
+        assert!(
+            vias.iter().all(|v| v.contains("SIP/2.0/TLS ")),
+            "{method}: {vias:?}"
+        );
+    }
+    let m = metrics(&sipvane);
+    assert!(
+        metric_sum(&m, "sipvane_worker_tls_connected_total") >= 1,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "sipvane_tls_out_handshake_failures_total"),
+        0,
+        "{m}"
+    );
+    let c = sipvane.stop();
+    assert_eq!(c.get("calls_answered"), 20);
+    assert_eq!(c.get("dialogs_ended"), 20);
+}
+
+/// A destination whose certificate another CA signed: the handshake fails
+/// (sipvane refuses the certificate), which counts as a failed connect, so
+/// every call it gets fails over to the good destination at once.
+fn untrusted_destination_fails_over_at_once(io: &str) {
+    let certs = CertDir::new(&format!("bad-{io}"));
+    certs.issue("ca", "IP:127.0.0.1", "srv");
+    certs.issue("other-ca", "IP:127.0.0.1", "stranger");
+    let bad = PyTlsUas::start(&certs, "stranger");
+    let good = PyTlsUas::start(&certs, "srv");
+    let mut sipvane = Sipvane::builder("tlsout-bad")
+        .io(io)
+        .workers(1)
+        .algorithm("round-robin")
+        .destination(format!("1 sip:{};transport=tls", bad.addr()))
+        .destination(format!("1 sip:{};transport=tls", good.addr()))
+        .toml(&ca_toml(&certs))
+        .start();
+    let run = Uac::new(Scenario::Uac, sipvane.addr())
+        .calls(10)
+        .rate(10)
+        .timeout(RUN_LIMIT)
+        .run();
+    run.assert_all_succeeded(10);
+    assert!(good.wait_for(|_| good.received("BYE") >= 10, SETTLE));
+    assert_eq!(bad.received("INVITE"), 0, "{:?}", bad.lines());
+    assert!(bad.handshake_failures() >= 1, "{:?}", bad.lines());
+    let m = metrics(&sipvane);
+    let failed = metric_sum(&m, "sipvane_tls_out_handshake_failures_total");
+    assert!(failed >= 1, "{m}");
+    assert!(m.contains("reason=\"tls\""), "{m}");
+    let c = sipvane.stop();
+    assert_eq!(c.get("calls_answered"), 10);
+    // One failed handshake fails every request waiting on that connection.
+    assert!(c.get("failovers") >= failed, "{failed}");
+    assert_eq!(c.get("connect_failures"), c.get("failovers"));
+    assert_eq!(
+        c.get("timeouts"),
+        0,
+        "failover came from the failed handshake, not fr_timer"
+    );
+}
+
+/// A TLS destination without `[tls] ca` is a one-line error at its line of
+/// the dispatcher list (`check-config` and start-up alike).
+#[test]
+fn tls_destination_needs_a_ca() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let list = dir.join("tlsout-noca.list");
+    std::fs::write(
+        &list,
+        "1 sip:127.0.0.1:5070\n1 sips:127.0.0.1:5071\n1 sip:127.0.0.1:5072;transport=TLS\n",
+    )
+    .unwrap();
+    let toml = dir.join("tlsout-noca.toml");
+    std::fs::write(
+        &toml,
+        format!("[dispatcher]\nlist = \"{}\"\n", list.display()),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_sipvane"))
+        .arg("check-config")
+        .arg(&toml)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run sipvane");
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    let l = list.display();
+    assert_eq!(
+        lines,
+        [
+            format!("{l}:2: TLS destination 'sips:127.0.0.1:5071' needs [tls] ca (the PEM CA bundle its certificate is verified against)"),
+            format!("{l}:3: TLS destination 'sip:127.0.0.1:5072;transport=TLS' needs [tls] ca (the PEM CA bundle its certificate is verified against)"),
+        ],
+        "{err}"
+    );
+}
