@@ -91,8 +91,10 @@ hep_port=$((port0 + 12)) reg_port=$((port0 + 13))
 svc="${SOAK_SERVICES_DIR:-/dev/shm/sipvane-soak-$$}"
 export SIPVANE_TEST_REDIS_PORT=$((port0 + 20)) SIPVANE_TEST_PG_PORT=$((port0 + 21))
 export SIPVANE_TEST_RTPENGINE_PORT=$((port0 + 22))
-# Room for ~5 000 calls held at once (4 ports each: RTP + RTCP on both legs).
-export SIPVANE_TEST_RTP_PORT_MIN=40000 SIPVANE_TEST_RTP_PORT_MAX=59999
+# Room for ~4 000 calls held at once (4 ports each: RTP + RTCP on both legs),
+# below the kernel's ephemeral range (32768-60999) so that the engine never takes
+# a port another program was just given, and clear of the SIP ports above.
+export SIPVANE_TEST_RTP_PORT_MIN=10000 SIPVANE_TEST_RTP_PORT_MAX=26999
 events_list="sipvane:soak:events"
 
 pids=()

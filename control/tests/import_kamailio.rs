@@ -289,6 +289,9 @@ fn registrar_auth_and_acc_become_sections() {
     }
     i.warns("registrar-auth-acc.cfg", 67, "module nathelper");
     i.warns("registrar-auth-acc.cfg", 70, "sipping_from");
+    // Path: use_path 1 is what sipvane does; path_mode 1 is not.
+    i.silent_about(72);
+    i.warns("registrar-auth-acc.cfg", 73, "path_mode 1");
     for key in ["nat_ping_interval_s = 20", "max_branches = 8"] {
         assert!(i.toml.lines().any(|l| l == key), "no {key} in:\n{}", i.toml);
     }

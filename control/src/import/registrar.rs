@@ -123,6 +123,21 @@ impl M<'_> {
                 self.t.config.registrar.default_expires = n;
                 self.set("registrar.default_expires");
             }
+            // sipvane always stores a REGISTER's Path and calls through it.
+            "use_path" => {
+                if self.flag() == Some(false) {
+                    self.warn("registrar use_path 0: sipvane always stores a REGISTER's Path and sends calls through it (RFC 3327)".into());
+                }
+            }
+            "path_mode" => {
+                if self.mp.value.int() != Some(2) {
+                    self.warn(format!("registrar path_mode {}: sipvane behaves as path_mode 2 (the 200 lists the Path when the REGISTER has Supported: path; one without is accepted)", show(&self.mp.value)));
+                }
+            }
+            "path_check_local" | "path_use_received" => self.warn(format!(
+                "registrar {} is not carried over: sipvane sends a call to a Path's first hop only when the REGISTER came from it or from a trusted source, else to the REGISTER's source (docs/registrar.md)",
+                self.mp.name
+            )),
             "max_contacts" => {
                 let Some(n) = self.int() else { return true };
                 if n == 0 {

@@ -76,11 +76,11 @@ impl Worker {
                         buf.extend_from_slice(sdp);
                         let old = std::mem::replace(&mut txn.media_sdp, buf);
                         self.pool.put(old);
-                        self.forward_attempt(now, id, out);
+                        self.forward_held(now, id, out);
                     }
                     Outcome::Failed => {
                         if !self.media_unavailable(now, id, out) {
-                            self.forward_attempt(now, id, out);
+                            self.forward_held(now, id, out);
                         }
                     }
                 }

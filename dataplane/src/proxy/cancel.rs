@@ -28,14 +28,14 @@ impl Worker {
         }
         txn.cancelled = true;
         bump(&self.stats.calls_cancelled);
-        if txn.fork.is_some() {
-            self.fork_cancel(now, id, out);
+        if txn.client.is_none() && matches!(txn.media, MediaLeg::Offering { .. }) {
+            // Nothing was forwarded yet (no branch either): the INVITE ends here.
+            self.reply_final(now, id, 487, None, out);
             self.reschedule(id);
             return;
         }
-        if txn.client.is_none() && matches!(txn.media, MediaLeg::Offering { .. }) {
-            // Nothing was forwarded yet: the INVITE ends here.
-            self.reply_final(now, id, 487, None, out);
+        if txn.fork.is_some() {
+            self.fork_cancel(now, id, out);
             self.reschedule(id);
             return;
         }

@@ -27,6 +27,7 @@ impl Worker {
             state,
             legs,
             best: Vec::new(),
+            first: first.clone(),
         };
         (Box::new(forked), first)
     }
@@ -75,6 +76,20 @@ impl Worker {
             self.apply_step_without_response(now, id, step, out);
         }
         self.reschedule(id);
+    }
+
+    /// Sends a request held for its media offer: its first branches when
+    /// it is forked to a registered user's bindings, else its target.
+    pub(super) fn forward_held(&mut self, now: Instant, id: TxnId, out: &mut Outbox) {
+        let first = self
+            .txns
+            .get(id)
+            .and_then(|t| t.fork.as_ref())
+            .map(|f| f.first.clone());
+        match first {
+            Some(first) => self.fork_start(now, id, first, out),
+            None => self.forward_attempt(now, id, out),
+        }
     }
 
     /// The Contact a branch's request carries as its Request-URI.

@@ -219,6 +219,11 @@ impl MediaShared {
         }
     }
 
+    /// Whether any call can be anchored (an engine is configured).
+    pub fn anchors_any(&self) -> bool {
+        !self.config.engines.is_empty()
+    }
+
     /// Whether calls routed to `set` are anchored.
     pub fn anchors_set(&self, set: u32) -> bool {
         !self.config.engines.is_empty()

@@ -633,3 +633,220 @@ fn dialog_payload_stays_small() {
     eprintln!("DialogData {size} B");
     assert!(size <= 200, "DialogData is {size} B");
 }
+
+/// A worker with an engine and a registrar whose 6001 is registered from
+/// `received` (a NAT) or, when `None`, from its Contact's own address.
+fn registrar_worker(t0: Instant, received: Option<&str>) -> Worker {
+    let (mut cfg, reg) = super::registrar_tests::config(t0, false);
+    let media = MediaConfig {
+        engines: vec![(addr(ENGINE), 1)],
+        offer_flags: NgFlags::parse("replace-origin").unwrap(),
+        answer_flags: NgFlags::parse("replace-origin").unwrap(),
+        timeout: Duration::from_millis(100),
+        retries: 1,
+        on_failure: MediaPolicy::Reject,
+        // Only set 9 is anchored: calls to registered users never would be.
+        sets: vec![9],
+        ..MediaConfig::default()
+    };
+    cfg.media = Some(Arc::new(MediaShared::new(media, 1, 7)));
+    let now_unix = reg.config.unix(t0);
+    let binding = crate::registrar::Binding {
+        contact: "sip:6001@192.168.1.5:5060".into(),
+        received: received.map(addr),
+        path: "".into(),
+        expires: now_unix + 3600,
+        q: 1000,
+        call_id: "reg".into(),
+        cseq: 1,
+        user_agent: "".into(),
+        ruid: "r1".into(),
+        last_modified: now_unix,
+    };
+    reg.location.apply(vec![crate::registrar::Update {
+        aor: "6001@example.com".into(),
+        op: crate::registrar::Op::Upsert(binding),
+    }]);
+    super::tests::worker(cfg, &format!("1 sip:{DEST}\n"), t0)
+}
+
+fn invite_to_6001(branch: &str) -> Vec<u8> {
+    String::from_utf8(invite_with_sdp(branch))
+        .unwrap()
+        .replacen(
+            "INVITE sip:100@127.0.0.1:5060",
+            "INVITE sip:6001@example.com",
+            1,
+        )
+        .into_bytes()
+}
+
+#[test]
+fn a_call_to_a_nated_binding_is_anchored_whatever_the_sets_say() {
+    let t0 = Instant::now();
+    let nat = "203.0.113.9:40000";
+    let mut w = registrar_worker(t0, Some(nat));
+    let mut out = Outbox::new();
+    w.on_datagram(
+        t0,
+        SOCK_PUBLIC,
+        addr(CALLER),
+        &invite_to_6001("z9hG4bK-n1"),
+        &mut out,
+    );
+    assert!(
+        !sent(&out).iter().any(|(_, _, t)| t.starts_with("INVITE ")),
+        "held for the offer: {:?}",
+        sent(&out)
+    );
+    let ng = ng_to_engine(&out);
+    assert_eq!(ng.len(), 1, "{:?}", sent(&out));
+    assert!(ng[0].1.contains("7:command5:offer"), "{}", ng[0].1);
+
+    // The engine answers: the branch goes to the NAT with the engine's SDP.
+    out.clear();
+    let reply = ng_reply(&ng[0].1, Some(ENGINE_OFFER_SDP));
+    w.on_datagram(t0, SOCK_MEDIA, addr(ENGINE), &reply, &mut out);
+    let s = sent(&out);
+    let (_, to, fwd) = s
+        .iter()
+        .find(|(_, _, t)| t.starts_with("INVITE "))
+        .expect("forwarded")
+        .clone();
+    assert_eq!(to, addr(nat));
+    assert!(
+        fwd.starts_with("INVITE sip:6001@192.168.1.5:5060 SIP/2.0\r\n"),
+        "{fwd}"
+    );
+    assert_eq!(body_of(&fwd), ENGINE_OFFER_SDP);
+
+    // The phone's 200 goes through `answer`, then to the caller.
+    out.clear();
+    let ok = response(&fwd, 200, ANSWER_SDP);
+    w.on_datagram(t0, SOCK_PRIVATE, addr(nat), &ok, &mut out);
+    let ng = ng_to_engine(&out);
+    assert_eq!(ng.len(), 1, "{:?}", sent(&out));
+    assert!(ng[0].1.contains("7:command6:answer"), "{}", ng[0].1);
+    out.clear();
+    let reply = ng_reply(&ng[0].1, Some(ENGINE_ANSWER_SDP));
+    w.on_datagram(t0, SOCK_MEDIA, addr(ENGINE), &reply, &mut out);
+    let s = sent(&out);
+    let (_, to, ok) = s
+        .iter()
+        .find(|(_, _, t)| t.starts_with("SIP/2.0 200"))
+        .expect("relayed")
+        .clone();
+    assert_eq!(to, addr(CALLER));
+    assert_eq!(body_of(&ok), ENGINE_ANSWER_SDP);
+    let st = w.media.as_ref().unwrap().shared().engine_totals(0);
+    assert_eq!((st.offers, st.answers), (1, 1));
+}
+
+#[test]
+fn a_call_to_a_direct_binding_follows_the_sets() {
+    let t0 = Instant::now();
+    let mut w = registrar_worker(t0, None);
+    let mut out = Outbox::new();
+    w.on_datagram(
+        t0,
+        SOCK_PUBLIC,
+        addr(CALLER),
+        &invite_to_6001("z9hG4bK-n2"),
+        &mut out,
+    );
+    assert!(ng_to_engine(&out).is_empty(), "{:?}", sent(&out));
+    let s = sent(&out);
+    let (_, to, fwd) = s
+        .iter()
+        .find(|(_, _, t)| t.starts_with("INVITE "))
+        .expect("forwarded at once")
+        .clone();
+    assert_eq!(to, addr("192.168.1.5:5060"));
+    assert_eq!(body_of(&fwd), OFFER_SDP);
+}
+
+#[test]
+fn a_caller_cancelling_while_the_offer_is_out_gets_487() {
+    let t0 = Instant::now();
+    let mut w = registrar_worker(t0, Some("203.0.113.9:40000"));
+    let mut out = Outbox::new();
+    let invite = invite_to_6001("z9hG4bK-n3");
+    w.on_datagram(t0, SOCK_PUBLIC, addr(CALLER), &invite, &mut out);
+    assert_eq!(ng_to_engine(&out).len(), 1);
+    let cancel = String::from_utf8(invite)
+        .unwrap()
+        .replace("INVITE sip", "CANCEL sip")
+        .replace("CSeq: 1 INVITE", "CSeq: 1 CANCEL");
+    let cancel = format!(
+        "{}\r\n\r\n",
+        cancel.split("Content-Type").next().unwrap().trim_end()
+    )
+    .replace("\r\n\r\n", "\r\nContent-Length: 0\r\n\r\n");
+    out.clear();
+    w.on_datagram(t0, SOCK_PUBLIC, addr(CALLER), cancel.as_bytes(), &mut out);
+    let s = sent(&out);
+    assert!(
+        s.iter().any(|(_, _, t)| t.starts_with("SIP/2.0 487")),
+        "{s:?}"
+    );
+    assert!(!s.iter().any(|(_, _, t)| t.starts_with("INVITE ")), "{s:?}");
+}
+
+#[test]
+fn a_call_from_a_nated_phone_is_anchored_whatever_the_sets_say() {
+    let t0 = Instant::now();
+    let mut w = registrar_worker(t0, None);
+    // 6002 of the registrar's domain calls the PBX (set 1, not anchored by
+    // the sets) from behind a NAT: its Contact names a private address.
+    let nat = "203.0.113.7:41000";
+    let invite = |to: &str, branch: &str| {
+        String::from_utf8(invite_with_sdp(branch))
+            .unwrap()
+            .replacen(
+                "INVITE sip:100@127.0.0.1:5060",
+                &format!("INVITE sip:{to}@example.com"),
+                1,
+            )
+            .replace(
+                &format!("Via: SIP/2.0/UDP {CALLER}"),
+                &format!("Via: SIP/2.0/UDP {nat}"),
+            )
+            .replace("From: <sip:a@127.0.0.1>", "From: <sip:6002@example.com>")
+            .replace(
+                "CSeq: 1 INVITE\r\n",
+                "CSeq: 1 INVITE\r\nContact: <sip:6002@192.168.1.9:5060>\r\n",
+            )
+            .into_bytes()
+    };
+    let mut out = Outbox::new();
+    w.on_datagram(
+        t0,
+        SOCK_PUBLIC,
+        addr(nat),
+        &invite("1000", "z9hG4bK-n4"),
+        &mut out,
+    );
+    let ng = ng_to_engine(&out);
+    assert_eq!(ng.len(), 1, "not anchored: {:?}", sent(&out));
+    assert!(ng[0].1.contains("7:command5:offer"), "{}", ng[0].1);
+    out.clear();
+    let reply = ng_reply(&ng[0].1, Some(ENGINE_OFFER_SDP));
+    w.on_datagram(t0, SOCK_MEDIA, addr(ENGINE), &reply, &mut out);
+    let s = sent(&out);
+    let (_, to, fwd) = s
+        .iter()
+        .find(|(_, _, t)| t.starts_with("INVITE "))
+        .expect("forwarded")
+        .clone();
+    assert_eq!(to, addr(DEST));
+    assert_eq!(body_of(&fwd), ENGINE_OFFER_SDP);
+    assert!(fwd.contains(&format!("Contact: <sip:6002@{nat}>")), "{fwd}");
+
+    // The same phone calling from its own address (no NAT): the sets decide.
+    let direct = String::from_utf8(invite("1000", "z9hG4bK-n5"))
+        .unwrap()
+        .replace("192.168.1.9:5060", nat);
+    out.clear();
+    w.on_datagram(t0, SOCK_PUBLIC, addr(nat), direct.as_bytes(), &mut out);
+    assert!(ng_to_engine(&out).is_empty(), "{:?}", sent(&out));
+}

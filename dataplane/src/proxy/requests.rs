@@ -238,6 +238,10 @@ impl Worker {
         // A request to a registered user: forked to its bindings.
         let mut fork = None;
         let mut how = Located::No;
+        // Whether a caller behind a NAT gets its media anchored: initial
+        // requests to a dispatcher set (unless its rule says no) or to a
+        // registered user.
+        let mut nat_anchors = false;
         let (target, pop_routes) = match decision {
             Decision::Reply { code, warning } => {
                 match code {
@@ -279,6 +283,18 @@ impl Worker {
                 } else {
                     Located::Direct
                 };
+                // A phone behind a NAT gets its media through the engine
+                // whatever the sets' anchoring says (Kamailio's
+                // rtpengine_manage() under nat_uac_test): its SDP names an
+                // address the other side cannot reach.
+                anchor = method == Method::Invite
+                    && found.iter().any(|b| b.nated)
+                    && self
+                        .media
+                        .as_ref()
+                        .is_some_and(|m| m.shared().anchors_any())
+                    && has_sdp(msg);
+                nat_anchors = true;
                 let target = Target {
                     addr: best.addr,
                     socket: SOCK_PRIVATE,
@@ -324,6 +340,7 @@ impl Worker {
                         rule_media.unwrap_or_else(|| m.shared().anchors_set(set_id))
                     })
                     && has_sdp(msg);
+                nat_anchors = rule_media != Some(false);
                 let table = self.table.load_full();
                 let Some(set) = table.set(set_id) else {
                     bump(&self.stats.no_destination);
@@ -402,6 +419,19 @@ impl Worker {
         }
         let mut request = self.pool.get();
         let nated = self.nated_contact(msg, info, method, src);
+        // A caller behind a NAT (its Contact just rewritten): its SDP names
+        // a private address too, so its media is anchored as well.
+        if nated.is_some()
+            && nat_anchors
+            && method == Method::Invite
+            && self
+                .media
+                .as_ref()
+                .is_some_and(|m| m.shared().anchors_any())
+            && has_sdp(msg)
+        {
+            anchor = true;
+        }
         let registrar = self.cfg.registrar.clone();
         let consumed_realm = match (caller, &registrar) {
             (Caller::Authenticated { domain }, Some(r)) => {

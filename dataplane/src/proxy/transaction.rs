@@ -133,6 +133,9 @@ pub(crate) struct Forked {
     pub legs: Vec<ForkLeg>,
     /// The best final response so far, answered once every branch ended.
     pub best: Vec<u8>,
+    /// The branches sent first: an INVITE held for its media offer sends
+    /// them once the engine answered.
+    pub first: std::ops::Range<usize>,
 }
 
 /// One branch of a forked request.
