@@ -698,6 +698,14 @@ pub fn run(cfg: &Config) -> Result<()> {
                             running.proxy.advertise.clone(),
                             running.events.clone(),
                             running.probe_forged.clone(),
+                            // Loaded at start already: a failure here is not expected.
+                            match cfg.tls.ca.as_str() {
+                                "" => None,
+                                ca => dataplane::transport::tls::load_client(
+                                    std::path::Path::new(ca),
+                                )
+                                .ok(),
+                            },
                         ),
                     );
                 }

@@ -10,8 +10,8 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use support::tls::{CertDir, PyTlsUas};
-use support::{metrics, Scenario, Sipvane, Uac};
+use support::tls::{CertDir, KamailioTls, PyTlsUas};
+use support::{metrics, Scenario, Sipvane, Uac, Uas};
 
 const SETTLE: Duration = Duration::from_secs(5);
 const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -19,6 +19,7 @@ const RUN_LIMIT: Duration = Duration::from_secs(60);
 on_both_drivers!(
     udp_caller_reaches_a_tls_destination,
     untrusted_destination_fails_over_at_once,
+    kamailio_tls_destination_completes_calls,
 );
 
 /// The sum over every label set of a metric (`name{...} value` lines).
@@ -130,6 +131,45 @@ fn untrusted_destination_fails_over_at_once(io: &str) {
     );
 }
 
+/// Kamailio with its tls module as the TLS destination, relaying to a SIPp
+/// callee over UDP: 50 calls complete, the in-dialog ACK and BYE reach
+/// Kamailio over the pooled TLS connection along its TLS Record-Route.
+fn kamailio_tls_destination_completes_calls(io: &str) {
+    let certs = CertDir::new(&format!("kam-{io}"));
+    certs.issue("ca", "IP:127.0.0.1", "kam");
+    let mut uas = Uas::start(Scenario::Uas, support::free_udp_addr());
+    let kamailio = KamailioTls::start(&certs, "kam", uas.addr());
+    let mut sipvane = Sipvane::builder("tlsout-kam")
+        .io(io)
+        .workers(2)
+        .destination(format!("1 sip:{};transport=tls", kamailio.addr()))
+        .toml(&ca_toml(&certs))
+        .start();
+    let run = Uac::new(Scenario::Uac, sipvane.addr())
+        .calls(50)
+        .rate(50)
+        .timeout(RUN_LIMIT)
+        .run();
+    run.assert_all_succeeded(50);
+    let f = uas.wait_until(SETTLE, |s| s.count("BYE", "Recv") >= 50);
+    assert_eq!(f.invites_received(), 50, "{f:?}");
+    assert_eq!(f.count("ACK", "Recv"), 50, "{f:?}");
+    let m = metrics(&sipvane);
+    assert!(
+        metric_sum(&m, "sipvane_worker_tls_connected_total") >= 1,
+        "{m}"
+    );
+    assert_eq!(
+        metric_sum(&m, "sipvane_tls_out_handshake_failures_total"),
+        0,
+        "{m}"
+    );
+    uas.stop();
+    let c = sipvane.stop();
+    assert_eq!(c.get("calls_answered"), 50, "{}", kamailio.log());
+    assert_eq!(c.get("dialogs_ended"), 50);
+}
+
 /// A TLS destination without `[tls] ca` is a one-line error at its line of
 /// the dispatcher list (`check-config` and start-up alike).
 #[test]
@@ -165,4 +205,48 @@ fn tls_destination_needs_a_ca() {
         ],
         "{err}"
     );
+}
+
+/// OPTIONS probes of a TLS destination go over TLS (the control thread runs
+/// the same rustls client session): the good destination answers them over
+/// TLS and stays up; one whose certificate another CA signed fails every
+/// probe at the handshake and is taken down ("probe connection failed").
+#[test]
+fn tls_destinations_are_probed_over_tls() {
+    let wait = Duration::from_secs(30);
+    let certs = CertDir::new("probe");
+    certs.issue("ca", "IP:127.0.0.1", "srv");
+    certs.issue("other-ca", "IP:127.0.0.1", "stranger");
+    let good = PyTlsUas::start(&certs, "srv");
+    let bad = PyTlsUas::start(&certs, "stranger");
+    let sipvane = Sipvane::builder("tlsout-probe")
+        .destination(format!("1 sip:{};transport=tls", good.addr()))
+        .destination(format!("1 sip:{};transport=tls", bad.addr()))
+        .toml("ping_interval_s = 1")
+        .toml(&ca_toml(&certs))
+        .start();
+    assert!(
+        good.wait_for(|_| good.received("OPTIONS") >= 2, wait),
+        "{:?}",
+        good.lines()
+    );
+    assert!(good
+        .lines()
+        .iter()
+        .filter(|l| l.starts_with("VIA OPTIONS "))
+        .all(|l| l.contains("SIP/2.0/TLS ")));
+    assert!(
+        sipvane.wait_for_log("probe connection failed", 1, wait),
+        "{}",
+        sipvane.log()
+    );
+    let log = sipvane.log();
+    let good_uri = good.addr().to_string();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("destination down") && l.contains(&good_uri)),
+        "{log}"
+    );
+    assert_eq!(bad.received("OPTIONS"), 0, "{:?}", bad.lines());
+    assert!(bad.handshake_failures() >= 1, "{:?}", bad.lines());
 }

@@ -60,6 +60,10 @@ pub struct Transmit {
     /// reply comes back on it; a connection that cannot be opened is a failed
     /// probe ([`Prober::connect_failed`]).
     pub tcp: bool,
+    /// Over TLS on that connection (a `;transport=tls` / `sips:` destination):
+    /// the name its certificate must carry (URI host name or IP address). A
+    /// failed handshake is a failed probe, as a failed connect.
+    pub tls: Option<String>,
 }
 
 /// A state change the prober made; the driver logs it and emits `dst_up` /
@@ -245,23 +249,37 @@ impl Prober {
             let n = self.next_probe;
             self.next_probe += 1;
             let seal = seal_of(self.seal_key, self.instance, n, d.addr);
-            let bytes = build_probe(&self.cfg, sent_by, &d.uri, d.tcp, (self.instance, n, seal));
+            let tls = d.tls.then(|| tls_name(&d.uri, d.addr));
+            let transport = match (d.tcp, d.tls) {
+                (_, true) => "TLS",
+                (true, _) => "TCP",
+                _ => "UDP",
+            };
+            let bytes = build_probe(
+                &self.cfg,
+                sent_by,
+                &d.uri,
+                transport,
+                (self.instance, n, seal),
+            );
+            let stream = d.tcp || d.tls;
             out.push(Transmit {
                 to: d.addr,
                 bytes: bytes.clone(),
-                tcp: d.tcp,
+                tcp: stream,
+                tls,
             });
             self.pending.insert(
                 n,
                 Pending {
                     target: k,
                     to: d.addr,
-                    tcp: d.tcp,
+                    tcp: stream,
                     bytes,
                     sent: now,
                     deadline: now + self.cfg.timeout,
                     // Reliable transport: never retransmitted (RFC 3261 §17.1.2.2).
-                    retransmit: (!d.tcp).then_some((now + T1, T1)),
+                    retransmit: (!stream).then_some((now + T1, T1)),
                 },
             );
         }
@@ -335,6 +353,7 @@ impl Prober {
                         to: p.to,
                         bytes: p.bytes.clone(),
                         tcp: false,
+                        tls: None,
                     });
                     let wait = (wait * 2).min(T2);
                     p.retransmit = Some((now + wait, wait));
@@ -440,14 +459,13 @@ fn build_probe(
     cfg: &ProbeConfig,
     sent_by: &str,
     uri: &str,
-    tcp: bool,
+    transport: &str,
     id: (u64, u64, u64),
 ) -> Vec<u8> {
     let m = &cfg.method;
     let (instance, n, seal) = id;
     // Over TCP the reply returns on the probe's connection whatever the Via
     // says (RFC 3261 §18.2.2); the UDP sent-by names sipvane all the same.
-    let transport = if tcp { "TCP" } else { "UDP" };
     format!(
         "{m} {uri} SIP/2.0\r\n\
          Via: SIP/2.0/{transport} {sent_by};branch={BRANCH_PREFIX}{instance:x}.{n:x}.{seal:016x};rport\r\n\
@@ -460,6 +478,18 @@ fn build_probe(
         from = cfg.from,
     )
     .into_bytes()
+}
+
+/// The name a TLS destination's certificate must carry: its URI's host name,
+/// or (an IP literal) its address.
+fn tls_name(uri: &str, addr: SocketAddr) -> String {
+    dataplane::sip::Uri::parse(uri.as_bytes())
+        .ok()
+        .filter(|u| dataplane::route::parse_ip(u.host).is_none())
+        .map_or_else(
+            || addr.ip().to_string(),
+            |u| String::from_utf8_lossy(u.host).into_owned(),
+        )
 }
 
 /// The probe number and seal from the branch after the prefix:

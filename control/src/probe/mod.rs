@@ -6,7 +6,10 @@
 //! round every `ping_interval_s`, replies read as they come. A probe of a
 //! `;transport=tcp` destination opens a TCP connection of its own (a task that
 //! connects, writes the OPTIONS, reads the replies and closes), so a
-//! destination that refuses connections fails its probes. Every state change
+//! destination that refuses connections fails its probes. A TLS destination's
+//! probe runs the TLS client handshake on that connection (the workers' sans-IO
+//! `TlsSession`, verified against `[tls] ca`): a failed handshake is a failed
+//! probe. Every state change
 //! is logged and, when events are on, pushed as `dst_up` / `dst_down`.
 
 pub mod core;
@@ -57,6 +60,7 @@ pub async fn run(
     advertise: String,
     events: Option<EventQueue>,
     forged: Arc<AtomicU64>,
+    tls: Option<dataplane::transport::tls::TlsClient>,
 ) {
     let mut prober = Prober::new(cfg, instance_id());
     let v4 = bind(listen, false, &advertise, &mut prober).await;
@@ -105,7 +109,29 @@ pub async fn run(
         forged.store(prober.forged(), Ordering::Relaxed);
         for t in out.drain(..) {
             if t.tcp {
-                tokio::spawn(tcp_probe(t.to, t.bytes, timeout, tcp_tx.clone()));
+                let session = match (&t.tls, &tls) {
+                    (None, _) => None,
+                    (Some(name), Some(client)) => {
+                        let peer = dataplane::transport::tls::TlsPeer {
+                            name: name.clone(),
+                            verify: true,
+                        };
+                        match client.session(&peer) {
+                            Ok(s) => Some(s),
+                            Err(e) => {
+                                tracing::debug!(to = %t.to, error = %e, "TLS probe not started");
+                                prober.connect_failed(t.to, &mut changes);
+                                continue;
+                            }
+                        }
+                    }
+                    // A TLS destination needs [tls] ca (checked at load).
+                    (Some(_), None) => {
+                        prober.connect_failed(t.to, &mut changes);
+                        continue;
+                    }
+                };
+                tokio::spawn(tcp_probe(t.to, t.bytes, timeout, session, tcp_tx.clone()));
                 continue;
             }
             let sock = if t.to.is_ipv6() { &v6 } else { &v4 };
@@ -130,9 +156,16 @@ enum TcpNews {
     ConnectFailed(SocketAddr),
 }
 
-/// One probe over a TCP connection of its own: connect, send, hand every
-/// message read back to the prober until a final reply, the timeout or EOF.
-async fn tcp_probe(to: SocketAddr, bytes: Vec<u8>, timeout: Duration, news: mpsc::Sender<TcpNews>) {
+/// One probe over a TCP connection of its own (TLS on it with `tls`):
+/// connect, send, hand every message read back to the prober until a final
+/// reply, the timeout or EOF. A failed TLS handshake counts as a failed connect.
+async fn tcp_probe(
+    to: SocketAddr,
+    bytes: Vec<u8>,
+    timeout: Duration,
+    mut tls: Option<dataplane::transport::tls::TlsSession>,
+    news: mpsc::Sender<TcpNews>,
+) {
     let deadline = Instant::now() + timeout;
     let mut stream = match tokio::time::timeout_at(deadline, TcpStream::connect(to)).await {
         Ok(Ok(s)) => s,
@@ -147,7 +180,17 @@ async fn tcp_probe(to: SocketAddr, bytes: Vec<u8>, timeout: Duration, news: mpsc
             return;
         }
     };
-    if tokio::time::timeout_at(deadline, stream.write_all(&bytes))
+    // On TLS the OPTIONS waits in the session until the handshake is done;
+    // what goes on the wire is the session's output.
+    let mut wire = bytes;
+    if let Some(s) = tls.as_mut() {
+        if s.write(&wire).is_err() {
+            return;
+        }
+        wire.clear();
+        s.output(&mut wire);
+    }
+    if tokio::time::timeout_at(deadline, stream.write_all(&wire))
         .await
         .map_or(true, |r| r.is_err())
     {
@@ -156,13 +199,38 @@ async fn tcp_probe(to: SocketAddr, bytes: Vec<u8>, timeout: Duration, news: mpsc
     }
     let mut framer = dataplane::transport::Framer::new(65_535);
     let mut buf = vec![0u8; 16 * 1024];
+    let mut plain = Vec::new();
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => n,
-            _ => return,
+            _ => {
+                if tls.as_ref().is_some_and(|s| s.handshaking()) {
+                    // Closed by the peer before the handshake finished.
+                    let _ = news.try_send(TcpNews::ConnectFailed(to));
+                }
+                return;
+            }
+        };
+        let data = match tls.as_mut() {
+            None => &buf[..n],
+            Some(s) => {
+                plain.clear();
+                let fed = s.feed(&buf[..n], &mut plain);
+                wire.clear();
+                s.output(&mut wire);
+                let _ = tokio::time::timeout_at(deadline, stream.write_all(&wire)).await;
+                if let Err(e) = fed {
+                    tracing::debug!(%to, error = %e.error, "TLS probe: handshake or record failed");
+                    if e.handshake {
+                        let _ = news.try_send(TcpNews::ConnectFailed(to));
+                    }
+                    return;
+                }
+                &plain[..]
+            }
         };
         let mut done = false;
-        let fed = framer.feed(std::time::Instant::now(), &buf[..n], |f| {
+        let fed = framer.feed(std::time::Instant::now(), data, |f| {
             if let dataplane::transport::Frame::Message(m) = f {
                 done |= dataplane::sip::parse(m)
                     .ok()

@@ -165,3 +165,112 @@ impl PyTlsUas {
         }
     }
 }
+
+/// Kamailio (5.6, its `tls` module: OpenSSL) as a TLS proxy: listens TLS on a
+/// free 127.0.0.1 port with certificate `NAME.crt` of a [`CertDir`] (not asking
+/// for a client certificate), record-routes (double Record-Route: TLS towards
+/// sipvane, UDP towards the callee) and relays initial requests to `next` over
+/// UDP, in-dialog ones along their Route set.
+pub struct KamailioTls {
+    addr: SocketAddr,
+    dir: super::process::WorkDir,
+    _child: ChildGuard,
+}
+
+impl KamailioTls {
+    pub fn start(certs: &CertDir, name: &str, next: SocketAddr) -> KamailioTls {
+        let bin = super::process::require_binary("kamailio", "install it with scripts/deps.sh");
+        let modules = [
+            "/usr/lib/x86_64-linux-gnu/kamailio/modules",
+            "/usr/lib/kamailio/modules",
+        ]
+        .into_iter()
+        .find(|p| Path::new(p).join("tls.so").exists())
+        .expect("kamailio's tls module (kamailio-tls-modules; scripts/deps.sh)");
+        let dir = super::process::WorkDir::new("kamailio", "tls");
+        let tls = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+        let udp = super::net::free_udp_addr();
+        let cfg = format!(
+            r#"#!KAMAILIO
+debug=2
+log_stderror=yes
+fork=yes
+children=1
+tcp_children=1
+enable_tls=yes
+listen=udp:{udp}
+listen=tls:{tls}
+mpath="{modules}/"
+loadmodule "pv.so"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "siputils.so"
+loadmodule "tls.so"
+modparam("tls", "tls_method", "TLSv1.2+")
+modparam("tls", "certificate", "{cert}")
+modparam("tls", "private_key", "{key}")
+modparam("tls", "verify_certificate", 0)
+modparam("tls", "require_certificate", 0)
+request_route {{
+    if (has_totag()) {{
+        if (loose_route()) {{
+            t_relay();
+            exit;
+        }}
+        if ($rm == "ACK" && t_check_trans()) {{
+            t_relay();
+        }}
+        exit;
+    }}
+    if ($rm == "CANCEL") {{
+        if (t_check_trans()) t_relay();
+        exit;
+    }}
+    record_route();
+    $du = "sip:{next}";
+    t_relay();
+}}
+"#,
+            cert = certs.path(&format!("{name}.crt")),
+            key = certs.path(&format!("{name}.key")),
+        );
+        let path = dir.file("kamailio.cfg");
+        std::fs::write(&path, cfg).expect("write kamailio.cfg");
+        let log = std::fs::File::create(dir.file("kamailio.log")).expect("kamailio.log");
+        let child = ChildGuard::spawn(
+            Command::new(bin)
+                .arg("-f")
+                .arg(&path)
+                .args(["-DD", "-E", "-w"])
+                .arg(dir.path())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log),
+        )
+        .expect("run kamailio");
+        let k = KamailioTls {
+            addr: tls,
+            dir,
+            _child: child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(tls).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "kamailio did not start:\n{}",
+                k.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        k
+    }
+
+    /// Its TLS listener.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.file("kamailio.log")).unwrap_or_default()
+    }
+}
