@@ -8,10 +8,11 @@
 #[macro_use]
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use support::tls::CertDir;
 use support::{free_tcp_port, metrics, Scenario, Sipvane, Uas};
 
 const SETTLE: Duration = Duration::from_secs(5);
@@ -31,46 +32,13 @@ fn metric_sum(text: &str, name: &str) -> u64 {
         .sum::<f64>() as u64
 }
 
-/// `openssl req -x509` with `args`; panics with its stderr on failure.
-fn openssl_req(args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .arg("ec_paramgen_curve:prime256v1")
-        .args(["-nodes", "-days", "2"])
-        .args(args)
-        .output()
-        .expect("run openssl");
-    assert!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-struct Certs {
-    dir: PathBuf,
-}
+/// `ca.crt` signing `server.crt`/`server.key` (for `sip.test`), and an
+/// unrelated `other-ca.crt` (support::tls::CertDir), removed on drop.
+struct Certs(CertDir);
 
 impl Certs {
-    /// `ca.crt` signing `server.crt`/`server.key` (for `sip.test`), and an
-    /// unrelated `other-ca.crt`.
     fn new(tag: &str) -> Certs {
-        let dir = std::env::temp_dir().join(format!("sipvane-tls-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("cert dir");
-        let p = |f: &str| dir.join(f).to_str().expect("utf-8 path").to_owned();
-        for ca in ["ca", "other-ca"] {
-            let (key, crt) = (p(&format!("{ca}.key")), p(&format!("{ca}.crt")));
-            openssl_req(&[
-                "-subj",
-                "/CN=sipvane test CA",
-                "-keyout",
-                &key,
-                "-out",
-                &crt,
-            ]);
-        }
-        let certs = Certs { dir };
+        let certs = Certs(CertDir::new(&format!("in-{tag}")));
         certs.issue("sip.test", "server");
         certs
     }
@@ -83,27 +51,11 @@ impl Certs {
 
     /// As `issue`, for DNS name `dns`.
     fn issue_for(&self, dns: &str, cn: &str, name: &str) {
-        let p = |f: &str| self.path(f);
-        openssl_req(&[
-            "-subj",
-            &format!("/CN={cn}"),
-            "-addext",
-            &format!("subjectAltName=DNS:{dns}"),
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-            "-CA",
-            &p("ca.crt"),
-            "-CAkey",
-            &p("ca.key"),
-            "-keyout",
-            &p(&format!("{name}.key")),
-            "-out",
-            &p(&format!("{name}.crt")),
-        ]);
+        self.0.issue_named("ca", &format!("DNS:{dns}"), cn, name);
     }
 
     fn path(&self, f: &str) -> String {
-        self.dir.join(f).to_str().expect("utf-8 path").to_owned()
+        self.0.path(f)
     }
 
     /// The `[tls]` section for a listener on `port`.
@@ -113,12 +65,6 @@ impl Certs {
             self.path("server.crt"),
             self.path("server.key")
         )
-    }
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -56,9 +56,14 @@ impl CertDir {
     /// A certificate with subjectAltName `san` (`IP:127.0.0.1`, `DNS:x`)
     /// signed by CA `ca`, as `NAME.crt` / `NAME.key`.
     pub fn issue(&self, ca: &str, san: &str, name: &str) {
+        self.issue_named(ca, san, name, name);
+    }
+
+    /// As `issue`, with subject CN `cn`.
+    pub fn issue_named(&self, ca: &str, san: &str, cn: &str, name: &str) {
         openssl_req(&[
             "-subj",
-            &format!("/CN={name}"),
+            &format!("/CN={cn}"),
             "-addext",
             &format!("subjectAltName={san}"),
             "-addext",
