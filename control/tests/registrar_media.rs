@@ -14,7 +14,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use db_support::{runtime, KamailioDb, Postgres};
+use db_support::{runtime, KamailioDb};
 use support::{
     free_udp_addr, free_udp_port, received_messages, Scenario, Service, ServiceKind, Sipvane, Uac,
     Uas,
@@ -37,21 +37,7 @@ fn calls_to_a_nated_phone_are_anchored_whatever_the_sets_say(io: &str) {
     let engine = Service::start(ServiceKind::Rtpengine);
     let (pmin, pmax) = engine.media_ports().expect("media ports");
     let rt = runtime();
-    let db = KamailioDb::Pg(rt.block_on(Postgres::start()));
-    rt.block_on(
-        db.create_schema(
-            &[
-                "standard-create.sql",
-                "auth_db-create.sql",
-                "usrloc-create.sql",
-            ],
-            &[
-                "INSERT INTO subscriber (username, domain, password) VALUES \
-           ('6001', 'example.com', 'pw-6001')"
-                    .to_owned(),
-            ],
-        ),
-    );
+    let db = KamailioDb::pg_with_one_user(&rt);
     let pbx = Uas::builder(Scenario::Uas).addr(free_udp_addr()).start();
     let mut sipvane = Sipvane::builder("registrar-media")
         .io(io)

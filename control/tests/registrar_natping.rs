@@ -13,7 +13,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use db_support::{runtime, KamailioDb, Postgres};
+use db_support::{runtime, KamailioDb};
 use support::{free_udp_addr, free_udp_port, metric, metrics, Scenario, Sipvane, Uac, Uas};
 
 on_both_drivers!(nated_phones_are_pinged_and_dropped_when_they_stop_answering);
@@ -21,21 +21,7 @@ on_both_drivers!(nated_phones_are_pinged_and_dropped_when_they_stop_answering);
 fn nated_phones_are_pinged_and_dropped_when_they_stop_answering(io: &str) {
     support::require_sipp();
     let rt = runtime();
-    let db = KamailioDb::Pg(rt.block_on(Postgres::start()));
-    rt.block_on(
-        db.create_schema(
-            &[
-                "standard-create.sql",
-                "auth_db-create.sql",
-                "usrloc-create.sql",
-            ],
-            &[
-                "INSERT INTO subscriber (username, domain, password) VALUES \
-           ('6001', 'example.com', 'pw-6001')"
-                    .to_owned(),
-            ],
-        ),
-    );
+    let db = KamailioDb::pg_with_one_user(&rt);
     let pbx = Uas::builder(Scenario::Uas).addr(free_udp_addr()).start();
     let mut sipvane = Sipvane::builder("registrar-natping")
         .io(io)

@@ -13,7 +13,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use db_support::{runtime, KamailioDb, Postgres};
+use db_support::{runtime, KamailioDb};
 use support::{free_udp_addr, free_udp_port, received_messages, Scenario, Sipvane, Uac, Uas};
 
 on_both_drivers!(calls_to_a_user_registered_through_an_edge_go_through_its_path);
@@ -24,21 +24,7 @@ const CONTACT: &str = "192.168.77.1:5060";
 fn calls_to_a_user_registered_through_an_edge_go_through_its_path(io: &str) {
     support::require_sipp();
     let rt = runtime();
-    let db = KamailioDb::Pg(rt.block_on(Postgres::start()));
-    rt.block_on(
-        db.create_schema(
-            &[
-                "standard-create.sql",
-                "auth_db-create.sql",
-                "usrloc-create.sql",
-            ],
-            &[
-                "INSERT INTO subscriber (username, domain, password) VALUES \
-           ('6001', 'example.com', 'pw-6001')"
-                    .to_owned(),
-            ],
-        ),
-    );
+    let db = KamailioDb::pg_with_one_user(&rt);
     let pbx = Uas::builder(Scenario::Uas).addr(free_udp_addr()).start();
     let mut sipvane = Sipvane::builder("registrar-path")
         .io(io)

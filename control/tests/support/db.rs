@@ -642,6 +642,28 @@ impl KamailioDb {
     /// Creates database `kamailio` from the schema `files` under
     /// `/usr/share/kamailio/<kind>/` (Debian's kamailio-postgres-modules /
     /// kamailio-mysql-modules), then runs `extra`.
+    /// A private PostgreSQL with Kamailio's `standard`, `auth_db` and
+    /// `usrloc` tables and one account, 6001@example.com (password
+    /// `pw-6001`): what the registrar tests start from.
+    pub fn pg_with_one_user(rt: &tokio::runtime::Runtime) -> KamailioDb {
+        let db = KamailioDb::Pg(rt.block_on(Postgres::start()));
+        rt.block_on(
+            db.create_schema(
+                &[
+                    "standard-create.sql",
+                    "auth_db-create.sql",
+                    "usrloc-create.sql",
+                ],
+                &[
+                    "INSERT INTO subscriber (username, domain, password) VALUES \
+               ('6001', 'example.com', 'pw-6001')"
+                        .to_owned(),
+                ],
+            ),
+        );
+        db
+    }
+
     pub async fn create_schema(&self, files: &[&str], extra: &[String]) {
         let admin_db = match self {
             KamailioDb::Pg(_) => "postgres",
