@@ -452,7 +452,9 @@ fn run_everything(mut server: KamailioDb) {
 /// Rows of one synthetic stream in a spool file; a writer replays part of it
 /// and stops; a second one replays the rest.
 async fn cut_replay(server: &KamailioDb, dir: &Path) {
-    const N: u64 = 50;
+    // Enough batches (of 10) that the writer cannot replay them all in the
+    // moment between the 20th row and its stop (with 50 it sometimes did).
+    const N: u64 = 500;
     const STREAM: u64 = 0x5eed_0000_0000_0001;
     let path: PathBuf = dir.join("acc.spool");
     let recs: Vec<Record> = (0..N)
