@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use dataplane::sip::{parse, HeaderName, NameAddr};
+use dataplane::transport::framer::{Frame, Framer};
 use hdrhistogram::Histogram;
 
 #[derive(clap::Args)]
@@ -181,7 +183,8 @@ fn trunk(
     let conn = rustls::ClientConnection::new(cfg, name).context("TLS client")?;
     let mut c = Caller {
         tls: rustls::StreamOwned::new(conn, sock),
-        buf: Vec::with_capacity(16 * 1024),
+        framer: Framer::new(MAX_MESSAGE),
+        ready: std::collections::VecDeque::new(),
         local,
         domain: domain.to_owned(),
         tag: format!("tls{index}-{}", std::process::id()),
@@ -242,11 +245,15 @@ impl std::error::Error for Rejected {}
 
 struct Caller {
     tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
-    buf: Vec<u8>,
+    framer: Framer,
+    /// Messages framed but not yet read.
+    ready: std::collections::VecDeque<Vec<u8>>,
     local: SocketAddr,
     domain: String,
     tag: String,
 }
+
+const MAX_MESSAGE: usize = 65_536;
 
 const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
                    m=audio 6000 RTP/AVP 0\r\n";
@@ -258,30 +265,27 @@ impl Caller {
         let to = format!("<{ruri}>");
         self.send("INVITE", &ruri, call_id, 1, &to, &[], SDP)?;
         let ok = self.final_response()?;
-        let code = status(&ok);
+        let msg = parse(&ok).map_err(|e| anyhow!("unparsable answer: {e:?}"))?;
+        let code = msg.status().unwrap_or(0);
         if code != 200 {
             return Err(Rejected(code).into());
         }
-        let to_tag = header(&ok, &["to", "t"])
-            .first()
-            .and_then(|v| v.split(";tag=").nth(1))
-            .context("200 without a To-tag")?
-            .to_owned();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_owned();
+        let to_tag = msg
+            .to()
+            .ok()
+            .and_then(|t| t.tag)
+            .map(text)
+            .context("200 without a To-tag")?;
         let to = format!("{to};tag={to_tag}");
-        let mut routes: Vec<String> = header(&ok, &["record-route"])
-            .iter()
-            .flat_map(|v| {
-                v.split(',')
-                    .map(|r| r.trim().to_owned())
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let mut routes: Vec<String> = msg.values(HeaderName::RecordRoute).map(text).collect();
         routes.reverse();
-        let contact = header(&ok, &["contact", "m"])
-            .first()
-            .and_then(|c| c.trim_start_matches('<').split('>').next())
-            .context("200 without a Contact")?
-            .to_owned();
+        let contact = msg
+            .values(HeaderName::Contact)
+            .next()
+            .and_then(|v| NameAddr::parse(v).ok())
+            .map(|n| text(n.uri))
+            .context("200 without a Contact")?;
         self.send("ACK", &contact, call_id, 1, &to, &routes, "")?;
         self.send("BYE", &contact, call_id, 2, &to, &routes, "")?;
         let bye = self.final_response()?;
@@ -322,21 +326,11 @@ impl Caller {
     }
 
     /// The next final response; provisional ones and requests are skipped.
-    fn final_response(&mut self) -> Result<String> {
+    fn final_response(&mut self) -> Result<Vec<u8>> {
         loop {
-            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-                let len = header(&head, &["content-length", "l"])
-                    .first()
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .unwrap_or(0);
-                if self.buf.len() >= end + 4 + len {
-                    let msg = String::from_utf8_lossy(&self.buf[..end + 4 + len]).into_owned();
-                    self.buf.drain(..end + 4 + len);
-                    if msg.starts_with("SIP/2.0 ") && status(&msg) >= 200 {
-                        return Ok(msg);
-                    }
-                    continue;
+            while let Some(m) = self.ready.pop_front() {
+                if parse(&m).is_ok_and(|msg| msg.status().is_some_and(|c| c >= 200)) {
+                    return Ok(m);
                 }
             }
             let mut chunk = [0u8; 16384];
@@ -344,25 +338,19 @@ impl Caller {
             if n == 0 {
                 bail!("connection closed by the proxy");
             }
-            self.buf.extend_from_slice(&chunk[..n]);
+            let ready = &mut self.ready;
+            self.framer
+                .feed(Instant::now(), &chunk[..n], |f| {
+                    if let Frame::Message(m) = f {
+                        ready.push_back(m.to_vec());
+                    }
+                })
+                .map_err(|e| anyhow!("framing: {e}"))?;
         }
     }
 }
 
-/// The values of the header named by any of `names` (lower case) in `msg`.
-fn header(msg: &str, names: &[&str]) -> Vec<String> {
-    let head = msg.split("\r\n\r\n").next().unwrap_or_default();
-    head.lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(k, _)| names.contains(&k.trim().to_ascii_lowercase().as_str()))
-        .map(|(_, v)| v.trim().to_owned())
-        .collect()
-}
-
-fn status(msg: &str) -> u16 {
-    msg.split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+/// The status code of a response (0 when it does not parse as one).
+fn status(msg: &[u8]) -> u16 {
+    parse(msg).ok().and_then(|m| m.status()).unwrap_or(0)
 }
