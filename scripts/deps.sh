@@ -10,13 +10,14 @@ set -euo pipefail
 # kamailio-{postgres,mysql}-modules ship Kamailio's schema files
 # (/usr/share/kamailio/{postgres,mysql}/*-create.sql) the accounting tests load.
 # kamailio-tls-modules: Kamailio as a TLS destination (control/tests/transport_tls_out.rs).
+# openssl (the CLI) and python3: certificates and the independent TLS peers of the TLS tests.
 # sngrep (HEP/EEP listener) and tshark (SIP dissector) are the second HEP decoder
 # of control/tests/hep_sngrep.rs.
 
 want=(sip-tester dnsmasq-base redis-server redis-tools postgresql postgresql-client mariadb-server \
       mariadb-client rtpengine-daemon kamailio kamailio-extra-modules \
       kamailio-postgres-modules kamailio-mysql-modules kamailio-tls-modules clang pkg-config \
-      libssl-dev procps iproute2 valgrind jq curl socat \
+      libssl-dev openssl python3 procps iproute2 valgrind jq curl socat \
       dpkg-dev adduser systemd init-system-helpers strace util-linux haproxy sngrep tshark)
 case "${1:-}" in
   --minimal) want=(sip-tester procps) ;;
