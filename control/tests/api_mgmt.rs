@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use control::api::model::{Dialogs, Dispatcher, ErrorStats, Health, Status};
 use serde_json::Value;
 use support::{
-    free_tcp_port, free_udp_addr, free_udp_port, localhost, Scenario, Sipvane, Uac, Uas,
+    free_sip_port, free_tcp_port, free_udp_addr, free_udp_port, localhost, Scenario, Sipvane, Uac,
+    Uas,
 };
 
 const RUN_LIMIT: Duration = Duration::from_secs(40);
@@ -621,7 +622,7 @@ fn taken_mgmt_port_stops_sipvane() {
         format!(
             "[proxy]\nlisten = \"127.0.0.1:{}\"\nworkers = 1\nprivate_port_base = {}\n\
              [dispatcher]\nlist = \"{}\"\n",
-            free_udp_port(),
+            free_sip_port(),
             free_udp_port(),
             list.display()
         ),

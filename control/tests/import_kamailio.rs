@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use control::config::{AlgorithmSpec, Config, DispatchRule, ProbingMode};
 use support::{
-    free_tcp_port, free_udp_port, localhost, require_binary, sip_options_ping, ChildGuard,
+    free_sip_port, free_tcp_port, localhost, require_binary, sip_options_ping, ChildGuard,
     Scenario, Uac, Uas, WorkDir,
 };
 
@@ -480,12 +480,7 @@ fn the_same_cfg_routes_calls_through_kamailio() {
     )
     .unwrap();
     // Kamailio listens on UDP and TCP at the same port.
-    let port = loop {
-        let p = free_udp_port();
-        if std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() {
-            break p;
-        }
-    };
+    let port = free_sip_port();
     let addr = localhost(port);
     let log = std::fs::File::create(dir.file("kamailio.log")).unwrap();
     let mut child = ChildGuard::spawn(
@@ -538,7 +533,7 @@ fn start_sipvane(config: &Path, dir: &WorkDir) -> (ChildGuard, std::net::SocketA
     for _ in 0..3 {
         // One worker: its private port is the public one + 1, which must be free too.
         let port = loop {
-            let p = free_udp_port();
+            let p = free_sip_port();
             if p < u16::MAX && UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
                 break p;
             }

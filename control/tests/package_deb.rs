@@ -38,8 +38,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use support::{
-    free_tcp_port, free_udp_addr, free_udp_port, localhost, output_within, repo_root,
-    require_binary, ChildGuard, NotifySocket, Scenario, Uac, Uas, WorkDir,
+    free_sip_port, free_tcp_port, free_udp_addr, free_udp_port, localhost, output_within,
+    repo_root, require_binary, ChildGuard, NotifySocket, Scenario, Uac, Uas, WorkDir,
 };
 
 const UNIT: &str = "/lib/systemd/system/sipvane.service";
@@ -553,7 +553,7 @@ fn foreground_run(
     std::fs::write(&list, format!("1 sip:{}\n", uas.addr())).unwrap();
 
     // The packaged configuration, moved to loopback test ports.
-    let (sip, mgmt) = (localhost(free_udp_port()), localhost(free_tcp_port()));
+    let (sip, mgmt) = (localhost(free_sip_port()), localhost(free_tcp_port()));
     let mut conf = std::fs::read_to_string(CONF).unwrap();
     for (from, to) in [
         ("listen = \"127.0.0.1:5060\"", format!("listen = \"{sip}\"")),
@@ -807,7 +807,7 @@ fn upgrade_under_load(exec_start: &[String], deb: &Path) {
         TcpStream::connect_timeout(&mgmt, Duration::from_secs(1)).is_err(),
         "something already listens on {mgmt}, the packaged [mgmt] listen"
     );
-    let sip = localhost(free_udp_port());
+    let sip = localhost(free_sip_port());
     let mut conf = std::fs::read_to_string(CONF).unwrap();
     for (from, to) in [
         ("listen = \"127.0.0.1:5060\"", format!("listen = \"{sip}\"")),

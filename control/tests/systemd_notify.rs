@@ -10,7 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::{
-    free_tcp_port, free_udp_port, localhost, sip_options_ping, ChildGuard, NotifySocket, WorkDir,
+    free_sip_port, free_tcp_port, free_udp_port, localhost, sip_options_ping, ChildGuard,
+    NotifySocket, WorkDir,
 };
 
 struct Run {
@@ -29,7 +30,7 @@ impl Run {
 /// Starts `sipvane run` on loopback with `env` added.
 fn start(name: &str, env: &[(&str, String)]) -> Run {
     let dir = WorkDir::new("systemd", name);
-    let (sip, mgmt) = (localhost(free_udp_port()), localhost(free_tcp_port()));
+    let (sip, mgmt) = (localhost(free_sip_port()), localhost(free_tcp_port()));
     let list = dir.file("dispatcher.list");
     std::fs::write(&list, "# no destinations\n").unwrap();
     let cfg = dir.file("sipvane.toml");

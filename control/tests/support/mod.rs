@@ -50,8 +50,9 @@ pub mod tls;
 pub use dns::{Dnsmasq, Record};
 #[allow(unused_imports)]
 pub use net::{
-    assert_loopback, free_tcp_port, free_udp_addr, free_udp_port, free_udp_ports, localhost,
-    sip_options_ping, status_code, udp_bound, wait_for_tcp_listener, wait_for_udp_listener,
+    assert_loopback, free_sip_port, free_tcp_port, free_udp_addr, free_udp_port, free_udp_ports,
+    localhost, sip_options_ping, status_code, udp_bound, wait_for_tcp_listener,
+    wait_for_udp_listener,
 };
 #[allow(unused_imports)]
 pub use notify::NotifySocket;

@@ -43,6 +43,19 @@ pub fn free_udp_port() -> u16 {
     fresh_port(|| Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port()))
 }
 
+/// A port on 127.0.0.1 free for both UDP and TCP a moment ago: sipvane's
+/// SIP listen binds both, and a port free only for UDP may be some client's
+/// ephemeral TCP port (a flaky "Address already in use").
+pub fn free_sip_port() -> u16 {
+    fresh_port(|| loop {
+        let udp = UdpSocket::bind("127.0.0.1:0")?;
+        let port = udp.local_addr()?.port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    })
+}
+
 /// `n` distinct free UDP ports.
 pub fn free_udp_ports(n: usize) -> Vec<u16> {
     (0..n).map(|_| free_udp_port()).collect()

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::net::{
-    free_tcp_port, free_udp_port, localhost, sip_options_ping, wait_for_tcp_listener,
+    free_sip_port, free_tcp_port, free_udp_port, localhost, sip_options_ping, wait_for_tcp_listener,
 };
 use super::process::{ChildGuard, WorkDir};
 
@@ -421,7 +421,7 @@ fn spawn(
 
 /// A free public port and a free run of `workers` private ports.
 fn free_ports(workers: usize) -> (u16, u16) {
-    let public = free_udp_port();
+    let public = free_sip_port();
     for _ in 0..100 {
         let base = free_udp_port();
         let free = (0..workers).all(|i| {
