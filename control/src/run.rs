@@ -113,6 +113,11 @@ pub fn proxy_config(cfg: &Config, workers: usize) -> Result<ProxyConfig> {
         advertise,
         local_hosts,
         public_port: listen.port(),
+        tls_port: cfg
+            .tls
+            .listen_addr()
+            .filter(|_| cfg.tcp.enabled)
+            .map(|a| a.port()),
         private_ports,
         algorithm,
         default_set: cfg.dispatcher.default_set,

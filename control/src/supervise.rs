@@ -97,6 +97,10 @@ impl<C: Core> Core for Supervised<C> {
     fn open_work(&self) -> usize {
         self.core.open_work()
     }
+
+    fn tls_peer(&self, dst: std::net::SocketAddr) -> dataplane::transport::tls::TlsPeer {
+        self.core.tls_peer(dst)
+    }
 }
 
 /// What the control thread watches.

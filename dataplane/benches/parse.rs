@@ -107,7 +107,7 @@ fn build(c: &mut Criterion) {
         pop_routes: 0,
         drop_last_route: false,
         push_route: None,
-        record_route: Some(b"sip:192.0.2.1:5062;lr;w=0"),
+        record_route: &[b"sip:192.0.2.1:5062;lr;w=0"],
         received: Some((b"203.0.113.99", 40000)),
         body: None,
     };

@@ -431,7 +431,7 @@ proptest! {
             pop_routes: pop,
             drop_last_route: false,
             push_route: None,
-            record_route: rr.then_some(&b"sip:[2001:db8::5]:5070;lr"[..]),
+            record_route: if rr { &[b"sip:[2001:db8::5]:5070;lr"] } else { &[] },
             received: received.then_some((&b"203.0.113.5"[..], 1234)),
             body: new_body.as_deref(),
         };

@@ -131,7 +131,7 @@ fn edits() -> RequestEdits<'static> {
         pop_routes: 0,
         drop_last_route: false,
         push_route: None,
-        record_route: Some(b"sip:192.0.2.200:5061;lr"),
+        record_route: &[b"sip:192.0.2.200:5061;lr"],
         received: Some((b"198.51.100.1", 5060)),
         body: None,
     }

@@ -76,7 +76,7 @@ fuzz_target!(|data: &[u8]| {
         pop_routes: m.values(HeaderName::Route).count().min(2),
         drop_last_route: false,
         push_route: None,
-        record_route: Some(b"sip:192.0.2.1;lr"),
+        record_route: &[b"sip:192.0.2.1;lr"],
         received: Some((b"198.51.100.7", 5070)),
         body: None,
     };

@@ -48,6 +48,9 @@ pub struct ProxyConfig {
     pub public_port: u16,
     /// Each worker's private port, indexed by worker.
     pub private_ports: Vec<u16>,
+    /// The TLS listener's port (`[tls] listen`), if any: named in the
+    /// Record-Route entry facing a TLS peer.
+    pub tls_port: Option<u16>,
     pub algorithm: Algorithm,
     pub default_set: u32,
     pub rules: Vec<SetRule>,
@@ -128,6 +131,7 @@ impl Default for ProxyConfig {
             local_hosts: vec!["127.0.0.1".into()],
             public_port: 5060,
             private_ports: vec![5061],
+            tls_port: None,
             algorithm: Algorithm::RoundRobin,
             default_set: 1,
             rules: Vec::new(),
@@ -172,7 +176,7 @@ impl ProxyConfig {
             return None;
         }
         let port = port.unwrap_or(5060);
-        if port == self.public_port {
+        if port == self.public_port || Some(port) == self.tls_port {
             return Some(Ownership::Public);
         }
         self.private_ports
@@ -262,6 +266,14 @@ mod tests {
         assert_eq!(cfg.owner_of(b"127.0.0.1", None), Some(Ownership::Public));
         assert_eq!(cfg.owner_of(b"10.0.0.1", Some(5061)), None);
         assert_eq!(cfg.owner_of(b"127.0.0.1", Some(7000)), None);
+        let tls = ProxyConfig {
+            tls_port: Some(7000),
+            ..cfg
+        };
+        assert_eq!(
+            tls.owner_of(b"127.0.0.1", Some(7000)),
+            Some(Ownership::Public)
+        );
     }
 
     #[test]

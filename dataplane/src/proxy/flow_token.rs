@@ -10,6 +10,12 @@
 //! is the caller's) fails the MAC and is routed by its route set as usual,
 //! even over a new connection.
 //!
+//! The token also says whether the connection runs TLS, so a request sent
+//! by it says `SIP/2.0/TLS` in our Via (and a connection opened again to
+//! that peer would be a TLS one). With a double Record-Route (the call
+//! changes transport, [`super::rr`]) the token is on the entry facing the
+//! caller, the second of our two entries in the callee's route set.
+//!
 //! Forged or stale tokens (another process's key, an edited value) are
 //! ignored: the request is routed by its Request-URI as without a token. The
 //! MAC key is the worker's per-start secret, so tokens do not survive a
@@ -20,20 +26,22 @@ use std::net::{IpAddr, SocketAddr};
 use smallvec::SmallVec;
 
 use super::branch::Minter;
+use super::config::ProxyConfig;
 use crate::sip::header::param;
-use crate::sip::{HeaderName, Message, Uri};
+use crate::sip::{HeaderName, Message};
 
 /// The Record-Route parameter carrying the token.
 pub const PARAM: &[u8] = b"sv-flow";
 const DOMAIN: &[u8] = b"flow";
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// `record_route` (`sip:host:port;lr`) with the flow token of `peer` for the
-/// dialog whose caller's From-tag is `from_tag` appended.
+/// `record_route` (`sip:host:port;lr`) with the flow token of `peer` (over
+/// TLS: `tls`) for the dialog whose caller's From-tag is `from_tag` appended.
 pub fn record_route(
     minter: &Minter,
     record_route: &[u8],
     peer: SocketAddr,
+    tls: bool,
     from_tag: &[u8],
 ) -> SmallVec<[u8; 160]> {
     let mut out = SmallVec::new();
@@ -41,7 +49,7 @@ pub fn record_route(
     out.push(b';');
     out.extend_from_slice(PARAM);
     out.push(b'=');
-    let raw = raw(peer);
+    let raw = raw(peer, tls);
     let mac = mac_of(minter, &raw, from_tag);
     for b in raw.iter().chain(mac.iter()) {
         out.push(HEX[usize::from(b >> 4)]);
@@ -50,11 +58,11 @@ pub fn record_route(
     out
 }
 
-/// The peer a token names, if sipvane (this start) made it for the dialog
-/// whose caller's From-tag is `tag`.
-pub fn open(minter: &Minter, token: &[u8], tag: &[u8]) -> Option<SocketAddr> {
+/// The peer a token names and whether its connection runs TLS, if sipvane
+/// (this start) made it for the dialog whose caller's From-tag is `tag`.
+pub fn open(minter: &Minter, token: &[u8], tag: &[u8]) -> Option<(SocketAddr, bool)> {
     let mut bytes: SmallVec<[u8; 32]> = SmallVec::new();
-    if !token.len().is_multiple_of(2) || token.len() > 64 {
+    if !token.len().is_multiple_of(2) || token.len() > 2 * 27 {
         return None;
     }
     for pair in token.chunks_exact(2) {
@@ -63,18 +71,19 @@ pub fn open(minter: &Minter, token: &[u8], tag: &[u8]) -> Option<SocketAddr> {
         bytes.push((hi << 4 | lo) as u8);
     }
     let (raw, mac) = bytes.split_at(bytes.len().checked_sub(8)?);
-    let peer = match raw.len() {
+    let (&flags, addr) = raw.split_first()?;
+    let peer = match addr.len() {
         6 => SocketAddr::new(
-            IpAddr::from(<[u8; 4]>::try_from(&raw[..4]).ok()?),
-            u16::from_be_bytes([raw[4], raw[5]]),
+            IpAddr::from(<[u8; 4]>::try_from(&addr[..4]).ok()?),
+            u16::from_be_bytes([addr[4], addr[5]]),
         ),
         18 => SocketAddr::new(
-            IpAddr::from(<[u8; 16]>::try_from(&raw[..16]).ok()?),
-            u16::from_be_bytes([raw[16], raw[17]]),
+            IpAddr::from(<[u8; 16]>::try_from(&addr[..16]).ok()?),
+            u16::from_be_bytes([addr[16], addr[17]]),
         ),
         _ => return None,
     };
-    (mac_of(minter, raw, tag) == mac).then_some(peer)
+    (mac_of(minter, raw, tag) == mac && flags <= 1).then_some((peer, flags == 1))
 }
 
 fn mac_of(minter: &Minter, raw: &[u8], tag: &[u8]) -> [u8; 8] {
@@ -84,27 +93,51 @@ fn mac_of(minter: &Minter, raw: &[u8], tag: &[u8]) -> [u8; 8] {
     minter.mac(DOMAIN, &data).to_be_bytes()
 }
 
+/// Where a request that follows a flow token goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    /// The caller's connection (its peer address).
+    pub peer: SocketAddr,
+    /// The connection runs TLS.
+    pub tls: bool,
+    /// Our own Route entries to pop (two for a double Record-Route).
+    pub pop: usize,
+    /// The worker one of them names (the dialog's owner), if any.
+    pub worker: Option<usize>,
+}
+
 /// The connection an in-dialog request with To-tag `to_tag` must leave on:
-/// its first Route entry is `ours` (this worker's Record-Route) and carries a
-/// token made for the dialog of a caller whose From-tag is that To-tag, i.e.
-/// the request goes towards the caller.
+/// its route set starts with our own Record-Route (one entry or the two of
+/// a double one) and one of those entries carries a token made for the
+/// dialog of a caller whose From-tag is that To-tag, i.e. the request goes
+/// towards the caller.
 pub fn target(
     minter: &Minter,
     msg: &Message<'_>,
     to_tag: &[u8],
-    ours: impl Fn(&Uri<'_>) -> bool,
-) -> Option<SocketAddr> {
-    let first = msg.values(HeaderName::Route).next()?;
-    let uri = crate::route::route_uri(first)?;
-    if !ours(&uri) {
-        return None;
-    }
-    let token = param(uri.params, PARAM)??;
-    open(minter, token, to_tag)
+    cfg: &ProxyConfig,
+) -> Option<Flow> {
+    let mut entries = msg.values(HeaderName::Route);
+    let first = crate::route::route_uri(entries.next()?)?;
+    let second = entries.next().and_then(crate::route::route_uri);
+    let own = crate::route::own_entries(cfg, Some(&first), second.as_ref());
+    let popped = [Some(first), second];
+    popped.iter().take(own.count).flatten().find_map(|uri| {
+        let token = param(uri.params, PARAM)??;
+        let (peer, tls) = open(minter, token, to_tag)?;
+        Some(Flow {
+            peer,
+            tls,
+            pop: own.count,
+            worker: own.worker,
+        })
+    })
 }
 
-fn raw(peer: SocketAddr) -> SmallVec<[u8; 18]> {
+/// A flags byte (1: TLS), the address and the port.
+fn raw(peer: SocketAddr, tls: bool) -> SmallVec<[u8; 19]> {
     let mut raw = SmallVec::new();
+    raw.push(u8::from(tls));
     match peer.ip() {
         IpAddr::V4(ip) => raw.extend_from_slice(&ip.octets()),
         IpAddr::V6(ip) => raw.extend_from_slice(&ip.octets()),
@@ -124,13 +157,13 @@ mod tests {
     #[test]
     fn a_token_opens_to_its_peer_only_under_its_key() {
         let m = minter(1);
-        for peer in ["203.0.113.7:40123", "[2001:db8::5]:5061"] {
+        for (peer, tls) in [("203.0.113.7:40123", false), ("[2001:db8::5]:5061", true)] {
             let peer: SocketAddr = peer.parse().unwrap();
-            let rr = record_route(&m, b"sip:192.0.2.1:5061;lr", peer, b"ftag1");
+            let rr = record_route(&m, b"sip:192.0.2.1:5061;lr", peer, tls, b"ftag1");
             let text = std::str::from_utf8(&rr).unwrap();
             let token = text.split("sv-flow=").nth(1).unwrap().as_bytes();
             assert!(text.starts_with("sip:192.0.2.1:5061;lr;sv-flow="));
-            assert_eq!(open(&m, token, b"ftag1"), Some(peer));
+            assert_eq!(open(&m, token, b"ftag1"), Some((peer, tls)));
             // Another dialog's tag, another start (another key), an edited
             // token, garbage: nothing.
             assert_eq!(open(&m, token, b"ftag2"), None);
@@ -147,25 +180,76 @@ mod tests {
     #[test]
     fn target_is_the_flow_for_requests_towards_the_caller() {
         let m = minter(1);
+        let cfg = ProxyConfig {
+            advertise: "192.0.2.1".into(),
+            private_ports: vec![5071, 5072],
+            tls_port: Some(5081),
+            ..ProxyConfig::default()
+        };
         let caller: SocketAddr = "203.0.113.7:40123".parse().unwrap();
-        // The caller's INVITE had From-tag 1.
-        let rr = record_route(&m, b"sip:192.0.2.1:5061;lr", caller, b"1");
-        let bye = format!(
-            "BYE sip:a@192.168.1.20:5060;transport=tcp SIP/2.0\r\n\
-             Via: SIP/2.0/UDP 10.0.0.5;branch=z9hG4bK1\r\n\
-             Route: <{}>\r\n\
-             From: <sip:b@x>;tag=2\r\nTo: <sip:a@x>;tag=1\r\n\
-             Call-ID: c\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        let bye = |routes: &str| {
+            format!(
+                "BYE sip:a@192.168.1.20:5060;transport=tcp SIP/2.0\r\n\
+                 Via: SIP/2.0/UDP 10.0.0.5;branch=z9hG4bK1\r\n\
+                 {routes}\
+                 From: <sip:b@x>;tag=2\r\nTo: <sip:a@x>;tag=1\r\n\
+                 Call-ID: c\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        // The caller's INVITE had From-tag 1; one entry (same transport).
+        let rr = record_route(&m, b"sip:192.0.2.1:5072;lr", caller, false, b"1");
+        let one = bye(&format!(
+            "Route: <{}>\r\n",
             std::str::from_utf8(&rr).unwrap()
-        );
-        let msg = crate::sip::parse(bye.as_bytes()).unwrap();
-        let ours = |u: &Uri<'_>| u.host == b"192.0.2.1" && u.port == Some(5061);
+        ));
+        let msg = crate::sip::parse(one.as_bytes()).unwrap();
         // The callee's BYE: To-tag 1, the caller's.
-        assert_eq!(target(&m, &msg, b"1", ours), Some(caller));
+        let flow = Flow {
+            peer: caller,
+            tls: false,
+            pop: 1,
+            worker: Some(1),
+        };
+        assert_eq!(target(&m, &msg, b"1", &cfg), Some(flow));
         // The caller's own BYE has the callee's tag as To-tag: routed the
         // usual way, whichever connection it came on.
-        assert_eq!(target(&m, &msg, b"2", ours), None);
+        assert_eq!(target(&m, &msg, b"2", &cfg), None);
         // Not our entry: not our token to honour.
-        assert_eq!(target(&m, &msg, b"1", |_: &Uri<'_>| false), None);
+        let other = ProxyConfig {
+            advertise: "192.0.2.99".into(),
+            local_hosts: Vec::new(),
+            ..cfg.clone()
+        };
+        assert_eq!(target(&m, &msg, b"1", &other), None);
+
+        // A double Record-Route: the callee-facing entry on top, the token
+        // (TLS) on the second; both popped, over TLS.
+        let rr = record_route(
+            &m,
+            b"sip:192.0.2.1:5081;transport=tls;lr",
+            caller,
+            true,
+            b"1",
+        );
+        let two = bye(&format!(
+            "Route: <sip:192.0.2.1:5072;lr>\r\nRoute: <{}>, <sip:10.0.0.9;lr>\r\n",
+            std::str::from_utf8(&rr).unwrap()
+        ));
+        let msg = crate::sip::parse(two.as_bytes()).unwrap();
+        let flow = Flow {
+            peer: caller,
+            tls: true,
+            pop: 2,
+            worker: Some(1),
+        };
+        assert_eq!(target(&m, &msg, b"1", &cfg), Some(flow));
+        assert_eq!(target(&m, &msg, b"2", &cfg), None);
+        // A token behind a foreign entry is not ours to follow.
+        let behind = bye(&format!(
+            "Route: <sip:10.0.0.9;lr>, <{}>\r\n",
+            std::str::from_utf8(&rr).unwrap()
+        ));
+        let msg = crate::sip::parse(behind.as_bytes()).unwrap();
+        assert_eq!(target(&m, &msg, b"1", &cfg), None);
     }
 }

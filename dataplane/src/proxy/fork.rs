@@ -98,6 +98,19 @@ impl Worker {
         Some(leg.target.contact.as_bytes())
     }
 
+    /// The socket a request of `attempt` leaves from, and whether a
+    /// connection behind [`SOCK_TCP`] runs TLS: a forked branch's binding,
+    /// else the transaction's target.
+    pub(super) fn leg_socket(txn: &ProxyTxn, attempt: u8) -> (SocketId, bool) {
+        match txn.fork.as_ref() {
+            Some(f) => f
+                .legs
+                .get(usize::from(attempt))
+                .map_or((SOCK_PRIVATE, false), |_| (SOCK_PRIVATE, false)),
+            None => (txn.target.socket, false),
+        }
+    }
+
     /// The Path a branch's request carries as pre-loaded Route lines.
     pub(super) fn fork_path(txn: &ProxyTxn, attempt: u8) -> Option<&[u8]> {
         let leg = txn.fork.as_ref()?.legs.get(usize::from(attempt))?;

@@ -30,6 +30,7 @@ mod registrar;
 mod replies;
 mod requests;
 mod responses;
+mod rr;
 pub mod stats;
 mod timers;
 mod transaction;
@@ -62,7 +63,7 @@ use crate::sip::parse::{DialogInfo, RequestInfo};
 use crate::sip::{parse, HeaderName, Message, Method, Via};
 use crate::txn::timer::TimerWheel;
 use crate::txn::{KeyHasher, LegacyKeyParts, TxnId, TxnKey, TxnTable};
-use crate::worker::{Core, Outbox, SocketId, SOCK_TCP, SOCK_TCP_OUT, SOCK_TLS_OUT};
+use crate::worker::{Core, Outbox, SocketId, SOCK_TCP, SOCK_TCP_OUT, SOCK_TLS, SOCK_TLS_OUT};
 
 use crate::route::{self, parse_ip, Decision};
 use branch::{Branch, Minter, Rejected};
@@ -73,6 +74,7 @@ use media::{Done, Media, MediaPolicy, Outcome, SOCK_MEDIA};
 pub use parked::{NameSettings, SOCK_NAMES};
 use pool::BufPool;
 use registrar::{Caller, StatelessAnswer};
+use rr::Leg;
 use stats::{bump, count_reply};
 pub use stats::{Counters, ProxyStats, Snapshot};
 use transaction::{
@@ -147,8 +149,9 @@ pub struct Worker {
     pool: BufPool,
     scratch: Vec<u8>,
     expired: Vec<TxnId>,
-    /// "sip:ADVERTISE:PRIVATE_PORT;lr", written into Record-Route.
-    record_route: Vec<u8>,
+    /// The Record-Route entries naming this worker for each transport
+    /// (`rr` module).
+    record_route: rr::Entries,
     /// Seals branches and makes the To-tags of sipvane's own replies.
     minter: Minter,
     stats: Arc<ProxyStats>,
@@ -162,7 +165,8 @@ pub struct Worker {
     /// Whether the message being handled came over one of this worker's TCP
     /// connections (never handed to another worker: replies leave on it).
     from_stream: bool,
-    /// Per-source rate limits; `None` when off.
+    /// Whether that connection runs TLS.
+    from_tls: bool,
     /// HEP capture, handed to the driver when it starts; `None` when off.
     hep: Option<crate::hep::Tap>,
     /// Nonce counts of the nonces this worker issued (replay protection).
@@ -194,7 +198,7 @@ impl Worker {
     ) -> Worker {
         let private_port = cfg.private_ports.get(index).copied().unwrap_or(0);
         let cfg_max_nonces = cfg.registrar.as_ref().map_or(1, |r| r.config.max_nonces);
-        let record_route = format!("sip:{}:{};lr", cfg.advertise, private_port).into_bytes();
+        let record_route = rr::Entries::new(&cfg, private_port);
         let natping = Worker::new_nat_ping(&cfg, index, now);
         let names = cfg.names.clone();
         let media = cfg
@@ -228,6 +232,7 @@ impl Worker {
             events: None,
             handed_over: false,
             from_stream: false,
+            from_tls: false,
             hep: None,
             nonce_counts: crate::registrar::nonce::NonceCounts::new(cfg_max_nonces),
             answered: crate::registrar::answered::Answered::new(
@@ -289,6 +294,10 @@ impl Core for Worker {
         self.oc_clock.now = now;
         self.handed_over = socket & HANDED_OVER != 0;
         let socket = socket & !HANDED_OVER;
+        // A TLS connection is a stream connection like a TCP one to
+        // everything but the Via and Record-Route facing its peer.
+        self.from_tls = socket == SOCK_TLS;
+        let socket = if self.from_tls { SOCK_TCP } else { socket };
         self.from_stream = socket == SOCK_TCP && !self.handed_over;
         if socket == SOCK_MEDIA {
             if let Some(media) = self.media.as_mut() {

@@ -109,17 +109,20 @@ impl Worker {
         src: SocketAddr,
     ) -> Decision {
         if let Some(tag) = info.common.to.tag {
-            let ours = |u: &crate::sip::Uri<'_>| {
-                self.cfg.owner_of(u.host, u.port) == Some(Ownership::Worker(self.index))
-            };
-            if let Some(peer) = flow_token::target(&self.minter, msg, tag, ours) {
-                // Towards a caller on a TCP connection, through our Record-Route.
+            let flow = flow_token::target(&self.minter, msg, tag, &self.cfg).filter(|f| {
+                // Only the worker owning the dialog (and so the caller's
+                // connection) sends on it; elsewhere the routing decision
+                // hands the request over first.
+                f.worker.is_none_or(|w| w == self.index) || self.handed_over || self.from_stream
+            });
+            if let Some(flow) = flow {
+                // Towards a caller on a TCP or TLS connection, through our
+                // Record-Route: its connection is found by its address.
                 return Decision::Relay {
-                    to: peer,
+                    to: flow.peer,
                     tcp: true,
-                    // Its connection, TCP or TLS, is found by its address.
-                    tls: false,
-                    pop_routes: 1,
+                    tls: flow.tls,
+                    pop_routes: flow.pop,
                     strict: false,
                 };
             }
@@ -464,6 +467,7 @@ impl Worker {
             method,
             upstream: src,
             upstream_socket: socket,
+            upstream_tls: socket == SOCK_TCP && self.from_tls,
             server: ServerTx::new(method, now, &self.cfg.timers, socket == SOCK_TCP),
             request,
             forwarded: self.pool.get(),
@@ -632,18 +636,29 @@ impl Worker {
             epoch: self.minter.epoch(),
         });
         let received_ip = txn.received.map(|(ip, _)| ip_bytes(ip));
-        // A caller on a TCP connection: in-dialog requests towards it come
-        // back over that connection (flow token), not to its Contact.
-        let flow_rr = (txn.record_route && txn.upstream_socket == SOCK_TCP).then(|| {
+        let (socket, tls) = Worker::leg_socket(txn, attempt);
+        // One entry, or two when the transport changes (rr.rs); a caller on
+        // a TCP or TLS connection: in-dialog requests towards it come back
+        // over that connection (flow token), not to its Contact.
+        let rr = if txn.record_route {
+            let up = Leg::of(txn.upstream_socket, txn.upstream_tls);
             let tag = req.from().ok().and_then(|f| f.tag).unwrap_or_default();
-            flow_token::record_route(&self.minter, &self.record_route, txn.upstream, tag)
-        });
+            self.record_route.write(
+                &self.minter,
+                up,
+                Leg::of(socket, tls),
+                up.stream().then_some((txn.upstream, tag)),
+            )
+        } else {
+            SmallVec::new()
+        };
+        let rr_values: SmallVec<[&[u8]; 2]> = rr.iter().map(|e| e.as_slice()).collect();
         let edits = RequestEdits {
             via: NewVia {
                 host: self.cfg.advertise.as_bytes(),
                 port: self.private_port(),
-                tcp: txn.target.socket == SOCK_TCP_OUT,
-                tls: txn.target.socket == SOCK_TLS_OUT,
+                tcp: socket == SOCK_TCP_OUT || socket == SOCK_TCP,
+                tls: socket == SOCK_TLS_OUT || (socket == SOCK_TCP && tls),
                 branch: &branch,
             },
             request_uri: if txn.strict_route {
@@ -654,10 +669,7 @@ impl Worker {
             pop_routes: txn.pop_routes,
             drop_last_route: txn.strict_route,
             push_route: Worker::fork_path(txn, attempt),
-            record_route: match &flow_rr {
-                Some(rr) => Some(rr.as_slice()),
-                None => txn.record_route.then_some(self.record_route.as_slice()),
-            },
+            record_route: &rr_values,
             received: match (&received_ip, txn.received) {
                 (Some(ip), Some((_, port))) => Some((ip.as_slice(), port)),
                 _ => None,
@@ -729,7 +741,7 @@ impl Worker {
             pop_routes,
             drop_last_route: strict,
             push_route: None,
-            record_route: None,
+            record_route: &[],
             received: match (&received_ip, received) {
                 (Some(ip), Some((_, port))) => Some((ip.as_slice(), port)),
                 _ => None,

@@ -525,9 +525,17 @@ fn a_request_over_the_udp_mtu_goes_over_tcp_and_back_to_udp_if_refused() {
     assert_eq!(s.len(), 1, "resent once");
     assert_eq!((s[0].0, s[0].1), (SOCK_PRIVATE, dest));
     let udp_copy = String::from_utf8_lossy(&s[0].2).into_owned();
+    // Over TCP the callee's side of the double Record-Route named TCP;
+    // over UDP one entry is left.
     assert_eq!(
         udp_copy,
-        tcp_copy.replacen("SIP/2.0/TCP 127.0.0.1", "SIP/2.0/UDP 127.0.0.1", 1)
+        tcp_copy
+            .replacen("SIP/2.0/TCP 127.0.0.1", "SIP/2.0/UDP 127.0.0.1", 1)
+            .replacen(
+                "Record-Route: <sip:127.0.0.1:5060;transport=tcp;lr>\r\n",
+                "",
+                1
+            )
     );
     let st = w.stats().snapshot();
     assert_eq!(
@@ -547,78 +555,181 @@ fn a_request_over_the_udp_mtu_goes_over_tcp_and_back_to_udp_if_refused() {
     assert_eq!(s, vec![(SOCK_PRIVATE, dest)]);
 }
 
+/// The Record-Route lines of a forwarded request, top first.
+fn rr_lines(fwd: &str) -> Vec<String> {
+    fwd.lines()
+        .filter_map(|l| l.strip_prefix("Record-Route: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A BYE of the dialog of `invite(call)` with these Route values (top
+/// first), from the side whose tag is `from_tag` to the one with `to_tag`.
+fn bye_of(call: &str, ruri: &str, routes: &[String], from_tag: &str, to_tag: &str) -> Vec<u8> {
+    let route: String = routes.iter().map(|r| format!("Route: {r}\r\n")).collect();
+    format!(
+        "BYE {ruri} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {DEST};branch=z9hG4bK-bye{from_tag}{call}\r\n\
+         {route}\
+         Max-Forwards: 70\r\n\
+         From: <sip:100@127.0.0.1>;tag={from_tag}\r\n\
+         To: <sip:a@127.0.0.1>;tag={to_tag}\r\n\
+         Call-ID: {call}@t\r\n\
+         CSeq: 2 BYE\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// What the worker sent: socket, address, text.
+fn sent_on(out: &Outbox) -> Vec<(SocketId, SocketAddr, String)> {
+    out.iter()
+        .map(|(sock, a, b)| (sock, a, String::from_utf8_lossy(b).into_owned()))
+        .collect()
+}
+
 #[test]
 fn in_dialog_requests_towards_a_tcp_caller_follow_its_flow_token() {
     let t0 = Instant::now();
-    let mut w = worker(ProxyConfig::default(), &format!("1 sip:{DEST}\n"), t0);
+    let cfg = ProxyConfig {
+        tls_port: Some(5081),
+        ..ProxyConfig::default()
+    };
+    let mut w = worker(cfg, &format!("1 sip:{DEST}\n"), t0);
     let caller: SocketAddr = CALLER.parse().unwrap();
     let dest: SocketAddr = DEST.parse().unwrap();
     let mut out = Outbox::new();
-    // The INVITE arrives over the caller's TCP connection.
-    w.on_datagram(t0, SOCK_TCP, caller, &invite("z9hG4bK-fl"), &mut out);
-    let s = sent(&out);
-    assert_eq!(s.len(), 1);
-    let rr_line = s[0]
-        .1
-        .lines()
-        .find(|l| l.starts_with("Record-Route:"))
-        .unwrap()
-        .to_owned();
-    assert!(
-        rr_line.starts_with("Record-Route: <sip:127.0.0.1:5061;lr;sv-flow="),
-        "{rr_line}"
-    );
-    let rr = rr_line.trim_start_matches("Record-Route: ");
-    // The callee hangs up: its BYE's Request-URI is the caller's Contact, a
-    // private address nobody can reach; the token sends it over the flow.
-    let bye = |to_tag: &str, from_tag: &str| {
-        format!(
-            "BYE sip:a@192.168.1.20:5070;transport=tcp SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {DEST};branch=z9hG4bK-bye{to_tag}\r\n\
-             Route: {rr}\r\n\
-             Max-Forwards: 70\r\n\
-             From: <sip:100@127.0.0.1>;tag={from_tag}\r\n\
-             To: <sip:a@127.0.0.1>;tag={to_tag}\r\n\
-             Call-ID: z9hG4bK-fl@t\r\n\
-             CSeq: 2 BYE\r\n\
-             Content-Length: 0\r\n\r\n"
-        )
-        .into_bytes()
-    };
-    out.clear();
-    w.on_datagram(t0, SOCK_PRIVATE, dest, &bye("f1", "callee1"), &mut out);
-    let s: Vec<_> = out
-        .iter()
-        .map(|(sock, a, b)| (sock, a, b.to_vec()))
-        .collect();
-    assert_eq!(s.len(), 1, "{s:?}");
-    assert_eq!((s[0].0, s[0].1), (SOCK_TCP_OUT, caller));
-    let fwd = String::from_utf8_lossy(&s[0].2).into_owned();
-    assert!(
-        fwd.starts_with("BYE sip:a@192.168.1.20:5070;transport=tcp "),
-        "{fwd}"
-    );
-    assert!(
-        !fwd.contains("sv-flow"),
-        "our Route entry is popped:\n{fwd}"
-    );
-    // The caller's own BYE (To-tag = the callee's) is not sent back to it.
-    out.clear();
-    let mut own = bye("callee1", "f1");
-    own = String::from_utf8(own)
-        .unwrap()
-        .replace(
-            "BYE sip:a@192.168.1.20:5070;transport=tcp",
-            &format!("BYE sip:b@{DEST}"),
-        )
-        .into_bytes();
-    w.on_datagram(t0, SOCK_TCP, caller, &own, &mut out);
-    let s: Vec<_> = out.iter().map(|(_, a, _)| a).collect();
-    assert_eq!(s, vec![dest]);
-    // A UDP caller gets the plain Record-Route.
+    for (socket, leg, via) in [(SOCK_TCP, "tcp", "TCP"), (SOCK_TLS, "tls", "TLS")] {
+        let call = format!("z9hG4bK-fl{leg}");
+        // The INVITE arrives over the caller's connection, goes to a UDP
+        // callee: two entries, the callee's (top) UDP, the caller's over
+        // its transport with the flow token.
+        out.clear();
+        w.on_datagram(t0, socket, caller, &invite(&call), &mut out);
+        let s = sent(&out);
+        assert_eq!(s.len(), 1);
+        let rr = rr_lines(&s[0].1);
+        assert_eq!(rr.len(), 2, "{rr:?}");
+        assert_eq!(rr[0], "<sip:127.0.0.1:5061;lr>");
+        let port = if leg == "tls" { 5081 } else { 5060 };
+        assert!(
+            rr[1].starts_with(&format!(
+                "<sip:127.0.0.1:{port};transport={leg};lr;sv-flow="
+            )),
+            "{rr:?}"
+        );
+        // The callee hangs up over UDP along its route set (the entries in
+        // order): its BYE's Request-URI is the caller's Contact, a private
+        // address nobody can reach; the token sends it over the flow, both
+        // our entries popped, our Via naming the caller's transport.
+        out.clear();
+        let ruri = "sip:a@192.168.1.20:5070;transport=tcp";
+        w.on_datagram(
+            t0,
+            SOCK_PRIVATE,
+            dest,
+            &bye_of(&call, ruri, &rr, "callee1", "f1"),
+            &mut out,
+        );
+        let s = sent_on(&out);
+        assert_eq!(s.len(), 1, "{s:?}");
+        let want = if leg == "tls" {
+            SOCK_TLS_OUT
+        } else {
+            SOCK_TCP_OUT
+        };
+        assert_eq!((s[0].0, s[0].1), (want, caller));
+        let fwd = &s[0].2;
+        assert!(fwd.starts_with(&format!("BYE {ruri} ")), "{fwd}");
+        assert!(
+            fwd.contains(&format!("Via: SIP/2.0/{via} 127.0.0.1:5061;")),
+            "{fwd}"
+        );
+        assert!(
+            !fwd.contains("Route:"),
+            "our Route entries are popped:\n{fwd}"
+        );
+        // The caller's own BYE (To-tag = the callee's), its route set the
+        // reverse: not sent back to it; both entries popped, to the callee.
+        out.clear();
+        let mut back = rr.clone();
+        back.reverse();
+        let own = bye_of(
+            &format!("{call}x"),
+            &format!("sip:b@{DEST}"),
+            &back,
+            "f1",
+            "callee1",
+        );
+        w.on_datagram(t0, socket, caller, &own, &mut out);
+        let s = sent_on(&out);
+        assert_eq!((s[0].0, s[0].1), (SOCK_PRIVATE, dest), "{s:?}");
+        assert!(!s[0].2.contains("Route:"), "{}", s[0].2);
+    }
+    // A UDP caller to a UDP callee gets the one plain entry.
     out.clear();
     w.on_datagram(t0, SOCK_PUBLIC, caller, &invite("z9hG4bK-udp"), &mut out);
-    assert!(sent(&out)[0]
-        .1
-        .contains("Record-Route: <sip:127.0.0.1:5061;lr>\r\n"));
+    assert_eq!(rr_lines(&sent(&out)[0].1), ["<sip:127.0.0.1:5061;lr>"]);
+}
+
+#[test]
+fn a_udp_caller_to_a_tcp_callee_gets_a_tcp_entry_facing_the_callee() {
+    let t0 = Instant::now();
+    let mut w = worker(
+        ProxyConfig::default(),
+        &format!("1 sip:{DEST};transport=tcp\n"),
+        t0,
+    );
+    let caller: SocketAddr = CALLER.parse().unwrap();
+    let dest: SocketAddr = DEST.parse().unwrap();
+    let mut out = Outbox::new();
+    w.on_datagram(t0, SOCK_PUBLIC, caller, &invite("z9hG4bK-ut"), &mut out);
+    let s = sent_on(&out);
+    assert_eq!((s[0].0, s[0].1), (SOCK_TCP_OUT, dest));
+    let rr = rr_lines(&s[0].2);
+    assert_eq!(
+        rr,
+        [
+            "<sip:127.0.0.1:5060;transport=tcp;lr>",
+            "<sip:127.0.0.1:5061;lr>"
+        ]
+    );
+    // The callee's BYE (over TCP, on a connection of its own or ours),
+    // along the entries: both popped, to the caller's Contact over UDP.
+    out.clear();
+    let bye = bye_of(
+        "z9hG4bK-ut",
+        &format!("sip:a@{CALLER}"),
+        &rr,
+        "callee1",
+        "f1",
+    );
+    w.on_datagram(t0, SOCK_TCP, dest, &bye, &mut out);
+    let s = sent_on(&out);
+    assert_eq!((s[0].0, s[0].1), (SOCK_PRIVATE, caller), "{s:?}");
+    assert!(s[0].2.contains("Via: SIP/2.0/UDP 127.0.0.1:5061;"));
+    assert!(!s[0].2.contains("Route:"), "{}", s[0].2);
+    // The caller's ACK/BYE over UDP along the reverse: to the callee over TCP.
+    out.clear();
+    let mut back = rr.clone();
+    back.reverse();
+    let own = bye_of(
+        "z9hG4bK-ut2",
+        &format!("sip:b@{DEST};transport=tcp"),
+        &back,
+        "f1",
+        "callee1",
+    );
+    w.on_datagram(t0, SOCK_PRIVATE, caller, &own, &mut out);
+    let s = sent_on(&out);
+    assert_eq!((s[0].0, s[0].1), (SOCK_TCP_OUT, dest), "{s:?}");
+    // A TCP caller to the TCP callee: one entry, with its token.
+    out.clear();
+    w.on_datagram(t0, SOCK_TCP, caller, &invite("z9hG4bK-tt"), &mut out);
+    let rr = rr_lines(&sent(&out)[0].1);
+    assert_eq!(rr.len(), 1);
+    assert!(
+        rr[0].starts_with("<sip:127.0.0.1:5061;lr;sv-flow="),
+        "{rr:?}"
+    );
 }

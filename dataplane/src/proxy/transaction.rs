@@ -45,6 +45,8 @@ pub(crate) struct ProxyTxn {
     pub method: Method,
     pub upstream: SocketAddr,
     pub upstream_socket: SocketId,
+    /// The upstream connection ([`crate::worker::SOCK_TCP`]) runs TLS.
+    pub upstream_tls: bool,
     pub server: ServerTx,
     /// The request as received; failover re-forwards it from here.
     pub request: Vec<u8>,

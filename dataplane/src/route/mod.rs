@@ -113,10 +113,12 @@ pub fn decide(
     let msg = req.msg;
     let in_dialog = req.info.common.to.tag.is_some();
 
-    // The route set: how many entries, and the first two parsed.
+    // The route set: how many entries, and the first three parsed (a
+    // double Record-Route of ours, then the next hop).
     let mut routes = 0usize;
     let mut first: Option<Uri<'_>> = None;
     let mut second: Option<Uri<'_>> = None;
+    let mut third: Option<Uri<'_>> = None;
     let mut all_ours = true;
     for entry in msg.values(HeaderName::Route) {
         let Some(uri) = route_uri(entry) else {
@@ -126,11 +128,13 @@ pub fn decide(
         match routes {
             0 => first = Some(uri),
             1 => second = Some(uri),
+            2 => third = Some(uri),
             _ => {}
         }
         routes += 1;
     }
     let first_owner = first.and_then(|u| cfg.owner_of(u.host, u.port));
+    let own = own_entries(cfg, first.as_ref(), second.as_ref());
     if in_dialog && routes > 0 && first_owner.is_none() {
         let ruri = &req.info.ruri;
         if let Some(Ownership::Worker(w)) = cfg.owner_of(ruri.host, ruri.port) {
@@ -140,7 +144,7 @@ pub fn decide(
         }
     }
     if in_dialog {
-        if let Some(Ownership::Worker(w)) = first_owner {
+        if let Some(w) = own.worker {
             if w != worker && w < cfg.private_ports.len() && !req.handed_over {
                 // The dialog this request belongs to lives on worker w.
                 return Decision::Handoff(w);
@@ -162,13 +166,12 @@ pub fn decide(
     }
 
     if in_dialog {
-        return in_dialog_decision(
-            req,
-            cfg,
-            (routes, first, second, first_owner),
-            known_target,
-            names,
-        );
+        let next = match own.count {
+            0 => first,
+            1 => second,
+            _ => third,
+        };
+        return in_dialog_decision(req, cfg, (routes, next, own.count), known_target, names);
     }
 
     // ---- initial request: the route set is the caller's wish, not ours.
@@ -252,29 +255,32 @@ pub fn decide(
 }
 
 /// Loose routing of a request inside a dialog (RFC 3261 §16.4, §16.6 step 6).
-/// `route_set`: how many Route entries, the first two, and who owns the first.
-type RouteSet<'u> = (usize, Option<Uri<'u>>, Option<Uri<'u>>, Option<Ownership>);
+/// `route_set`: how many Route entries, the first one after our own
+/// entries, and how many of ours lead the set (0, 1, or 2 for a double
+/// Record-Route).
+type RouteSet<'u> = (usize, Option<Uri<'u>>, usize);
 
 fn in_dialog_decision(
     req: Request<'_, '_, '_>,
     cfg: &ProxyConfig,
-    (routes, first, second, first_owner): RouteSet<'_>,
+    (routes, after_ours, own): RouteSet<'_>,
     known_target: &dyn Fn(IpAddr) -> bool,
     names: Names<'_>,
 ) -> Decision {
-    let (next, pop_routes) = match (first, first_owner) {
+    let (next, pop_routes) = match (after_ours, own) {
         // Through our own Record-Route: the next entry, else the remote target.
-        (Some(_), Some(_)) => (second, 1),
+        (next, 1..) => (next, own),
         // A route set that does not start with us: not a dialog we routed.
-        (Some(f), None) if (req.trusted)() => (Some(f), 0),
-        (Some(_), None) => return reply(404, "Route does not name this proxy"),
+        (Some(f), 0) if (req.trusted)() => (Some(f), 0),
+        (Some(_), 0) => return reply(404, "Route does not name this proxy"),
         (None, _) if !(req.trusted)() => return reply(404, "Not here"),
         (None, _) => (None, 0),
     };
     let (to, tcp, tls) = match next {
         Some(uri) => {
             if cfg.owner_of(uri.host, uri.port).is_some() {
-                // Two of our own entries in a row: forwarding would loop.
+                // More of our own entries than one Record-Route of ours
+                // writes: forwarding would loop.
                 return reply(482, "Route points back at sipvane");
             }
             match next_hop(&uri, names) {
@@ -351,6 +357,64 @@ fn strict_route(
     }
 }
 
+/// This proxy's entries leading a route set: what loose routing pops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OwnEntries {
+    /// 0, 1, or 2: the second entry is ours too and on another transport
+    /// than the first (the two halves of a double Record-Route).
+    pub count: usize,
+    /// The worker whose private port one of them names: the dialog's owner.
+    pub worker: Option<usize>,
+}
+
+/// How many of the first two Route entries are this proxy's own and are
+/// popped together. sipvane writes two Record-Route entries when a call
+/// changes transport (Kamailio `enable_double_rr`): one for each side, each
+/// naming the transport of its side, so a peer that follows RFC 3263 comes
+/// back over the transport it uses. Two own entries on the same transport
+/// are no such pair: the request went through sipvane twice (a loop).
+pub fn own_entries(
+    cfg: &ProxyConfig,
+    first: Option<&Uri<'_>>,
+    second: Option<&Uri<'_>>,
+) -> OwnEntries {
+    let Some(first) = first else {
+        return OwnEntries::default();
+    };
+    let Some(a) = cfg.owner_of(first.host, first.port) else {
+        return OwnEntries::default();
+    };
+    let worker_of = |o: Ownership| match o {
+        Ownership::Worker(w) => Some(w),
+        Ownership::Public => None,
+    };
+    let pair = second.and_then(|s| {
+        let b = cfg.owner_of(s.host, s.port)?;
+        (uri_transport(first) != uri_transport(s)).then_some(b)
+    });
+    match pair {
+        Some(b) => OwnEntries {
+            count: 2,
+            worker: worker_of(a).or(worker_of(b)),
+        },
+        None => OwnEntries {
+            count: 1,
+            worker: worker_of(a),
+        },
+    }
+}
+
+/// The transport a URI names: 0 UDP (none said), 1 TCP, 2 TLS.
+fn uri_transport(uri: &Uri<'_>) -> u8 {
+    if uri_secure(uri) {
+        2
+    } else if uri_tcp(uri) {
+        1
+    } else {
+        0
+    }
+}
+
 /// The address and transport (stream, TLS) of a next hop: an IP literal as
 /// written, a host name as the worker's cache knows it. A name that does not
 /// resolve gets Kamailio's answer (478 Unresolvable destination); a DNS
@@ -399,15 +463,17 @@ pub fn steer(msg: &Message<'_>, cfg: &ProxyConfig, workers: usize) -> Option<usi
     if workers < 2 {
         return None;
     }
-    if let Some(first) = msg.values(HeaderName::Route).next() {
-        let ours = |uri: Option<Uri<'_>>| {
-            matches!(
-                uri.and_then(|u| cfg.owner_of(u.host, u.port)),
-                Some(Ownership::Worker(_))
-            )
-        };
+    let mut entries = msg.values(HeaderName::Route);
+    if let Some(first) = entries.next() {
+        let first = route_uri(first);
+        let second = entries.next().and_then(route_uri);
+        let ours = own_entries(cfg, first.as_ref(), second.as_ref());
         let ruri = msg.request_uri().and_then(|r| Uri::parse(r).ok());
-        if ours(route_uri(first)) || ours(ruri) {
+        let strict = matches!(
+            ruri.and_then(|u| cfg.owner_of(u.host, u.port)),
+            Some(Ownership::Worker(_))
+        );
+        if ours.worker.is_some() || strict {
             return None;
         }
     }

@@ -517,3 +517,100 @@ fn a_resolved_name_is_still_held_to_the_relay_policy() {
         Decision::Dispatch { .. }
     ));
 }
+
+#[test]
+fn a_double_record_route_of_ours_is_popped_whole() {
+    let tls = ProxyConfig {
+        tls_port: Some(5081),
+        ..cfg()
+    };
+    // The callee's side of a TLS caller's call: our UDP entry (worker 1),
+    // then the TLS one facing the caller; the caller's Contact last.
+    let pair = [
+        "sip:127.0.0.1:5062;lr",
+        "sip:127.0.0.1:5081;transport=tls;lr",
+    ];
+    let raw = request("sip:a@10.0.0.5", &pair, true, "BYE");
+    assert_eq!(decide_with(&tls, &raw, false), Decision::Handoff(1));
+    let on_owner = |routes: &[&str], handed_over| {
+        let raw = request("sip:a@10.0.0.5", routes, true, "BYE");
+        let msg = parse(&raw).unwrap();
+        let info = msg.validated_request().unwrap();
+        decide(
+            Request {
+                msg: &msg,
+                info: &info,
+                method: Method::Bye,
+                trusted: &|| false,
+                handed_over,
+            },
+            &tls,
+            1,
+            &|_| true,
+            &test_names,
+        )
+    };
+    assert_eq!(
+        on_owner(&pair, false),
+        Decision::Relay {
+            to: addr("10.0.0.5:5060"),
+            tcp: false,
+            tls: false,
+            pop_routes: 2,
+            strict: false
+        }
+    );
+    // The caller's side: the reverse, arriving over its connection on the
+    // worker that owns it; the owner is found on the second entry.
+    let back = [pair[1], pair[0]];
+    let raw = request("sip:b@10.0.0.5", &back, true, "BYE");
+    assert_eq!(decide_with(&tls, &raw, false), Decision::Handoff(1));
+    assert!(matches!(
+        on_owner(&back, false),
+        Decision::Relay { pop_routes: 2, .. }
+    ));
+    // A further hop after the pair is the next hop.
+    let more = [pair[0], pair[1], "sip:10.0.0.5:5080;transport=tcp;lr"];
+    assert_eq!(
+        on_owner(&more, false),
+        Decision::Relay {
+            to: addr("10.0.0.5:5080"),
+            tcp: true,
+            tls: false,
+            pop_routes: 2,
+            strict: false
+        }
+    );
+    // Two of ours on the same transport are no pair: a loop (482), as is a
+    // third of ours after a pair.
+    for looped in [
+        &["sip:127.0.0.1:5062;lr", "sip:127.0.0.1:5062;lr"][..],
+        &[pair[0], pair[1], "sip:127.0.0.1:5060;transport=tcp;lr"][..],
+    ] {
+        assert!(
+            matches!(on_owner(looped, true), Decision::Reply { code: 482, .. }),
+            "{looped:?}"
+        );
+    }
+    // Without a TLS listener the TLS port is nobody's: not our entry.
+    assert!(matches!(
+        decide(
+            Request {
+                msg: &parse(&raw).unwrap(),
+                info: &parse(&raw).unwrap().validated_request().unwrap(),
+                method: Method::Bye,
+                trusted: &|| false,
+                handed_over: true,
+            },
+            &cfg(),
+            1,
+            &|_| true,
+            &test_names,
+        ),
+        Decision::Reply { code: 404, .. }
+    ));
+    // Steering by Call-ID leaves a request through our pair to the decision.
+    let raw = request("sip:b@10.0.0.5", &back, true, "BYE");
+    let msg = parse(&raw).unwrap();
+    assert_eq!(steer(&msg, &tls, 2), None);
+}

@@ -864,7 +864,7 @@ From: <sip:a@b>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n"
             pop_routes: 0,
             drop_last_route: false,
             push_route: None,
-            record_route: Some(b"sip:192.0.2.1;lr"),
+            record_route: &[b"sip:192.0.2.1;lr"],
             received: None,
             body: None,
         };

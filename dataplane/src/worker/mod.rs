@@ -56,9 +56,15 @@ pub const SOCK_TCP_OUT: SocketId = 0x71;
 /// client handshake (verified as [`Core::tls_peer`] says) before the message.
 pub const SOCK_TLS_OUT: SocketId = 0x72;
 
+/// Messages from the worker's TLS connections (inbound or outbound) arrive as
+/// from this socket: the core knows which peers it reaches over TLS (its Via
+/// towards them, the Record-Route facing them). A send to it is a send to
+/// [`SOCK_TCP`] (the existing connection with that peer).
+pub const SOCK_TLS: SocketId = 0x73;
+
 /// A socket id the stream side sends on (a connection, not a UDP socket).
 pub fn is_stream(socket: SocketId) -> bool {
-    matches!(socket, SOCK_TCP | SOCK_TCP_OUT | SOCK_TLS_OUT)
+    matches!(socket, SOCK_TCP | SOCK_TCP_OUT | SOCK_TLS_OUT | SOCK_TLS)
 }
 
 /// A sans-IO state machine run by one worker thread. It never touches sockets or

@@ -4,8 +4,8 @@
 //! timeouts and flow tokens are the sans-IO `transport` module; this is only the
 //! syscalls around it.
 //!
-//! Messages from a connection go to the core as from socket [`SOCK_TCP`] with the
-//! peer's address, on the worker that owns the connection (never handed to another:
+//! Messages from a connection go to the core as from socket [`SOCK_TCP`] ([`SOCK_TLS`]
+//! for a TLS connection) with the peer's address, on the worker that owns the connection (never handed to another:
 //! replies must leave on the same connection). Sends to [`SOCK_TCP`] use an existing
 //! connection with that peer only; sends to [`SOCK_TCP_OUT`] use the worker's pooled
 //! connection to the destination or open one (non-blocking connect; bytes wait in
@@ -32,7 +32,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
 use super::shell::Shell;
-use super::{Core, Outbox, SOCK_TCP, SOCK_TCP_OUT, SOCK_TLS_OUT};
+use super::{Core, Outbox, SOCK_TCP, SOCK_TCP_OUT, SOCK_TLS, SOCK_TLS_OUT};
 use crate::route::Cidr;
 use crate::transport::proxy_protocol::{Rest, Step};
 use crate::transport::tls::{TlsClient, TlsServer, TlsSession};
@@ -714,6 +714,7 @@ fn frame<C: Core>(
 ) -> Result<(), CloseReason> {
     let peer = conn.peer;
     let Conn { framer, io, .. } = conn;
+    let socket = if io.tls.is_some() { SOCK_TLS } else { SOCK_TCP };
     let local = shell.capturing().then(|| io.local(peer));
     let mut pings = 0u32;
     let mut messages = 0u64;
@@ -723,7 +724,7 @@ fn frame<C: Core>(
             if let Some(local) = local {
                 shell.capture_stream(peer, local, m);
             }
-            shell.deliver(now, SOCK_TCP, peer, m, out);
+            shell.deliver(now, socket, peer, m, out);
         }
         Frame::Ping => pings += 1,
     });

@@ -113,7 +113,7 @@ pub fn forward_request(
         out.extend_from_slice(e.via.branch);
         out.extend_from_slice(b";rport\r\n");
 
-        if let Some(rr) = e.record_route {
+        for &rr in e.record_route {
             out.extend_from_slice(b"Record-Route: ");
             if rr.first() == Some(&b'<') {
                 out.extend_from_slice(rr);

@@ -45,9 +45,10 @@ pub struct RequestEdits<'a> {
     /// `Route:` line before the first Route line, or after the last Via
     /// when no Route is left (as Kamailio's `lookup()` places it).
     pub push_route: Option<&'a [u8]>,
-    /// Insert `Record-Route: <URI>` on top; the caller includes `;lr`.
-    /// A value already in `<>` is written as is.
-    pub record_route: Option<&'a [u8]>,
+    /// Insert `Record-Route: <URI>` lines on top, in this order (a double
+    /// Record-Route is two); the caller includes `;lr`. A value already in
+    /// `<>` is written as is.
+    pub record_route: &'a [&'a [u8]],
     /// Annotate the received top Via with `;received=IP;rport=PORT`
     /// (RFC 3261 §18.2.1, RFC 3581), replacing any `received`/`rport` there.
     pub received: Option<(&'a [u8], u16)>,

@@ -29,7 +29,7 @@ fn edits() -> RequestEdits<'static> {
         pop_routes: 0,
         drop_last_route: false,
         push_route: None,
-        record_route: None,
+        record_route: &[],
         received: None,
         body: None,
     }
@@ -165,7 +165,7 @@ fn forward_with_every_edit() {
         request_uri: Some(b"sip:bob@10.1.1.1:5080"),
         pop_routes: 1,
         drop_last_route: false,
-        record_route: Some(b"sip:192.0.2.1:5062;lr"),
+        record_route: &[b"sip:192.0.2.1:5062;lr"],
         received: Some((b"203.0.113.7", 40000)),
         body: Some(b"new body"),
         ..edits()
