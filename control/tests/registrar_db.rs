@@ -442,6 +442,7 @@ fn bulk_write_back(rt: &tokio::runtime::Runtime, url: &str) {
         user_agent: "bulk".into(),
         ruid: format!("bulk-{i}-{k}").into(),
         last_modified: now,
+        stream: None,
     };
     let aor = |i: usize| -> Box<str> { format!("bulk{i}@example.com").into() };
     let n = 1_200;

@@ -276,7 +276,7 @@ impl Store {
                                 .bind(*user)
                                 .bind(*domain)
                                 .bind(b.contact.as_ref())
-                                .bind(b.received.map(|a| format!("sip:{a}")))
+                                .bind(b.received_uri())
                                 .bind((!b.path.is_empty()).then(|| b.path.to_string()))
                                 .bind(crate::acc::row::sql_time(b.expires * 1000))
                                 .bind(f32::from(b.q) / 1000.0)
@@ -315,11 +315,16 @@ fn row_to_binding(v: &[String]) -> Option<LocationRow> {
     if field(2).is_empty() || !dataplane::registrar::path::sane(field(4)) {
         return None;
     }
-    let received: Option<SocketAddr> = match field(3) {
-        "" => None,
+    // `;transport=tcp|tls`: registered over a connection, which is gone
+    // after a restart (calls to it fail at once until it registers again).
+    let (received, stream): (Option<SocketAddr>, _) = match field(3) {
+        "" => (None, None),
         r => {
             let uri = dataplane::sip::Uri::parse(r.as_bytes()).ok()?;
-            dataplane::route::uri_addr(&uri)
+            let tls = dataplane::route::uri_secure(&uri);
+            let stream = (tls || dataplane::route::uri_tcp(&uri))
+                .then_some(dataplane::registrar::Stream { tls, worker: None });
+            (dataplane::route::uri_addr(&uri), stream)
         }
     };
     let q = field(6)
@@ -341,6 +346,7 @@ fn row_to_binding(v: &[String]) -> Option<LocationRow> {
             user_agent: field(9).into(),
             ruid: field(10).into(),
             last_modified: crate::utc::parse_sql_time(field(11)).unwrap_or(0),
+            stream,
         },
     })
 }
@@ -372,7 +378,24 @@ mod tests {
             r.binding.received,
             Some("203.0.113.5:40000".parse().unwrap())
         );
+        assert_eq!(r.binding.stream, None);
         assert_eq!((r.binding.q, r.binding.cseq), (500, 7));
+        // Registered over TLS before the restart: known as such, its
+        // connection gone (no owner).
+        let mut tls = row.clone();
+        tls[3] = "sip:203.0.113.5:40000;transport=tls".into();
+        let r = row_to_binding(&tls).unwrap();
+        assert_eq!(
+            r.binding.stream,
+            Some(dataplane::registrar::Stream {
+                tls: true,
+                worker: None
+            })
+        );
+        assert_eq!(
+            r.binding.received_uri().as_deref(),
+            Some("sip:203.0.113.5:40000;transport=tls")
+        );
         assert_eq!(r.binding.expires, 1_893_456_000);
         let mut bad = row.clone();
         bad[5] = "never".into();

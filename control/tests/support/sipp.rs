@@ -51,6 +51,8 @@ pub enum Scenario {
     /// INVITE (Contact: an unreachable 127.0.0.99:9, as behind a NAT) ->
     /// 200 -> ACK; then the callee's BYE -> 200.
     UacNatBye,
+    /// As `UacNatBye` with its own address as Contact.
+    UacWaitBye,
     /// INVITE -> 180 -> CANCEL -> 200 + 487 -> ACK.
     UacCancel,
     /// OPTIONS -> 200.
@@ -99,6 +101,7 @@ impl Scenario {
             Scenario::Uac => "uac.xml",
             Scenario::UacLarge => "uac_large.xml",
             Scenario::UacNatBye => "uac_nat_bye.xml",
+            Scenario::UacWaitBye => "uac_wait_bye.xml",
             Scenario::UacCancel => "uac_cancel.xml",
             Scenario::Options => "options.xml",
             Scenario::Register => "register.xml",

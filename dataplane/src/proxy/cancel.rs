@@ -10,11 +10,19 @@ impl Worker {
         socket: SocketId,
         src: SocketAddr,
         msg: &Message<'_>,
-        via: &Via<'_>,
+        info: &RequestInfo<'_>,
         out: &mut Outbox,
     ) {
+        let via = &info.common.via;
         let invite_key = server_key(&self.hasher, msg, via, Method::Invite, b"INVITE");
         let Some(id) = self.txns.find(&invite_key) else {
+            if let Some(owner) = self.located_owner(now, socket, info) {
+                // Its INVITE was forked on the worker owning the phone's
+                // connection: so is the CANCEL.
+                bump(&self.stats.handoffs);
+                out.handoff(owner, SOCK_PRIVATE | HANDED_OVER, src, msg.buf());
+                return;
+            }
             self.reply(socket, src, msg, 481, None, None, out);
             return;
         };
@@ -208,5 +216,24 @@ impl Worker {
             bump(&self.stats.tx_datagrams);
         }
         built
+    }
+
+    /// The worker a CANCEL, or the ACK of a non-2xx final, without a
+    /// transaction here goes to: the one its INVITE was handed to, the
+    /// owner of the registered user's connection ([`Worker::binding_owner`]).
+    pub(super) fn located_owner(
+        &self,
+        now: Instant,
+        socket: SocketId,
+        info: &RequestInfo<'_>,
+    ) -> Option<usize> {
+        let registrar = self.cfg.registrar.as_ref()?;
+        if !registrar
+            .config
+            .is_local_user(info.ruri.user.unwrap_or(b""))
+        {
+            return None;
+        }
+        self.binding_owner(socket, &self.locate(now, info))
     }
 }

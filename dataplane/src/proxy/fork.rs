@@ -44,6 +44,12 @@ impl Worker {
         let mut unsent: SmallVec<[usize; 4]> = SmallVec::new();
         for i in legs {
             let Ok(attempt) = u8::try_from(i) else { break };
+            if !self.leg_reachable(id, i) {
+                // A phone registered over a connection this worker does not
+                // hold (gone after a restart, or another worker's).
+                unsent.push(i);
+                continue;
+            }
             let mut fwd = self.pool.get();
             if !self.write_forward(id, attempt, None, &mut fwd) {
                 self.pool.put(fwd);
@@ -60,10 +66,12 @@ impl Worker {
                 self.pool.put(fwd);
                 return;
             };
-            out.send(SOCK_PRIVATE, leg.target.addr, &fwd);
+            out.send(leg.target.socket, leg.target.addr, &fwd);
             bump(&self.stats.tx_datagrams);
             let old = std::mem::replace(&mut leg.forwarded, fwd);
-            leg.client = Some(ClientTx::new(method, now, &timers, false));
+            // Over a connection: reliable, no retransmissions.
+            let reliable = leg.target.socket != SOCK_PRIVATE;
+            leg.client = Some(ClientTx::new(method, now, &timers, reliable));
             self.pool.put(old);
         }
         if let Some(txn) = self.txns.get_mut(id) {
@@ -106,8 +114,50 @@ impl Worker {
             Some(f) => f
                 .legs
                 .get(usize::from(attempt))
-                .map_or((SOCK_PRIVATE, false), |_| (SOCK_PRIVATE, false)),
+                .map_or((SOCK_PRIVATE, false), |l| (l.target.socket, l.target.tls)),
             None => (txn.target.socket, false),
+        }
+    }
+
+    /// Whether branch `i` can be sent from this worker: over UDP, or over
+    /// a connection this worker owns.
+    fn leg_reachable(&self, id: TxnId, i: usize) -> bool {
+        let Some(leg) = self
+            .txns
+            .get(id)
+            .and_then(|t| t.fork.as_ref())
+            .and_then(|f| f.legs.get(i))
+        else {
+            return false;
+        };
+        leg.target.socket == SOCK_PRIVATE || leg.target.owner == Some(self.index)
+    }
+
+    /// The connection to `dst` a branch was sent on is gone: those
+    /// branches end at once as unanswered (the caller gets 480 when no
+    /// other branch answers).
+    pub(super) fn fork_connection_lost(&mut self, now: Instant, dst: SocketAddr, out: &mut Outbox) {
+        let lost: SmallVec<[(TxnId, usize); 4]> = self
+            .txns
+            .iter()
+            .filter_map(|(id, t)| Some((id, t.fork.as_ref()?)))
+            .flat_map(|(id, f)| {
+                f.legs.iter().enumerate().filter_map(move |(i, l)| {
+                    (l.target.socket == SOCK_TCP
+                        && l.target.addr == dst
+                        && l.client.as_ref().is_some_and(ClientTx::is_pending))
+                    .then_some((id, i))
+                })
+            })
+            .collect();
+        for (id, i) in lost {
+            if let Some(leg) = self.leg_mut(id, i) {
+                // Nothing reached it: nothing to retransmit or cancel.
+                leg.client = None;
+            }
+            let step = self.fork_state(id, |f| f.on_timeout(i));
+            self.apply_step_without_response(now, id, step, out);
+            self.reschedule(id);
         }
     }
 
@@ -250,7 +300,7 @@ impl Worker {
             match event {
                 Some(ClientTimer::Retransmit) => {
                     if let Some(leg) = self.leg_mut(id, i) {
-                        out.send(SOCK_PRIVATE, leg.target.addr, &leg.forwarded);
+                        out.send(leg.target.socket, leg.target.addr, &leg.forwarded);
                         bump(&self.stats.tx_datagrams);
                     }
                 }
@@ -295,10 +345,9 @@ impl Worker {
         let Some(leg) = txn.fork.as_ref().and_then(|f| f.legs.get(i)) else {
             return;
         };
-        // Registered contacts are reached over UDP (docs/registrar.md).
         txn.target = Target {
             addr: leg.target.addr,
-            socket: SOCK_PRIVATE,
+            socket: leg.target.socket,
             dest: None,
         };
         txn.located = if leg.target.nated {
@@ -395,7 +444,8 @@ impl Worker {
     fn start_leg_cancel(&mut self, now: Instant, id: TxnId, i: usize, out: &mut Outbox) {
         let timers = self.cfg.timers;
         if let Some(leg) = self.leg_mut(id, i) {
-            leg.cancel = Some(ClientTx::new(Method::Cancel, now, &timers, false));
+            let reliable = leg.target.socket != SOCK_PRIVATE;
+            leg.cancel = Some(ClientTx::new(Method::Cancel, now, &timers, reliable));
         }
         self.send_leg_cancel(id, i, out);
     }
@@ -415,7 +465,7 @@ impl Worker {
         };
         self.scratch.clear();
         if build::cancel_for(&fwd, &mut self.scratch).is_ok() {
-            out.send(SOCK_PRIVATE, leg.target.addr, &self.scratch);
+            out.send(leg.target.socket, leg.target.addr, &self.scratch);
             bump(&self.stats.tx_datagrams);
         }
     }
@@ -435,7 +485,7 @@ impl Worker {
         };
         self.scratch.clear();
         if build::ack_for(&fwd, resp, &mut self.scratch).is_ok() {
-            out.send(SOCK_PRIVATE, leg.target.addr, &self.scratch);
+            out.send(leg.target.socket, leg.target.addr, &self.scratch);
             bump(&self.stats.tx_datagrams);
         }
     }

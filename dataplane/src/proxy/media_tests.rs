@@ -662,6 +662,7 @@ fn registrar_worker(t0: Instant, received: Option<&str>) -> Worker {
         user_agent: "".into(),
         ruid: "r1".into(),
         last_modified: now_unix,
+        stream: None,
     };
     reg.location.apply(vec![crate::registrar::Update {
         aor: "6001@example.com".into(),

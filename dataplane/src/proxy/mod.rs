@@ -48,6 +48,8 @@ mod registrar_tests;
 #[cfg(test)]
 mod security_tests;
 #[cfg(test)]
+mod stream_phone_tests;
+#[cfg(test)]
 mod tests;
 
 use std::net::{IpAddr, SocketAddr};

@@ -41,7 +41,13 @@ impl Worker {
             if owner(&aor, workers) != index {
                 continue;
             }
-            for b in bindings.iter().filter(|b| b.expires > now_unix) {
+            // A binding over a connection keeps its NAT open with the
+            // phone's own RFC 5626 CRLF keep-alives (answered by the
+            // stream layer); an OPTIONS over UDP would not reach it.
+            let live = bindings
+                .iter()
+                .filter(|b| b.expires > now_unix && b.stream.is_none());
+            for b in live {
                 if let Some(to) = b.received.filter(|_| b.nated()) {
                     watched.push((aor.clone(), b.contact.clone(), to));
                 }

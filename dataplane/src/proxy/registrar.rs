@@ -159,12 +159,18 @@ impl Worker {
         let current = registrar.location.lookup(&aor);
         let now_unix = registrar.config.unix(now);
         let trusted = self.cfg.is_trusted_ip(src.ip());
+        // Over a connection this worker owns: calls to the phone go over it.
+        let stream = (socket == SOCK_TCP && self.from_stream).then(|| reg::Stream {
+            tls: self.from_tls,
+            worker: u16::try_from(self.index).ok(),
+        });
         let result = register::process(
             &registrar.config,
             msg,
             &aor,
             current.as_deref().unwrap_or(&[]),
             (src, trusted),
+            stream,
             now_unix,
         );
         let accepted = match result {
@@ -367,7 +373,8 @@ impl Worker {
 
     /// The live bindings of the registered user a request is for, best
     /// first (highest `q`, then the most recent), those with an address to
-    /// send to, at most `max_branches`. Empty: not registered (404).
+    /// send to, at most `max_branches`. Empty: not registered (404). Not
+    /// counted: see [`Worker::count_lookup`].
     pub(super) fn locate(&self, now: Instant, info: &RequestInfo<'_>) -> Vec<BindingTarget> {
         let Some(registrar) = self.cfg.registrar.as_ref() else {
             return Vec::new();
@@ -385,6 +392,13 @@ impl Worker {
                 Some(BindingTarget {
                     addr: b.target()?,
                     nated: b.nated(),
+                    socket: if b.stream.is_some() {
+                        SOCK_TCP
+                    } else {
+                        SOCK_PRIVATE
+                    },
+                    tls: b.stream.is_some_and(|s| s.tls),
+                    owner: b.stream.and_then(|s| s.worker).map(usize::from),
                     contact: b.contact,
                     path: b.path,
                     q: b.q,
@@ -392,12 +406,31 @@ impl Worker {
             })
             .take(registrar.config.max_branches)
             .collect();
-        reg::bump(if found.is_empty() {
-            &registrar.stats.lookups_missing
-        } else {
-            &registrar.stats.lookups_found
-        });
         found
+    }
+
+    /// Counts a location lookup (once per request, on the worker that
+    /// forks it).
+    pub(super) fn count_lookup(&self, found: bool) {
+        if let Some(registrar) = self.cfg.registrar.as_ref() {
+            reg::bump(if found {
+                &registrar.stats.lookups_found
+            } else {
+                &registrar.stats.lookups_missing
+            });
+        }
+    }
+
+    /// The worker a request to these bindings must be forked on: the owner
+    /// of the best binding's connection, when that is another worker and
+    /// the request may still move. A request from one of this worker's
+    /// connections stays (its answers leave on it); one already handed
+    /// over moves only if it was steered here by its Call-ID (it then
+    /// arrives at the owner as from the private port, never to move again).
+    pub(super) fn binding_owner(&self, socket: SocketId, found: &[BindingTarget]) -> Option<usize> {
+        let owner = found.first()?.owner?;
+        let may_move = !self.from_stream && (!self.handed_over || socket == SOCK_PUBLIC);
+        (owner != self.index && owner < self.workers && may_move).then_some(owner)
     }
 
     /// A response of a NATed registered callee with its Contact naming the

@@ -83,11 +83,20 @@ impl Worker {
                         bump(&self.stats.retransmissions_absorbed);
                         return;
                     }
+                } else if msg.values(HeaderName::Route).next().is_none() {
+                    // The ACK of a non-2xx final (no route set yet) for an
+                    // INVITE forked on the worker owning the callee's
+                    // connection goes there.
+                    if let Some(owner) = self.located_owner(now, socket, &info) {
+                        bump(&self.stats.handoffs);
+                        out.handoff(owner, SOCK_PRIVATE | HANDED_OVER, src, msg.buf());
+                        return;
+                    }
                 }
                 // ACK for a 2xx is end-to-end: relay it along the route set.
                 self.relay_stateless(now, socket, src, msg, &info, out);
             }
-            Method::Cancel => self.handle_cancel(now, socket, src, msg, &via, out),
+            Method::Cancel => self.handle_cancel(now, socket, src, msg, &info, out),
             _ => {
                 if let Some(id) = self.txns.find(&key) {
                     self.absorb_retransmission(now, id, out);
@@ -226,6 +235,19 @@ impl Worker {
         let mut set_table = None;
         let mut anchor = false;
         let decision = self.decide(now, msg, info, method, src);
+        let mut found = Vec::new();
+        if let Decision::Location { .. } = decision {
+            found = self.locate(now, info);
+            if let Some(owner) = self.binding_owner(socket, &found) {
+                // The phone's connection belongs to another worker: the
+                // request is forked there (before any challenge, so the
+                // nonce is that worker's), and its Record-Route brings the
+                // dialog back there.
+                bump(&self.stats.handoffs);
+                out.handoff(owner, SOCK_PRIVATE | HANDED_OVER, src, msg.buf());
+                return;
+            }
+        }
         let caller = if matches!(
             decision,
             Decision::Dispatch { .. } | Decision::Location { .. }
@@ -276,7 +298,8 @@ impl Worker {
                 return;
             }
             Decision::Location { pop_routes } => {
-                let found = self.locate(now, info);
+                self.count_lookup(!found.is_empty());
+                let found = std::mem::take(&mut found);
                 let Some(best) = found.first() else {
                     self.reply(socket, src, msg, 404, None, Some(b"Not registered"), out);
                     return;
@@ -300,7 +323,7 @@ impl Worker {
                 nat_anchors = true;
                 let target = Target {
                     addr: best.addr,
-                    socket: SOCK_PRIVATE,
+                    socket: best.socket,
                     dest: None,
                 };
                 fork = Some(Worker::new_fork(found));

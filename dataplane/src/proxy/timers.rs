@@ -134,6 +134,8 @@ impl Worker {
     /// waiting on it fails now, like an fr_timer expiry, instead of waiting
     /// for fr_timer (nothing reached the destination).
     pub(super) fn connect_failed(&mut self, now: Instant, dst: SocketAddr, out: &mut Outbox) {
+        // Branches to a phone registered over a connection that closed.
+        self.fork_connection_lost(now, dst, out);
         let waiting: SmallVec<[TxnId; 8]> = self
             .txns
             .iter()

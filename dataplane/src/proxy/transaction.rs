@@ -125,6 +125,14 @@ pub(crate) struct BindingTarget {
     pub path: Box<str>,
     pub nated: bool,
     pub q: u16,
+    /// [`SOCK_PRIVATE`](super::SOCK_PRIVATE) (UDP), or
+    /// [`SOCK_TCP`](crate::worker::SOCK_TCP) for a binding registered over a
+    /// connection: the branch goes over that connection only.
+    pub socket: SocketId,
+    /// That connection runs TLS.
+    pub tls: bool,
+    /// The worker owning that connection (`None`: not known, it is gone).
+    pub owner: Option<usize>,
 }
 
 /// A request forked to a registered user's bindings: the response context

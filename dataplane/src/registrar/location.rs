@@ -42,6 +42,21 @@ pub struct Binding {
     pub ruid: Box<str>,
     /// Unix time (s) of the REGISTER that last wrote it.
     pub last_modified: u64,
+    /// Registered over a TCP or TLS connection: reachable over that
+    /// connection only (`received` is its peer).
+    pub stream: Option<Stream>,
+}
+
+/// The connection a binding was registered over (RFC 5626 style reuse, as
+/// Kamailio does with its TCP connection aliases).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stream {
+    /// The connection runs TLS.
+    pub tls: bool,
+    /// The worker owning the connection. `None` when not known: a binding
+    /// loaded from the database after a restart, whose connection is gone
+    /// (the phone re-registers on a new one).
+    pub worker: Option<u16>,
 }
 
 impl Binding {
@@ -64,7 +79,30 @@ impl Binding {
     /// Contact of its answers): it has a `received` and no Path (behind a
     /// Path the edge handles NAT).
     pub fn nated(&self) -> bool {
-        self.received.is_some() && self.path.is_empty()
+        match self.received {
+            None => false,
+            Some(_) if !self.path.is_empty() => false,
+            // Registered over a connection, `received` is always its peer:
+            // behind a NAT when the Contact names another address.
+            Some(src) if self.stream.is_some() => {
+                crate::sip::Uri::parse(self.contact.as_bytes())
+                    .ok()
+                    .and_then(|u| crate::route::uri_addr(&u))
+                    != Some(src)
+            }
+            Some(_) => true,
+        }
+    }
+
+    /// The `received` column as Kamailio writes it: `sip:IP:PORT`, with
+    /// `;transport=tcp|tls` for a binding registered over a connection.
+    pub fn received_uri(&self) -> Option<String> {
+        let a = self.received?;
+        Some(match self.stream {
+            None => format!("sip:{a}"),
+            Some(Stream { tls: false, .. }) => format!("sip:{a};transport=tcp"),
+            Some(Stream { tls: true, .. }) => format!("sip:{a};transport=tls"),
+        })
     }
 }
 
@@ -296,6 +334,7 @@ mod tests {
             user_agent: "".into(),
             ruid: format!("r-{contact}").into(),
             last_modified: 0,
+            stream: None,
         }
     }
 

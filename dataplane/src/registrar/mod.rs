@@ -33,7 +33,7 @@ use arc_swap::ArcSwap;
 use crossbeam::queue::ArrayQueue;
 
 pub use digest::Algorithm;
-pub use location::{Binding, Bindings, Location, Op, Update};
+pub use location::{Binding, Bindings, Location, Op, Stream, Update};
 pub use nonce::NonceKey;
 
 /// The registrar's settings, validated by the control plane.

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use super::location::{Binding, Op, Update};
+use super::location::{Binding, Op, Stream, Update};
 use super::RegistrarConfig;
 use crate::sip::{HeaderName, Message, NameAddr, Uri};
 
@@ -44,6 +44,7 @@ pub fn process(
     aor: &str,
     current: &[Binding],
     src: (SocketAddr, bool),
+    stream: Option<Stream>,
     now_unix: u64,
 ) -> Result<Accepted, Refused> {
     let (src, trusted_src) = src;
@@ -142,7 +143,12 @@ pub fn process(
         // Through a Path the first hop takes the Contact's place: NAT is the
         // edge's business (RFC 3327, Kamailio's lookup()), but the same rule
         // decides whether its address may be used.
-        let received = if path.is_empty() {
+        // Over a connection (no Path) the phone is reachable over that
+        // connection only: its peer is always recorded.
+        let stream = stream.filter(|_| path.is_empty());
+        let received = if stream.is_some() {
+            Some(src)
+        } else if path.is_empty() {
             let contact_addr = crate::route::uri_addr(&uri);
             (contact_addr != Some(src)).then_some(src)
         } else {
@@ -163,6 +169,7 @@ pub fn process(
             user_agent: user_agent.as_str().into(),
             ruid,
             last_modified: now_unix,
+            stream,
         };
         match existing {
             Some(i) => list[i] = binding.clone(),
@@ -313,6 +320,7 @@ mod tests {
             "6001@example.com",
             current,
             (src.parse().unwrap(), false),
+            None,
             NOW,
         )
     }
@@ -479,6 +487,7 @@ mod tests {
             "6001@example.com",
             &[],
             (edge.parse().unwrap(), true),
+            None,
             NOW,
         )
         .unwrap();
@@ -568,5 +577,45 @@ mod tests {
         assert_eq!(parse_q(b"1.5"), None);
         assert_eq!(parse_q(b"0.1234"), None);
         assert_eq!(parse_u32(b"4294967296"), Some(u32::MAX));
+    }
+
+    #[test]
+    fn a_register_over_a_connection_records_its_peer_and_owner() {
+        let over = |contact: &str, src: &str| {
+            let raw = req(&[contact], Some("600"), 1);
+            let msg = crate::sip::parse(&raw).unwrap();
+            let stream = Stream {
+                tls: true,
+                worker: Some(1),
+            };
+            let a = process(
+                &cfg(),
+                &msg,
+                "6001@example.com",
+                &[],
+                (src.parse().unwrap(), false),
+                Some(stream),
+                NOW,
+            )
+            .unwrap();
+            a.bindings[0].clone()
+        };
+        // Its Contact names its source: `received` all the same (reached
+        // over the connection only), not NATed.
+        let b = over("<sip:6001@10.0.0.1:5070;transport=tls>", "10.0.0.1:5070");
+        assert_eq!(b.received, Some("10.0.0.1:5070".parse().unwrap()));
+        assert_eq!(b.stream.and_then(|s| s.worker), Some(1));
+        assert!(!b.nated());
+        assert_eq!(
+            b.received_uri().as_deref(),
+            Some("sip:10.0.0.1:5070;transport=tls")
+        );
+        // Behind a NAT.
+        let b = over(
+            "<sip:6001@192.168.1.2:5070;transport=tls>",
+            "203.0.113.5:40000",
+        );
+        assert_eq!(b.target(), Some("203.0.113.5:40000".parse().unwrap()));
+        assert!(b.nated());
     }
 }

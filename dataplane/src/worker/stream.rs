@@ -564,6 +564,10 @@ impl Streams {
             }
             None => {
                 shell.counters.tcp.no_connection += 1;
+                // Reported as a failed connect: a request sent on a
+                // connection that closed (a branch to a phone registered
+                // over it) fails at once instead of at its timer.
+                self.failed.push(dst);
                 return;
             }
         };
