@@ -8,6 +8,7 @@
 use super::registrar_tests::{config, credentials, header, invite, publish};
 use super::tests::{worker, DEST};
 use super::*;
+use std::time::Duration;
 
 const PHONE: &str = "203.0.113.9:40111";
 const CALLER: &str = "10.0.0.7:5060";
@@ -246,4 +247,49 @@ fn a_branch_without_its_connection_fails_at_once() {
             .any(|(_, a, m)| *a == caller && m.starts_with("SIP/2.0 480")),
         "{s:?}"
     );
+}
+
+#[test]
+fn a_phone_on_a_connection_gets_no_options_keepalive() {
+    let t0 = Instant::now();
+    let mut rc = crate::registrar::test_config(t0);
+    rc.nat_ping_interval_s = 10;
+    let reg = crate::registrar::Registrar::shared(rc, 64);
+    reg.credentials
+        .store(config(t0, false).1.credentials.load_full());
+    let cfg = ProxyConfig {
+        registrar: Some(reg.clone()),
+        ..ProxyConfig::default()
+    };
+    let mut w = worker(cfg, &format!("1 sip:{DEST}\n"), t0);
+    let phone: SocketAddr = PHONE.parse().unwrap();
+    let mut out = Outbox::new();
+    w.on_datagram(t0, SOCK_TCP, phone, &register(1, ""), &mut out);
+    let challenge = header(&all(&out)[0].2, "WWW-Authenticate")[0].to_owned();
+    let auth = credentials(
+        "Authorization",
+        &challenge,
+        "REGISTER",
+        "sip:example.com",
+        "6001",
+        "pw1",
+    );
+    out.clear();
+    w.on_datagram(t0, SOCK_TCP, phone, &register(2, &auth), &mut out);
+    assert!(all(&out)[0].2.starts_with("SIP/2.0 200"));
+    publish(&reg);
+    let b = reg.location.lookup("6001@example.com").unwrap()[0].clone();
+    assert!(b.nated() && b.stream.is_some(), "{b:?}");
+    // Behind a NAT, but on a connection: no OPTIONS over UDP, round after
+    // round (its CRLF keep-alives keep the NAT open), and it stays.
+    for secs in [10, 20, 30, 40] {
+        out.clear();
+        w.on_timer(t0 + Duration::from_secs(secs), &mut out);
+        assert_eq!(all(&out).len(), 0, "{:?}", all(&out));
+    }
+    assert_eq!(
+        crate::registrar::RegistrarStats::get(&reg.stats.nat_pings),
+        0
+    );
+    assert!(reg.location.lookup("6001@example.com").is_some());
 }
