@@ -365,13 +365,11 @@ pub fn start(cfg: &Config, rt: &tokio::runtime::Runtime) -> Result<Started> {
         None => None,
     };
     // Verifies TLS destinations (`[tls] ca`); validation loaded it already.
-    let tls_client = match cfg.tls.ca.as_str() {
-        "" => None,
-        ca => Some(
-            dataplane::transport::tls::load_client(std::path::Path::new(ca))
-                .map_err(|e| anyhow!("tls.ca: {e}"))?,
-        ),
-    };
+    let tls_client = cfg
+        .tls
+        .client()
+        .transpose()
+        .map_err(|e| anyhow!("tls.ca: {e}"))?;
     let specs = (0..workers)
         .map(|i| WorkerSpec {
             sockets: vec![
@@ -704,13 +702,7 @@ pub fn run(cfg: &Config) -> Result<()> {
                             running.events.clone(),
                             running.probe_forged.clone(),
                             // Loaded at start already: a failure here is not expected.
-                            match cfg.tls.ca.as_str() {
-                                "" => None,
-                                ca => dataplane::transport::tls::load_client(
-                                    std::path::Path::new(ca),
-                                )
-                                .ok(),
-                            },
+                            cfg.tls.client().and_then(Result::ok),
                         ),
                     );
                 }

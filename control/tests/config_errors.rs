@@ -449,6 +449,77 @@ fn tls_ca_must_load() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A self-signed certificate and key made by `openssl` in `dir` (`NAME.crt`, `NAME.key`).
+fn self_signed(dir: &std::path::Path, name: &str) -> (String, String) {
+    let (crt, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    let ok = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .arg("ec_paramgen_curve:prime256v1")
+        .args(["-nodes", "-days", "2", "-subj", "/CN=sip.test"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl")
+        .success();
+    assert!(ok);
+    let s = |p: std::path::PathBuf| p.to_str().unwrap().to_owned();
+    (s(crt), s(key))
+}
+
+#[test]
+fn tls_client_ca_and_client_certificate() {
+    let dir = std::env::temp_dir().join(format!("sipvane-tls-mutual-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (crt, key) = self_signed(&dir, "a");
+    let (other_crt, other_key) = self_signed(&dir, "b");
+    let listener = format!(
+        "[tls]\nlisten = \"127.0.0.1\"\ncertificate = \"{crt}\"\nprivate_key = \"{key}\"\n"
+    );
+    // Good: a client_ca bundle, and a client certificate with its ca.
+    let good = format!(
+        "{listener}client_ca = \"{other_crt}\"\nca = \"{other_crt}\"\n\
+         client_certificate = \"{other_crt}\"\nclient_private_key = \"{other_key}\"\n"
+    );
+    Config::from_toml_str(&good, "sipvane.toml").unwrap();
+    // client_ca not PEM.
+    assert_eq!(
+        one_error(&format!("{listener}client_ca = \"{key}\"\n")),
+        format!("sipvane.toml:5: {key}: no CERTIFICATE in the file")
+    );
+    // client_ca without a listener.
+    assert_eq!(
+        one_error(&format!("[tls]\nclient_ca = \"{crt}\"\n")),
+        "sipvane.toml:2: client_ca applies to the TLS listener: set listen too"
+    );
+    // One of the client pair only; a key that does not fit; no ca.
+    assert_eq!(
+        one_error(&format!(
+            "[tls]\nca = \"{crt}\"\nclient_certificate = \"{crt}\"\n"
+        )),
+        "sipvane.toml:1: client_certificate and client_private_key go together"
+    );
+    let e = one_error(&format!(
+        "[tls]\nca = \"{crt}\"\nclient_certificate = \"{crt}\"\nclient_private_key = \"{other_key}\"\n"
+    ));
+    assert!(
+        e.starts_with("sipvane.toml:4: ") && e.contains("does not fit"),
+        "{e}"
+    );
+    assert_eq!(
+        one_error(&format!(
+            "[tls]\nclient_certificate = \"{crt}\"\nclient_private_key = \"{key}\"\n"
+        )),
+        "sipvane.toml:2: client_certificate is presented to TLS destinations, which need ca"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[test]
 fn flood_limits_out_of_range() {
     assert_eq!(

@@ -22,6 +22,7 @@ on_both_drivers!(
     client_trusting_another_ca_fails_fast_and_is_counted,
     certificate_reload_keeps_connections,
     sni_chooses_the_certificate,
+    client_ca_requires_a_client_certificate,
 );
 
 /// The sum over every label set of a metric (`name{...} value` lines).
@@ -81,6 +82,19 @@ fn python_client_named(
     mode: &str,
     sip_port: u16,
 ) -> Vec<String> {
+    python_client_with(tls_port, ca, name, mode, sip_port, None)
+}
+
+/// As `python_client_named`, presenting client certificate `identity`
+/// (certificate, key files).
+fn python_client_with(
+    tls_port: u16,
+    ca: &str,
+    name: &str,
+    mode: &str,
+    sip_port: u16,
+    identity: Option<(&str, &str)>,
+) -> Vec<String> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls_sip_client.py");
     let out = Command::new("timeout")
         .arg("30")
@@ -88,6 +102,7 @@ fn python_client_named(
         .arg(script)
         .args(["127.0.0.1", &tls_port.to_string(), ca, name, mode])
         .arg(sip_port.to_string())
+        .args(identity.iter().flat_map(|(c, k)| [c, k]))
         .output()
         .expect("run python3");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -275,4 +290,74 @@ fn sni_chooses_the_certificate(io: &str) {
     // An unknown name gets the default certificate, which is not for it.
     let lines = python_client_named(tls_port, &ca, "other.test", "options", sip_port);
     assert!(lines.join(" ").contains("HANDSHAKE-ERROR"), "{lines:?}");
+}
+
+/// `[tls] client_ca` (mutual TLS): a client presenting a certificate that CA
+/// signed completes OPTIONS; one without a certificate, or with one another CA
+/// signed, fails the handshake, counted and logged with its address. The
+/// bundle is re-read on SIGHUP with the certificates.
+fn client_ca_requires_a_client_certificate(io: &str) {
+    let certs = Certs::new(&format!("mutual-{io}"));
+    // `trunk` from the client CA, `stranger` from the server's CA.
+    certs
+        .0
+        .issue_named("other-ca", "DNS:trunk.test", "trunk", "trunk");
+    certs.issue("stranger", "stranger");
+    let client_ca = certs.path("client-ca.crt");
+    std::fs::copy(certs.path("other-ca.crt"), &client_ca).expect("copy");
+    let tls_port = free_tcp_port();
+    let mut sipvane = Sipvane::builder("tls-mutual")
+        .io(io)
+        .destination(format!("1 sip:127.0.0.1:{}", free_tcp_port()))
+        .toml(&format!(
+            "{}client_ca = \"{client_ca}\"\n",
+            certs.toml(tls_port)
+        ))
+        .start();
+    let ca = certs.path("ca.crt");
+    let sip_port = sipvane.addr().port();
+    let (trunk, stranger) = (
+        (certs.path("trunk.crt"), certs.path("trunk.key")),
+        (certs.path("stranger.crt"), certs.path("stranger.key")),
+    );
+    let client = |id: Option<&(String, String)>| {
+        let id = id.map(|(c, k)| (c.as_str(), k.as_str()));
+        python_client_with(tls_port, &ca, "sip.test", "options", sip_port, id).join("\n")
+    };
+    assert_eq!(client(Some(&trunk)), "OPTIONS 200");
+    for id in [None, Some(&stranger)] {
+        let out = client(id);
+        assert!(out.starts_with("HANDSHAKE-ERROR"), "{id:?}: {out}");
+    }
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let m = metrics(&sipvane);
+        if metric_sum(&m, "sipvane_tls_client_cert_failures_total") == 2 {
+            assert_eq!(
+                metric_sum(&m, "sipvane_tls_handshake_failures_total"),
+                2,
+                "{m}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "not counted\n{m}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = sipvane.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("TLS client refused") && l.contains("127.0.0.1:")),
+        "{log}"
+    );
+    // The operator now trusts the server's CA for clients instead: reloaded
+    // on SIGHUP with the certificates.
+    std::fs::copy(certs.path("ca.crt"), &client_ca).expect("copy");
+    sipvane.signal(libc::SIGHUP);
+    assert!(
+        sipvane.wait_for_log("TLS certificate reloaded", 1, SETTLE),
+        "{}",
+        sipvane.log()
+    );
+    assert_eq!(client(Some(&stranger)), "OPTIONS 200");
+    assert!(client(Some(&trunk)).starts_with("HANDSHAKE-ERROR"));
 }

@@ -20,6 +20,8 @@ on_both_drivers!(
     udp_caller_reaches_a_tls_destination,
     untrusted_destination_fails_over_at_once,
     kamailio_tls_destination_completes_calls,
+    client_certificate_for_a_destination_requiring_one,
+    destination_refusing_us_without_a_client_certificate_fails_over,
 );
 
 /// The sum over every label set of a metric (`name{...} value` lines).
@@ -168,6 +170,99 @@ fn kamailio_tls_destination_completes_calls(io: &str) {
     let c = sipvane.stop();
     assert_eq!(c.get("calls_answered"), 50, "{}", kamailio.log());
     assert_eq!(c.get("dialogs_ended"), 50);
+}
+
+/// Mutual TLS towards a trunk: a destination requiring a client certificate
+/// signed by its CA gets `[tls] client_certificate`, or, without it, the
+/// listener's `certificate` (as Kamailio's tls module presents its one
+/// certificate both ways); calls complete over it.
+fn client_certificate_for_a_destination_requiring_one(io: &str) {
+    let certs = CertDir::new(&format!("mutual-{io}"));
+    certs.issue("ca", "IP:127.0.0.1", "srv");
+    certs.issue_named("other-ca", "DNS:sipvane.test", "sipvane client", "client");
+    certs.issue_named("other-ca", "DNS:sip.test", "sipvane listener", "listener");
+    let uas = PyTlsUas::start_requiring_client_cert(&certs, "srv", "other-ca");
+    let explicit = format!(
+        "client_certificate = \"{}\"\nclient_private_key = \"{}\"\n",
+        certs.path("client.crt"),
+        certs.path("client.key")
+    );
+    let listener = format!(
+        "listen = \"127.0.0.1:{}\"\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+        support::free_tcp_port(),
+        certs.path("listener.crt"),
+        certs.path("listener.key")
+    );
+    for (extra, cn, calls) in [
+        (explicit, "sipvane client", 10),
+        (listener, "sipvane listener", 20),
+    ] {
+        let mut sipvane = Sipvane::builder("tlsout-mutual")
+            .io(io)
+            .destination(format!("1 sip:{};transport=tls", uas.addr()))
+            .toml(&format!("{}{extra}", ca_toml(&certs)))
+            .start();
+        Uac::new(Scenario::Uac, sipvane.addr())
+            .calls(10)
+            .rate(10)
+            .timeout(RUN_LIMIT)
+            .run()
+            .assert_all_succeeded(10);
+        assert!(
+            uas.wait_for(|_| uas.received("BYE") >= calls, SETTLE),
+            "{:?}",
+            uas.lines()
+        );
+        let peers: Vec<String> = uas
+            .lines()
+            .into_iter()
+            .filter_map(|l| l.strip_prefix("PEER-CERT ").map(str::to_owned))
+            .collect();
+        assert!(peers.last().is_some_and(|p| p == cn), "{peers:?}");
+        assert_eq!(uas.handshake_failures(), 0, "{:?}", uas.lines());
+        sipvane.stop();
+    }
+}
+
+/// Without a client certificate, a destination requiring one refuses the
+/// handshake (TLS 1.3: after our side completed it, with a
+/// certificate_required alert): the requests waiting on it fail over at once
+/// to the other destination, not after fr_timer.
+fn destination_refusing_us_without_a_client_certificate_fails_over(io: &str) {
+    let certs = CertDir::new(&format!("refused-{io}"));
+    certs.issue("ca", "IP:127.0.0.1", "srv");
+    let strict = PyTlsUas::start_requiring_client_cert(&certs, "srv", "other-ca");
+    let good = PyTlsUas::start(&certs, "srv");
+    let mut sipvane = Sipvane::builder("tlsout-refused")
+        .io(io)
+        .workers(1)
+        .algorithm("round-robin")
+        .destination(format!("1 sip:{};transport=tls", strict.addr()))
+        .destination(format!("1 sip:{};transport=tls", good.addr()))
+        .toml(&ca_toml(&certs))
+        .start();
+    Uac::new(Scenario::Uac, sipvane.addr())
+        .calls(10)
+        .rate(10)
+        .timeout(RUN_LIMIT)
+        .run()
+        .assert_all_succeeded(10);
+    assert!(good.wait_for(|_| good.received("BYE") >= 10, SETTLE));
+    assert_eq!(strict.received("INVITE"), 0, "{:?}", strict.lines());
+    assert!(strict.handshake_failures() >= 1, "{:?}", strict.lines());
+    let m = metrics(&sipvane);
+    assert!(
+        metric_sum(&m, "sipvane_tls_out_handshake_failures_total") >= 1,
+        "{m}"
+    );
+    let c = sipvane.stop();
+    assert_eq!(c.get("calls_answered"), 10);
+    assert!(c.get("failovers") >= 1);
+    assert_eq!(
+        c.get("timeouts"),
+        0,
+        "failover came from the refused handshake, not fr_timer"
+    );
 }
 
 /// A TLS destination without `[tls] ca` is a one-line error at its line of

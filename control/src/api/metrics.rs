@@ -262,7 +262,7 @@ impl Scrape {
             m.encode_family(&label(i))?.encode_gauge(&w.tcp.tls_open)?;
         }
         type Field = fn(&dataplane::worker::TcpStats) -> u64;
-        let counters: [(&str, &str, Field); 10] = [
+        let counters: [(&str, &str, Field); 11] = [
             (
                 "worker_tcp_accepted",
                 "Inbound TCP connections accepted.",
@@ -302,6 +302,11 @@ impl Scrape {
                 "tls_handshake_failures",
                 "TLS handshakes that failed (a client rejecting the certificate, not speaking TLS, ...).",
                 |t| t.tls_handshake_failures,
+            ),
+            (
+                "tls_client_cert_failures",
+                "TLS handshakes refused because the client presented no certificate signed by tls.client_ca, or a bad one (mutual TLS; part of tls_handshake_failures).",
+                |t| t.tls_client_cert_failures,
             ),
             (
                 "worker_tls_connected",

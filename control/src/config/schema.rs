@@ -743,6 +743,18 @@ pub struct TlsConfig {
     /// `;transport=tls` dispatcher URIs) are verified against. Required when
     /// there is one.
     pub ca: String,
+    /// Mutual TLS: PEM bundle of the CAs whose client certificates the TLS
+    /// listener accepts. Set: every client must present one (a client
+    /// without, or with one from another CA, fails the handshake). Empty
+    /// (default): no client certificate asked for.
+    pub client_ca: String,
+    /// PEM certificate (chain) presented to TLS destinations that ask for a
+    /// client certificate (mutual TLS towards trunks). Empty (default): the
+    /// listener's `certificate` (as Kamailio's tls module does), or none
+    /// without a listener.
+    pub client_certificate: String,
+    /// Private key of `client_certificate`.
+    pub client_private_key: String,
 }
 
 /// `[[tls.sni]]`
@@ -769,11 +781,35 @@ impl TlsConfig {
                 private_key: Path::new(&e.private_key),
             })
             .collect();
+        let client_ca = (!self.client_ca.is_empty()).then(|| Path::new(&self.client_ca));
         dataplane::transport::tls::load_server_sni(
             Path::new(&self.certificate),
             Path::new(&self.private_key),
             &sni,
+            client_ca,
         )
+    }
+
+    /// How TLS destinations are reached: `None` without `ca` (no TLS
+    /// destinations), else the CAs and the client certificate presented when a
+    /// destination asks for one (`client_certificate`, else the listener's).
+    pub fn client(&self) -> Option<Result<dataplane::transport::tls::TlsClient, String>> {
+        if self.ca.is_empty() {
+            return None;
+        }
+        let (cert, key) = match self.client_certificate.is_empty() {
+            false => (&self.client_certificate, &self.client_private_key),
+            true => (&self.certificate, &self.private_key),
+        };
+        let identity =
+            (!cert.is_empty() && !key.is_empty()).then(|| dataplane::transport::tls::Identity {
+                certificate: Path::new(cert),
+                private_key: Path::new(key),
+            });
+        Some(dataplane::transport::tls::load_client(
+            Path::new(&self.ca),
+            identity,
+        ))
     }
 
     /// The listener address (`None`: TLS off, or a bad value `validate` reports).

@@ -459,6 +459,30 @@ impl Config {
     fn validate_tls(&self, v: &mut Validator) {
         let t = &self.tls;
         let at = |k: &str| vec![key("tls"), key(k)];
+        if t.client_certificate.is_empty() != t.client_private_key.is_empty() {
+            let missing = match t.client_certificate.is_empty() {
+                true => "client_certificate",
+                false => "client_private_key",
+            };
+            v.err(
+                at(missing),
+                "client_certificate and client_private_key go together".into(),
+            );
+        } else if !t.client_certificate.is_empty() && t.ca.is_empty() {
+            v.err(
+                at("client_certificate"),
+                "client_certificate is presented to TLS destinations, which need ca".into(),
+            );
+        } else if !t.client_certificate.is_empty() {
+            use dataplane::transport::tls;
+            let cert = std::path::Path::new(&t.client_certificate);
+            let key = std::path::Path::new(&t.client_private_key);
+            if let Err(e) = tls::load_certs(cert) {
+                v.err(at("client_certificate"), e);
+            } else if let Err(e) = tls::load_server(cert, key) {
+                v.err(at("client_private_key"), e);
+            }
+        }
         if !t.ca.is_empty() {
             if !self.tcp.enabled {
                 v.err(
@@ -467,10 +491,16 @@ impl Config {
                         .into(),
                 );
             } else if let Err(e) =
-                dataplane::transport::tls::load_client(std::path::Path::new(&t.ca))
+                dataplane::transport::tls::load_client(std::path::Path::new(&t.ca), None)
             {
                 v.err(at("ca"), e);
             }
+        }
+        if !t.client_ca.is_empty() && t.listen.is_empty() {
+            v.err(
+                at("client_ca"),
+                "client_ca applies to the TLS listener: set listen too".into(),
+            );
         }
         if t.listen.is_empty() {
             return;
@@ -514,6 +544,12 @@ impl Config {
         }
         if let Err(e) = tls::load_server(cert, std::path::Path::new(&t.private_key)) {
             v.err(at("private_key"), e);
+        } else if !t.client_ca.is_empty() {
+            let ca = std::path::Path::new(&t.client_ca);
+            let key = std::path::Path::new(&t.private_key);
+            if let Err(e) = tls::load_server_sni(cert, key, &[], Some(ca)) {
+                v.err(at("client_ca"), e);
+            }
         }
         for (i, e) in t.sni.iter().enumerate() {
             let at = |k: &str| vec![key("tls"), key("sni"), PathSeg::Index(i), key(k)];

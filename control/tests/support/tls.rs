@@ -101,6 +101,16 @@ impl PyTlsUas {
     /// Listens on 127.0.0.1 with certificate `NAME.crt`/`NAME.key` of `certs`
     /// (at most 120 s).
     pub fn start(certs: &CertDir, name: &str) -> PyTlsUas {
+        Self::start_with(certs, name, None)
+    }
+
+    /// As `start`, requiring a client certificate signed by CA `client_ca`
+    /// of `certs` (mutual TLS); prints `PEER-CERT <CN>` for each.
+    pub fn start_requiring_client_cert(certs: &CertDir, name: &str, client_ca: &str) -> PyTlsUas {
+        Self::start_with(certs, name, Some(certs.path(&format!("{client_ca}.crt"))))
+    }
+
+    fn start_with(certs: &CertDir, name: &str, client_ca: Option<String>) -> PyTlsUas {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls_sip_server.py");
         let port = free_tcp_port();
         let mut child = ChildGuard::spawn(
@@ -110,6 +120,7 @@ impl PyTlsUas {
                 .arg(certs.path(&format!("{name}.crt")))
                 .arg(certs.path(&format!("{name}.key")))
                 .arg("120")
+                .args(client_ca)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null()),
         )

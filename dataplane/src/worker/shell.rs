@@ -124,6 +124,7 @@ pub(crate) struct TcpCells {
     messages_out: AtomicU64,
     no_connection: AtomicU64,
     tls_handshake_failures: AtomicU64,
+    tls_client_cert_failures: AtomicU64,
     tls_connected: AtomicU64,
     tls_out_handshake_failures: AtomicU64,
     tls_accepted: AtomicU64,
@@ -142,6 +143,7 @@ impl TcpCells {
         set(&self.messages_out, t.messages_out);
         set(&self.no_connection, t.no_connection);
         set(&self.tls_handshake_failures, t.tls_handshake_failures);
+        set(&self.tls_client_cert_failures, t.tls_client_cert_failures);
         set(&self.tls_connected, t.tls_connected);
         set(
             &self.tls_out_handshake_failures,
@@ -169,6 +171,7 @@ impl TcpCells {
             messages_out: get(&self.messages_out),
             no_connection: get(&self.no_connection),
             tls_handshake_failures: get(&self.tls_handshake_failures),
+            tls_client_cert_failures: get(&self.tls_client_cert_failures),
             tls_connected: get(&self.tls_connected),
             tls_out_handshake_failures: get(&self.tls_out_handshake_failures),
             tls_accepted: get(&self.tls_accepted),

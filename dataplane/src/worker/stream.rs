@@ -106,6 +106,9 @@ pub struct TcpStats {
     /// TLS handshakes that failed (bad client hello, client rejecting our
     /// certificate, ...); also closed as `tls`.
     pub tls_handshake_failures: u64,
+    /// Of `tls_handshake_failures`: clients without a certificate `[tls]
+    /// client_ca` signed (mutual TLS).
+    pub tls_client_cert_failures: u64,
     /// Outbound TLS connections established (handshake done; part of `connected`
     /// is the TCP connect).
     pub tls_connected: u64,
@@ -186,6 +189,28 @@ pub(crate) struct Streams {
     /// Outbound connections opened and maybe still connecting: the sweep checks
     /// these for `CONNECT_TIMEOUT` without a scan over every connection.
     connecting: Vec<FlowId>,
+    cert_log: CertLog,
+}
+
+/// Logs clients refused for their certificate (mutual TLS) with their
+/// address, at most one line a second per worker: a client retrying in a loop
+/// must not flood the log (the counter has them all).
+#[derive(Default)]
+struct CertLog {
+    next: Option<Instant>,
+    suppressed: u64,
+}
+
+impl CertLog {
+    fn log(&mut self, now: Instant, peer: SocketAddr, error: &rustls::Error) {
+        if self.next.is_some_and(|t| now < t) {
+            self.suppressed += 1;
+            return;
+        }
+        self.next = Some(now + Duration::from_secs(1));
+        let suppressed = std::mem::take(&mut self.suppressed);
+        tracing::warn!(%peer, %error, suppressed, "TLS client refused: no client certificate signed by tls.client_ca");
+    }
 }
 
 impl Streams {
@@ -235,6 +260,7 @@ impl Streams {
             failed: Vec::new(),
             connecting: Vec::new(),
             proxy_from,
+            cert_log: CertLog::default(),
         })
     }
 
@@ -451,10 +477,23 @@ impl Streams {
                 let sent = queue_raw(&mut conn.io, &self.tls_out);
                 if let Err(e) = fed {
                     tracing::debug!(peer = %conn.peer, error = %e.error, "tls failed");
-                    if e.handshake && conn.outbound {
+                    if conn.outbound && (e.handshake || e.refused_by_peer()) {
                         shell.counters.tcp.tls_out_handshake_failures += 1;
+                        if !conn.handshaking {
+                            // Refused our client certificate (TLS 1.3): what
+                            // waits on the connection fails over as after a
+                            // failed connect (`close` does that for a
+                            // connection still handshaking).
+                            self.failed.push(conn.peer);
+                        }
                     } else if e.handshake {
                         shell.counters.tcp.tls_handshake_failures += 1;
+                        if e.peer_certificate() {
+                            // Only with [tls] client_ca: no server session
+                            // verifies a certificate otherwise.
+                            shell.counters.tcp.tls_client_cert_failures += 1;
+                            self.cert_log.log(now, conn.peer, &e.error);
+                        }
                     }
                     return self.close(id, CloseReason::Tls, shell);
                 }
