@@ -8,7 +8,8 @@
 //! along its route set to a Request-URI nobody can reach, arrives on the
 //! caller's connection (the flow token on the caller's entry) with a Via
 //! naming the caller's transport; the caller's own BYE over a connection to
-//! its route's address completes.
+//! its route's address completes, and ends the dialog on the worker holding
+//! it whichever worker that connection reached.
 
 #[macro_use]
 mod support;
@@ -111,6 +112,9 @@ fn tcp_caller_follows_the_record_route(io: &str) {
     check(&lines, "tcp", sip);
     let c = sipvane.stop();
     assert_eq!(c.get("calls_answered"), 2);
+    // Both dialogs ended on the worker holding them, also when the caller's
+    // BYE came over a new connection to another worker.
+    assert_eq!(c.get("dialogs_ended"), 2);
 }
 
 fn tls_caller_follows_the_record_route(io: &str) {
@@ -142,4 +146,7 @@ fn tls_caller_follows_the_record_route(io: &str) {
     check(&lines, "tls", tls_port);
     let c = sipvane.stop();
     assert_eq!(c.get("calls_answered"), 2);
+    // Both dialogs ended on the worker holding them, also when the caller's
+    // BYE came over a new connection to another worker.
+    assert_eq!(c.get("dialogs_ended"), 2);
 }

@@ -191,4 +191,43 @@ impl Worker {
             });
         }
     }
+
+    /// An in-dialog request that came over a connection of this worker
+    /// for a dialog another worker holds (its Record-Route names that
+    /// worker: a peer that opened a new connection to sipvane's TCP or TLS
+    /// port, as RFC 3263 lets it). It is relayed from here (its answers
+    /// leave on the connection), and a copy goes to the dialog's worker,
+    /// which only ends the dialog (BYE) or refreshes it: its call counts,
+    /// media session and timeout live there.
+    pub(super) fn note_dialog_owner(&self, src: SocketAddr, msg: &Message<'_>, out: &mut Outbox) {
+        let mut entries = msg.values(HeaderName::Route);
+        let Some(first) = entries.next().and_then(route::route_uri) else {
+            return;
+        };
+        let second = entries.next().and_then(route::route_uri);
+        let own = route::own_entries(&self.cfg, Some(&first), second.as_ref());
+        if let Some(w) = own.worker.filter(|&w| w != self.index && w < self.workers) {
+            bump(&self.stats.handoffs);
+            out.handoff(w, SOCK_DIALOG_NOTE | HANDED_OVER, src, msg.buf());
+        }
+    }
+
+    /// The copy [`Worker::note_dialog_owner`] sent: the dialog's bookkeeping
+    /// only, nothing is relayed or answered.
+    pub(super) fn dialog_note(&mut self, now: Instant, data: &[u8], out: &mut Outbox) {
+        let Ok(msg) = parse(data) else {
+            return;
+        };
+        let Ok(info) = msg.validated_request() else {
+            return;
+        };
+        if info.common.to.tag.is_none() {
+            return;
+        }
+        match msg.method() {
+            Some(Method::Bye) => self.dialog_ended(now, &info.common, out),
+            Some(Method::Ack) | None => {}
+            Some(_) => self.dialog_refreshed(now, &info.common),
+        }
+    }
 }

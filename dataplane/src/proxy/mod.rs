@@ -88,6 +88,9 @@ use transaction::{
 pub const SOCK_PUBLIC: SocketId = 0;
 /// The worker's private port: its Via and Record-Route point here.
 pub const SOCK_PRIVATE: SocketId = 1;
+/// A copy of an in-dialog request another worker relayed, for the
+/// dialog's bookkeeping on the worker holding it (`dialogs.rs`).
+pub const SOCK_DIALOG_NOTE: SocketId = 0x61;
 /// Set on the socket id of a datagram one worker hands to another; the
 /// receiver strips it and never hands that datagram on again (no ping-pong
 /// when workers disagree about an owner).
@@ -301,6 +304,12 @@ impl Core for Worker {
         self.from_tls = socket == SOCK_TLS;
         let socket = if self.from_tls { SOCK_TCP } else { socket };
         self.from_stream = socket == SOCK_TCP && !self.handed_over;
+        if socket == SOCK_DIALOG_NOTE {
+            if self.handed_over {
+                self.dialog_note(now, data, out);
+            }
+            return;
+        }
         if socket == SOCK_MEDIA {
             if let Some(media) = self.media.as_mut() {
                 if let Some(done) = media.on_datagram(now, src, data, out) {

@@ -443,6 +443,9 @@ impl Worker {
             // its reply: a BYE to a dead destination still frees its call slot.
             self.dialog_ended(now, &info.common, out);
         }
+        if in_dialog && method != Method::Ack && self.from_stream {
+            self.note_dialog_owner(src, msg, out);
+        }
         let mut request = self.pool.get();
         let nated = self.nated_contact(msg, info, method, src);
         // A caller behind a NAT (its Contact just rewritten): its SDP names

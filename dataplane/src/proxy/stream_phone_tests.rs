@@ -293,3 +293,74 @@ fn a_phone_on_a_connection_gets_no_options_keepalive() {
     );
     assert!(reg.location.lookup("6001@example.com").is_some());
 }
+
+/// A caller on TCP whose BYE comes over a new connection to another worker
+/// (RFC 3263 on its route set): relayed there, and the dialog's worker
+/// gets a copy that ends the dialog (its call count, media, events).
+#[test]
+fn a_bye_over_another_workers_connection_ends_the_dialog_on_its_owner() {
+    let t0 = Instant::now();
+    let cfg = ProxyConfig {
+        private_ports: vec![5061, 5062],
+        ..ProxyConfig::default()
+    };
+    let mut w0 = worker(cfg.clone(), &format!("1 sip:{DEST}\n"), t0);
+    let mut w1 = Worker::new(
+        1,
+        Arc::new(cfg),
+        w0.table.clone(),
+        Arc::new(ProxyStats::default()),
+        t0,
+    );
+    let caller: SocketAddr = CALLER.parse().unwrap();
+    let dest: SocketAddr = DEST.parse().unwrap();
+    let inv = super::tests::invite("z9hG4bK-dn");
+    let mut out = Outbox::new();
+    w0.on_datagram(t0, SOCK_TCP, caller, &inv, &mut out);
+    let fwd = all(&out)[0].2.clone();
+    out.clear();
+    w0.on_datagram(
+        t0,
+        SOCK_PRIVATE,
+        dest,
+        &super::tests::answer(&fwd, 200, "cal"),
+        &mut out,
+    );
+    assert_eq!(w0.occupancy().1, 1, "a dialog on worker 0");
+    let mut routes: Vec<String> = header(&fwd, "Record-Route")
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    routes.reverse();
+    let bye = format!(
+        "BYE sip:100@{DEST} SIP/2.0\r\nVia: SIP/2.0/TCP {CALLER};branch=z9hG4bK-dnb\r\n\
+         Route: {}\r\nRoute: {}\r\nMax-Forwards: 70\r\nFrom: <sip:a@127.0.0.1>;tag=f1\r\n\
+         To: <sip:100@127.0.0.1>;tag=cal\r\nCall-ID: z9hG4bK-dn@t\r\nCSeq: 2 BYE\r\n\
+         Content-Length: 0\r\n\r\n",
+        routes[0], routes[1]
+    );
+    let other: SocketAddr = "10.0.0.7:40999".parse().unwrap();
+    out.clear();
+    w1.on_datagram(t0, SOCK_TCP, other, bye.as_bytes(), &mut out);
+    let s = all(&out);
+    assert!(
+        s.iter()
+            .any(|(k, a, m)| (*k, *a) == (SOCK_PRIVATE, dest) && m.starts_with("BYE ")),
+        "relayed from worker 1: {s:?}"
+    );
+    let notes: Vec<_> = out
+        .handoffs()
+        .map(|(w, k, a, d)| (w, k, a, d.to_vec()))
+        .collect();
+    assert_eq!(notes.len(), 1);
+    assert_eq!(
+        (notes[0].0, notes[0].1),
+        (0, SOCK_DIALOG_NOTE | HANDED_OVER)
+    );
+    let mut out0 = Outbox::new();
+    w0.on_datagram(t0, notes[0].1, notes[0].2, &notes[0].3, &mut out0);
+    assert_eq!(all(&out0).len(), 0, "a note is not relayed again");
+    assert_eq!(w0.occupancy().1, 0, "the dialog ended on worker 0");
+    assert_eq!(w0.stats().snapshot().dialogs_ended, 1);
+}
